@@ -1,0 +1,432 @@
+"""The ``vectorize`` schema: the job catalog, storage names and DDL, laid out as pg_vectorize lays it out.
+
+Everything a project creates is named from its job name, exactly as pg_vectorize names it:
+
+- ``join``:   ``vectorize._embeddings_<job>`` (key, ``embeddings``, ``updated_at``) and view
+  ``vectorize.<job>_view``;
+- ``append``: columns ``<job>_embeddings`` and ``<job>_updated_at`` on the source table;
+- index ``<job>_hnsw_cos_idx`` / ``_l2_idx`` / ``_ip_idx``; triggers ``vectorize_insert_trigger_<job>`` and
+  ``vectorize_update_trigger_<job>`` calling ``vectorize.handle_update_<job>()``.
+
+Two additions of ours: the queue of realtime work ``vectorize._pending_<job>`` (pg_vectorize uses pgmq), and
+an md5 of the embedded text next to each embedding (``text_md5`` / ``<job>_text_md5``) so that only rows
+whose text changed are embedded again.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import Cursor, sql
+from psycopg.rows import dict_row
+
+from airflow_vectorize.exceptions import VectorizeError
+
+SCHEMA = "vectorize"
+DEFAULT_TRANSFORMER = "sentence-transformers/all-MiniLM-L6-v2"
+TABLE_METHODS = ("join", "append")
+SCHEDULES = ("realtime", "manual")
+
+
+@dataclass(frozen=True)
+class DistanceKind:
+    """One ``index_dist_type``: its index name suffix, operator class and distance operator."""
+
+    index_suffix: str
+    opclass: str
+    operator: str
+
+
+INDEX_DIST_TYPES: dict[str, DistanceKind] = {
+    "pgv_hnsw_cosine": DistanceKind("hnsw_cos_idx", "vector_cosine_ops", "<=>"),
+    "pgv_hnsw_l2": DistanceKind("hnsw_l2_idx", "vector_l2_ops", "<->"),
+    "pgv_hnsw_ip": DistanceKind("hnsw_ip_idx", "vector_ip_ops", "<#>"),
+}
+
+# The longest name derived from a job name is "vectorize_insert_trigger_<job>"; PostgreSQL truncates
+# identifiers at 63 bytes, which would make two projects share objects.
+MAX_JOB_NAME_BYTES = 63 - len("vectorize_insert_trigger_")
+
+# The configuration that defines a project; a second create with other values is a conflict.
+CONFIG_FIELDS = (
+    "transformer",
+    "index_dist_type",
+    "schema",
+    "relation",
+    "primary_key",
+    "columns",
+    "table_method",
+    "schedule",
+    "update_time_col",
+)
+
+
+@dataclass(frozen=True)
+class Project:
+    """A project's catalog entry, with the names of everything it stores."""
+
+    name: str
+    schema: str
+    relation: str
+    primary_key: str
+    columns: tuple[str, ...]
+    transformer: str = DEFAULT_TRANSFORMER
+    index_dist_type: str = "pgv_hnsw_cosine"
+    table_method: str = "join"
+    schedule: str = "realtime"
+    update_time_col: str | None = None
+    pkey_type: str = ""
+    dimensions: int = 0
+    job_id: int | None = None
+
+    # -- catalog form --------------------------------------------------------------------------
+    def params(self) -> dict[str, Any]:
+        """The ``params`` jsonb, with pg_vectorize's keys (never secrets)."""
+        return {
+            "schema": self.schema,
+            "relation": self.relation,
+            "columns": list(self.columns),
+            "update_time_col": self.update_time_col,
+            "table_method": self.table_method,
+            "primary_key": self.primary_key,
+            "pkey_type": self.pkey_type,
+            "schedule": self.schedule,
+        }
+
+    def config(self) -> dict[str, Any]:
+        return {field: getattr(self, field) for field in CONFIG_FIELDS}
+
+    def entry(self) -> dict[str, Any]:
+        """The catalog row as a JSON-serialisable dict (plus the vector size)."""
+        return {
+            "job_id": self.job_id,
+            "name": self.name,
+            "index_dist_type": self.index_dist_type,
+            "transformer": self.transformer,
+            "params": self.params(),
+            "dimensions": self.dimensions,
+        }
+
+    # -- storage names ---------------------------------------------------------------------------
+    @property
+    def source(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.relation)
+
+    @property
+    def is_join(self) -> bool:
+        return self.table_method == "join"
+
+    @property
+    def target(self) -> sql.Identifier:
+        """The table that holds the embeddings."""
+        return sql.Identifier(SCHEMA, f"_embeddings_{self.name}") if self.is_join else self.source
+
+    @property
+    def target_schema(self) -> str:
+        return SCHEMA if self.is_join else self.schema
+
+    @property
+    def embeddings_column(self) -> str:
+        return "embeddings" if self.is_join else f"{self.name}_embeddings"
+
+    @property
+    def updated_at_column(self) -> str:
+        return "updated_at" if self.is_join else f"{self.name}_updated_at"
+
+    @property
+    def text_md5_column(self) -> str:
+        return "text_md5" if self.is_join else f"{self.name}_text_md5"
+
+    @property
+    def view(self) -> sql.Identifier:
+        return sql.Identifier(SCHEMA, f"{self.name}_view")
+
+    @property
+    def index_name(self) -> str:
+        return f"{self.name}_{INDEX_DIST_TYPES[self.index_dist_type].index_suffix}"
+
+    @property
+    def distance(self) -> DistanceKind:
+        return INDEX_DIST_TYPES[self.index_dist_type]
+
+    @property
+    def queue(self) -> sql.Identifier:
+        return sql.Identifier(SCHEMA, f"_pending_{self.name}")
+
+    @property
+    def trigger_function(self) -> sql.Identifier:
+        return sql.Identifier(SCHEMA, f"handle_update_{self.name}")
+
+    @property
+    def insert_trigger(self) -> str:
+        return f"vectorize_insert_trigger_{self.name}"
+
+    @property
+    def update_trigger(self) -> str:
+        return f"vectorize_update_trigger_{self.name}"
+
+    def text_expression(self, alias: str) -> sql.Composable:
+        """The text to embed: the columns joined with ', ', NULL columns skipped ('' when all are NULL)."""
+        parts = sql.SQL(", ").join(sql.Identifier(alias, column) for column in self.columns)
+        return sql.SQL("concat_ws(', ', {})").format(parts)
+
+    def text_md5_expression(self, alias: str) -> sql.Composable:
+        return sql.SQL("md5({})::uuid").format(self.text_expression(alias))
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Project:
+        params = row["params"]
+        return cls(
+            job_id=row["job_id"],
+            name=row["name"],
+            transformer=row["transformer"],
+            index_dist_type=row["index_dist_type"],
+            schema=params["schema"],
+            relation=params["relation"],
+            primary_key=params["primary_key"],
+            columns=tuple(params["columns"]),
+            table_method=params.get("table_method", "join"),
+            schedule=params.get("schedule", "realtime"),
+            update_time_col=params.get("update_time_col"),
+            pkey_type=params.get("pkey_type", ""),
+            dimensions=row["dimensions"] or 0,
+        )
+
+
+# -- advisory locks --------------------------------------------------------------------------------
+def lock_project(cur: Cursor, job_name: str) -> None:
+    """Serialise writers of one project until the transaction ends."""
+    cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"vectorize:{job_name}"])
+
+
+# -- catalog reads and writes ------------------------------------------------------------------------
+def ensure_vector_extension(cur: Cursor) -> None:
+    """Create pgvector when it is available but not yet installed in this database."""
+    cur.execute("SELECT 1 FROM pg_extension WHERE extname = 'vector'")
+    if cur.fetchone():
+        return
+    try:
+        with cur.connection.transaction():
+            cur.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    except psycopg.Error as error:
+        raise VectorizeError(
+            f"pgvector is not installed in database {cur.connection.info.dbname!r} and could not be created"
+            f" ({error}). Ask an administrator to run CREATE EXTENSION vector."
+        ) from error
+
+
+def ensure_catalog(cur: Cursor) -> None:
+    """Create the ``vectorize`` schema and job table if missing (serialised against concurrent creators)."""
+    cur.execute("SELECT pg_advisory_xact_lock(hashtextextended('vectorize:catalog', 0))")
+    cur.execute(
+        """
+        CREATE SCHEMA IF NOT EXISTS vectorize;
+        CREATE TABLE IF NOT EXISTS vectorize.job (
+            job_id bigserial PRIMARY KEY,
+            name text UNIQUE NOT NULL,
+            index_dist_type text NOT NULL DEFAULT 'pgv_hnsw_cosine',
+            transformer text NOT NULL,
+            params jsonb NOT NULL
+        )
+        """
+    )
+
+
+_PROJECT_QUERY = """
+SELECT j.job_id, j.name, j.index_dist_type, j.transformer, j.params,
+       (SELECT a.atttypmod FROM pg_attribute a
+         WHERE a.attrelid = CASE WHEN j.params->>'table_method' = 'append'
+                                 THEN to_regclass(format('%%I.%%I', j.params->>'schema', j.params->>'relation'))
+                                 ELSE to_regclass(format('vectorize.%%I', '_embeddings_' || j.name)) END
+           AND a.attname = CASE WHEN j.params->>'table_method' = 'append'
+                                THEN j.name || '_embeddings' ELSE 'embeddings' END
+           AND NOT a.attisdropped) AS dimensions
+  FROM vectorize.job j
+"""
+
+
+def find_project(cur: Cursor, job_name: str) -> Project | None:
+    """The project named ``job_name``, or None (also when the catalog does not exist yet)."""
+    if not catalog_exists(cur):
+        return None
+    rows = _fetch_projects(cur, "WHERE j.name = %s", [job_name])
+    return rows[0] if rows else None
+
+
+def list_projects(cur: Cursor) -> list[Project]:
+    if not catalog_exists(cur):
+        return []
+    return _fetch_projects(cur, "ORDER BY j.name", [])
+
+
+def _fetch_projects(cur: Cursor, tail: str, params: list[Any]) -> list[Project]:
+    with cur.connection.cursor(row_factory=dict_row) as dict_cur:
+        dict_cur.execute(_PROJECT_QUERY + tail, params)
+        return [Project.from_row(row) for row in dict_cur.fetchall()]
+
+
+def catalog_exists(cur: Cursor) -> bool:
+    cur.execute("SELECT to_regclass('vectorize.job') IS NOT NULL")
+    return bool(cur.fetchone()[0])
+
+
+def insert_project(cur: Cursor, project: Project) -> int:
+    cur.execute(
+        "INSERT INTO vectorize.job (name, index_dist_type, transformer, params)"
+        " VALUES (%s, %s, %s, %s) RETURNING job_id",
+        [project.name, project.index_dist_type, project.transformer, json.dumps(project.params())],
+    )
+    return cur.fetchone()[0]
+
+
+# -- storage DDL -------------------------------------------------------------------------------------
+def create_storage(cur: Cursor, project: Project) -> list[str]:
+    """Create the embeddings storage, index, queue and (for realtime) triggers. Returns what was created."""
+    key = sql.Identifier(project.primary_key)
+    emb = sql.Identifier(project.embeddings_column)
+    vector_type = sql.SQL("vector({})").format(sql.Literal(project.dimensions))
+    created: list[str] = []
+    if project.is_join:
+        # CREATE TABLE AS copies the key's exact type (with typmod) from the source column.
+        cur.execute(
+            sql.SQL(
+                "CREATE TABLE {target} AS SELECT {key} FROM {source} WITH NO DATA;"
+                " ALTER TABLE {target} ALTER COLUMN {key} SET NOT NULL, ADD UNIQUE ({key}),"
+                " ADD FOREIGN KEY ({key}) REFERENCES {source} ({key}) ON DELETE CASCADE,"
+                " ADD COLUMN embeddings {vector_type} NOT NULL,"
+                " ADD COLUMN updated_at timestamptz NOT NULL DEFAULT now(),"
+                " ADD COLUMN text_md5 uuid;"
+                " CREATE VIEW {view} AS SELECT s.*, e.embeddings, e.updated_at AS embeddings_updated_at"
+                " FROM {source} s JOIN {target} e ON e.{key} = s.{key}"
+            ).format(target=project.target, key=key, source=project.source, vector_type=vector_type,
+                     view=project.view)
+        )
+        created += [_name(project.target), _name(project.view)]
+    else:
+        cur.execute(
+            sql.SQL(
+                "ALTER TABLE {source} ADD COLUMN {emb} {vector_type}, ADD COLUMN {updated_at} timestamptz,"
+                " ADD COLUMN {text_md5} uuid"
+            ).format(source=project.source, emb=emb, vector_type=vector_type,
+                     updated_at=sql.Identifier(project.updated_at_column),
+                     text_md5=sql.Identifier(project.text_md5_column))
+        )
+        created += [f"{project.relation}.{c}" for c in
+                    (project.embeddings_column, project.updated_at_column, project.text_md5_column)]
+    create_index(cur, project)
+    created.append(f"{project.target_schema}.{project.index_name}")
+    cur.execute(
+        sql.SQL(
+            "CREATE TABLE {queue} AS SELECT {key} FROM {source} WITH NO DATA;"
+            " ALTER TABLE {queue} ADD PRIMARY KEY ({key}),"
+            " ADD FOREIGN KEY ({key}) REFERENCES {source} ({key}) ON DELETE CASCADE,"
+            " ADD COLUMN enqueued_at timestamptz NOT NULL DEFAULT clock_timestamp()"
+        ).format(queue=project.queue, key=key, source=project.source)
+    )
+    created.append(_name(project.queue))
+    if project.schedule == "realtime":
+        created += create_triggers(cur, project)
+    return created
+
+
+def create_index(cur: Cursor, project: Project) -> None:
+    cur.execute(
+        sql.SQL("CREATE INDEX {index} ON {target} USING hnsw ({emb} {opclass})").format(
+            index=sql.Identifier(project.index_name),
+            target=project.target,
+            emb=sql.Identifier(project.embeddings_column),
+            opclass=sql.Identifier(project.distance.opclass),
+        )
+    )
+
+
+def drop_index(cur: Cursor, project: Project) -> None:
+    cur.execute(
+        sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(project.target_schema, project.index_name))
+    )
+
+
+def create_triggers(cur: Cursor, project: Project) -> list[str]:
+    """Queue the keys of inserted rows, and of rows whose embedded columns changed.
+
+    Inserts are handled per statement (one set-based insert from the transition table). Updates use a
+    row trigger limited to the embedded columns (PostgreSQL allows no transition table with a column
+    list), so writing embeddings, or changing any other column, never queues a row.
+    """
+    key = sql.Identifier(project.primary_key)
+    body = sql.SQL(
+        """
+        BEGIN
+          IF TG_LEVEL = 'ROW' THEN
+            INSERT INTO {queue} ({key}) VALUES (NEW.{key})
+              ON CONFLICT ({key}) DO UPDATE SET enqueued_at = clock_timestamp();
+          ELSE
+            INSERT INTO {queue} ({key}) SELECT n.{key} FROM vectorize_new_rows n
+              ON CONFLICT ({key}) DO UPDATE SET enqueued_at = clock_timestamp();
+          END IF;
+          RETURN NULL;
+        END
+        """
+    ).format(queue=project.queue, key=key)
+    changed = sql.SQL(" OR ").join(
+        sql.SQL("OLD.{c} IS DISTINCT FROM NEW.{c}").format(c=sql.Identifier(c)) for c in project.columns
+    )
+    cur.execute(
+        sql.SQL(
+            "CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS {body};"
+            " CREATE TRIGGER {insert_trigger} AFTER INSERT ON {source}"
+            " REFERENCING NEW TABLE AS vectorize_new_rows"
+            " FOR EACH STATEMENT EXECUTE FUNCTION {function}();"
+            " CREATE TRIGGER {update_trigger} AFTER UPDATE OF {columns} ON {source}"
+            " FOR EACH ROW WHEN ({changed}) EXECUTE FUNCTION {function}()"
+        ).format(
+            function=project.trigger_function,
+            body=sql.Literal(body.as_string(cur)),
+            insert_trigger=sql.Identifier(project.insert_trigger),
+            update_trigger=sql.Identifier(project.update_trigger),
+            source=project.source,
+            columns=sql.SQL(", ").join(sql.Identifier(c) for c in project.columns),
+            changed=changed,
+        )
+    )
+    return [_name(project.trigger_function) + "()", project.insert_trigger, project.update_trigger]
+
+
+def drop_storage(cur: Cursor, project: Project, source_exists: bool) -> list[str]:
+    """Remove everything ``create_storage`` made, never the source table. Returns what was removed."""
+    removed: list[str] = []
+    if source_exists:
+        for trigger in (project.insert_trigger, project.update_trigger):
+            cur.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trigger), project.source))
+        removed += [project.insert_trigger, project.update_trigger]
+    cur.execute(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(project.trigger_function))
+    removed.append(_name(project.trigger_function) + "()")
+    cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(project.queue))
+    removed.append(_name(project.queue))
+    if project.is_join:
+        cur.execute(sql.SQL("DROP VIEW IF EXISTS {}; DROP TABLE IF EXISTS {}").format(project.view, project.target))
+        removed += [_name(project.view), _name(project.target), f"{SCHEMA}.{project.index_name}"]
+    elif source_exists:
+        # Dropping the columns drops the index on them.
+        cur.execute(
+            sql.SQL("ALTER TABLE {} DROP COLUMN IF EXISTS {}, DROP COLUMN IF EXISTS {}, DROP COLUMN IF EXISTS {}").format(
+                project.source,
+                sql.Identifier(project.embeddings_column),
+                sql.Identifier(project.updated_at_column),
+                sql.Identifier(project.text_md5_column),
+            )
+        )
+        removed += [f"{project.relation}.{c}" for c in
+                    (project.embeddings_column, project.updated_at_column, project.text_md5_column)]
+        removed.append(f"{project.schema}.{project.index_name}")
+    cur.execute("DELETE FROM vectorize.job WHERE name = %s", [project.name])
+    removed.append(f"vectorize.job[{project.name}]")
+    return removed
+
+
+def _name(identifier: sql.Identifier) -> str:
+    """The quoted, qualified name, for summaries."""
+    return identifier.as_string(None)

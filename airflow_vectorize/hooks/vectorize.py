@@ -1,0 +1,271 @@
+"""VectorizeHook: pg_vectorize's project API on any PostgreSQL with pgvector; the one place that writes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any
+
+import psycopg
+from airflow.providers.postgres.hooks.postgres import PostgresHook
+from psycopg import Cursor, sql
+
+from airflow_vectorize import catalog, storage, validation
+from airflow_vectorize.catalog import DEFAULT_TRANSFORMER, Project
+from airflow_vectorize.exceptions import ProjectConflictError, ProjectNotFoundError, VectorizeError
+
+
+class VectorizeHook(PostgresHook):
+    """Create, fill, inspect and drop vector-search projects, stored as pg_vectorize stores them.
+
+    Every method runs in one transaction on its own connection: an error leaves nothing half-written,
+    and a retried task converges to the same state. Writers of one project are serialised with a
+    transaction-scoped advisory lock.
+
+    :param postgres_conn_id: the Airflow connection to a PostgreSQL database with pgvector available.
+    :param index_build_memory: ``maintenance_work_mem`` for HNSW builds after bulk writes (this
+        transaction only).
+    """
+
+    conn_name_attr = "postgres_conn_id"
+    default_conn_name = "postgres_default"
+    conn_type = "postgres"
+    hook_name = "Vectorize (PostgreSQL + pgvector)"
+
+    def __init__(
+        self, postgres_conn_id: str = default_conn_name, *, index_build_memory: str = "1GB", **kwargs: Any
+    ) -> None:
+        super().__init__(postgres_conn_id=postgres_conn_id, **kwargs)
+        self.index_build_memory = index_build_memory
+
+    # -- connections -------------------------------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[Cursor]:
+        """A cursor inside one transaction on a fresh psycopg 3 connection, closed afterwards."""
+        conn = self.get_conn()
+        if not isinstance(conn, psycopg.Connection):
+            conn.close()
+            raise VectorizeError(
+                "VectorizeHook needs psycopg 3 (PostgresHook uses it when psycopg and SQLAlchemy 2 are"
+                " installed): pip install 'psycopg[binary]' 'sqlalchemy>=2'"
+            )
+        try:
+            conn.autocommit = True
+            with conn.transaction(), conn.cursor() as cur:
+                yield cur
+        finally:
+            conn.close()
+
+    # -- projects ----------------------------------------------------------------------------------
+    def create_project(
+        self,
+        job_name: str,
+        table: str,
+        primary_key: str,
+        columns: Sequence[str],
+        transformer: str = DEFAULT_TRANSFORMER,
+        schema: str = "public",
+        table_method: str = "join",
+        index_dist_type: str = "pgv_hnsw_cosine",
+        schedule: str = "realtime",
+        update_col: str | None = None,
+    ) -> dict[str, Any]:
+        """Make ``schema.table`` searchable: embeddings storage, HNSW index, queue and realtime triggers.
+
+        The same call again returns the existing project unchanged; another configuration under an
+        existing name raises ProjectConflictError naming the fields that differ.
+        """
+        validation.check_job_name(job_name)
+        validation.check_options(table_method, index_dist_type, schedule)
+        if isinstance(columns, str) or not all(isinstance(c, str) for c in columns):
+            raise validation.InvalidInputError(f"columns must be a list of column names, got {columns!r}")
+        wanted = Project(
+            name=job_name,
+            schema=schema,
+            relation=table,
+            primary_key=primary_key,
+            columns=tuple(columns),
+            transformer=transformer,
+            index_dist_type=index_dist_type,
+            table_method=table_method,
+            schedule=schedule,
+            update_time_col=update_col,
+        )
+        # Read-only pass first: a repeated call or bad input answers without loading the model.
+        with self.transaction() as cur:
+            existing = catalog.find_project(cur, job_name)
+            if existing is None:
+                validation.check_project_source(cur, wanted)
+        if existing is not None:
+            return self._existing_project(existing, wanted)
+
+        from airflow_vectorize.embedders import dimensions
+
+        dims = dimensions(transformer)
+        with self.transaction() as cur:
+            catalog.ensure_vector_extension(cur)
+            catalog.ensure_catalog(cur)
+            catalog.lock_project(cur, job_name)
+            existing = catalog.find_project(cur, job_name)  # a concurrent creator may have won
+            if existing is not None:
+                return self._existing_project(existing, wanted)
+            key = validation.check_project_source(cur, wanted)
+            project = replace(wanted, pkey_type=key.data_type, dimensions=dims)
+            validation.check_storage_free(cur, project)
+            project = replace(project, job_id=catalog.insert_project(cur, project))
+            objects = catalog.create_storage(cur, project)
+        self.log.info("Created vectorize project %r (%s, %d dimensions)", job_name, table_method, dims)
+        return self._project_summary(project, created=True, objects=objects)
+
+    def _existing_project(self, existing: Project, wanted: Project) -> dict[str, Any]:
+        have, want = existing.config(), wanted.config()
+        differing = [f for f in catalog.CONFIG_FIELDS if have[f] != want[f]]
+        if differing:
+            details = "; ".join(f"{f}: existing {have[f]!r}, requested {want[f]!r}" for f in differing)
+            raise ProjectConflictError(
+                f"project {existing.name!r} already exists with a different configuration ({details})."
+                " Drop it first (DropVectorizeProjectOperator) or use another job_name."
+            )
+        self.log.info("Vectorize project %r already exists with this configuration", existing.name)
+        return self._project_summary(existing, created=False, objects=[])
+
+    @staticmethod
+    def _project_summary(project: Project, created: bool, objects: list[str]) -> dict[str, Any]:
+        return {
+            "job_name": project.name,
+            "created": created,
+            "table_method": project.table_method,
+            "dimensions": project.dimensions,
+            "transformer": project.transformer,
+            "index": project.index_name,
+            "schedule": project.schedule,
+            "objects": objects,
+        }
+
+    def get_project(self, job_name: str) -> dict[str, Any]:
+        """The catalog entry of ``job_name`` (job_id, name, index_dist_type, transformer, params, dimensions)."""
+        with self.transaction() as cur:
+            return self._project(cur, job_name).entry()
+
+    def list_projects(self) -> list[dict[str, Any]]:
+        with self.transaction() as cur:
+            return [project.entry() for project in catalog.list_projects(cur)]
+
+    def _project(self, cur: Cursor, job_name: str) -> Project:
+        project = catalog.find_project(cur, job_name)
+        if project is None:
+            raise ProjectNotFoundError(
+                f"project {job_name!r} not yet initialized: there is no such job in vectorize.job."
+                " Create it first (VectorizeHook.create_project / CreateVectorizeProjectOperator)."
+            )
+        return project
+
+    def drop_project(self, job_name: str, missing_ok: bool = False) -> dict[str, Any]:
+        """Remove everything the project created, never its source table."""
+        with self.transaction() as cur:
+            catalog.lock_project(cur, job_name)
+            if missing_ok and catalog.find_project(cur, job_name) is None:
+                self.log.info("Vectorize project %r does not exist; nothing to drop", job_name)
+                return {"job_name": job_name, "dropped": False}
+            project = self._project(cur, job_name)
+            cur.execute("SELECT to_regclass(%s) IS NOT NULL", [project.source.as_string(None)])
+            source_exists = cur.fetchone()[0]
+            embeddings = storage.embedded_rows(cur, project) if source_exists or project.is_join else 0
+            cur.execute(sql.SQL("SELECT count(*) FROM {}").format(project.queue))
+            pending = cur.fetchone()[0]
+            objects = catalog.drop_storage(cur, project, source_exists)
+        self.log.info("Dropped vectorize project %r (%d embeddings)", job_name, embeddings)
+        return {
+            "job_name": job_name,
+            "dropped": True,
+            "table_method": project.table_method,
+            "embeddings_removed": embeddings,
+            "pending_removed": pending,
+            "objects": objects,
+        }
+
+    def get_status(self, job_name: str) -> dict[str, Any]:
+        """Exact counts: rows in the source, with a current or stale embedding, without one, queued."""
+        with self.transaction() as cur:
+            project = self._project(cur, job_name)
+            join = (
+                sql.SQL("LEFT JOIN {target} e ON e.{key} = r.{key}").format(
+                    target=project.target, key=sql.Identifier(project.primary_key))
+                if project.is_join else sql.SQL("")
+            )
+            alias = "e" if project.is_join else "r"
+            cur.execute(
+                sql.SQL(
+                    "SELECT count(*), count({emb}),"
+                    " count(*) FILTER (WHERE {emb} IS NOT NULL AND {md5} IS DISTINCT FROM {text_md5}),"
+                    " count(*) FILTER (WHERE {text} = ''),"
+                    " (SELECT count(*) FROM {queue})"
+                    " FROM {source} r {join}"
+                ).format(
+                    emb=sql.Identifier(alias, project.embeddings_column),
+                    md5=project.text_md5_expression("r"),
+                    text_md5=sql.Identifier(alias, project.text_md5_column),
+                    text=project.text_expression("r"),
+                    queue=project.queue,
+                    source=project.source,
+                    join=join,
+                )
+            )
+            total, embedded, stale, no_text, pending = cur.fetchone()
+        return {
+            "job_name": job_name,
+            "table_method": project.table_method,
+            "total_rows": total,
+            "embedded_rows": embedded,
+            "missing_rows": total - embedded,
+            "stale_rows": stale,
+            "no_text_rows": no_text,
+            "pending": pending,
+        }
+
+    # -- embeddings ----------------------------------------------------------------------------------
+    def import_embeddings(
+        self,
+        job_name: str,
+        src_table: str,
+        src_primary_key: str,
+        src_embeddings_col: str,
+        src_schema: str = "public",
+    ) -> dict[str, Any]:
+        """Import pre-computed embeddings from ``src_schema.src_table``, all or nothing.
+
+        Everything is validated before the first write (missing table or column, column type, dimensions,
+        NULL/NaN/infinite values, duplicate keys, keys not in the project's table). Existing embeddings
+        are overwritten (join and append alike); queued realtime work is cleared for the imported keys.
+        """
+        started = time.monotonic()
+        with self.transaction() as cur:
+            catalog.lock_project(cur, job_name)
+            project = self._project(cur, job_name)
+            table, key, emb = validation.check_import_source(
+                cur, project, src_schema, src_table, src_primary_key, src_embeddings_col
+            )
+            source = validation.check_import_rows(cur, project, table, key, emb)
+            with storage.index_maintenance(cur, project, source.rows, self.index_build_memory) as rebuilt:
+                inserted, written = storage.import_from_table(
+                    cur, project, source.table, source.key, source.embeddings
+                )
+            if inserted is None:  # append: the validation pass counted rows that already had one
+                inserted = written - source.already_embedded
+            pending_cleared = storage.clear_pending(cur, project, source.table, source.key)
+        summary = {
+            "job_name": job_name,
+            "table_method": project.table_method,
+            "source": f"{src_schema}.{src_table}",
+            "imported": written,
+            "inserted": inserted,
+            "updated": written - inserted,
+            "dimensions": project.dimensions,
+            "pending_cleared": pending_cleared,
+            "index_rebuilt": rebuilt,
+            "seconds": round(time.monotonic() - started, 3),
+        }
+        self.log.info("Imported embeddings: %s", summary)
+        return summary

@@ -1,0 +1,87 @@
+"""Operators that create and drop vectorize projects."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from airflow_vectorize.catalog import DEFAULT_TRANSFORMER
+from airflow_vectorize.operators._base import VectorizeBaseOperator
+
+
+class CreateVectorizeProjectOperator(VectorizeBaseOperator):
+    """Create a vector-search project on a table (pg_vectorize's ``vectorize.table``); idempotent.
+
+    :param job_name: the project name, ``[A-Za-z0-9_]+``.
+    :param table: the source table; ``schema`` its schema.
+    :param primary_key: a unique column of the table.
+    :param columns: the text columns whose values, joined with ', ', are embedded.
+    :param transformer: the sentence-transformers model; it decides the vector size.
+    :param table_method: ``join`` (separate embeddings table + view) or ``append`` (columns on the table).
+    :param index_dist_type: ``pgv_hnsw_cosine``, ``pgv_hnsw_l2`` or ``pgv_hnsw_ip``.
+    :param schedule: ``realtime`` (triggers queue changed rows) or ``manual``.
+    :param update_col: a timestamp column that tells when a row changed (for interval runs).
+    """
+
+    template_fields: Sequence[str] = (
+        "job_name", "table", "schema", "primary_key", "columns", "transformer", "update_col"
+    )
+
+    def __init__(
+        self,
+        *,
+        job_name: str,
+        table: str,
+        primary_key: str,
+        columns: Sequence[str],
+        transformer: str = DEFAULT_TRANSFORMER,
+        schema: str = "public",
+        table_method: str = "join",
+        index_dist_type: str = "pgv_hnsw_cosine",
+        schedule: str = "realtime",
+        update_col: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.job_name = job_name
+        self.table = table
+        self.primary_key = primary_key
+        self.columns = columns
+        self.transformer = transformer
+        self.schema = schema
+        self.table_method = table_method
+        self.index_dist_type = index_dist_type
+        self.schedule = schedule
+        self.update_col = update_col
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        return self.hook.create_project(
+            job_name=self.job_name,
+            table=self.table,
+            primary_key=self.primary_key,
+            columns=list(self.columns),
+            transformer=self.transformer,
+            schema=self.schema,
+            table_method=self.table_method,
+            index_dist_type=self.index_dist_type,
+            schedule=self.schedule,
+            update_col=self.update_col,
+        )
+
+
+class DropVectorizeProjectOperator(VectorizeBaseOperator):
+    """Remove a project's embeddings, index, view, triggers, queue and catalog row; never the source table.
+
+    :param job_name: the project to drop.
+    :param missing_ok: succeed (``dropped: False``) when the project does not exist.
+    """
+
+    template_fields: Sequence[str] = ("job_name",)
+
+    def __init__(self, *, job_name: str, missing_ok: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.job_name = job_name
+        self.missing_ok = missing_ok
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        return self.hook.drop_project(self.job_name, missing_ok=self.missing_ok)

@@ -1,0 +1,334 @@
+"""Checks of user input against pg_catalog and the data, raising precise errors before anything is written."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg import Cursor, sql
+from psycopg.rows import dict_row
+
+from airflow_vectorize.catalog import (
+    INDEX_DIST_TYPES,
+    MAX_JOB_NAME_BYTES,
+    SCHEDULES,
+    TABLE_METHODS,
+    Project,
+)
+from airflow_vectorize.exceptions import DimensionMismatchError, InvalidInputError
+
+JOB_NAME_PATTERN = re.compile(r"[A-Za-z0-9_]+")
+SAMPLE_SIZE = 5
+INTEGER_TYPES = {"smallint", "integer", "bigint"}
+TIMESTAMP_TYPES = {"timestamp", "timestamptz"}
+VECTOR_TYPES = {"vector", "halfvec"}
+FLOAT_ELEMENT_TYPES = {"float4", "float8"}
+
+
+@dataclass(frozen=True)
+class Column:
+    """A table column as pg_catalog describes it."""
+
+    name: str
+    type_sql: str  # format_type(), e.g. "vector(384)"
+    data_type: str  # format_type() without modifier, e.g. "integer" (pg_vectorize's pkey_type)
+    typname: str  # e.g. "int4", "vector", "_float4"
+    category: str  # pg_type.typcategory: "S" string, "A" array, ...
+    typmod: int
+    not_null: bool
+    element: str | None  # element typname for arrays
+    unique: bool  # a primary key or non-partial unique index on this column alone
+
+
+@dataclass(frozen=True)
+class Table:
+    schema: str
+    name: str
+    kind: str  # pg_class.relkind
+    columns: dict[str, Column]
+
+    @property
+    def label(self) -> str:
+        return f'"{self.schema}"."{self.name}"'
+
+    def column(self, name: str, role: str) -> Column:
+        if name not in self.columns:
+            raise InvalidInputError(
+                f"{role} column {name!r} does not exist in table {self.label};"
+                f" its columns are: {', '.join(self.columns)}"
+            )
+        return self.columns[name]
+
+
+_DESCRIBE = """
+SELECT c.relkind, a.attname, format_type(a.atttypid, a.atttypmod) AS type_sql,
+       format_type(a.atttypid, NULL) AS data_type, t.typname, t.typcategory, a.atttypmod, a.attnotnull,
+       et.typname AS element,
+       EXISTS (SELECT 1 FROM pg_index i
+                WHERE i.indrelid = c.oid AND i.indisunique AND i.indnkeyatts = 1 AND i.indkey[0] = a.attnum
+                  AND i.indpred IS NULL AND i.indexprs IS NULL) AS is_unique
+  FROM pg_class c
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+  LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+  LEFT JOIN pg_type t ON t.oid = a.atttypid
+  LEFT JOIN pg_type et ON et.oid = t.typelem AND t.typcategory = 'A'
+ WHERE n.nspname = %s AND c.relname = %s
+ ORDER BY a.attnum
+"""
+
+
+def describe_table(cur: Cursor, schema: str, name: str) -> Table | None:
+    """The relation and its columns in one round trip; None when it does not exist."""
+    with cur.connection.cursor(row_factory=dict_row) as dict_cur:
+        rows = dict_cur.execute(_DESCRIBE, [schema, name]).fetchall()
+    if not rows:
+        return None
+    columns = {
+        r["attname"]: Column(
+            name=r["attname"],
+            type_sql=r["type_sql"],
+            data_type=r["data_type"],
+            typname=r["typname"],
+            category=r["typcategory"],
+            typmod=r["atttypmod"],
+            not_null=r["attnotnull"],
+            element=r["element"],
+            unique=r["is_unique"],
+        )
+        for r in rows
+        if r["attname"] is not None
+    }
+    return Table(schema=schema, name=name, kind=rows[0]["relkind"], columns=columns)
+
+
+def require_table(cur: Cursor, schema: str, name: str, *, kinds: str, role: str) -> Table:
+    table = describe_table(cur, schema, name)
+    if table is None:
+        raise InvalidInputError(f'{role} table "{schema}"."{name}" does not exist')
+    if table.kind not in kinds:
+        raise InvalidInputError(f"{role} {table.label} is not a table (relkind {table.kind!r})")
+    return table
+
+
+# -- create_project ------------------------------------------------------------------------------------
+def check_job_name(job_name: Any) -> None:
+    if not isinstance(job_name, str) or not JOB_NAME_PATTERN.fullmatch(job_name):
+        raise InvalidInputError(
+            f"job_name {job_name!r} is invalid: use only letters, digits and underscores ([A-Za-z0-9_]+)"
+        )
+    if len(job_name.encode()) > MAX_JOB_NAME_BYTES:
+        raise InvalidInputError(
+            f"job_name {job_name!r} is {len(job_name.encode())} bytes long; at most {MAX_JOB_NAME_BYTES}"
+            " are allowed so that every derived name (e.g. vectorize_insert_trigger_<job>) fits PostgreSQL's"
+            " 63-byte identifiers"
+        )
+
+
+def check_options(table_method: str, index_dist_type: str, schedule: str) -> None:
+    if table_method not in TABLE_METHODS:
+        raise InvalidInputError(f"table_method {table_method!r} is unknown; use one of {', '.join(TABLE_METHODS)}")
+    if index_dist_type not in INDEX_DIST_TYPES:
+        raise InvalidInputError(
+            f"index_dist_type {index_dist_type!r} is unknown; use one of {', '.join(INDEX_DIST_TYPES)}"
+        )
+    if schedule not in SCHEDULES:
+        raise InvalidInputError(
+            f"schedule {schedule!r} is not supported: use 'realtime' (triggers queue changed rows) or 'manual'"
+            " (no triggers). Embedding runs are driven by your DAG's own schedule, not by a cron string here."
+        )
+
+
+def check_project_source(cur: Cursor, project: Project) -> Column:
+    """Check the source table, key, text columns and update column; return the key column."""
+    if not isinstance(project.columns, tuple) or not project.columns:
+        raise InvalidInputError("columns must name at least one text column to embed")
+    if len(set(project.columns)) != len(project.columns):
+        raise InvalidInputError(f"columns {list(project.columns)} name a column more than once")
+    table = require_table(cur, project.schema, project.relation, kinds="rp", role="source")
+    key = table.column(project.primary_key, "primary_key")
+    if not key.unique:
+        raise InvalidInputError(
+            f"primary_key {project.primary_key!r} of {table.label} is not unique: it needs a primary key or a"
+            " unique index on that column alone"
+        )
+    for name in project.columns:
+        column = table.column(name, "text")
+        if column.category != "S":
+            raise InvalidInputError(
+                f"column {name!r} of {table.label} is {column.type_sql}; columns to embed must be text-like"
+                " (text, varchar, char)"
+            )
+    if project.update_time_col is not None:
+        column = table.column(project.update_time_col, "update_col")
+        if column.typname not in TIMESTAMP_TYPES:
+            raise InvalidInputError(
+                f"update_col {project.update_time_col!r} of {table.label} is {column.type_sql};"
+                " it must be timestamp or timestamptz"
+            )
+    if not project.is_join:
+        taken = [c for c in (project.embeddings_column, project.updated_at_column, project.text_md5_column)
+                 if c in table.columns]
+        if taken:
+            raise InvalidInputError(
+                f"table_method 'append' adds columns {taken} to {table.label}, but they already exist"
+            )
+    return key
+
+
+def check_storage_free(cur: Cursor, project: Project) -> None:
+    """Refuse to create over objects left behind by another tool or an earlier version."""
+    names = [
+        project.target.as_string(None) if project.is_join else None,
+        project.view.as_string(None) if project.is_join else None,
+        project.queue.as_string(None),
+        sql.Identifier(project.target_schema, project.index_name).as_string(None),
+    ]
+    cur.execute(
+        "SELECT n FROM unnest(%s::text[]) n WHERE to_regclass(n) IS NOT NULL", [[n for n in names if n]]
+    )
+    leftovers = [row[0] for row in cur.fetchall()]
+    cur.execute("SELECT to_regprocedure(%s) IS NOT NULL", [project.trigger_function.as_string(None) + "()"])
+    if cur.fetchone()[0]:
+        leftovers.append(project.trigger_function.as_string(None) + "()")
+    if leftovers:
+        raise InvalidInputError(
+            f"project {project.name!r} is not in the catalog, but objects with its names exist: "
+            f"{', '.join(leftovers)}. Drop them, or choose another job_name."
+        )
+
+
+# -- import_embeddings -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ImportSource:
+    """A validated source of pre-computed embeddings."""
+
+    table: sql.Identifier
+    key: str
+    embeddings: str
+    rows: int
+    already_embedded: int | None  # append only: rows that had an embedding before
+
+
+def check_import_source(
+    cur: Cursor, project: Project, src_schema: str, src_table: str, src_key: str, src_embeddings: str
+) -> tuple[Table, Column, Column]:
+    """Check the source's catalog entries: table, key and embedding column types, declared dimensions."""
+    table = require_table(cur, src_schema, src_table, kinds="rpvmf", role="src_table")
+    key = table.column(src_key, "src_primary_key")
+    emb = table.column(src_embeddings, "src_embeddings_col")
+    key_ok = key.data_type == project.pkey_type or (
+        key.data_type in INTEGER_TYPES and project.pkey_type in INTEGER_TYPES
+    )
+    if not key_ok:
+        raise InvalidInputError(
+            f"src_primary_key {src_key!r} of {table.label} is {key.type_sql}, but the key"
+            f" {project.primary_key!r} of project {project.name!r} is {project.pkey_type}"
+        )
+    is_vector = emb.typname in VECTOR_TYPES
+    is_float_array = emb.category == "A" and emb.element in FLOAT_ELEMENT_TYPES
+    if not (is_vector or is_float_array):
+        raise InvalidInputError(
+            f"src_embeddings_col {src_embeddings!r} of {table.label} is {emb.type_sql}; expected vector,"
+            " halfvec, real[] or double precision[]"
+        )
+    if is_vector and emb.typmod > 0 and emb.typmod != project.dimensions:
+        cur.execute(
+            sql.SQL("SELECT {k}::text FROM {t} ORDER BY {k} LIMIT %s").format(
+                k=sql.Identifier(src_key), t=sql.Identifier(src_schema, src_table)
+            ),
+            [SAMPLE_SIZE],
+        )
+        keys = [r[0] for r in cur.fetchall()]
+        raise DimensionMismatchError(
+            f"project {project.name!r} expects {project.dimensions} dimensions, but column {src_embeddings!r}"
+            f" of {table.label} is {emb.type_sql} (found {emb.typmod}); e.g. keys {keys}"
+        )
+    return table, key, emb
+
+
+def check_import_rows(cur: Cursor, project: Project, table: Table, key: Column, emb: Column) -> ImportSource:
+    """One set-based pass over the source that finds every bad row; checks the catalog rules out are skipped.
+
+    Raises on NULL keys or embeddings, wrong dimensions, NaN/infinite values, duplicate keys and keys that
+    are not in the project's table, each with its count and a few offending keys.
+    """
+    src = sql.Identifier(table.schema, table.name)
+    k = sql.Identifier("s", key.name)
+    e = sql.Identifier("s", emb.name)
+    is_array = emb.category == "A"
+    checks: list[tuple[str, sql.Composable]] = [
+        ("keys not found in the project's table", sql.SQL("{k} IS NOT NULL AND r.{pk} IS NULL").format(
+            k=k, pk=sql.Identifier(project.primary_key))),
+    ]
+    if not key.not_null:
+        checks.append(("NULL keys", sql.SQL("{} IS NULL").format(k)))
+    if not emb.not_null:
+        checks.append(("NULL embeddings", sql.SQL("{} IS NULL").format(e)))
+    if is_array:
+        checks.append(("NULL elements in embeddings", sql.SQL("array_position({}, NULL) IS NOT NULL").format(e)))
+        checks.append(("NaN or infinite values", sql.SQL(
+            "{}::float8[] && '{{NaN,Infinity,-Infinity}}'::float8[]").format(e)))
+    dims = sql.SQL("cardinality({})").format(e) if is_array else sql.SQL("vector_dims({})").format(e)
+    if is_array or emb.typmod <= 0:
+        multi_dim = sql.SQL("array_ndims({}) <> 1 OR ").format(e) if is_array else sql.SQL("")
+        checks.append(("dimension mismatch", sql.SQL("{m}{d} <> {n}").format(
+            m=multi_dim, d=dims, n=sql.Literal(project.dimensions))))
+
+    items = [sql.SQL("count(*) AS total")]
+    for i, (_, condition) in enumerate(checks):
+        items.append(sql.SQL(
+            "count(*) FILTER (WHERE {c}) AS {n}, (array_agg({k}::text) FILTER (WHERE {c}))[1:{s}] AS {ks}"
+        ).format(c=condition, n=sql.Identifier(f"n{i}"), k=k, s=sql.Literal(SAMPLE_SIZE),
+                 ks=sql.Identifier(f"k{i}")))
+    if "dimension mismatch" in dict(checks):
+        items.append(sql.SQL("array_agg(DISTINCT {d}) FILTER (WHERE {c}) AS found_dims").format(
+            d=dims, c=dict(checks)["dimension mismatch"]))
+    if not project.is_join:
+        items.append(sql.SQL("count(*) FILTER (WHERE r.{}) AS already_embedded").format(
+            sql.SQL("{} IS NOT NULL").format(sql.Identifier(project.embeddings_column))))
+    duplicates = not key.unique
+    if duplicates:
+        items.append(sql.SQL(
+            "(SELECT count(*) FROM dup) AS ndup, (SELECT (array_agg(key::text))[1:{s}] FROM dup) AS kdup"
+        ).format(s=sql.Literal(SAMPLE_SIZE)))
+    query = sql.SQL(
+        "{with_dup} SELECT {items} FROM {src} s LEFT JOIN {source} r ON r.{pk} = {k}"
+    ).format(
+        with_dup=sql.SQL(
+            "WITH dup AS (SELECT {key} AS key FROM {src} WHERE {key} IS NOT NULL GROUP BY 1 HAVING count(*) > 1)"
+        ).format(key=sql.Identifier(key.name), src=src) if duplicates else sql.SQL(""),
+        items=sql.SQL(", ").join(items),
+        src=src,
+        source=project.source,
+        pk=sql.Identifier(project.primary_key),
+        k=k,
+    )
+    with cur.connection.cursor(row_factory=dict_row) as dict_cur:
+        result = dict_cur.execute(query).fetchone()
+
+    problems = []
+    for i, (label, _) in enumerate(checks):
+        if result[f"n{i}"]:
+            if label == "dimension mismatch":
+                raise DimensionMismatchError(
+                    f"project {project.name!r} expects {project.dimensions} dimensions, but"
+                    f" {result[f'n{i}']} row(s) of {table.label}.{emb.name} have"
+                    f" {sorted(d for d in result['found_dims'] if d is not None)}; e.g. keys {result[f'k{i}']}"
+                )
+            sample = f"; e.g. keys {result[f'k{i}']}" if label != "NULL keys" else ""
+            problems.append(f"{result[f'n{i}']} row(s) with {label}{sample}")
+    if duplicates and result["ndup"]:
+        problems.append(f"{result['ndup']} duplicate key value(s); e.g. keys {result['kdup']}")
+    if problems:
+        raise InvalidInputError(
+            f"cannot import embeddings into project {project.name!r} from {table.label}"
+            f" (key {key.name!r}, embeddings {emb.name!r}): " + "; ".join(problems) + ". Nothing was written."
+        )
+    return ImportSource(
+        table=src,
+        key=key.name,
+        embeddings=emb.name,
+        rows=result["total"],
+        already_embedded=None if project.is_join else result["already_embedded"],
+    )
