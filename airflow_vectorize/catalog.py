@@ -120,9 +120,13 @@ class Project:
         return self.table_method == "join"
 
     @property
+    def target_name(self) -> tuple[str, str]:
+        """(schema, table) of the table that holds the embeddings."""
+        return (SCHEMA, f"_embeddings_{self.name}") if self.is_join else (self.schema, self.relation)
+
+    @property
     def target(self) -> sql.Identifier:
-        """The table that holds the embeddings."""
-        return sql.Identifier(SCHEMA, f"_embeddings_{self.name}") if self.is_join else self.source
+        return sql.Identifier(*self.target_name)
 
     @property
     def target_schema(self) -> str:
@@ -141,8 +145,12 @@ class Project:
         return "text_md5" if self.is_join else f"{self.name}_text_md5"
 
     @property
+    def view_name(self) -> tuple[str, str]:
+        return SCHEMA, f"{self.name}_view"
+
+    @property
     def view(self) -> sql.Identifier:
-        return sql.Identifier(SCHEMA, f"{self.name}_view")
+        return sql.Identifier(*self.view_name)
 
     @property
     def index_name(self) -> str:
@@ -153,12 +161,36 @@ class Project:
         return INDEX_DIST_TYPES[self.index_dist_type]
 
     @property
+    def queue_name(self) -> tuple[str, str]:
+        return SCHEMA, f"_pending_{self.name}"
+
+    @property
     def queue(self) -> sql.Identifier:
-        return sql.Identifier(SCHEMA, f"_pending_{self.name}")
+        return sql.Identifier(*self.queue_name)
+
+    @property
+    def trigger_function_name(self) -> tuple[str, str]:
+        return SCHEMA, f"handle_update_{self.name}"
 
     @property
     def trigger_function(self) -> sql.Identifier:
-        return sql.Identifier(SCHEMA, f"handle_update_{self.name}")
+        return sql.Identifier(*self.trigger_function_name)
+
+    @property
+    def index_qualified_name(self) -> tuple[str, str]:
+        return self.target_schema, self.index_name
+
+    def storage_objects(self) -> list[str]:
+        """Every object the project owns, as 'schema.name' (columns as 'schema.table.column')."""
+        objects = [".".join(self.index_qualified_name), ".".join(self.queue_name)]
+        if self.is_join:
+            objects[:0] = [".".join(self.target_name), ".".join(self.view_name)]
+        else:
+            objects[:0] = [f"{self.schema}.{self.relation}.{column}" for column in
+                           (self.embeddings_column, self.updated_at_column, self.text_md5_column)]
+        if self.schedule == "realtime":
+            objects += [".".join(self.trigger_function_name) + "()", self.insert_trigger, self.update_trigger]
+        return objects
 
     @property
     def insert_trigger(self) -> str:
@@ -283,12 +315,11 @@ def insert_project(cur: Cursor, project: Project) -> int:
 
 
 # -- storage DDL -------------------------------------------------------------------------------------
-def create_storage(cur: Cursor, project: Project) -> list[str]:
-    """Create the embeddings storage, index, queue and (for realtime) triggers. Returns what was created."""
+def create_storage(cur: Cursor, project: Project) -> None:
+    """Create the embeddings storage, index, queue and (for realtime) triggers."""
     key = sql.Identifier(project.primary_key)
     emb = sql.Identifier(project.embeddings_column)
     vector_type = sql.SQL("vector({})").format(sql.Literal(project.dimensions))
-    created: list[str] = []
     if project.is_join:
         # CREATE TABLE AS copies the key's exact type (with typmod) from the source column.
         cur.execute(
@@ -304,7 +335,6 @@ def create_storage(cur: Cursor, project: Project) -> list[str]:
             ).format(target=project.target, key=key, source=project.source, vector_type=vector_type,
                      view=project.view)
         )
-        created += [_name(project.target), _name(project.view)]
     else:
         cur.execute(
             sql.SQL(
@@ -314,10 +344,7 @@ def create_storage(cur: Cursor, project: Project) -> list[str]:
                      updated_at=sql.Identifier(project.updated_at_column),
                      text_md5=sql.Identifier(project.text_md5_column))
         )
-        created += [f"{project.relation}.{c}" for c in
-                    (project.embeddings_column, project.updated_at_column, project.text_md5_column)]
     create_index(cur, project)
-    created.append(f"{project.target_schema}.{project.index_name}")
     cur.execute(
         sql.SQL(
             "CREATE TABLE {queue} AS SELECT {key} FROM {source} WITH NO DATA;"
@@ -326,10 +353,8 @@ def create_storage(cur: Cursor, project: Project) -> list[str]:
             " ADD COLUMN enqueued_at timestamptz NOT NULL DEFAULT clock_timestamp()"
         ).format(queue=project.queue, key=key, source=project.source)
     )
-    created.append(_name(project.queue))
     if project.schedule == "realtime":
-        created += create_triggers(cur, project)
-    return created
+        create_triggers(cur, project)
 
 
 def create_index(cur: Cursor, project: Project) -> None:
@@ -344,12 +369,10 @@ def create_index(cur: Cursor, project: Project) -> None:
 
 
 def drop_index(cur: Cursor, project: Project) -> None:
-    cur.execute(
-        sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(project.target_schema, project.index_name))
-    )
+    cur.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(*project.index_qualified_name)))
 
 
-def create_triggers(cur: Cursor, project: Project) -> list[str]:
+def create_triggers(cur: Cursor, project: Project) -> None:
     """Queue the keys of inserted rows, and of rows whose embedded columns changed.
 
     Inserts are handled per statement (one set-based insert from the transition table). Updates use a
@@ -392,23 +415,17 @@ def create_triggers(cur: Cursor, project: Project) -> list[str]:
             changed=changed,
         )
     )
-    return [_name(project.trigger_function) + "()", project.insert_trigger, project.update_trigger]
 
 
-def drop_storage(cur: Cursor, project: Project, source_exists: bool) -> list[str]:
-    """Remove everything ``create_storage`` made, never the source table. Returns what was removed."""
-    removed: list[str] = []
+def drop_storage(cur: Cursor, project: Project, source_exists: bool) -> None:
+    """Remove everything ``create_storage`` made and the catalog row, never the source table."""
     if source_exists:
         for trigger in (project.insert_trigger, project.update_trigger):
             cur.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trigger), project.source))
-        removed += [project.insert_trigger, project.update_trigger]
     cur.execute(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(project.trigger_function))
-    removed.append(_name(project.trigger_function) + "()")
     cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(project.queue))
-    removed.append(_name(project.queue))
     if project.is_join:
         cur.execute(sql.SQL("DROP VIEW IF EXISTS {}; DROP TABLE IF EXISTS {}").format(project.view, project.target))
-        removed += [_name(project.view), _name(project.target), f"{SCHEMA}.{project.index_name}"]
     elif source_exists:
         # Dropping the columns drops the index on them.
         cur.execute(
@@ -419,14 +436,4 @@ def drop_storage(cur: Cursor, project: Project, source_exists: bool) -> list[str
                 sql.Identifier(project.text_md5_column),
             )
         )
-        removed += [f"{project.relation}.{c}" for c in
-                    (project.embeddings_column, project.updated_at_column, project.text_md5_column)]
-        removed.append(f"{project.schema}.{project.index_name}")
     cur.execute("DELETE FROM vectorize.job WHERE name = %s", [project.name])
-    removed.append(f"vectorize.job[{project.name}]")
-    return removed
-
-
-def _name(identifier: sql.Identifier) -> str:
-    """The quoted, qualified name, for summaries."""
-    return identifier.as_string(None)

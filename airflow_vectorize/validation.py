@@ -178,19 +178,17 @@ def check_project_source(cur: Cursor, project: Project) -> Column:
 
 def check_storage_free(cur: Cursor, project: Project) -> None:
     """Refuse to create over objects left behind by another tool or an earlier version."""
-    names = [
-        project.target.as_string(None) if project.is_join else None,
-        project.view.as_string(None) if project.is_join else None,
-        project.queue.as_string(None),
-        sql.Identifier(project.target_schema, project.index_name).as_string(None),
-    ]
+    relations = [project.queue_name, project.index_qualified_name]
+    if project.is_join:
+        relations += [project.target_name, project.view_name]
     cur.execute(
-        "SELECT n FROM unnest(%s::text[]) n WHERE to_regclass(n) IS NOT NULL", [[n for n in names if n]]
+        "SELECT s || '.' || n FROM unnest(%s::text[], %s::text[]) AS r(s, n)"
+        " WHERE to_regclass(format('%%I.%%I', s, n)) IS NOT NULL"
+        " UNION ALL SELECT %s WHERE to_regprocedure(format('%%I.%%I()', %s::text, %s::text)) IS NOT NULL",
+        [[s for s, _ in relations], [n for _, n in relations],
+         ".".join(project.trigger_function_name) + "()", *project.trigger_function_name],
     )
     leftovers = [row[0] for row in cur.fetchall()]
-    cur.execute("SELECT to_regprocedure(%s) IS NOT NULL", [project.trigger_function.as_string(None) + "()"])
-    if cur.fetchone()[0]:
-        leftovers.append(project.trigger_function.as_string(None) + "()")
     if leftovers:
         raise InvalidInputError(
             f"project {project.name!r} is not in the catalog, but objects with its names exist: "

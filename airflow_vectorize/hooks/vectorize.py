@@ -115,9 +115,9 @@ class VectorizeHook(PostgresHook):
             project = replace(wanted, pkey_type=key.data_type, dimensions=dims)
             validation.check_storage_free(cur, project)
             project = replace(project, job_id=catalog.insert_project(cur, project))
-            objects = catalog.create_storage(cur, project)
+            catalog.create_storage(cur, project)
         self.log.info("Created vectorize project %r (%s, %d dimensions)", job_name, table_method, dims)
-        return self._project_summary(project, created=True, objects=objects)
+        return self._project_summary(project, created=True)
 
     def _existing_project(self, existing: Project, wanted: Project) -> dict[str, Any]:
         have, want = existing.config(), wanted.config()
@@ -129,10 +129,10 @@ class VectorizeHook(PostgresHook):
                 " Drop it first (DropVectorizeProjectOperator) or use another job_name."
             )
         self.log.info("Vectorize project %r already exists with this configuration", existing.name)
-        return self._project_summary(existing, created=False, objects=[])
+        return self._project_summary(existing, created=False)
 
     @staticmethod
-    def _project_summary(project: Project, created: bool, objects: list[str]) -> dict[str, Any]:
+    def _project_summary(project: Project, created: bool) -> dict[str, Any]:
         return {
             "job_name": project.name,
             "created": created,
@@ -141,7 +141,7 @@ class VectorizeHook(PostgresHook):
             "transformer": project.transformer,
             "index": project.index_name,
             "schedule": project.schedule,
-            "objects": objects,
+            "objects": project.storage_objects(),
         }
 
     def get_project(self, job_name: str) -> dict[str, Any]:
@@ -175,7 +175,7 @@ class VectorizeHook(PostgresHook):
             embeddings = storage.embedded_rows(cur, project) if source_exists or project.is_join else 0
             cur.execute(sql.SQL("SELECT count(*) FROM {}").format(project.queue))
             pending = cur.fetchone()[0]
-            objects = catalog.drop_storage(cur, project, source_exists)
+            catalog.drop_storage(cur, project, source_exists)
         self.log.info("Dropped vectorize project %r (%d embeddings)", job_name, embeddings)
         return {
             "job_name": job_name,
@@ -183,7 +183,7 @@ class VectorizeHook(PostgresHook):
             "table_method": project.table_method,
             "embeddings_removed": embeddings,
             "pending_removed": pending,
-            "objects": objects,
+            "objects": project.storage_objects() + [f"vectorize.job[{job_name}]"],
         }
 
     def get_status(self, job_name: str) -> dict[str, Any]:

@@ -1,0 +1,145 @@
+"""Fixtures: one embedded PostgreSQL + pgvector per session, a fresh database per test, the real model."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+# Airflow reads these when it is first imported: set them before anything imports airflow.
+os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="airflow-home-")
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import psycopg  # noqa: E402
+import pytest  # noqa: E402
+from pgvector.psycopg import register_vector  # noqa: E402
+from psycopg import sql  # noqa: E402
+
+from airflow_vectorize.embedded_postgres import EmbeddedPostgres  # noqa: E402
+from airflow_vectorize.example_data import PRODUCTS  # noqa: E402
+
+
+@dataclass
+class Database:
+    """A test's own database: its name, Airflow connection id and an autocommit connection."""
+
+    name: str
+    conn_id: str
+    conn: psycopg.Connection
+
+    def execute(self, query: Any, params: Any = None) -> list[tuple]:
+        cur = self.conn.execute(query, params)
+        return cur.fetchall() if cur.description else []
+
+    def scalar(self, query: Any, params: Any = None) -> Any:
+        return self.conn.execute(query, params).fetchone()[0]
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[EmbeddedPostgres]:
+    with EmbeddedPostgres() as server:
+        yield server
+
+
+@pytest.fixture
+def database(postgres: EmbeddedPostgres) -> Iterator[Database]:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    postgres.create_database(name)
+    postgres.use_as_airflow_connection(name, name)
+    conn = postgres.connect(name)
+    register_vector(conn)
+    try:
+        yield Database(name=name, conn_id=name, conn=conn)
+    finally:
+        conn.close()
+        os.environ.pop(f"AIRFLOW_CONN_{name.upper()}", None)
+        postgres.drop_database(name)
+
+
+@pytest.fixture
+def hook(database: Database):
+    from airflow_vectorize.hooks.vectorize import VectorizeHook
+
+    return VectorizeHook(postgres_conn_id=database.conn_id)
+
+
+@pytest.fixture(scope="session")
+def model():
+    """The real default model, loaded once for the session (the same cached instance the hook uses)."""
+    from airflow_vectorize.catalog import DEFAULT_TRANSFORMER
+    from airflow_vectorize.embedders import load_model
+
+    return load_model(DEFAULT_TRANSFORMER)
+
+
+def create_products(db: Database, table: str = "products", schema: str = "public") -> None:
+    """The sample catalogue as ``schema.table`` (product_id primary key, text columns, price, updated_at)."""
+    target = sql.Identifier(schema, table)
+    db.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+    db.execute(sql.SQL(
+        "CREATE TABLE {} (product_id integer PRIMARY KEY, name text NOT NULL, description text,"
+        " category varchar(40), price numeric(10, 2), updated_at timestamptz NOT NULL DEFAULT now())"
+    ).format(target))
+    with db.conn.cursor() as cur:
+        cur.executemany(
+            sql.SQL("INSERT INTO {} (product_id, name, description, category, price) VALUES (%s, %s, %s, %s, %s)")
+            .format(target),
+            PRODUCTS,
+        )
+
+
+@pytest.fixture
+def products(database: Database) -> Database:
+    create_products(database)
+    return database
+
+
+def product_texts(db: Database, columns: tuple[str, ...] = ("name", "description")) -> dict[int, str]:
+    """product_id -> the text a project over ``columns`` embeds (joined with ', ', NULLs skipped)."""
+    rows = db.execute(sql.SQL("SELECT product_id, {} FROM products").format(
+        sql.SQL(", ").join(sql.Identifier(c) for c in columns)))
+    return {row[0]: ", ".join(v for v in row[1:] if v is not None) for row in rows}
+
+
+def create_embeddings_table(db: Database, model, table: str = "product_embeddings",
+                            column_type: sql.Composable = sql.SQL("real[]")) -> None:
+    """Pre-computed embeddings of every product (as an upstream system would make them)."""
+    texts = product_texts(db)
+    vectors = model.encode(list(texts.values()))
+    db.execute(sql.SQL("CREATE TABLE {} (product_id integer PRIMARY KEY, embedding {})").format(
+        sql.Identifier(table), column_type))
+    with db.conn.cursor() as cur:
+        cur.executemany(
+            sql.SQL("INSERT INTO {} VALUES (%s, %s)").format(sql.Identifier(table)),
+            [(pid, [float(x) for x in vector]) for pid, vector in zip(texts, vectors)],
+        )
+
+
+def snapshot(db: Database) -> dict[str, Any]:
+    """Every user relation, column, trigger, vectorize function and the content of every table."""
+    exclude = "('pg_catalog', 'information_schema', 'pg_toast')"
+    state: dict[str, Any] = {
+        "relations": db.execute(
+            "SELECT n.nspname, c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            f" WHERE n.nspname NOT IN {exclude} AND n.nspname NOT LIKE 'pg_temp%%' ORDER BY 1, 2"),
+        "columns": db.execute(
+            "SELECT table_schema, table_name, column_name, data_type FROM information_schema.columns"
+            f" WHERE table_schema NOT IN {exclude} ORDER BY 1, 2, 3"),
+        "triggers": db.execute("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal ORDER BY 1"),
+        "functions": db.execute(
+            "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+            " WHERE n.nspname = 'vectorize' ORDER BY 1"),
+    }
+    for schema, name, kind in state["relations"]:
+        if kind == "r":
+            state[f"{schema}.{name}"] = db.scalar(sql.SQL(
+                "SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM {} t"
+            ).format(sql.Identifier(schema, name)))
+    return state
