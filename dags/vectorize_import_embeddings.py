@@ -1,0 +1,111 @@
+"""Import embeddings computed elsewhere into a vector-search project, check it, and clean up.
+
+The chain: prepare a product catalogue and its pre-computed embeddings (as an upstream system would) ->
+create the project -> import the embeddings -> check the status -> drop the project and the demo tables.
+Set the Airflow connection ``postgres_default`` (or ``VECTORIZE_CONN_ID``) to a PostgreSQL with pgvector.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pendulum
+from airflow.sdk import dag, task
+
+from airflow_vectorize.operators import (
+    CreateVectorizeProjectOperator,
+    DropVectorizeProjectOperator,
+    ImportEmbeddingsOperator,
+)
+
+CONN_ID = os.environ.get("VECTORIZE_CONN_ID", "postgres_default")
+JOB_NAME = "product_search"
+
+
+@dag(
+    dag_id="vectorize_import_embeddings",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    tags=["vectorize", "example"],
+)
+def vectorize_import_embeddings():
+    @task
+    def prepare_source_data() -> dict:
+        """The catalogue table, and a table of embeddings an upstream system computed for it (real[])."""
+        from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+        from airflow_vectorize.catalog import DEFAULT_TRANSFORMER
+        from airflow_vectorize.embedders import encode
+        from airflow_vectorize.example_data import PRODUCTS
+
+        vectors = encode(DEFAULT_TRANSFORMER, [f"{name}, {description}" for _, name, description, _, _ in PRODUCTS])
+        with PostgresHook(postgres_conn_id=CONN_ID).get_conn() as conn, conn.cursor() as cur:
+            cur.execute(
+                "CREATE TABLE IF NOT EXISTS products (product_id integer PRIMARY KEY, name text NOT NULL,"
+                " description text, category text, price numeric(10, 2),"
+                " updated_at timestamptz NOT NULL DEFAULT now());"
+                " CREATE TABLE IF NOT EXISTS product_embeddings (product_id integer PRIMARY KEY, embedding real[]);"
+                " TRUNCATE product_embeddings"
+            )
+            cur.executemany(
+                "INSERT INTO products (product_id, name, description, category, price)"
+                " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (product_id) DO NOTHING",
+                PRODUCTS,
+            )
+            with cur.copy("COPY product_embeddings (product_id, embedding) FROM STDIN") as copy:
+                for (product_id, *_), vector in zip(PRODUCTS, vectors):
+                    copy.write_row((product_id, vector.tolist()))
+        return {"products": len(PRODUCTS), "embeddings": len(vectors), "dimensions": int(vectors.shape[1])}
+
+    create_project = CreateVectorizeProjectOperator(
+        task_id="create_project",
+        postgres_conn_id=CONN_ID,
+        job_name=JOB_NAME,
+        table="products",
+        primary_key="product_id",
+        columns=["name", "description"],
+        schedule="realtime",
+    )
+
+    import_embeddings = ImportEmbeddingsOperator(
+        task_id="import_embeddings",
+        postgres_conn_id=CONN_ID,
+        job_name=JOB_NAME,
+        src_table="product_embeddings",
+        src_primary_key="product_id",
+        src_embeddings_col="embedding",
+    )
+
+    @task
+    def check_status() -> dict:
+        """Fail unless every product has an embedding and nothing is left in the queue."""
+        from airflow_vectorize.hooks.vectorize import VectorizeHook
+
+        status = VectorizeHook(postgres_conn_id=CONN_ID).get_status(JOB_NAME)
+        if status["missing_rows"] or status["pending"]:
+            raise ValueError(f"project {JOB_NAME!r} is incomplete: {status}")
+        return status
+
+    drop_project = DropVectorizeProjectOperator(
+        task_id="drop_project", postgres_conn_id=CONN_ID, job_name=JOB_NAME, missing_ok=True,
+        trigger_rule="all_done",
+    )
+
+    @task(trigger_rule="all_done")
+    def drop_source_tables() -> None:
+        from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+        PostgresHook(postgres_conn_id=CONN_ID).run("DROP TABLE IF EXISTS product_embeddings, products")
+
+    (
+        prepare_source_data()
+        >> create_project
+        >> import_embeddings
+        >> check_status()
+        >> drop_project
+        >> drop_source_tables()
+    )
+
+
+dag = vectorize_import_embeddings()
