@@ -1,0 +1,192 @@
+"""create_project: storage layout as pg_vectorize's, idempotence, conflicts, realtime triggers, validation."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import create_products, snapshot
+
+from airflow_vectorize.exceptions import InvalidInputError, ProjectConflictError
+
+COLUMNS = ["name", "description"]
+
+
+def index_definition(db, schema: str, name: str) -> str | None:
+    return db.scalar("SELECT indexdef FROM pg_indexes WHERE schemaname = %s AND indexname = %s", [schema, name])
+
+
+def queued(db, job: str) -> list[int]:
+    return [r[0] for r in db.execute(f'SELECT product_id FROM vectorize."_pending_{job}" ORDER BY 1')]
+
+
+def test_join_layout_matches_pg_vectorize(products, hook):
+    summary = hook.create_project("product_search", "products", "product_id", COLUMNS)
+
+    assert summary["created"] is True and summary["dimensions"] == 384
+    columns = products.execute(
+        "SELECT column_name, format_type(atttypid, atttypmod), is_nullable FROM information_schema.columns c"
+        " JOIN pg_attribute a ON a.attrelid = 'vectorize._embeddings_product_search'::regclass"
+        " AND a.attname = c.column_name WHERE table_schema = 'vectorize'"
+        " AND table_name = '_embeddings_product_search' ORDER BY ordinal_position"
+    )
+    assert columns[:3] == [
+        ("product_id", "integer", "NO"),
+        ("embeddings", "vector(384)", "NO"),
+        ("updated_at", "timestamp with time zone", "NO"),
+    ]
+    assert "USING hnsw (embeddings vector_cosine_ops)" in index_definition(
+        products, "vectorize", "product_search_hnsw_cos_idx")
+    fk = products.scalar(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint"
+        " WHERE conrelid = 'vectorize._embeddings_product_search'::regclass AND contype = 'f'"
+    )
+    assert fk == "FOREIGN KEY (product_id) REFERENCES products(product_id) ON DELETE CASCADE"
+    view_columns = [r[0] for r in products.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = 'vectorize'"
+        " AND table_name = 'product_search_view' ORDER BY ordinal_position")]
+    assert view_columns == ["product_id", "name", "description", "category", "price", "updated_at",
+                            "embeddings", "embeddings_updated_at"]
+    job = products.execute("SELECT name, index_dist_type, transformer, params FROM vectorize.job")
+    assert job == [("product_search", "pgv_hnsw_cosine", "sentence-transformers/all-MiniLM-L6-v2", {
+        "schema": "public", "relation": "products", "columns": COLUMNS, "update_time_col": None,
+        "table_method": "join", "primary_key": "product_id", "pkey_type": "integer", "schedule": "realtime",
+    })]
+    assert hook.get_project("product_search")["dimensions"] == 384
+    assert [p["name"] for p in hook.list_projects()] == ["product_search"]
+
+
+@pytest.mark.parametrize("dist, index, opclass", [
+    ("pgv_hnsw_cosine", "hnsw_cos_idx", "vector_cosine_ops"),
+    ("pgv_hnsw_l2", "hnsw_l2_idx", "vector_l2_ops"),
+    ("pgv_hnsw_ip", "hnsw_ip_idx", "vector_ip_ops"),
+])
+def test_append_layout_and_index_kinds(products, hook, dist, index, opclass):
+    hook.create_project("shop", "products", "product_id", COLUMNS, table_method="append", index_dist_type=dist)
+
+    types = dict(products.execute(
+        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute"
+        " WHERE attrelid = 'products'::regclass AND attname LIKE 'shop_%%'"))
+    assert types == {"shop_embeddings": "vector(384)", "shop_updated_at": "timestamp with time zone",
+                     "shop_text_md5": "uuid"}
+    assert f"USING hnsw (shop_embeddings {opclass})" in index_definition(products, "public", f"shop_{index}")
+    assert products.scalar("SELECT to_regclass('vectorize._embeddings_shop')") is None
+
+
+def test_same_call_is_a_no_op(products, hook):
+    first = hook.create_project("product_search", "products", "product_id", COLUMNS)
+    before = snapshot(products)
+
+    again = hook.create_project("product_search", "products", "product_id", COLUMNS)
+
+    assert again["created"] is False and again["objects"] == first["objects"]
+    assert snapshot(products) == before
+
+
+def test_other_config_is_a_conflict_naming_the_fields(products, hook):
+    hook.create_project("product_search", "products", "product_id", COLUMNS)
+    before = snapshot(products)
+
+    with pytest.raises(ProjectConflictError) as error:
+        hook.create_project("product_search", "products", "product_id", ["name"], index_dist_type="pgv_hnsw_l2")
+
+    message = str(error.value)
+    assert "'product_search' already exists" in message
+    assert "columns: existing ('name', 'description'), requested ('name',)" in message
+    assert "index_dist_type: existing 'pgv_hnsw_cosine', requested 'pgv_hnsw_l2'" in message
+    assert "table_method" not in message
+    assert snapshot(products) == before
+
+
+@pytest.mark.parametrize("table_method", ["join", "append"])
+def test_realtime_triggers_queue_inserts_and_text_changes_only(products, hook, table_method):
+    hook.create_project("live", "products", "product_id", COLUMNS, table_method=table_method)
+    assert queued(products, "live") == []
+
+    products.execute("INSERT INTO products (product_id, name) VALUES (100, 'new'), (101, 'newer')")
+    products.execute("UPDATE products SET description = 'changed' WHERE product_id = 1")
+    products.execute("UPDATE products SET price = price + 1, category = 'x'")  # not embedded columns
+    products.execute("UPDATE products SET name = name WHERE product_id = 2")  # same value
+    if table_method == "append":  # writing embeddings must not queue anything
+        products.execute("UPDATE products SET live_embeddings = array_fill(0.1, ARRAY[384])::vector")
+
+    assert queued(products, "live") == [1, 100, 101]
+    products.execute("DELETE FROM products WHERE product_id = 100")
+    assert queued(products, "live") == [1, 101]
+
+
+def test_manual_schedule_installs_no_triggers(products, hook):
+    hook.create_project("batch", "products", "product_id", COLUMNS, schedule="manual")
+    products.execute("INSERT INTO products (product_id, name) VALUES (100, 'new')")
+
+    assert products.execute("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal") == []
+    assert queued(products, "batch") == []
+    assert hook.get_status("batch")["pending"] == 0
+
+
+def test_hostile_names_are_quoted_not_executed(database, hook):
+    create_products(database, table='odd "table"; DROP TABLE x; --', schema="Odd Schema")
+
+    hook.create_project("odd", 'odd "table"; DROP TABLE x; --', "product_id", COLUMNS, schema="Odd Schema",
+                        table_method="append")
+    database.execute('INSERT INTO "Odd Schema"."odd ""table""; DROP TABLE x; --" (product_id, name) VALUES (99, \'n\')')
+
+    assert hook.get_status("odd")["pending"] == 1
+    assert hook.drop_project("odd")["dropped"] is True
+
+
+BAD_CREATE_ARGS = [
+    (dict(job_name="bad-name"), InvalidInputError, "job_name 'bad-name' is invalid"),
+    (dict(job_name="x'; DROP TABLE products; --"), InvalidInputError, "use only letters, digits and underscores"),
+    (dict(job_name="j" * 39), InvalidInputError, "at most 38 are allowed"),
+    (dict(table="nope"), InvalidInputError, 'source table "public"."nope" does not exist'),
+    (dict(schema="nowhere"), InvalidInputError, 'source table "nowhere"."products" does not exist'),
+    (dict(primary_key="sku"), InvalidInputError, "primary_key column 'sku' does not exist in table"),
+    (dict(primary_key="name"), InvalidInputError, "primary_key 'name' of \"public\".\"products\" is not unique"),
+    (dict(columns=["name", "colour"]), InvalidInputError, "text column 'colour' does not exist"),
+    (dict(columns=["name", "price"]), InvalidInputError, "column 'price' of \"public\".\"products\" is numeric"),
+    (dict(columns=[]), InvalidInputError, "columns must name at least one text column"),
+    (dict(columns="name"), InvalidInputError, "columns must be a list of column names"),
+    (dict(columns=["name", "name"]), InvalidInputError, "name a column more than once"),
+    (dict(update_col="name"), InvalidInputError, "update_col 'name' of \"public\".\"products\" is text"),
+    (dict(update_col="changed_at"), InvalidInputError, "update_col column 'changed_at' does not exist"),
+    (dict(table_method="inline"), InvalidInputError, "table_method 'inline' is unknown; use one of join, append"),
+    (dict(index_dist_type="diskann"), InvalidInputError, "index_dist_type 'diskann' is unknown"),
+    (dict(schedule="0 * * * *"), InvalidInputError, "Embedding runs are driven by your DAG's own schedule"),
+    (dict(transformer="openai/text-embedding-3-small"), InvalidInputError, "remote provider 'openai'"),
+    (dict(transformer="sentence-transformers/not-a-cached-model"), InvalidInputError,
+     "cannot load transformer 'sentence-transformers/not-a-cached-model'"),
+]
+
+
+@pytest.mark.parametrize("override, error_type, message", BAD_CREATE_ARGS,
+                         ids=[next(iter(a[0])) + ":" + str(next(iter(a[0].values())))[:20] for a in BAD_CREATE_ARGS])
+def test_bad_input_is_rejected_and_changes_nothing(products, hook, override, error_type, message):
+    hook.create_project("existing", "products", "product_id", ["name"], table_method="append")
+    before = snapshot(products)
+    args = dict(job_name="product_search", table="products", primary_key="product_id", columns=COLUMNS)
+    args.update(override)
+
+    with pytest.raises(error_type) as error:
+        hook.create_project(**args)
+
+    assert message in str(error.value)
+    assert snapshot(products) == before
+
+
+def test_append_refuses_existing_columns(products, hook):
+    products.execute("ALTER TABLE products ADD COLUMN shop_embeddings text")
+    before = snapshot(products)
+
+    with pytest.raises(InvalidInputError, match=r"adds columns \['shop_embeddings'\] .* already exist"):
+        hook.create_project("shop", "products", "product_id", COLUMNS, table_method="append")
+
+    assert snapshot(products) == before
+
+
+def test_leftover_objects_are_refused(products, hook):
+    products.execute("CREATE SCHEMA vectorize; CREATE TABLE vectorize._embeddings_product_search (x int)")
+    before = snapshot(products)
+
+    with pytest.raises(InvalidInputError, match="objects with its names exist: vectorize._embeddings_product_search"):
+        hook.create_project("product_search", "products", "product_id", COLUMNS)
+
+    assert snapshot(products) == before

@@ -1,0 +1,179 @@
+"""import_embeddings: overwrite semantics for join and append, exact counts, pending clean-up, validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import create_embeddings_table, product_texts, snapshot
+from psycopg import sql
+
+from airflow_vectorize.exceptions import DimensionMismatchError, InvalidInputError, ProjectNotFoundError
+
+COLUMNS = ["name", "description"]
+
+
+def as_array(value) -> np.ndarray:
+    """A pgvector Vector/HalfVector or a list as a float32 array."""
+    return np.asarray(value.to_numpy() if hasattr(value, "to_numpy") else value, dtype=np.float32)
+
+
+def stored(db, job: str, table_method: str) -> dict[int, np.ndarray]:
+    """product_id -> stored embedding."""
+    if table_method == "join":
+        query = f'SELECT product_id, embeddings FROM vectorize."_embeddings_{job}"'
+    else:
+        query = f'SELECT product_id, "{job}_embeddings" FROM products WHERE "{job}_embeddings" IS NOT NULL'
+    return {pid: as_array(vector) for pid, vector in db.execute(query)}
+
+
+def source_vectors(db, table: str = "product_embeddings") -> dict[int, np.ndarray]:
+    return {pid: as_array(v) for pid, v in db.execute(
+        sql.SQL("SELECT product_id, embedding FROM {}").format(sql.Identifier(table)))}
+
+
+@pytest.fixture
+def project(products, hook, model, request):
+    table_method = getattr(request, "param", "join")
+    create_embeddings_table(products, model)
+    hook.create_project("product_search", "products", "product_id", COLUMNS, table_method=table_method)
+    return table_method
+
+
+@pytest.mark.parametrize("project", ["join", "append"], indirect=True)
+def test_import_writes_every_embedding_and_counts_exactly(products, hook, model, project):
+    result = hook.import_embeddings("product_search", "product_embeddings", "product_id", "embedding")
+
+    assert {k: result[k] for k in ("imported", "inserted", "updated", "dimensions", "pending_cleared")} == {
+        "imported": 24, "inserted": 24, "updated": 0, "dimensions": 384, "pending_cleared": 0}
+    got, expected = stored(products, "product_search", project), source_vectors(products)
+    assert got.keys() == expected.keys()
+    for pid in expected:
+        np.testing.assert_allclose(got[pid], expected[pid], rtol=1e-6)
+    # The imported vectors are the model's encoding of each row's text.
+    texts = product_texts(products)
+    np.testing.assert_allclose(got[1], model.encode([texts[1]])[0], atol=1e-5)
+    status = hook.get_status("product_search")
+    assert (status["total_rows"], status["embedded_rows"], status["missing_rows"], status["stale_rows"]) == (24, 24, 0, 0)
+
+
+@pytest.mark.parametrize("project", ["join", "append"], indirect=True)
+def test_reimport_overwrites_for_join_and_append(products, hook, project):
+    hook.import_embeddings("product_search", "product_embeddings", "product_id", "embedding")
+    products.execute("CREATE TABLE newer AS SELECT product_id, array_fill(0.5::real, ARRAY[384]) AS embedding"
+                     " FROM products WHERE product_id <= 5")
+
+    result = hook.import_embeddings("product_search", "newer", "product_id", "embedding")
+
+    assert (result["imported"], result["inserted"], result["updated"]) == (5, 0, 5)
+    got = stored(products, "product_search", project)
+    assert all(np.allclose(got[pid], 0.5) for pid in range(1, 6))
+    assert not np.allclose(got[6], 0.5)
+
+
+@pytest.mark.parametrize("column_type", ["vector(384)", "vector", "halfvec(384)", "double precision[]"])
+def test_vector_halfvec_and_array_sources(products, hook, model, column_type):
+    create_embeddings_table(products, model, column_type=sql.SQL(column_type))
+    hook.create_project("product_search", "products", "product_id", COLUMNS)
+
+    result = hook.import_embeddings("product_search", "product_embeddings", "product_id", "embedding")
+
+    assert result["imported"] == 24
+    got = stored(products, "product_search", "join")
+    np.testing.assert_allclose(got[3], source_vectors(products)[3], atol=1e-3)  # halfvec rounds
+
+
+def test_pending_work_is_cleared_only_for_imported_keys(products, hook, project):
+    products.execute("INSERT INTO products (product_id, name) VALUES (100, 'new phone'), (101, 'new tablet')")
+    products.execute("UPDATE products SET description = 'refurbished' WHERE product_id IN (1, 2)")
+    products.execute("CREATE TABLE partial AS SELECT product_id, embedding FROM product_embeddings"
+                     " WHERE product_id IN (1, 3)")
+
+    result = hook.import_embeddings("product_search", "partial", "product_id", "embedding")
+
+    assert (result["imported"], result["pending_cleared"]) == (2, 1)
+    assert [r[0] for r in products.execute(
+        'SELECT product_id FROM vectorize."_pending_product_search" ORDER BY 1')] == [2, 100, 101]
+    assert hook.get_status("product_search")["pending"] == 3
+
+
+def test_bulk_import_rebuilds_the_index(database, hook):
+    database.execute("CREATE TABLE items (id bigint PRIMARY KEY, body text);"
+                     " INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 1500) g;"
+                     " CREATE TABLE item_vectors AS SELECT id, (SELECT array_agg(random())::real[] FROM"
+                     " generate_series(1, 384) WHERE g.id > 0) AS v FROM items g")
+    hook.create_project("items", "items", "id", ["body"], index_dist_type="pgv_hnsw_ip")
+
+    result = hook.import_embeddings("items", "item_vectors", "id", "v")
+
+    assert (result["imported"], result["index_rebuilt"]) == (1500, True)
+    assert "USING hnsw (embeddings vector_ip_ops)" in database.scalar(
+        "SELECT indexdef FROM pg_indexes WHERE indexname = 'items_hnsw_ip_idx'")
+    assert database.scalar("SHOW maintenance_work_mem") == "64MB"  # a setting of that transaction only
+    small = hook.import_embeddings("items", "item_vectors", "id", "v")  # 100 % again: rebuild again
+    assert (small["updated"], small["index_rebuilt"]) == (1500, True)
+
+
+def bad_source(db, ddl: str) -> None:
+    db.execute("CREATE TABLE bad AS SELECT product_id, embedding FROM product_embeddings; " + ddl)
+
+
+BAD_IMPORTS = [
+    (dict(job_name="nope"), "", ProjectNotFoundError, "project 'nope' not yet initialized"),
+    (dict(src_table="missing"), "", InvalidInputError, 'src_table table "public"."missing" does not exist'),
+    (dict(src_schema="elsewhere"), "", InvalidInputError, 'src_table table "elsewhere"."bad" does not exist'),
+    (dict(src_primary_key="id"), "", InvalidInputError, "src_primary_key column 'id' does not exist"),
+    (dict(src_embeddings_col="vec"), "", InvalidInputError, "src_embeddings_col column 'vec' does not exist"),
+    ({}, "ALTER TABLE bad ALTER embedding TYPE text", InvalidInputError,
+     "src_embeddings_col 'embedding' of \"public\".\"bad\" is text; expected vector, halfvec, real[]"),
+    ({}, "ALTER TABLE bad ALTER product_id TYPE text", InvalidInputError,
+     "src_primary_key 'product_id' of \"public\".\"bad\" is text, but the key 'product_id' of project"),
+    ({}, "ALTER TABLE bad ALTER embedding TYPE vector(3) USING embedding[1:3]::vector", DimensionMismatchError,
+     "expects 384 dimensions, but column 'embedding' of \"public\".\"bad\" is vector(3) (found 3); e.g. keys"),
+    ({}, "UPDATE bad SET embedding = embedding[1:100] WHERE product_id IN (4, 7)", DimensionMismatchError,
+     "expects 384 dimensions, but 2 row(s) of \"public\".\"bad\".embedding have [100]; e.g. keys"),
+    ({}, "UPDATE bad SET embedding = NULL WHERE product_id = 5", InvalidInputError,
+     "1 row(s) with NULL embeddings; e.g. keys ['5']"),
+    ({}, "UPDATE bad SET embedding[7] = 'NaN' WHERE product_id = 6", InvalidInputError,
+     "1 row(s) with NaN or infinite values; e.g. keys ['6']"),
+    ({}, "UPDATE bad SET embedding[9] = '-Infinity' WHERE product_id = 8", InvalidInputError,
+     "1 row(s) with NaN or infinite values; e.g. keys ['8']"),
+    ({}, "UPDATE bad SET embedding[2] = NULL WHERE product_id = 9", InvalidInputError,
+     "1 row(s) with NULL elements in embeddings; e.g. keys ['9']"),
+    ({}, "INSERT INTO bad SELECT * FROM bad WHERE product_id IN (2, 3)", InvalidInputError,
+     "2 duplicate key value(s); e.g. keys"),
+    ({}, "INSERT INTO bad SELECT 999, embedding FROM bad WHERE product_id = 1", InvalidInputError,
+     "1 row(s) with keys not found in the project's table; e.g. keys ['999']"),
+    ({}, "INSERT INTO bad VALUES (NULL, NULL)", InvalidInputError, "1 row(s) with NULL keys"),
+]
+
+
+@pytest.mark.parametrize("override, ddl, error_type, message", BAD_IMPORTS,
+                         ids=[m[:30] for *_, m in BAD_IMPORTS])
+def test_bad_import_is_rejected_and_changes_nothing(products, hook, project, override, ddl, error_type, message):
+    hook.import_embeddings("product_search", "product_embeddings", "product_id", "embedding")
+    products.execute("INSERT INTO products (product_id, name) VALUES (100, 'queued')")
+    bad_source(products, ddl)
+    before = snapshot(products)
+    args = dict(job_name="product_search", src_table="bad", src_primary_key="product_id",
+                src_embeddings_col="embedding")
+    args.update(override)
+
+    with pytest.raises(error_type) as error:
+        hook.import_embeddings(**args)
+
+    assert message in str(error.value)
+    assert snapshot(products) == before
+
+
+def test_several_problems_are_reported_together(products, hook, project):
+    bad_source(products, "UPDATE bad SET embedding = NULL WHERE product_id = 5;"
+                         " INSERT INTO bad SELECT 999, embedding FROM bad WHERE product_id = 1;"
+                         " INSERT INTO bad SELECT * FROM bad WHERE product_id = 2")
+
+    with pytest.raises(InvalidInputError) as error:
+        hook.import_embeddings("product_search", "bad", "product_id", "embedding")
+
+    message = str(error.value)
+    assert "keys not found in the project's table; e.g. keys ['999']" in message
+    assert "1 row(s) with NULL embeddings" in message and "1 duplicate key value(s); e.g. keys ['2']" in message
+    assert message.endswith("Nothing was written.")
