@@ -32,6 +32,7 @@ class Database:
 
     name: str
     conn_id: str
+    uri: str
     conn: psycopg.Connection
 
     def execute(self, query: Any, params: Any = None) -> list[tuple]:
@@ -51,12 +52,12 @@ def postgres() -> Iterator[EmbeddedPostgres]:
 @pytest.fixture
 def database(postgres: EmbeddedPostgres) -> Iterator[Database]:
     name = f"t_{uuid.uuid4().hex[:12]}"
-    postgres.create_database(name)
+    uri = postgres.create_database(name)
     postgres.use_as_airflow_connection(name, name)
     conn = postgres.connect(name)
     register_vector(conn)
     try:
-        yield Database(name=name, conn_id=name, conn=conn)
+        yield Database(name=name, conn_id=name, uri=uri, conn=conn)
     finally:
         conn.close()
         os.environ.pop(f"AIRFLOW_CONN_{name.upper()}", None)

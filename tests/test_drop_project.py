@@ -1,0 +1,71 @@
+"""drop_project: removes everything the project made, never the source table or its data."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import create_embeddings_table, snapshot
+
+from airflow_vectorize.exceptions import ProjectNotFoundError
+
+COLUMNS = ["name", "description"]
+
+
+def without_catalog(state: dict) -> dict:
+    """The snapshot less the vectorize.job catalog itself, which stays once created."""
+    state = dict(state)
+    state["relations"] = [r for r in state["relations"] if not r[1].startswith("job")]
+    state["columns"] = [c for c in state["columns"] if c[1] != "job"]
+    state.pop("vectorize.job", None)
+    return state
+
+
+def source_rows(db) -> str:
+    return db.scalar("SELECT md5(string_agg(t::text, '|' ORDER BY product_id)) FROM"
+                     " (SELECT product_id, name, description, category, price, updated_at FROM products) t")
+
+
+@pytest.mark.parametrize("table_method", ["join", "append"])
+def test_drop_restores_the_database_as_it_was(products, hook, model, table_method):
+    create_embeddings_table(products, model)
+    before = snapshot(products)
+    hook.create_project("product_search", "products", "product_id", COLUMNS, table_method=table_method)
+    hook.import_embeddings("product_search", "product_embeddings", "product_id", "embedding")
+    products.execute("INSERT INTO products (product_id, name) VALUES (100, 'queued')")
+    products.execute("DELETE FROM products WHERE product_id = 100")
+    products.execute("INSERT INTO products (product_id, name) VALUES (100, 'queued')")
+    rows_before = source_rows(products)
+
+    result = hook.drop_project("product_search")
+
+    assert result["dropped"] is True
+    assert (result["embeddings_removed"], result["pending_removed"]) == (24, 1)
+    assert source_rows(products) == rows_before
+    after = without_catalog(snapshot(products))
+    after["public.products"] = before["public.products"] = None  # one row was added meanwhile
+    assert after == without_catalog(before)
+    assert products.execute("SELECT count(*) FROM vectorize.job") == [(0,)]
+    assert products.scalar("SELECT count(*) FROM products") == 25
+    with pytest.raises(ProjectNotFoundError):
+        hook.get_status("product_search")
+
+
+def test_unknown_project(products, hook):
+    before = snapshot(products)
+
+    with pytest.raises(ProjectNotFoundError, match="project 'ghost' not yet initialized"):
+        hook.drop_project("ghost")
+    assert hook.drop_project("ghost", missing_ok=True) == {"job_name": "ghost", "dropped": False}
+
+    assert snapshot(products) == before
+
+
+def test_drop_after_the_source_table_was_dropped(products, hook):
+    hook.create_project("product_search", "products", "product_id", COLUMNS)
+    products.execute("DROP TABLE products CASCADE")
+
+    result = hook.drop_project("product_search")
+
+    assert result["dropped"] is True
+    assert products.execute("SELECT relname FROM pg_class WHERE relnamespace = 'vectorize'::regnamespace"
+                            " AND relname NOT LIKE 'job%%'") == []
+    assert products.execute("SELECT proname FROM pg_proc WHERE pronamespace = 'vectorize'::regnamespace") == []

@@ -1,0 +1,51 @@
+"""Operators: thin wrappers that return the hook's JSON-serialisable summary; provider registration."""
+
+from __future__ import annotations
+
+import json
+from importlib.metadata import entry_points
+
+from conftest import create_embeddings_table
+
+from airflow_vectorize.operators import (
+    CreateVectorizeProjectOperator,
+    DropVectorizeProjectOperator,
+    ImportEmbeddingsOperator,
+)
+
+
+def test_operators_run_the_project_lifecycle(products, model):
+    create_embeddings_table(products, model)
+    conn = {"postgres_conn_id": products.conn_id}
+    create = CreateVectorizeProjectOperator(task_id="create", job_name="product_search", table="products",
+                                            primary_key="product_id", columns=["name", "description"], **conn)
+    load = ImportEmbeddingsOperator(task_id="import", job_name="product_search", src_table="product_embeddings",
+                                    src_primary_key="product_id", src_embeddings_col="embedding", **conn)
+    drop = DropVectorizeProjectOperator(task_id="drop", job_name="product_search", **conn)
+
+    results = [op.execute(context={}) for op in (create, load, drop)]
+
+    assert [results[0]["created"], results[1]["imported"], results[2]["dropped"]] == [True, 24, True]
+    assert len(json.dumps(results)) < 3000  # XCom-safe: JSON, small, no vectors
+
+
+def test_template_fields_cover_names_tables_and_columns():
+    assert {"job_name", "table", "schema", "primary_key", "columns", "update_col"} <= set(
+        CreateVectorizeProjectOperator.template_fields)
+    assert {"job_name", "src_table", "src_schema", "src_primary_key", "src_embeddings_col"} <= set(
+        ImportEmbeddingsOperator.template_fields)
+    assert DropVectorizeProjectOperator.template_fields == ("job_name",)
+
+
+def test_templates_render_from_the_context():
+    op = ImportEmbeddingsOperator(task_id="import", job_name="shop_{{ params.env }}", src_table="emb_{{ ds_nodash }}",
+                                  src_primary_key="id", src_embeddings_col="v")
+    op.render_template_fields({"params": {"env": "prod"}, "ds_nodash": "20261123"})
+    assert (op.job_name, op.src_table) == ("shop_prod", "emb_20261123")
+
+
+def test_registered_as_an_airflow_provider():
+    (entry,) = [e for e in entry_points(group="apache_airflow_provider") if e.value.startswith("airflow_vectorize")]
+    info = entry.load()()
+    assert info["package-name"] == "airflow-vectorize"
+    assert info["hooks"][0]["python-modules"] == ["airflow_vectorize.hooks.vectorize"]
