@@ -182,7 +182,8 @@ class Project:
 
     def storage_objects(self) -> list[str]:
         """Every object the project owns, as 'schema.name' (columns as 'schema.table.column')."""
-        objects = [".".join(self.index_qualified_name), ".".join(self.queue_name)]
+        objects = [".".join(self.index_qualified_name), f"{self.schema}.{self.fts_index_name}",
+                   ".".join(self.queue_name)]
         if self.is_join:
             objects[:0] = [".".join(self.target_name), ".".join(self.view_name)]
         else:
@@ -207,6 +208,23 @@ class Project:
 
     def text_md5_expression(self, alias: str) -> sql.Composable:
         return sql.SQL("md5({})::uuid").format(self.text_expression(alias))
+
+    @property
+    def fts_index_name(self) -> str:
+        """The full-text GIN index on the source table (in the source's schema), used by hybrid search."""
+        return f"{self.name}_fts_idx"
+
+    def fts_document(self, alias: str | None = None) -> sql.Composable:
+        """``to_tsvector('english', <the columns joined with ' '>)``, NULL columns as ''.
+
+        IMMUTABLE (concat_ws is not), so the ``<job>_fts_idx`` expression index is built on exactly this
+        expression; queries built with the same method match it and can use the index.
+        """
+        parts = sql.SQL(" || ' ' || ").join(
+            sql.SQL("coalesce({}::text, '')").format(sql.Identifier(alias, c) if alias else sql.Identifier(c))
+            for c in self.columns
+        )
+        return sql.SQL("to_tsvector('english', {})").format(parts)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Project:
@@ -345,6 +363,8 @@ def create_storage(cur: Cursor, project: Project) -> None:
                      text_md5=sql.Identifier(project.text_md5_column))
         )
     create_index(cur, project)
+    cur.execute(sql.SQL("CREATE INDEX {} ON {} USING gin (({}))").format(
+        sql.Identifier(project.fts_index_name), project.source, project.fts_document()))
     cur.execute(
         sql.SQL(
             "CREATE TABLE {queue} AS SELECT {key} FROM {source} WITH NO DATA;"
@@ -422,6 +442,8 @@ def drop_storage(cur: Cursor, project: Project, source_exists: bool) -> None:
     if source_exists:
         for trigger in (project.insert_trigger, project.update_trigger):
             cur.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trigger), project.source))
+        cur.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(
+            sql.Identifier(project.schema, project.fts_index_name)))
     cur.execute(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(project.trigger_function))
     cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(project.queue))
     if project.is_join:

@@ -27,6 +27,7 @@ def get_provider_info() -> dict:
                 "python-modules": [
                     "airflow_vectorize.operators.project",
                     "airflow_vectorize.operators.embeddings",
+                    "airflow_vectorize.operators.search",
                 ],
             }
         ],

@@ -22,6 +22,13 @@ def embedded_rows(cur: Cursor, project: Project) -> int:
     return cur.fetchone()[0]
 
 
+def rebuild_worthwhile(cur: Cursor, project: Project, incoming: int) -> bool:
+    """Whether writing ``incoming`` rows is better done without the index, building it afterwards."""
+    if incoming < REBUILD_INDEX_MIN_ROWS:
+        return False
+    return incoming >= REBUILD_INDEX_SHARE * max(embedded_rows(cur, project), incoming)
+
+
 @contextmanager
 def index_maintenance(cur: Cursor, project: Project, incoming: int, build_memory: str) -> Iterator[bool]:
     """Around a write of ``incoming`` rows: drop the index first when a rebuild is cheaper; rebuild after.
@@ -30,10 +37,7 @@ def index_maintenance(cur: Cursor, project: Project, incoming: int, build_memory
     with is_local), so the session's settings are restored when the transaction ends. Yields whether the
     index is being rebuilt.
     """
-    rebuild = incoming >= REBUILD_INDEX_MIN_ROWS
-    if rebuild:
-        existing = embedded_rows(cur, project)
-        rebuild = incoming >= REBUILD_INDEX_SHARE * max(existing, incoming)
+    rebuild = rebuild_worthwhile(cur, project, incoming)
     if rebuild:
         drop_index(cur, project)
     yield rebuild
@@ -96,4 +100,32 @@ def clear_pending(cur: Cursor, project: Project, src: sql.Identifier, src_key: s
             queue=project.queue, src=src, key=sql.Identifier(project.primary_key),
             src_key=sql.Identifier(src_key))
     )
+    return cur.rowcount
+
+
+def upsert_from_staging(cur: Cursor, project: Project) -> int:
+    """Write the rows of the session's ``vectorize_staging`` (key, embeddings, text_md5); returns rows written.
+
+    Rows whose source row was deleted meanwhile are ignored.
+    """
+    parts = dict(
+        target=project.target,
+        source=project.source,
+        key=sql.Identifier(project.primary_key),
+        emb=sql.Identifier(project.embeddings_column),
+        updated_at=sql.Identifier(project.updated_at_column),
+        text_md5=sql.Identifier(project.text_md5_column),
+    )
+    if project.is_join:
+        cur.execute(sql.SQL(
+            "INSERT INTO {target} ({key}, {emb}, {updated_at}, {text_md5})"
+            " SELECT s.{key}, s.embeddings, now(), s.text_md5 FROM vectorize_staging s JOIN {source} r USING ({key})"
+            " ON CONFLICT ({key}) DO UPDATE SET {emb} = EXCLUDED.{emb}, {updated_at} = EXCLUDED.{updated_at},"
+            " {text_md5} = EXCLUDED.{text_md5}"
+        ).format(**parts))
+    else:
+        cur.execute(sql.SQL(
+            "UPDATE {source} r SET {emb} = s.embeddings, {updated_at} = now(), {text_md5} = s.text_md5"
+            " FROM vectorize_staging s WHERE r.{key} = s.{key}"
+        ).format(**parts))
     return cur.rowcount

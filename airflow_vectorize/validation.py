@@ -178,7 +178,7 @@ def check_project_source(cur: Cursor, project: Project) -> Column:
 
 def check_storage_free(cur: Cursor, project: Project) -> None:
     """Refuse to create over objects left behind by another tool or an earlier version."""
-    relations = [project.queue_name, project.index_qualified_name]
+    relations = [project.queue_name, project.index_qualified_name, (project.schema, project.fts_index_name)]
     if project.is_join:
         relations += [project.target_name, project.view_name]
     cur.execute(

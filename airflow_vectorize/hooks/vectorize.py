@@ -6,15 +6,22 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 import psycopg
 from airflow.providers.postgres.hooks.postgres import PostgresHook
 from psycopg import Cursor, sql
 
-from airflow_vectorize import catalog, storage, validation
+from airflow_vectorize import catalog, generation, storage, validation
 from airflow_vectorize.catalog import DEFAULT_TRANSFORMER, Project
-from airflow_vectorize.exceptions import ProjectConflictError, ProjectNotFoundError, VectorizeError
+from airflow_vectorize.exceptions import (
+    DimensionMismatchError,
+    InvalidInputError,
+    ProjectConflictError,
+    ProjectNotFoundError,
+    VectorizeError,
+)
 
 
 class VectorizeHook(PostgresHook):
@@ -41,9 +48,8 @@ class VectorizeHook(PostgresHook):
         self.index_build_memory = index_build_memory
 
     # -- connections -------------------------------------------------------------------------------
-    @contextmanager
-    def transaction(self) -> Iterator[Cursor]:
-        """A cursor inside one transaction on a fresh psycopg 3 connection, closed afterwards."""
+    def connect(self) -> psycopg.Connection:
+        """A new autocommit psycopg 3 connection (PostgresHook's, with its connection options)."""
         conn = self.get_conn()
         if not isinstance(conn, psycopg.Connection):
             conn.close()
@@ -51,12 +57,14 @@ class VectorizeHook(PostgresHook):
                 "VectorizeHook needs psycopg 3 (PostgresHook uses it when psycopg and SQLAlchemy 2 are"
                 " installed): pip install 'psycopg[binary]' 'sqlalchemy>=2'"
             )
-        try:
-            conn.autocommit = True
-            with conn.transaction(), conn.cursor() as cur:
-                yield cur
-        finally:
-            conn.close()
+        conn.autocommit = True
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[Cursor]:
+        """A cursor inside one transaction on a fresh connection, closed afterwards."""
+        with self.connect() as conn, conn.transaction(), conn.cursor() as cur:
+            yield cur
 
     # -- projects ----------------------------------------------------------------------------------
     def create_project(
@@ -71,11 +79,14 @@ class VectorizeHook(PostgresHook):
         index_dist_type: str = "pgv_hnsw_cosine",
         schedule: str = "realtime",
         update_col: str | None = None,
+        embed_existing: bool = False,
     ) -> dict[str, Any]:
         """Make ``schema.table`` searchable: embeddings storage, HNSW index, queue and realtime triggers.
 
         The same call again returns the existing project unchanged; another configuration under an
-        existing name raises ProjectConflictError naming the fields that differ.
+        existing name raises ProjectConflictError naming the fields that differ. With ``embed_existing``
+        the rows already in the table are embedded right away (pg_vectorize's initial load); the summary
+        then carries that run's summary under ``initial_load``.
         """
         validation.check_job_name(job_name)
         validation.check_options(table_method, index_dist_type, schedule)
@@ -98,10 +109,18 @@ class VectorizeHook(PostgresHook):
             existing = catalog.find_project(cur, job_name)
             if existing is None:
                 validation.check_project_source(cur, wanted)
-        if existing is not None:
-            return self._existing_project(existing, wanted)
+        if existing is None:
+            summary = self._create_project(wanted)
+        else:
+            summary = self._existing_project(existing, wanted)
+        if embed_existing:
+            summary["initial_load"] = self.generate_embeddings(job_name)
+        return summary
 
+    def _create_project(self, wanted: Project) -> dict[str, Any]:
         from airflow_vectorize.embedders import dimensions
+
+        job_name, transformer = wanted.name, wanted.transformer
 
         dims = dimensions(transformer)
         with self.transaction() as cur:
@@ -116,7 +135,7 @@ class VectorizeHook(PostgresHook):
             validation.check_storage_free(cur, project)
             project = replace(project, job_id=catalog.insert_project(cur, project))
             catalog.create_storage(cur, project)
-        self.log.info("Created vectorize project %r (%s, %d dimensions)", job_name, table_method, dims)
+        self.log.info("Created vectorize project %r (%s, %d dimensions)", job_name, project.table_method, dims)
         return self._project_summary(project, created=True)
 
     def _existing_project(self, existing: Project, wanted: Project) -> dict[str, Any]:
@@ -269,3 +288,111 @@ class VectorizeHook(PostgresHook):
         }
         self.log.info("Imported embeddings: %s", summary)
         return summary
+
+    def generate_embeddings(
+        self,
+        job_name: str,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+        partition_index: int = 0,
+        partition_count: int = 1,
+        batch_size: int = generation.DEFAULT_BATCH_SIZE,
+    ) -> dict[str, Any]:
+        """Embed the project's rows that need it (new, text changed, queued); see ``generation``.
+
+        :param since: with ``until``, only rows whose ``update_col`` is in ``[since, until)``.
+        :param partition_index: with ``partition_count``, only this hash slice of the keys, so mapped
+            tasks split one backfill into disjoint, complete parts.
+        :param batch_size: rows per encode / write / commit.
+        """
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        scope = generation.Scope(since, until, partition_index, partition_count)
+        with self.transaction() as cur:
+            project = self._project(cur, job_name)
+        scope.check(project)
+        model = self._model(project)
+        return generation.generate(
+            self.connect,
+            project,
+            scope,
+            encode=lambda texts: model.encode(texts, batch_size=64, convert_to_numpy=True,
+                                              show_progress_bar=False),
+            batch_size=batch_size,
+            index_build_memory=self.index_build_memory,
+        )
+
+    def encode(self, job_name: str, texts: Sequence[str]) -> list[list[float]]:
+        """Embed ``texts`` with the project's model (pg_vectorize's ``vectorize.encode``)."""
+        with self.transaction() as cur:
+            project = self._project(cur, job_name)
+        return self._model(project).encode(list(texts), convert_to_numpy=True, show_progress_bar=False).tolist()
+
+    @staticmethod
+    def _model(project: Project):
+        from airflow_vectorize.embedders import load_model
+
+        model = load_model(project.transformer)
+        if model.get_embedding_dimension() != project.dimensions:
+            raise DimensionMismatchError(
+                f"transformer {project.transformer!r} now produces {model.get_embedding_dimension()} dimensions,"
+                f" but project {project.name!r} stores {project.dimensions}"
+            )
+        return model
+
+    # -- search ---------------------------------------------------------------------------------------
+    def search(
+        self,
+        job_name: str,
+        query: str | Sequence[float],
+        return_columns: Sequence[str] | None = None,
+        num_results: int = 10,
+        filters: dict[str, Any] | None = None,
+        ef_search: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Nearest rows to ``query`` (a text, embedded with the project's model, or a vector), best first.
+
+        Each row has ``return_columns`` (default: every source column, never embeddings) and
+        ``similarity_score`` (see :mod:`airflow_vectorize.search`). ``filters``: ``{column: value}`` or
+        ``{column: {op: value}}`` with op eq, ne, gt, gte, lt, lte, in; all values are bound parameters.
+        The query orders by the distance operator, so the HNSW index serves it; ``ef_search`` sets
+        ``hnsw.ef_search`` for this query.
+        """
+        from airflow_vectorize import search as searching
+
+        with self.transaction() as cur:
+            project = self._project(cur, job_name)
+            statement = searching.vector_search_query(
+                cur, project, query, return_columns, num_results, filters, ef_search
+            )
+            return searching.run(cur, statement)
+
+    def hybrid_search(
+        self,
+        job_name: str,
+        query: str,
+        return_columns: Sequence[str] | None = None,
+        num_results: int = 10,
+        filters: dict[str, Any] | None = None,
+        semantic_weight: float = 1.0,
+        full_text_weight: float = 1.0,
+        candidates: int | None = None,
+        ef_search: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Vector and full-text search fused by reciprocal rank (k = 60), best first.
+
+        The top ``candidates`` rows (default max(num_results, 40)) by vector distance and by ``ts_rank``
+        (``websearch_to_tsquery('english', query)`` over the project's columns, served by its
+        ``<job>_fts_idx`` GIN index) are fused: ``rrf_score = semantic_weight / (60 + semantic_rank) +
+        full_text_weight / (60 + full_text_rank)``. Each row carries ``rrf_score``, ``semantic_rank`` and
+        ``full_text_rank`` (None when absent from that list) and ``similarity_score``.
+        """
+        from airflow_vectorize import search as searching
+
+        with self.transaction() as cur:
+            project = self._project(cur, job_name)
+            statement = searching.hybrid_search_query(
+                cur, project, query, return_columns, num_results, filters,
+                semantic_weight, full_text_weight, candidates, ef_search,
+            )
+            return searching.run(cur, statement)

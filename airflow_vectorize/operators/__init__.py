@@ -1,6 +1,13 @@
 """Operators of the Vectorize provider: thin wrappers around VectorizeHook."""
 
-from airflow_vectorize.operators.embeddings import ImportEmbeddingsOperator
+from airflow_vectorize.operators.embeddings import GenerateEmbeddingsOperator, ImportEmbeddingsOperator
 from airflow_vectorize.operators.project import CreateVectorizeProjectOperator, DropVectorizeProjectOperator
+from airflow_vectorize.operators.search import VectorSearchOperator
 
-__all__ = ["CreateVectorizeProjectOperator", "DropVectorizeProjectOperator", "ImportEmbeddingsOperator"]
+__all__ = [
+    "CreateVectorizeProjectOperator",
+    "DropVectorizeProjectOperator",
+    "GenerateEmbeddingsOperator",
+    "ImportEmbeddingsOperator",
+    "VectorSearchOperator",
+]

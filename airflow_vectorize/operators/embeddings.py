@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from airflow_vectorize.generation import DEFAULT_BATCH_SIZE
 from airflow_vectorize.operators._base import VectorizeBaseOperator
 
 
@@ -45,4 +46,52 @@ class ImportEmbeddingsOperator(VectorizeBaseOperator):
             src_primary_key=self.src_primary_key,
             src_embeddings_col=self.src_embeddings_col,
             src_schema=self.src_schema,
+        )
+
+
+class GenerateEmbeddingsOperator(VectorizeBaseOperator):
+    """Embed the project's rows that need it: new, text changed, or queued by the realtime triggers.
+
+    For scheduled ingestion and backfills pass ``since="{{ data_interval_start }}"`` and
+    ``until="{{ data_interval_end }}"`` (needs the project's ``update_col``); re-running an interval embeds
+    nothing that is already current. To spread one backfill over workers, map it over partitions:
+    ``GenerateEmbeddingsOperator.partial(..., partition_count=4).expand(partition_index=[0, 1, 2, 3])``.
+
+    :param job_name: the project to fill.
+    :param since: only rows whose update_col is at or after this time.
+    :param until: only rows whose update_col is before this time.
+    :param partition_index: this task's slice of the keys, in ``[0, partition_count)``.
+    :param partition_count: how many disjoint slices the keys are split into.
+    :param batch_size: rows per encode / write / commit.
+    """
+
+    template_fields: Sequence[str] = ("job_name", "since", "until", "partition_index", "partition_count")
+
+    def __init__(
+        self,
+        *,
+        job_name: str,
+        since: Any = None,
+        until: Any = None,
+        partition_index: int = 0,
+        partition_count: int = 1,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.job_name = job_name
+        self.since = since
+        self.until = until
+        self.partition_index = partition_index
+        self.partition_count = partition_count
+        self.batch_size = batch_size
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        return self.hook.generate_embeddings(
+            job_name=self.job_name,
+            since=self.since or None,
+            until=self.until or None,
+            partition_index=int(self.partition_index),
+            partition_count=int(self.partition_count),
+            batch_size=self.batch_size,
         )

@@ -21,6 +21,7 @@ class CreateVectorizeProjectOperator(VectorizeBaseOperator):
     :param index_dist_type: ``pgv_hnsw_cosine``, ``pgv_hnsw_l2`` or ``pgv_hnsw_ip``.
     :param schedule: ``realtime`` (triggers queue changed rows) or ``manual``.
     :param update_col: a timestamp column that tells when a row changed (for interval runs).
+    :param embed_existing: embed the rows already in the table right away (the initial load).
     """
 
     template_fields: Sequence[str] = (
@@ -40,6 +41,7 @@ class CreateVectorizeProjectOperator(VectorizeBaseOperator):
         index_dist_type: str = "pgv_hnsw_cosine",
         schedule: str = "realtime",
         update_col: str | None = None,
+        embed_existing: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -53,6 +55,7 @@ class CreateVectorizeProjectOperator(VectorizeBaseOperator):
         self.index_dist_type = index_dist_type
         self.schedule = schedule
         self.update_col = update_col
+        self.embed_existing = embed_existing
 
     def execute(self, context: Any) -> dict[str, Any]:
         return self.hook.create_project(
@@ -66,6 +69,7 @@ class CreateVectorizeProjectOperator(VectorizeBaseOperator):
             index_dist_type=self.index_dist_type,
             schedule=self.schedule,
             update_col=self.update_col,
+            embed_existing=self.embed_existing,
         )
 
 

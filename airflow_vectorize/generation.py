@@ -1,0 +1,281 @@
+"""Embedding generation: the DAG is pg_vectorize's background worker.
+
+A run embeds the rows of a project that need it — no embedding yet, or text changed since it was embedded
+(the stored md5 of the embedded text differs from the current one) — optionally limited to an
+``update_col`` interval ``[since, until)`` and to one hash partition of the keys. Queued realtime work is
+removed once the row's embedding is current.
+
+Pipeline, per batch: claim the keys (transaction-scoped advisory locks, so concurrent runs never embed the
+same row) and re-read their current text in a writer transaction -> encode -> binary COPY into a staging
+table -> one set-based upsert -> dequeue -> commit. Two writer connections alternate so the database work
+of one batch overlaps the encoding of the next. Keys come from a server-side cursor ordered by text length,
+so batches pad little. A killed run keeps its committed batches; its retry starts where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import ExitStack, closing
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Callable
+
+import psycopg
+from pgvector.psycopg import register_vector
+from psycopg import sql
+
+from airflow_vectorize import storage
+from airflow_vectorize.catalog import Project, create_index, drop_index
+from airflow_vectorize.exceptions import InvalidInputError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 256
+PROGRESS_EVERY_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Which rows a run looks at: an update_col interval and a hash partition of the keys."""
+
+    since: datetime | str | None = None
+    until: datetime | str | None = None
+    partition_index: int = 0
+    partition_count: int = 1
+
+    def check(self, project: Project) -> None:
+        if (self.since is not None or self.until is not None) and project.update_time_col is None:
+            raise InvalidInputError(
+                f"since/until need an update_col, but project {project.name!r} was created without one"
+            )
+        if not isinstance(self.partition_count, int) or self.partition_count < 1:
+            raise InvalidInputError(f"partition_count must be a positive integer, got {self.partition_count!r}")
+        if not isinstance(self.partition_index, int) or not 0 <= self.partition_index < self.partition_count:
+            raise InvalidInputError(
+                f"partition_index must be in [0, {self.partition_count}), got {self.partition_index!r}"
+            )
+
+    def condition(self, project: Project) -> tuple[sql.Composable, list[Any]]:
+        """SQL condition on the source alias ``r`` and its bound values."""
+        parts: list[sql.Composable] = [sql.SQL("TRUE")]
+        params: list[Any] = []
+        if self.since is not None:
+            parts.append(sql.SQL("r.{} >= %s::timestamptz").format(sql.Identifier(project.update_time_col)))
+            params.append(self.since)
+        if self.until is not None:
+            parts.append(sql.SQL("r.{} < %s::timestamptz").format(sql.Identifier(project.update_time_col)))
+            params.append(self.until)
+        if self.partition_count > 1:
+            parts.append(sql.SQL("abs(hashtextextended(r.{}::text, 0) %% %s) = %s").format(
+                sql.Identifier(project.primary_key)))
+            params += [self.partition_count, self.partition_index]
+        return sql.SQL(" AND ").join(parts), params
+
+
+def _rows(project: Project) -> dict[str, sql.Composable]:
+    """SQL pieces for 'source rows with their stored embedding's md5' and 'needs embedding'."""
+    key = sql.Identifier(project.primary_key)
+    stored_md5 = sql.Identifier("e" if project.is_join else "r", project.text_md5_column)
+    text_md5 = project.text_md5_expression("r")
+    return {
+        "from": (sql.SQL("{source} r LEFT JOIN {target} e ON e.{key} = r.{key}").format(
+            source=project.source, target=project.target, key=key)
+            if project.is_join else sql.SQL("{} r").format(project.source)),
+        "needs": sql.SQL("{stored} IS DISTINCT FROM {current}").format(stored=stored_md5, current=text_md5),
+        "current": sql.SQL("{stored} = {current}").format(stored=stored_md5, current=text_md5),
+        "text": project.text_expression("r"),
+        "md5": text_md5,
+        "key": sql.Identifier("r", project.primary_key),
+    }
+
+
+class BatchWriter:
+    """One writer connection: claims a batch of keys, then writes its embeddings set-based and commits."""
+
+    def __init__(self, conn: psycopg.Connection, project: Project) -> None:
+        self.conn = conn
+        self.project = project
+        self.parts = _rows(project)
+        register_vector(conn)
+        key = sql.Identifier(project.primary_key)
+        with conn.transaction():
+            conn.execute(sql.SQL(
+                "CREATE TEMP TABLE vectorize_staging ON COMMIT DELETE ROWS AS SELECT {key} FROM {source}"
+                " WITH NO DATA; ALTER TABLE vectorize_staging ADD COLUMN embeddings {vector},"
+                " ADD COLUMN text_md5 uuid"
+            ).format(key=key, source=project.source,
+                     vector=sql.SQL("vector({})").format(sql.Literal(project.dimensions))))
+            self.types = [r[0] for r in conn.execute(
+                "SELECT atttypid FROM pg_attribute WHERE attrelid = 'pg_temp.vectorize_staging'::regclass"
+                " AND attnum > 0 ORDER BY attnum")]
+        self.transaction: psycopg.Transaction | None = None
+        self.dequeued = 0
+
+    def claim(self, keys: list[Any]) -> list[tuple[Any, str, Any]]:
+        """Begin a transaction; lock the keys no other run holds; return (key, text, md5) of those still due."""
+        self.transaction = self.conn.transaction()
+        self.transaction.__enter__()
+        p = self.parts
+        return self.conn.execute(sql.SQL(
+            "SELECT {key}, {text}, {md5} FROM {from_} WHERE {key} = ANY(%s) AND {needs} AND {text} <> ''"
+            " AND pg_try_advisory_xact_lock(hashtextextended(%s || {key}::text, 0)) ORDER BY length({text})"
+        ).format(key=p["key"], text=p["text"], md5=p["md5"], from_=p["from"], needs=p["needs"]),
+            [keys, f"vectorize:{self.project.name}:"]).fetchall()
+
+    def write(self, rows: list[tuple[Any, str, Any]], vectors: Any) -> int:
+        """COPY the batch into staging, upsert it, dequeue what is now current, commit."""
+        project, p = self.project, self.parts
+        try:
+            with self.conn.cursor() as cur:
+                with cur.copy("COPY vectorize_staging FROM STDIN (FORMAT BINARY)") as copy:
+                    copy.set_types(self.types)
+                    for (key, _, md5), vector in zip(rows, vectors):
+                        copy.write_row((key, vector, md5))
+                written = storage.upsert_from_staging(cur, project)
+                cur.execute(sql.SQL(
+                    "DELETE FROM {queue} q USING {from_} WHERE q.{pk} = {key} AND {current}"
+                    " AND q.{pk} = ANY(%s)"
+                ).format(queue=project.queue, from_=p["from"], pk=sql.Identifier(project.primary_key),
+                         key=p["key"], current=p["current"]), [[row[0] for row in rows]])
+                dequeued = cur.rowcount
+            self.commit()
+            self.dequeued += dequeued
+            return written
+        except BaseException:
+            self.rollback()
+            raise
+
+    def commit(self) -> None:
+        if self.transaction is not None:
+            transaction, self.transaction = self.transaction, None
+            transaction.__exit__(None, None, None)
+
+    def rollback(self) -> None:
+        if self.transaction is not None:
+            transaction, self.transaction = self.transaction, None
+            transaction.__exit__(RuntimeError, RuntimeError("rolled back"), None)
+
+
+def stream_keys(conn: psycopg.Connection, project: Project, scope: Scope, batch_size: int) -> Iterator[list[Any]]:
+    """Keys of the rows due, shortest text first, from a server-side cursor, ``batch_size`` at a time."""
+    p = _rows(project)
+    condition, params = scope.condition(project)
+    with conn.transaction(), conn.cursor(name="vectorize_due_keys") as cur:
+        cur.itersize = batch_size * 4
+        cur.execute(sql.SQL(
+            "SELECT {key} FROM {from_} WHERE {needs} AND {text} <> '' AND {scope} ORDER BY length({text})"
+        ).format(key=p["key"], from_=p["from"], needs=p["needs"], text=p["text"], scope=condition), params)
+        while batch := [row[0] for row in cur.fetchmany(batch_size)]:
+            yield batch
+
+
+def count_due(conn: psycopg.Connection, project: Project, scope: Scope) -> tuple[int, int]:
+    """(rows to embed, rows due but without any text) in the scope."""
+    p = _rows(project)
+    condition, params = scope.condition(project)
+    return conn.execute(sql.SQL(
+        "SELECT count(*) FILTER (WHERE {text} <> ''), count(*) FILTER (WHERE {text} = '')"
+        " FROM {from_} WHERE {needs} AND {scope}"
+    ).format(text=p["text"], from_=p["from"], needs=p["needs"], scope=condition), params).fetchone()
+
+
+def clear_current_pending(conn: psycopg.Connection, project: Project, scope: Scope) -> int:
+    """Dequeue rows in the scope whose embedding is current or that have no text to embed."""
+    p = _rows(project)
+    condition, params = scope.condition(project)
+    with conn.transaction():
+        return conn.execute(sql.SQL(
+            "DELETE FROM {queue} q USING {from_} WHERE q.{pk} = {key} AND ({current} OR {text} = '') AND {scope}"
+        ).format(queue=project.queue, from_=p["from"], pk=sql.Identifier(project.primary_key), key=p["key"],
+                 current=p["current"], text=p["text"], scope=condition), params).rowcount
+
+
+def generate(
+    connect: Callable[[], psycopg.Connection],  # a new autocommit connection per call
+    project: Project,
+    scope: Scope,
+    encode: Callable[[list[str]], Any],
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    index_build_memory: str = "1GB",
+) -> dict[str, Any]:
+    """Embed every row of ``project`` in ``scope`` that needs it; see the module docstring."""
+    started = time.monotonic()
+    embedded = batches = 0
+    with ExitStack() as stack:
+        control = stack.enter_context(connect())
+        streamer = stack.enter_context(connect())
+        to_embed, skipped = count_due(control, project, scope)
+        log.info("Project %r: %d row(s) to embed, %d without text (scope %s)", project.name, to_embed, skipped, scope)
+        rebuild = scope.partition_count == 1 and _bulk(control, project, to_embed)
+        if rebuild:  # a bulk load: build the HNSW graph once at the end instead of row by row
+            with control.transaction():
+                drop_index(control.cursor(), project)
+        writers = [BatchWriter(stack.enter_context(connect()), project) for _ in range(2)]
+        pool = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="vectorize-writer"))
+        pending_writes: list[Future | None] = [None, None]
+        last_log = started
+        try:
+            for keys in stack.enter_context(closing(stream_keys(streamer, project, scope, batch_size))):
+                slot = batches % 2
+                if pending_writes[slot] is not None:  # that writer's previous batch must be committed
+                    embedded += pending_writes[slot].result()
+                    pending_writes[slot] = None
+                writer = writers[slot]
+                rows = writer.claim(keys)
+                if not rows:
+                    writer.commit()
+                    continue
+                vectors = encode([text for _, text, _ in rows])
+                pending_writes[slot] = pool.submit(writer.write, rows, vectors)
+                batches += 1
+                if time.monotonic() - last_log >= PROGRESS_EVERY_SECONDS:
+                    last_log = time.monotonic()
+                    _log_progress(project, embedded, to_embed, last_log - started)
+            for future in pending_writes:
+                if future is not None:
+                    embedded += future.result()
+        except BaseException:
+            wait([f for f in pending_writes if f is not None])  # never close a connection in use
+            raise
+        finally:
+            if rebuild or not _index_exists(control, project):  # also repairs a killed bulk run's index
+                with control.transaction():
+                    control.execute("SELECT set_config('maintenance_work_mem', %s, true)", [index_build_memory])
+                    create_index(control.cursor(), project)
+        pending_cleared = clear_current_pending(control, project, scope) + sum(w.dequeued for w in writers)
+    seconds = time.monotonic() - started
+    summary = {
+        "job_name": project.name,
+        "embedded": embedded,
+        "skipped": skipped,
+        "batches": batches,
+        "pending_cleared": pending_cleared,
+        "index_rebuilt": rebuild,
+        "partition": f"{scope.partition_index}/{scope.partition_count}",
+        "since": None if scope.since is None else str(scope.since),
+        "until": None if scope.until is None else str(scope.until),
+        "seconds": round(seconds, 3),
+        "rows_per_second": round(embedded / seconds, 1) if seconds > 0 else 0.0,
+    }
+    log.info("Embedding run finished: %s", summary)
+    return summary
+
+
+def _bulk(conn: psycopg.Connection, project: Project, incoming: int) -> bool:
+    with conn.transaction(), conn.cursor() as cur:
+        return storage.rebuild_worthwhile(cur, project, incoming)
+
+
+def _index_exists(conn: psycopg.Connection, project: Project) -> bool:
+    return conn.execute("SELECT to_regclass(format('%%I.%%I', %s::text, %s::text)) IS NOT NULL",
+                        list(project.index_qualified_name)).fetchone()[0]
+
+
+def _log_progress(project: Project, done: int, total: int, elapsed: float) -> None:
+    rate = done / elapsed if elapsed > 0 else 0.0
+    eta = (total - done) / rate if rate > 0 else float("nan")
+    log.info("Project %r: embedded %d of %d rows (%.0f%%), %.0f rows/s, ETA %.0f s",
+             project.name, done, total, 100.0 * done / max(total, 1), rate, eta)

@@ -1,0 +1,325 @@
+"""Vector and hybrid search queries over a project, built so that PostgreSQL can use the project's indexes.
+
+Unlike pg_vectorize, the vector part orders by the distance operator against a bound query vector with a
+LIMIT, which is the shape pgvector's HNSW index serves; ``similarity_score`` is computed only for the rows
+returned. Filters are typed and bound (no raw SQL), and hybrid search's full-text part uses exactly the
+expression of the project's ``<job>_fts_idx`` GIN index.
+
+``similarity_score`` (higher is better) per ``index_dist_type``:
+
+- ``pgv_hnsw_cosine``: ``1 - cosine distance`` (the cosine similarity, as pg_vectorize);
+- ``pgv_hnsw_l2``: ``1 / (1 + euclidean distance)``, in (0, 1], 1 for an identical vector;
+- ``pgv_hnsw_ip``: the inner product, ``-(a <#> b)`` (pgvector's ``<#>`` is the negative inner product);
+  equal to the cosine similarity for normalised embeddings such as all-MiniLM-L6-v2's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import psycopg
+from pgvector.psycopg import register_vector
+from psycopg import Cursor, sql
+from psycopg.rows import dict_row
+
+from airflow_vectorize import catalog, validation
+from airflow_vectorize.catalog import Project
+from airflow_vectorize.exceptions import DimensionMismatchError, InvalidInputError
+
+RRF_K = 60
+DEFAULT_CANDIDATES = 40  # pgvector's default hnsw.ef_search
+VECTOR_TYPES = {"vector", "halfvec", "sparsevec"}
+
+FILTER_OPERATORS: dict[str, str] = {
+    "eq": "=",
+    "ne": "IS DISTINCT FROM",  # rows whose value is NULL count as "not equal"
+    "gt": ">",
+    "gte": ">=",
+    "lt": "<",
+    "lte": "<=",
+    "in": "= ANY",
+}
+
+SIMILARITY: dict[str, str] = {
+    "pgv_hnsw_cosine": "1 - ({})",
+    "pgv_hnsw_l2": "1 / (1 + ({}))",
+    "pgv_hnsw_ip": "-({})",
+}
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    """A statement with its bound parameters and the transaction-local settings it runs with."""
+
+    statement: sql.Composable
+    params: dict[str, Any]
+    settings: dict[str, str] = field(default_factory=dict)
+
+
+# -- input checks ----------------------------------------------------------------------------------------
+def searchable_columns(cur: Cursor, project: Project) -> list[str]:
+    """Source columns that search may return or filter on: no vectors, no append projects' storage."""
+    table = validation.require_table(cur, project.schema, project.relation, kinds="rp", role="source")
+    storage = {
+        column
+        for other in catalog.list_projects(cur)
+        if not other.is_join and (other.schema, other.relation) == (project.schema, project.relation)
+        for column in (other.embeddings_column, other.updated_at_column, other.text_md5_column)
+    }
+    return [c.name for c in table.columns.values() if c.name not in storage and c.typname not in VECTOR_TYPES]
+
+
+def check_columns(project: Project, allowed: list[str], return_columns: Sequence[str] | None) -> list[str]:
+    if return_columns is None or list(return_columns) == ["*"]:
+        return allowed
+    if isinstance(return_columns, str) or not all(isinstance(c, str) for c in return_columns):
+        raise InvalidInputError(f"return_columns must be a list of column names, got {return_columns!r}")
+    unknown = [c for c in return_columns if c not in allowed]
+    if unknown or not return_columns or len(set(return_columns)) != len(return_columns):
+        raise InvalidInputError(
+            f"return_columns {list(return_columns)!r} of project {project.name!r} are invalid"
+            f" ({'unknown: ' + ', '.join(unknown) if unknown else 'empty or repeated'});"
+            f" choose distinct columns of {project.schema}.{project.relation}: {', '.join(allowed)}"
+        )
+    return list(return_columns)
+
+
+def check_count(name: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidInputError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def filter_conditions(
+    project: Project, allowed: list[str], filters: Mapping[str, Any] | None, params: dict[str, Any]
+) -> list[sql.Composable]:
+    """``{column: value}`` (equality) or ``{column: {op: value}}`` as SQL conditions on alias ``s``.
+
+    Values are added to ``params`` as bound parameters; ``None`` with eq/ne means IS NULL / IS NOT NULL.
+    """
+    if not filters:
+        return []
+    if not isinstance(filters, Mapping):
+        raise InvalidInputError(
+            f"filters must be a dict of column -> value or {{operator: value}}, got {filters!r}"
+        )
+    conditions: list[sql.Composable] = []
+    for column, spec in filters.items():
+        if column not in allowed:
+            raise InvalidInputError(
+                f"filter column {column!r} does not exist in {project.schema}.{project.relation} of project"
+                f" {project.name!r} (or cannot be filtered on); allowed columns: {', '.join(allowed)}"
+            )
+        tests = spec if isinstance(spec, Mapping) else {"eq": spec}
+        if not tests:
+            raise InvalidInputError(f"filter on column {column!r} has no operator")
+        for op, value in tests.items():
+            if op not in FILTER_OPERATORS:
+                raise InvalidInputError(
+                    f"filter operator {op!r} on column {column!r} is unknown; allowed operators:"
+                    f" {', '.join(FILTER_OPERATORS)}"
+                )
+            target = sql.Identifier("s", column)
+            if value is None and op in ("eq", "ne"):
+                negation = sql.SQL("NOT " if op == "ne" else "")
+                conditions.append(sql.SQL("{} IS {}NULL").format(target, negation))
+                continue
+            if op == "in":
+                if not isinstance(value, (list, tuple, set, frozenset)):
+                    raise InvalidInputError(
+                        f"filter 'in' on column {column!r} takes a list of values, got {value!r}"
+                    )
+                value = list(value)
+            name = f"f{len(params)}"
+            params[name] = value
+            template = "{} = ANY({})" if op == "in" else "{} " + FILTER_OPERATORS[op] + " {}"
+            conditions.append(sql.SQL(template).format(target, sql.Placeholder(name)))
+    return conditions
+
+
+def query_vector(project: Project, query: Any) -> np.ndarray:
+    """The query as a float32 vector: text embedded with the project's transformer, or a given vector."""
+    if isinstance(query, str):
+        if not query.strip():
+            raise InvalidInputError("query is empty: give a text or a vector")
+        from airflow_vectorize.embedders import encode
+
+        return np.asarray(encode(project.transformer, [query])[0], dtype=np.float32)
+    try:
+        vector = np.asarray(query, dtype=np.float32)
+    except (TypeError, ValueError) as error:
+        raise InvalidInputError(
+            f"query must be a text or a list of floats, got {type(query).__name__}"
+        ) from error
+    if vector.ndim != 1 or vector.shape[0] != project.dimensions:
+        raise DimensionMismatchError(
+            f"project {project.name!r} expects a query vector of {project.dimensions} dimensions,"
+            f" got shape {list(vector.shape)}"
+        )
+    if not np.isfinite(vector).all():
+        raise InvalidInputError("query vector contains NaN or infinite values")
+    return vector
+
+
+def scan_settings(ef_search: int | None) -> dict[str, str]:
+    if ef_search is None:
+        return {}
+    if isinstance(ef_search, bool) or not isinstance(ef_search, int) or not 1 <= ef_search <= 1000:
+        raise InvalidInputError(f"ef_search must be an integer from 1 to 1000, got {ef_search!r}")
+    return {"hnsw.ef_search": str(ef_search)}
+
+
+# -- statements --------------------------------------------------------------------------------------------
+def _parts(project: Project) -> dict[str, sql.Composable]:
+    """Embedding column (alias ``e`` for join, ``s`` for append), its FROM clause and distance expression."""
+    key = sql.Identifier(project.primary_key)
+    if project.is_join:
+        emb = sql.Identifier("e", project.embeddings_column)
+        source = sql.SQL("{t} e JOIN {s} s ON s.{k} = e.{k}").format(
+            t=project.target, s=project.source, k=key)
+        outer = sql.SQL("LEFT JOIN {t} e ON e.{k} = s.{k}").format(t=project.target, k=key)
+    else:
+        emb = sql.Identifier("s", project.embeddings_column)
+        source = sql.SQL("{s} s").format(s=project.source)
+        outer = sql.SQL("")
+    distance = sql.SQL("{} {} %(vector)s").format(emb, sql.SQL(project.distance.operator))
+    return {
+        "key": key,
+        "emb": emb,
+        "vector_from": source,
+        "embeddings_join": outer,
+        "distance": distance,
+        "similarity": sql.SQL(SIMILARITY[project.index_dist_type]).format(distance),
+    }
+
+
+def _where(conditions: list[sql.Composable]) -> sql.Composable:
+    return sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("TRUE")
+
+
+def vector_search_query(
+    cur: Cursor,
+    project: Project,
+    query: Any,
+    return_columns: Sequence[str] | None = None,
+    num_results: int = 10,
+    filters: Mapping[str, Any] | None = None,
+    ef_search: int | None = None,
+) -> SearchQuery:
+    """Check the input, embed the query, and build the nearest-neighbour statement."""
+    check_count("num_results", num_results)
+    allowed = searchable_columns(cur, project)
+    columns = check_columns(project, allowed, return_columns)
+    params: dict[str, Any] = {}
+    conditions = filter_conditions(project, allowed, filters, params)
+    settings = scan_settings(ef_search)
+    params.update(vector=query_vector(project, query), num_results=num_results)
+    p = _parts(project)
+    statement = sql.SQL(
+        "SELECT {columns}, {similarity} AS similarity_score FROM {vector_from}"
+        " WHERE {emb} IS NOT NULL AND {where} ORDER BY {distance} LIMIT %(num_results)s"
+    ).format(
+        columns=sql.SQL(", ").join(sql.Identifier("s", c) for c in columns), where=_where(conditions), **p
+    )
+    return SearchQuery(statement, params, settings)
+
+
+def hybrid_search_query(
+    cur: Cursor,
+    project: Project,
+    query: str,
+    return_columns: Sequence[str] | None = None,
+    num_results: int = 10,
+    filters: Mapping[str, Any] | None = None,
+    semantic_weight: float = 1.0,
+    full_text_weight: float = 1.0,
+    candidates: int | None = None,
+    ef_search: int | None = None,
+) -> SearchQuery:
+    """Check the input, embed the query, and build the hybrid statement.
+
+    The top ``candidates`` rows by vector distance and by ts_rank are fused by reciprocal rank (k = 60).
+    """
+    if not isinstance(query, str) or not query.strip():
+        raise InvalidInputError(f"hybrid_search needs a non-empty text query, got {query!r}")
+    check_count("num_results", num_results)
+    candidates = max(num_results, DEFAULT_CANDIDATES) if candidates is None else candidates
+    check_count("candidates", candidates, minimum=num_results)
+    weights = (semantic_weight, full_text_weight)
+    if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
+               for w in weights) or not any(weights):
+        raise InvalidInputError(
+            f"semantic_weight and full_text_weight must be finite numbers >= 0, not both 0; got {weights}"
+        )
+    allowed = searchable_columns(cur, project)
+    columns = check_columns(project, allowed, return_columns)
+    params: dict[str, Any] = {}
+    conditions = filter_conditions(project, allowed, filters, params)
+    settings = scan_settings(ef_search)
+    params.update(
+        vector=query_vector(project, query), text=query, candidates=candidates, num_results=num_results,
+        semantic_weight=float(semantic_weight), full_text_weight=float(full_text_weight), rrf_k=RRF_K,
+    )
+    p = _parts(project)
+    statement = sql.SQL(
+        "WITH semantic AS ("
+        "  SELECT k, row_number() OVER (ORDER BY d, k) AS rank FROM ("
+        "   SELECT s.{key} AS k, {distance} AS d FROM {vector_from}"
+        "   WHERE {emb} IS NOT NULL AND {where} ORDER BY {distance} LIMIT %(candidates)s) v),"
+        " full_text AS ("
+        "  SELECT k, row_number() OVER (ORDER BY r DESC, k) AS rank FROM ("
+        "   SELECT s.{key} AS k, ts_rank({doc}, websearch_to_tsquery('english', %(text)s)) AS r"
+        "   FROM {source} s WHERE {doc} @@ websearch_to_tsquery('english', %(text)s) AND {where}"
+        "   ORDER BY r DESC, k LIMIT %(candidates)s) t),"
+        " fused AS ("
+        "  SELECT coalesce(v.k, t.k) AS k, v.rank AS semantic_rank, t.rank AS full_text_rank,"
+        "   coalesce(%(semantic_weight)s / (%(rrf_k)s + v.rank), 0)"
+        "   + coalesce(%(full_text_weight)s / (%(rrf_k)s + t.rank), 0) AS rrf_score"
+        "  FROM semantic v FULL JOIN full_text t ON t.k = v.k)"
+        " SELECT {columns}, f.rrf_score, f.semantic_rank, f.full_text_rank, {similarity} AS similarity_score"
+        " FROM fused f JOIN {source} s ON s.{key} = f.k {embeddings_join}"
+        " ORDER BY f.rrf_score DESC, f.semantic_rank NULLS LAST, f.full_text_rank NULLS LAST"
+        " LIMIT %(num_results)s"
+    ).format(
+        columns=sql.SQL(", ").join(sql.Identifier("s", c) for c in columns),
+        where=_where(conditions),
+        doc=project.fts_document("s"),
+        source=project.source,
+        **p,
+    )
+    return SearchQuery(statement, params, settings)
+
+
+# -- running ------------------------------------------------------------------------------------------------
+def _prepare(cur: Cursor, search: SearchQuery) -> Cursor:
+    """Register pgvector, apply the transaction-local settings; a fresh dict cursor that knows vectors."""
+    register_vector(cur.connection)  # cursors copy the connection's adapters when created: make a new one
+    # Iterative HNSW scans (pgvector >= 0.8) keep scanning until LIMIT rows pass the filters, in exact order.
+    cur.execute(
+        "SELECT set_config('hnsw.iterative_scan', 'strict_order', true) FROM pg_extension"
+        " WHERE extname = 'vector' AND string_to_array(extversion, '.')::int[] >= '{0,8}'"
+    )
+    for name, value in search.settings.items():
+        cur.execute("SELECT set_config(%s, %s, true)", [name, value])
+    return cur.connection.cursor(row_factory=dict_row)
+
+
+def run(cur: Cursor, search: SearchQuery) -> list[dict[str, Any]]:
+    """Execute the query in ``cur``'s transaction; rows as dicts, best first."""
+    with _prepare(cur, search) as dict_cur:
+        try:
+            return dict_cur.execute(search.statement, search.params).fetchall()
+        except (psycopg.errors.DataError, psycopg.errors.UndefinedFunction) as error:
+            raise InvalidInputError(f"a filter value does not fit its column: {error}".strip()) from error
+
+
+def explain(cur: Cursor, search: SearchQuery, analyze: bool = False) -> str:
+    """The plan of exactly the statement ``run`` executes, with the same settings."""
+    prefix = sql.SQL("EXPLAIN (ANALYZE, COSTS OFF) " if analyze else "EXPLAIN (COSTS OFF) ")
+    with _prepare(cur, search) as dict_cur:
+        rows = dict_cur.execute(prefix + search.statement, search.params).fetchall()
+    return "\n".join(row["QUERY PLAN"] for row in rows)

@@ -1,0 +1,187 @@
+"""Vector and hybrid search on the sample catalogue, with the real model and a real PostgreSQL + pgvector."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from conftest import create_embeddings_table, product_texts, snapshot
+from psycopg import sql
+
+from airflow_vectorize import search
+from airflow_vectorize.exceptions import DimensionMismatchError, InvalidInputError, ProjectNotFoundError
+
+JOB = "products_search"
+SOURCE_COLUMNS = ["product_id", "name", "description", "category", "price", "updated_at"]
+# similarity_score from the raw vectors, per index_dist_type (see airflow_vectorize.search)
+EXPECTED_SCORE = {
+    "pgv_hnsw_cosine": lambda a, b: float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))),
+    "pgv_hnsw_l2": lambda a, b: 1 / (1 + float(np.linalg.norm(a - b))),
+    "pgv_hnsw_ip": lambda a, b: float(a @ b),
+}
+
+
+def make_project(db, hook, model, **options) -> dict:
+    create_embeddings_table(db, model)
+    summary = hook.create_project(JOB, "products", "product_id", ["name", "description"], **options)
+    hook.import_embeddings(JOB, "product_embeddings", "product_id", "embedding")
+    return summary
+
+
+def plan(hook, query, **settings) -> str:
+    """EXPLAIN of exactly the statement search runs, with extra planner settings."""
+    with hook.transaction() as cur:
+        q = query(cur, hook._project(cur, JOB))
+        return search.explain(cur, replace(q, settings={**q.settings, **settings}))
+
+
+@pytest.mark.parametrize("table_method", ["join", "append"])
+@pytest.mark.parametrize("index_dist_type", ["pgv_hnsw_cosine", "pgv_hnsw_l2", "pgv_hnsw_ip"])
+def test_search_relevance(products, hook, model, table_method, index_dist_type):
+    make_project(products, hook, model, table_method=table_method, index_dist_type=index_dist_type)
+
+    phones = hook.search(JOB, "mobile phone", num_results=3)
+    assert [r["category"] for r in phones] == ["phones"] * 3
+    assert list(phones[0]) == SOURCE_COLUMNS + ["similarity_score"]  # no embeddings/updated_at/md5 columns
+    scores = [r["similarity_score"] for r in phones]
+    assert scores == sorted(scores, reverse=True)
+    vector = model.encode(["mobile phone"])[0]
+    text = model.encode([product_texts(products)[phones[0]["product_id"]]])[0]
+    expected = EXPECTED_SCORE[index_dist_type](text, vector)
+    assert phones[0]["similarity_score"] == pytest.approx(expected, abs=1e-4)
+
+    by_vector = hook.search(JOB, vector.tolist(), num_results=3)  # a vector query needs no model
+    assert [r["product_id"] for r in by_vector] == [r["product_id"] for r in phones]
+
+    kitchen = hook.search(JOB, "something to cook with", return_columns=["name", "category"], num_results=2)
+    assert [r["category"] for r in kitchen] == ["kitchen", "kitchen"]
+    assert list(kitchen[0]) == ["name", "category", "similarity_score"]
+    assert len(hook.search(JOB, vector, num_results=30)) == 24
+
+
+@pytest.mark.parametrize("table_method", ["join", "append"])
+def test_search_uses_hnsw_index(products, hook, model, table_method):
+    make_project(products, hook, model, table_method=table_method)
+    vector = model.encode(["mobile phone"])[0]
+    index = f"{JOB}_hnsw_cos_idx"
+
+    # enable_seqscan=off only lifts the 24-row table's preference for a seq scan; a query ordered by a
+    # derived score (pg_vectorize's shape) still cannot use the index, ours can.
+    explained = plan(hook, lambda cur, p: search.vector_search_query(cur, p, vector, num_results=3),
+                     enable_seqscan="off")
+    assert f"Index Scan using {index}" in explained, explained
+    filtered = plan(hook, lambda cur, p: search.vector_search_query(
+        cur, p, vector, filters={"price": {"lt": 500}}), enable_seqscan="off")
+    assert f"Index Scan using {index}" in filtered, filtered
+    join = table_method == "join"
+    emb = "embeddings" if join else f"{JOB}_embeddings"
+    target = sql.Identifier("vectorize", f"_embeddings_{JOB}") if join else sql.Identifier("products")
+    products.execute("SET enable_seqscan = off")
+    control = "\n".join(r[0] for r in products.execute(sql.SQL(
+        "EXPLAIN SELECT 1 - ({e} <=> %s) AS s FROM {t} ORDER BY s DESC LIMIT 3").format(
+        e=sql.Identifier(emb), t=target), [vector]))
+    assert index not in control, control
+
+    # The index path, with a tiny ef_search and a filter, still returns every match (iterative scan).
+    with hook.transaction() as cur:
+        q = search.vector_search_query(cur, hook._project(cur, JOB), vector, filters={"category": "kitchen"},
+                                       ef_search=1)
+        rows = search.run(cur, replace(q, settings={**q.settings, "enable_seqscan": "off"}))
+    assert sorted(r["product_id"] for r in rows) == [10, 11, 12]
+
+
+def test_search_filters(products, hook, model):
+    make_project(products, hook, model)
+    query = "mobile phone"
+    assert {r["category"] for r in hook.search(JOB, query, filters={"category": "kitchen"})} == {"kitchen"}
+    priced = hook.search(JOB, query, filters={"price": {"gt": 100, "lte": 449}}, num_results=24)
+    assert priced and all(100 < r["price"] <= 449 for r in priced)
+    assert len(priced) == sum(1 for r in hook.search(JOB, query, num_results=24) if 100 < r["price"] <= 449)
+    either = hook.search(JOB, query, filters={"category": {"in": ["phones", "tablets"]}}, num_results=24)
+    assert sorted(r["product_id"] for r in either) == [1, 2, 3, 4, 5]
+    others = hook.search(JOB, query, filters={"category": {"ne": "phones"}, "product_id": {"gte": 4}})
+    assert len(others) == 10 and "phones" not in {r["category"] for r in others}
+
+
+def test_search_rejects_bad_input(products, hook, model):
+    make_project(products, hook, model)
+    before = snapshot(products)
+    cases = [
+        (dict(filters={"colour": "red"}),
+         "filter column 'colour' does not exist .* allowed columns: product_id, name, description, category"),
+        (dict(filters={"price": {"between": [1, 2]}}),
+         "operator 'between' on column 'price' is unknown; allowed operators: eq, ne, gt, gte, lt, lte, in"),
+        (dict(filters={"category": {"in": "phones"}}), "'in' on column 'category' takes a list"),
+        (dict(return_columns=["name", "embeddings"]), r"unknown: embeddings\); choose distinct columns"),
+        (dict(num_results=0), "num_results must be an integer >= 1"),
+        (dict(ef_search=5000), "ef_search must be an integer from 1 to 1000"),
+        (dict(filters={"price": {"gt": "cheap"}}), "a filter value does not fit its column"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(InvalidInputError, match=message):
+            hook.search(JOB, "phone", **kwargs)
+    with pytest.raises(DimensionMismatchError, match="expects a query vector of 384 dimensions, got shape"):
+        hook.search(JOB, [0.1, 0.2, 0.3])
+    with pytest.raises(InvalidInputError, match="non-empty text query"):
+        hook.hybrid_search(JOB, [0.1] * 384)
+    with pytest.raises(ProjectNotFoundError, match="'nope' not yet initialized"):
+        hook.search("nope", "phone")
+    with pytest.raises(ProjectNotFoundError):
+        hook.hybrid_search("nope", "phone")
+    assert snapshot(products) == before
+
+
+@pytest.mark.parametrize("table_method", ["join", "append"])
+def test_hybrid_search(products, hook, model, table_method):
+    summary = make_project(products, hook, model, table_method=table_method)
+    assert f"public.{JOB}_fts_idx" in summary["objects"]
+
+    rows = hook.hybrid_search(JOB, "hydraulic disc brakes", num_results=5)
+    assert rows[0]["name"] == "Mountain bike" and rows[0]["full_text_rank"] == 1
+    assert list(rows[0]) == SOURCE_COLUMNS + ["rrf_score", "semantic_rank", "full_text_rank",
+                                              "similarity_score"]
+    for row in rows:
+        expected = sum(1 / (60 + rank) for rank in (row["semantic_rank"], row["full_text_rank"]) if rank)
+        assert row["rrf_score"] == pytest.approx(expected)
+        assert row["similarity_score"] is not None
+    assert [r["rrf_score"] for r in rows] == sorted((r["rrf_score"] for r in rows), reverse=True)
+    assert all(r["full_text_rank"] is None for r in rows[1:])  # only one product mentions these words
+
+    semantic_only = hook.hybrid_search(JOB, "mobile phone", num_results=3, full_text_weight=0)
+    vector_only = hook.search(JOB, "mobile phone", num_results=3)
+    assert [r["product_id"] for r in semantic_only] == [r["product_id"] for r in vector_only]
+    filtered = hook.hybrid_search(JOB, "bluetooth battery", filters={"category": "audio"},
+                                  return_columns=["name"])
+    assert [set(r) for r in filtered] == [{"name", "rrf_score", "semantic_rank", "full_text_rank",
+                                           "similarity_score"}] * 2
+
+    explained = plan(hook, lambda cur, p: search.hybrid_search_query(cur, p, "hydraulic disc brakes"),
+                     enable_seqscan="off")
+    assert f"Bitmap Index Scan on {JOB}_fts_idx" in explained, explained
+    assert f"Index Scan using {JOB}_hnsw_cos_idx" in explained, explained
+
+    index_exists = "SELECT count(*) FROM pg_indexes WHERE schemaname = 'public' AND indexname = %s"
+    assert products.scalar(index_exists, [f"{JOB}_fts_idx"]) == 1
+    hook.drop_project(JOB)
+    assert products.scalar(index_exists, [f"{JOB}_fts_idx"]) == 0
+
+
+def test_search_operator(products, hook, model):
+    from airflow_vectorize.operators import VectorSearchOperator
+
+    make_project(products, hook, model)
+    for hybrid in (False, True):
+        operator = VectorSearchOperator(
+            task_id="search", job_name=JOB, query="mobile phone", num_results=2, hybrid=hybrid,
+            filters={"price": {"lt": 1000}}, postgres_conn_id=products.conn_id,
+        )
+        rows = operator.execute(context={})
+        assert len(rows) == 2 and rows[0]["category"] == "phones"
+        assert json.loads(json.dumps(rows)) == rows
+        assert isinstance(rows[0]["price"], float) and isinstance(rows[0]["updated_at"], str)
+        assert not any(isinstance(v, list) for row in rows for v in row.values())
+    assert {"job_name", "query", "filters", "return_columns"} <= set(VectorSearchOperator.template_fields)
+    assert math.isfinite(rows[0]["rrf_score"])
