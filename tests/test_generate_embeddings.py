@@ -1,0 +1,223 @@
+"""generate_embeddings: what gets embedded, intervals, partitions, the realtime queue, concurrency, resume."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+from conftest import product_texts, snapshot
+
+from airflow_vectorize import generation
+from airflow_vectorize.exceptions import InvalidInputError, ProjectNotFoundError
+from airflow_vectorize.operators import GenerateEmbeddingsOperator
+
+COLUMNS = ["name", "description"]
+DAY = datetime(2026, 11, 1, tzinfo=timezone.utc)
+
+
+def stored(db, job: str = "shop", table_method: str = "join", table: str = "products", key: str = "product_id"):
+    """key -> (embedding, updated_at)."""
+    if table_method == "join":
+        query = f'SELECT {key}, embeddings, updated_at FROM vectorize."_embeddings_{job}"'
+    else:
+        query = f'SELECT {key}, "{job}_embeddings", "{job}_updated_at" FROM {table} WHERE "{job}_embeddings" IS NOT NULL'
+    return {k: (v.to_numpy(), at) for k, v, at in db.execute(query)}
+
+
+def create_items(db, rows: int) -> None:
+    """A larger table of short product-like texts, with an update_col spread over 4 days."""
+    db.execute("CREATE TABLE items (id integer PRIMARY KEY, title text, changed_at timestamptz NOT NULL)")
+    db.execute(
+        "INSERT INTO items SELECT g, 'item ' || g || ' ' || (ARRAY['phone','lamp','boot','kettle'])[g %% 4 + 1],"
+        " %s::timestamptz + (g %% 4) * interval '1 day' FROM generate_series(1, %s) g",
+        [DAY, rows],
+    )
+
+
+@pytest.mark.parametrize("table_method", ["join", "append"])
+def test_embeddings_are_the_models_encoding_of_the_text(products, hook, model, table_method):
+    products.execute("UPDATE products SET description = NULL WHERE product_id = 3")
+    products.execute("INSERT INTO products (product_id, name, description) VALUES (50, '', NULL)")
+    hook.create_project("shop", "products", "product_id", COLUMNS, table_method=table_method)
+
+    result = hook.generate_embeddings("shop", batch_size=8)
+
+    assert (result["embedded"], result["skipped"], result["batches"]) == (24, 1, 3)
+    texts = product_texts(products)
+    assert texts[3] == "Galaxy A55"  # NULL column skipped, no dangling separator
+    got = stored(products, table_method=table_method)
+    assert set(got) == set(range(1, 25))
+    ids = sorted(got)
+    expected = model.encode([texts[i] for i in ids])
+    np.testing.assert_allclose(np.stack([got[i][0] for i in ids]), expected, atol=1e-5)
+    status = hook.get_status("shop")
+    assert (status["embedded_rows"], status["missing_rows"], status["no_text_rows"], status["pending"]) == (24, 1, 1, 0)
+    assert hook.generate_embeddings("shop")["embedded"] == 0  # nothing left to do
+
+
+@pytest.mark.parametrize("table_method", ["join", "append"])
+def test_only_text_changes_are_embedded_again(products, hook, table_method):
+    hook.create_project("shop", "products", "product_id", COLUMNS, table_method=table_method, schedule="manual")
+    hook.generate_embeddings("shop")
+    before = stored(products, table_method=table_method)
+
+    products.execute("UPDATE products SET price = price * 2, category = 'sale'")
+    assert hook.generate_embeddings("shop")["embedded"] == 0
+    products.execute("UPDATE products SET description = description || ' (2026 model)' WHERE product_id IN (1, 7)")
+    result = hook.generate_embeddings("shop")
+
+    assert result["embedded"] == 2
+    after = stored(products, table_method=table_method)
+    changed = {k for k in after if not np.array_equal(after[k][0], before[k][0])}
+    assert changed == {1, 7}
+    assert {k for k in after if after[k][1] != before[k][1]} == {1, 7}
+
+
+def test_realtime_queue_drains(products, hook):
+    hook.create_project("shop", "products", "product_id", COLUMNS, embed_existing=True)
+    products.execute("INSERT INTO products (product_id, name) VALUES (100, 'Foldable phone'), (101, '')")
+    products.execute("UPDATE products SET name = 'Pixel 9 Pro' WHERE product_id = 1")
+    products.execute("UPDATE products SET name = 'iPhone 16' WHERE product_id = 2")  # same text: queued? no
+    assert hook.get_status("shop")["pending"] == 3
+
+    result = hook.generate_embeddings("shop")
+
+    assert (result["embedded"], result["skipped"], result["pending_cleared"]) == (2, 1, 3)
+    assert hook.get_status("shop")["pending"] == 0
+
+
+def test_interval_runs_embed_only_their_rows_and_rerun_is_a_no_op(database, hook):
+    create_items(database, 200)
+    hook.create_project("items", "items", "id", ["title"], update_col="changed_at")
+    database.execute("UPDATE items SET title = title || '!'")  # the realtime triggers queue every row
+
+    first = hook.generate_embeddings("items", since=DAY, until=DAY + timedelta(days=1))
+    again = hook.generate_embeddings("items", since=DAY.isoformat(), until=(DAY + timedelta(days=1)).isoformat())
+
+    assert (first["embedded"], again["embedded"]) == (50, 0)
+    embedded = {k for k, in database.execute('SELECT id FROM vectorize."_embeddings_items"')}
+    assert embedded == {i for i in range(1, 201) if i % 4 == 0}
+    assert hook.get_status("items")["pending"] == 200 - 50  # other days stay queued
+
+
+def test_partitions_are_disjoint_and_complete(database, hook):
+    create_items(database, 300)
+    hook.create_project("items", "items", "id", ["title"], schedule="manual")
+    parts = []
+    for index in range(3):
+        hook.generate_embeddings("items", partition_index=index, partition_count=3)
+        parts.append({k for k, in database.execute('SELECT id FROM vectorize."_embeddings_items"')} - set().union(*parts))
+
+    assert all(60 < len(p) < 140 for p in parts)  # a hash split, roughly even
+    assert set().union(*parts) == set(range(1, 301))
+    assert sum(map(len, parts)) == 300
+
+
+def test_concurrent_runs_embed_every_row_once(database, hook):
+    create_items(database, 600)
+    hook.create_project("items", "items", "id", ["title"], schedule="manual")
+    results, errors = [], []
+
+    def run() -> None:
+        try:
+            results.append(hook.generate_embeddings("items", batch_size=32))
+        except Exception as error:  # noqa: BLE001 - reported by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    assert sum(r["embedded"] for r in results) == 600  # no row embedded twice
+    assert database.scalar('SELECT count(DISTINCT id) FROM vectorize."_embeddings_items"') == 600
+
+
+def test_a_killed_run_keeps_its_batches_and_the_retry_resumes(database, hook, model):
+    create_items(database, 3000)
+    hook.create_project("items", "items", "id", ["title"], schedule="manual")
+    with hook.transaction() as cur:
+        project = generation_project(hook, cur)
+    calls = 0
+
+    def encode_then_die(texts):
+        nonlocal calls
+        calls += 1
+        if calls == 4:
+            raise KeyboardInterrupt("worker killed")
+        return model.encode(texts)
+
+    with pytest.raises(KeyboardInterrupt):
+        generation.generate(hook.connect, project, generation.Scope(), encode_then_die, batch_size=250)
+
+    kept = database.scalar('SELECT count(*) FROM vectorize."_embeddings_items"')
+    assert kept == 750  # three committed batches survive
+    assert database.scalar("SELECT to_regclass('vectorize.items_hnsw_cos_idx')") is not None  # index restored
+    retry = hook.generate_embeddings("items", batch_size=500)
+    assert retry["embedded"] == 3000 - 750
+    assert database.scalar('SELECT count(*) FROM vectorize."_embeddings_items"') == 3000
+
+
+def generation_project(hook, cur):
+    from airflow_vectorize import catalog
+
+    return catalog.find_project(cur, "items")
+
+
+def test_bulk_load_builds_the_index_once(database, hook):
+    create_items(database, 1200)
+    hook.create_project("items", "items", "id", ["title"], index_dist_type="pgv_hnsw_l2")
+
+    result = hook.generate_embeddings("items")
+
+    assert (result["embedded"], result["index_rebuilt"]) == (1200, True)
+    assert "USING hnsw (embeddings vector_l2_ops)" in database.scalar(
+        "SELECT indexdef FROM pg_indexes WHERE indexname = 'items_hnsw_l2_idx'")
+
+
+def test_encode_uses_the_projects_model(products, hook, model):
+    hook.create_project("shop", "products", "product_id", COLUMNS)
+
+    vectors = hook.encode("shop", ["a phone", "a kettle"])
+
+    np.testing.assert_allclose(vectors, model.encode(["a phone", "a kettle"]), atol=1e-6)
+
+
+def test_operator_runs_a_templated_interval(database):
+    create_items(database, 40)
+    from airflow_vectorize.hooks.vectorize import VectorizeHook
+
+    VectorizeHook(database.conn_id).create_project("items", "items", "id", ["title"], update_col="changed_at")
+    op = GenerateEmbeddingsOperator(task_id="embed", postgres_conn_id=database.conn_id, job_name="items",
+                                    since="{{ data_interval_start }}", until="{{ data_interval_end }}")
+    op.render_template_fields({"data_interval_start": DAY + timedelta(days=1),
+                               "data_interval_end": DAY + timedelta(days=2)})
+
+    result = op.execute(context={})
+
+    assert (result["embedded"], result["since"]) == (10, "2026-11-02 00:00:00+00:00")
+
+
+BAD_RUNS = [
+    (dict(job_name="ghost"), ProjectNotFoundError, "project 'ghost' not yet initialized"),
+    (dict(since=DAY), InvalidInputError, "since/until need an update_col, but project 'shop' was created without"),
+    (dict(partition_index=3, partition_count=3), InvalidInputError, "partition_index must be in [0, 3), got 3"),
+    (dict(partition_count=0), InvalidInputError, "partition_count must be a positive integer, got 0"),
+    (dict(batch_size=0), InvalidInputError, "batch_size must be a positive integer, got 0"),
+]
+
+
+@pytest.mark.parametrize("override, error_type, message", BAD_RUNS, ids=[m[:25] for *_, m in BAD_RUNS])
+def test_bad_runs_are_rejected_and_change_nothing(products, hook, override, error_type, message):
+    hook.create_project("shop", "products", "product_id", COLUMNS)
+    before = snapshot(products)
+
+    with pytest.raises(error_type) as error:
+        hook.generate_embeddings(**{"job_name": "shop", **override})
+
+    assert message in str(error.value)
+    assert snapshot(products) == before
