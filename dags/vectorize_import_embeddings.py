@@ -1,7 +1,8 @@
-"""Import embeddings computed elsewhere into a vector-search project, check it, and clean up.
+"""Import embeddings computed elsewhere into a vector-search project, embed the rest, search, clean up.
 
-The chain: prepare a product catalogue and its pre-computed embeddings (as an upstream system would) ->
-create the project -> import the embeddings -> check the status -> drop the project and the demo tables.
+The chain: prepare a product catalogue and pre-computed embeddings for most of it (as an upstream system
+would) -> create the project -> import the embeddings -> embed the rows the upstream system did not cover
+-> check the status -> search -> drop the project and the demo tables.
 Set the Airflow connection ``postgres_default`` (or ``VECTORIZE_CONN_ID``) to a PostgreSQL with pgvector.
 """
 
@@ -15,11 +16,14 @@ from airflow.sdk import dag, task
 from airflow_vectorize.operators import (
     CreateVectorizeProjectOperator,
     DropVectorizeProjectOperator,
+    GenerateEmbeddingsOperator,
     ImportEmbeddingsOperator,
+    VectorSearchOperator,
 )
 
 CONN_ID = os.environ.get("VECTORIZE_CONN_ID", "postgres_default")
 JOB_NAME = "product_search"
+UPSTREAM_COVERS = 20  # the upstream system embedded products 1..20; 21..24 are embedded here
 
 
 @dag(
@@ -32,14 +36,15 @@ JOB_NAME = "product_search"
 def vectorize_import_embeddings():
     @task
     def prepare_source_data() -> dict:
-        """The catalogue table, and a table of embeddings an upstream system computed for it (real[])."""
+        """The catalogue table, and embeddings an upstream system computed for most of it (real[])."""
         from airflow.providers.postgres.hooks.postgres import PostgresHook
 
         from airflow_vectorize.catalog import DEFAULT_TRANSFORMER
         from airflow_vectorize.embedders import encode
         from airflow_vectorize.example_data import PRODUCTS
 
-        vectors = encode(DEFAULT_TRANSFORMER, [f"{name}, {description}" for _, name, description, _, _ in PRODUCTS])
+        covered = PRODUCTS[:UPSTREAM_COVERS]
+        vectors = encode(DEFAULT_TRANSFORMER, [f"{name}, {description}" for _, name, description, _, _ in covered])
         with PostgresHook(postgres_conn_id=CONN_ID).get_conn() as conn, conn.cursor() as cur:
             cur.execute(
                 "CREATE TABLE IF NOT EXISTS products (product_id integer PRIMARY KEY, name text NOT NULL,"
@@ -54,7 +59,7 @@ def vectorize_import_embeddings():
                 PRODUCTS,
             )
             with cur.copy("COPY product_embeddings (product_id, embedding) FROM STDIN") as copy:
-                for (product_id, *_), vector in zip(PRODUCTS, vectors):
+                for (product_id, *_), vector in zip(covered, vectors):
                     copy.write_row((product_id, vector.tolist()))
         return {"products": len(PRODUCTS), "embeddings": len(vectors), "dimensions": int(vectors.shape[1])}
 
@@ -77,6 +82,10 @@ def vectorize_import_embeddings():
         src_embeddings_col="embedding",
     )
 
+    embed_the_rest = GenerateEmbeddingsOperator(
+        task_id="embed_the_rest", postgres_conn_id=CONN_ID, job_name=JOB_NAME
+    )
+
     @task
     def check_status() -> dict:
         """Fail unless every product has an embedding and nothing is left in the queue."""
@@ -86,6 +95,15 @@ def vectorize_import_embeddings():
         if status["missing_rows"] or status["pending"]:
             raise ValueError(f"project {JOB_NAME!r} is incomplete: {status}")
         return status
+
+    search = VectorSearchOperator(
+        task_id="search",
+        postgres_conn_id=CONN_ID,
+        job_name=JOB_NAME,
+        query="mobile phone with a good camera",
+        return_columns=["product_id", "name", "category", "price"],
+        num_results=3,
+    )
 
     drop_project = DropVectorizeProjectOperator(
         task_id="drop_project", postgres_conn_id=CONN_ID, job_name=JOB_NAME, missing_ok=True,
@@ -102,7 +120,9 @@ def vectorize_import_embeddings():
         prepare_source_data()
         >> create_project
         >> import_embeddings
+        >> embed_the_rest
         >> check_status()
+        >> search
         >> drop_project
         >> drop_source_tables()
     )

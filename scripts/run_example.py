@@ -1,4 +1,4 @@
-"""The main job: run the example DAG end to end with ``dag.test()`` and print a readable summary.
+"""The main job: run the example DAGs end to end with ``dag.test()`` and print a readable summary.
 
 Uses an embedded PostgreSQL + pgvector unless ``AIRFLOW_CONN_POSTGRES_DEFAULT`` already points at a server.
 Airflow itself runs from a throw-away ``AIRFLOW_HOME`` with SQLite.
@@ -7,42 +7,59 @@ Airflow itself runs from a throw-away ``AIRFLOW_HOME`` with SQLite.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
 import sys
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+DAGS = ROOT / "dags"
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="airflow-home-"))
-os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(DAGS)
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+# (dag_id, logical date or None for "now"): two days of scheduled ingestion show the incremental runs.
+DEFAULT_RUNS = [
+    ("vectorize_import_embeddings", None),
+    ("vectorize_scheduled_ingestion", "2026-11-01"),
+    ("vectorize_scheduled_ingestion", "2026-11-02"),
+    ("vectorize_embedding_backfill", None),
+]
 
-def run_dag(dag_id: str) -> dict:
-    """Run ``dags/<dag_id>.py`` with dag.test(); return its state and every task's state and XCom."""
-    import importlib.util
 
-    from airflow.utils.db import initdb
+def load_dags() -> dict:
+    """Every DAG defined in dags/, by dag_id."""
+    from airflow.sdk import DAG
 
-    initdb()
-    spec = importlib.util.spec_from_file_location(dag_id, ROOT / "dags" / f"{dag_id}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    dag = next(v for v in vars(module).values() if getattr(v, "dag_id", None) == dag_id)
-    dag_run = dag.test()
+    dags = {}
+    for path in sorted(DAGS.glob("*.py")):
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        dags.update({v.dag_id: v for v in vars(module).values() if isinstance(v, DAG)})
+    return dags
+
+
+def run_dag(dag, logical_date: str | None = None) -> dict:
+    """dag.test() once; its state, and every task instance's state and XCom result."""
+    when = datetime.fromisoformat(logical_date).replace(tzinfo=timezone.utc) if logical_date else None
+    dag_run = dag.test(logical_date=when) if when else dag.test()
     tasks = {}
     for ti in sorted(dag_run.get_task_instances(), key=lambda ti: (ti.start_date is None, ti.start_date)):
-        tasks[ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"] = {
-            "state": str(ti.state), "result": ti.xcom_pull(task_ids=ti.task_id, map_indexes=ti.map_index)
-        }
-    return {"dag_id": dag_id, "state": str(dag_run.state), "tasks": tasks}
+        name = ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"
+        tasks[name] = {"state": str(ti.state),
+                       "result": ti.xcom_pull(task_ids=ti.task_id, map_indexes=ti.map_index)}
+    return {"dag_id": dag.dag_id, "logical_date": logical_date, "state": str(dag_run.state), "tasks": tasks}
 
 
 def print_summary(run: dict) -> None:
-    print(f"\n=== {run['dag_id']}: {run['state']} ===")
+    when = f" ({run['logical_date']})" if run["logical_date"] else ""
+    print(f"\n=== {run['dag_id']}{when}: {run['state']} ===")
     for task_id, info in run["tasks"].items():
         print(f"- {task_id}: {info['state']}")
         result = info["result"]
@@ -55,7 +72,7 @@ def print_summary(run: dict) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("dag_ids", nargs="*", default=["vectorize_import_embeddings"])
+    parser.add_argument("dag_ids", nargs="*", help="DAGs to run (default: every example, in a meaningful order)")
     args = parser.parse_args()
     server = None
     if "AIRFLOW_CONN_POSTGRES_DEFAULT" not in os.environ:
@@ -65,7 +82,12 @@ def main() -> int:
         server.use_as_airflow_connection("postgres_default")
         print(f"Embedded PostgreSQL + pgvector at {server.data_dir}")
     try:
-        runs = [run_dag(dag_id) for dag_id in args.dag_ids]
+        from airflow.utils.db import initdb
+
+        initdb()
+        dags = load_dags()
+        plan = [(dag_id, None) for dag_id in args.dag_ids] or DEFAULT_RUNS
+        runs = [run_dag(dags[dag_id], when) for dag_id, when in plan]
     finally:
         if server is not None:
             server.stop()

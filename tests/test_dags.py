@@ -2,43 +2,62 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-DAGS = Path(__file__).resolve().parent.parent / "dags"
+from scripts.run_example import load_dags, run_dag
 
 
-@pytest.fixture(scope="session")
-def airflow_db():
+@pytest.fixture(scope="module")
+def dags():
     from airflow.utils.db import initdb
 
     initdb()
+    return load_dags()
 
 
-def load_dag(dag_id: str):
-    spec = importlib.util.spec_from_file_location(dag_id, DAGS / f"{dag_id}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.dag
-
-
-def task_states(dag_run) -> dict[str, str]:
-    return {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
-
-
-def test_import_embeddings_example(airflow_db, database, monkeypatch):
+@pytest.fixture
+def default_connection(database, monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_POSTGRES_DEFAULT", database.uri)
-    dag = load_dag("vectorize_import_embeddings")
+    return database
 
-    dag_run = dag.test()
 
-    assert task_states(dag_run) == {t: "success" for t in (
-        "prepare_source_data", "create_project", "import_embeddings", "check_status", "drop_project",
-        "drop_source_tables")}
-    status = dag_run.get_task_instance("check_status").xcom_pull(task_ids="check_status")
-    assert (status["total_rows"], status["embedded_rows"], status["pending"]) == (24, 24, 0)
-    # cleaned up: no project, no demo tables
-    assert database.execute("SELECT to_regclass('products'), to_regclass('vectorize._embeddings_product_search')") \
-        == [(None, None)]
+def states(run: dict) -> set[str]:
+    return {info["state"] for info in run["tasks"].values()}
+
+
+def test_every_example_is_tested(dags):
+    assert set(dags) == {"vectorize_import_embeddings", "vectorize_scheduled_ingestion",
+                         "vectorize_embedding_backfill"}
+
+
+def test_import_embeddings_example(dags, default_connection):
+    run = run_dag(dags["vectorize_import_embeddings"])
+
+    assert run["state"] == "success" and states(run) == {"success"}
+    tasks = run["tasks"]
+    assert (tasks["import_embeddings"]["result"]["imported"], tasks["embed_the_rest"]["result"]["embedded"]) == (20, 4)
+    assert tasks["check_status"]["result"]["missing_rows"] == 0
+    assert [row["category"] for row in tasks["search"]["result"]] == ["phones"] * 3
+    assert default_connection.execute(
+        "SELECT to_regclass('products'), to_regclass('vectorize._embeddings_product_search')") == [(None, None)]
+
+
+def test_scheduled_ingestion_embeds_each_interval_once(dags, default_connection):
+    day1 = run_dag(dags["vectorize_scheduled_ingestion"], "2026-11-01")
+    default_connection.execute("UPDATE catalog SET price = price + 1")  # not embedded: no new work
+    day2 = run_dag(dags["vectorize_scheduled_ingestion"], "2026-11-02")
+    rerun = run_dag(dags["vectorize_scheduled_ingestion"], "2026-11-01")
+
+    assert {day1["state"], day2["state"], rerun["state"]} == {"success"}
+    embedded = [r["tasks"]["embed_interval"]["result"]["embedded"] for r in (day1, day2, rerun)]
+    assert embedded == [24, 0, 0]
+    assert day1["tasks"]["phones_come_first"]["result"] in {"Pixel 9 smartphone", "iPhone 16", "Galaxy A55"}
+
+
+def test_mapped_backfill_covers_every_row_once(dags, default_connection):
+    run = run_dag(dags["vectorize_embedding_backfill"])
+
+    assert run["state"] == "success"
+    parts = [info["result"]["embedded"] for task, info in run["tasks"].items() if task.startswith("embed_partition[")]
+    assert len(parts) == 4 and sum(parts) == 2000 and all(parts)
+    assert run["tasks"]["check_complete"]["result"]["missing_rows"] == 0
