@@ -378,8 +378,9 @@ def create_storage(cur: Cursor, project: Project) -> None:
 
 
 def create_index(cur: Cursor, project: Project) -> None:
+    """The project's HNSW index; a no-op when it exists (e.g. built by a concurrent run)."""
     cur.execute(
-        sql.SQL("CREATE INDEX {index} ON {target} USING hnsw ({emb} {opclass})").format(
+        sql.SQL("CREATE INDEX IF NOT EXISTS {index} ON {target} USING hnsw ({emb} {opclass})").format(
             index=sql.Identifier(project.index_name),
             target=project.target,
             emb=sql.Identifier(project.embeddings_column),

@@ -240,11 +240,10 @@ def generate(
         except BaseException:
             wait([f for f in pending_writes if f is not None])  # never close a connection in use
             raise
-        finally:
-            if rebuild or not _index_exists(control, project):  # also repairs a killed bulk run's index
-                with control.transaction():
-                    control.execute("SELECT set_config('maintenance_work_mem', %s, true)", [index_build_memory])
-                    create_index(control.cursor(), project)
+        finally:  # build the index after a bulk load, or repair the one a killed bulk run dropped
+            with control.transaction():
+                control.execute("SELECT set_config('maintenance_work_mem', %s, true)", [index_build_memory])
+                create_index(control.cursor(), project)
         pending_cleared = clear_current_pending(control, project, scope) + sum(w.dequeued for w in writers)
     seconds = time.monotonic() - started
     summary = {
@@ -267,11 +266,6 @@ def generate(
 def _bulk(conn: psycopg.Connection, project: Project, incoming: int) -> bool:
     with conn.transaction(), conn.cursor() as cur:
         return storage.rebuild_worthwhile(cur, project, incoming)
-
-
-def _index_exists(conn: psycopg.Connection, project: Project) -> bool:
-    return conn.execute("SELECT to_regclass(format('%%I.%%I', %s::text, %s::text)) IS NOT NULL",
-                        list(project.index_qualified_name)).fetchone()[0]
 
 
 def _log_progress(project: Project, done: int, total: int, elapsed: float) -> None:
