@@ -202,17 +202,19 @@ def _where(conditions: list[sql.Composable]) -> sql.Composable:
 
 
 def vector_search_query(
-    cur: Cursor,
     project: Project,
+    allowed: list[str],
     query: Any,
     return_columns: Sequence[str] | None = None,
     num_results: int = 10,
     filters: Mapping[str, Any] | None = None,
     ef_search: int | None = None,
 ) -> SearchQuery:
-    """Check the input, embed the query, and build the nearest-neighbour statement."""
+    """Check the input, embed the query, and build the nearest-neighbour statement.
+
+    ``allowed``: the columns that may be returned or filtered on (``searchable_columns``).
+    """
     check_count("num_results", num_results)
-    allowed = searchable_columns(cur, project)
     columns = check_columns(project, allowed, return_columns)
     params: dict[str, Any] = {}
     conditions = filter_conditions(project, allowed, filters, params)
@@ -229,8 +231,8 @@ def vector_search_query(
 
 
 def hybrid_search_query(
-    cur: Cursor,
     project: Project,
+    allowed: list[str],
     query: str,
     return_columns: Sequence[str] | None = None,
     num_results: int = 10,
@@ -255,7 +257,6 @@ def hybrid_search_query(
         raise InvalidInputError(
             f"semantic_weight and full_text_weight must be finite numbers >= 0, not both 0; got {weights}"
         )
-    allowed = searchable_columns(cur, project)
     columns = check_columns(project, allowed, return_columns)
     params: dict[str, Any] = {}
     conditions = filter_conditions(project, allowed, filters, params)
@@ -295,16 +296,23 @@ def hybrid_search_query(
 
 
 # -- running ------------------------------------------------------------------------------------------------
-def _prepare(cur: Cursor, search: SearchQuery) -> Cursor:
-    """Register pgvector, apply the transaction-local settings; a fresh dict cursor that knows vectors."""
-    register_vector(cur.connection)  # cursors copy the connection's adapters when created: make a new one
-    # Iterative HNSW scans (pgvector >= 0.8) keep scanning until LIMIT rows pass the filters, in exact order.
-    cur.execute(
-        "SELECT set_config('hnsw.iterative_scan', 'strict_order', true) FROM pg_extension"
+def prepare_connection(conn: psycopg.Connection) -> None:
+    """Once per search connection: pgvector's types, and iterative HNSW scans (pgvector >= 0.8), which keep
+    scanning until LIMIT rows pass the filters, in exact order."""
+    register_vector(conn)
+    conn.execute(
+        "SELECT set_config('hnsw.iterative_scan', 'strict_order', false) FROM pg_extension"
         " WHERE extname = 'vector' AND string_to_array(extversion, '.')::int[] >= '{0,8}'"
     )
-    for name, value in search.settings.items():
-        cur.execute("SELECT set_config(%s, %s, true)", [name, value])
+
+
+def _prepare(cur: Cursor, search: SearchQuery) -> Cursor:
+    """Apply the query's transaction-local settings; a dict cursor for its rows."""
+    if search.settings:
+        cur.execute(
+            "SELECT set_config(name, value, true) FROM unnest(%s::text[], %s::text[]) AS s(name, value)",
+            [list(search.settings), list(search.settings.values())],
+        )
     return cur.connection.cursor(row_factory=dict_row)
 
 

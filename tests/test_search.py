@@ -33,8 +33,8 @@ def make_project(db, hook, model, **options) -> dict:
 
 def plan(hook, query, **settings) -> str:
     """EXPLAIN of exactly the statement search runs, with extra planner settings."""
-    with hook.transaction() as cur:
-        q = query(cur, hook._project(cur, JOB))
+    with hook._search_transaction(JOB) as (cur, project, allowed):
+        q = query(project, allowed)
         return search.explain(cur, replace(q, settings={**q.settings, **settings}))
 
 
@@ -70,11 +70,11 @@ def test_search_uses_hnsw_index(products, hook, model, table_method):
 
     # enable_seqscan=off only lifts the 24-row table's preference for a seq scan; a query ordered by a
     # derived score (pg_vectorize's shape) still cannot use the index, ours can.
-    explained = plan(hook, lambda cur, p: search.vector_search_query(cur, p, vector, num_results=3),
+    explained = plan(hook, lambda p, allowed: search.vector_search_query(p, allowed, vector, num_results=3),
                      enable_seqscan="off")
     assert f"Index Scan using {index}" in explained, explained
-    filtered = plan(hook, lambda cur, p: search.vector_search_query(
-        cur, p, vector, filters={"price": {"lt": 500}}), enable_seqscan="off")
+    filtered = plan(hook, lambda p, allowed: search.vector_search_query(
+        p, allowed, vector, filters={"price": {"lt": 500}}), enable_seqscan="off")
     assert f"Index Scan using {index}" in filtered, filtered
     join = table_method == "join"
     emb = "embeddings" if join else f"{JOB}_embeddings"
@@ -86,9 +86,8 @@ def test_search_uses_hnsw_index(products, hook, model, table_method):
     assert index not in control, control
 
     # The index path, with a tiny ef_search and a filter, still returns every match (iterative scan).
-    with hook.transaction() as cur:
-        q = search.vector_search_query(cur, hook._project(cur, JOB), vector, filters={"category": "kitchen"},
-                                       ef_search=1)
+    with hook._search_transaction(JOB) as (cur, project, allowed):
+        q = search.vector_search_query(project, allowed, vector, filters={"category": "kitchen"}, ef_search=1)
         rows = search.run(cur, replace(q, settings={**q.settings, "enable_seqscan": "off"}))
     assert sorted(r["product_id"] for r in rows) == [10, 11, 12]
 
@@ -158,7 +157,7 @@ def test_hybrid_search(products, hook, model, table_method):
     assert [set(r) for r in filtered] == [{"name", "rrf_score", "semantic_rank", "full_text_rank",
                                            "similarity_score"}] * 2
 
-    explained = plan(hook, lambda cur, p: search.hybrid_search_query(cur, p, "hydraulic disc brakes"),
+    explained = plan(hook, lambda p, allowed: search.hybrid_search_query(p, allowed, "hydraulic disc brakes"),
                      enable_seqscan="off")
     assert f"Bitmap Index Scan on {JOB}_fts_idx" in explained, explained
     assert f"Index Scan using {JOB}_hnsw_cos_idx" in explained, explained
@@ -185,3 +184,17 @@ def test_search_operator(products, hook, model):
         assert not any(isinstance(v, list) for row in rows for v in row.values())
     assert {"job_name", "query", "filters", "return_columns"} <= set(VectorSearchOperator.template_fields)
     assert math.isfinite(rows[0]["rrf_score"])
+
+
+def test_a_recreated_project_is_searched_as_it_now_is(products, hook, model):
+    make_project(products, hook, model)
+    assert hook.search(JOB, "mobile phone", num_results=1)[0]["category"] == "phones"
+    hook.drop_project(JOB)
+    hook.create_project(JOB, "products", "product_id", ["name"], table_method="append")  # new job_id
+
+    assert hook.search(JOB, "mobile phone") == []  # nothing embedded yet in the new layout
+    hook.generate_embeddings(JOB)
+    assert hook.search(JOB, "mobile phone", num_results=1)[0]["category"] == "phones"
+    hook.drop_project(JOB)
+    with pytest.raises(ProjectNotFoundError):
+        hook.search(JOB, "mobile phone")

@@ -46,6 +46,8 @@ class VectorizeHook(PostgresHook):
     ) -> None:
         super().__init__(postgres_conn_id=postgres_conn_id, **kwargs)
         self.index_build_memory = index_build_memory
+        self._search_conn: psycopg.Connection | None = None
+        self._search_cache: dict[str, tuple[Project, list[str]]] = {}
 
     # -- connections -------------------------------------------------------------------------------
     def connect(self) -> psycopg.Connection:
@@ -341,6 +343,32 @@ class VectorizeHook(PostgresHook):
         return model
 
     # -- search ---------------------------------------------------------------------------------------
+    @contextmanager
+    def _search_transaction(self, job_name: str) -> Iterator[tuple[Cursor, Project, list[str]]]:
+        """A transaction on this hook's search connection, with the project and its searchable columns.
+
+        The connection (pgvector registered once) and each project's catalog lookups are kept between
+        calls: a search costs one job_id check plus the query. A dropped and re-created project has a
+        new job_id, which refreshes the cache.
+        """
+        from airflow_vectorize import search as searching
+
+        if self._search_conn is None or self._search_conn.closed:
+            self._search_conn = self.connect()
+            searching.prepare_connection(self._search_conn)
+            self._search_cache.clear()
+        with self._search_conn.transaction(), self._search_conn.cursor() as cur:
+            cached = self._search_cache.get(job_name)
+            if cached is not None:
+                cur.execute("SELECT job_id FROM vectorize.job WHERE name = %s", [job_name])
+                row = cur.fetchone()
+                if row is None or row[0] != cached[0].job_id:
+                    cached = None
+            if cached is None:
+                project = self._project(cur, job_name)
+                cached = self._search_cache[job_name] = (project, searching.searchable_columns(cur, project))
+            yield cur, *cached
+
     def search(
         self,
         job_name: str,
@@ -360,10 +388,9 @@ class VectorizeHook(PostgresHook):
         """
         from airflow_vectorize import search as searching
 
-        with self.transaction() as cur:
-            project = self._project(cur, job_name)
+        with self._search_transaction(job_name) as (cur, project, allowed):
             statement = searching.vector_search_query(
-                cur, project, query, return_columns, num_results, filters, ef_search
+                project, allowed, query, return_columns, num_results, filters, ef_search
             )
             return searching.run(cur, statement)
 
@@ -389,10 +416,9 @@ class VectorizeHook(PostgresHook):
         """
         from airflow_vectorize import search as searching
 
-        with self.transaction() as cur:
-            project = self._project(cur, job_name)
+        with self._search_transaction(job_name) as (cur, project, allowed):
             statement = searching.hybrid_search_query(
-                cur, project, query, return_columns, num_results, filters,
+                project, allowed, query, return_columns, num_results, filters,
                 semantic_weight, full_text_weight, candidates, ef_search,
             )
             return searching.run(cur, statement)
