@@ -111,7 +111,7 @@ def vectorize_scheduled_ingestion():
 )
 def vectorize_embedding_backfill():
     @task
-    def prepare_archive(rows: int = 2000) -> int:
+    def prepare_archive(rows: int = 1000) -> int:
         """A larger table to backfill: product-like texts made from the sample catalogue."""
         from airflow.providers.postgres.hooks.postgres import PostgresHook
 

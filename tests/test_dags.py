@@ -59,5 +59,5 @@ def test_mapped_backfill_covers_every_row_once(dags, default_connection):
 
     assert run["state"] == "success"
     parts = [info["result"]["embedded"] for task, info in run["tasks"].items() if task.startswith("embed_partition[")]
-    assert len(parts) == 4 and sum(parts) == 2000 and all(parts)
+    assert len(parts) == 4 and sum(parts) == 1000 and all(parts)
     assert run["tasks"]["check_complete"]["result"]["missing_rows"] == 0

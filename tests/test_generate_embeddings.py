@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import product_texts, snapshot
 
-from airflow_vectorize import generation
+from airflow_vectorize import catalog, generation
 from airflow_vectorize.exceptions import InvalidInputError, ProjectNotFoundError
 from airflow_vectorize.operators import GenerateEmbeddingsOperator
 
@@ -138,10 +138,10 @@ def test_concurrent_runs_embed_every_row_once(database, hook):
 
 
 def test_a_killed_run_keeps_its_batches_and_the_retry_resumes(database, hook, model):
-    create_items(database, 3000)
+    create_items(database, 1200)
     hook.create_project("items", "items", "id", ["title"], schedule="manual")
     with hook.transaction() as cur:
-        project = generation_project(hook, cur)
+        project = catalog.find_project(cur, "items")
     calls = 0
 
     def encode_then_die(texts):
@@ -152,20 +152,14 @@ def test_a_killed_run_keeps_its_batches_and_the_retry_resumes(database, hook, mo
         return model.encode(texts)
 
     with pytest.raises(KeyboardInterrupt):
-        generation.generate(hook.connect, project, generation.Scope(), encode_then_die, batch_size=250)
+        generation.generate(hook.connect, project, generation.Scope(), encode_then_die, batch_size=200)
 
     kept = database.scalar('SELECT count(*) FROM vectorize."_embeddings_items"')
-    assert kept == 750  # three committed batches survive
+    assert kept == 600  # three committed batches survive
     assert database.scalar("SELECT to_regclass('vectorize.items_hnsw_cos_idx')") is not None  # index restored
     retry = hook.generate_embeddings("items", batch_size=500)
-    assert retry["embedded"] == 3000 - 750
-    assert database.scalar('SELECT count(*) FROM vectorize."_embeddings_items"') == 3000
-
-
-def generation_project(hook, cur):
-    from airflow_vectorize import catalog
-
-    return catalog.find_project(cur, "items")
+    assert retry["embedded"] == 1200 - 600
+    assert database.scalar('SELECT count(*) FROM vectorize."_embeddings_items"') == 1200
 
 
 def test_bulk_load_builds_the_index_once(database, hook):

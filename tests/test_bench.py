@@ -1,0 +1,58 @@
+"""The benchmark harness runs end to end in --quick mode and writes its outputs.
+
+Behaviour only: no timing is asserted (timings belong in bench/, and this machine is shared).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+from conftest import ROOT
+
+EXPECTED = {
+    "import_vs_floor", "import_vs_pg_vectorize", "import_vs_airflow", "search_vs_raw_sql", "search_recall",
+    "reimport_10_vs_naive", "reimport_100_vs_initial", "generate_vs_encode", "memory_import_4x",
+    "memory_generate_4x",
+}
+
+
+def test_quick_benchmark_writes_table_json_and_chart(tmp_path):
+    latest = [ROOT / "bench" / name for name in ("latest.json", "latest.png")]
+    before = {path: path.stat().st_mtime_ns for path in latest if path.exists()}
+
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--output-dir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "ratio" in run.stdout and "target" in run.stdout
+
+    (json_path,) = tmp_path.glob("bench-*-quick.json")
+    (png_path,) = tmp_path.glob("bench-*-quick.png")
+    assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result = json.loads(json_path.read_text())
+    assert result["config"]["quick"] is True
+
+    measurements = {m["key"]: m for m in result["measurements"]}
+    assert EXPECTED <= set(measurements)
+    for key, m in measurements.items():
+        if not m["available"]:  # code under test not written yet: an explicit row, never a silent gap
+            assert m["note"].startswith("not available"), key
+            continue
+        assert m["ratio"] is not None and math.isfinite(m["ratio"]) and m["ratio"] > 0, (key, m)
+        assert m["status"] in {"met", "MISSED", "info"}, (key, m)
+    if measurements["search_recall"]["available"]:
+        assert measurements["search_recall"]["details"]["ef_search"] >= 40  # reported with the recall
+
+    # --quick never overwrites the committed bench/latest.* that the README shows.
+    assert {path: path.stat().st_mtime_ns for path in latest if path.exists()} == before
+
+
+def test_arguments_are_checked():
+    run = subprocess.run([sys.executable, "-m", "bench", "--only", "search"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 2
+    assert "add 'import'" in run.stderr
