@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -197,6 +198,13 @@ def _parts(project: Project) -> dict[str, sql.Composable]:
     }
 
 
+def _catalog_guard(project: Project, params: dict[str, Any]) -> sql.Composable:
+    """True only while the project is the catalog entry the statement was built from (a one-time filter:
+    a query built from a cached entry of a since dropped or re-created project returns no rows)."""
+    params.update(guard_name=project.name, guard_job_id=project.job_id)
+    return sql.SQL("(SELECT job_id FROM vectorize.job WHERE name = %(guard_name)s) = %(guard_job_id)s")
+
+
 def _where(conditions: list[sql.Composable]) -> sql.Composable:
     return sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("TRUE")
 
@@ -217,7 +225,7 @@ def vector_search_query(
     check_count("num_results", num_results)
     columns = check_columns(project, allowed, return_columns)
     params: dict[str, Any] = {}
-    conditions = filter_conditions(project, allowed, filters, params)
+    conditions = filter_conditions(project, allowed, filters, params) + [_catalog_guard(project, params)]
     settings = scan_settings(ef_search)
     params.update(vector=query_vector(project, query), num_results=num_results)
     p = _parts(project)
@@ -259,7 +267,7 @@ def hybrid_search_query(
         )
     columns = check_columns(project, allowed, return_columns)
     params: dict[str, Any] = {}
-    conditions = filter_conditions(project, allowed, filters, params)
+    conditions = filter_conditions(project, allowed, filters, params) + [_catalog_guard(project, params)]
     settings = scan_settings(ef_search)
     params.update(
         vector=query_vector(project, query), text=query, candidates=candidates, num_results=num_results,
@@ -316,13 +324,14 @@ def _prepare(cur: Cursor, search: SearchQuery) -> Cursor:
     return cur.connection.cursor(row_factory=dict_row)
 
 
-def run(cur: Cursor, search: SearchQuery) -> list[dict[str, Any]]:
-    """Execute the query in ``cur``'s transaction; rows as dicts, best first."""
-    with _prepare(cur, search) as dict_cur:
-        try:
-            return dict_cur.execute(search.statement, search.params).fetchall()
-        except (psycopg.errors.DataError, psycopg.errors.UndefinedFunction) as error:
-            raise InvalidInputError(f"a filter value does not fit its column: {error}".strip()) from error
+def run(conn: psycopg.Connection, search: SearchQuery) -> list[dict[str, Any]]:
+    """Execute the query (in a transaction only when it has settings); rows as dicts, best first."""
+    with (conn.transaction() if search.settings else nullcontext()), conn.cursor() as cur:
+        with _prepare(cur, search) as dict_cur:
+            try:
+                return dict_cur.execute(search.statement, search.params).fetchall()
+            except (psycopg.errors.DataError, psycopg.errors.UndefinedFunction) as error:
+                raise InvalidInputError(f"a filter value does not fit its column: {error}".strip()) from error
 
 
 def explain(cur: Cursor, search: SearchQuery, analyze: bool = False) -> str:

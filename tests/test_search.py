@@ -33,8 +33,9 @@ def make_project(db, hook, model, **options) -> dict:
 
 def plan(hook, query, **settings) -> str:
     """EXPLAIN of exactly the statement search runs, with extra planner settings."""
-    with hook._search_transaction(JOB) as (cur, project, allowed):
-        q = query(project, allowed)
+    q = query(*hook._search_target(JOB))
+    conn = hook._search_connection()
+    with conn.transaction(), conn.cursor() as cur:
         return search.explain(cur, replace(q, settings={**q.settings, **settings}))
 
 
@@ -86,9 +87,8 @@ def test_search_uses_hnsw_index(products, hook, model, table_method):
     assert index not in control, control
 
     # The index path, with a tiny ef_search and a filter, still returns every match (iterative scan).
-    with hook._search_transaction(JOB) as (cur, project, allowed):
-        q = search.vector_search_query(project, allowed, vector, filters={"category": "kitchen"}, ef_search=1)
-        rows = search.run(cur, replace(q, settings={**q.settings, "enable_seqscan": "off"}))
+    q = search.vector_search_query(*hook._search_target(JOB), vector, filters={"category": "kitchen"}, ef_search=1)
+    rows = search.run(hook._search_connection(), replace(q, settings={**q.settings, "enable_seqscan": "off"}))
     assert sorted(r["product_id"] for r in rows) == [10, 11, 12]
 
 

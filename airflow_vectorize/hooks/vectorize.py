@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
@@ -343,31 +343,43 @@ class VectorizeHook(PostgresHook):
         return model
 
     # -- search ---------------------------------------------------------------------------------------
-    @contextmanager
-    def _search_transaction(self, job_name: str) -> Iterator[tuple[Cursor, Project, list[str]]]:
-        """A transaction on this hook's search connection, with the project and its searchable columns.
-
-        The connection (pgvector registered once) and each project's catalog lookups are kept between
-        calls: a search costs one job_id check plus the query. A dropped and re-created project has a
-        new job_id, which refreshes the cache.
-        """
+    def _search_connection(self) -> psycopg.Connection:
+        """This hook's connection for searches, opened once (pgvector registered, iterative scans on)."""
         from airflow_vectorize import search as searching
 
         if self._search_conn is None or self._search_conn.closed:
             self._search_conn = self.connect()
             searching.prepare_connection(self._search_conn)
             self._search_cache.clear()
-        with self._search_conn.transaction(), self._search_conn.cursor() as cur:
-            cached = self._search_cache.get(job_name)
-            if cached is not None:
-                cur.execute("SELECT job_id FROM vectorize.job WHERE name = %s", [job_name])
-                row = cur.fetchone()
-                if row is None or row[0] != cached[0].job_id:
-                    cached = None
-            if cached is None:
+        return self._search_conn
+
+    def _search_target(self, job_name: str, refresh: bool = False) -> tuple[Project, list[str]]:
+        """The project and its searchable columns, looked up once per hook (``refresh`` looks again)."""
+        from airflow_vectorize import search as searching
+
+        conn = self._search_connection()
+        if refresh or job_name not in self._search_cache:
+            with conn.transaction(), conn.cursor() as cur:
                 project = self._project(cur, job_name)
-                cached = self._search_cache[job_name] = (project, searching.searchable_columns(cur, project))
-            yield cur, *cached
+                self._search_cache[job_name] = (project, searching.searchable_columns(cur, project))
+        return self._search_cache[job_name]
+
+    def _run_search(self, job_name: str, build: Callable[[Project, list[str]], Any]) -> list[dict[str, Any]]:
+        """Build and run a search from the cached catalog entry. Every statement carries a guard that
+        returns no rows once the entry is stale (project dropped or re-created; a changed layout fails
+        instead): an empty result is checked against a fresh lookup, and run again if the project changed."""
+        from airflow_vectorize import search as searching
+
+        project, allowed = self._search_target(job_name)
+        try:
+            rows = searching.run(self._search_connection(), build(project, allowed))
+        except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):  # storage changed since
+            rows = []
+        if not rows:
+            fresh, allowed = self._search_target(job_name, refresh=True)
+            if fresh.job_id != project.job_id:
+                rows = searching.run(self._search_connection(), build(fresh, allowed))
+        return rows
 
     def search(
         self,
@@ -388,11 +400,8 @@ class VectorizeHook(PostgresHook):
         """
         from airflow_vectorize import search as searching
 
-        with self._search_transaction(job_name) as (cur, project, allowed):
-            statement = searching.vector_search_query(
-                project, allowed, query, return_columns, num_results, filters, ef_search
-            )
-            return searching.run(cur, statement)
+        return self._run_search(job_name, lambda project, allowed: searching.vector_search_query(
+            project, allowed, query, return_columns, num_results, filters, ef_search))
 
     def hybrid_search(
         self,
@@ -416,9 +425,6 @@ class VectorizeHook(PostgresHook):
         """
         from airflow_vectorize import search as searching
 
-        with self._search_transaction(job_name) as (cur, project, allowed):
-            statement = searching.hybrid_search_query(
-                project, allowed, query, return_columns, num_results, filters,
-                semantic_weight, full_text_weight, candidates, ef_search,
-            )
-            return searching.run(cur, statement)
+        return self._run_search(job_name, lambda project, allowed: searching.hybrid_search_query(
+            project, allowed, query, return_columns, num_results, filters,
+            semantic_weight, full_text_weight, candidates, ef_search))
