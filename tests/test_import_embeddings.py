@@ -177,3 +177,25 @@ def test_several_problems_are_reported_together(products, hook, project):
     assert "keys not found in the project's table; e.g. keys ['999']" in message
     assert "1 row(s) with NULL embeddings" in message and "1 duplicate key value(s); e.g. keys ['2']" in message
     assert message.endswith("Nothing was written.")
+
+
+def test_bulk_reimport_rewrites_and_keeps_untouched_rows(database, hook):
+    database.execute("CREATE TABLE items (id bigint PRIMARY KEY, body text);"
+                     " INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 2000) g;"
+                     " CREATE TABLE v1 AS SELECT id, array_fill(0.25::real, ARRAY[384]) AS v FROM items;"
+                     " CREATE TABLE v2 AS SELECT id, array_fill(0.75::real, ARRAY[384]) AS v FROM items"
+                     " WHERE id <= 1200")
+    hook.create_project("items", "items", "id", ["body"])
+    hook.import_embeddings("items", "v1", "id", "v")
+    kept_before = database.execute('SELECT id, embeddings, updated_at, text_md5 FROM vectorize."_embeddings_items"'
+                                   " WHERE id > 1200 ORDER BY id")
+
+    result = hook.import_embeddings("items", "v2", "id", "v")  # 60 %: index rebuilt, table rewritten
+
+    assert (result["imported"], result["inserted"], result["updated"], result["index_rebuilt"]) == (1200, 0, 1200, True)
+    assert database.execute('SELECT id, embeddings, updated_at, text_md5 FROM vectorize."_embeddings_items"'
+                            " WHERE id > 1200 ORDER BY id") == kept_before
+    values = dict(database.execute('SELECT id <= 1200, array_agg(DISTINCT (embeddings::real[])[1])'
+                                   ' FROM vectorize."_embeddings_items" GROUP BY 1'))
+    assert values == {True: [0.75], False: [0.25]}
+    assert hook.get_status("items")["embedded_rows"] == 2000

@@ -271,7 +271,7 @@ class VectorizeHook(PostgresHook):
             source = validation.check_import_rows(cur, project, table, key, emb)
             with storage.index_maintenance(cur, project, source.rows, self.index_build_memory) as rebuilt:
                 inserted, written = storage.import_from_table(
-                    cur, project, source.table, source.key, source.embeddings
+                    cur, project, source.table, source.key, source.embeddings, exclusive=rebuilt
                 )
             if inserted is None:  # append: the validation pass counted rows that already had one
                 inserted = written - source.already_embedded

@@ -1,0 +1,94 @@
+"""A measurement is a ratio of two things measured side by side in the same run, with its target."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class Measurement:
+    """``ours`` and ``baseline`` in ``unit``, ``ratio = ours / baseline``; the target: ``ratio <op> target``.
+
+    ``available`` is False when the code under test does not exist yet (the row says why in ``note``).
+    """
+
+    key: str
+    title: str
+    ours_label: str
+    baseline_label: str
+    unit: str
+    ours: float | None = None
+    baseline: float | None = None
+    target: float | None = None
+    op: str = "<="  # "<=" or ">="; how the ratio must compare with the target
+    available: bool = True
+    note: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float | None:
+        if self.ours is None or self.baseline is None or self.baseline == 0:
+            return None
+        return self.ours / self.baseline
+
+    @property
+    def met(self) -> bool | None:
+        ratio = self.ratio
+        if self.target is None or ratio is None or not math.isfinite(ratio):
+            return None
+        return ratio <= self.target if self.op == "<=" else ratio >= self.target
+
+    @property
+    def status(self) -> str:
+        if not self.available:
+            return "not available"
+        if self.met is None:
+            return "info" if self.ratio is not None else "failed"
+        return "met" if self.met else "MISSED"
+
+    @property
+    def target_text(self) -> str:
+        return f"{'≤' if self.op == '<=' else '≥'} {self.target:g}" if self.target is not None else "—"
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.update(ratio=self.ratio, met=self.met, status=self.status, target_text=self.target_text)
+        return data
+
+
+def unavailable(key: str, title: str, what: str, ours_label: str = "", baseline_label: str = "",
+                unit: str = "", target: float | None = None, op: str = "<=") -> Measurement:
+    return Measurement(key=key, title=title, ours_label=ours_label, baseline_label=baseline_label, unit=unit,
+                       target=target, op=op, available=False, note=f"not available: {what}")
+
+
+@contextmanager
+def stopwatch() -> Iterator[list[float]]:
+    """``with stopwatch() as elapsed: ...`` then ``elapsed[0]`` holds the seconds taken."""
+    box: list[float] = []
+    started = time.perf_counter()
+    try:
+        yield box
+    finally:
+        box.append(time.perf_counter() - started)
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    started = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - started, result
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
