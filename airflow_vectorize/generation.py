@@ -75,7 +75,7 @@ class Scope:
         return sql.SQL(" AND ").join(parts), params
 
 
-def _rows(project: Project) -> dict[str, sql.Composable]:
+def _row_sql(project: Project) -> dict[str, sql.Composable]:
     """SQL pieces for 'source rows with their stored embedding's md5' and 'needs embedding'."""
     key = sql.Identifier(project.primary_key)
     stored_md5 = sql.Identifier("e" if project.is_join else "r", project.text_md5_column)
@@ -98,7 +98,7 @@ class BatchWriter:
     def __init__(self, conn: psycopg.Connection, project: Project) -> None:
         self.conn = conn
         self.project = project
-        self.parts = _rows(project)
+        self.parts = _row_sql(project)
         register_vector(conn)
         key = sql.Identifier(project.primary_key)
         with conn.transaction():
@@ -161,7 +161,7 @@ class BatchWriter:
 
 def stream_keys(conn: psycopg.Connection, project: Project, scope: Scope, batch_size: int) -> Iterator[list[Any]]:
     """Keys of the rows due, shortest text first, from a server-side cursor, ``batch_size`` at a time."""
-    p = _rows(project)
+    p = _row_sql(project)
     condition, params = scope.condition(project)
     with conn.transaction(), conn.cursor(name="vectorize_due_keys") as cur:
         cur.itersize = batch_size * 4
@@ -174,7 +174,7 @@ def stream_keys(conn: psycopg.Connection, project: Project, scope: Scope, batch_
 
 def count_due(conn: psycopg.Connection, project: Project, scope: Scope) -> tuple[int, int]:
     """(rows to embed, rows due but without any text) in the scope."""
-    p = _rows(project)
+    p = _row_sql(project)
     condition, params = scope.condition(project)
     return conn.execute(sql.SQL(
         "SELECT count(*) FILTER (WHERE {text} <> ''), count(*) FILTER (WHERE {text} = '')"
@@ -184,7 +184,7 @@ def count_due(conn: psycopg.Connection, project: Project, scope: Scope) -> tuple
 
 def clear_current_pending(conn: psycopg.Connection, project: Project, scope: Scope) -> int:
     """Dequeue rows in the scope whose embedding is current or that have no text to embed."""
-    p = _rows(project)
+    p = _row_sql(project)
     condition, params = scope.condition(project)
     with conn.transaction():
         return conn.execute(sql.SQL(

@@ -283,8 +283,8 @@ def check_import_rows(cur: Cursor, project: Project, table: Table, key: Column, 
         items.append(sql.SQL("array_agg(DISTINCT {d}) FILTER (WHERE {c}) AS found_dims").format(
             d=dims, c=dict(checks)["dimension mismatch"]))
     if not project.is_join:
-        items.append(sql.SQL("count(*) FILTER (WHERE r.{}) AS already_embedded").format(
-            sql.SQL("{} IS NOT NULL").format(sql.Identifier(project.embeddings_column))))
+        items.append(sql.SQL("count(*) FILTER (WHERE r.{} IS NOT NULL) AS already_embedded").format(
+            sql.Identifier(project.embeddings_column)))
     duplicates = not key.unique
     if duplicates:
         items.append(sql.SQL(
