@@ -19,6 +19,7 @@ import math
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -56,7 +57,7 @@ SIMILARITY: dict[str, str] = {
 class SearchQuery:
     """A statement with its bound parameters and the transaction-local settings it runs with."""
 
-    statement: sql.Composable
+    statement: str
     params: dict[str, Any]
     settings: dict[str, str] = field(default_factory=dict)
 
@@ -95,20 +96,24 @@ def check_count(name: str, value: Any, minimum: int = 1) -> int:
     return value
 
 
-def filter_conditions(
-    project: Project, allowed: list[str], filters: Mapping[str, Any] | None, params: dict[str, Any]
-) -> list[sql.Composable]:
-    """``{column: value}`` (equality) or ``{column: {op: value}}`` as SQL conditions on alias ``s``.
+Filter = tuple[str, str, bool]  # (column, operator, value is None): what the statement's text depends on
 
-    Values are added to ``params`` as bound parameters; ``None`` with eq/ne means IS NULL / IS NOT NULL.
+
+def parse_filters(
+    project: Project, allowed: list[str], filters: Mapping[str, Any] | None
+) -> tuple[tuple[Filter, ...], dict[str, Any]]:
+    """``{column: value}`` (equality) or ``{column: {op: value}}`` as the filters' shape and their values.
+
+    Values become bound parameters ``f0``, ``f1``, ...; ``None`` with eq/ne means IS NULL / IS NOT NULL.
     """
     if not filters:
-        return []
+        return (), {}
     if not isinstance(filters, Mapping):
         raise InvalidInputError(
             f"filters must be a dict of column -> value or {{operator: value}}, got {filters!r}"
         )
-    conditions: list[sql.Composable] = []
+    shape: list[Filter] = []
+    values: dict[str, Any] = {}
     for column, spec in filters.items():
         if column not in allowed:
             raise InvalidInputError(
@@ -124,21 +129,29 @@ def filter_conditions(
                     f"filter operator {op!r} on column {column!r} is unknown; allowed operators:"
                     f" {', '.join(FILTER_OPERATORS)}"
                 )
-            target = sql.Identifier("s", column)
-            if value is None and op in ("eq", "ne"):
-                negation = sql.SQL("NOT " if op == "ne" else "")
-                conditions.append(sql.SQL("{} IS {}NULL").format(target, negation))
-                continue
+            null_test = value is None and op in ("eq", "ne")
             if op == "in":
                 if not isinstance(value, (list, tuple, set, frozenset)):
                     raise InvalidInputError(
                         f"filter 'in' on column {column!r} takes a list of values, got {value!r}"
                     )
                 value = list(value)
-            name = f"f{len(params)}"
-            params[name] = value
+            if not null_test:
+                values[f"f{len(shape)}"] = value
+            shape.append((column, op, null_test))
+    return tuple(shape), values
+
+
+def _conditions(shape: tuple[Filter, ...]) -> list[sql.Composable]:
+    """The filters as SQL conditions on alias ``s``, with placeholders named as ``parse_filters`` binds."""
+    conditions: list[sql.Composable] = []
+    for position, (column, op, null_test) in enumerate(shape):
+        target = sql.Identifier("s", column)
+        if null_test:
+            conditions.append(sql.SQL("{} IS NOT NULL" if op == "ne" else "{} IS NULL").format(target))
+        else:
             template = "{} = ANY({})" if op == "in" else "{} " + FILTER_OPERATORS[op] + " {}"
-            conditions.append(sql.SQL(template).format(target, sql.Placeholder(name)))
+            conditions.append(sql.SQL(template).format(target, sql.Placeholder(f"f{position}")))
     return conditions
 
 
@@ -175,6 +188,10 @@ def scan_settings(ef_search: int | None) -> dict[str, str]:
 
 
 # -- statements --------------------------------------------------------------------------------------------
+# A statement's text depends only on the project, the returned columns, the filters' shape and the result
+# counts; it is composed once and reused, so psycopg prepares it after a few calls and PostgreSQL can keep
+# a generic plan. The counts are checked integers written as literals (sql.Literal): with ``LIMIT $n``
+# the planner prices a generic plan for an unknown limit and re-plans every call. All other values are bound.
 def _parts(project: Project) -> dict[str, sql.Composable]:
     """Embedding column (alias ``e`` for join, ``s`` for append), its FROM clause and distance expression."""
     key = sql.Identifier(project.primary_key)
@@ -198,15 +215,73 @@ def _parts(project: Project) -> dict[str, sql.Composable]:
     }
 
 
-def _catalog_guard(project: Project, params: dict[str, Any]) -> sql.Composable:
-    """True only while the project is the catalog entry the statement was built from (a one-time filter:
-    a query built from a cached entry of a since dropped or re-created project returns no rows)."""
-    params.update(guard_name=project.name, guard_job_id=project.job_id)
-    return sql.SQL("(SELECT job_id FROM vectorize.job WHERE name = %(guard_name)s) = %(guard_job_id)s")
+# True only while the project is the catalog entry the statement was built from (a one-time filter: a
+# statement built from a cached entry of a since dropped or re-created project returns no rows).
+CATALOG_GUARD = sql.SQL("(SELECT job_id FROM vectorize.job WHERE name = %(guard_name)s) = %(guard_job_id)s")
 
 
-def _where(conditions: list[sql.Composable]) -> sql.Composable:
-    return sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("TRUE")
+def _guard_params(project: Project) -> dict[str, Any]:
+    return {"guard_name": project.name, "guard_job_id": project.job_id}
+
+
+def _where(shape: tuple[Filter, ...]) -> sql.Composable:
+    return sql.SQL(" AND ").join([*_conditions(shape), CATALOG_GUARD])
+
+
+def _column_list(columns: tuple[str, ...]) -> sql.Composable:
+    return sql.SQL(", ").join(sql.Identifier("s", c) for c in columns)
+
+
+@lru_cache(maxsize=256)
+def _vector_statement(
+    project: Project, columns: tuple[str, ...], shape: tuple[Filter, ...], limit: int
+) -> str:
+    parts = _parts(project)
+    if project.is_join and not shape and columns == (project.primary_key,):
+        # Only the key, which the embeddings table holds (its foreign key guarantees the source row):
+        # no join to the source.
+        parts["vector_from"] = sql.SQL("{} e").format(project.target)
+        select = sql.Identifier("e", project.primary_key)
+    else:
+        select = _column_list(columns)
+    return sql.SQL(
+        "SELECT {select}, {similarity} AS similarity_score FROM {vector_from}"
+        " WHERE {emb} IS NOT NULL AND {where} ORDER BY {distance} LIMIT {limit}"
+    ).format(select=select, where=_where(shape), limit=sql.Literal(limit), **parts).as_string()
+
+
+@lru_cache(maxsize=256)
+def _hybrid_statement(
+    project: Project, columns: tuple[str, ...], shape: tuple[Filter, ...], limit: int, candidates: int
+) -> str:
+    return sql.SQL(
+        "WITH semantic AS ("
+        "  SELECT k, row_number() OVER (ORDER BY d, k) AS rank FROM ("
+        "   SELECT s.{key} AS k, {distance} AS d FROM {vector_from}"
+        "   WHERE {emb} IS NOT NULL AND {where} ORDER BY {distance} LIMIT {candidates}) v),"
+        " full_text AS ("
+        "  SELECT k, row_number() OVER (ORDER BY r DESC, k) AS rank FROM ("
+        "   SELECT s.{key} AS k, ts_rank({doc}, websearch_to_tsquery('english', %(text)s)) AS r"
+        "   FROM {source} s WHERE {doc} @@ websearch_to_tsquery('english', %(text)s) AND {where}"
+        "   ORDER BY r DESC, k LIMIT {candidates}) t),"
+        " fused AS ("
+        "  SELECT coalesce(v.k, t.k) AS k, v.rank AS semantic_rank, t.rank AS full_text_rank,"
+        "   coalesce(%(semantic_weight)s / (%(rrf_k)s + v.rank), 0)"
+        "   + coalesce(%(full_text_weight)s / (%(rrf_k)s + t.rank), 0) AS rrf_score"
+        "  FROM semantic v FULL JOIN full_text t ON t.k = v.k)"
+        " SELECT {columns}, f.rrf_score, f.semantic_rank, f.full_text_rank, {similarity} AS similarity_score"
+        " FROM fused f JOIN {source} s ON s.{key} = f.k {embeddings_join}"
+        " ORDER BY f.rrf_score DESC, f.semantic_rank NULLS LAST, f.full_text_rank NULLS LAST"
+        " LIMIT {limit}"
+    ).format(
+        columns=_column_list(columns),
+        where=_where(shape),
+        doc=project.fts_document("s"),
+        source=project.source,
+        limit=sql.Literal(limit),
+        candidates=sql.Literal(candidates),
+        **_parts(project),
+    ).as_string()
 
 
 def vector_search_query(
@@ -224,18 +299,10 @@ def vector_search_query(
     """
     check_count("num_results", num_results)
     columns = check_columns(project, allowed, return_columns)
-    params: dict[str, Any] = {}
-    conditions = filter_conditions(project, allowed, filters, params) + [_catalog_guard(project, params)]
+    shape, params = parse_filters(project, allowed, filters)
     settings = scan_settings(ef_search)
-    params.update(vector=query_vector(project, query), num_results=num_results)
-    p = _parts(project)
-    statement = sql.SQL(
-        "SELECT {columns}, {similarity} AS similarity_score FROM {vector_from}"
-        " WHERE {emb} IS NOT NULL AND {where} ORDER BY {distance} LIMIT %(num_results)s"
-    ).format(
-        columns=sql.SQL(", ").join(sql.Identifier("s", c) for c in columns), where=_where(conditions), **p
-    )
-    return SearchQuery(statement, params, settings)
+    params.update(_guard_params(project), vector=query_vector(project, query))
+    return SearchQuery(_vector_statement(project, tuple(columns), shape, num_results), params, settings)
 
 
 def hybrid_search_query(
@@ -266,40 +333,13 @@ def hybrid_search_query(
             f"semantic_weight and full_text_weight must be finite numbers >= 0, not both 0; got {weights}"
         )
     columns = check_columns(project, allowed, return_columns)
-    params: dict[str, Any] = {}
-    conditions = filter_conditions(project, allowed, filters, params) + [_catalog_guard(project, params)]
+    shape, params = parse_filters(project, allowed, filters)
     settings = scan_settings(ef_search)
     params.update(
-        vector=query_vector(project, query), text=query, candidates=candidates, num_results=num_results,
+        _guard_params(project), vector=query_vector(project, query), text=query,
         semantic_weight=float(semantic_weight), full_text_weight=float(full_text_weight), rrf_k=RRF_K,
     )
-    p = _parts(project)
-    statement = sql.SQL(
-        "WITH semantic AS ("
-        "  SELECT k, row_number() OVER (ORDER BY d, k) AS rank FROM ("
-        "   SELECT s.{key} AS k, {distance} AS d FROM {vector_from}"
-        "   WHERE {emb} IS NOT NULL AND {where} ORDER BY {distance} LIMIT %(candidates)s) v),"
-        " full_text AS ("
-        "  SELECT k, row_number() OVER (ORDER BY r DESC, k) AS rank FROM ("
-        "   SELECT s.{key} AS k, ts_rank({doc}, websearch_to_tsquery('english', %(text)s)) AS r"
-        "   FROM {source} s WHERE {doc} @@ websearch_to_tsquery('english', %(text)s) AND {where}"
-        "   ORDER BY r DESC, k LIMIT %(candidates)s) t),"
-        " fused AS ("
-        "  SELECT coalesce(v.k, t.k) AS k, v.rank AS semantic_rank, t.rank AS full_text_rank,"
-        "   coalesce(%(semantic_weight)s / (%(rrf_k)s + v.rank), 0)"
-        "   + coalesce(%(full_text_weight)s / (%(rrf_k)s + t.rank), 0) AS rrf_score"
-        "  FROM semantic v FULL JOIN full_text t ON t.k = v.k)"
-        " SELECT {columns}, f.rrf_score, f.semantic_rank, f.full_text_rank, {similarity} AS similarity_score"
-        " FROM fused f JOIN {source} s ON s.{key} = f.k {embeddings_join}"
-        " ORDER BY f.rrf_score DESC, f.semantic_rank NULLS LAST, f.full_text_rank NULLS LAST"
-        " LIMIT %(num_results)s"
-    ).format(
-        columns=sql.SQL(", ").join(sql.Identifier("s", c) for c in columns),
-        where=_where(conditions),
-        doc=project.fts_document("s"),
-        source=project.source,
-        **p,
-    )
+    statement = _hybrid_statement(project, tuple(columns), shape, num_results, candidates)
     return SearchQuery(statement, params, settings)
 
 
@@ -336,7 +376,7 @@ def run(conn: psycopg.Connection, search: SearchQuery) -> list[dict[str, Any]]:
 
 def explain(cur: Cursor, search: SearchQuery, analyze: bool = False) -> str:
     """The plan of exactly the statement ``run`` executes, with the same settings."""
-    prefix = sql.SQL("EXPLAIN (ANALYZE, COSTS OFF) " if analyze else "EXPLAIN (COSTS OFF) ")
+    prefix = "EXPLAIN (ANALYZE, COSTS OFF) " if analyze else "EXPLAIN (COSTS OFF) "
     with _prepare(cur, search) as dict_cur:
         rows = dict_cur.execute(prefix + search.statement, search.params).fetchall()
     return "\n".join(row["QUERY PLAN"] for row in rows)

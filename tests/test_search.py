@@ -104,6 +104,28 @@ def test_search_filters(products, hook, model):
     others = hook.search(JOB, query, filters={"category": {"ne": "phones"}, "product_id": {"gte": 4}})
     assert len(others) == 10 and "phones" not in {r["category"] for r in others}
 
+    # Statements are cached per filter shape: the same shape with other values, and a NULL test, differ.
+    for category in ("audio", "kitchen", "audio"):
+        assert {r["category"] for r in hook.search(JOB, query, filters={"category": category})} == {category}
+    products.execute("UPDATE products SET category = NULL WHERE product_id = 7")
+    assert [r["product_id"] for r in hook.search(JOB, query, filters={"category": None})] == [7]
+    assert len(hook.search(JOB, query, filters={"category": {"ne": None}}, num_results=24)) == 23
+
+
+@pytest.mark.parametrize("table_method", ["join", "append"])
+def test_key_only_search_reads_only_the_embeddings(products, hook, model, table_method):
+    make_project(products, hook, model, table_method=table_method)
+    vector = model.encode(["mobile phone"])[0]
+    full = hook.search(JOB, vector, num_results=5)
+    keys = hook.search(JOB, vector, return_columns=["product_id"], num_results=5)
+    assert keys == [{"product_id": r["product_id"], "similarity_score": r["similarity_score"]} for r in full]
+
+    explained = plan(hook, lambda p, allowed: search.vector_search_query(p, allowed, vector, ["product_id"]))
+    assert ("on products s" in explained) == (table_method == "append"), explained  # join: no source join
+    filtered = plan(hook, lambda p, allowed: search.vector_search_query(
+        p, allowed, vector, ["product_id"], filters={"price": {"lt": 500}}))
+    assert "on products s" in filtered, filtered  # a filter needs the source
+
 
 def test_search_rejects_bad_input(products, hook, model):
     make_project(products, hook, model)
