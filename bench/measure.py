@@ -13,10 +13,7 @@ from typing import Any
 
 @dataclass
 class Measurement:
-    """``ours`` and ``baseline`` in ``unit``, ``ratio = ours / baseline``; the target: ``ratio <op> target``.
-
-    ``available`` is False when the code under test does not exist yet (the row says why in ``note``).
-    """
+    """``ours`` and ``baseline`` in ``unit``, ``ratio = ours / baseline``; the target: ``ratio <op> target``."""
 
     key: str
     title: str
@@ -27,7 +24,6 @@ class Measurement:
     baseline: float | None = None
     target: float | None = None
     op: str = "<="  # "<=" or ">="; how the ratio must compare with the target
-    available: bool = True
     note: str = ""
     details: dict[str, Any] = field(default_factory=dict)
 
@@ -46,8 +42,6 @@ class Measurement:
 
     @property
     def status(self) -> str:
-        if not self.available:
-            return "not available"
         if self.met is None:
             return "info" if self.ratio is not None else "failed"
         return "met" if self.met else "MISSED"
@@ -60,12 +54,6 @@ class Measurement:
         data = asdict(self)
         data.update(ratio=self.ratio, met=self.met, status=self.status, target_text=self.target_text)
         return data
-
-
-def unavailable(key: str, title: str, what: str, ours_label: str = "", baseline_label: str = "",
-                unit: str = "", target: float | None = None, op: str = "<=") -> Measurement:
-    return Measurement(key=key, title=title, ours_label=ours_label, baseline_label=baseline_label, unit=unit,
-                       target=target, op=op, available=False, note=f"not available: {what}")
 
 
 @contextmanager

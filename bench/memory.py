@@ -15,9 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench import generation
 from bench.imports import COLUMNS, PRODUCTS
-from bench.measure import Measurement, unavailable
+from bench.measure import Measurement
 from bench.session import BenchSession, log
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,22 +48,19 @@ def measure(session: BenchSession, import_rows: int, generate_rows: int) -> list
     if 4 * import_rows > data.rows:
         raise ValueError(f"--memory-import-rows {import_rows} × 4 exceeds --rows {data.rows}")
     hook = session.hook()
-    generate = generation.available()
-    log(f"memory: import of {import_rows:,} and {4 * import_rows:,} rows"
-        + (f", generation of {generate_rows:,} and {4 * generate_rows:,} rows" if generate else "")
-        + ", one process each")
+    log(f"memory: import of {import_rows:,} and {4 * import_rows:,} rows, generation of {generate_rows:,}"
+        f" and {4 * generate_rows:,} rows, one process each")
     jobs = []
     for scale, rows in (("1x", import_rows), ("4x", 4 * import_rows)):
         job = f"memory_import_{scale}"
         session.add_embeddings(job, data.product_ids[:rows], data.embeddings[:rows])
         hook.create_project(job, PRODUCTS, "product_id", COLUMNS, schedule="manual")
         jobs.append(("import", job, job))
-    if generate:
-        for scale, rows, seed in (("1x", generate_rows, 31), ("4x", 4 * generate_rows, 32)):
-            job = f"memory_generate_{scale}"
-            session.add_products(job, rows, seed=seed)
-            hook.create_project(job, job, "product_id", COLUMNS, schedule="manual")
-            jobs.append(("generate", job))
+    for scale, rows, seed in (("1x", generate_rows, 31), ("4x", 4 * generate_rows, 32)):
+        job = f"memory_generate_{scale}"
+        session.add_products(job, rows, seed=seed)
+        hook.create_project(job, job, "product_id", COLUMNS, schedule="manual")
+        jobs.append(("generate", job))
     workers = [Worker(*job) for job in jobs]
     results = {job[1]: worker.wait() for job, worker in zip(jobs, workers)}
     for job in jobs:
@@ -74,10 +70,6 @@ def measure(session: BenchSession, import_rows: int, generate_rows: int) -> list
     measurements = []
     for kind, noun in (("import", "an import"), ("generate", "a generation")):
         key, title = f"memory_{kind}_4x", f"Peak RSS of {noun} worker: 4× the rows ÷ 1×"
-        if f"memory_{kind}_1x" not in results:
-            measurements.append(unavailable(
-                key, title, "VectorizeHook.generate_embeddings does not exist yet", target=1.2))
-            continue
         one, four = results[f"memory_{kind}_1x"], results[f"memory_{kind}_4x"]
         log(f"  {kind}: peak RSS {one['peak_rss_mib']:.0f} MiB ({one['rows']:,} rows),"
             f" {four['peak_rss_mib']:.0f} MiB ({four['rows']:,} rows)")

@@ -32,7 +32,7 @@ def table(measurements: list[Measurement]) -> str:
     for i, m in enumerate(measurements, 1):
         rows.append((str(i), m.title, fmt(m.ours, m.unit), fmt(m.baseline, m.unit),
                      f"{m.ratio:.3f}" if m.ratio is not None else "—", m.target_text,
-                     m.status if m.available else m.note))
+                     m.status))
     widths = [max(len(r[c]) for r in rows) for c in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -61,7 +61,7 @@ def write_chart(path: Path, measurements: list[Measurement], subtitle: str) -> N
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = [m for m in measurements if m.available and m.ratio is not None and math.isfinite(m.ratio)]
+    shown = [m for m in measurements if m.ratio is not None and math.isfinite(m.ratio)]
     labels = [short_label(m) for m in shown]
     fig, ax = plt.subplots(figsize=(10, 0.55 * len(shown) + 1.6))
     y = list(range(len(shown)))[::-1]

@@ -17,7 +17,7 @@ from pgvector.psycopg import register_vector
 from psycopg import sql
 
 from bench.imports import PRODUCTS, SEARCH_JOB
-from bench.measure import Measurement, percentile, unavailable
+from bench.measure import Measurement, percentile
 from bench.session import BenchSession, log
 
 PGVECTOR_DEFAULT_EF_SEARCH = 40
@@ -37,19 +37,11 @@ def recall(found: list[list[int]], exact_ids: np.ndarray) -> float:
     return hits / exact_ids.size
 
 
-def row_key(row: Any) -> int:
-    return row["product_id"] if isinstance(row, dict) else row[0]
+def row_key(row: dict[str, Any]) -> int:
+    return row["product_id"]
 
 
 def measure(session: BenchSession, queries: int) -> list[Measurement]:
-    from airflow_vectorize.hooks.vectorize import VectorizeHook
-
-    if not hasattr(VectorizeHook, "search"):
-        why = "VectorizeHook.search does not exist yet"
-        return [unavailable("search_vs_raw_sql",
-                            "Search top-10 with HNSW: VectorizeHook.search ÷ raw SQL, p50", why, target=1.2),
-                unavailable("search_recall", "Search recall@10 vs exact", why, target=RECALL_TARGET, op=">=")]
-
     data = session.datasets[PRODUCTS]
     query_vectors = session.space.sample(queries, seed=999)
     exact_ids = data.product_ids[exact_neighbours(data.embeddings, query_vectors)]

@@ -39,7 +39,6 @@ def test_quick_benchmark_writes_table_json_and_chart(tmp_path):
     measurements = {m["key"]: m for m in result["measurements"]}
     assert EXPECTED <= set(measurements)
     for key, m in measurements.items():
-        assert m["available"], (key, m["note"])
         assert m["ratio"] is not None and math.isfinite(m["ratio"]) and m["ratio"] > 0, (key, m)
         assert m["status"] in {"met", "MISSED", "info"}, (key, m)
     assert measurements["search_recall"]["details"]["ef_search"] >= 40  # reported with the recall
