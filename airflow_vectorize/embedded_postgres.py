@@ -5,8 +5,10 @@ Not needed in production: there the Airflow connection points at your own Postgr
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -14,11 +16,18 @@ import psycopg
 from psycopg import sql
 
 
+def throwaway_dir(prefix: str) -> str:
+    """A new temporary directory, removed when the process exits."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
 class EmbeddedPostgres:
     """A throw-away PostgreSQL server listening on a Unix socket inside its data directory."""
 
     def __init__(self, data_dir: str | Path | None = None) -> None:
-        self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="vectorize-pg-")) / "pgdata"
+        self.data_dir = Path(data_dir or throwaway_dir("vectorize-pg-")) / "pgdata"
         self._server = None
 
     def start(self) -> EmbeddedPostgres:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +13,7 @@ import psycopg
 from pgvector.psycopg import register_vector
 from psycopg import sql
 
-from airflow_vectorize.embedded_postgres import EmbeddedPostgres
+from airflow_vectorize.embedded_postgres import EmbeddedPostgres, throwaway_dir
 from bench.data import Dataset, VectorSpace, create_embeddings_table, create_products, make_dataset
 
 DATABASE = "vectorize_bench"
@@ -23,7 +22,8 @@ CONN_ID = "vectorize_bench"
 
 def prepare_environment() -> None:
     """Airflow and Hugging Face settings; must run before airflow is first imported."""
-    os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="vectorize-bench-airflow-"))
+    if "AIRFLOW_HOME" not in os.environ:
+        os.environ["AIRFLOW_HOME"] = throwaway_dir("vectorize-bench-airflow-")
     os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -12,13 +12,15 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DAGS = ROOT / "dags"
-os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="airflow-home-"))
+if "AIRFLOW_HOME" not in os.environ:
+    from airflow_vectorize.embedded_postgres import throwaway_dir
+
+    os.environ["AIRFLOW_HOME"] = throwaway_dir("airflow-home-")
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(DAGS)
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

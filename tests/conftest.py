@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -11,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+from airflow_vectorize.embedded_postgres import EmbeddedPostgres, throwaway_dir  # noqa: E402 (no airflow)
+
 # Airflow reads these when it is first imported: set them before anything imports airflow.
-os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="airflow-home-")
+os.environ["AIRFLOW_HOME"] = throwaway_dir("airflow-home-")
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -22,7 +23,6 @@ import pytest  # noqa: E402
 from pgvector.psycopg import register_vector  # noqa: E402
 from psycopg import sql  # noqa: E402
 
-from airflow_vectorize.embedded_postgres import EmbeddedPostgres  # noqa: E402
 from airflow_vectorize.example_data import PRODUCTS  # noqa: E402
 
 
