@@ -367,17 +367,22 @@ class VectorizeHook(PostgresHook):
     def _run_search(self, job_name: str, build: Callable[[Project, list[str]], Any]) -> list[dict[str, Any]]:
         """Build and run a search from the cached catalog entry. Every statement carries a guard that
         returns no rows once the entry is stale (project dropped or re-created; a changed layout fails
-        instead): an empty result is checked against a fresh lookup, and run again if the project changed."""
+        instead): an empty result is checked against a fresh lookup, and run again if the project changed.
+        A source column whose type changed under a prepared statement gets a new connection and a rerun."""
         from airflow_vectorize import search as searching
 
         project, allowed = self._search_target(job_name)
+        rerun = False
         try:
             rows = searching.run(self._search_connection(), build(project, allowed))
         except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):  # storage changed since
             rows = []
+        except psycopg.errors.FeatureNotSupported:  # "cached plan must not change result type"
+            self._search_connection().close()  # its prepared statements go with it
+            rows, rerun = [], True
         if not rows:
             fresh, allowed = self._search_target(job_name, refresh=True)
-            if fresh.job_id != project.job_id:
+            if rerun or fresh.job_id != project.job_id:
                 rows = searching.run(self._search_connection(), build(fresh, allowed))
         return rows
 
