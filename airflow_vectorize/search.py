@@ -354,29 +354,27 @@ def prepare_connection(conn: psycopg.Connection) -> None:
     )
 
 
-def _prepare(cur: Cursor, search: SearchQuery) -> Cursor:
-    """Apply the query's transaction-local settings; a dict cursor for its rows."""
-    if search.settings:
+def _apply_settings(cur: Cursor, settings: dict[str, str]) -> None:
+    """The query's transaction-local settings (``hnsw.ef_search``), in one round trip."""
+    if settings:
         cur.execute(
             "SELECT set_config(name, value, true) FROM unnest(%s::text[], %s::text[]) AS s(name, value)",
-            [list(search.settings), list(search.settings.values())],
+            [list(settings), list(settings.values())],
         )
-    return cur.connection.cursor(row_factory=dict_row)
 
 
 def run(conn: psycopg.Connection, search: SearchQuery) -> list[dict[str, Any]]:
     """Execute the query (in a transaction only when it has settings); rows as dicts, best first."""
-    with (conn.transaction() if search.settings else nullcontext()), conn.cursor() as cur:
-        with _prepare(cur, search) as dict_cur:
-            try:
-                return dict_cur.execute(search.statement, search.params).fetchall()
-            except (psycopg.errors.DataError, psycopg.errors.UndefinedFunction) as error:
-                raise InvalidInputError(f"a filter value does not fit its column: {error}".strip()) from error
+    with (conn.transaction() if search.settings else nullcontext()), conn.cursor(row_factory=dict_row) as cur:
+        _apply_settings(cur, search.settings)
+        try:
+            return cur.execute(search.statement, search.params).fetchall()
+        except (psycopg.errors.DataError, psycopg.errors.UndefinedFunction) as error:
+            raise InvalidInputError(f"a filter value does not fit its column: {error}".strip()) from error
 
 
 def explain(cur: Cursor, search: SearchQuery, analyze: bool = False) -> str:
-    """The plan of exactly the statement ``run`` executes, with the same settings."""
+    """The plan of exactly the statement ``run`` executes, with the same settings (inside a transaction)."""
+    _apply_settings(cur, search.settings)
     prefix = "EXPLAIN (ANALYZE, COSTS OFF) " if analyze else "EXPLAIN (COSTS OFF) "
-    with _prepare(cur, search) as dict_cur:
-        rows = dict_cur.execute(prefix + search.statement, search.params).fetchall()
-    return "\n".join(row["QUERY PLAN"] for row in rows)
+    return "\n".join(row[0] for row in cur.execute(prefix + search.statement, search.params).fetchall())
