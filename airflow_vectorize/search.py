@@ -20,9 +20,8 @@ from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import psycopg
 from pgvector.psycopg import register_vector
 from psycopg import Cursor, sql
@@ -31,6 +30,9 @@ from psycopg.rows import dict_row
 from airflow_vectorize import catalog, validation
 from airflow_vectorize.catalog import Project
 from airflow_vectorize.exceptions import DimensionMismatchError, InvalidInputError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 RRF_K = 60
 DEFAULT_CANDIDATES = 40  # pgvector's default hnsw.ef_search
@@ -157,6 +159,7 @@ def _conditions(shape: tuple[Filter, ...]) -> list[sql.Composable]:
 
 def query_vector(project: Project, query: Any) -> np.ndarray:
     """The query as a float32 vector: text embedded with the project's transformer, or a given vector."""
+    import numpy as np  # here, not at import: DAG files import the hook, and through it this module
     if isinstance(query, str):
         if not query.strip():
             raise InvalidInputError("query is empty: give a text or a vector")

@@ -14,6 +14,7 @@ from airflow.providers.postgres.hooks.postgres import PostgresHook
 from psycopg import Cursor, sql
 
 from airflow_vectorize import catalog, generation, storage, validation
+from airflow_vectorize import search as searching
 from airflow_vectorize.catalog import DEFAULT_TRANSFORMER, Project
 from airflow_vectorize.exceptions import (
     DimensionMismatchError,
@@ -345,8 +346,6 @@ class VectorizeHook(PostgresHook):
     # -- search ---------------------------------------------------------------------------------------
     def _search_connection(self) -> psycopg.Connection:
         """This hook's connection for searches, opened once (pgvector registered, iterative scans on)."""
-        from airflow_vectorize import search as searching
-
         if self._search_conn is None or self._search_conn.closed:
             self._search_conn = self.connect()
             searching.prepare_connection(self._search_conn)
@@ -355,8 +354,6 @@ class VectorizeHook(PostgresHook):
 
     def _search_target(self, job_name: str, refresh: bool = False) -> tuple[Project, list[str]]:
         """The project and its searchable columns, looked up once per hook (``refresh`` looks again)."""
-        from airflow_vectorize import search as searching
-
         conn = self._search_connection()
         if refresh or job_name not in self._search_cache:
             with conn.transaction(), conn.cursor() as cur:
@@ -369,8 +366,6 @@ class VectorizeHook(PostgresHook):
         returns no rows once the entry is stale (project dropped or re-created; a changed layout fails
         instead): an empty result is checked against a fresh lookup, and run again if the project changed.
         A source column whose type changed under a prepared statement gets a new connection and a rerun."""
-        from airflow_vectorize import search as searching
-
         project, allowed = self._search_target(job_name)
         rerun = False
         try:
@@ -403,8 +398,6 @@ class VectorizeHook(PostgresHook):
         The query orders by the distance operator, so the HNSW index serves it; ``ef_search`` sets
         ``hnsw.ef_search`` for this query.
         """
-        from airflow_vectorize import search as searching
-
         return self._run_search(job_name, lambda project, allowed: searching.vector_search_query(
             project, allowed, query, return_columns, num_results, filters, ef_search))
 
@@ -428,8 +421,6 @@ class VectorizeHook(PostgresHook):
         full_text_weight / (60 + full_text_rank)``. Each row carries ``rrf_score``, ``semantic_rank`` and
         ``full_text_rank`` (None when absent from that list) and ``similarity_score``.
         """
-        from airflow_vectorize import search as searching
-
         return self._run_search(job_name, lambda project, allowed: searching.hybrid_search_query(
             project, allowed, query, return_columns, num_results, filters,
             semantic_weight, full_text_weight, candidates, ef_search))
