@@ -33,8 +33,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--queries", type=int, default=200, help="search queries for p50 and recall (200)")
     parser.add_argument("--memory-import-rows", type=int, default=25_000,
                         help="1× of the import memory measurement; 4× must fit in --rows (25000)")
-    parser.add_argument("--memory-generate-rows", type=int, default=1000,
-                        help="1× of the generation memory measurement (1000)")
+    parser.add_argument("--memory-generate-rows", type=int, default=500,
+                        help="1× of the generation memory measurement (500)")
     parser.add_argument("--full-naive", action="store_true",
                         help="also time a naive 100 %% re-import into the indexed table (adds minutes)")
     parser.add_argument("--only", default=",".join(SECTIONS),
