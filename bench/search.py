@@ -95,10 +95,16 @@ def measure(session: BenchSession, queries: int) -> list[Measurement]:
     # The first run of a query vector reads its index pages into shared buffers (the 100k index and table
     # exceed the default 128 MB); without a warm-up both sides' times are a 50/50 mix of cold and warm runs
     # and the p50 falls between the two. So: one untimed run, then both sides, alternating which goes first.
-    for i, q in enumerate(query_vectors):
-        raw_search(q)
-        for run in ((time_hook, time_raw) if i % 2 else (time_raw, time_hook)):
-            run(q)
+    # The untimed run uses a third connection: a backend that has just run a query answers the next one
+    # faster than one that sat idle while another backend ran (~0.1 ms here), and the warm-up must not
+    # hand that to one side.
+    with psycopg.connect(session.uri(), autocommit=True) as warmer:
+        register_vector(warmer)
+        warmer.execute(sql.SQL("SET hnsw.ef_search = {}").format(sql.Literal(ef_search)))
+        for i, q in enumerate(query_vectors):
+            raw_search(q, warmer)
+            for run in ((time_hook, time_raw) if i % 2 else (time_raw, time_hook)):
+                run(q)
 
     # A separate pass: a closing connection's backend exits while the next call runs, which would
     # otherwise burden whichever side comes after it in the interleaved loop above.
