@@ -26,6 +26,7 @@ import psycopg
 from pgvector.psycopg import register_vector
 from psycopg import Cursor, sql
 from psycopg.rows import dict_row
+from psycopg.types.numeric import Oid
 
 from airflow_vectorize import catalog, validation
 from airflow_vectorize.catalog import Project
@@ -62,6 +63,27 @@ class SearchQuery:
     statement: str
     params: dict[str, Any]
     settings: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SearchTarget:
+    """A project as searches see it, looked up once and reused by a hook.
+
+    ``columns``: the source columns a search may return or filter on. ``storage`` and ``storage_oid``: the
+    name and OID of the project's queue table, which is created and dropped with the project; every
+    statement is guarded by them.
+    """
+
+    project: Project
+    columns: list[str]
+    storage: str
+    storage_oid: Oid | None
+
+
+def search_target(cur: Cursor, project: Project) -> SearchTarget:
+    storage = project.queue.as_string(cur)
+    oid = cur.execute("SELECT to_regclass(%s)::oid", [storage]).fetchone()[0]
+    return SearchTarget(project, searchable_columns(cur, project), storage, None if oid is None else Oid(oid))
 
 
 # -- input checks ----------------------------------------------------------------------------------------
@@ -218,17 +240,18 @@ def _parts(project: Project) -> dict[str, sql.Composable]:
     }
 
 
-# True only while the project is the catalog entry the statement was built from (a one-time filter: a
-# statement built from a cached entry of a since dropped or re-created project returns no rows).
-CATALOG_GUARD = sql.SQL("(SELECT job_id FROM vectorize.job WHERE name = %(guard_name)s) = %(guard_job_id)s")
+# True only while the project's storage is the one the statement was built for (a one-time filter: a
+# statement built from a cached entry of a since dropped or re-created project returns no rows). A name
+# lookup in the server's catalog cache: cheaper than reading vectorize.job in every statement.
+STORAGE_GUARD = sql.SQL("to_regclass(%(guard_relation)s)::oid IS NOT DISTINCT FROM %(guard_oid)s")
 
 
-def _guard_params(project: Project) -> dict[str, Any]:
-    return {"guard_name": project.name, "guard_job_id": project.job_id}
+def _guard_params(target: SearchTarget) -> dict[str, Any]:
+    return {"guard_relation": target.storage, "guard_oid": target.storage_oid}
 
 
 def _where(shape: tuple[Filter, ...]) -> sql.Composable:
-    return sql.SQL(" AND ").join([*_conditions(shape), CATALOG_GUARD])
+    return sql.SQL(" AND ").join([*_conditions(shape), STORAGE_GUARD])
 
 
 def _column_list(columns: tuple[str, ...]) -> sql.Composable:
@@ -288,29 +311,25 @@ def _hybrid_statement(
 
 
 def vector_search_query(
-    project: Project,
-    allowed: list[str],
+    target: SearchTarget,
     query: Any,
     return_columns: Sequence[str] | None = None,
     num_results: int = 10,
     filters: Mapping[str, Any] | None = None,
     ef_search: int | None = None,
 ) -> SearchQuery:
-    """Check the input, embed the query, and build the nearest-neighbour statement.
-
-    ``allowed``: the columns that may be returned or filtered on (``searchable_columns``).
-    """
+    """Check the input, embed the query, and build the nearest-neighbour statement."""
+    project = target.project
     check_count("num_results", num_results)
-    columns = check_columns(project, allowed, return_columns)
-    shape, params = parse_filters(project, allowed, filters)
+    columns = check_columns(project, target.columns, return_columns)
+    shape, params = parse_filters(project, target.columns, filters)
     settings = scan_settings(ef_search)
-    params.update(_guard_params(project), vector=query_vector(project, query))
+    params.update(_guard_params(target), vector=query_vector(project, query))
     return SearchQuery(_vector_statement(project, tuple(columns), shape, num_results), params, settings)
 
 
 def hybrid_search_query(
-    project: Project,
-    allowed: list[str],
+    target: SearchTarget,
     query: str,
     return_columns: Sequence[str] | None = None,
     num_results: int = 10,
@@ -324,6 +343,7 @@ def hybrid_search_query(
 
     The top ``candidates`` rows by vector distance and by ts_rank are fused by reciprocal rank (k = 60).
     """
+    project = target.project
     if not isinstance(query, str) or not query.strip():
         raise InvalidInputError(f"hybrid_search needs a non-empty text query, got {query!r}")
     check_count("num_results", num_results)
@@ -335,11 +355,11 @@ def hybrid_search_query(
         raise InvalidInputError(
             f"semantic_weight and full_text_weight must be finite numbers >= 0, not both 0; got {weights}"
         )
-    columns = check_columns(project, allowed, return_columns)
-    shape, params = parse_filters(project, allowed, filters)
+    columns = check_columns(project, target.columns, return_columns)
+    shape, params = parse_filters(project, target.columns, filters)
     settings = scan_settings(ef_search)
     params.update(
-        _guard_params(project), vector=query_vector(project, query), text=query,
+        _guard_params(target), vector=query_vector(project, query), text=query,
         semantic_weight=float(semantic_weight), full_text_weight=float(full_text_weight), rrf_k=RRF_K,
     )
     statement = _hybrid_statement(project, tuple(columns), shape, num_results, candidates)

@@ -34,7 +34,7 @@ def make_project(db, hook, model, **options) -> dict:
 
 def plan(hook, query, **settings) -> str:
     """EXPLAIN of exactly the statement search runs, with extra planner settings."""
-    q = query(*hook._search_target(JOB))
+    q = query(hook._search_target(JOB))
     conn = hook._search_connection()
     with conn.transaction(), conn.cursor() as cur:
         return search.explain(cur, replace(q, settings={**q.settings, **settings}))
@@ -72,11 +72,11 @@ def test_search_uses_hnsw_index(products, hook, model, table_method):
 
     # enable_seqscan=off only lifts the 24-row table's preference for a seq scan; a query ordered by a
     # derived score (pg_vectorize's shape) still cannot use the index, ours can.
-    explained = plan(hook, lambda p, allowed: search.vector_search_query(p, allowed, vector, num_results=3),
+    explained = plan(hook, lambda target: search.vector_search_query(target, vector, num_results=3),
                      enable_seqscan="off")
     assert f"Index Scan using {index}" in explained, explained
-    filtered = plan(hook, lambda p, allowed: search.vector_search_query(
-        p, allowed, vector, filters={"price": {"lt": 500}}), enable_seqscan="off")
+    filtered = plan(hook, lambda target: search.vector_search_query(
+        target, vector, filters={"price": {"lt": 500}}), enable_seqscan="off")
     assert f"Index Scan using {index}" in filtered, filtered
     join = table_method == "join"
     emb = "embeddings" if join else f"{JOB}_embeddings"
@@ -88,7 +88,8 @@ def test_search_uses_hnsw_index(products, hook, model, table_method):
     assert index not in control, control
 
     # The index path, with a tiny ef_search and a filter, still returns every match (iterative scan).
-    q = search.vector_search_query(*hook._search_target(JOB), vector, filters={"category": "kitchen"}, ef_search=1)
+    q = search.vector_search_query(hook._search_target(JOB), vector, filters={"category": "kitchen"},
+                                   ef_search=1)
     rows = search.run(hook._search_connection(), replace(q, settings={**q.settings, "enable_seqscan": "off"}))
     assert sorted(r["product_id"] for r in rows) == [10, 11, 12]
 
@@ -121,10 +122,10 @@ def test_key_only_search_reads_only_the_embeddings(products, hook, model, table_
     keys = hook.search(JOB, vector, return_columns=["product_id"], num_results=5)
     assert keys == [{"product_id": r["product_id"], "similarity_score": r["similarity_score"]} for r in full]
 
-    explained = plan(hook, lambda p, allowed: search.vector_search_query(p, allowed, vector, ["product_id"]))
+    explained = plan(hook, lambda target: search.vector_search_query(target, vector, ["product_id"]))
     assert ("on products s" in explained) == (table_method == "append"), explained  # join: no source join
-    filtered = plan(hook, lambda p, allowed: search.vector_search_query(
-        p, allowed, vector, ["product_id"], filters={"price": {"lt": 500}}))
+    filtered = plan(hook, lambda target: search.vector_search_query(
+        target, vector, ["product_id"], filters={"price": {"lt": 500}}))
     assert "on products s" in filtered, filtered  # a filter needs the source
 
 
@@ -180,7 +181,7 @@ def test_hybrid_search(products, hook, model, table_method):
     assert [set(r) for r in filtered] == [{"name", "rrf_score", "semantic_rank", "full_text_rank",
                                            "similarity_score"}] * 2
 
-    explained = plan(hook, lambda p, allowed: search.hybrid_search_query(p, allowed, "hydraulic disc brakes"),
+    explained = plan(hook, lambda target: search.hybrid_search_query(target, "hydraulic disc brakes"),
                      enable_seqscan="off")
     assert f"Bitmap Index Scan on {JOB}_fts_idx" in explained, explained
     assert f"Index Scan using {JOB}_hnsw_cos_idx" in explained, explained

@@ -48,7 +48,7 @@ class VectorizeHook(PostgresHook):
         super().__init__(postgres_conn_id=postgres_conn_id, **kwargs)
         self.index_build_memory = index_build_memory
         self._search_conn: psycopg.Connection | None = None
-        self._search_cache: dict[str, tuple[Project, list[str]]] = {}
+        self._search_cache: dict[str, searching.SearchTarget] = {}
 
     # -- connections -------------------------------------------------------------------------------
     def connect(self) -> psycopg.Connection:
@@ -352,33 +352,34 @@ class VectorizeHook(PostgresHook):
             self._search_cache.clear()
         return self._search_conn
 
-    def _search_target(self, job_name: str, refresh: bool = False) -> tuple[Project, list[str]]:
-        """The project and its searchable columns, looked up once per hook (``refresh`` looks again)."""
+    def _search_target(self, job_name: str, refresh: bool = False) -> searching.SearchTarget:
+        """The project as searches see it, looked up once per hook (``refresh`` looks again)."""
         conn = self._search_connection()
         if refresh or job_name not in self._search_cache:
             with conn.transaction(), conn.cursor() as cur:
-                project = self._project(cur, job_name)
-                self._search_cache[job_name] = (project, searching.searchable_columns(cur, project))
+                self._search_cache[job_name] = searching.search_target(cur, self._project(cur, job_name))
         return self._search_cache[job_name]
 
-    def _run_search(self, job_name: str, build: Callable[[Project, list[str]], Any]) -> list[dict[str, Any]]:
-        """Build and run a search from the cached catalog entry. Every statement carries a guard that
-        returns no rows once the entry is stale (project dropped or re-created; a changed layout fails
-        instead): an empty result is checked against a fresh lookup, and run again if the project changed.
-        A source column whose type changed under a prepared statement gets a new connection and a rerun."""
-        project, allowed = self._search_target(job_name)
+    def _run_search(
+        self, job_name: str, build: Callable[[searching.SearchTarget], searching.SearchQuery]
+    ) -> list[dict[str, Any]]:
+        """Build and run a search from the cached entry. Every statement carries a guard that returns no
+        rows once the entry is stale (project dropped or re-created; a changed layout fails instead): an
+        empty result is checked against a fresh lookup, and run again if the project changed. A source
+        column whose type changed under a prepared statement gets a new connection and a rerun."""
+        target = self._search_target(job_name)
         rerun = False
         try:
-            rows = searching.run(self._search_connection(), build(project, allowed))
+            rows = searching.run(self._search_connection(), build(target))
         except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):  # storage changed since
             rows = []
         except psycopg.errors.FeatureNotSupported:  # "cached plan must not change result type"
             self._search_connection().close()  # its prepared statements go with it
             rows, rerun = [], True
         if not rows:
-            fresh, allowed = self._search_target(job_name, refresh=True)
-            if rerun or fresh.job_id != project.job_id:
-                rows = searching.run(self._search_connection(), build(fresh, allowed))
+            fresh = self._search_target(job_name, refresh=True)
+            if rerun or fresh.project.job_id != target.project.job_id:
+                rows = searching.run(self._search_connection(), build(fresh))
         return rows
 
     def search(
@@ -398,8 +399,8 @@ class VectorizeHook(PostgresHook):
         The query orders by the distance operator, so the HNSW index serves it; ``ef_search`` sets
         ``hnsw.ef_search`` for this query.
         """
-        return self._run_search(job_name, lambda project, allowed: searching.vector_search_query(
-            project, allowed, query, return_columns, num_results, filters, ef_search))
+        return self._run_search(job_name, lambda target: searching.vector_search_query(
+            target, query, return_columns, num_results, filters, ef_search))
 
     def hybrid_search(
         self,
@@ -421,6 +422,6 @@ class VectorizeHook(PostgresHook):
         full_text_weight / (60 + full_text_rank)``. Each row carries ``rrf_score``, ``semantic_rank`` and
         ``full_text_rank`` (None when absent from that list) and ``similarity_score``.
         """
-        return self._run_search(job_name, lambda project, allowed: searching.hybrid_search_query(
-            project, allowed, query, return_columns, num_results, filters,
+        return self._run_search(job_name, lambda target: searching.hybrid_search_query(
+            target, query, return_columns, num_results, filters,
             semantic_weight, full_text_weight, candidates, ef_search))
