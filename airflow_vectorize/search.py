@@ -81,6 +81,7 @@ class SearchTarget:
 
 
 def search_target(cur: Cursor, project: Project) -> SearchTarget:
+    """``project`` with its searchable columns and the identity of its storage, read once."""
     storage = project.queue.as_string(cur)
     oid = cur.execute("SELECT to_regclass(%s)::oid", [storage]).fetchone()[0]
     return SearchTarget(project, searchable_columns(cur, project), storage, None if oid is None else Oid(oid))
