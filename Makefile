@@ -2,6 +2,9 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
+# infinity-emb (the OpenAI-compatible embeddings server the remote-model tests and bench talk to) pins its
+# own sentence-transformers: it gets a virtualenv of its own.
+INFINITY_VENV ?= .venv-infinity
 
 .PHONY: demo test bench install
 
@@ -12,13 +15,19 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-install: $(VENV)/.installed
+$(INFINITY_VENV)/.installed:
+	$(PYTHON) -m venv $(INFINITY_VENV)
+	$(INFINITY_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(INFINITY_VENV)/bin/python -m pip install -q "infinity-emb[server,torch]==0.0.78"
+	touch $@
+
+install: $(VENV)/.installed $(INFINITY_VENV)/.installed
 
 demo: $(VENV)/.installed
 	$(PY) scripts/run_example.py
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed $(INFINITY_VENV)/.installed
 	$(PY) -m pytest
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed $(INFINITY_VENV)/.installed
 	$(PY) -m bench

@@ -61,6 +61,8 @@ CONFIG_FIELDS = (
     "table_method",
     "schedule",
     "update_time_col",
+    "model_conn_id",
+    "requested_dimensions",
 )
 
 
@@ -78,14 +80,17 @@ class Project:
     table_method: str = "join"
     schedule: str = "realtime"
     update_time_col: str | None = None
+    model_conn_id: str | None = None  # the Airflow connection of a remote model (never its secrets)
+    requested_dimensions: int | None = None  # a shortened vector size asked of a remote model
     pkey_type: str = ""
     dimensions: int = 0
     job_id: int | None = None
 
     # -- catalog form --------------------------------------------------------------------------
     def params(self) -> dict[str, Any]:
-        """The ``params`` jsonb, with pg_vectorize's keys (never secrets)."""
-        return {
+        """The ``params`` jsonb, with pg_vectorize's keys (never secrets); a remote model's connection id
+        and requested size under ``model_conn_id`` and ``dimensions``."""
+        params = {
             "schema": self.schema,
             "relation": self.relation,
             "columns": list(self.columns),
@@ -95,6 +100,11 @@ class Project:
             "pkey_type": self.pkey_type,
             "schedule": self.schedule,
         }
+        if self.model_conn_id is not None:
+            params["model_conn_id"] = self.model_conn_id
+        if self.requested_dimensions is not None:
+            params["dimensions"] = self.requested_dimensions
+        return params
 
     def config(self) -> dict[str, Any]:
         return {field: getattr(self, field) for field in CONFIG_FIELDS}
@@ -241,6 +251,8 @@ class Project:
             table_method=params.get("table_method", "join"),
             schedule=params.get("schedule", "realtime"),
             update_time_col=params.get("update_time_col"),
+            model_conn_id=params.get("model_conn_id"),
+            requested_dimensions=params.get("dimensions"),
             pkey_type=params.get("pkey_type", ""),
             dimensions=row["dimensions"] or 0,
         )

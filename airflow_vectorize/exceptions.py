@@ -23,3 +23,27 @@ class InvalidInputError(VectorizeError, ValueError):
 
 class DimensionMismatchError(InvalidInputError):
     """Embeddings whose dimension differs from the project's vector size."""
+
+
+class ModelError(VectorizeError):
+    """An embedding or chat model could not be reached or used; the message names connection and model."""
+
+
+class ModelConnectionError(ModelError):
+    """The Airflow connection is missing or malformed, or its host cannot be reached."""
+
+
+class ModelAuthenticationError(ModelError):
+    """The server refused the credentials of the connection (HTTP 401/403)."""
+
+
+class ModelNotFoundError(ModelError):
+    """The server does not know the model (HTTP 404)."""
+
+
+class ModelRequestError(ModelError):
+    """The server kept failing (429, 5xx, timeouts) past the retries, or rejected the request."""
+
+
+class ModelResponseError(ModelError):
+    """The server answered with something unusable: malformed JSON, wrong number of vectors, wrong size."""

@@ -7,17 +7,20 @@ removed once the row's embedding is current.
 
 Pipeline, per batch: claim the keys (transaction-scoped advisory locks, so concurrent runs never embed the
 same row) and re-read their current text in a writer transaction -> encode -> binary COPY into a staging
-table -> one set-based upsert -> dequeue -> commit. Two writer connections alternate so the database work
-of one batch overlaps the encoding of the next. Keys come from a server-side cursor ordered by text length,
+table -> one set-based upsert -> dequeue -> commit. Writer connections take turns so the database work
+of one batch overlaps the encoding of the next (with a remote model, several batches are in flight
+at once: ``concurrency``). Keys come from a server-side cursor ordered by text length,
 so batches pad little. A killed run keeps its committed batches; its retry starts where it stopped.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from datetime import datetime
@@ -200,8 +203,14 @@ def generate(
     encode: Callable[[list[str]], Any],
     batch_size: int = DEFAULT_BATCH_SIZE,
     index_build_memory: str = "1GB",
+    concurrency: int = 1,
 ) -> dict[str, Any]:
-    """Embed every row of ``project`` in ``scope`` that needs it; see the module docstring."""
+    """Embed every row of ``project`` in ``scope`` that needs it; see the module docstring.
+
+    ``concurrency`` batches are encoded at once (1 for a local model; several for a remote one, whose
+    requests then overlap); each has its own writer connection, plus one being claimed, and batches are
+    written one at a time, each in its own transaction, as their vectors arrive.
+    """
     started = time.monotonic()
     embedded = batches = 0
     with ExitStack() as stack:
@@ -213,32 +222,53 @@ def generate(
         if rebuild:  # a bulk load: build the HNSW graph once at the end instead of row by row
             with control.transaction():
                 drop_index(control.cursor(), project)
-        writers = [BatchWriter(stack.enter_context(connect()), project) for _ in range(2)]
-        pool = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="vectorize-writer"))
-        pending_writes: list[Future | None] = [None, None]
+        writers = [BatchWriter(stack.enter_context(connect()), project) for _ in range(concurrency + 1)]
+        encoders = stack.enter_context(ThreadPoolExecutor(concurrency, thread_name_prefix="vectorize-encode"))
+        write_pool = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="vectorize-writer"))
+        free = deque(writers)
+        in_flight: dict[BatchWriter, Future] = {}  # oldest first; each resolves to its write's Future
+        failed = threading.Event()  # once a batch fails, batches not yet encoding are rolled back
+
+        def encode_then_write(writer: BatchWriter, rows: list[tuple[Any, str, Any]]) -> Future:
+            try:
+                if failed.is_set():
+                    raise BatchCancelled("an earlier batch failed")
+                vectors = encode([text for _, text, _ in rows])
+            except BaseException:
+                failed.set()
+                writer.rollback()
+                raise
+            return write_pool.submit(write, writer, rows, vectors)
+
+        def write(writer: BatchWriter, rows: list[tuple[Any, str, Any]], vectors: Any) -> int:
+            try:
+                return writer.write(rows, vectors)
+            except BaseException:
+                failed.set()
+                raise
+
         last_log = started
         try:
             for keys in stack.enter_context(closing(stream_keys(streamer, project, scope, batch_size))):
-                slot = batches % 2
-                if pending_writes[slot] is not None:  # that writer's previous batch must be committed
-                    embedded += pending_writes[slot].result()
-                    pending_writes[slot] = None
-                writer = writers[slot]
+                if not free:  # every writer holds a batch: the oldest must be committed first
+                    oldest = next(iter(in_flight))
+                    embedded += in_flight.pop(oldest).result().result()
+                    free.append(oldest)
+                writer = free.popleft()
                 rows = writer.claim(keys)
                 if not rows:
                     writer.commit()
+                    free.appendleft(writer)
                     continue
-                vectors = encode([text for _, text, _ in rows])
-                pending_writes[slot] = pool.submit(writer.write, rows, vectors)
+                in_flight[writer] = encoders.submit(encode_then_write, writer, rows)
                 batches += 1
                 if time.monotonic() - last_log >= PROGRESS_EVERY_SECONDS:
                     last_log = time.monotonic()
                     _log_progress(project, embedded, to_embed, last_log - started)
-            for future in pending_writes:
-                if future is not None:
-                    embedded += future.result()
+            while in_flight:
+                embedded += in_flight.pop(next(iter(in_flight))).result().result()
         except BaseException:
-            wait([f for f in pending_writes if f is not None])  # never close a connection in use
+            _settle(in_flight.values())  # never close a connection in use
             raise
         finally:  # build the index after a bulk load, or repair the one a killed bulk run dropped
             with control.transaction():
@@ -256,11 +286,25 @@ def generate(
         "partition": f"{scope.partition_index}/{scope.partition_count}",
         "since": None if scope.since is None else str(scope.since),
         "until": None if scope.until is None else str(scope.until),
+        "concurrency": concurrency,
         "seconds": round(seconds, 3),
         "rows_per_second": round(embedded / seconds, 1) if seconds > 0 else 0.0,
     }
     log.info("Embedding run finished: %s", summary)
     return summary
+
+
+class BatchCancelled(Exception):
+    """A batch rolled back unencoded because another one failed first."""
+
+
+def _settle(batches: Iterable[Future]) -> None:
+    """Wait until every batch in flight has been written or rolled back, ignoring their errors."""
+    for batch in batches:
+        try:
+            batch.result().result()
+        except BaseException:  # noqa: BLE001 - the first error is the one raised
+            pass
 
 
 def _bulk(conn: psycopg.Connection, project: Project, incoming: int) -> bool:

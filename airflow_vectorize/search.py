@@ -16,7 +16,7 @@ expression of the project's ``<job>_fts_idx`` GIN index.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -180,15 +180,15 @@ def _conditions(shape: tuple[Filter, ...]) -> list[sql.Composable]:
     return conditions
 
 
-def query_vector(project: Project, query: Any) -> np.ndarray:
-    """The query as a float32 vector: text embedded with the project's transformer, or a given vector."""
+def query_vector(project: Project, query: Any, embed: Callable[[str], Any] | None) -> np.ndarray:
+    """The query as a float32 vector: a text embedded by ``embed`` (the project's model), or a given vector."""
     import numpy as np  # here, not at import: DAG files import the hook, and through it this module
     if isinstance(query, str):
         if not query.strip():
             raise InvalidInputError("query is empty: give a text or a vector")
-        from airflow_vectorize.embedders import encode
-
-        return np.asarray(encode(project.transformer, [query])[0], dtype=np.float32)
+        if embed is None:
+            raise InvalidInputError("a text query needs the project's model to embed it: pass embed")
+        return np.asarray(embed(query), dtype=np.float32)
     try:
         vector = np.asarray(query, dtype=np.float32)
     except (TypeError, ValueError) as error:
@@ -318,14 +318,15 @@ def vector_search_query(
     num_results: int = 10,
     filters: Mapping[str, Any] | None = None,
     ef_search: int | None = None,
+    embed: Callable[[str], Any] | None = None,
 ) -> SearchQuery:
-    """Check the input, embed the query, and build the nearest-neighbour statement."""
+    """Check the input, embed the query (a text, with ``embed``), and build the nearest-neighbour statement."""
     project = target.project
     check_count("num_results", num_results)
     columns = check_columns(project, target.columns, return_columns)
     shape, params = parse_filters(project, target.columns, filters)
     settings = scan_settings(ef_search)
-    params.update(_guard_params(target), vector=query_vector(project, query))
+    params.update(_guard_params(target), vector=query_vector(project, query, embed))
     return SearchQuery(_vector_statement(project, tuple(columns), shape, num_results), params, settings)
 
 
@@ -339,6 +340,7 @@ def hybrid_search_query(
     full_text_weight: float = 1.0,
     candidates: int | None = None,
     ef_search: int | None = None,
+    embed: Callable[[str], Any] | None = None,
 ) -> SearchQuery:
     """Check the input, embed the query, and build the hybrid statement.
 
@@ -360,7 +362,7 @@ def hybrid_search_query(
     shape, params = parse_filters(project, target.columns, filters)
     settings = scan_settings(ef_search)
     params.update(
-        _guard_params(target), vector=query_vector(project, query), text=query,
+        _guard_params(target), vector=query_vector(project, query, embed), text=query,
         semantic_weight=float(semantic_weight), full_text_weight=float(full_text_weight), rrf_k=RRF_K,
     )
     statement = _hybrid_statement(project, tuple(columns), shape, num_results, candidates)

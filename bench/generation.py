@@ -18,7 +18,7 @@ ROUNDS = 2  # runs of generate_embeddings, each between two bare encodes
 def measure(session: BenchSession, rows: int) -> list[Measurement]:
     title = f"Generate embeddings of {rows:,} product texts: ours ÷ bare model.encode, rows/s"
     from airflow_vectorize.catalog import DEFAULT_TRANSFORMER
-    from airflow_vectorize.embedders import load_model
+    from airflow_vectorize.models.local import load_model
 
     session.add_products(TABLE, rows, seed=21)
     hook = session.hook()
@@ -26,7 +26,7 @@ def measure(session: BenchSession, rows: int) -> list[Measurement]:
     texts = [r[0] for r in session.execute(sql.SQL(
         "SELECT concat_ws(', ', name, description) FROM {} ORDER BY product_id"
     ).format(sql.Identifier(TABLE)))]
-    model = load_model(DEFAULT_TRANSFORMER)
+    model = load_model(DEFAULT_TRANSFORMER).model
     model.encode(texts[:64], show_progress_bar=False)  # warm-up: both sides find the model loaded and warm
 
     def bare() -> float:

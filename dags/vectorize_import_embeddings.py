@@ -40,11 +40,12 @@ def vectorize_import_embeddings():
         from airflow.providers.postgres.hooks.postgres import PostgresHook
 
         from airflow_vectorize.catalog import DEFAULT_TRANSFORMER
-        from airflow_vectorize.embedders import encode
         from airflow_vectorize.example_data import PRODUCTS
+        from airflow_vectorize.models.local import load_model
 
         covered = PRODUCTS[:UPSTREAM_COVERS]
-        vectors = encode(DEFAULT_TRANSFORMER, [f"{name}, {description}" for _, name, description, _, _ in covered])
+        texts = [f"{name}, {description}" for _, name, description, _, _ in covered]
+        vectors = load_model(DEFAULT_TRANSFORMER).embed(texts)
         with PostgresHook(postgres_conn_id=CONN_ID).get_conn() as conn, conn.cursor() as cur:
             cur.execute(
                 "CREATE TABLE IF NOT EXISTS products (product_id integer PRIMARY KEY, name text NOT NULL,"

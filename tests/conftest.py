@@ -75,9 +75,9 @@ def hook(database: Database):
 def model():
     """The real default model, loaded once for the session (the same cached instance the hook uses)."""
     from airflow_vectorize.catalog import DEFAULT_TRANSFORMER
-    from airflow_vectorize.embedders import load_model
+    from airflow_vectorize.models.local import load_model
 
-    return load_model(DEFAULT_TRANSFORMER)
+    return load_model(DEFAULT_TRANSFORMER).model
 
 
 def create_products(db: Database, table: str = "products", schema: str = "public") -> None:
@@ -144,3 +144,61 @@ def snapshot(db: Database) -> dict[str, Any]:
                 "SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM {} t"
             ).format(sql.Identifier(schema, name)))
     return state
+
+
+# -- remote models ---------------------------------------------------------------------------------------
+def set_model_connection(conn_id: str, url: str, api_key: str | None = None, **extra: Any) -> None:
+    """An ``openai`` Airflow connection (JSON form, from the environment) to an embeddings server."""
+    import json
+
+    conn = {"conn_type": "openai", "host": url, "extra": extra}
+    if api_key:
+        conn["password"] = api_key
+    os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn)
+
+
+@pytest.fixture(scope="session")
+def embedding_server_session(model):
+    from tests.model_servers import EmbeddingServer
+
+    server = EmbeddingServer(model)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def embedding_server(embedding_server_session):
+    """The misbehaving embeddings server, well-behaved until a test scripts faults; connection ``flaky``
+    (fast retries, a 2 s timeout)."""
+    server = embedding_server_session
+    server.reset()
+    set_model_connection("flaky", server.url, server.api_key, max_retries=3, retry_initial_delay=0.05,
+                         retry_max_delay=0.2, timeout=2)
+    yield server
+    os.environ.pop("AIRFLOW_CONN_FLAKY", None)
+
+
+_infinity = None
+
+
+def pytest_collection_finish(session) -> None:
+    """Start Infinity as soon as a collected test needs it, so its ~20-40 s start overlaps other tests."""
+    global _infinity
+    if any("infinity" in getattr(item, "fixturenames", ()) for item in session.items):
+        from scripts.infinity_server import InfinityServer
+
+        _infinity = InfinityServer().start()
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    if _infinity is not None:
+        _infinity.stop()
+
+
+@pytest.fixture(scope="session")
+def infinity():
+    """The Infinity server (started at collection), ready; connection ``infinity`` points at it."""
+    assert _infinity is not None
+    _infinity.wait()
+    set_model_connection("infinity", _infinity.url)
+    return _infinity

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import create_products, snapshot
 
-from airflow_vectorize.exceptions import InvalidInputError, ProjectConflictError
+from airflow_vectorize.exceptions import InvalidInputError, ModelConnectionError, ProjectConflictError
 
 COLUMNS = ["name", "description"]
 
@@ -151,7 +151,14 @@ BAD_CREATE_ARGS = [
     (dict(table_method="inline"), InvalidInputError, "table_method 'inline' is unknown; use one of join, append"),
     (dict(index_dist_type="diskann"), InvalidInputError, "index_dist_type 'diskann' is unknown"),
     (dict(schedule="0 * * * *"), InvalidInputError, "Embedding runs are driven by your DAG's own schedule"),
-    (dict(transformer="openai/text-embedding-3-small"), InvalidInputError, "remote provider 'openai'"),
+    (dict(transformer="openai/text-embedding-3-small", model_conn_id="no_such_conn"), ModelConnectionError,
+     "the Airflow connection 'no_such_conn' for the openai provider is not defined"),
+    (dict(transformer="cohere/embed-english-v3.0"), InvalidInputError, "the provider 'cohere' is not supported"),
+    (dict(transformer="openai/"), InvalidInputError, "names no model: write 'openai/<model>'"),
+    (dict(model_conn_id="openai_default"), InvalidInputError, "model_conn_id='openai_default' is for remote models"),
+    (dict(dimensions=0), InvalidInputError, "dimensions must be a positive integer, got 0"),
+    (dict(dimensions=256), InvalidInputError,
+     "dimensions=256 was requested, but 'sentence-transformers/all-MiniLM-L6-v2' produces 384-dimensional"),
     (dict(transformer="sentence-transformers/not-a-cached-model"), InvalidInputError,
      "cannot load transformer 'sentence-transformers/not-a-cached-model'"),
 ]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
+from scripts.infinity_server import INFINITY_MODEL_NAME
 from scripts.run_example import load_dags, run_dag
 
 
@@ -12,6 +15,9 @@ def dags():
     from airflow.utils.db import initdb
 
     initdb()
+    # The remote example, parsed to use the Infinity server's model through the connection 'infinity'.
+    os.environ["VECTORIZE_REMOTE_MODEL"] = f"openai/{INFINITY_MODEL_NAME}"
+    os.environ["VECTORIZE_MODEL_CONN_ID"] = "infinity"
     return load_dags()
 
 
@@ -27,7 +33,7 @@ def states(run: dict) -> set[str]:
 
 def test_every_example_is_tested(dags):
     assert set(dags) == {"vectorize_import_embeddings", "vectorize_scheduled_ingestion",
-                         "vectorize_embedding_backfill"}
+                         "vectorize_embedding_backfill", "vectorize_remote_embeddings"}
 
 
 def test_import_embeddings_example(dags, default_connection):
@@ -61,3 +67,14 @@ def test_mapped_backfill_covers_every_row_once(dags, default_connection):
     parts = [info["result"]["embedded"] for task, info in run["tasks"].items() if task.startswith("embed_partition[")]
     assert len(parts) == 4 and sum(parts) == 1000 and all(parts)
     assert run["tasks"]["check_complete"]["result"]["missing_rows"] == 0
+
+
+def test_remote_embeddings_example(dags, default_connection, infinity):
+    run = run_dag(dags["vectorize_remote_embeddings"])
+
+    assert run["state"] == "success" and states(run) == {"success"}
+    tasks = run["tasks"]
+    assert tasks["create_project"]["result"]["model_conn_id"] == "infinity"
+    assert tasks["embed"]["result"]["embedded"] == 24
+    assert [row["category"] for row in tasks["search"]["result"]] == ["phones"] * 3
+    assert default_connection.execute("SELECT to_regclass('remote_products')") == [(None,)]

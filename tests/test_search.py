@@ -181,7 +181,8 @@ def test_hybrid_search(products, hook, model, table_method):
     assert [set(r) for r in filtered] == [{"name", "rrf_score", "semantic_rank", "full_text_rank",
                                            "similarity_score"}] * 2
 
-    explained = plan(hook, lambda target: search.hybrid_search_query(target, "hydraulic disc brakes"),
+    explained = plan(hook, lambda target: search.hybrid_search_query(target, "hydraulic disc brakes",
+                                                                       embed=hook._embed_query(target.project)),
                      enable_seqscan="off")
     assert f"Bitmap Index Scan on {JOB}_fts_idx" in explained, explained
     assert f"Index Scan using {JOB}_hnsw_cos_idx" in explained, explained

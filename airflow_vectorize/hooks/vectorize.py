@@ -13,7 +13,7 @@ import psycopg
 from airflow.providers.postgres.hooks.postgres import PostgresHook
 from psycopg import Cursor, sql
 
-from airflow_vectorize import catalog, generation, storage, validation
+from airflow_vectorize import catalog, generation, models, storage, validation
 from airflow_vectorize import search as searching
 from airflow_vectorize.catalog import DEFAULT_TRANSFORMER, Project
 from airflow_vectorize.exceptions import (
@@ -23,6 +23,7 @@ from airflow_vectorize.exceptions import (
     ProjectNotFoundError,
     VectorizeError,
 )
+from airflow_vectorize.models.openai_compatible import positive_int
 
 
 class VectorizeHook(PostgresHook):
@@ -49,6 +50,7 @@ class VectorizeHook(PostgresHook):
         self.index_build_memory = index_build_memory
         self._search_conn: psycopg.Connection | None = None
         self._search_cache: dict[str, searching.SearchTarget] = {}
+        self._query_models: dict[tuple, models.EmbeddingModel] = {}
 
     # -- connections -------------------------------------------------------------------------------
     def connect(self) -> psycopg.Connection:
@@ -83,8 +85,16 @@ class VectorizeHook(PostgresHook):
         schedule: str = "realtime",
         update_col: str | None = None,
         embed_existing: bool = False,
+        model_conn_id: str | None = None,
+        dimensions: int | None = None,
     ) -> dict[str, Any]:
         """Make ``schema.table`` searchable: embeddings storage, HNSW index, queue and realtime triggers.
+
+        ``transformer`` is a local model (``sentence-transformers/<name>``, a directory) or a remote one
+        (``openai/<model>``, ``ollama/<model>``) reached through the Airflow connection ``model_conn_id``
+        (default ``openai_default`` / ``ollama_default``); a remote model is asked once for a vector to
+        learn its size, and ``dimensions`` asks it for shortened vectors (OpenAI's text-embedding-3).
+        The catalog keeps the connection id, never what the connection holds.
 
         The same call again returns the existing project unchanged; another configuration under an
         existing name raises ProjectConflictError naming the fields that differ. With ``embed_existing``
@@ -95,6 +105,8 @@ class VectorizeHook(PostgresHook):
         validation.check_options(table_method, index_dist_type, schedule)
         if isinstance(columns, str) or not all(isinstance(c, str) for c in columns):
             raise validation.InvalidInputError(f"columns must be a list of column names, got {columns!r}")
+        if dimensions is not None:
+            positive_int(dimensions, "dimensions")
         wanted = Project(
             name=job_name,
             schema=schema,
@@ -106,6 +118,8 @@ class VectorizeHook(PostgresHook):
             table_method=table_method,
             schedule=schedule,
             update_time_col=update_col,
+            model_conn_id=models.model_conn_id(transformer, model_conn_id),
+            requested_dimensions=dimensions,
         )
         # Read-only pass first: a repeated call or bad input answers without loading the model.
         with self.transaction() as cur:
@@ -121,11 +135,8 @@ class VectorizeHook(PostgresHook):
         return summary
 
     def _create_project(self, wanted: Project) -> dict[str, Any]:
-        from airflow_vectorize.embedders import dimensions
-
-        job_name, transformer = wanted.name, wanted.transformer
-
-        dims = dimensions(transformer)
+        job_name = wanted.name
+        dims = self._model_dimensions(wanted)
         with self.transaction() as cur:
             catalog.ensure_vector_extension(cur)
             catalog.ensure_catalog(cur)
@@ -140,6 +151,20 @@ class VectorizeHook(PostgresHook):
             catalog.create_storage(cur, project)
         self.log.info("Created vectorize project %r (%s, %d dimensions)", job_name, project.table_method, dims)
         return self._project_summary(project, created=True)
+
+    @staticmethod
+    def _model_dimensions(project: Project) -> int:
+        """The vector size of the project's model: a remote one is asked once (a wrong key, model or host
+        fails here, before anything is created); a requested size must be what the model answers."""
+        wanted = project.requested_dimensions
+        model = models.embedding_model(project.transformer, project.model_conn_id, wanted, shorten=wanted is not None)
+        dims = model.probe()
+        if wanted is not None and dims != wanted:
+            raise InvalidInputError(
+                f"dimensions={wanted} was requested, but {model.describe()} produces {dims}-dimensional"
+                " vectors and cannot shorten them; omit dimensions"
+            )
+        return dims
 
     def _existing_project(self, existing: Project, wanted: Project) -> dict[str, Any]:
         have, want = existing.config(), wanted.config()
@@ -161,6 +186,7 @@ class VectorizeHook(PostgresHook):
             "table_method": project.table_method,
             "dimensions": project.dimensions,
             "transformer": project.transformer,
+            "model_conn_id": project.model_conn_id,
             "index": project.index_name,
             "schedule": project.schedule,
             "objects": project.storage_objects(),
@@ -300,6 +326,7 @@ class VectorizeHook(PostgresHook):
         partition_index: int = 0,
         partition_count: int = 1,
         batch_size: int = generation.DEFAULT_BATCH_SIZE,
+        concurrency: int | None = None,
     ) -> dict[str, Any]:
         """Embed the project's rows that need it (new, text changed, queued); see ``generation``.
 
@@ -307,9 +334,13 @@ class VectorizeHook(PostgresHook):
         :param partition_index: with ``partition_count``, only this hash slice of the keys, so mapped
             tasks split one backfill into disjoint, complete parts.
         :param batch_size: rows per encode / write / commit.
+        :param concurrency: batches embedded at once (default: 1 for a local model, the connection's
+            ``concurrency`` extra or 4 for a remote one).
         """
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if concurrency is not None:
+            concurrency = positive_int(concurrency, "concurrency")
         scope = generation.Scope(since, until, partition_index, partition_count)
         with self.transaction() as cur:
             project = self._project(cur, job_name)
@@ -319,29 +350,41 @@ class VectorizeHook(PostgresHook):
             self.connect,
             project,
             scope,
-            encode=lambda texts: model.encode(texts, batch_size=64, convert_to_numpy=True,
-                                              show_progress_bar=False),
+            encode=model.embed,
             batch_size=batch_size,
             index_build_memory=self.index_build_memory,
+            concurrency=concurrency or model.concurrency,
         )
 
     def encode(self, job_name: str, texts: Sequence[str]) -> list[list[float]]:
         """Embed ``texts`` with the project's model (pg_vectorize's ``vectorize.encode``)."""
         with self.transaction() as cur:
             project = self._project(cur, job_name)
-        return self._model(project).encode(list(texts), convert_to_numpy=True, show_progress_bar=False).tolist()
+        return self._model(project).embed(list(texts)).tolist()
 
     @staticmethod
-    def _model(project: Project):
-        from airflow_vectorize.embedders import load_model
-
-        model = load_model(project.transformer)
-        if model.get_embedding_dimension() != project.dimensions:
+    def _model(project: Project) -> models.EmbeddingModel:
+        """The project's model; a local one must still produce the project's vector size (a remote one's
+        answers are checked against it)."""
+        model = models.embedding_model(project.transformer, project.model_conn_id, project.dimensions,
+                                       shorten=project.requested_dimensions is not None)
+        if model.dimensions != project.dimensions:
             raise DimensionMismatchError(
-                f"transformer {project.transformer!r} now produces {model.get_embedding_dimension()} dimensions,"
+                f"transformer {project.transformer!r} now produces {model.dimensions} dimensions,"
                 f" but project {project.name!r} stores {project.dimensions}"
             )
         return model
+
+    def _query_model(self, project: Project) -> models.EmbeddingModel:
+        """The model that embeds search queries, built once per hook and project (its HTTP client is the
+        process's)."""
+        key = (project.job_id, project.transformer, project.model_conn_id, project.dimensions)
+        if key not in self._query_models:
+            self._query_models[key] = self._model(project)
+        return self._query_models[key]
+
+    def _embed_query(self, project: Project) -> Callable[[str], Any]:
+        return lambda text: self._query_model(project).embed([text])[0]
 
     # -- search ---------------------------------------------------------------------------------------
     def _search_connection(self) -> psycopg.Connection:
@@ -400,7 +443,7 @@ class VectorizeHook(PostgresHook):
         ``hnsw.ef_search`` for this query.
         """
         return self._run_search(job_name, lambda target: searching.vector_search_query(
-            target, query, return_columns, num_results, filters, ef_search))
+            target, query, return_columns, num_results, filters, ef_search, embed=self._embed_query(target.project)))
 
     def hybrid_search(
         self,
@@ -424,4 +467,4 @@ class VectorizeHook(PostgresHook):
         """
         return self._run_search(job_name, lambda target: searching.hybrid_search_query(
             target, query, return_columns, num_results, filters,
-            semantic_weight, full_text_weight, candidates, ef_search))
+            semantic_weight, full_text_weight, candidates, ef_search, embed=self._embed_query(target.project)))

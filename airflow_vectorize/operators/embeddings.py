@@ -63,6 +63,8 @@ class GenerateEmbeddingsOperator(VectorizeBaseOperator):
     :param partition_index: this task's slice of the keys, in ``[0, partition_count)``.
     :param partition_count: how many disjoint slices the keys are split into.
     :param batch_size: rows per encode / write / commit.
+    :param concurrency: batches embedded at once (default 1 for a local model; for a remote one the
+        connection's ``concurrency`` extra, else 4).
     """
 
     template_fields: Sequence[str] = ("job_name", "since", "until", "partition_index", "partition_count")
@@ -76,6 +78,7 @@ class GenerateEmbeddingsOperator(VectorizeBaseOperator):
         partition_index: int = 0,
         partition_count: int = 1,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        concurrency: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -85,6 +88,7 @@ class GenerateEmbeddingsOperator(VectorizeBaseOperator):
         self.partition_index = partition_index
         self.partition_count = partition_count
         self.batch_size = batch_size
+        self.concurrency = concurrency
 
     def execute(self, context: Any) -> dict[str, Any]:
         return self.hook.generate_embeddings(
@@ -94,4 +98,5 @@ class GenerateEmbeddingsOperator(VectorizeBaseOperator):
             partition_index=int(self.partition_index),
             partition_count=int(self.partition_count),
             batch_size=self.batch_size,
+            concurrency=self.concurrency,
         )

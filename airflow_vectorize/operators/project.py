@@ -16,7 +16,11 @@ class CreateVectorizeProjectOperator(VectorizeBaseOperator):
     :param table: the source table; ``schema`` its schema.
     :param primary_key: a unique column of the table.
     :param columns: the text columns whose values, joined with ', ', are embedded.
-    :param transformer: the sentence-transformers model; it decides the vector size.
+    :param transformer: the model: ``sentence-transformers/<name>`` or a local directory (computed on the
+        worker), ``openai/<model>`` or ``ollama/<model>`` (a remote server); it decides the vector size.
+    :param model_conn_id: the Airflow connection of a remote model (default ``openai_default`` /
+        ``ollama_default``); only its id is stored.
+    :param dimensions: ask a remote model for vectors of this size (OpenAI's text-embedding-3 models).
     :param table_method: ``join`` (separate embeddings table + view) or ``append`` (columns on the table).
     :param index_dist_type: ``pgv_hnsw_cosine``, ``pgv_hnsw_l2`` or ``pgv_hnsw_ip``.
     :param schedule: ``realtime`` (triggers queue changed rows) or ``manual``.
@@ -25,7 +29,7 @@ class CreateVectorizeProjectOperator(VectorizeBaseOperator):
     """
 
     template_fields: Sequence[str] = (
-        "job_name", "table", "schema", "primary_key", "columns", "transformer", "update_col"
+        "job_name", "table", "schema", "primary_key", "columns", "transformer", "update_col", "model_conn_id"
     )
 
     def __init__(
@@ -42,6 +46,8 @@ class CreateVectorizeProjectOperator(VectorizeBaseOperator):
         schedule: str = "realtime",
         update_col: str | None = None,
         embed_existing: bool = False,
+        model_conn_id: str | None = None,
+        dimensions: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -56,6 +62,8 @@ class CreateVectorizeProjectOperator(VectorizeBaseOperator):
         self.schedule = schedule
         self.update_col = update_col
         self.embed_existing = embed_existing
+        self.model_conn_id = model_conn_id
+        self.dimensions = dimensions
 
     def execute(self, context: Any) -> dict[str, Any]:
         return self.hook.create_project(
@@ -70,6 +78,8 @@ class CreateVectorizeProjectOperator(VectorizeBaseOperator):
             schedule=self.schedule,
             update_col=self.update_col,
             embed_existing=self.embed_existing,
+            model_conn_id=self.model_conn_id,
+            dimensions=self.dimensions,
         )
 
 

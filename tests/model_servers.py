@@ -1,0 +1,155 @@
+"""A real HTTP server for remote-model tests: OpenAI-compatible embeddings with the real model's vectors,
+misbehaving on request."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+
+@dataclass
+class Received:
+    """One request as the server saw it."""
+
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+    client_port: int
+    started: float
+    ended: float = 0.0
+    status: int | None = None
+
+
+@dataclass
+class Behaviour:
+    """What the server does with the next requests: a queue of one-shot faults, then ``default``."""
+
+    faults: deque = field(default_factory=deque)
+    default: tuple = ("ok",)
+    max_input_bytes: int | None = None  # reject (HTTP 400) any input longer than this, as OpenAI does
+    delay: float = 0.0  # every answer waits this long
+
+
+class EmbeddingServer:
+    """``POST /v1/embeddings`` on 127.0.0.1 with the real model's vectors, and scripted faults.
+
+    Faults: ("status", code, retry_after or None, message), ("slow", seconds), ("bad_json",),
+    ("wrong_dims", n), ("wrong_count",). ``requests`` records every request; ``in_flight_peak`` the most
+    requests answered at once.
+    """
+
+    def __init__(self, model, api_key: str = "sk-test-0123456789abcdef") -> None:
+        self.model = model
+        self.api_key = api_key
+        self.behaviour = Behaviour()
+        self.requests: list[Received] = []
+        self.in_flight = self.in_flight_peak = 0
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def reset(self, **behaviour: Any) -> None:
+        faults = deque(behaviour.pop("faults", ()))
+        self.behaviour = Behaviour(faults=faults, **behaviour)
+        self.requests = []
+        self.in_flight_peak = 0
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def inputs(self) -> list[str]:
+        """Every input text of every successfully answered request, in arrival order."""
+        return [text for r in self.requests if r.status == 200 for text in r.body.get("input", [])]
+
+    def _answer(self, handler: BaseHTTPRequestHandler, received: Received) -> None:
+        behaviour = self.behaviour
+        with self._lock:
+            action = behaviour.faults.popleft() if behaviour.faults else behaviour.default
+        if handler.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return self._send(handler, 401, {"error": {"message": "Incorrect API key provided: "
+                                                       f"{handler.headers.get('Authorization', '')[7:]}"}})
+        kind = action[0]
+        if behaviour.delay:
+            time.sleep(behaviour.delay)
+        if kind == "status":
+            _, code, retry_after, message = action
+            headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
+            return self._send(handler, code, {"error": {"message": message}}, headers)
+        if kind == "slow":
+            time.sleep(action[1])
+        if kind == "bad_json":
+            return self._send_raw(handler, 200, b'{"object": "list", "data": [{"embedd')
+        texts = received.body.get("input", [])
+        if received.body.get("model") != "MiniLM":
+            return self._send(handler, 404, {"error": {"message": f"model {received.body.get('model')!r} not found"}})
+        too_long = [t for t in texts if behaviour.max_input_bytes and len(t.encode()) > behaviour.max_input_bytes]
+        if too_long:
+            return self._send(handler, 400, {"error": {"message": "This model's maximum context length is exceeded"}})
+        vectors = self.model.encode(texts, convert_to_numpy=True, show_progress_bar=False)
+        if kind == "wrong_dims":
+            vectors = vectors[:, : action[1]]
+        if kind == "wrong_count":
+            vectors = vectors[1:]
+        as_base64 = received.body.get("encoding_format") == "base64"
+        data = [{"object": "embedding", "index": i,
+                 "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode() if as_base64 else v.tolist()}
+                for i, v in enumerate(vectors)]
+        data.reverse()  # servers may answer out of order: the index says where each belongs
+        self._send(handler, 200, {"object": "list", "data": data, "model": "MiniLM",
+                                  "usage": {"prompt_tokens": 0, "total_tokens": 0}})
+
+    @staticmethod
+    def _send(handler, status: int, body: dict, headers: dict | None = None) -> None:
+        EmbeddingServer._send_raw(handler, status, json.dumps(body).encode(), headers)
+
+    @staticmethod
+    def _send_raw(handler, status: int, payload: bytes, headers: dict | None = None) -> None:
+        handler.sent_status = status
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(payload)))
+        for name, value in (headers or {}).items():
+            handler.send_header(name, value)
+        handler.end_headers()
+        try:
+            handler.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
+            pass
+
+    def _handler(self):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as real servers
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                length = int(self.headers.get("Content-Length", 0))
+                body = json.loads(self.rfile.read(length) or b"{}")
+                received = Received(self.path, dict(self.headers), body, self.client_address[1], time.monotonic())
+                with server._lock:
+                    server.requests.append(received)
+                    server.in_flight += 1
+                    server.in_flight_peak = max(server.in_flight_peak, server.in_flight)
+                try:
+                    server._answer(self, received)
+                finally:
+                    received.ended = time.monotonic()
+                    received.status = getattr(self, "sent_status", None)
+                    with server._lock:
+                        server.in_flight -= 1
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        return Handler

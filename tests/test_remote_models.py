@@ -1,0 +1,218 @@
+"""Remote embedding models through Airflow connections, against a real HTTP server that misbehaves on
+request (429 + Retry-After, 500, slow answers, 401, 404, malformed JSON, wrong sizes and counts)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from conftest import product_texts, set_model_connection, snapshot
+from scripts.infinity_server import free_port
+
+from airflow_vectorize.exceptions import (
+    InvalidInputError,
+    ModelAuthenticationError,
+    ModelConnectionError,
+    ModelNotFoundError,
+    ModelRequestError,
+    ModelResponseError,
+)
+
+MODEL = "openai/MiniLM"
+COLUMNS = ["name", "description"]
+JOB = "remote"
+
+
+def create(hook, job: str = JOB, **kwargs):
+    return hook.create_project(job, "products", "product_id", COLUMNS, transformer=MODEL,
+                               model_conn_id=kwargs.pop("model_conn_id", "flaky"), **kwargs)
+
+
+def embedded_count(db, job: str = JOB) -> int:
+    return db.scalar(f"SELECT count(*) FROM vectorize._embeddings_{job}")
+
+
+def test_create_probes_the_server_and_keeps_only_the_connection_id(products, hook, embedding_server):
+    summary = create(hook)
+
+    assert summary["created"] and summary["dimensions"] == 384 and summary["model_conn_id"] == "flaky"
+    assert len(embedding_server.requests) == 1  # one probe
+    assert embedding_server.requests[0].headers["Authorization"] == f"Bearer {embedding_server.api_key}"
+    row = products.execute("SELECT transformer, params FROM vectorize.job")[0]
+    assert row[0] == MODEL and row[1]["model_conn_id"] == "flaky" and "dimensions" not in row[1]
+    assert embedding_server.api_key not in str(row) and "127.0.0.1" not in str(row)
+    assert create(hook)["created"] is False  # the same call again: no-op
+
+
+def test_generation_search_and_encode_use_the_projects_model(products, hook, embedding_server, model):
+    create(hook)
+
+    summary = hook.generate_embeddings(JOB, batch_size=8)
+
+    texts = product_texts(products)
+    assert summary["embedded"] == len(texts) and summary["concurrency"] == 4
+    stored = {k: v.to_numpy() for k, v in products.execute("SELECT product_id, embeddings FROM vectorize._embeddings_remote")}
+    local = model.encode(list(texts.values()), show_progress_bar=False)
+    assert all(np.allclose(stored[key], vector, atol=1e-6) for key, vector in zip(texts, local))
+    assert all(len(r.body["input"]) <= 8 for r in embedding_server.requests[1:])
+
+    rows = hook.search(JOB, "mobile phone with a good camera", return_columns=["product_id", "category"],
+                       num_results=3)
+    assert [row["category"] for row in rows] == ["phones"] * 3
+    assert embedding_server.inputs()[-1] == "mobile phone with a good camera"
+    assert np.allclose(hook.encode(JOB, ["kettle"])[0], model.encode(["kettle"])[0], atol=1e-6)
+
+
+def test_one_http_connection_serves_every_query_of_a_process(products, hook, embedding_server):
+    create(hook)
+    hook.generate_embeddings(JOB, concurrency=1)
+    embedding_server.reset()
+
+    for query in ("phone", "kettle", "bicycle", "laptop"):
+        hook.search(JOB, query, num_results=1)
+    hook.hybrid_search(JOB, "phone camera", num_results=1)
+
+    assert len(embedding_server.requests) == 5
+    assert len({r.client_port for r in embedding_server.requests}) == 1  # keep-alive: one TCP connection
+
+
+@pytest.mark.parametrize("fault, error_type, message", [
+    (("status", 401, None, "bad key"), ModelAuthenticationError,
+     "connection 'flaky' (http://127.0.0.1:{port}/v1), model 'MiniLM': HTTP 401, the server refused the credentials"),
+    (("status", 403, None, "no access to this model"), ModelAuthenticationError, "HTTP 403"),
+    (("status", 400, None, "input is invalid"), ModelRequestError,
+     "HTTP 400, the server rejected the request: input is invalid"),
+], ids=["401", "403", "400"])
+def test_create_fails_clearly_and_creates_nothing(products, hook, embedding_server, fault, error_type, message):
+    before = snapshot(products)
+    embedding_server.reset(faults=[fault])
+
+    with pytest.raises(error_type) as error:
+        create(hook)
+
+    assert message.format(port=embedding_server.port) in str(error.value)
+    assert len(embedding_server.requests) == 1  # not retried
+    assert snapshot(products) == before
+
+
+def test_unknown_model_wrong_key_and_unreachable_host(products, hook, embedding_server):
+    before = snapshot(products)
+    with pytest.raises(ModelNotFoundError, match="model 'nope': HTTP 404 .* model 'nope' not found. Check the model"):
+        hook.create_project(JOB, "products", "product_id", COLUMNS, transformer="openai/nope", model_conn_id="flaky")
+
+    set_model_connection("wrong_key", embedding_server.url, "sk-wrong-key-9876", max_retries=0)
+    with pytest.raises(ModelAuthenticationError, match="password of connection 'wrong_key'") as wrong:
+        create(hook, model_conn_id="wrong_key")
+    assert "sk-wrong-key-9876" not in str(wrong.value)  # the server echoed it; the message masks it
+
+    set_model_connection("nowhere", f"http://127.0.0.1:{free_port()}/v1", "k", retry_initial_delay=0.01)
+    with pytest.raises(ModelConnectionError, match="connection 'nowhere' .* failed after 2 attempt.*ConnectError"):
+        create(hook, model_conn_id="nowhere")
+    assert snapshot(products) == before
+
+
+def test_dimensions_are_asked_of_the_server_and_checked(products, hook, embedding_server):
+    before = snapshot(products)
+
+    with pytest.raises(InvalidInputError, match="dimensions=128 was requested, but 'openai/MiniLM' through"
+                                                " connection 'flaky' produces 384-dimensional vectors"):
+        create(hook, dimensions=128)
+
+    assert embedding_server.requests[0].body["dimensions"] == 128
+    assert snapshot(products) == before
+
+
+def test_rate_limits_and_server_errors_are_retried_honouring_retry_after(products, hook, embedding_server):
+    create(hook)
+    embedding_server.reset(faults=[("status", 429, 1, "Rate limit reached"), ("status", 500, None, "oops"),
+                                   ("status", 503, None, "overloaded")])
+
+    summary = hook.generate_embeddings(JOB, batch_size=100, concurrency=1)
+
+    assert summary["embedded"] == 24 and embedded_count(products) == 24
+    first, second = embedding_server.requests[:2]
+    assert second.started - first.ended >= 1.0  # Retry-After: 1 was honoured
+    assert len(embedding_server.requests) == 4
+
+
+def test_slow_answers_and_malformed_json_are_retried(products, hook, embedding_server):
+    create(hook)
+    embedding_server.reset(faults=[("slow", 3), ("bad_json",)])
+
+    assert hook.generate_embeddings(JOB, batch_size=100, concurrency=1)["embedded"] == 24
+    assert len(embedding_server.requests) == 3
+
+
+def test_persistent_failure_names_everything_and_keeps_committed_batches(products, hook, embedding_server, caplog):
+    create(hook)
+    embedding_server.reset(faults=[("ok",), ("ok",)], default=("status", 500, None, "GPU on fire"))
+
+    with caplog.at_level(logging.DEBUG), pytest.raises(ModelRequestError) as error:
+        hook.generate_embeddings(JOB, batch_size=5, concurrency=1)
+
+    assert ("connection 'flaky' (http://127.0.0.1:{}/v1), model 'MiniLM': failed after 4 attempt(s); last error:"
+            " HTTP 500: GPU on fire".format(embedding_server.port)) in str(error.value)
+    assert embedded_count(products) == 10  # the two batches answered before the outage stay committed
+    done = set(embedding_server.inputs())
+
+    embedding_server.reset()
+    assert hook.generate_embeddings(JOB, batch_size=5, concurrency=1)["embedded"] == 14
+    assert not done & set(embedding_server.inputs())  # the next run embeds only the rest
+    assert embedding_server.api_key not in caplog.text
+
+
+@pytest.mark.parametrize("fault, message", [
+    (("wrong_dims", 3), "the server answered vectors of 3 dimensions, expected 384; nothing was written"),
+    (("wrong_count",), "the server answered 23 embedding(s) for 24 input(s); nothing was written"),
+])
+def test_wrong_answers_write_nothing(products, hook, embedding_server, fault, message):
+    create(hook)
+    embedding_server.reset(faults=[fault])
+
+    with pytest.raises(ModelResponseError) as error:
+        hook.generate_embeddings(JOB, batch_size=100)
+
+    assert message in str(error.value) and "connection 'flaky', model 'MiniLM'" in str(error.value)
+    assert embedded_count(products) == 0
+
+
+def test_requests_respect_input_and_token_limits_and_long_inputs_are_cut(products, hook, embedding_server):
+    products.execute("UPDATE products SET description = repeat('very long text ', 500) WHERE product_id = 7")
+    set_model_connection("limited", embedding_server.url, embedding_server.api_key, max_batch_inputs=5,
+                         max_batch_tokens=60, max_input_tokens=50)
+    create(hook, model_conn_id="limited")
+    embedding_server.reset(max_input_bytes=150)  # rejects (400) any input over 150 bytes, as OpenAI would
+
+    summary = hook.generate_embeddings(JOB, batch_size=100, concurrency=1)
+
+    assert summary["embedded"] == 24
+    requests = embedding_server.requests
+    assert len(requests) > 24 // 5 and all(len(r.body["input"]) <= 5 for r in requests)
+    assert all(sum(-(-len(t.encode()) // 3) for t in r.body["input"]) <= 60 for r in requests if len(r.body["input"]) > 1)
+    long_input = [t for t in embedding_server.inputs() if "very long text" in t]
+    assert len(long_input) == 1 and len(long_input[0].encode()) <= 150
+
+
+def test_concurrency_keeps_that_many_requests_in_flight(products, hook, embedding_server):
+    create(hook)
+    embedding_server.reset(delay=0.3)
+
+    summary = hook.generate_embeddings(JOB, batch_size=3, concurrency=4)
+
+    assert summary["embedded"] == 24 and summary["batches"] == 8
+    assert embedding_server.in_flight_peak == 4
+
+
+def test_the_key_appears_in_no_log_error_result_or_catalog(products, hook, embedding_server, caplog):
+    create(hook)
+    embedding_server.reset(faults=[("status", 429, 0, "slow down")])
+    with caplog.at_level(logging.DEBUG):
+        summary = hook.generate_embeddings(JOB, concurrency=1)
+        rows = hook.search(JOB, "phone")
+        entry = hook.get_project(JOB)
+
+    key = embedding_server.api_key
+    assert "slow down; retry 1 of 3" in caplog.text
+    assert key not in caplog.text and key not in str(summary) and key not in str(rows) and key not in str(entry)
+    assert key not in str(products.execute("SELECT * FROM vectorize.job"))
