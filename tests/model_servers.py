@@ -40,7 +40,7 @@ class Behaviour:
 class EmbeddingServer:
     """``POST /v1/embeddings`` on 127.0.0.1 with the real model's vectors, and scripted faults.
 
-    Faults: ("status", code, retry_after or None, message), ("slow", seconds), ("bad_json",),
+    Faults: ("status", code, retry_after or None, message), ("slow", seconds), ("drop",), ("bad_json",),
     ("wrong_dims", n), ("wrong_count",). ``requests`` records every request; ``in_flight_peak`` the most
     requests answered at once.
     """
@@ -88,6 +88,9 @@ class EmbeddingServer:
             return self._send(handler, code, {"error": {"message": message}}, headers)
         if kind == "slow":
             time.sleep(action[1])
+        if kind == "drop":  # the connection is closed before any answer
+            handler.close_connection = True
+            return
         if kind == "bad_json":
             return self._send_raw(handler, 200, b'{"object": "list", "data": [{"embedd')
         texts = received.body.get("input", [])

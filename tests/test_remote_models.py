@@ -136,12 +136,12 @@ def test_rate_limits_and_server_errors_are_retried_honouring_retry_after(product
     assert len(embedding_server.requests) == 4
 
 
-def test_slow_answers_and_malformed_json_are_retried(products, hook, embedding_server):
+def test_slow_answers_dropped_connections_and_malformed_json_are_retried(products, hook, embedding_server):
     create(hook)
-    embedding_server.reset(faults=[("slow", 3), ("bad_json",)])
+    embedding_server.reset(faults=[("slow", 3), ("drop",), ("bad_json",)])
 
     assert hook.generate_embeddings(JOB, batch_size=100, concurrency=1)["embedded"] == 24
-    assert len(embedding_server.requests) == 3
+    assert len(embedding_server.requests) == 4
 
 
 def test_persistent_failure_names_everything_and_keeps_committed_batches(products, hook, embedding_server, caplog):
