@@ -14,9 +14,9 @@ from typing import Any
 from bench.session import prepare_environment
 
 BENCH_DIR = Path(__file__).resolve().parent
-SECTIONS = ("import", "search", "reimport", "generate", "memory")
+SECTIONS = ("import", "search", "reimport", "generate", "remote", "memory")
 QUICK = {"rows": 2000, "repeats": 1, "generate_rows": 100, "queries": 20, "memory_import_rows": 500,
-         "memory_generate_rows": 50}
+         "memory_generate_rows": 50, "remote_rows": 200}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -30,6 +30,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="runs of the cheap import comparison; the median is reported (3)")
     parser.add_argument("--generate-rows", type=int, default=5000,
                         help="texts embedded in measurement 4 (5000)")
+    parser.add_argument("--remote-rows", type=int, default=2000,
+                        help="texts embedded through a remote model (a local Infinity server) (2000)")
+    parser.add_argument("--remote-batch-size", type=int, default=64,
+                        help="texts per request / batch_size of the remote measurement (64)")
     parser.add_argument("--queries", type=int, default=200, help="search queries for p50 and recall (200)")
     parser.add_argument("--memory-import-rows", type=int, default=25_000,
                         help="1× of the import memory measurement; 4× must fit in --rows (25000)")
@@ -59,6 +63,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
     if {"search", "reimport"} & set(args.only) and "import" not in args.only:
         parser.error("search and reimport use the project that the import section fills: add 'import'")
+    if args.remote_rows < 1 or args.remote_batch_size < 1:
+        parser.error("--remote-rows and --remote-batch-size must be positive")
     if 4 * args.memory_import_rows > args.rows:
         parser.error("4 × --memory-import-rows must not exceed --rows")
     return args
@@ -67,7 +73,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     prepare_environment()
-    from bench import generation, imports, memory, report, search
+    from bench import generation, imports, memory, remote, report, search
     from bench.session import BenchSession, log
 
     started = time.perf_counter()
@@ -93,6 +99,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if "generate" in args.only:
             log(f"generation: {args.generate_rows:,} texts")
             measurements += generation.measure(session, args.generate_rows)
+        if "remote" in args.only:
+            log(f"remote: {args.remote_rows:,} texts through Infinity, batches of {args.remote_batch_size}")
+            measurements += remote.measure(session, args.remote_rows, args.remote_batch_size)
         if "memory" in args.only:
             measurements += memory.measure(session, args.memory_import_rows, args.memory_generate_rows)
     finally:

@@ -108,7 +108,8 @@ def main() -> int:
     for dag_id in skipped:
         print(f"\n=== {dag_id}: skipped: set {remote_model_connection()} (a JSON 'openai' connection) and"
               " VECTORIZE_REMOTE_MODEL (default openai/text-embedding-3-small) to run it ===")
-    return 0 if all(run["state"] == "success" for run in runs) else 1
+    # A run whose clean-up tasks succeeded is "success" in Airflow even when a task before them failed.
+    return 0 if all(info["state"] in ("success", "skipped") for run in runs for info in run["tasks"].values()) else 1
 
 
 if __name__ == "__main__":

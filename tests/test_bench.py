@@ -15,7 +15,8 @@ from conftest import ROOT
 EXPECTED = {
     "import_vs_floor", "import_vs_pg_vectorize", "import_vs_airflow", "search_vs_raw_sql", "search_recall",
     "reimport_10_vs_naive", "reimport_100_vs_initial", "generate_vs_encode", "memory_import_4x",
-    "memory_generate_4x",
+    "memory_generate_4x", "remote_generate_vs_client", "remote_generate_vs_client_c1",
+    "remote_generate_vs_client_c2",
 }
 
 
@@ -42,6 +43,10 @@ def test_quick_benchmark_writes_table_json_and_chart(tmp_path):
         assert m["ratio"] is not None and math.isfinite(m["ratio"]) and m["ratio"] > 0, (key, m)
         assert m["status"] in {"met", "MISSED", "info"}, (key, m)
     assert measurements["search_recall"]["details"]["ef_search"] >= 40  # reported with the recall
+    remote = measurements["remote_generate_vs_client"]
+    assert remote["target"] == 0.9 and remote["details"]["concurrency"] == 4
+    for side in ("ours_rows_per_second", "bare_rows_per_second"):  # the rates at concurrency 1, 2 and 4
+        assert set(remote["details"][side]) == {"1", "2", "4"}, remote["details"]
 
     # --quick never overwrites the committed bench/latest.* that the README shows.
     assert {path: path.stat().st_mtime_ns for path in latest if path.exists()} == before
