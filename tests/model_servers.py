@@ -1,5 +1,5 @@
-"""A real HTTP server for remote-model tests: OpenAI-compatible embeddings with the real model's vectors,
-misbehaving on request."""
+"""A real HTTP server for remote-model tests: OpenAI-compatible embeddings with the real model's vectors, and
+chat completions forwarded to a real chat server — recording every request and misbehaving on request."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import base64
 import json
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -49,6 +51,7 @@ class EmbeddingServer:
         self.model = model
         self.api_key = api_key
         self.behaviour = Behaviour()
+        self.chat_upstream: str | None = None  # base URL of a real chat server to forward chat requests to
         self.requests: list[Received] = []
         self.in_flight = self.in_flight_peak = 0
         self._lock = threading.Lock()
@@ -93,6 +96,8 @@ class EmbeddingServer:
             return
         if kind == "bad_json":
             return self._send_raw(handler, 200, b'{"object": "list", "data": [{"embedd')
+        if received.path.endswith("/chat/completions"):
+            return self._forward_chat(handler, received)
         texts = received.body.get("input", [])
         if received.body.get("model") != "MiniLM":
             return self._send(handler, 404, {"error": {"message": f"model {received.body.get('model')!r} not found"}})
@@ -111,6 +116,18 @@ class EmbeddingServer:
         data.reverse()  # servers may answer out of order: the index says where each belongs
         self._send(handler, 200, {"object": "list", "data": data, "model": "MiniLM",
                                   "usage": {"prompt_tokens": 0, "total_tokens": 0}})
+
+    def _forward_chat(self, handler: BaseHTTPRequestHandler, received: Received) -> None:
+        """Chat requests go to the real chat server (``chat_upstream``), its answer comes back unchanged."""
+        request = urllib.request.Request(self.chat_upstream + "/v1/chat/completions",
+                                         data=json.dumps(received.body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                status, payload = response.status, response.read()
+        except urllib.error.HTTPError as error:
+            status, payload = error.code, error.read()
+        self._send_raw(handler, status, payload)
 
     @staticmethod
     def _send(handler, status: int, body: dict, headers: dict | None = None) -> None:

@@ -13,7 +13,7 @@ import psycopg
 from airflow.providers.postgres.hooks.postgres import PostgresHook
 from psycopg import Cursor, sql
 
-from airflow_vectorize import catalog, generation, models, storage, validation
+from airflow_vectorize import catalog, generation, models, rag, storage, validation
 from airflow_vectorize import search as searching
 from airflow_vectorize.catalog import DEFAULT_TRANSFORMER, Project
 from airflow_vectorize.exceptions import (
@@ -51,6 +51,7 @@ class VectorizeHook(PostgresHook):
         self._search_conn: psycopg.Connection | None = None
         self._search_cache: dict[str, searching.SearchTarget] = {}
         self._query_models: dict[tuple, models.EmbeddingModel] = {}
+        self._chat_models: dict[tuple, models.ChatModel] = {}
 
     # -- connections -------------------------------------------------------------------------------
     def connect(self) -> psycopg.Connection:
@@ -468,3 +469,98 @@ class VectorizeHook(PostgresHook):
         return self._run_search(job_name, lambda target: searching.hybrid_search_query(
             target, query, return_columns, num_results, filters,
             semantic_weight, full_text_weight, candidates, ef_search, embed=self._embed_query(target.project)))
+
+    # -- RAG ------------------------------------------------------------------------------------------
+    def rag(
+        self,
+        job_name: str,
+        query: str,
+        chat_model: str,
+        chat_conn_id: str | None = None,
+        task: str = "question_answer",
+        num_context: int = 2,
+        force_trim: bool = False,
+        filters: dict[str, Any] | None = None,
+        hybrid: bool = False,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> dict[str, Any]:
+        """Answer ``query`` from the project's rows (pg_vectorize's ``vectorize.rag``).
+
+        The ``num_context`` best rows of ``search`` (or ``hybrid_search``) with ``filters`` are the context,
+        best first, each as the text the project embeds; the ``task`` template of ``vectorize.prompts`` makes
+        the prompt; ``chat_model`` (``openai/<model>``, ``ollama/<model>``) at ``chat_conn_id`` answers.
+        See :func:`airflow_vectorize.rag.fit_context` for ``force_trim``.
+
+        :return: ``chat_response``, ``context`` ([{record_id, content, token_ct, similarity_score}]),
+            ``model``, ``usage``, ``query``, ``task``, ``context_dropped``.
+        """
+        if not isinstance(query, str) or not query.strip():
+            raise InvalidInputError(f"query must be a non-empty text, got {query!r}")
+        searching.check_count("num_context", num_context)
+        _check_generation_options(max_tokens, temperature)
+        model = self._chat_model(chat_model, chat_conn_id)
+        with self.transaction() as cur:
+            project = self._project(cur, job_name)
+            rag.ensure_prompts(cur)
+            prompt = rag.load_prompt(cur, task)
+        columns = list(dict.fromkeys([project.primary_key, *project.columns]))
+        retrieve = self.hybrid_search if hybrid else self.search
+        rows = retrieve(job_name, query, return_columns=columns, num_results=num_context, filters=filters)
+        documents = []
+        for row in rows:
+            content = ", ".join(str(row[c]) for c in project.columns if row[c] is not None)
+            documents.append(rag.ContextDocument(row[project.primary_key], content, model.tokens.count(content),
+                                                 float(row["similarity_score"])))
+        messages, kept = rag.fit_context(model, prompt, query, documents, max_tokens, force_trim)
+        answer = model.chat(messages, max_tokens=max_tokens, temperature=temperature)
+        return {
+            "query": query,
+            "task": task,
+            "chat_response": answer.text,
+            "context": [document.as_dict() for document in kept],
+            "context_dropped": len(documents) - len(kept),
+            "model": answer.model,
+            "usage": answer.usage,
+        }
+
+    def generate(
+        self,
+        prompt: str,
+        chat_model: str,
+        chat_conn_id: str | None = None,
+        system_prompt: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> dict[str, Any]:
+        """A plain completion of ``prompt`` (pg_vectorize's ``vectorize.generate``): ``chat_response``,
+        ``model``, ``usage``. A prompt longer than the model's context window is refused before sending."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InvalidInputError(f"prompt must be a non-empty text, got {prompt!r}")
+        _check_generation_options(max_tokens, temperature)
+        model = self._chat_model(chat_model, chat_conn_id)
+        messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+            {"role": "user", "content": prompt}]
+        needed = model.prompt_tokens(messages)
+        if needed + (max_tokens or 0) > model.context_window:
+            raise InvalidInputError(
+                f"the prompt takes {needed} tokens + max_tokens {max_tokens or 0} > the context window of"
+                f" {model.describe()}, {model.context_window} tokens; nothing was sent"
+            )
+        answer = model.chat(messages, max_tokens=max_tokens, temperature=temperature)
+        return {"chat_response": answer.text, "model": answer.model, "usage": answer.usage}
+
+    def _chat_model(self, name: str, conn_id: str | None) -> models.ChatModel:
+        """A client of the chat model, built once per hook (the HTTP client is the process's)."""
+        key = (name, conn_id)
+        if key not in self._chat_models:
+            self._chat_models[key] = models.chat_model(name, conn_id)
+        return self._chat_models[key]
+
+
+def _check_generation_options(max_tokens: int | None, temperature: float | None) -> None:
+    if max_tokens is not None:
+        searching.check_count("max_tokens", max_tokens)
+    if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
+                                    or not 0 <= temperature <= 2):
+        raise InvalidInputError(f"temperature must be a number from 0 to 2, got {temperature!r}")

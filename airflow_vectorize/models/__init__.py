@@ -13,13 +13,13 @@ import os
 from dataclasses import replace
 
 from airflow_vectorize.exceptions import InvalidInputError
-from airflow_vectorize.models.base import EmbeddingModel
+from airflow_vectorize.models.base import ChatModel, EmbeddingModel
 from airflow_vectorize.models.openai_compatible import PROVIDERS
 
 # pg_vectorize's other providers: refused with the list of what works.
 UNSUPPORTED_PROVIDERS = ("cohere", "voyage", "portkey", "vector-serve")
 
-__all__ = ["EmbeddingModel", "embedding_model", "model_conn_id"]
+__all__ = ["ChatModel", "EmbeddingModel", "chat_model", "embedding_model", "model_conn_id"]
 
 
 def provider_name(transformer: str) -> str | None:
@@ -70,11 +70,31 @@ def embedding_model(transformer: str, conn_id: str | None = None, dimensions: in
         from airflow_vectorize.models.local import load_model
 
         return load_model(transformer)
-    from airflow_vectorize.models.http import endpoint
     from airflow_vectorize.models.openai_compatible import OpenAICompatibleEmbeddings
 
-    spec = PROVIDERS[provider]
-    target = endpoint(model_conn_id(transformer, conn_id), spec.default_url, provider=provider)
+    return OpenAICompatibleEmbeddings(transformer, PROVIDERS[provider], _endpoint(provider, transformer, conn_id),
+                                      dimensions, shorten)
+
+
+def chat_model(name: str, conn_id: str | None = None) -> ChatModel:
+    """A client of the chat model ``name`` (``openai/<model>``, ``ollama/<model>``) at its connection."""
+    from airflow_vectorize.models.openai_compatible import OpenAICompatibleChat
+
+    provider = provider_name(name)
+    if provider is None:
+        raise InvalidInputError(
+            f"chat_model {name!r} is not a remote chat model: use 'openai/<model>' (OpenAI, or any"
+            " OpenAI-compatible server through an 'openai' connection whose host points at it) or"
+            " 'ollama/<model>'"
+        )
+    return OpenAICompatibleChat(name, _endpoint(provider, name, conn_id))
+
+
+def _endpoint(provider: str, name: str, conn_id: str | None):
+    """The endpoint of ``provider`` at ``conn_id`` (or its default); Ollama's OpenAI API is under /v1."""
+    from airflow_vectorize.models.http import endpoint
+
+    target = endpoint(model_conn_id(name, conn_id), PROVIDERS[provider].default_url, provider=provider)
     if provider == "ollama" and not target.base_url.rstrip("/").endswith("/v1"):
         target = replace(target, base_url=target.base_url.rstrip("/") + "/v1")
-    return OpenAICompatibleEmbeddings(transformer, spec, target, dimensions, shorten)
+    return target

@@ -1,10 +1,11 @@
-"""The one interface every embedding model offers, local or remote."""
+"""The interfaces every model offers: embedding models (local or remote) and chat models."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
@@ -37,3 +38,33 @@ class EmbeddingModel(ABC):
 
     def describe(self) -> str:
         return repr(self.transformer)
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    """A chat completion: the answer, the model that gave it, and the server's token ``usage``."""
+
+    text: str
+    model: str
+    usage: dict[str, Any] = field(default_factory=dict)
+
+
+class ChatModel(ABC):
+    """Messages in, one answer out. ``context_window``: prompt plus answer tokens the model accepts;
+    ``tokens``: counts tokens as the model does (or errs high)."""
+
+    chat_model: str
+    context_window: int
+    tokens: Any
+
+    @abstractmethod
+    def chat(self, messages: Sequence[dict[str, str]], max_tokens: int | None = None,
+             temperature: float | None = None) -> ChatResult:
+        """The model's answer to ``messages`` ([{"role": ..., "content": ...}, ...])."""
+
+    def prompt_tokens(self, messages: Sequence[dict[str, str]]) -> int:
+        """Tokens the messages take, with OpenAI's per-message overhead (4 each, 3 to prime the answer)."""
+        return sum(self.tokens.count(m["content"]) + 4 for m in messages) + 3
+
+    def describe(self) -> str:
+        return repr(self.chat_model)

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from airflow_vectorize.exceptions import (
+    InvalidInputError,
     ModelAuthenticationError,
     ModelConnectionError,
     ModelNotFoundError,
@@ -40,6 +41,23 @@ class RetryPolicy:
     initial_delay: float = 0.5
     max_delay: float = 30.0
     timeout: float = 60.0
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> RetryPolicy:
+        """The policy a connection's extras ask for (``max_retries``, ``timeout``, ``retry_*_delay``)."""
+        values = {}
+        for field_name, extra in (("max_retries", "max_retries"), ("timeout", "timeout"),
+                                  ("initial_delay", "retry_initial_delay"), ("max_delay", "retry_max_delay")):
+            value = options.get(extra, getattr(cls, field_name))
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                number = -1.0
+            if isinstance(value, bool) or number < 0 or (field_name == "timeout" and number == 0):
+                raise InvalidInputError(f"the connection extra {extra!r} must be a number >= 0"
+                                        f"{' (> 0)' if field_name == 'timeout' else ''}, got {value!r}")
+            values[field_name] = int(number) if field_name == "max_retries" else number
+        return cls(**values)
 
     def delay(self, attempt: int, retry_after: float | None) -> float:
         """Full-jitter exponential backoff; a server's ``Retry-After`` is waited for at least."""
@@ -147,31 +165,10 @@ def post_json(
             failure = f"{type(error).__name__}: {target.mask(str(error))}"
             final = ModelConnectionError
         else:
-            status = response.status_code
-            message = target.mask(_server_message(response))
-            if 200 <= status < 300:
-                try:
-                    body = response.json()
-                    if isinstance(body, dict):
-                        return body
-                except ValueError:
-                    pass
-                failure, final = f"HTTP {status} with a body that is not a JSON object: {message}", ModelResponseError
-            elif status in (401, 403):
-                raise ModelAuthenticationError(
-                    f"{where}: HTTP {status}, the server refused the credentials: {message}. Check the API key"
-                    f" (the password of connection {target.conn_id!r}) and its access to the model"
-                )
-            elif status == 404:
-                raise ModelNotFoundError(
-                    f"{where}: HTTP 404 for {target.display_url}{path}: {message}. Check the model name and"
-                    f" the connection's host (the base URL, e.g. ending in /v1 for OpenAI's API)"
-                )
-            elif status in RETRY_STATUSES or status >= 500:
-                failure, final = f"HTTP {status}: {message}", ModelRequestError
-                retry_after = _retry_after(response.headers.get("Retry-After"))
-            else:
-                raise ModelRequestError(f"{where}: HTTP {status}, the server rejected the request: {message}")
+            body = _json_object(response) if 200 <= response.status_code < 300 else None
+            if body is not None:
+                return body
+            failure, final, retry_after = _retryable_failure(target, where, path, response)
         if attempt == policy.max_retries:
             attempts = policy.max_retries + 1
             hint = (" Check that the host is reachable from the worker." if final is ModelConnectionError
@@ -181,6 +178,37 @@ def post_json(
         log.warning("%s: %s; retry %d of %d in %.1f s", where, failure, attempt + 1, policy.max_retries, delay)
         time.sleep(delay)
     raise AssertionError("unreachable")
+
+
+def _json_object(response) -> dict[str, Any] | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _retryable_failure(target: Endpoint, where: str, path: str, response) -> tuple[str, type, float | None]:
+    """(what failed, the error to raise if it keeps failing, Retry-After) of a failed answer; a failure that
+    no retry can mend (401/403, 404, other 4xx) is raised at once."""
+    status = response.status_code
+    if 200 <= status < 300:
+        return (f"HTTP {status} with a body that is not a JSON object: {target.mask(response.text[:300])}",
+                ModelResponseError, None)
+    message = target.mask(_server_message(response))
+    if status in (401, 403):
+        raise ModelAuthenticationError(
+            f"{where}: HTTP {status}, the server refused the credentials: {message}. Check the API key"
+            f" (the password of connection {target.conn_id!r}) and its access to the model"
+        )
+    if status == 404:
+        raise ModelNotFoundError(
+            f"{where}: HTTP 404 for {target.display_url}{path}: {message}. Check the model name and"
+            " the connection's host (the base URL, e.g. ending in /v1 for OpenAI's API)"
+        )
+    if status in RETRY_STATUSES or status >= 500:
+        return f"HTTP {status}: {message}", ModelRequestError, _retry_after(response.headers.get("Retry-After"))
+    raise ModelRequestError(f"{where}: HTTP {status}, the server rejected the request: {message}")
 
 
 def _server_message(response) -> str:

@@ -1,9 +1,10 @@
-"""Remote embeddings over the OpenAI protocol (``POST {base_url}/embeddings``): OpenAI itself, Ollama, and
-any compatible server (vLLM, Infinity, TEI, a LiteLLM proxy) behind an ``openai`` connection.
+"""Remote models over the OpenAI protocol: OpenAI itself, Ollama, and any compatible server (vLLM,
+Infinity, TEI, a LiteLLM proxy, ``transformers serve``) behind an ``openai`` connection.
 
-A call to ``embed`` cuts over-long inputs to ``max_input_tokens``, groups the texts into requests of at
-most ``max_batch_inputs`` inputs and ``max_batch_tokens`` tokens, and checks that every answer has one
-vector per input, of the expected size, before returning any.
+Embeddings (``POST {base_url}/embeddings``): a call to ``embed`` cuts over-long inputs to
+``max_input_tokens``, groups the texts into requests of at most ``max_batch_inputs`` inputs and
+``max_batch_tokens`` tokens, and checks that every answer has one vector per input, of the expected size,
+before returning any. Chat (``POST {base_url}/chat/completions``): one request per ``chat`` call.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from airflow_vectorize.exceptions import InvalidInputError, ModelResponseError
-from airflow_vectorize.models.base import EmbeddingModel
+from airflow_vectorize.models.base import ChatModel, ChatResult, EmbeddingModel
 from airflow_vectorize.models.http import Endpoint, RetryPolicy, post_json
 from airflow_vectorize.models.tokens import token_counter
 
@@ -84,12 +85,7 @@ class OpenAICompatibleEmbeddings(EmbeddingModel):
         self.limits = provider.limits.override(options, target.conn_id)
         self.concurrency = self.limits.concurrency
         self.max_input_tokens = self.limits.max_input_tokens
-        self.retry = RetryPolicy(
-            max_retries=int(options.get("max_retries", RetryPolicy.max_retries)),
-            timeout=float(options.get("timeout", RetryPolicy.timeout)),
-            initial_delay=float(options.get("retry_initial_delay", RetryPolicy.initial_delay)),
-            max_delay=float(options.get("retry_max_delay", RetryPolicy.max_delay)),
-        )
+        self.retry = RetryPolicy.from_options(options)
         self.encoding_format = options.get("encoding_format", provider.encoding_format)
         self.tokens = token_counter(self.model)
         self._dimensions = dimensions
@@ -119,6 +115,8 @@ class OpenAICompatibleEmbeddings(EmbeddingModel):
     def requests(self, texts: Sequence[str]) -> Iterator[list[str]]:
         """Consecutive groups within ``max_batch_inputs`` inputs and ``max_batch_tokens`` tokens."""
         limit_inputs, limit_tokens = self.limits.max_batch_inputs, self.limits.max_batch_tokens
+        if limit_tokens and sum(len(text.encode("utf-8")) for text in texts) <= limit_tokens:
+            limit_tokens = None  # a token is at least one byte: no group can exceed the limit, skip counting
         group: list[str] = []
         tokens = 0
         for text in texts:
@@ -173,3 +171,54 @@ def _vector(value: Any) -> np.ndarray:
     if vector.ndim != 1 or not vector.size:
         raise ValueError(f"an embedding must be a list of numbers, got shape {list(vector.shape)}")
     return vector
+
+
+# Context windows of OpenAI's chat models (the longest matching prefix wins); other models: the connection's
+# ``context_window`` extra, else DEFAULT_CONTEXT_WINDOW.
+CONTEXT_WINDOWS = {
+    "gpt-3.5-turbo": 16_385, "gpt-4": 8_192, "gpt-4-turbo": 128_000, "gpt-4o": 128_000, "gpt-4.1": 1_047_576,
+    "gpt-5": 400_000, "o1": 200_000, "o3": 200_000, "o4-mini": 200_000,
+}
+DEFAULT_CONTEXT_WINDOW = 8_192
+
+
+class OpenAICompatibleChat(ChatModel):
+    """``<provider>/<model>`` chat completions at an Airflow connection's host."""
+
+    def __init__(self, chat_model: str, target: Endpoint) -> None:
+        self.chat_model = chat_model
+        self.model = chat_model.split("/", 1)[1]
+        self.endpoint = target
+        self.retry = RetryPolicy.from_options(target.options)
+        self.tokens = token_counter(self.model)
+        window = target.options.get("context_window")
+        self.context_window = (positive_int(window, f"extra 'context_window' of connection {target.conn_id!r}")
+                               if window is not None else _known_window(self.model))
+
+    def describe(self) -> str:
+        return f"{self.chat_model!r} through connection {self.endpoint.conn_id!r}"
+
+    def chat(self, messages: Sequence[dict[str, str]], max_tokens: int | None = None,
+             temperature: float | None = None) -> ChatResult:
+        payload: dict[str, Any] = {"model": self.model, "messages": list(messages)}
+        if max_tokens is not None:
+            payload["max_tokens"] = max_tokens
+        if temperature is not None:
+            payload["temperature"] = temperature
+        body = post_json(self.endpoint, "/chat/completions", payload, model=self.model, policy=self.retry)
+        try:
+            text = body["choices"][0]["message"]["content"]
+            if not isinstance(text, str):
+                raise TypeError(f"content is {type(text).__name__}")
+        except (KeyError, IndexError, TypeError) as error:
+            raise ModelResponseError(
+                f"connection {self.endpoint.conn_id!r}, model {self.model!r}: the server's answer has no"
+                f" choices[0].message.content ({type(error).__name__}: {error})"
+            ) from error
+        usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+        return ChatResult(text=text, model=str(body.get("model") or self.model), usage=usage)
+
+
+def _known_window(model: str) -> int:
+    prefixes = [p for p in CONTEXT_WINDOWS if model == p or model.startswith(p + "-")]
+    return CONTEXT_WINDOWS[max(prefixes, key=len)] if prefixes else DEFAULT_CONTEXT_WINDOW

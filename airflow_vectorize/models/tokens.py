@@ -44,7 +44,7 @@ class TiktokenCounter(TokenCounter):
         return len(self.encoding.encode_ordinary(text))
 
     def truncate(self, text: str, limit: int) -> str:
-        if len(text) <= limit:  # a token is at least one character
+        if len(text.encode("utf-8")) <= limit:  # a token is at least one byte
             return text
         tokens = self.encoding.encode_ordinary(text)
         return text if len(tokens) <= limit else self.encoding.decode(tokens[:limit])
