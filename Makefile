@@ -5,6 +5,8 @@ PY     := $(VENV)/bin/python
 # infinity-emb (the OpenAI-compatible embeddings server the remote-model tests and bench talk to) pins its
 # own sentence-transformers: it gets a virtualenv of its own.
 INFINITY_VENV ?= .venv-infinity
+# transformers serve (an OpenAI-compatible chat server for the RAG tests), also in its own virtualenv.
+CHAT_VENV ?= .venv-chat
 
 .PHONY: demo test bench install
 
@@ -21,12 +23,20 @@ $(INFINITY_VENV)/.installed:
 	$(INFINITY_VENV)/bin/python -m pip install -q "infinity-emb[server,torch]==0.0.78"
 	touch $@
 
-install: $(VENV)/.installed $(INFINITY_VENV)/.installed
+$(CHAT_VENV)/.installed:
+	$(PYTHON) -m venv $(CHAT_VENV)
+	$(CHAT_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(CHAT_VENV)/bin/python -m pip install -q "transformers[serving]==5.23.0"
+	touch $@
+
+SERVERS := $(INFINITY_VENV)/.installed $(CHAT_VENV)/.installed
+
+install: $(VENV)/.installed $(SERVERS)
 
 demo: $(VENV)/.installed
 	$(PY) scripts/run_example.py
 
-test: $(VENV)/.installed $(INFINITY_VENV)/.installed
+test: $(VENV)/.installed $(SERVERS)
 	$(PY) -m pytest
 
 bench: $(VENV)/.installed $(INFINITY_VENV)/.installed

@@ -24,6 +24,7 @@ from psycopg import Cursor, sql
 from psycopg.rows import dict_row
 
 from airflow_vectorize.exceptions import VectorizeError
+from airflow_vectorize.rag import ensure_prompts
 
 SCHEMA = "vectorize"
 DEFAULT_TRANSFORMER = "sentence-transformers/all-MiniLM-L6-v2"
@@ -281,7 +282,8 @@ def ensure_vector_extension(cur: Cursor) -> None:
 
 
 def ensure_catalog(cur: Cursor) -> None:
-    """Create the ``vectorize`` schema and job table if missing (serialised against concurrent creators)."""
+    """Create the ``vectorize`` schema, job table and prompt templates if missing (serialised against
+    concurrent creators)."""
     cur.execute("SELECT pg_advisory_xact_lock(hashtextextended('vectorize:catalog', 0))")
     cur.execute(
         """
@@ -295,6 +297,7 @@ def ensure_catalog(cur: Cursor) -> None:
         )
         """
     )
+    ensure_prompts(cur)
 
 
 _PROJECT_QUERY = """

@@ -31,14 +31,24 @@ DEFAULT_RUNS = [
     ("vectorize_scheduled_ingestion", "2026-11-01"),
     ("vectorize_scheduled_ingestion", "2026-11-02"),
     ("vectorize_embedding_backfill", None),
-    ("vectorize_remote_embeddings", None),  # only with a model connection in the environment
+    ("vectorize_remote_embeddings", None),  # these two only with a model connection in the environment
+    ("vectorize_rag", None),
 ]
-REMOTE_DAG = "vectorize_remote_embeddings"
+# DAG id -> (the environment variable naming its connection id, default id, what else to set)
+NEEDS_CONNECTION = {
+    "vectorize_remote_embeddings": ("VECTORIZE_MODEL_CONN_ID", "openai_default",
+                                    "VECTORIZE_REMOTE_MODEL (default openai/text-embedding-3-small)"),
+    "vectorize_rag": ("VECTORIZE_CHAT_CONN_ID", "openai_default", "VECTORIZE_CHAT_MODEL (default openai/gpt-4o-mini)"),
+}
 
 
-def remote_model_connection() -> str:
-    """The environment variable that defines the remote example's model connection."""
-    return "AIRFLOW_CONN_" + os.environ.get("VECTORIZE_MODEL_CONN_ID", "openai_default").upper()
+def missing_connection(dag_id: str) -> str | None:
+    """Why ``dag_id`` cannot run here (its model connection is not in the environment), or None."""
+    if dag_id not in NEEDS_CONNECTION:
+        return None
+    variable, default, other = NEEDS_CONNECTION[dag_id]
+    env = "AIRFLOW_CONN_" + os.environ.get(variable, default).upper()
+    return None if env in os.environ else f"set {env} (a JSON 'openai' connection) and {other} to run it"
 
 
 def load_dags() -> dict:
@@ -72,7 +82,12 @@ def print_summary(run: dict) -> None:
     for task_id, info in run["tasks"].items():
         print(f"- {task_id}: {info['state']}")
         result = info["result"]
-        if isinstance(result, list):  # search results: one line a row
+        answers = result if isinstance(result, list) else [result]
+        if answers and all(isinstance(a, dict) and "chat_response" in a and "query" in a for a in answers):
+            for a in answers:  # RAG: the question, the answer, the rows it was given
+                ids = [c["record_id"] for c in a["context"]]
+                print(f"    Q: {a['query']}\n    A: {a['chat_response']!r}  (context: {ids}, {a['usage']})")
+        elif isinstance(result, list):  # search results: one line a row
             for row in result:
                 print("    " + json.dumps(row, default=str))
         elif result is not None:
@@ -96,7 +111,7 @@ def main() -> int:
         initdb()
         dags = load_dags()
         plan = [(dag_id, None) for dag_id in args.dag_ids] or DEFAULT_RUNS
-        skipped = [] if remote_model_connection() in os.environ else [d for d, _ in plan if d == REMOTE_DAG]
+        skipped = {dag_id: why for dag_id, _ in plan if (why := missing_connection(dag_id))}
         plan = [(dag_id, when) for dag_id, when in plan if dag_id not in skipped]
         runs = [run_dag(dags[dag_id], when) for dag_id, when in plan]
     finally:
@@ -105,9 +120,8 @@ def main() -> int:
     logging.shutdown()
     for run in runs:
         print_summary(run)
-    for dag_id in skipped:
-        print(f"\n=== {dag_id}: skipped: set {remote_model_connection()} (a JSON 'openai' connection) and"
-              " VECTORIZE_REMOTE_MODEL (default openai/text-embedding-3-small) to run it ===")
+    for dag_id, why in skipped.items():
+        print(f"\n=== {dag_id}: skipped: {why} ===")
     # A run whose clean-up tasks succeeded is "success" in Airflow even when a task before them failed.
     return 0 if all(info["state"] in ("success", "skipped") for run in runs for info in run["tasks"].values()) else 1
 

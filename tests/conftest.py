@@ -178,27 +178,46 @@ def embedding_server(embedding_server_session):
     os.environ.pop("AIRFLOW_CONN_FLAKY", None)
 
 
-_infinity = None
+_servers: dict[str, Any] = {}  # fixture name -> server started at collection
 
 
 def pytest_collection_finish(session) -> None:
-    """Start Infinity as soon as a collected test needs it, so its ~20-40 s start overlaps other tests."""
-    global _infinity
-    if any("infinity" in getattr(item, "fixturenames", ()) for item in session.items):
-        from scripts.infinity_server import InfinityServer
+    """Start Infinity and the chat server as soon as a collected test needs them, so their ~20-40 s starts
+    overlap other tests."""
+    from scripts.chat_server import ChatServer
+    from scripts.infinity_server import InfinityServer
 
-        _infinity = InfinityServer().start()
+    needed = {name for item in session.items for name in getattr(item, "fixturenames", ())}
+    for name, server in (("infinity", InfinityServer), ("chat_server", ChatServer)):
+        if name in needed:
+            _servers[name] = server().start()
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:
-    if _infinity is not None:
-        _infinity.stop()
+    for server in _servers.values():
+        server.stop()
 
 
 @pytest.fixture(scope="session")
 def infinity():
     """The Infinity server (started at collection), ready; connection ``infinity`` points at it."""
-    assert _infinity is not None
-    _infinity.wait()
-    set_model_connection("infinity", _infinity.url)
-    return _infinity
+    server = _servers["infinity"].wait()
+    set_model_connection("infinity", server.url)
+    return server
+
+
+@pytest.fixture(scope="session")
+def chat_server():
+    """The real chat server (``transformers serve``, started at collection), ready."""
+    return _servers["chat_server"].wait()
+
+
+@pytest.fixture
+def chat(embedding_server, chat_server):
+    """``(chat model name, recording server)``: connection ``chat`` reaches the real chat server through
+    the recording (and, on request, misbehaving) server; a 2048-token context window."""
+    embedding_server.chat_upstream = chat_server.url
+    set_model_connection("chat", embedding_server.url, embedding_server.api_key, context_window=2048,
+                         max_retries=2, retry_initial_delay=0.05, timeout=60)
+    yield f"openai/{chat_server.model}", embedding_server
+    os.environ.pop("AIRFLOW_CONN_CHAT", None)

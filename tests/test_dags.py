@@ -11,10 +11,13 @@ from scripts.run_example import load_dags, run_dag
 
 
 @pytest.fixture(scope="module")
-def dags():
+def dags(chat_server):
     from airflow.utils.db import initdb
 
     initdb()
+    # The RAG example, parsed to ask the tiny chat server's model through the connection 'chat'.
+    os.environ["VECTORIZE_CHAT_MODEL"] = f"openai/{chat_server.model}"
+    os.environ["VECTORIZE_CHAT_CONN_ID"] = "chat"
     # The remote example, parsed to use the Infinity server's model through the connection 'infinity'.
     os.environ["VECTORIZE_REMOTE_MODEL"] = f"openai/{INFINITY_MODEL_NAME}"
     os.environ["VECTORIZE_MODEL_CONN_ID"] = "infinity"
@@ -33,7 +36,7 @@ def states(run: dict) -> set[str]:
 
 def test_every_example_is_tested(dags):
     assert set(dags) == {"vectorize_import_embeddings", "vectorize_scheduled_ingestion",
-                         "vectorize_embedding_backfill", "vectorize_remote_embeddings"}
+                         "vectorize_embedding_backfill", "vectorize_remote_embeddings", "vectorize_rag"}
 
 
 def test_import_embeddings_example(dags, default_connection):
@@ -78,3 +81,16 @@ def test_remote_embeddings_example(dags, default_connection, infinity):
     assert tasks["embed"]["result"]["embedded"] == 24
     assert [row["category"] for row in tasks["search"]["result"]] == ["phones"] * 3
     assert default_connection.execute("SELECT to_regclass('remote_products')") == [(None,)]
+
+
+def test_rag_example(dags, default_connection, chat):
+    _, server = chat
+    run = run_dag(dags["vectorize_rag"])
+
+    assert run["state"] == "success" and states(run) == {"success"}
+    answers = run["tasks"]["answer_questions"]["result"]
+    assert [a["query"] for a in answers] == ["Which phone has the best camera?",
+                                             "What can I use to make a cappuccino at home?",
+                                             "What do I need for a camping trip in the mountains?"]
+    assert answers[1]["context"][0]["record_id"] == 10  # the espresso machine
+    assert len([r for r in server.requests if r.path.endswith("/chat/completions")]) == 3

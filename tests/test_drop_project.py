@@ -11,11 +11,12 @@ COLUMNS = ["name", "description"]
 
 
 def without_catalog(state: dict) -> dict:
-    """The snapshot less the vectorize.job catalog itself, which stays once created."""
+    """The snapshot less the catalog (vectorize.job, vectorize.prompts), which stays once created."""
     state = dict(state)
-    state["relations"] = [r for r in state["relations"] if not r[1].startswith("job")]
-    state["columns"] = [c for c in state["columns"] if c[1] != "job"]
+    state["relations"] = [r for r in state["relations"] if not r[1].startswith(("job", "prompts"))]
+    state["columns"] = [c for c in state["columns"] if c[1] not in ("job", "prompts")]
     state.pop("vectorize.job", None)
+    state.pop("vectorize.prompts", None)
     return state
 
 
@@ -67,5 +68,5 @@ def test_drop_after_the_source_table_was_dropped(products, hook):
 
     assert result["dropped"] is True
     assert products.execute("SELECT relname FROM pg_class WHERE relnamespace = 'vectorize'::regnamespace"
-                            " AND relname NOT LIKE 'job%%'") == []
+                            " AND relname NOT LIKE 'job%%' AND relname NOT LIKE 'prompts%%'") == []
     assert products.execute("SELECT proname FROM pg_proc WHERE pronamespace = 'vectorize'::regnamespace") == []

@@ -500,9 +500,10 @@ class VectorizeHook(PostgresHook):
         searching.check_count("num_context", num_context)
         _check_generation_options(max_tokens, temperature)
         model = self._chat_model(chat_model, chat_conn_id)
+        with self.transaction() as cur:  # its own transaction: kept when the task is unknown
+            rag.ensure_prompts(cur)
         with self.transaction() as cur:
             project = self._project(cur, job_name)
-            rag.ensure_prompts(cur)
             prompt = rag.load_prompt(cur, task)
         columns = list(dict.fromkeys([project.primary_key, *project.columns]))
         retrieve = self.hybrid_search if hybrid else self.search

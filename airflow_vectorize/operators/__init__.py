@@ -2,12 +2,15 @@
 
 from airflow_vectorize.operators.embeddings import GenerateEmbeddingsOperator, ImportEmbeddingsOperator
 from airflow_vectorize.operators.project import CreateVectorizeProjectOperator, DropVectorizeProjectOperator
+from airflow_vectorize.operators.rag import GenerateTextOperator, RAGOperator
 from airflow_vectorize.operators.search import VectorSearchOperator
 
 __all__ = [
     "CreateVectorizeProjectOperator",
     "DropVectorizeProjectOperator",
     "GenerateEmbeddingsOperator",
+    "GenerateTextOperator",
     "ImportEmbeddingsOperator",
+    "RAGOperator",
     "VectorSearchOperator",
 ]

@@ -1,0 +1,161 @@
+"""RAG and plain generation against a real chat server (transformers serve, a tiny locally built model),
+reached through a recording server that shows the request it received and misbehaves on request."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from conftest import set_model_connection, snapshot
+
+from airflow_vectorize.exceptions import (
+    InvalidInputError,
+    ModelAuthenticationError,
+    ModelConnectionError,
+    ModelNotFoundError,
+    ModelRequestError,
+)
+from airflow_vectorize.operators import GenerateTextOperator, RAGOperator
+from airflow_vectorize.rag import QUESTION_ANSWER
+from scripts.infinity_server import free_port
+
+JOB = "shop"
+QUERY = "Which phone has a good camera?"
+
+
+@pytest.fixture
+def shop(products, hook):
+    hook.create_project(JOB, "products", "product_id", ["name", "description"])
+    hook.generate_embeddings(JOB)
+    return products
+
+
+def chat_requests(server) -> list[dict]:
+    return [r.body for r in server.requests if r.path.endswith("/chat/completions")]
+
+
+def test_rag_sends_the_search_context_best_first_and_returns_the_answer(shop, hook, chat):
+    model, server = chat
+
+    result = hook.rag(JOB, QUERY, model, chat_conn_id="chat", num_context=3, max_tokens=8)
+
+    found = hook.search(JOB, QUERY, return_columns=["product_id", "name", "description"], num_results=3)
+    assert [c["record_id"] for c in result["context"]] == [row["product_id"] for row in found]
+    assert [c["content"] for c in result["context"]] == [f"{r['name']}, {r['description']}" for r in found]
+    assert all(c["token_ct"] > 0 and c["similarity_score"] == pytest.approx(r["similarity_score"])
+               for c, r in zip(result["context"], found))
+    (sent,) = chat_requests(server)
+    assert sent["max_tokens"] == 8 and sent["model"] == model.split("/", 1)[1]
+    system, user = sent["messages"]
+    assert system == {"role": "system", "content": QUESTION_ANSWER[2]}
+    positions = [user["content"].index(c["content"]) for c in result["context"]]
+    assert positions == sorted(positions) and user["content"].endswith(f"Query: {QUERY}\nAnswer: ")
+    assert isinstance(result["chat_response"], str) and result["usage"]["completion_tokens"] <= 8
+    assert result["usage"]["prompt_tokens"] > 0 and result["context_dropped"] == 0
+    json.dumps(result)  # XCom-ready
+
+
+def test_rag_retrieves_with_the_projects_filters_and_hybrid_search(shop, hook, chat):
+    model, _ = chat
+
+    filtered = hook.rag(JOB, "something for the kitchen", model, chat_conn_id="chat",
+                        filters={"category": "kitchen"}, num_context=3, max_tokens=4)
+    hybrid = hook.rag(JOB, QUERY, model, chat_conn_id="chat", hybrid=True, num_context=3, max_tokens=4)
+
+    assert {c["record_id"] for c in filtered["context"]} == {10, 11, 12}
+    expected = hook.hybrid_search(JOB, QUERY, return_columns=["product_id"], num_results=3)
+    assert [c["record_id"] for c in hybrid["context"]] == [row["product_id"] for row in expected]
+
+
+def test_prompt_templates_live_in_vectorize_prompts(shop, hook, chat):
+    model, server = chat
+    with pytest.raises(InvalidInputError, match="task 'summarize' has no prompt template in vectorize.prompts;"
+                                                " known tasks: question_answer"):
+        hook.rag(JOB, QUERY, model, chat_conn_id="chat", task="summarize")
+    assert chat_requests(server) == []
+
+    shop.execute("INSERT INTO vectorize.prompts VALUES ('summarize', 'one line', 'Be terse.',"
+                 " 'Summarise: {{ context_str }} (asked: {{ query_str }})')")
+    hook.rag(JOB, "phones", model, chat_conn_id="chat", task="summarize", num_context=1, max_tokens=4)
+
+    (sent,) = chat_requests(server)
+    assert sent["messages"][0]["content"] == "Be terse."
+    assert sent["messages"][1]["content"].startswith("Summarise: ") and "(asked: phones)" in sent["messages"][1]["content"]
+    assert shop.scalar("SELECT count(*) FROM vectorize.prompts") == 2  # the seed row is kept, never rewritten
+
+
+def test_an_over_long_prompt_is_refused_before_sending_or_trimmed(shop, hook, chat, embedding_server):
+    model, server = chat
+    set_model_connection("small_chat", server.url, server.api_key, context_window=300)
+    before = snapshot(shop)
+
+    with pytest.raises(InvalidInputError, match=r"the prompt takes \d+ tokens \(5 context document\(s\) of \d+"
+                                                r" tokens\) \+ max_tokens 16 > the context window of .* 300 tokens"):
+        hook.rag(JOB, QUERY, model, chat_conn_id="small_chat", num_context=5, max_tokens=16)
+    assert chat_requests(server) == [] and snapshot(shop) == before
+
+    result = hook.rag(JOB, QUERY, model, chat_conn_id="small_chat", num_context=5, max_tokens=16, force_trim=True)
+
+    full = hook.search(JOB, QUERY, return_columns=["product_id"], num_results=5)
+    kept = [c["record_id"] for c in result["context"]]
+    assert 0 < len(kept) < 5 and kept == [row["product_id"] for row in full][: len(kept)]  # least relevant dropped
+    assert result["context_dropped"] == 5 - len(kept)
+    (sent,) = chat_requests(server)
+    estimated = sum(-(-len(m["content"].encode()) // 3) + 4 for m in sent["messages"]) + 3
+    assert estimated + 16 <= 300
+
+
+def test_generate_is_a_plain_completion(hook, chat):
+    model, server = chat
+
+    result = hook.generate("Say hello", model, chat_conn_id="chat", system_prompt="You are terse.", max_tokens=4,
+                           temperature=0)
+
+    assert set(result) == {"chat_response", "model", "usage"} and result["usage"]["completion_tokens"] <= 4
+    (sent,) = chat_requests(server)
+    assert sent["messages"] == [{"role": "system", "content": "You are terse."},
+                                {"role": "user", "content": "Say hello"}]
+    assert sent["temperature"] == 0
+    with pytest.raises(InvalidInputError, match="the prompt takes .* > the context window"):
+        hook.generate("word " * 3000, model, chat_conn_id="chat")
+    assert len(chat_requests(server)) == 1
+
+
+def test_chat_failures_are_retried_or_reported_like_embeddings(shop, hook, chat, caplog):
+    model, server = chat
+    server.reset(faults=[("status", 429, 0, "rate limited"), ("status", 502, None, "bad gateway")])
+    with caplog.at_level(logging.DEBUG):
+        assert hook.rag(JOB, QUERY, model, chat_conn_id="chat", max_tokens=4)["chat_response"] is not None
+    assert len(chat_requests(server)) == 3 and server.api_key not in caplog.text
+
+    server.reset(faults=[("status", 401, None, "invalid key")])
+    with pytest.raises(ModelAuthenticationError, match="connection 'chat' .* HTTP 401"):
+        hook.rag(JOB, QUERY, model, chat_conn_id="chat")
+    server.reset(faults=[("status", 404, None, "The model 'gpt-9' does not exist")])
+    with pytest.raises(ModelNotFoundError, match="model 'gpt-9': HTTP 404 .* does not exist. Check the model name"):
+        hook.generate("hi", "openai/gpt-9", chat_conn_id="chat")
+    with pytest.raises(ModelRequestError, match="HTTP 400, the server rejected the request: Server is pinned"):
+        hook.generate("hi", "openai/another-model", chat_conn_id="chat")  # the real server's own refusal
+    set_model_connection("gone", f"http://127.0.0.1:{free_port()}/v1", "k", max_retries=1, retry_initial_delay=0.01)
+    with pytest.raises(ModelConnectionError, match="connection 'gone' .* failed after 2 attempt"):
+        hook.generate("hi", model, chat_conn_id="gone")
+    with pytest.raises(InvalidInputError, match="chat_model 'sentence-transformers/all-MiniLM-L6-v2' is not a"
+                                                " remote chat model"):
+        hook.generate("hi", "sentence-transformers/all-MiniLM-L6-v2")
+
+
+def test_operators_answer_a_list_of_queries_and_return_json(shop, hook, chat):
+    model, server = chat
+    rag = RAGOperator(task_id="rag", postgres_conn_id=shop.conn_id, job_name=JOB, chat_model=model,
+                      chat_conn_id="chat", query=["Which phone?", "Which laptop?"], num_context=1, max_tokens=4)
+    generate = GenerateTextOperator(task_id="gen", postgres_conn_id=shop.conn_id, prompt="Hi", chat_model=model,
+                                    chat_conn_id="chat", max_tokens=2)
+
+    answers = rag.execute(context={})
+    completion = generate.execute(context={})
+
+    assert [a["query"] for a in answers] == ["Which phone?", "Which laptop?"]
+    assert [len(a["context"]) for a in answers] == [1, 1]
+    json.dumps(answers), json.dumps(completion)
+    assert len(chat_requests(server)) == 3
