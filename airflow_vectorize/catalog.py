@@ -5,6 +5,8 @@ Everything a project creates is named from its job name, exactly as pg_vectorize
 - ``join``:   ``vectorize._embeddings_<job>`` (key, ``embeddings``, ``updated_at``) and view
   ``vectorize.<job>_view``;
 - ``append``: columns ``<job>_embeddings`` and ``<job>_updated_at`` on the source table;
+- chunked projects (ours): ``vectorize._chunks_<job>`` (key, ``chunk_no``, offsets, ``chunk``, ``embeddings``, ...)
+  instead of ``_embeddings_<job>``;
 - index ``<job>_hnsw_cos_idx`` / ``_l2_idx`` / ``_ip_idx``; triggers ``vectorize_insert_trigger_<job>`` and
   ``vectorize_update_trigger_<job>`` calling ``vectorize.handle_update_<job>()``.
 
@@ -64,6 +66,9 @@ CONFIG_FIELDS = (
     "update_time_col",
     "model_conn_id",
     "requested_dimensions",
+    "chunk_size",
+    "chunk_overlap",
+    "chunker",
 )
 
 
@@ -83,6 +88,9 @@ class Project:
     update_time_col: str | None = None
     model_conn_id: str | None = None  # the Airflow connection of a remote model (never its secrets)
     requested_dimensions: int | None = None  # a shortened vector size asked of a remote model
+    chunk_size: int | None = None  # tokens per chunk; None: one vector per row, as pg_vectorize
+    chunk_overlap: int = 0
+    chunker: str = "recursive"
     pkey_type: str = ""
     dimensions: int = 0
     job_id: int | None = None
@@ -105,6 +113,8 @@ class Project:
             params["model_conn_id"] = self.model_conn_id
         if self.requested_dimensions is not None:
             params["dimensions"] = self.requested_dimensions
+        if self.is_chunked:
+            params.update(chunk_size=self.chunk_size, chunk_overlap=self.chunk_overlap, chunker=self.chunker)
         return params
 
     def config(self) -> dict[str, Any]:
@@ -131,8 +141,15 @@ class Project:
         return self.table_method == "join"
 
     @property
+    def is_chunked(self) -> bool:
+        """One vector per chunk of a row's text (``vectorize._chunks_<job>``), not one per row."""
+        return self.chunk_size is not None
+
+    @property
     def target_name(self) -> tuple[str, str]:
         """(schema, table) of the table that holds the embeddings."""
+        if self.is_chunked:
+            return SCHEMA, f"_chunks_{self.name}"
         return (SCHEMA, f"_embeddings_{self.name}") if self.is_join else (self.schema, self.relation)
 
     @property
@@ -254,6 +271,9 @@ class Project:
             update_time_col=params.get("update_time_col"),
             model_conn_id=params.get("model_conn_id"),
             requested_dimensions=params.get("dimensions"),
+            chunk_size=params.get("chunk_size"),
+            chunk_overlap=params.get("chunk_overlap", 0),
+            chunker=params.get("chunker", "recursive"),
             pkey_type=params.get("pkey_type", ""),
             dimensions=row["dimensions"] or 0,
         )
@@ -305,6 +325,7 @@ SELECT j.job_id, j.name, j.index_dist_type, j.transformer, j.params,
        (SELECT a.atttypmod FROM pg_attribute a
          WHERE a.attrelid = CASE WHEN j.params->>'table_method' = 'append'
                                  THEN to_regclass(format('%%I.%%I', j.params->>'schema', j.params->>'relation'))
+                                 WHEN j.params ? 'chunk_size' THEN to_regclass(format('vectorize.%%I', '_chunks_' || j.name))
                                  ELSE to_regclass(format('vectorize.%%I', '_embeddings_' || j.name)) END
            AND a.attname = CASE WHEN j.params->>'table_method' = 'append'
                                 THEN j.name || '_embeddings' ELSE 'embeddings' END
@@ -353,7 +374,25 @@ def create_storage(cur: Cursor, project: Project) -> None:
     key = sql.Identifier(project.primary_key)
     emb = sql.Identifier(project.embeddings_column)
     vector_type = sql.SQL("vector({})").format(sql.Literal(project.dimensions))
-    if project.is_join:
+    if project.is_chunked:
+        # One row per chunk: (key, chunk number) with its character offsets in the row's text, its text
+        # and vector; every chunk of a row carries the md5 of the whole text it was cut from.
+        cur.execute(
+            sql.SQL(
+                "CREATE TABLE {target} AS SELECT {key} FROM {source} WITH NO DATA;"
+                " ALTER TABLE {target} ALTER COLUMN {key} SET NOT NULL,"
+                " ADD FOREIGN KEY ({key}) REFERENCES {source} ({key}) ON DELETE CASCADE,"
+                " ADD COLUMN chunk_no integer NOT NULL, ADD COLUMN start_offset integer NOT NULL,"
+                " ADD COLUMN end_offset integer NOT NULL, ADD COLUMN chunk text NOT NULL,"
+                " ADD COLUMN embeddings {vector_type} NOT NULL,"
+                " ADD COLUMN updated_at timestamptz NOT NULL DEFAULT now(),"
+                " ADD COLUMN text_md5 uuid, ADD PRIMARY KEY ({key}, chunk_no);"
+                " CREATE VIEW {view} AS SELECT s.*, e.chunk_no, e.chunk, e.embeddings,"
+                " e.updated_at AS embeddings_updated_at FROM {source} s JOIN {target} e ON e.{key} = s.{key}"
+            ).format(target=project.target, key=key, source=project.source, vector_type=vector_type,
+                     view=project.view)
+        )
+    elif project.is_join:
         # CREATE TABLE AS copies the key's exact type (with typmod) from the source column.
         cur.execute(
             sql.SQL(

@@ -32,6 +32,7 @@ from psycopg import sql
 
 from airflow_vectorize import storage
 from airflow_vectorize.catalog import Project, create_index, drop_index
+from airflow_vectorize.chunking import Chunk, TextSplitter
 from airflow_vectorize.exceptions import InvalidInputError
 
 log = logging.getLogger(__name__)
@@ -83,9 +84,10 @@ def _row_sql(project: Project) -> dict[str, sql.Composable]:
     key = sql.Identifier(project.primary_key)
     stored_md5 = sql.Identifier("e" if project.is_join else "r", project.text_md5_column)
     text_md5 = project.text_md5_expression("r")
+    first_chunk = sql.SQL(" AND e.chunk_no = 0" if project.is_chunked else "")  # it holds a row's md5
     return {
-        "from": (sql.SQL("{source} r LEFT JOIN {target} e ON e.{key} = r.{key}").format(
-            source=project.source, target=project.target, key=key)
+        "from": (sql.SQL("{source} r LEFT JOIN {target} e ON e.{key} = r.{key}{first_chunk}").format(
+            source=project.source, target=project.target, key=key, first_chunk=first_chunk)
             if project.is_join else sql.SQL("{} r").format(project.source)),
         "needs": sql.SQL("{stored} IS DISTINCT FROM {current}").format(stored=stored_md5, current=text_md5),
         "current": sql.SQL("{stored} = {current}").format(stored=stored_md5, current=text_md5),
@@ -104,12 +106,15 @@ class BatchWriter:
         self.parts = _row_sql(project)
         register_vector(conn)
         key = sql.Identifier(project.primary_key)
+        chunk_columns = sql.SQL(
+            ", ADD COLUMN chunk_no integer, ADD COLUMN start_offset integer, ADD COLUMN end_offset integer,"
+            " ADD COLUMN chunk text" if project.is_chunked else "")
         with conn.transaction():
             conn.execute(sql.SQL(
                 "CREATE TEMP TABLE vectorize_staging ON COMMIT DELETE ROWS AS SELECT {key} FROM {source}"
                 " WITH NO DATA; ALTER TABLE vectorize_staging ADD COLUMN embeddings {vector},"
-                " ADD COLUMN text_md5 uuid"
-            ).format(key=key, source=project.source,
+                " ADD COLUMN text_md5 uuid{chunk_columns}"
+            ).format(key=key, source=project.source, chunk_columns=chunk_columns,
                      vector=sql.SQL("vector({})").format(sql.Literal(project.dimensions))))
             self.types = [r[0] for r in conn.execute(
                 "SELECT atttypid FROM pg_attribute WHERE attrelid = 'pg_temp.vectorize_staging'::regclass"
@@ -128,15 +133,25 @@ class BatchWriter:
         ).format(key=p["key"], text=p["text"], md5=p["md5"], from_=p["from"], needs=p["needs"]),
             [keys, f"vectorize:{self.project.name}:"]).fetchall()
 
-    def write(self, rows: list[tuple[Any, str, Any]], vectors: Any) -> int:
-        """COPY the batch into staging, upsert it, dequeue what is now current, commit."""
+    def write(self, rows: list[tuple[Any, str, Any]], vectors: Any,
+              chunks: list[list[Chunk]] | None = None) -> int:
+        """COPY the batch into staging, upsert it, dequeue what is now current, commit.
+
+        ``chunks``: for a chunked project, each row's chunks; ``vectors`` then has one row per chunk.
+        """
         project, p = self.project, self.parts
         try:
             with self.conn.cursor() as cur:
                 with cur.copy("COPY vectorize_staging FROM STDIN (FORMAT BINARY)") as copy:
                     copy.set_types(self.types)
-                    for (key, _, md5), vector in zip(rows, vectors):
-                        copy.write_row((key, vector, md5))
+                    if chunks is None:
+                        for (key, _, md5), vector in zip(rows, vectors):
+                            copy.write_row((key, vector, md5))
+                    else:
+                        flat = ((key, md5, chunk) for (key, _, md5), row_chunks in zip(rows, chunks)
+                                for chunk in row_chunks)
+                        for (key, md5, chunk), vector in zip(flat, vectors):
+                            copy.write_row((key, vector, md5, chunk.number, chunk.start, chunk.end, chunk.text))
                 written = storage.upsert_from_staging(cur, project)
                 cur.execute(sql.SQL(
                     "DELETE FROM {queue} q USING {from_} WHERE q.{pk} = {key} AND {current}"
@@ -204,8 +219,11 @@ def generate(
     batch_size: int = DEFAULT_BATCH_SIZE,
     index_build_memory: str = "1GB",
     concurrency: int = 1,
+    splitter: TextSplitter | None = None,
 ) -> dict[str, Any]:
     """Embed every row of ``project`` in ``scope`` that needs it; see the module docstring.
+
+    ``splitter`` (a chunked project's): each row's text is cut into chunks, one vector each.
 
     ``concurrency`` batches are encoded at once (1 for a local model; several for a remote one, whose
     requests then overlap); each has its own writer connection, plus one being claimed, and batches are
@@ -233,16 +251,19 @@ def generate(
             try:
                 if failed.is_set():
                     raise BatchCancelled("an earlier batch failed")
-                vectors = encode([text for _, text, _ in rows])
+                texts = [text for _, text, _ in rows]
+                chunks = splitter.split_all(texts) if splitter else None
+                vectors = encode([c.text for row in chunks for c in row] if chunks else texts)
             except BaseException:
                 failed.set()
                 writer.rollback()
                 raise
-            return write_pool.submit(write, writer, rows, vectors)
+            return write_pool.submit(write, writer, rows, vectors, chunks)
 
-        def write(writer: BatchWriter, rows: list[tuple[Any, str, Any]], vectors: Any) -> int:
+        def write(writer: BatchWriter, rows: list[tuple[Any, str, Any]], vectors: Any,
+                  chunks: list[list[Chunk]] | None) -> int:
             try:
-                return writer.write(rows, vectors)
+                return writer.write(rows, vectors, chunks)
             except BaseException:
                 failed.set()
                 raise

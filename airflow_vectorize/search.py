@@ -259,10 +259,49 @@ def _column_list(columns: tuple[str, ...]) -> sql.Composable:
     return sql.SQL(", ").join(sql.Identifier("s", c) for c in columns)
 
 
+# A chunked project's search reads this many nearest chunks per requested row, then keeps each row's best.
+CHUNKS_PER_ROW = 10
+
+
+def _best_chunk(project: Project, row_key: sql.Composable) -> sql.Composable:
+    """A LATERAL subquery: the row's nearest chunk (``best.chunk``) and its distance (``best.d``)."""
+    return sql.SQL(
+        "LATERAL (SELECT e.chunk, {distance} AS d FROM {target} e WHERE e.{key} = {row_key}"
+        " ORDER BY {distance} LIMIT 1) best"
+    ).format(distance=_parts(project)["distance"], target=project.target,
+             key=sql.Identifier(project.primary_key), row_key=row_key)
+
+
+def _nearest_rows(project: Project, shape: tuple[Filter, ...], rows: int) -> sql.Composable:
+    """Keys (``k``) and best distances (``d``) of the ``rows`` rows with the nearest chunks, nearest first;
+    the chunk scan is the one the HNSW index serves."""
+    parts = _parts(project)
+    source_join = (sql.SQL(" JOIN {s} s ON s.{k} = e.{k}").format(s=project.source, k=parts["key"])
+                   if shape else sql.SQL(""))
+    return sql.SQL(
+        "SELECT k, min(d) AS d FROM (SELECT e.{key} AS k, {distance} AS d FROM {target} e{source_join}"
+        " WHERE {where} ORDER BY {distance} LIMIT {chunks}) c GROUP BY k ORDER BY min(d), k LIMIT {rows}"
+    ).format(key=parts["key"], distance=parts["distance"], target=project.target, source_join=source_join,
+             where=_where(shape), chunks=sql.Literal(rows * CHUNKS_PER_ROW), rows=sql.Literal(rows))
+
+
+def _chunked_vector_statement(project: Project, columns: tuple[str, ...], shape: tuple[Filter, ...],
+                              limit: int) -> str:
+    similarity = sql.SQL(SIMILARITY[project.index_dist_type]).format(sql.SQL("best.d"))
+    return sql.SQL(
+        "SELECT {columns}, {similarity} AS similarity_score, best.chunk FROM ({nearest}) n"
+        " JOIN {source} s ON s.{key} = n.k CROSS JOIN {best} ORDER BY best.d, n.k"
+    ).format(columns=_column_list(columns), similarity=similarity, nearest=_nearest_rows(project, shape, limit),
+             source=project.source, key=sql.Identifier(project.primary_key),
+             best=_best_chunk(project, sql.SQL("n.k"))).as_string()
+
+
 @lru_cache(maxsize=256)
 def _vector_statement(
     project: Project, columns: tuple[str, ...], shape: tuple[Filter, ...], limit: int
 ) -> str:
+    if project.is_chunked:
+        return _chunked_vector_statement(project, columns, shape, limit)
     parts = _parts(project)
     if project.is_join and not shape and columns == (project.primary_key,):
         # Only the key, which the embeddings table holds (its foreign key guarantees the source row):
@@ -281,11 +320,20 @@ def _vector_statement(
 def _hybrid_statement(
     project: Project, columns: tuple[str, ...], shape: tuple[Filter, ...], limit: int, candidates: int
 ) -> str:
+    parts = _parts(project)
+    semantic = sql.SQL(
+        "SELECT s.{key} AS k, {distance} AS d FROM {vector_from}"
+        " WHERE {emb} IS NOT NULL AND {where} ORDER BY {distance} LIMIT {candidates}"
+    ).format(where=_where(shape), candidates=sql.Literal(candidates), **parts)
+    best, chunk = parts["embeddings_join"], sql.SQL("")
+    if project.is_chunked:  # each row's nearest chunk, for every fused row (full-text-only ones too)
+        semantic = _nearest_rows(project, shape, candidates)
+        best = sql.SQL("LEFT JOIN {} ON true").format(_best_chunk(project, sql.SQL("s.{}").format(parts["key"])))
+        parts["similarity"] = sql.SQL(SIMILARITY[project.index_dist_type]).format(sql.SQL("best.d"))
+        chunk = sql.SQL(", best.chunk")
     return sql.SQL(
         "WITH semantic AS ("
-        "  SELECT k, row_number() OVER (ORDER BY d, k) AS rank FROM ("
-        "   SELECT s.{key} AS k, {distance} AS d FROM {vector_from}"
-        "   WHERE {emb} IS NOT NULL AND {where} ORDER BY {distance} LIMIT {candidates}) v),"
+        "  SELECT k, row_number() OVER (ORDER BY d, k) AS rank FROM ({semantic}) v),"
         " full_text AS ("
         "  SELECT k, row_number() OVER (ORDER BY r DESC, k) AS rank FROM ("
         "   SELECT s.{key} AS k, ts_rank({doc}, websearch_to_tsquery('english', %(text)s)) AS r"
@@ -296,18 +344,22 @@ def _hybrid_statement(
         "   coalesce(%(semantic_weight)s / (%(rrf_k)s + v.rank), 0)"
         "   + coalesce(%(full_text_weight)s / (%(rrf_k)s + t.rank), 0) AS rrf_score"
         "  FROM semantic v FULL JOIN full_text t ON t.k = v.k)"
-        " SELECT {columns}, f.rrf_score, f.semantic_rank, f.full_text_rank, {similarity} AS similarity_score"
-        " FROM fused f JOIN {source} s ON s.{key} = f.k {embeddings_join}"
+        " SELECT {columns}, f.rrf_score, f.semantic_rank, f.full_text_rank, {similarity} AS similarity_score{chunk}"
+        " FROM fused f JOIN {source} s ON s.{key} = f.k {best}"
         " ORDER BY f.rrf_score DESC, f.semantic_rank NULLS LAST, f.full_text_rank NULLS LAST"
         " LIMIT {limit}"
     ).format(
+        semantic=semantic,
         columns=_column_list(columns),
         where=_where(shape),
         doc=project.fts_document("s"),
         source=project.source,
         limit=sql.Literal(limit),
         candidates=sql.Literal(candidates),
-        **_parts(project),
+        best=best,
+        chunk=chunk,
+        key=parts["key"],
+        similarity=parts["similarity"],
     ).as_string()
 
 

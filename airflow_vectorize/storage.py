@@ -144,7 +144,8 @@ def clear_pending(cur: Cursor, project: Project, src: sql.Identifier, src_key: s
 
 
 def upsert_from_staging(cur: Cursor, project: Project) -> int:
-    """Write the rows of the session's ``vectorize_staging`` (key, embeddings, text_md5); returns rows written.
+    """Write the rows of the session's ``vectorize_staging`` (key, embeddings, text_md5, and for a chunked
+    project chunk_no, offsets and chunk); returns the source rows written.
 
     Rows whose source row was deleted meanwhile are ignored.
     """
@@ -156,6 +157,16 @@ def upsert_from_staging(cur: Cursor, project: Project) -> int:
         updated_at=sql.Identifier(project.updated_at_column),
         text_md5=sql.Identifier(project.text_md5_column),
     )
+    if project.is_chunked:  # a row's chunks are replaced as a whole
+        cur.execute(sql.SQL(
+            "DELETE FROM {target} t USING (SELECT DISTINCT {key} FROM vectorize_staging) s WHERE t.{key} = s.{key};"
+            " INSERT INTO {target} ({key}, chunk_no, start_offset, end_offset, chunk, {emb}, {updated_at}, {text_md5})"
+            " SELECT s.{key}, s.chunk_no, s.start_offset, s.end_offset, s.chunk, s.embeddings, now(), s.text_md5"
+            " FROM vectorize_staging s JOIN {source} r USING ({key})"
+        ).format(**parts))
+        cur.execute(sql.SQL("SELECT count(DISTINCT {key}) FROM vectorize_staging s JOIN {source} r USING ({key})")
+                    .format(**parts))
+        return cur.fetchone()[0]
     if project.is_join:
         cur.execute(sql.SQL(
             "INSERT INTO {target} ({key}, {emb}, {updated_at}, {text_md5})"

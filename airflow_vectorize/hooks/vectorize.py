@@ -13,7 +13,7 @@ import psycopg
 from airflow.providers.postgres.hooks.postgres import PostgresHook
 from psycopg import Cursor, sql
 
-from airflow_vectorize import catalog, generation, models, rag, storage, validation
+from airflow_vectorize import catalog, chunking, generation, models, rag, storage, validation
 from airflow_vectorize import search as searching
 from airflow_vectorize.catalog import DEFAULT_TRANSFORMER, Project
 from airflow_vectorize.exceptions import (
@@ -88,6 +88,9 @@ class VectorizeHook(PostgresHook):
         embed_existing: bool = False,
         model_conn_id: str | None = None,
         dimensions: int | None = None,
+        chunk_size: int | None = None,
+        chunk_overlap: int = 0,
+        chunker: str = "recursive",
     ) -> dict[str, Any]:
         """Make ``schema.table`` searchable: embeddings storage, HNSW index, queue and realtime triggers.
 
@@ -96,6 +99,10 @@ class VectorizeHook(PostgresHook):
         (default ``openai_default`` / ``ollama_default``); a remote model is asked once for a vector to
         learn its size, and ``dimensions`` asks it for shortened vectors (OpenAI's text-embedding-3).
         The catalog keeps the connection id, never what the connection holds.
+
+        ``chunk_size`` (tokens of the model's tokenizer) cuts each row's text into chunks of that size with
+        ``chunk_overlap`` tokens shared by neighbours, one vector per chunk (``vectorize._chunks_<job>``;
+        join projects only); searches still return each row once, ranked by its best chunk.
 
         The same call again returns the existing project unchanged; another configuration under an
         existing name raises ProjectConflictError naming the fields that differ. With ``embed_existing``
@@ -108,6 +115,9 @@ class VectorizeHook(PostgresHook):
             raise validation.InvalidInputError(f"columns must be a list of column names, got {columns!r}")
         if dimensions is not None:
             positive_int(dimensions, "dimensions")
+        chunking.check_options(chunk_size, chunk_overlap, chunker)
+        if chunk_size is not None and table_method != "join":
+            raise InvalidInputError("chunking (chunk_size) needs table_method='join': chunks live in their own table")
         wanted = Project(
             name=job_name,
             schema=schema,
@@ -121,6 +131,9 @@ class VectorizeHook(PostgresHook):
             update_time_col=update_col,
             model_conn_id=models.model_conn_id(transformer, model_conn_id),
             requested_dimensions=dimensions,
+            chunk_size=chunk_size,
+            chunk_overlap=chunk_overlap if chunk_size is not None else 0,
+            chunker=chunker,
         )
         # Read-only pass first: a repeated call or bad input answers without loading the model.
         with self.transaction() as cur:
@@ -165,6 +178,8 @@ class VectorizeHook(PostgresHook):
                 f"dimensions={wanted} was requested, but {model.describe()} produces {dims}-dimensional"
                 " vectors and cannot shorten them; omit dimensions"
             )
+        if project.is_chunked:
+            chunking.check_size(project.chunk_size, model.max_input_tokens, model.describe())
         return dims
 
     def _existing_project(self, existing: Project, wanted: Project) -> dict[str, Any]:
@@ -236,12 +251,14 @@ class VectorizeHook(PostgresHook):
         }
 
     def get_status(self, job_name: str) -> dict[str, Any]:
-        """Exact counts: rows in the source, with a current or stale embedding, without one, queued."""
+        """Exact counts: rows in the source, with a current or stale embedding, without one, queued (and
+        for a chunked project, its ``chunks``)."""
         with self.transaction() as cur:
             project = self._project(cur, job_name)
             join = (
-                sql.SQL("LEFT JOIN {target} e ON e.{key} = r.{key}").format(
-                    target=project.target, key=sql.Identifier(project.primary_key))
+                sql.SQL("LEFT JOIN {target} e ON e.{key} = r.{key}{first_chunk}").format(
+                    target=project.target, key=sql.Identifier(project.primary_key),
+                    first_chunk=sql.SQL(" AND e.chunk_no = 0" if project.is_chunked else ""))
                 if project.is_join else sql.SQL("")
             )
             alias = "e" if project.is_join else "r"
@@ -263,6 +280,8 @@ class VectorizeHook(PostgresHook):
                 )
             )
             total, embedded, stale, no_text, pending = cur.fetchone()
+            chunks = (cur.execute(sql.SQL("SELECT count(*) FROM {}").format(project.target)).fetchone()[0]
+                      if project.is_chunked else None)
         return {
             "job_name": job_name,
             "table_method": project.table_method,
@@ -272,6 +291,7 @@ class VectorizeHook(PostgresHook):
             "stale_rows": stale,
             "no_text_rows": no_text,
             "pending": pending,
+            **({"chunks": chunks} if project.is_chunked else {}),
         }
 
     # -- embeddings ----------------------------------------------------------------------------------
@@ -293,6 +313,11 @@ class VectorizeHook(PostgresHook):
         with self.transaction() as cur:
             catalog.lock_project(cur, job_name)
             project = self._project(cur, job_name)
+            if project.is_chunked:
+                raise InvalidInputError(
+                    f"project {job_name!r} is chunked (chunk_size {project.chunk_size}): importing embeddings of"
+                    " chunks is not supported yet; generate them with generate_embeddings"
+                )
             table, key, emb = validation.check_import_source(
                 cur, project, src_schema, src_table, src_primary_key, src_embeddings_col
             )
@@ -355,7 +380,15 @@ class VectorizeHook(PostgresHook):
             batch_size=batch_size,
             index_build_memory=self.index_build_memory,
             concurrency=concurrency or model.concurrency,
+            splitter=self._splitter(project, model),
         )
+
+    @staticmethod
+    def _splitter(project: Project, model: models.EmbeddingModel) -> chunking.TextSplitter | None:
+        """A chunked project's splitter, counting tokens as its model does."""
+        if not project.is_chunked:
+            return None
+        return chunking.TextSplitter(model.tokenizer(), project.chunk_size, project.chunk_overlap)
 
     def encode(self, job_name: str, texts: Sequence[str]) -> list[list[float]]:
         """Embed ``texts`` with the project's model (pg_vectorize's ``vectorize.encode``)."""
@@ -509,8 +542,9 @@ class VectorizeHook(PostgresHook):
         retrieve = self.hybrid_search if hybrid else self.search
         rows = retrieve(job_name, query, return_columns=columns, num_results=num_context, filters=filters)
         documents = []
-        for row in rows:
-            content = ", ".join(str(row[c]) for c in project.columns if row[c] is not None)
+        for row in rows:  # a chunked project's context is each row's best chunk
+            content = row["chunk"] if project.is_chunked else ", ".join(
+                str(row[c]) for c in project.columns if row[c] is not None)
             documents.append(rag.ContextDocument(row[project.primary_key], content, model.tokens.count(content),
                                                  float(row["similarity_score"])))
         messages, kept = rag.fit_context(model, prompt, query, documents, max_tokens, force_trim)

@@ -32,6 +32,11 @@ class EmbeddingModel(ABC):
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """One float32 row per text, in order."""
 
+    def tokenizer(self) -> Any:
+        """What counts tokens as this model does: a Hugging Face tokenizer, a tiktoken encoding, or a
+        function text -> count (an upper estimate when the vocabulary is unknown)."""
+        raise NotImplementedError
+
     def probe(self) -> int:
         """The vector size, checked by computing one vector where that is how it is learnt."""
         return self.dimensions

@@ -11,7 +11,7 @@ import os
 import threading
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from airflow_vectorize.catalog import DEFAULT_TRANSFORMER
 from airflow_vectorize.exceptions import InvalidInputError
@@ -33,11 +33,15 @@ class LocalModel(EmbeddingModel):
     def __init__(self, transformer: str, model: SentenceTransformer) -> None:
         self.transformer = transformer
         self.model = model
-        self.max_input_tokens = model.max_seq_length
+        # The text's tokens: the model reads max_seq_length, its special tokens ([CLS], [SEP]) included.
+        self.max_input_tokens = model.max_seq_length - model.tokenizer.num_special_tokens_to_add()
 
     @property
     def dimensions(self) -> int:
         return int(self.model.get_embedding_dimension())
+
+    def tokenizer(self) -> Any:
+        return self.model.tokenizer
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         return self.model.encode(list(texts), batch_size=ENCODE_BATCH_SIZE, convert_to_numpy=True,

@@ -98,6 +98,9 @@ class OpenAICompatibleEmbeddings(EmbeddingModel):
     def describe(self) -> str:
         return f"{self.transformer!r} through connection {self.endpoint.conn_id!r}"
 
+    def tokenizer(self) -> Any:
+        return self.tokens.encoding if self.tokens.exact else self.tokens.count
+
     def probe(self, retry: RetryPolicy | None = None) -> int:
         """One request to learn (or check) the vector size; fails fast on a wrong key, model or host."""
         vectors = self._request(["dimension probe"], retry or replace(self.retry, max_retries=1), expected=None)

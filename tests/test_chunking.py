@@ -1,0 +1,128 @@
+"""Chunked projects: long texts cut by the model's tokenizer, one vector per chunk, one result per row."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import snapshot
+
+from airflow_vectorize.exceptions import InvalidInputError
+
+LICENSES = Path("/usr/share/common-licenses")
+DOCUMENTS = {1: "Apache-2.0", 2: "MPL-2.0", 3: "GPL-3", 4: "LGPL-2.1", 5: "GFDL-1.3"}
+JOB = "licenses"
+
+
+def document(name: str) -> str:
+    """The first ~9 kB of a license text (paragraph boundaries kept): 2,000+ tokens, far beyond 256."""
+    text = (LICENSES / name).read_text()
+    return text[: text.index("\n\n", 9000)]
+
+
+def last_third_sentence(text: str) -> str:
+    """A sentence of 12+ words from the last third of ``text``."""
+    tail = " ".join(text[2 * len(text) // 3:].split())
+    sentences = [s.strip() for s in tail.split(". ")]
+    return next(s for s in sentences[1:] if len(s.split()) >= 12)
+
+
+@pytest.fixture
+def licenses(database):
+    database.execute("CREATE TABLE licenses (id integer PRIMARY KEY, name text NOT NULL, body text)")
+    for key, name in DOCUMENTS.items():
+        database.execute("INSERT INTO licenses VALUES (%s, %s, %s)", [key, name, document(name)])
+    return database
+
+
+def test_long_texts_are_found_by_their_end(licenses, hook, model):
+    hook.create_project(JOB, "licenses", "id", ["body"], chunk_size=128, chunk_overlap=16)
+    hook.create_project("whole", "licenses", "id", ["body"])
+
+    result = hook.generate_embeddings(JOB, batch_size=2)
+    hook.generate_embeddings("whole")
+
+    assert result["embedded"] == 5
+    status = hook.get_status(JOB)
+    assert (status["embedded_rows"], status["missing_rows"]) == (5, 0) and status["chunks"] > 5 * 10
+    tokenizer = model.tokenizer
+    chunks = licenses.execute(f"SELECT id, chunk_no, start_offset, end_offset, chunk FROM vectorize._chunks_{JOB}")
+    bodies = dict(licenses.execute("SELECT id, body FROM licenses"))
+    assert all(bodies[key][start:end] == text for key, _, start, end, text in chunks)  # offsets into the text
+    assert max(len(tokenizer.encode(text, add_special_tokens=False)) for *_, text in chunks) <= 128
+    found_chunked = found_whole = 0
+    for key, name in DOCUMENTS.items():
+        query = last_third_sentence(bodies[key])
+        rows = hook.search(JOB, query, return_columns=["id"], num_results=3)
+        assert len({row["id"] for row in rows}) == len(rows) == 3  # each row at most once
+        assert rows == sorted(rows, key=lambda r: -r["similarity_score"])
+        assert all(row["chunk"] in bodies[row["id"]] for row in rows)  # each row's best chunk
+        found_chunked += rows[0]["id"] == key
+        found_whole += hook.search("whole", query, return_columns=["id"], num_results=1)[0]["id"] == key
+    assert found_chunked == 5 and found_whole < 5  # the end of a text is out of reach of one vector a row
+
+    hybrid = hook.hybrid_search(JOB, "Mozilla Public License", return_columns=["id", "name"], num_results=5)
+    assert hybrid[0]["name"] == "MPL-2.0" and all("chunk" in row and row["similarity_score"] for row in hybrid)
+
+
+def test_a_changed_row_replaces_its_chunks_and_others_stay(licenses, hook):
+    hook.create_project(JOB, "licenses", "id", ["body"], chunk_size=200)
+    hook.generate_embeddings(JOB)
+    before = dict(licenses.execute(f"SELECT id, count(*) FROM vectorize._chunks_{JOB} GROUP BY id"))
+    kept = licenses.execute(f"SELECT id, chunk_no, updated_at FROM vectorize._chunks_{JOB} WHERE id <> 2 ORDER BY 1, 2")
+
+    licenses.execute("UPDATE licenses SET body = 'A short replacement text.' WHERE id = 2")
+    licenses.execute("DELETE FROM licenses WHERE id = 5")
+    assert hook.get_status(JOB)["stale_rows"] == 1
+    result = hook.generate_embeddings(JOB)
+
+    assert result["embedded"] == 1
+    assert licenses.execute(f"SELECT chunk_no, chunk FROM vectorize._chunks_{JOB} WHERE id = 2") == [
+        (0, "A short replacement text.")]
+    assert licenses.execute(f"SELECT count(*) FROM vectorize._chunks_{JOB} WHERE id = 5") == [(0,)]
+    assert licenses.execute(f"SELECT id, chunk_no, updated_at FROM vectorize._chunks_{JOB}"
+                            " WHERE id NOT IN (2, 5) ORDER BY 1, 2") == [r for r in kept if r[0] != 5]
+    assert hook.generate_embeddings(JOB)["embedded"] == 0 and before[2] > 1
+    assert hook.get_status(JOB)["pending"] == 0
+
+
+def test_drop_removes_the_chunks(licenses, hook):
+    hook.create_project(JOB, "licenses", "id", ["body"], chunk_size=200)
+    hook.generate_embeddings(JOB)
+
+    result = hook.drop_project(JOB)
+
+    assert result["embeddings_removed"] > 5 and f"vectorize._chunks_{JOB}" in result["objects"]
+    assert licenses.execute(f"SELECT to_regclass('vectorize._chunks_{JOB}')") == [(None,)]
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(chunk_size=0), "chunk_size must be a positive integer (tokens) or None, got 0"),
+    (dict(chunk_size=-5), "chunk_size must be a positive integer"),
+    (dict(chunk_size=100, chunk_overlap=100), "chunk_overlap (100) must be smaller than chunk_size (100)"),
+    (dict(chunk_size=100, chunk_overlap=-1), "chunk_overlap must be an integer >= 0"),
+    (dict(chunk_overlap=10), "chunk_overlap=10 needs a chunk_size"),
+    (dict(chunk_size=100, chunker="semantic"), "chunker 'semantic' is unknown; use one of recursive"),
+    (dict(chunk_size=300), "chunk_size 300 is above what 'sentence-transformers/all-MiniLM-L6-v2' reads at once"
+                           " (254 tokens); use chunk_size <= 254"),
+    (dict(chunk_size=100, table_method="append"), "chunking (chunk_size) needs table_method='join'"),
+], ids=["zero", "negative", "overlap=size", "negative-overlap", "overlap-alone", "chunker", "too-big", "append"])
+def test_invalid_chunking_is_refused_and_creates_nothing(licenses, hook, options, message):
+    before = snapshot(licenses)
+
+    with pytest.raises(InvalidInputError) as error:
+        hook.create_project(JOB, "licenses", "id", ["body"], **options)
+
+    assert message in str(error.value)
+    assert snapshot(licenses) == before
+
+
+def test_import_into_a_chunked_project_is_refused_for_now(licenses, hook):
+    hook.create_project(JOB, "licenses", "id", ["body"], chunk_size=200)
+    licenses.execute("CREATE TABLE vectors (id integer PRIMARY KEY, v real[])")
+    before = snapshot(licenses)
+
+    with pytest.raises(InvalidInputError, match="is chunked .* not supported yet"):
+        hook.import_embeddings(JOB, "vectors", "id", "v")
+
+    assert snapshot(licenses) == before
