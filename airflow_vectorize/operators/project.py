@@ -21,6 +21,9 @@ class CreateVectorizeProjectOperator(VectorizeBaseOperator):
     :param model_conn_id: the Airflow connection of a remote model (default ``openai_default`` /
         ``ollama_default``); only its id is stored.
     :param dimensions: ask a remote model for vectors of this size (OpenAI's text-embedding-3 models).
+    :param chunk_size: cut each row's text into chunks of this many tokens of the model's tokenizer, one
+        vector per chunk (join projects); None (the default) embeds each row whole, as pg_vectorize.
+    :param chunk_overlap: tokens shared by neighbouring chunks; :param chunker: ``recursive``.
     :param table_method: ``join`` (separate embeddings table + view) or ``append`` (columns on the table).
     :param index_dist_type: ``pgv_hnsw_cosine``, ``pgv_hnsw_l2`` or ``pgv_hnsw_ip``.
     :param schedule: ``realtime`` (triggers queue changed rows) or ``manual``.
@@ -48,6 +51,9 @@ class CreateVectorizeProjectOperator(VectorizeBaseOperator):
         embed_existing: bool = False,
         model_conn_id: str | None = None,
         dimensions: int | None = None,
+        chunk_size: int | None = None,
+        chunk_overlap: int = 0,
+        chunker: str = "recursive",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -64,6 +70,9 @@ class CreateVectorizeProjectOperator(VectorizeBaseOperator):
         self.embed_existing = embed_existing
         self.model_conn_id = model_conn_id
         self.dimensions = dimensions
+        self.chunk_size = chunk_size
+        self.chunk_overlap = chunk_overlap
+        self.chunker = chunker
 
     def execute(self, context: Any) -> dict[str, Any]:
         return self.hook.create_project(
@@ -80,6 +89,9 @@ class CreateVectorizeProjectOperator(VectorizeBaseOperator):
             embed_existing=self.embed_existing,
             model_conn_id=self.model_conn_id,
             dimensions=self.dimensions,
+            chunk_size=self.chunk_size,
+            chunk_overlap=self.chunk_overlap,
+            chunker=self.chunker,
         )
 
 
