@@ -8,6 +8,9 @@ from contextlib import contextmanager
 from psycopg import Cursor, sql
 
 from airflow_vectorize.catalog import Project, create_index, drop_index
+from airflow_vectorize.chunking import TextSplitter
+from airflow_vectorize.exceptions import InvalidInputError
+from airflow_vectorize.validation import ImportSource
 
 # A write that brings at least this share of the project's final rows, and at least MIN rows, drops the
 # HNSW index and builds it again afterwards: a bulk build is several times faster than inserting every
@@ -180,3 +183,60 @@ def upsert_from_staging(cur: Cursor, project: Project) -> int:
             " FROM vectorize_staging s WHERE r.{key} = s.{key}"
         ).format(**parts))
     return cur.rowcount
+
+
+def import_chunks(cur: Cursor, project: Project, source: ImportSource, splitter: TextSplitter) -> tuple[int, int, int]:
+    """Write a chunked project's imported (key, chunk number, vector) rows; returns (rows new to the project,
+    rows written, chunks written).
+
+    Each row's current text is cut with the project's own splitter, which gives every chunk its offsets and
+    text; the source must hold exactly the chunk numbers 0..n-1 for the n chunks that makes, else nothing
+    is written (the embeddings were computed on other chunks). A row's chunks are replaced as a whole.
+    """
+    key = sql.Identifier(project.primary_key)
+    src_key, src_chunk = sql.Identifier("s", source.key), sql.Identifier("s", source.chunk)
+    cur.execute(sql.SQL(
+        "CREATE TEMP TABLE vectorize_import_chunks ON COMMIT DROP AS SELECT {key} FROM {source} WITH NO DATA;"
+        " ALTER TABLE vectorize_import_chunks ADD COLUMN chunk_no integer, ADD COLUMN start_offset integer,"
+        " ADD COLUMN end_offset integer, ADD COLUMN chunk text, ADD COLUMN text_md5 uuid"
+    ).format(key=key, source=project.source))
+    mismatched: list[str] = []
+    with cur.connection.cursor(name="vectorize_import_texts") as texts:
+        texts.execute(sql.SQL(
+            "SELECT r.{key}, {text}, {md5}, c.n, c.top FROM (SELECT {src_key} AS k, count(*) AS n,"
+            " max({src_chunk}) AS top FROM {src} s GROUP BY 1) c JOIN {source} r ON r.{key} = c.k"
+        ).format(key=key, text=project.text_expression("r"), md5=project.text_md5_expression("r"),
+                 src_key=src_key, src_chunk=src_chunk, src=source.table, source=project.source))
+        while batch := texts.fetchmany(1000):
+            rows = []
+            for row_key, text, md5, count, top in batch:
+                chunks = splitter.split(text)
+                if count != len(chunks) or top != count - 1:
+                    mismatched.append(f"{row_key} ({count} given, {len(chunks)} made)")
+                rows += [(row_key, c.number, c.start, c.end, c.text, md5) for c in chunks]
+            if not mismatched:
+                with cur.copy("COPY vectorize_import_chunks FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+    if mismatched:
+        raise InvalidInputError(
+            f"cannot import chunk embeddings into project {project.name!r} from {source.table.as_string(cur)}:"
+            f" {len(mismatched)} row(s) whose chunk numbers are not 0..n-1 for the n chunks the project's"
+            f" chunker (chunk_size {project.chunk_size}, overlap {project.chunk_overlap}) makes of their text;"
+            f" e.g. keys {mismatched[:5]}. Compute the embeddings on the same chunks, or generate them."
+            " Nothing was written."
+        )
+    cur.execute(sql.SQL(
+        "WITH gone AS (DELETE FROM {target} t USING (SELECT DISTINCT {key} FROM vectorize_import_chunks) c"
+        " WHERE t.{key} = c.{key} RETURNING t.{key}) SELECT count(DISTINCT {key}) FROM gone"
+    ).format(target=project.target, key=key))
+    replaced = cur.fetchone()[0]
+    cur.execute(sql.SQL(
+        "INSERT INTO {target} ({key}, chunk_no, start_offset, end_offset, chunk, embeddings, updated_at, text_md5)"
+        " SELECT c.{key}, c.chunk_no, c.start_offset, c.end_offset, c.chunk, {src_emb}::vector, now(), c.text_md5"
+        " FROM {src} s JOIN vectorize_import_chunks c ON c.{key} = {src_key} AND c.chunk_no = {src_chunk}"
+    ).format(target=project.target, key=key, src_emb=sql.Identifier("s", source.embeddings), src=source.table,
+             src_key=src_key, src_chunk=src_chunk))
+    chunks = cur.rowcount
+    rows = cur.execute(sql.SQL("SELECT count(DISTINCT {}) FROM vectorize_import_chunks").format(key)).fetchone()[0]
+    return rows - replaced, rows, chunks

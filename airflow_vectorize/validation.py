@@ -206,15 +206,34 @@ class ImportSource:
     embeddings: str
     rows: int
     already_embedded: int | None  # append only: rows that had an embedding before
+    chunk: str | None = None  # chunked projects: the chunk number column
 
 
 def check_import_source(
-    cur: Cursor, project: Project, src_schema: str, src_table: str, src_key: str, src_embeddings: str
-) -> tuple[Table, Column, Column]:
-    """Check the source's catalog entries: table, key and embedding column types, declared dimensions."""
+    cur: Cursor, project: Project, src_schema: str, src_table: str, src_key: str, src_embeddings: str,
+    src_chunk: str | None = None,
+) -> tuple[Table, Column, Column, Column | None]:
+    """Check the source's catalog entries: table, key, chunk number and embedding column types, declared
+    dimensions. A chunked project needs ``src_chunk`` (an integer column), an unchunked one refuses it."""
+    if project.is_chunked and src_chunk is None:
+        raise InvalidInputError(
+            f"project {project.name!r} is chunked: give src_chunk_col, the column holding each embedding's"
+            " chunk number (0, 1, ... within its row)"
+        )
+    if not project.is_chunked and src_chunk is not None:
+        raise InvalidInputError(
+            f"src_chunk_col {src_chunk!r} is for chunked projects; project {project.name!r} keeps one"
+            " embedding per row"
+        )
     table = require_table(cur, src_schema, src_table, kinds="rpvmf", role="src_table")
     key = table.column(src_key, "src_primary_key")
     emb = table.column(src_embeddings, "src_embeddings_col")
+    chunk = None
+    if src_chunk is not None:
+        chunk = table.column(src_chunk, "src_chunk_col")
+        if chunk.data_type not in INTEGER_TYPES:
+            raise InvalidInputError(f"src_chunk_col {src_chunk!r} of {table.label} is {chunk.type_sql};"
+                                    " expected an integer type")
     key_ok = key.data_type == project.pkey_type or (
         key.data_type in INTEGER_TYPES and project.pkey_type in INTEGER_TYPES
     )
@@ -242,10 +261,11 @@ def check_import_source(
             f"project {project.name!r} expects {project.dimensions} dimensions, but column {src_embeddings!r}"
             f" of {table.label} is {emb.type_sql} (found {emb.typmod}); e.g. keys {keys}"
         )
-    return table, key, emb
+    return table, key, emb, chunk
 
 
-def check_import_rows(cur: Cursor, project: Project, table: Table, key: Column, emb: Column) -> ImportSource:
+def check_import_rows(cur: Cursor, project: Project, table: Table, key: Column, emb: Column,
+                      chunk: Column | None = None) -> ImportSource:
     """One set-based pass over the source that finds every bad row; checks the catalog rules out are skipped.
 
     Raises on NULL keys or embeddings, wrong dimensions, NaN/infinite values, duplicate keys and keys that
@@ -263,6 +283,9 @@ def check_import_rows(cur: Cursor, project: Project, table: Table, key: Column, 
         checks.append(("NULL keys", sql.SQL("{} IS NULL").format(k)))
     if not emb.not_null:
         checks.append(("NULL embeddings", sql.SQL("{} IS NULL").format(e)))
+    if chunk is not None:
+        checks.append(("NULL or negative chunk numbers", sql.SQL("{c} IS NULL OR {c} < 0").format(
+            c=sql.Identifier("s", chunk.name))))
     if is_array:
         checks.append(("NULL elements in embeddings", sql.SQL("array_position({}, NULL) IS NOT NULL").format(e)))
         checks.append(("NaN or infinite values", sql.SQL(
@@ -285,7 +308,8 @@ def check_import_rows(cur: Cursor, project: Project, table: Table, key: Column, 
     if not project.is_join:
         items.append(sql.SQL("count(*) FILTER (WHERE r.{} IS NOT NULL) AS already_embedded").format(
             sql.Identifier(project.embeddings_column)))
-    duplicates = not key.unique
+    duplicates = not key.unique or chunk is not None  # a chunked source repeats keys: (key, chunk) is unique
+    dup_columns = sql.SQL(", ").join(sql.Identifier(c.name) for c in (key, chunk) if c is not None)
     if duplicates:
         items.append(sql.SQL(
             "(SELECT count(*) FROM dup) AS ndup, (SELECT (array_agg(key::text))[1:{s}] FROM dup) AS kdup"
@@ -294,8 +318,9 @@ def check_import_rows(cur: Cursor, project: Project, table: Table, key: Column, 
         "{with_dup} SELECT {items} FROM {src} s LEFT JOIN {source} r ON r.{pk} = {k}"
     ).format(
         with_dup=sql.SQL(
-            "WITH dup AS (SELECT {key} AS key FROM {src} WHERE {key} IS NOT NULL GROUP BY 1 HAVING count(*) > 1)"
-        ).format(key=sql.Identifier(key.name), src=src) if duplicates else sql.SQL(""),
+            "WITH dup AS (SELECT {key} AS key FROM {src} WHERE {key} IS NOT NULL GROUP BY {columns}"
+            " HAVING count(*) > 1)"
+        ).format(key=sql.Identifier(key.name), src=src, columns=dup_columns) if duplicates else sql.SQL(""),
         items=sql.SQL(", ").join(items),
         src=src,
         source=project.source,
@@ -317,7 +342,8 @@ def check_import_rows(cur: Cursor, project: Project, table: Table, key: Column, 
             sample = f"; e.g. keys {result[f'k{i}']}" if label != "NULL keys" else ""
             problems.append(f"{result[f'n{i}']} row(s) with {label}{sample}")
     if duplicates and result["ndup"]:
-        problems.append(f"{result['ndup']} duplicate key value(s); e.g. keys {result['kdup']}")
+        what = "(key, chunk number) pairs" if chunk is not None else "key value(s)"
+        problems.append(f"{result['ndup']} duplicate {what}; e.g. keys {result['kdup']}")
     if problems:
         raise InvalidInputError(
             f"cannot import embeddings into project {project.name!r} from {table.label}"
@@ -327,6 +353,7 @@ def check_import_rows(cur: Cursor, project: Project, table: Table, key: Column, 
         table=src,
         key=key.name,
         embeddings=emb.name,
+        chunk=None if chunk is None else chunk.name,
         rows=result["total"],
         already_embedded=None if project.is_join else result["already_embedded"],
     )

@@ -117,12 +117,60 @@ def test_invalid_chunking_is_refused_and_creates_nothing(licenses, hook, options
     assert snapshot(licenses) == before
 
 
-def test_import_into_a_chunked_project_is_refused_for_now(licenses, hook):
-    hook.create_project(JOB, "licenses", "id", ["body"], chunk_size=200)
-    licenses.execute("CREATE TABLE vectors (id integer PRIMARY KEY, v real[])")
+@pytest.fixture(scope="module")
+def license_chunk_vectors(model) -> list[tuple[int, int, list[float]]]:
+    """(id, chunk number, vector) of each license's chunks (200 tokens, overlap 20), cut as a project cuts
+    them: what an upstream system would have computed."""
+    from airflow_vectorize.chunking import TextSplitter
+
+    splitter = TextSplitter(model.tokenizer, 200, 20)
+    rows = [(key, chunk) for key, name in DOCUMENTS.items() for chunk in splitter.split(document(name))]
+    vectors = model.encode([chunk.text for _, chunk in rows], show_progress_bar=False)
+    return [(key, chunk.number, vector.tolist()) for (key, chunk), vector in zip(rows, vectors)]
+
+
+def chunk_embeddings(db, vectors) -> None:
+    db.execute("CREATE TABLE chunk_vectors (id integer, chunk_no smallint, v real[])")
+    with db.conn.cursor() as cur:
+        cur.executemany("INSERT INTO chunk_vectors VALUES (%s, %s, %s)", vectors)
+
+
+def test_import_of_chunk_embeddings(licenses, hook, license_chunk_vectors):
+    hook.create_project(JOB, "licenses", "id", ["body"], chunk_size=200, chunk_overlap=20)
+    chunk_embeddings(licenses, license_chunk_vectors)
+    total = licenses.scalar("SELECT count(*) FROM chunk_vectors")
+
+    summary = hook.import_embeddings(JOB, "chunk_vectors", "id", "v", src_chunk_col="chunk_no")
+
+    assert (summary["imported"], summary["inserted"], summary["chunks"]) == (5, 5, total)
+    assert licenses.scalar(f"SELECT count(*) FROM vectorize._chunks_{JOB} e JOIN chunk_vectors s"
+                           " ON s.id = e.id AND s.chunk_no = e.chunk_no"
+                           " WHERE e.embeddings = s.v::vector AND e.chunk = substr((SELECT body FROM licenses l"
+                           " WHERE l.id = e.id), e.start_offset + 1, e.end_offset - e.start_offset)") == total
+    assert hook.generate_embeddings(JOB)["embedded"] == 0  # imported chunks are current
+    assert hook.import_embeddings(JOB, "chunk_vectors", "id", "v", src_chunk_col="chunk_no")["updated"] == 5
+
+
+@pytest.mark.parametrize("change, kwargs, message", [
+    (None, dict(), "project 'licenses' is chunked: give src_chunk_col"),
+    ("DELETE FROM chunk_vectors WHERE id = 3 AND chunk_no = (SELECT max(chunk_no) FROM chunk_vectors WHERE id = 3)",
+     dict(src_chunk_col="chunk_no"), "1 row(s) whose chunk numbers are not 0..n-1 for the n chunks the project's"
+                                     " chunker (chunk_size 200, overlap 20) makes of their text; e.g. keys ['3 ("),
+    ("INSERT INTO chunk_vectors SELECT id, chunk_no, v FROM chunk_vectors WHERE id = 2 AND chunk_no = 1",
+     dict(src_chunk_col="chunk_no"), "1 duplicate (key, chunk number) pairs; e.g. keys ['2']"),
+    ("UPDATE chunk_vectors SET chunk_no = -1 WHERE id = 4 AND chunk_no = 0", dict(src_chunk_col="chunk_no"),
+     "1 row(s) with NULL or negative chunk numbers; e.g. keys ['4']"),
+    (None, dict(src_chunk_col="v"), "src_chunk_col 'v' of \"public\".\"chunk_vectors\" is real[]; expected an integer"),
+], ids=["no-chunk-col", "other-chunks", "duplicate", "negative", "chunk-col-type"])
+def test_bad_chunk_imports_change_nothing(licenses, hook, license_chunk_vectors, change, kwargs, message):
+    hook.create_project(JOB, "licenses", "id", ["body"], chunk_size=200, chunk_overlap=20)
+    chunk_embeddings(licenses, license_chunk_vectors)
+    if change:
+        licenses.execute(change)
     before = snapshot(licenses)
 
-    with pytest.raises(InvalidInputError, match="is chunked .* not supported yet"):
-        hook.import_embeddings(JOB, "vectors", "id", "v")
+    with pytest.raises(InvalidInputError) as error:
+        hook.import_embeddings(JOB, "chunk_vectors", "id", "v", **kwargs)
 
+    assert message in str(error.value)
     assert snapshot(licenses) == before

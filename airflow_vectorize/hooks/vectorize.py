@@ -302,30 +302,35 @@ class VectorizeHook(PostgresHook):
         src_primary_key: str,
         src_embeddings_col: str,
         src_schema: str = "public",
+        src_chunk_col: str | None = None,
     ) -> dict[str, Any]:
         """Import pre-computed embeddings from ``src_schema.src_table``, all or nothing.
 
         Everything is validated before the first write (missing table or column, column type, dimensions,
         NULL/NaN/infinite values, duplicate keys, keys not in the project's table). Existing embeddings
         are overwritten (join and append alike); queued realtime work is cleared for the imported keys.
+        A chunked project takes one embedding per (key, ``src_chunk_col``) and replaces each imported row's
+        chunks; the chunks' offsets and text come from cutting the row's text with the project's splitter
+        (see :func:`airflow_vectorize.storage.import_chunks`). ``imported``/``inserted``/``updated`` count
+        rows, ``chunks`` the chunks written.
         """
         started = time.monotonic()
+        chunks = None
         with self.transaction() as cur:
             catalog.lock_project(cur, job_name)
             project = self._project(cur, job_name)
-            if project.is_chunked:
-                raise InvalidInputError(
-                    f"project {job_name!r} is chunked (chunk_size {project.chunk_size}): importing embeddings of"
-                    " chunks is not supported yet; generate them with generate_embeddings"
-                )
-            table, key, emb = validation.check_import_source(
-                cur, project, src_schema, src_table, src_primary_key, src_embeddings_col
+            table, key, emb, chunk = validation.check_import_source(
+                cur, project, src_schema, src_table, src_primary_key, src_embeddings_col, src_chunk_col
             )
-            source = validation.check_import_rows(cur, project, table, key, emb)
+            source = validation.check_import_rows(cur, project, table, key, emb, chunk)
             with storage.index_maintenance(cur, project, source.rows, self.index_build_memory) as rebuilt:
-                inserted, written = storage.import_from_table(
-                    cur, project, source.table, source.key, source.embeddings, exclusive=rebuilt
-                )
+                if project.is_chunked:
+                    splitter = self._splitter(project, self._model(project))
+                    inserted, written, chunks = storage.import_chunks(cur, project, source, splitter)
+                else:
+                    inserted, written = storage.import_from_table(
+                        cur, project, source.table, source.key, source.embeddings, exclusive=rebuilt
+                    )
             if inserted is None:  # append: the validation pass counted rows that already had one
                 inserted = written - source.already_embedded
             pending_cleared = storage.clear_pending(cur, project, source.table, source.key)
@@ -339,6 +344,7 @@ class VectorizeHook(PostgresHook):
             "dimensions": project.dimensions,
             "pending_cleared": pending_cleared,
             "index_rebuilt": rebuilt,
+            **({"chunks": chunks} if project.is_chunked else {}),
             "seconds": round(time.monotonic() - started, 3),
         }
         self.log.info("Imported embeddings: %s", summary)

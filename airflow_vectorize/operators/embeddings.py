@@ -16,10 +16,11 @@ class ImportEmbeddingsOperator(VectorizeBaseOperator):
     :param src_table: the table holding the embeddings; ``src_schema`` its schema.
     :param src_primary_key: its column matching the project's primary key.
     :param src_embeddings_col: its vector, halfvec, real[] or double precision[] column.
+    :param src_chunk_col: for a chunked project, its chunk number column (0, 1, ... within a row).
     """
 
     template_fields: Sequence[str] = (
-        "job_name", "src_table", "src_schema", "src_primary_key", "src_embeddings_col"
+        "job_name", "src_table", "src_schema", "src_primary_key", "src_embeddings_col", "src_chunk_col"
     )
 
     def __init__(
@@ -30,10 +31,12 @@ class ImportEmbeddingsOperator(VectorizeBaseOperator):
         src_primary_key: str,
         src_embeddings_col: str,
         src_schema: str = "public",
+        src_chunk_col: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.job_name = job_name
+        self.src_chunk_col = src_chunk_col
         self.src_table = src_table
         self.src_primary_key = src_primary_key
         self.src_embeddings_col = src_embeddings_col
@@ -46,6 +49,7 @@ class ImportEmbeddingsOperator(VectorizeBaseOperator):
             src_primary_key=self.src_primary_key,
             src_embeddings_col=self.src_embeddings_col,
             src_schema=self.src_schema,
+            src_chunk_col=self.src_chunk_col,
         )
 
 
