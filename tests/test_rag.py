@@ -18,7 +18,7 @@ from airflow_vectorize.exceptions import (
 )
 from airflow_vectorize.operators import GenerateTextOperator, RAGOperator
 from airflow_vectorize.rag import QUESTION_ANSWER
-from scripts.infinity_server import free_port
+from scripts.server_process import free_port
 
 JOB = "shop"
 QUERY = "Which phone has a good camera?"

@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import pytest
 from conftest import product_texts, set_model_connection, snapshot
-from scripts.infinity_server import free_port
+from scripts.server_process import free_port
 
 from airflow_vectorize.exceptions import (
     InvalidInputError,
