@@ -86,7 +86,8 @@ def print_summary(run: dict) -> None:
         if answers and all(isinstance(a, dict) and "chat_response" in a and "query" in a for a in answers):
             for a in answers:  # RAG: the question, the answer, the rows it was given
                 ids = [c["record_id"] for c in a["context"]]
-                print(f"    Q: {a['query']}\n    A: {a['chat_response']!r}  (context: {ids}, {a['usage']})")
+                answer = a["chat_response"] if len(a["chat_response"]) <= 160 else a["chat_response"][:160] + "…"
+                print(f"    Q: {a['query']}\n    A: {answer!r}\n       context rows {ids}, usage {a['usage']}")
         elif isinstance(result, list):  # search results: one line a row
             for row in result:
                 print("    " + json.dumps(row, default=str))
