@@ -386,7 +386,9 @@ def create_storage(cur: Cursor, project: Project) -> None:
                 " ADD COLUMN end_offset integer NOT NULL, ADD COLUMN chunk text NOT NULL,"
                 " ADD COLUMN embeddings {vector_type} NOT NULL,"
                 " ADD COLUMN updated_at timestamptz NOT NULL DEFAULT now(),"
-                " ADD COLUMN text_md5 uuid, ADD PRIMARY KEY ({key}, chunk_no);"
+                " ADD COLUMN text_md5 uuid, ADD PRIMARY KEY ({key}, chunk_no),"
+                # Vectors stay in the row (a chunk's text is moved out of line first): searches read them.
+                " ALTER COLUMN embeddings SET STORAGE MAIN;"
                 " CREATE VIEW {view} AS SELECT s.*, e.chunk_no, e.chunk, e.embeddings,"
                 " e.updated_at AS embeddings_updated_at FROM {source} s JOIN {target} e ON e.{key} = s.{key}"
             ).format(target=project.target, key=key, source=project.source, vector_type=vector_type,

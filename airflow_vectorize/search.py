@@ -259,8 +259,10 @@ def _column_list(columns: tuple[str, ...]) -> sql.Composable:
     return sql.SQL(", ").join(sql.Identifier("s", c) for c in columns)
 
 
-# A chunked project's search reads this many nearest chunks per requested row, then keeps each row's best.
-CHUNKS_PER_ROW = 10
+# A chunked project's search reads this many nearest chunks per requested row (4 × 10 = pgvector's default
+# ef_search), then keeps each row's best; when they cover too few rows, the hook asks again with more.
+CHUNKS_PER_ROW = 4
+MAX_CHUNKS_PER_ROW = 256
 
 
 def _best_chunk(project: Project, row_key: sql.Composable) -> sql.Composable:
@@ -286,22 +288,30 @@ def _nearest_rows(project: Project, shape: tuple[Filter, ...], rows: int) -> sql
 
 
 def _chunked_vector_statement(project: Project, columns: tuple[str, ...], shape: tuple[Filter, ...],
-                              limit: int) -> str:
-    similarity = sql.SQL(SIMILARITY[project.index_dist_type]).format(sql.SQL("best.d"))
+                              limit: int, chunks_per_row: int) -> str:
+    """The nearest ``limit × chunks_per_row`` chunks (HNSW), each row's first among them is its best."""
+    parts = _parts(project)
+    source_join = (sql.SQL(" JOIN {s} s ON s.{k} = e.{k}").format(s=project.source, k=parts["key"])
+                   if shape else sql.SQL(""))
+    similarity = sql.SQL(SIMILARITY[project.index_dist_type]).format(sql.SQL("n.d"))
     return sql.SQL(
-        "SELECT {columns}, {similarity} AS similarity_score, best.chunk FROM ({nearest}) n"
-        " JOIN {source} s ON s.{key} = n.k CROSS JOIN {best} ORDER BY best.d, n.k"
-    ).format(columns=_column_list(columns), similarity=similarity, nearest=_nearest_rows(project, shape, limit),
-             source=project.source, key=sql.Identifier(project.primary_key),
-             best=_best_chunk(project, sql.SQL("n.k"))).as_string()
+        "SELECT {columns}, {similarity} AS similarity_score, n.chunk FROM ("
+        " SELECT DISTINCT ON (k) k, d, chunk FROM ("
+        "  SELECT e.{key} AS k, {distance} AS d, e.chunk FROM {target} e{source_join}"
+        "  WHERE {where} ORDER BY {distance} LIMIT {chunks}) c ORDER BY k, d) n"
+        " JOIN {source} s ON s.{key} = n.k ORDER BY n.d, n.k LIMIT {limit}"
+    ).format(columns=_column_list(columns), similarity=similarity, key=parts["key"], distance=parts["distance"],
+             target=project.target, source_join=source_join, where=_where(shape),
+             chunks=sql.Literal(limit * chunks_per_row), source=project.source, limit=sql.Literal(limit)
+             ).as_string()
 
 
 @lru_cache(maxsize=256)
 def _vector_statement(
-    project: Project, columns: tuple[str, ...], shape: tuple[Filter, ...], limit: int
+    project: Project, columns: tuple[str, ...], shape: tuple[Filter, ...], limit: int, chunks_per_row: int = 0
 ) -> str:
     if project.is_chunked:
-        return _chunked_vector_statement(project, columns, shape, limit)
+        return _chunked_vector_statement(project, columns, shape, limit, chunks_per_row)
     parts = _parts(project)
     if project.is_join and not shape and columns == (project.primary_key,):
         # Only the key, which the embeddings table holds (its foreign key guarantees the source row):
@@ -371,15 +381,20 @@ def vector_search_query(
     filters: Mapping[str, Any] | None = None,
     ef_search: int | None = None,
     embed: Callable[[str], Any] | None = None,
+    chunks_per_row: int = CHUNKS_PER_ROW,
 ) -> SearchQuery:
-    """Check the input, embed the query (a text, with ``embed``), and build the nearest-neighbour statement."""
+    """Check the input, embed the query (a text, with ``embed``), and build the nearest-neighbour statement.
+
+    ``chunks_per_row``: for a chunked project, the nearest ``num_results × chunks_per_row`` chunks are read."""
     project = target.project
     check_count("num_results", num_results)
     columns = check_columns(project, target.columns, return_columns)
     shape, params = parse_filters(project, target.columns, filters)
     settings = scan_settings(ef_search)
     params.update(_guard_params(target), vector=query_vector(project, query, embed))
-    return SearchQuery(_vector_statement(project, tuple(columns), shape, num_results), params, settings)
+    statement = _vector_statement(project, tuple(columns), shape, num_results,
+                                  chunks_per_row if project.is_chunked else 0)
+    return SearchQuery(statement, params, settings)
 
 
 def hybrid_search_query(

@@ -14,9 +14,9 @@ from typing import Any
 from bench.session import prepare_environment
 
 BENCH_DIR = Path(__file__).resolve().parent
-SECTIONS = ("import", "search", "reimport", "generate", "remote", "memory")
+SECTIONS = ("import", "search", "reimport", "generate", "remote", "memory", "chunking")
 QUICK = {"rows": 2000, "repeats": 1, "generate_rows": 100, "queries": 20, "memory_import_rows": 500,
-         "memory_generate_rows": 50, "remote_rows": 200}
+         "memory_generate_rows": 50, "remote_rows": 200, "chunking_docs": 16}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -34,6 +34,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="texts embedded through a remote model (a local Infinity server) (2000)")
     parser.add_argument("--remote-batch-size", type=int, default=64,
                         help="texts per request / batch_size of the remote measurement (64)")
+    parser.add_argument("--chunking-docs", type=int, default=160,
+                        help="man pages (1-50 kB) of the chunking measurements, ~5-6 minutes at 160 (160)")
     parser.add_argument("--queries", type=int, default=200, help="search queries for p50 and recall (200)")
     parser.add_argument("--memory-import-rows", type=int, default=25_000,
                         help="1× of the import memory measurement; 4× must fit in --rows (25000)")
@@ -65,6 +67,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("search and reimport use the project that the import section fills: add 'import'")
     if args.remote_rows < 1 or args.remote_batch_size < 1:
         parser.error("--remote-rows and --remote-batch-size must be positive")
+    if args.chunking_docs < 2:
+        parser.error("--chunking-docs must be at least 2")
     if 4 * args.memory_import_rows > args.rows:
         parser.error("4 × --memory-import-rows must not exceed --rows")
     return args
@@ -73,7 +77,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     prepare_environment()
-    from bench import generation, imports, memory, remote, report, search
+    from bench import chunking, generation, imports, memory, remote, report, search
     from bench.session import BenchSession, log
 
     started = time.perf_counter()
@@ -104,6 +108,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             measurements += remote.measure(session, args.remote_rows, args.remote_batch_size)
         if "memory" in args.only:
             measurements += memory.measure(session, args.memory_import_rows, args.memory_generate_rows)
+        if "chunking" in args.only:
+            log(f"chunking: {args.chunking_docs:,} man pages")
+            measurements += chunking.measure(session, args.chunking_docs)
     finally:
         session.stop()
 

@@ -16,7 +16,8 @@ EXPECTED = {
     "import_vs_floor", "import_vs_pg_vectorize", "import_vs_airflow", "search_vs_raw_sql", "search_recall",
     "reimport_10_vs_naive", "reimport_100_vs_initial", "generate_vs_encode", "memory_import_4x",
     "memory_generate_4x", "remote_generate_vs_client", "remote_generate_vs_client_c1",
-    "remote_generate_vs_client_c2",
+    "remote_generate_vs_client_c2", "chunking_recall_last_third", "chunking_recall_gain",
+    "chunking_recall_first_third", "chunking_embed_throughput", "chunking_search_time",
 }
 
 
@@ -47,6 +48,13 @@ def test_quick_benchmark_writes_table_json_and_chart(tmp_path):
     assert remote["target"] == 0.9 and remote["details"]["concurrency"] == 4
     for side in ("ours_rows_per_second", "bare_rows_per_second"):  # the rates at concurrency 1, 2 and 4
         assert set(remote["details"][side]) == {"1", "2", "4"}, remote["details"]
+
+    chunking = measurements["chunking_embed_throughput"]["details"]  # every page embedded, in chunks
+    assert chunking["embedded"] == chunking["documents"] == result["config"]["chunking_docs"]
+    assert chunking["stored_chunks"] == chunking["chunks"] > chunking["documents"] and chunking["tokens"] > 0
+    recall = measurements["chunking_recall_last_third"]["details"]
+    assert recall["queries"]["last"] > 0 and recall["queries"]["first"] > 0
+    assert 0 <= recall["unchunked_recall_at_10"] <= 1
 
     # --quick never overwrites the committed bench/latest.* that the README shows.
     assert {path: path.stat().st_mtime_ns for path in latest if path.exists()} == before

@@ -482,8 +482,22 @@ class VectorizeHook(PostgresHook):
         The query orders by the distance operator, so the HNSW index serves it; ``ef_search`` sets
         ``hnsw.ef_search`` for this query.
         """
-        return self._run_search(job_name, lambda target: searching.vector_search_query(
-            target, query, return_columns, num_results, filters, ef_search, embed=self._embed_query(target.project)))
+        vector: list[Any] = []  # a text query is embedded once, also when a chunked search asks again
+
+        def build(target: searching.SearchTarget, chunks_per_row: int = searching.CHUNKS_PER_ROW):
+            if isinstance(query, str) and not vector:
+                vector.append(searching.query_vector(target.project, query, self._embed_query(target.project)))
+            return searching.vector_search_query(target, vector[0] if vector else query, return_columns,
+                                                 num_results, filters, ef_search, chunks_per_row=chunks_per_row)
+
+        rows = self._run_search(job_name, build)
+        per_row = searching.CHUNKS_PER_ROW
+        target = self._search_cache.get(job_name)
+        while (target is not None and target.project.is_chunked and len(rows) < num_results
+               and per_row < searching.MAX_CHUNKS_PER_ROW):  # the nearest chunks covered too few rows
+            per_row *= 4
+            rows = self._run_search(job_name, lambda t, n=per_row: build(t, n))
+        return rows
 
     def hybrid_search(
         self,
