@@ -174,3 +174,18 @@ def test_bad_chunk_imports_change_nothing(licenses, hook, license_chunk_vectors,
 
     assert message in str(error.value)
     assert snapshot(licenses) == before
+
+
+def test_search_returns_enough_rows_when_one_row_owns_the_nearest_chunks(licenses, hook):
+    sentence = "The lighthouse keeper fed the seagulls at dawn every single morning."
+    licenses.execute("INSERT INTO licenses VALUES (6, 'lighthouse', repeat(%s || ' ', 60))", [sentence])
+    hook.create_project(JOB, "licenses", "id", ["body"], chunk_size=32)
+    hook.generate_embeddings(JOB)
+
+    rows = hook.search(JOB, sentence, return_columns=["id"], num_results=5)
+    nearest = licenses.execute(
+        f"SELECT DISTINCT id FROM (SELECT id FROM vectorize._chunks_{JOB} ORDER BY embeddings <=> %s::vector"
+        " LIMIT 20) c", [hook.encode(JOB, [sentence])[0]])
+
+    assert nearest == [(6,)]  # the 4 x 5 nearest chunks are all row 6's: one pass would return one row
+    assert len(rows) == 5 and rows[0]["id"] == 6 and len({row["id"] for row in rows}) == 5
