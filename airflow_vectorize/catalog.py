@@ -229,6 +229,15 @@ class Project:
     def update_trigger(self) -> str:
         return f"vectorize_update_trigger_{self.name}"
 
+    def stored_rows(self) -> sql.Composable:
+        """``FROM`` clause: the source as ``r`` with, for join projects, its stored embedding state as ``e``
+        (one row per source row: a chunked project's chunk 0, which carries the row's md5)."""
+        if not self.is_join:
+            return sql.SQL("{} r").format(self.source)
+        return sql.SQL("{source} r LEFT JOIN {target} e ON e.{key} = r.{key}{first_chunk}").format(
+            source=self.source, target=self.target, key=sql.Identifier(self.primary_key),
+            first_chunk=sql.SQL(" AND e.chunk_no = 0" if self.is_chunked else ""))
+
     def text_expression(self, alias: str) -> sql.Composable:
         """The text to embed: the columns joined with ', ', NULL columns skipped ('' when all are NULL)."""
         parts = sql.SQL(", ").join(sql.Identifier(alias, column) for column in self.columns)

@@ -81,14 +81,10 @@ class Scope:
 
 def _row_sql(project: Project) -> dict[str, sql.Composable]:
     """SQL pieces for 'source rows with their stored embedding's md5' and 'needs embedding'."""
-    key = sql.Identifier(project.primary_key)
     stored_md5 = sql.Identifier("e" if project.is_join else "r", project.text_md5_column)
     text_md5 = project.text_md5_expression("r")
-    first_chunk = sql.SQL(" AND e.chunk_no = 0" if project.is_chunked else "")  # it holds a row's md5
     return {
-        "from": (sql.SQL("{source} r LEFT JOIN {target} e ON e.{key} = r.{key}{first_chunk}").format(
-            source=project.source, target=project.target, key=key, first_chunk=first_chunk)
-            if project.is_join else sql.SQL("{} r").format(project.source)),
+        "from": project.stored_rows(),
         "needs": sql.SQL("{stored} IS DISTINCT FROM {current}").format(stored=stored_md5, current=text_md5),
         "current": sql.SQL("{stored} = {current}").format(stored=stored_md5, current=text_md5),
         "text": project.text_expression("r"),

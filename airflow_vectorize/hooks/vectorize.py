@@ -255,12 +255,6 @@ class VectorizeHook(PostgresHook):
         for a chunked project, its ``chunks``)."""
         with self.transaction() as cur:
             project = self._project(cur, job_name)
-            join = (
-                sql.SQL("LEFT JOIN {target} e ON e.{key} = r.{key}{first_chunk}").format(
-                    target=project.target, key=sql.Identifier(project.primary_key),
-                    first_chunk=sql.SQL(" AND e.chunk_no = 0" if project.is_chunked else ""))
-                if project.is_join else sql.SQL("")
-            )
             alias = "e" if project.is_join else "r"
             cur.execute(
                 sql.SQL(
@@ -268,15 +262,14 @@ class VectorizeHook(PostgresHook):
                     " count(*) FILTER (WHERE {emb} IS NOT NULL AND {md5} IS DISTINCT FROM {text_md5}),"
                     " count(*) FILTER (WHERE {text} = ''),"
                     " (SELECT count(*) FROM {queue})"
-                    " FROM {source} r {join}"
+                    " FROM {rows}"
                 ).format(
                     emb=sql.Identifier(alias, project.embeddings_column),
                     md5=project.text_md5_expression("r"),
                     text_md5=sql.Identifier(alias, project.text_md5_column),
                     text=project.text_expression("r"),
                     queue=project.queue,
-                    source=project.source,
-                    join=join,
+                    rows=project.stored_rows(),
                 )
             )
             total, embedded, stale, no_text, pending = cur.fetchone()
