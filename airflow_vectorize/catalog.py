@@ -222,6 +222,11 @@ class Project:
         return objects
 
     @property
+    def channel(self) -> str:
+        """The LISTEN/NOTIFY channel the realtime triggers notify when they queue rows."""
+        return f"vectorize_{self.name}"
+
+    @property
     def insert_trigger(self) -> str:
         return f"vectorize_insert_trigger_{self.name}"
 
@@ -351,6 +356,17 @@ def find_project(cur: Cursor, job_name: str) -> Project | None:
     return rows[0] if rows else None
 
 
+async def afind_project(conn: psycopg.AsyncConnection, job_name: str) -> Project | None:
+    """``find_project`` on an async connection (for triggers)."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute("SELECT to_regclass('vectorize.job') IS NOT NULL AS present")
+        if not (await cur.fetchone())["present"]:
+            return None
+        await cur.execute(_PROJECT_QUERY + "WHERE j.name = %s", [job_name])
+        row = await cur.fetchone()
+    return Project.from_row(row) if row else None
+
+
 def list_projects(cur: Cursor) -> list[Project]:
     if not catalog_exists(cur):
         return []
@@ -459,11 +475,13 @@ def drop_index(cur: Cursor, project: Project) -> None:
 
 
 def create_triggers(cur: Cursor, project: Project) -> None:
-    """Queue the keys of inserted rows, and of rows whose embedded columns changed.
+    """Queue the keys of inserted rows, and of rows whose embedded columns changed, and NOTIFY.
 
     Inserts are handled per statement (one set-based insert from the transition table). Updates use a
     row trigger limited to the embedded columns (PostgreSQL allows no transition table with a column
-    list), so writing embeddings, or changing any other column, never queues a row.
+    list), so writing embeddings, or changing any other column, never queues a row. The notification
+    (channel ``vectorize_<job>``, empty payload) is delivered at commit, once per transaction however
+    many rows it queued: it wakes ``PendingRowsTrigger``.
     """
     key = sql.Identifier(project.primary_key)
     body = sql.SQL(
@@ -476,10 +494,11 @@ def create_triggers(cur: Cursor, project: Project) -> None:
             INSERT INTO {queue} ({key}) SELECT n.{key} FROM vectorize_new_rows n
               ON CONFLICT ({key}) DO UPDATE SET enqueued_at = clock_timestamp();
           END IF;
+          PERFORM pg_notify({channel}, '');
           RETURN NULL;
         END
         """
-    ).format(queue=project.queue, key=key)
+    ).format(queue=project.queue, key=key, channel=sql.Literal(project.channel))
     changed = sql.SQL(" OR ").join(
         sql.SQL("OLD.{c} IS DISTINCT FROM NEW.{c}").format(c=sql.Identifier(c)) for c in project.columns
     )

@@ -43,12 +43,14 @@ PROGRESS_EVERY_SECONDS = 10.0
 
 @dataclass(frozen=True)
 class Scope:
-    """Which rows a run looks at: an update_col interval and a hash partition of the keys."""
+    """Which rows a run looks at: an update_col interval, a hash partition of the keys, and (for realtime
+    runs) only the rows the project's triggers queued."""
 
     since: datetime | str | None = None
     until: datetime | str | None = None
     partition_index: int = 0
     partition_count: int = 1
+    pending_only: bool = False
 
     def check(self, project: Project) -> None:
         if (self.since is not None or self.until is not None) and project.update_time_col is None:
@@ -76,10 +78,13 @@ class Scope:
             parts.append(sql.SQL("abs(hashtextextended(r.{}::text, 0) %% %s) = %s").format(
                 sql.Identifier(project.primary_key)))
             params += [self.partition_count, self.partition_index]
+        if self.pending_only:  # a realtime run reads the (small) queue, not the whole source
+            parts.append(sql.SQL("r.{key} IN (SELECT {key} FROM {queue})").format(
+                key=sql.Identifier(project.primary_key), queue=project.queue))
         return sql.SQL(" AND ").join(parts), params
 
 
-def _row_sql(project: Project) -> dict[str, sql.Composable]:
+def row_sql(project: Project) -> dict[str, sql.Composable]:
     """SQL pieces for 'source rows with their stored embedding's md5' and 'needs embedding'."""
     stored_md5 = sql.Identifier("e" if project.is_join else "r", project.text_md5_column)
     text_md5 = project.text_md5_expression("r")
@@ -99,7 +104,7 @@ class BatchWriter:
     def __init__(self, conn: psycopg.Connection, project: Project) -> None:
         self.conn = conn
         self.project = project
-        self.parts = _row_sql(project)
+        self.parts = row_sql(project)
         register_vector(conn)
         key = sql.Identifier(project.primary_key)
         chunk_columns = sql.SQL(
@@ -175,7 +180,7 @@ class BatchWriter:
 
 def stream_keys(conn: psycopg.Connection, project: Project, scope: Scope, batch_size: int) -> Iterator[list[Any]]:
     """Keys of the rows due, shortest text first, from a server-side cursor, ``batch_size`` at a time."""
-    p = _row_sql(project)
+    p = row_sql(project)
     condition, params = scope.condition(project)
     with conn.transaction(), conn.cursor(name="vectorize_due_keys") as cur:
         cur.itersize = batch_size * 4
@@ -188,7 +193,7 @@ def stream_keys(conn: psycopg.Connection, project: Project, scope: Scope, batch_
 
 def count_due(conn: psycopg.Connection, project: Project, scope: Scope) -> tuple[int, int]:
     """(rows to embed, rows due but without any text) in the scope."""
-    p = _row_sql(project)
+    p = row_sql(project)
     condition, params = scope.condition(project)
     return conn.execute(sql.SQL(
         "SELECT count(*) FILTER (WHERE {text} <> ''), count(*) FILTER (WHERE {text} = '')"
@@ -198,7 +203,7 @@ def count_due(conn: psycopg.Connection, project: Project, scope: Scope) -> tuple
 
 def clear_current_pending(conn: psycopg.Connection, project: Project, scope: Scope) -> int:
     """Dequeue rows in the scope whose embedding is current or that have no text to embed."""
-    p = _row_sql(project)
+    p = row_sql(project)
     condition, params = scope.condition(project)
     with conn.transaction():
         return conn.execute(sql.SQL(
@@ -301,6 +306,7 @@ def generate(
         "pending_cleared": pending_cleared,
         "index_rebuilt": rebuild,
         "partition": f"{scope.partition_index}/{scope.partition_count}",
+        "pending_only": scope.pending_only,
         "since": None if scope.since is None else str(scope.since),
         "until": None if scope.until is None else str(scope.until),
         "concurrency": concurrency,

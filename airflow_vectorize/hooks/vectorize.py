@@ -13,7 +13,7 @@ import psycopg
 from airflow.providers.postgres.hooks.postgres import PostgresHook
 from psycopg import Cursor, sql
 
-from airflow_vectorize import catalog, chunking, generation, models, rag, storage, validation
+from airflow_vectorize import catalog, chunking, freshness, generation, models, rag, storage, validation
 from airflow_vectorize import search as searching
 from airflow_vectorize.catalog import DEFAULT_TRANSFORMER, Project
 from airflow_vectorize.exceptions import (
@@ -65,6 +65,19 @@ class VectorizeHook(PostgresHook):
             )
         conn.autocommit = True
         return conn
+
+    async def aconnect(self) -> psycopg.AsyncConnection:
+        """A new autocommit async connection, for triggers (same host, login, database and extras as
+        ``connect``; the connection is fetched without blocking the triggerer's event loop)."""
+        conn = await self.aget_connection(self.postgres_conn_id)
+        if conn.extra_dejson.get("iam"):
+            raise VectorizeError(f"connection {self.postgres_conn_id!r}: IAM authentication is not supported"
+                                 " by the Vectorize triggers; use a password")
+        args: dict[str, Any] = {"host": conn.host, "user": conn.login, "password": conn.password,
+                                "dbname": self.database or conn.schema, "port": conn.port}
+        args.update({k: v for k, v in conn.extra_dejson.items() if k not in self.ignored_extra_options})
+        return await psycopg.AsyncConnection.connect(**{k: v for k, v in args.items() if v is not None},
+                                                     autocommit=True)
 
     @contextmanager
     def transaction(self) -> Iterator[Cursor]:
@@ -287,6 +300,13 @@ class VectorizeHook(PostgresHook):
             **({"chunks": chunks} if project.is_chunked else {}),
         }
 
+    def get_freshness(self, job_name: str) -> dict[str, Any]:
+        """``pending`` (queued rows), ``stale`` (rows with text whose embedding is missing or out of date)
+        and ``lag_seconds`` (age of the oldest queued row); see ``airflow_vectorize.freshness``."""
+        with self.connect() as conn, conn.transaction():
+            project = self._project(conn.cursor(), job_name)
+            return {"job_name": job_name, **freshness.measure(conn, project).as_dict()}
+
     # -- embeddings ----------------------------------------------------------------------------------
     def import_embeddings(
         self,
@@ -352,6 +372,7 @@ class VectorizeHook(PostgresHook):
         partition_count: int = 1,
         batch_size: int = generation.DEFAULT_BATCH_SIZE,
         concurrency: int | None = None,
+        pending_only: bool = False,
     ) -> dict[str, Any]:
         """Embed the project's rows that need it (new, text changed, queued); see ``generation``.
 
@@ -361,12 +382,14 @@ class VectorizeHook(PostgresHook):
         :param batch_size: rows per encode / write / commit.
         :param concurrency: batches embedded at once (default: 1 for a local model, the connection's
             ``concurrency`` extra or 4 for a remote one).
+        :param pending_only: only rows the project's realtime triggers queued (a realtime run: reads the
+            queue, not the whole source).
         """
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
         if concurrency is not None:
             concurrency = positive_int(concurrency, "concurrency")
-        scope = generation.Scope(since, until, partition_index, partition_count)
+        scope = generation.Scope(since, until, partition_index, partition_count, bool(pending_only))
         with self.transaction() as cur:
             project = self._project(cur, job_name)
         scope.check(project)

@@ -1,4 +1,4 @@
-"""What every Vectorize operator shares: the connection id and a cached hook."""
+"""What every Vectorize operator shares: the connection id, a cached hook, the project's Asset outlet."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
+from airflow_vectorize.assets import embeddings_asset
 from airflow_vectorize.hooks.vectorize import VectorizeHook
 
 
@@ -23,3 +24,25 @@ class VectorizeBaseOperator(BaseOperator):
     @cached_property
     def hook(self) -> VectorizeHook:
         return VectorizeHook(postgres_conn_id=self.postgres_conn_id)
+
+
+class ProjectWriterOperator(VectorizeBaseOperator):
+    """An operator that writes a project's embeddings: it emits the project's ``embeddings_asset`` as an
+    outlet (unless ``outlets`` are given, or ``job_name`` is a template, unknown when the DAG is parsed),
+    with the task's counts as the event's ``extra``, so downstream DAGs can be scheduled on fresh
+    embeddings."""
+
+    def __init__(self, *, job_name: str, **kwargs: Any) -> None:
+        if "outlets" not in kwargs and "{{" not in job_name:
+            kwargs["outlets"] = [embeddings_asset(job_name, kwargs.get("postgres_conn_id",
+                                                                       VectorizeHook.default_conn_name))]
+        super().__init__(**kwargs)
+        self.job_name = job_name
+
+    def emit(self, context: Any, summary: dict[str, Any], counts: tuple[str, ...]) -> dict[str, Any]:
+        """Put ``counts`` of the summary on the project asset's event; return the summary."""
+        asset = embeddings_asset(self.job_name, self.postgres_conn_id)
+        if "outlet_events" in context and any(getattr(o, "uri", None) == asset.uri for o in self.outlets):
+            context["outlet_events"][asset].extra.update(
+                {"job_name": self.job_name, "task": self.task_id, **{k: summary[k] for k in counts}})
+        return summary

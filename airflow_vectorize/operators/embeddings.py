@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from airflow_vectorize.generation import DEFAULT_BATCH_SIZE
-from airflow_vectorize.operators._base import VectorizeBaseOperator
+from airflow_vectorize.operators._base import ProjectWriterOperator
 
 
-class ImportEmbeddingsOperator(VectorizeBaseOperator):
+class ImportEmbeddingsOperator(ProjectWriterOperator):
     """Import embeddings computed elsewhere (pg_vectorize's ``vectorize.import_embeddings``).
 
     :param job_name: the project to fill.
@@ -34,8 +34,7 @@ class ImportEmbeddingsOperator(VectorizeBaseOperator):
         src_chunk_col: str | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
-        self.job_name = job_name
+        super().__init__(job_name=job_name, **kwargs)
         self.src_chunk_col = src_chunk_col
         self.src_table = src_table
         self.src_primary_key = src_primary_key
@@ -43,7 +42,7 @@ class ImportEmbeddingsOperator(VectorizeBaseOperator):
         self.src_schema = src_schema
 
     def execute(self, context: Any) -> dict[str, Any]:
-        return self.hook.import_embeddings(
+        summary = self.hook.import_embeddings(
             job_name=self.job_name,
             src_table=self.src_table,
             src_primary_key=self.src_primary_key,
@@ -51,9 +50,10 @@ class ImportEmbeddingsOperator(VectorizeBaseOperator):
             src_schema=self.src_schema,
             src_chunk_col=self.src_chunk_col,
         )
+        return self.emit(context, summary, ("imported", "inserted", "updated"))
 
 
-class GenerateEmbeddingsOperator(VectorizeBaseOperator):
+class GenerateEmbeddingsOperator(ProjectWriterOperator):
     """Embed the project's rows that need it: new, text changed, or queued by the realtime triggers.
 
     For scheduled ingestion and backfills pass ``since="{{ data_interval_start }}"`` and
@@ -69,6 +69,8 @@ class GenerateEmbeddingsOperator(VectorizeBaseOperator):
     :param batch_size: rows per encode / write / commit.
     :param concurrency: batches embedded at once (default 1 for a local model; for a remote one the
         connection's ``concurrency`` extra, else 4).
+    :param pending_only: only the rows the project's realtime triggers queued (for a DAG scheduled on
+        ``pending_rows_asset``: reads the queue, not the whole table).
     """
 
     template_fields: Sequence[str] = ("job_name", "since", "until", "partition_index", "partition_count")
@@ -83,10 +85,11 @@ class GenerateEmbeddingsOperator(VectorizeBaseOperator):
         partition_count: int = 1,
         batch_size: int = DEFAULT_BATCH_SIZE,
         concurrency: int | None = None,
+        pending_only: bool = False,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
-        self.job_name = job_name
+        super().__init__(job_name=job_name, **kwargs)
+        self.pending_only = pending_only
         self.since = since
         self.until = until
         self.partition_index = partition_index
@@ -95,7 +98,7 @@ class GenerateEmbeddingsOperator(VectorizeBaseOperator):
         self.concurrency = concurrency
 
     def execute(self, context: Any) -> dict[str, Any]:
-        return self.hook.generate_embeddings(
+        summary = self.hook.generate_embeddings(
             job_name=self.job_name,
             since=self.since or None,
             until=self.until or None,
@@ -103,4 +106,6 @@ class GenerateEmbeddingsOperator(VectorizeBaseOperator):
             partition_count=int(self.partition_count),
             batch_size=self.batch_size,
             concurrency=self.concurrency,
+            pending_only=self.pending_only,
         )
+        return self.emit(context, summary, ("embedded", "skipped", "partition"))

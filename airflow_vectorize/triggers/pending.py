@@ -1,0 +1,100 @@
+"""PendingRowsTrigger: an event trigger that fires when a project's realtime triggers queue rows.
+
+It LISTENs on the project's channel (``vectorize_<job>``, notified at commit by the queue triggers), so an
+insert is seen within milliseconds, and polls the queue every ``poll_interval`` seconds in case a
+notification is missed (a project created by an older version, a pooler without LISTEN, a reconnect).
+A burst of notifications within ``debounce`` seconds becomes one event; Airflow then queues one DAG run
+for all events that arrive before the scheduler creates it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from airflow.triggers.base import BaseEventTrigger, TriggerEvent
+from psycopg import sql
+
+from airflow_vectorize import catalog
+from airflow_vectorize.catalog import Project
+from airflow_vectorize.hooks.vectorize import VectorizeHook
+
+log = logging.getLogger(__name__)
+
+
+class PendingRowsTrigger(BaseEventTrigger):
+    """Fire ``{"job_name", "pending"}`` whenever rows are queued for the project ``job_name``.
+
+    Fires once at start when rows are already queued; then on every (debounced) notification that finds
+    rows queued, and on a poll (or a reconnect) that finds rows queued after the last event. Survives a lost connection
+    (reconnects with backoff) and waits for a project that does not exist yet.
+
+    :param job_name: the project (created with ``schedule="realtime"``).
+    :param postgres_conn_id: the Airflow connection to its database.
+    :param poll_interval: seconds between polls of the queue when no notification arrives.
+    :param debounce: seconds to collect further notifications after the first, for one event.
+    """
+
+    def __init__(self, job_name: str, postgres_conn_id: str = VectorizeHook.default_conn_name,
+                 poll_interval: float = 30.0, debounce: float = 0.5) -> None:
+        super().__init__()
+        self.job_name = job_name
+        self.postgres_conn_id = postgres_conn_id
+        self.poll_interval = float(poll_interval)
+        self.debounce = float(debounce)
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (f"{type(self).__module__}.{type(self).__qualname__}",
+                {"job_name": self.job_name, "postgres_conn_id": self.postgres_conn_id,
+                 "poll_interval": self.poll_interval, "debounce": self.debounce})
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        announced: datetime | None = None  # the newest enqueued_at an event has covered
+        backoff = 1.0
+        while True:
+            try:
+                async with await VectorizeHook(self.postgres_conn_id).aconnect() as conn:
+                    project = await self._wait_for_project(conn)
+                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(project.channel)))
+                    # (Re)connected: rows queued before are announced if newer than the last event.
+                    backoff, notified = 1.0, False
+                    while True:
+                        pending, newest = await _queue_state(conn, project)
+                        if pending and (notified or announced is None or newest > announced):
+                            announced = newest
+                            yield TriggerEvent({"job_name": self.job_name, "pending": pending})
+                        notified = await self._wait(conn)
+            except psycopg.OperationalError as error:
+                log.warning("Project %r: connection lost (%s); reconnecting in %g s", self.job_name,
+                            error, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.poll_interval)
+
+    async def _wait_for_project(self, conn: psycopg.AsyncConnection) -> Project:
+        warned = False
+        while (project := await catalog.afind_project(conn, self.job_name)) is None:
+            if not warned:
+                log.warning("Project %r does not exist (yet); checking every %g s", self.job_name,
+                            self.poll_interval)
+                warned = True
+            await asyncio.sleep(self.poll_interval)
+        return project
+
+    async def _wait(self, conn: psycopg.AsyncConnection) -> bool:
+        """Wait for a notification (True) or the poll interval (False); a burst counts as one."""
+        notified = False
+        async for _ in conn.notifies(timeout=self.poll_interval, stop_after=1):
+            notified = True
+        if notified and self.debounce > 0:
+            async for _ in conn.notifies(timeout=self.debounce):
+                pass
+        return notified
+
+
+async def _queue_state(conn: psycopg.AsyncConnection, project: Project) -> tuple[int, datetime | None]:
+    cur = await conn.execute(sql.SQL("SELECT count(*), max(enqueued_at) FROM {}").format(project.queue))
+    return await cur.fetchone()

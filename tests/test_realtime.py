@@ -1,0 +1,189 @@
+"""Realtime without a polling DAG: the pending-rows event trigger, the freshness trigger and sensor,
+pending-only generation and the project's Asset outlets — against the real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import pytest
+from airflow.sdk.exceptions import TaskDeferred
+
+from airflow_vectorize.assets import embeddings_asset, pending_rows_asset
+from airflow_vectorize.exceptions import InvalidInputError, VectorizeError
+from airflow_vectorize.operators import GenerateEmbeddingsOperator, ImportEmbeddingsOperator
+from airflow_vectorize.sensors import VectorizeFreshnessSensor
+from airflow_vectorize.triggers import FreshnessTrigger, PendingRowsTrigger
+
+COLUMNS = ["name", "description"]
+
+
+def insert_products(db, first: int, count: int, one_transaction: bool = True) -> None:
+    rows = [(first + i, f"Gadget {first + i}", "a brand new gadget") for i in range(count)]
+    with db.conn.cursor() as cur:
+        if one_transaction:
+            cur.executemany("INSERT INTO products (product_id, name, description) VALUES (%s, %s, %s)", rows)
+        else:
+            for row in rows:
+                cur.execute("INSERT INTO products (product_id, name, description) VALUES (%s, %s, %s)", row)
+
+
+def collect(trigger, seconds: float, actions: list[tuple[float, Any]] = ()) -> list[tuple[float, dict]]:
+    """Run the trigger for ``seconds``; call each action in a thread at its time; (time, payload) per event."""
+    events: list[tuple[float, dict]] = []
+
+    async def main() -> None:
+        start = time.monotonic()
+        for at, action in actions:
+            threading.Timer(at, action).start()
+
+        async def consume() -> None:
+            async for event in trigger.run():
+                events.append((round(time.monotonic() - start, 2), event.payload))
+
+        try:
+            await asyncio.wait_for(consume(), seconds)
+        except TimeoutError:
+            pass
+
+    asyncio.run(main())
+    return events
+
+
+def test_pending_trigger_fires_on_commit_and_coalesces_a_burst(products, hook):
+    hook.create_project("shop", "products", "product_id", COLUMNS)  # realtime: queue triggers + NOTIFY
+    trigger = PendingRowsTrigger("shop", products.conn_id, poll_interval=60, debounce=0.5)
+
+    events = collect(trigger, 4.0, [
+        (0.5, lambda: insert_products(products, 100, 3)),  # one transaction
+        (2.0, lambda: insert_products(products, 200, 20, one_transaction=False)),  # a burst of 20 commits
+    ])
+
+    assert events[0][1] == {"job_name": "shop", "pending": 3}
+    assert events[0][0] < 1.5  # notified at commit, + debounce: not the 60 s poll
+    burst = [payload for at, payload in events[1:]]
+    assert 1 <= len(burst) <= 2 and burst[-1]["pending"] == 23  # 20 commits, at most 2 events
+    assert events[-1][0] < 3.5
+
+
+def test_pending_trigger_catches_up_at_start_and_polls_without_notify(products, hook):
+    hook.create_project("shop", "products", "product_id", COLUMNS)
+    insert_products(products, 100, 2)  # queued before the trigger starts
+    trigger = PendingRowsTrigger("shop", products.conn_id, poll_interval=0.5, debounce=0)
+
+    def queue_without_notify() -> None:  # as a project created before NOTIFY existed would
+        products.execute("INSERT INTO vectorize._pending_shop (product_id) VALUES (1)")
+
+    events = collect(trigger, 2.5, [(1.2, queue_without_notify)])
+
+    assert [payload["pending"] for _, payload in events] == [2, 3]  # the same rows are announced once
+    assert 1.2 < events[1][0] < 2.0
+
+
+def test_pending_trigger_waits_for_the_project_and_survives_a_lost_connection(products, hook):
+    trigger = PendingRowsTrigger("shop", products.conn_id, poll_interval=0.3, debounce=0)
+
+    def create() -> None:
+        hook.create_project("shop", "products", "product_id", COLUMNS)
+
+    def kill_listener() -> None:
+        products.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
+                         " AND pid <> pg_backend_pid() AND backend_type = 'client backend'")
+
+    events = collect(trigger, 4.5, [
+        (0.2, create),
+        (0.8, lambda: insert_products(products, 100, 1)),
+        (1.5, kill_listener),
+        (3.0, lambda: insert_products(products, 101, 1)),
+    ])
+
+    assert [payload["pending"] for _, payload in events] == [1, 2]
+
+
+def test_pending_only_generation_embeds_the_queue_not_the_table(products, hook):
+    hook.create_project("shop", "products", "product_id", COLUMNS)  # 24 rows, none embedded, none queued
+    insert_products(products, 100, 2)
+
+    result = hook.generate_embeddings("shop", pending_only=True)
+
+    assert (result["embedded"], result["pending_only"], result["pending_cleared"]) == (2, True, 2)
+    status = hook.get_status("shop")
+    assert (status["embedded_rows"], status["pending"]) == (2, 0)
+    assert hook.get_freshness("shop")["stale"] == 24
+
+
+def test_freshness_trigger_fires_once_the_queue_is_embedded(products, hook):
+    hook.create_project("shop", "products", "product_id", COLUMNS)
+    insert_products(products, 100, 2)
+    trigger = FreshnessTrigger("shop", products.conn_id, max_pending=0, max_stale=None, poll_interval=0.2)
+
+    events = collect(trigger, 6.0, [(0.5, lambda: hook.generate_embeddings("shop", pending_only=True))])
+
+    assert len(events) == 1 and events[0][0] > 0.5
+    at, payload = events[0]
+    assert payload["status"] == "fresh" and payload["pending"] == 0 and payload["stale"] == 24
+
+
+def test_freshness_trigger_reports_a_missing_project(database):
+    events = collect(FreshnessTrigger("nope", database.conn_id), 2.0)
+    assert events[0][1] == {"status": "error", "message": "project 'nope' does not exist"}
+
+
+def test_freshness_sensor_defers_then_completes(products, hook):
+    hook.create_project("shop", "products", "product_id", COLUMNS)
+    sensor = VectorizeFreshnessSensor(task_id="fresh", job_name="shop", postgres_conn_id=products.conn_id,
+                                      max_stale=0, poke_interval=0.2, timeout=60)
+
+    with pytest.raises(TaskDeferred) as deferred:
+        sensor.execute(context={})
+    trigger = deferred.value.trigger
+    assert isinstance(trigger, FreshnessTrigger) and deferred.value.method_name == "execute_complete"
+    assert (trigger.max_pending, trigger.max_stale, trigger.poll_interval) == (0, 0, 0.2)
+    assert deferred.value.timeout.total_seconds() == 60
+
+    events = collect(trigger, 30.0, [(0.3, lambda: hook.generate_embeddings("shop"))])
+    result = sensor.execute_complete(context={}, event=events[0][1])
+    assert result == {"job_name": "shop", "pending": 0, "stale": 0, "lag_seconds": 0.0}
+    assert sensor.execute(context={}) == {"job_name": "shop", "pending": 0, "stale": 0, "lag_seconds": 0.0}
+    with pytest.raises(VectorizeError, match="VectorizeFreshnessSensor: project 'shop' does not exist"):
+        sensor.execute_complete(context={}, event={"status": "error", "message": "project 'shop' does not exist"})
+
+
+def test_freshness_sensor_pokes_when_not_deferrable(products, hook):
+    hook.create_project("shop", "products", "product_id", COLUMNS)
+    sensor = VectorizeFreshnessSensor(task_id="fresh", job_name="shop", postgres_conn_id=products.conn_id,
+                                      max_pending=None, max_stale=30, deferrable=False)
+    assert sensor.poke({}) is True and sensor.last["stale"] == 24
+    sensor = VectorizeFreshnessSensor(task_id="fresh2", job_name="shop", postgres_conn_id=products.conn_id,
+                                      max_stale=10, deferrable=False)
+    assert sensor.poke({}) is False
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"max_pending": -1}, "max_pending must be a non-negative number or None, got -1"),
+    ({"max_stale": "0"}, "max_stale must be a non-negative number or None, got '0'"),
+    ({"max_lag_seconds": True}, "max_lag_seconds must be a non-negative number or None, got True"),
+    ({"max_pending": None, "max_stale": None}, "needs at least one of max_pending, max_stale, max_lag_seconds"),
+])
+def test_freshness_sensor_rejects_bad_thresholds(kwargs, message):
+    with pytest.raises(InvalidInputError, match=message):
+        VectorizeFreshnessSensor(task_id="fresh", job_name="shop", **kwargs)
+
+
+def test_writers_emit_the_project_asset_and_the_watcher_watches_its_queue():
+    generate = GenerateEmbeddingsOperator(task_id="embed", job_name="shop", postgres_conn_id="pg")
+    load = ImportEmbeddingsOperator(task_id="load", job_name="shop", src_table="t", src_primary_key="k",
+                                    src_embeddings_col="e")
+    templated = GenerateEmbeddingsOperator(task_id="embed2", job_name="{{ params.job }}")
+
+    assert [a.uri for a in generate.outlets] == ["vectorize://pg/shop"]
+    assert [a.uri for a in load.outlets] == ["vectorize://postgres_default/shop"]
+    assert templated.outlets == []
+    pending = pending_rows_asset("shop", "pg", poll_interval=5)
+    assert pending.uri == "vectorize://pg/shop/pending" != embeddings_asset("shop", "pg").uri
+    (watcher,) = pending.watchers
+    assert watcher.trigger.serialize() == ("airflow_vectorize.triggers.pending.PendingRowsTrigger",
+                                           {"job_name": "shop", "postgres_conn_id": "pg", "poll_interval": 5.0,
+                                            "debounce": 0.5})
