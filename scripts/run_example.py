@@ -2,6 +2,11 @@
 
 Uses an embedded PostgreSQL + pgvector unless ``AIRFLOW_CONN_POSTGRES_DEFAULT`` already points at a server.
 Airflow itself runs from a throw-away ``AIRFLOW_HOME`` with SQLite.
+
+The console shows a line as each DAG run starts and ends, the embedding progress and the summary. Everything
+else written to stdout and stderr -- Airflow's logs and the tasks' (``dag.test()`` runs each task in this
+process, through the same logging handlers), model loading bars, warnings -- goes to a log file whose path is
+printed at the start and at the end.
 """
 
 from __future__ import annotations
@@ -12,8 +17,14 @@ import json
 import logging
 import os
 import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TextIO
 
 ROOT = Path(__file__).resolve().parent.parent
 DAGS = ROOT / "dags"
@@ -76,55 +87,175 @@ def run_dag(dag, logical_date: str | None = None) -> dict:
     return {"dag_id": dag.dag_id, "logical_date": logical_date, "state": str(dag_run.state), "tasks": tasks}
 
 
-def print_summary(run: dict) -> None:
+def print_summary(run: dict, out: TextIO | None = None) -> None:
+    out = out or sys.stdout
     when = f" ({run['logical_date']})" if run["logical_date"] else ""
-    print(f"\n=== {run['dag_id']}{when}: {run['state']} ===")
+    print(f"\n=== {run['dag_id']}{when}: {run['state']} ===", file=out)
     for task_id, info in run["tasks"].items():
-        print(f"- {task_id}: {info['state']}")
+        print(f"- {task_id}: {info['state']}", file=out)
         result = info["result"]
         answers = result if isinstance(result, list) else [result]
         if answers and all(isinstance(a, dict) and "chat_response" in a and "query" in a for a in answers):
             for a in answers:  # RAG: the question, the answer, the rows it was given
                 ids = [c["record_id"] for c in a["context"]]
                 answer = a["chat_response"] if len(a["chat_response"]) <= 160 else a["chat_response"][:160] + "…"
-                print(f"    Q: {a['query']}\n    A: {answer!r}\n       context rows {ids}, usage {a['usage']}")
+                print(f"    Q: {a['query']}\n    A: {answer!r}\n       context rows {ids}, usage {a['usage']}",
+                      file=out)
         elif isinstance(result, list):  # search results: one line a row
             for row in result:
-                print("    " + json.dumps(row, default=str))
+                print("    " + json.dumps(row, default=str), file=out)
         elif result is not None:
-            print("    " + json.dumps(result, default=str))
+            print("    " + json.dumps(result, default=str), file=out)
+
+
+def failed_tasks(run: dict) -> list[str]:
+    """The tasks of ``run`` that did not succeed (a run whose clean-up tasks succeeded is "success" in Airflow
+    even when a task before them failed)."""
+    return [task_id for task_id, info in run["tasks"].items() if info["state"] not in ("success", "skipped")]
+
+
+def run_label(dag_id: str, logical_date: str | None) -> str:
+    return f"{dag_id} ({logical_date})" if logical_date else dag_id
+
+
+@contextmanager
+def output_to_file(path: Path) -> Iterator[TextIO]:
+    """Send everything written to file descriptors 1 and 2 from here on to ``path``; yield the console.
+
+    Redirecting the descriptors, not ``sys.stdout``, catches every writer however it holds its stream:
+    Airflow's logging handlers (which keep the ``sys.stdout`` of the moment logging was configured),
+    structlog's loggers, tqdm bars, warnings, and child processes such as the embedded PostgreSQL.
+    An exception escaping the block is printed on the console too (Python prints it to the file).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with open(path, "ab", buffering=0) as log_file:
+        console = open(os.dup(sys.stdout.fileno()), "w", buffering=1, encoding="utf-8",  # noqa: SIM115
+                       errors="replace")
+        os.dup2(log_file.fileno(), 1)
+        os.dup2(log_file.fileno(), 2)
+    try:
+        yield console
+    except BaseException as error:
+        if not isinstance(error, (SystemExit, KeyboardInterrupt)):
+            traceback.print_exc(file=console)
+        print(f"Airflow and task logs: {path}", file=console)
+        raise
+    finally:
+        console.flush()
+
+
+class ProgressOnConsole(logging.Handler):
+    """Generation's log records (logger ``airflow_vectorize.generation``) as progress lines on the console.
+
+    Its periodic records ("embedded N of M rows (P%), R rows/s, ETA S s") are shown as they come, and each
+    generation ends with the same line at 100%, from the summary it logs: the demo's generations finish in
+    less than the interval between two periodic records.
+    """
+
+    def __init__(self, out: TextIO) -> None:
+        super().__init__(logging.INFO)
+        self.out = out
+        self.started: dict[tuple[int, str], tuple[int, str]] = {}  # (thread, project) -> (rows due, partition)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.render(record)
+        except Exception:  # noqa: BLE001 - an unexpected record shape: show its message as it is
+            line = record.getMessage() if record.funcName == "_log_progress" else None
+        if line:
+            self.out.write(f"    {line}\n")
+            self.out.flush()
+
+    def render(self, record: logging.LogRecord) -> str | None:
+        args = record.args
+        if record.funcName == "_log_progress":  # "Project %r: embedded %d of %d rows (%.0f%%), ..."
+            name, done, total, percent, rate, eta = args
+            partition = self.started.get((record.thread, name), (0, ""))[1]
+            return (f"Project {name!r}{partition}: embedded {done} of {total} rows ({percent:.0f}%), "
+                    f"{rate:.0f} rows/s, ETA {eta:.0f} s")
+        if isinstance(args, tuple) and len(args) == 4 and "to embed" in str(record.msg):  # a generation starts
+            name, due, _, scope = args
+            count = getattr(scope, "partition_count", 1)
+            partition = f" partition {scope.partition_index}/{count}" if count > 1 else ""
+            self.started[(record.thread, name)] = (due, partition)
+            return None
+        if isinstance(args, dict) and "embedded" in args and "rows_per_second" in args:  # it ended
+            name, done = args["job_name"], args["embedded"]
+            total, partition = self.started.pop((record.thread, name), (done, ""))
+            if not done and not total:
+                return f"Project {name!r}{partition}: nothing to embed, done in {args['seconds']:.1f} s"
+            return (f"Project {name!r}{partition}: embedded {done} of {total} rows "
+                    f"({100.0 * done / max(total, 1):.0f}%), {args['rows_per_second']:.0f} rows/s, "
+                    f"done in {args['seconds']:.1f} s")
+        return None
+
+
+def show_progress(out: TextIO) -> None:
+    """Generation's progress records on ``out`` (they still reach Airflow's handlers, i.e. the log file)."""
+    logger = logging.getLogger("airflow_vectorize.generation")
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    logger.addHandler(ProgressOnConsole(out))
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dag_ids", nargs="*", help="DAGs to run (default: every example, in a meaningful order)")
+    parser.add_argument("--log-file", type=Path,
+                        help="where Airflow's and the tasks' logs go (default: a new file in the temp directory)")
     args = parser.parse_args()
+    if args.log_file:
+        log_path = args.log_file.resolve()
+    else:
+        fd, name = tempfile.mkstemp(prefix="vectorize-demo-", suffix=".log")
+        os.close(fd)
+        log_path = Path(name)
+    print(f"Airflow and task logs: {log_path}", flush=True)
+    with output_to_file(log_path) as console:
+        runs, skipped = run_all(args.dag_ids, console)
+        logging.shutdown()
+        for run in runs:
+            print_summary(run, console)
+        for dag_id, why in skipped.items():
+            print(f"\n=== {dag_id}: skipped: {why} ===", file=console)
+        print(f"\nAirflow and task logs: {log_path}", file=console)
+    return 0 if not any(failed_tasks(run) for run in runs) else 1
+
+
+def run_all(dag_ids: list[str], console: TextIO) -> tuple[list[dict], dict[str, str]]:
+    """Run ``dag_ids`` (default: DEFAULT_RUNS) with a line on ``console`` as each starts and ends."""
     server = None
     if "AIRFLOW_CONN_POSTGRES_DEFAULT" not in os.environ:
         from airflow_vectorize.embedded_postgres import EmbeddedPostgres
 
         server = EmbeddedPostgres().start()
         server.use_as_airflow_connection("postgres_default")
-        print(f"Embedded PostgreSQL + pgvector at {server.data_dir}")
+        print(f"Embedded PostgreSQL + pgvector at {server.data_dir}", file=console)
     try:
         from airflow.utils.db import initdb
 
         initdb()
+        show_progress(console)
         dags = load_dags()
-        plan = [(dag_id, None) for dag_id in args.dag_ids] or DEFAULT_RUNS
+        plan = [(dag_id, None) for dag_id in dag_ids] or DEFAULT_RUNS
         skipped = {dag_id: why for dag_id, _ in plan if (why := missing_connection(dag_id))}
         plan = [(dag_id, when) for dag_id, when in plan if dag_id not in skipped]
-        runs = [run_dag(dags[dag_id], when) for dag_id, when in plan]
+        runs = []
+        for number, (dag_id, when) in enumerate(plan, 1):
+            label = f"[{number}/{len(plan)}] {run_label(dag_id, when)}"
+            print(f"{label}: running", file=console)
+            started = time.monotonic()
+            run = run_dag(dags[dag_id], when)
+            failed = failed_tasks(run)
+            print(f"{label}: {run['state']} in {time.monotonic() - started:.1f} s"
+                  + (f" (failed: {', '.join(failed)})" if failed else ""), file=console)
+            runs.append(run)
     finally:
         if server is not None:
             server.stop()
-    logging.shutdown()
-    for run in runs:
-        print_summary(run)
-    for dag_id, why in skipped.items():
-        print(f"\n=== {dag_id}: skipped: {why} ===")
-    # A run whose clean-up tasks succeeded is "success" in Airflow even when a task before them failed.
-    return 0 if all(info["state"] in ("success", "skipped") for run in runs for info in run["tasks"].values()) else 1
+    return runs, skipped
 
 
 if __name__ == "__main__":

@@ -1,0 +1,63 @@
+"""scripts/run_example.py (make demo): the console shows the runs, the progress and the summary; the logs go to a file."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+from scripts.run_example import ProgressOnConsole
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_demo_prints_the_summary_and_sends_the_logs_to_a_file(tmp_path):
+    log_file = tmp_path / "logs" / "demo.log"
+    # As `make demo` runs it: its own Airflow home and embedded PostgreSQL, no model connection, not under pytest.
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AIRFLOW_HOME", "AIRFLOW_CONN_", "PYTEST_", "VECTORIZE_"))}
+    result = subprocess.run(
+        [sys.executable, "scripts/run_example.py", "vectorize_import_embeddings", "vectorize_rag",
+         "--log-file", str(log_file)],
+        check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert result.stderr == ""
+    lines = out.splitlines()
+    assert lines[0] == lines[-1] == f"Airflow and task logs: {log_file}"
+    assert "[1/1] vectorize_import_embeddings: running" in lines
+    assert any(line.startswith("[1/1] vectorize_import_embeddings: success in ") for line in lines)
+    assert "    Project 'product_search': embedded 4 of 4 rows (100%)," in out  # generation's progress line
+    assert "=== vectorize_import_embeddings: success ===" in lines
+    assert "- search: success" in lines
+    assert '"name": "Pixel 9 smartphone"' in out
+    assert any(line.startswith("=== vectorize_rag: skipped: set AIRFLOW_CONN_OPENAI_DEFAULT") for line in lines)
+    for airflow_output in ("[DAG TEST]", "[info", "Task instance state updated", "Loading weights", "loc="):
+        assert airflow_output not in out
+
+    logs = log_file.read_text()
+    assert "[DAG TEST] starting task_id=search" in logs  # Airflow's
+    assert "Search in project 'product_search' returned 3 row(s)" in logs  # the operator's task logger
+    assert "Embedding run finished" in logs  # a module logger of the package, inside a task
+    assert "Loading weights" in logs  # the model's progress bar, on stderr
+
+
+def test_generation_progress_is_shown_with_rate_and_eta():
+    from airflow_vectorize import generation
+
+    console = io.StringIO()
+    logger = logging.getLogger("airflow_vectorize.generation")
+    handler, level = ProgressOnConsole(console), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        generation._log_progress(SimpleNamespace(name="archive"), 120, 480, 2.0)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert console.getvalue() == "    Project 'archive': embedded 120 of 480 rows (25%), 60 rows/s, ETA 6 s\n"
