@@ -300,6 +300,22 @@ class VectorizeHook(PostgresHook):
             **({"chunks": chunks} if project.is_chunked else {}),
         }
 
+    def project_tables(self, job_name: str) -> dict[str, tuple[str, str]]:
+        """``source`` and ``storage`` (the embeddings table; the source itself for an append project) as
+        (schema, table)."""
+        with self.transaction() as cur:
+            project = self._project(cur, job_name)
+        return {"source": (project.schema, project.relation), "storage": project.target_name}
+
+    def table_columns(self, schema: str, table: str) -> list[tuple[str, str]]:
+        """(column, type) of a table in column order; empty when it does not exist."""
+        with self.transaction() as cur:
+            cur.execute(
+                "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a"
+                " WHERE a.attrelid = to_regclass(format('%%I.%%I', %s::text, %s::text))"
+                " AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum", [schema, table])
+            return cur.fetchall()
+
     def get_freshness(self, job_name: str) -> dict[str, Any]:
         """``pending`` (queued rows), ``stale`` (rows with text whose embedding is missing or out of date)
         and ``lag_seconds`` (age of the oldest queued row); see ``airflow_vectorize.freshness``."""

@@ -9,6 +9,7 @@ from airflow.sdk import BaseOperator
 
 from airflow_vectorize.assets import embeddings_asset
 from airflow_vectorize.hooks.vectorize import VectorizeHook
+from airflow_vectorize.lineage import Table, TaskTables, openlineage_installed, operator_lineage
 
 
 class VectorizeBaseOperator(BaseOperator):
@@ -20,10 +21,21 @@ class VectorizeBaseOperator(BaseOperator):
     def __init__(self, *, postgres_conn_id: str = VectorizeHook.default_conn_name, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.postgres_conn_id = postgres_conn_id
+        self.tables: TaskTables | None = None
 
     @cached_property
     def hook(self) -> VectorizeHook:
         return VectorizeHook(postgres_conn_id=self.postgres_conn_id)
+
+    def capture_tables(self, inputs: list[Table] = (), outputs: list[Table] = (), dropped: list[Table] = ()) -> None:
+        """Note the tables this task read, wrote and dropped, with their columns, for OpenLineage (only
+        when its provider is installed)."""
+        if openlineage_installed():
+            self.tables = TaskTables.capture(self.hook, inputs, outputs, dropped)
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """Input and output datasets (with schema facets) of the tables noted by ``capture_tables``."""
+        return operator_lineage(self.hook, self.tables)
 
 
 class ProjectWriterOperator(VectorizeBaseOperator):

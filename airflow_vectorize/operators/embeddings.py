@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from airflow_vectorize.generation import DEFAULT_BATCH_SIZE
+from airflow_vectorize.lineage import openlineage_installed
 from airflow_vectorize.operators._base import ProjectWriterOperator
 
 
@@ -50,6 +51,9 @@ class ImportEmbeddingsOperator(ProjectWriterOperator):
             src_schema=self.src_schema,
             src_chunk_col=self.src_chunk_col,
         )
+        if openlineage_installed():
+            self.capture_tables(inputs=[(self.src_schema, self.src_table)],
+                                outputs=[self.hook.project_tables(self.job_name)["storage"]])
         return self.emit(context, summary, ("imported", "inserted", "updated"))
 
 
@@ -108,4 +112,7 @@ class GenerateEmbeddingsOperator(ProjectWriterOperator):
             concurrency=self.concurrency,
             pending_only=self.pending_only,
         )
+        if openlineage_installed():
+            tables = self.hook.project_tables(self.job_name)
+            self.capture_tables(inputs=[tables["source"]], outputs=[tables["storage"]])
         return self.emit(context, summary, ("embedded", "skipped", "partition"))

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from airflow_vectorize.catalog import DEFAULT_TRANSFORMER
+from airflow_vectorize.exceptions import ProjectNotFoundError
+from airflow_vectorize.lineage import openlineage_installed
 from airflow_vectorize.operators._base import VectorizeBaseOperator
 
 
@@ -75,7 +77,7 @@ class CreateVectorizeProjectOperator(VectorizeBaseOperator):
         self.chunker = chunker
 
     def execute(self, context: Any) -> dict[str, Any]:
-        return self.hook.create_project(
+        summary = self.hook.create_project(
             job_name=self.job_name,
             table=self.table,
             primary_key=self.primary_key,
@@ -93,6 +95,10 @@ class CreateVectorizeProjectOperator(VectorizeBaseOperator):
             chunk_overlap=self.chunk_overlap,
             chunker=self.chunker,
         )
+        if openlineage_installed():
+            tables = self.hook.project_tables(self.job_name)
+            self.capture_tables(inputs=[tables["source"]], outputs=[tables["storage"]])
+        return summary
 
 
 class DropVectorizeProjectOperator(VectorizeBaseOperator):
@@ -110,4 +116,15 @@ class DropVectorizeProjectOperator(VectorizeBaseOperator):
         self.missing_ok = missing_ok
 
     def execute(self, context: Any) -> dict[str, Any]:
-        return self.hook.drop_project(self.job_name, missing_ok=self.missing_ok)
+        tables = None
+        if openlineage_installed():
+            try:
+                tables = self.hook.project_tables(self.job_name)
+            except ProjectNotFoundError:
+                pass  # drop_project decides (missing_ok)
+        if tables and tables["storage"] != tables["source"]:  # join: its storage table goes
+            self.capture_tables(dropped=[tables["storage"]])
+        summary = self.hook.drop_project(self.job_name, missing_ok=self.missing_ok)
+        if tables and tables["storage"] == tables["source"]:  # append: the source loses its columns
+            self.capture_tables(outputs=[tables["source"]])
+        return summary
