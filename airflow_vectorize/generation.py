@@ -269,12 +269,21 @@ def generate(
                 failed.set()
                 raise
 
-        last_log = started
+        last_log = None  # progress: after the first batch written, every PROGRESS_EVERY_SECONDS, at the end
+
+        def written(count: int) -> None:
+            nonlocal embedded, last_log
+            embedded += count
+            now = time.monotonic()
+            if embedded < to_embed and (last_log is None or now - last_log >= PROGRESS_EVERY_SECONDS):
+                last_log = now
+                _log_progress(project, scope, embedded, to_embed, now - started)
+
         try:
             for keys in stack.enter_context(closing(stream_keys(streamer, project, scope, batch_size))):
                 if not free:  # every writer holds a batch: the oldest must be committed first
                     oldest = next(iter(in_flight))
-                    embedded += in_flight.pop(oldest).result().result()
+                    written(in_flight.pop(oldest).result().result())
                     free.append(oldest)
                 writer = free.popleft()
                 rows = writer.claim(keys)
@@ -284,11 +293,8 @@ def generate(
                     continue
                 in_flight[writer] = encoders.submit(encode_then_write, writer, rows)
                 batches += 1
-                if time.monotonic() - last_log >= PROGRESS_EVERY_SECONDS:
-                    last_log = time.monotonic()
-                    _log_progress(project, embedded, to_embed, last_log - started)
             while in_flight:
-                embedded += in_flight.pop(next(iter(in_flight))).result().result()
+                written(in_flight.pop(next(iter(in_flight))).result().result())
         except BaseException:
             _settle(in_flight.values())  # never close a connection in use
             raise
@@ -313,6 +319,7 @@ def generate(
         "seconds": round(seconds, 3),
         "rows_per_second": round(embedded / seconds, 1) if seconds > 0 else 0.0,
     }
+    _log_progress(project, scope, embedded, to_embed, seconds, finished=True)
     log.info("Embedding run finished: %s", summary)
     return summary
 
@@ -335,8 +342,34 @@ def _bulk(conn: psycopg.Connection, project: Project, incoming: int) -> bool:
         return storage.rebuild_worthwhile(cur, project, incoming)
 
 
-def _log_progress(project: Project, done: int, total: int, elapsed: float) -> None:
-    rate = done / elapsed if elapsed > 0 else 0.0
-    eta = (total - done) / rate if rate > 0 else float("nan")
-    log.info("Project %r: embedded %d of %d rows (%.0f%%), %.0f rows/s, ETA %.0f s",
-             project.name, done, total, 100.0 * done / max(total, 1), rate, eta)
+@dataclass(frozen=True)
+class Progress:
+    """A generation's progress; log records of this module carry it as ``record.vectorize_progress``."""
+
+    job_name: str
+    partition: str  # "" for a whole-table run, else "index/count"
+    done: int
+    total: int
+    seconds: float
+    finished: bool = False
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.done / self.seconds if self.seconds > 0 else 0.0
+
+    def __str__(self) -> str:
+        where = f"Project {self.job_name!r}" + (f" partition {self.partition}" if self.partition else "")
+        if self.finished and not self.total:
+            return f"{where}: nothing to embed, done in {self.seconds:.1f} s"
+        rate = self.rows_per_second
+        eta = (self.total - self.done) / rate if rate > 0 else float("nan")
+        tail = f"done in {self.seconds:.1f} s" if self.finished else f"ETA {eta:.0f} s"
+        return (f"{where}: embedded {self.done} of {self.total} rows ({100.0 * self.done / max(self.total, 1):.0f}%),"
+                f" {rate:.0f} rows/s, {tail}")
+
+
+def _log_progress(project: Project, scope: Scope, done: int, total: int, elapsed: float,
+                  finished: bool = False) -> None:
+    partition = f"{scope.partition_index}/{scope.partition_count}" if scope.partition_count > 1 else ""
+    progress = Progress(project.name, partition, done, total, elapsed, finished)
+    log.info("%s", progress, extra={"vectorize_progress": progress})

@@ -147,49 +147,18 @@ def output_to_file(path: Path) -> Iterator[TextIO]:
 
 
 class ProgressOnConsole(logging.Handler):
-    """Generation's log records (logger ``airflow_vectorize.generation``) as progress lines on the console.
-
-    Its periodic records ("embedded N of M rows (P%), R rows/s, ETA S s") are shown as they come, and each
-    generation ends with the same line at 100%, from the summary it logs: the demo's generations finish in
-    less than the interval between two periodic records.
-    """
+    """Generation's progress records (``record.vectorize_progress``, a ``generation.Progress``) as lines on
+    the console: after its first batch, every 10 s, and when it ends."""
 
     def __init__(self, out: TextIO) -> None:
         super().__init__(logging.INFO)
         self.out = out
-        self.started: dict[tuple[int, str], tuple[int, str]] = {}  # (thread, project) -> (rows due, partition)
 
     def emit(self, record: logging.LogRecord) -> None:
-        try:
-            line = self.render(record)
-        except Exception:  # noqa: BLE001 - an unexpected record shape: show its message as it is
-            line = record.getMessage() if record.funcName == "_log_progress" else None
-        if line:
-            self.out.write(f"    {line}\n")
+        progress = getattr(record, "vectorize_progress", None)
+        if progress is not None:
+            self.out.write(f"    {progress}\n")
             self.out.flush()
-
-    def render(self, record: logging.LogRecord) -> str | None:
-        args = record.args
-        if record.funcName == "_log_progress":  # "Project %r: embedded %d of %d rows (%.0f%%), ..."
-            name, done, total, percent, rate, eta = args
-            partition = self.started.get((record.thread, name), (0, ""))[1]
-            return (f"Project {name!r}{partition}: embedded {done} of {total} rows ({percent:.0f}%), "
-                    f"{rate:.0f} rows/s, ETA {eta:.0f} s")
-        if isinstance(args, tuple) and len(args) == 4 and "to embed" in str(record.msg):  # a generation starts
-            name, due, _, scope = args
-            count = getattr(scope, "partition_count", 1)
-            partition = f" partition {scope.partition_index}/{count}" if count > 1 else ""
-            self.started[(record.thread, name)] = (due, partition)
-            return None
-        if isinstance(args, dict) and "embedded" in args and "rows_per_second" in args:  # it ended
-            name, done = args["job_name"], args["embedded"]
-            total, partition = self.started.pop((record.thread, name), (done, ""))
-            if not done and not total:
-                return f"Project {name!r}{partition}: nothing to embed, done in {args['seconds']:.1f} s"
-            return (f"Project {name!r}{partition}: embedded {done} of {total} rows "
-                    f"({100.0 * done / max(total, 1):.0f}%), {args['rows_per_second']:.0f} rows/s, "
-                    f"done in {args['seconds']:.1f} s")
-        return None
 
 
 def show_progress(out: TextIO) -> None:

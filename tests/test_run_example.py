@@ -56,8 +56,15 @@ def test_generation_progress_is_shown_with_rate_and_eta():
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
-        generation._log_progress(SimpleNamespace(name="archive"), 120, 480, 2.0)
+        project, scope = SimpleNamespace(name="archive"), generation.Scope(partition_index=1, partition_count=4)
+        generation._log_progress(project, scope, 120, 480, 2.0)
+        generation._log_progress(project, scope, 480, 480, 7.5, finished=True)
+        generation._log_progress(project, generation.Scope(), 0, 0, 0.2, finished=True)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
-    assert console.getvalue() == "    Project 'archive': embedded 120 of 480 rows (25%), 60 rows/s, ETA 6 s\n"
+    assert console.getvalue().splitlines() == [
+        "    Project 'archive' partition 1/4: embedded 120 of 480 rows (25%), 60 rows/s, ETA 6 s",
+        "    Project 'archive' partition 1/4: embedded 480 of 480 rows (100%), 64 rows/s, done in 7.5 s",
+        "    Project 'archive': nothing to embed, done in 0.2 s",
+    ]
