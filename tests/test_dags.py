@@ -36,7 +36,8 @@ def states(run: dict) -> set[str]:
 
 def test_every_example_is_tested(dags):
     assert set(dags) == {"vectorize_import_embeddings", "vectorize_scheduled_ingestion",
-                         "vectorize_embedding_backfill", "vectorize_remote_embeddings", "vectorize_rag"}
+                         "vectorize_embedding_backfill", "vectorize_remote_embeddings", "vectorize_rag",
+                         "vectorize_realtime_setup", "vectorize_realtime", "vectorize_realtime_consumer"}
 
 
 def test_import_embeddings_example(dags, default_connection):
@@ -94,3 +95,31 @@ def test_rag_example(dags, default_connection, chat):
                                              "What do I need for a camping trip in the mountains?"]
     assert answers[1]["context"][0]["record_id"] == 10  # the espresso machine
     assert len([r for r in server.requests if r.path.endswith("/chat/completions")]) == 3
+
+
+def test_realtime_examples_embed_the_queue_and_emit_the_asset(dags, default_connection):
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    (watched,) = dags["vectorize_realtime"].timetable.asset_condition.objects
+    assert (watched.uri, type(watched.watchers[0].trigger).__name__) == (
+        "vectorize://postgres_default/live_products/pending", "PendingRowsTrigger")
+    setup = run_dag(dags["vectorize_realtime_setup"])
+    default_connection.execute(
+        "INSERT INTO live_products (product_id, name, description) VALUES"
+        " (1, 'Gadget one', 'a brand new gadget'), (2, 'Gadget two', 'a brand new gadget'),"
+        " (3, 'Garden hose', 'thirty metres')")
+    realtime = run_dag(dags["vectorize_realtime"])
+    consumer = run_dag(dags["vectorize_realtime_consumer"])
+
+    assert {setup["state"], realtime["state"], consumer["state"]} == {"success"}
+    embedded = realtime["tasks"]["embed_pending"]["result"]
+    assert (embedded["embedded"], embedded["pending_only"], embedded["pending_cleared"]) == (3, True, 3)
+    with create_session() as session:
+        extras = session.scalars(select(AssetEvent.extra).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+                                 .where(AssetModel.uri == "vectorize://postgres_default/live_products")).all()
+    assert {"job_name": "live_products", "task": "embed_pending", "embedded": 3, "skipped": 0,
+            "partition": "0/1"}.items() <= extras[-1].items()
+    assert consumer["tasks"]["wait_until_fresh"]["result"]["pending"] == 0
+    assert [row["name"] for row in consumer["tasks"]["search"]["result"]][:2] == ["Gadget one", "Gadget two"]
