@@ -32,4 +32,13 @@ def get_provider_info() -> dict:
                 ],
             }
         ],
+        "sensors": [
+            {"integration-name": "Vectorize", "python-modules": ["airflow_vectorize.sensors.freshness"]}
+        ],
+        "triggers": [
+            {
+                "integration-name": "Vectorize",
+                "python-modules": ["airflow_vectorize.triggers.pending", "airflow_vectorize.triggers.freshness"],
+            }
+        ],
     }
