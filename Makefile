@@ -41,3 +41,10 @@ test: $(VENV)/.installed $(SERVERS)
 
 bench: $(VENV)/.installed $(INFINITY_VENV)/.installed
 	$(PY) -m bench
+
+# A real Airflow 3 (scheduler, dag-processor, triggerer, api-server; metadata DB on the embedded PostgreSQL)
+# runs the example DAGs through the scheduler and prints their outcome from the REST API (scripts/deployment.py).
+.PHONY: deployment
+deployment: $(VENV)/.installed
+	$(PY) scripts/deployment.py --executor LocalExecutor
+

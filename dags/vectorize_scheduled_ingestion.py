@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 
 import pendulum
-from airflow.sdk import CronDataIntervalTimetable, dag, task
+from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 
 from airflow_vectorize.operators import (
     CreateVectorizeProjectOperator,
@@ -108,13 +108,16 @@ def vectorize_scheduled_ingestion():
     start_date=pendulum.datetime(2026, 11, 1, tz="UTC"),
     catchup=False,
     tags=["vectorize", "example"],
+    # Trigger with conf {"rows": N} for a bigger table (the deployment bench uses 5-20k).
+    params={"rows": Param(1000, type="integer", minimum=1, description="rows in the archive table")},
 )
 def vectorize_embedding_backfill():
     @task
-    def prepare_archive(rows: int = 1000) -> int:
+    def prepare_archive(params=None) -> int:
         """A larger table to backfill: product-like texts made from the sample catalogue."""
         from airflow.providers.postgres.hooks.postgres import PostgresHook
 
+        rows = int(params["rows"])
         hook = PostgresHook(postgres_conn_id=CONN_ID)
         hook.run("CREATE TABLE IF NOT EXISTS archive (id integer PRIMARY KEY, title text NOT NULL)")
         hook.run(

@@ -1,0 +1,118 @@
+"""The example DAGs under a real Airflow 3 (scheduler, dag-processor, triggerer, api-server, LocalExecutor,
+metadata DB on the embedded PostgreSQL), checked through the REST API and, for the project data, the hook.
+
+The components start once for the module and every DAG runs at the same time (see scripts/deployment.py).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from datetime import datetime
+
+import pytest
+
+from scripts.deployment import LOCAL_DAGS, SCHEDULED_DAG, AirflowDeployment, RunOutcome, run_examples
+
+BACKFILL_ROWS = 300
+
+
+@pytest.fixture(scope="module")
+def deployment():
+    with AirflowDeployment("LocalExecutor") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def outcomes(deployment) -> dict[str, list[RunOutcome]]:
+    started = time.perf_counter()
+    results = run_examples(deployment, LOCAL_DAGS, backfill_rows=BACKFILL_ROWS, scheduled_days=2)
+    deployment.timings["runs"] = time.perf_counter() - started
+    by_dag: dict[str, list[RunOutcome]] = {}
+    for result in results:
+        by_dag.setdefault(result.dag_id, []).append(result)
+    return by_dag
+
+
+def tasks(result: RunOutcome) -> dict[str, dict]:
+    return {t["task_id"] if t["map_index"] < 0 else f"{t['task_id']}[{t['map_index']}]": t for t in result.tasks}
+
+
+def assert_all_succeeded(result: RunOutcome) -> None:
+    assert result.state == "success", result
+    assert not result.failed_tasks, f"{result.dag_id} {result.run_id}: {result.failed_tasks} did not succeed"
+
+
+def test_components_are_up_and_the_dags_parse_quickly(deployment):
+    health = deployment.api("GET", "/monitor/health")
+    for component in ("metadatabase", "scheduler", "triggerer", "dag_processor"):
+        assert health[component]["status"] == "healthy", health
+    assert deployment.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg://")
+    assert deployment.import_errors() == []
+    assert set(LOCAL_DAGS) <= deployment.dags().keys()
+    # Heavy imports (torch, sentence-transformers) stay inside tasks: a file parses in about a second even
+    # on a busy 2-core machine.
+    durations = deployment.parse_durations()
+    assert durations and max(durations.values()) < 10, durations
+
+
+def test_import_embeddings_through_the_scheduler(deployment, outcomes):
+    [result] = outcomes["vectorize_import_embeddings"]
+    assert_all_succeeded(result)
+    by_id = tasks(result)
+    assert list(by_id) == ["prepare_source_data", "create_project", "import_embeddings", "embed_the_rest",
+                           "check_status", "search", "drop_project", "drop_source_tables"]
+    assert by_id["import_embeddings"]["result"]["imported"] == 20
+    assert by_id["embed_the_rest"]["result"]["embedded"] == 4
+    status = by_id["check_status"]["result"]
+    assert (status["total_rows"], status["missing_rows"], status["pending"]) == (24, 0, 0)
+    assert by_id["search"]["result"][0]["category"] == "phones"
+    # The run cleans up after itself: no project left, no tables.
+    assert "product_search" not in {p["name"] for p in deployment.hook().list_projects()}
+    with deployment.data_connection() as conn:
+        assert conn.execute("SELECT to_regclass('public.products')").fetchone()[0] is None
+
+
+def test_scheduled_ingestion_catches_up_day_by_day(deployment, outcomes):
+    runs = sorted(outcomes[SCHEDULED_DAG], key=lambda r: r.run_id)
+    assert len(runs) == 2
+    for result in runs:
+        assert_all_succeeded(result)
+    details = [deployment.dag_run(SCHEDULED_DAG, r.run_id) for r in runs]
+    assert [d["run_type"] for d in details] == ["scheduled", "scheduled"]
+    assert [datetime.fromisoformat(d["data_interval_start"]).date().isoformat() for d in details] == [
+        "2026-11-01", "2026-11-02"]
+    first, second = (tasks(r) for r in runs)
+    # Day one lands and embeds the whole catalogue; day two finds nothing changed and embeds nothing.
+    assert first["land_daily_changes"]["result"]["changed_rows"] == 24
+    assert first["embed_interval"]["result"]["embedded"] == 24
+    assert first["embed_interval"]["result"]["since"].startswith("2026-11-01")
+    assert second["land_daily_changes"]["result"]["changed_rows"] == 0
+    assert second["embed_interval"]["result"]["embedded"] == 0
+    assert first["search_check"]["result"][0]["category"] == "phones"
+    assert second["phones_come_first"]["result"]
+    status = deployment.hook().get_status("product_catalog")
+    assert (status["total_rows"], status["embedded_rows"], status["missing_rows"]) == (24, 24, 0)
+
+
+def test_backfill_maps_partitions_over_the_executor(deployment, outcomes):
+    [result] = outcomes["vectorize_embedding_backfill"]
+    assert_all_succeeded(result)
+    by_id = tasks(result)
+    partitions = [by_id[f"embed_partition[{i}]"]["result"] for i in range(4)]
+    assert [p["partition"] for p in partitions] == ["0/4", "1/4", "2/4", "3/4"]
+    assert sum(p["embedded"] for p in partitions) == BACKFILL_ROWS  # the run's conf {"rows": N} was used
+    assert by_id["prepare_archive"]["result"] == BACKFILL_ROWS
+    status = deployment.hook().get_status("product_archive")
+    assert (status["total_rows"], status["embedded_rows"], status["missing_rows"]) == (BACKFILL_ROWS,) * 2 + (0,)
+    # The mapped tasks ran side by side in separate task processes.
+    tis = [t for t in deployment.task_instances(result.dag_id, result.run_id) if t["task_id"] == "embed_partition"]
+    assert len({t["pid"] for t in tis}) == 4
+    spans = sorted((t["start_date"], t["end_date"]) for t in tis)
+    assert any(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans)), spans  # overlapping
+
+
+def test_task_logs_through_the_api(deployment, outcomes):
+    [result] = outcomes["vectorize_embedding_backfill"]
+    log = deployment.task_log(result.dag_id, result.run_id, "check_complete")
+    assert "Done. Returned value was" in log or "check_complete" in log, log[-2000:]
