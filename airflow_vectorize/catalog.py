@@ -197,6 +197,15 @@ class Project:
         return sql.Identifier(*self.queue_name)
 
     @property
+    def errors_name(self) -> tuple[str, str]:
+        """Rows generation could not embed: (key, error, attempts, first_seen, last_seen, text_md5)."""
+        return SCHEMA, f"_errors_{self.name}"
+
+    @property
+    def errors(self) -> sql.Identifier:
+        return sql.Identifier(*self.errors_name)
+
+    @property
     def trigger_function_name(self) -> tuple[str, str]:
         return SCHEMA, f"handle_update_{self.name}"
 
@@ -211,7 +220,7 @@ class Project:
     def storage_objects(self) -> list[str]:
         """Every object the project owns, as 'schema.name' (columns as 'schema.table.column')."""
         objects = [".".join(self.index_qualified_name), f"{self.schema}.{self.fts_index_name}",
-                   ".".join(self.queue_name)]
+                   ".".join(self.queue_name), ".".join(self.errors_name)]
         if self.is_join:
             objects[:0] = [".".join(self.target_name), ".".join(self.view_name)]
         else:
@@ -454,8 +463,26 @@ def create_storage(cur: Cursor, project: Project) -> None:
             " ADD COLUMN enqueued_at timestamptz NOT NULL DEFAULT clock_timestamp()"
         ).format(queue=project.queue, key=key, source=project.source)
     )
+    create_errors_table(cur, project)
     if project.schedule == "realtime":
         create_triggers(cur, project)
+
+
+def create_errors_table(cur: Cursor, project: Project) -> None:
+    """The rows generation could not embed; a no-op when it exists (projects created before it get it
+    from their next generation run). ``text_md5``: the text that failed; a changed text is tried again
+    whatever its attempts. Call with the project locked (``lock_project``)."""
+    cur.execute("SELECT to_regclass(format('%%I.%%I', %s::text, %s::text)) IS NOT NULL", list(project.errors_name))
+    if cur.fetchone()[0]:
+        return
+    cur.execute(sql.SQL(
+        "CREATE TABLE {errors} AS SELECT {key} FROM {source} WITH NO DATA;"
+        " ALTER TABLE {errors} ADD PRIMARY KEY ({key}),"
+        " ADD FOREIGN KEY ({key}) REFERENCES {source} ({key}) ON DELETE CASCADE,"
+        " ADD COLUMN error text NOT NULL, ADD COLUMN attempts integer NOT NULL DEFAULT 1,"
+        " ADD COLUMN first_seen timestamptz NOT NULL DEFAULT clock_timestamp(),"
+        " ADD COLUMN last_seen timestamptz NOT NULL DEFAULT clock_timestamp(), ADD COLUMN text_md5 uuid"
+    ).format(errors=project.errors, key=sql.Identifier(project.primary_key), source=project.source))
 
 
 def create_index(cur: Cursor, project: Project) -> None:
@@ -530,7 +557,7 @@ def drop_storage(cur: Cursor, project: Project, source_exists: bool) -> None:
         cur.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(
             sql.Identifier(project.schema, project.fts_index_name)))
     cur.execute(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(project.trigger_function))
-    cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(project.queue))
+    cur.execute(sql.SQL("DROP TABLE IF EXISTS {}, {}").format(project.queue, project.errors))
     if project.is_join:
         cur.execute(sql.SQL("DROP VIEW IF EXISTS {}; DROP TABLE IF EXISTS {}").format(project.view, project.target))
     elif source_exists:

@@ -45,5 +45,14 @@ class ModelRequestError(ModelError):
     """The server kept failing (429, 5xx, timeouts) past the retries, or rejected the request."""
 
 
+class ModelInputRejectedError(ModelRequestError):
+    """The server rejected the request's inputs (HTTP 400, 413, 422): an input it will never accept (too
+    long, malformed). Generation finds and records the offending rows instead of failing the run."""
+
+
+class EmbeddingFailuresError(VectorizeError):
+    """More rows than allowed could not be embedded in a run (the rows that could are written)."""
+
+
 class ModelResponseError(ModelError):
     """The server answered with something unusable: malformed JSON, wrong number of vectors, wrong size."""

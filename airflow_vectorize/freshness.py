@@ -19,11 +19,13 @@ from airflow_vectorize.generation import row_sql
 @dataclass(frozen=True)
 class Freshness:
     """``pending``: rows queued by the realtime triggers; ``stale``: rows with text whose embedding is
-    missing or out of date (queued or not); ``lag_seconds``: age of the oldest queued row (0 if none)."""
+    missing or out of date (queued or not), except those given up on; ``lag_seconds``: age of the oldest
+    queued row (0 if none); ``failed``: rows in the project's errors table."""
 
     pending: int
     stale: int
     lag_seconds: float
+    failed: int = 0
 
     def unmet(self, max_pending: int | None = 0, max_stale: int | None = 0,
               max_lag_seconds: float | None = None) -> list[str]:
@@ -46,16 +48,17 @@ def statement(project: Project) -> sql.Composed:
     return sql.SQL(
         "SELECT (SELECT count(*) FROM {queue}),"
         " (SELECT count(*) FROM {rows} WHERE {needs} AND {text} <> ''),"
-        " coalesce(extract(epoch FROM clock_timestamp() - (SELECT min(enqueued_at) FROM {queue})), 0)::float8"
-    ).format(queue=project.queue, rows=p["from"], needs=p["needs"], text=p["text"])
+        " coalesce(extract(epoch FROM clock_timestamp() - (SELECT min(enqueued_at) FROM {queue})), 0)::float8,"
+        " (SELECT count(*) FROM {errors})"
+    ).format(queue=project.queue, rows=p["from"], needs=p["needs"], text=p["text"], errors=project.errors)
 
 
 def measure(conn: psycopg.Connection, project: Project) -> Freshness:
-    pending, stale, lag = conn.execute(statement(project)).fetchone()
-    return Freshness(pending, stale, round(lag, 3))
+    pending, stale, lag, failed = conn.execute(statement(project)).fetchone()
+    return Freshness(pending, stale, round(lag, 3), failed)
 
 
 async def ameasure(conn: psycopg.AsyncConnection, project: Project) -> Freshness:
     cur = await conn.execute(statement(project))
-    pending, stale, lag = await cur.fetchone()
-    return Freshness(pending, stale, round(lag, 3))
+    pending, stale, lag, failed = await cur.fetchone()
+    return Freshness(pending, stale, round(lag, 3), failed)

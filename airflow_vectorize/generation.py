@@ -19,10 +19,10 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, closing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Callable
 
@@ -33,11 +33,13 @@ from psycopg import sql
 from airflow_vectorize import storage
 from airflow_vectorize.catalog import Project, create_index, drop_index
 from airflow_vectorize.chunking import Chunk, TextSplitter
-from airflow_vectorize.exceptions import InvalidInputError
+from airflow_vectorize.exceptions import EmbeddingFailuresError, InvalidInputError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 256
+DEFAULT_MAX_ATTEMPTS = 3  # a row that failed this often with the same text is skipped until it changes
+DEFAULT_MAX_FAILED_SHARE = 0.1  # a run fails when more of its rows than this could not be embedded
 PROGRESS_EVERY_SECONDS = 10.0
 
 
@@ -84,27 +86,83 @@ class Scope:
         return sql.SQL(" AND ").join(parts), params
 
 
-def row_sql(project: Project) -> dict[str, sql.Composable]:
-    """SQL pieces for 'source rows with their stored embedding's md5' and 'needs embedding'."""
+def row_sql(project: Project, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> dict[str, sql.Composable]:
+    """SQL pieces for 'source rows with their stored embedding's md5' and 'needs embedding': no current
+    embedding, and not a row that failed ``max_attempts`` times with the same text (``failed``)."""
     stored_md5 = sql.Identifier("e" if project.is_join else "r", project.text_md5_column)
     text_md5 = project.text_md5_expression("r")
+    key = sql.Identifier("r", project.primary_key)
+    failed = sql.SQL(
+        "EXISTS (SELECT 1 FROM {errors} x WHERE x.{pk} = {key} AND x.attempts >= {attempts}"
+        " AND x.text_md5 = {current})"
+    ).format(errors=project.errors, pk=sql.Identifier(project.primary_key), key=key,
+             attempts=sql.Literal(max_attempts), current=text_md5)
     return {
         "from": project.stored_rows(),
-        "needs": sql.SQL("{stored} IS DISTINCT FROM {current}").format(stored=stored_md5, current=text_md5),
+        "needs": sql.SQL("{stored} IS DISTINCT FROM {current} AND NOT {failed}").format(
+            stored=stored_md5, current=text_md5, failed=failed),
+        "failed": failed,
         "current": sql.SQL("{stored} = {current}").format(stored=stored_md5, current=text_md5),
         "text": project.text_expression("r"),
         "md5": text_md5,
-        "key": sql.Identifier("r", project.primary_key),
+        "key": key,
     }
+
+
+@dataclass(frozen=True)
+class RowFailure:
+    """A row the model could not embed: its key, the error, the md5 of the text that failed."""
+
+    key: Any
+    error: str
+    text_md5: Any
+    attempts: int = 0  # after this run's attempt (1: the first failure of this text)
+
+
+@dataclass
+class Encoded:
+    """A batch after encoding: the rows embedded (with their vectors, and chunks for a chunked project)
+    and the rows that failed."""
+
+    rows: list[tuple[Any, str, Any]]
+    vectors: list[Any]
+    chunks: list[list[Chunk]] | None
+    failures: list[RowFailure]
+
+    def __add__(self, other: Encoded) -> Encoded:
+        chunks = None if self.chunks is None else self.chunks + other.chunks
+        return Encoded(self.rows + other.rows, self.vectors + other.vectors, chunks,
+                       self.failures + other.failures)
+
+
+def encode_rows(rows: list[tuple[Any, str, Any]], encode: Callable[[list[str]], Any],
+                splitter: TextSplitter | None, input_errors: tuple[type[Exception], ...]) -> Encoded:
+    """Encode the rows' texts (their chunks' texts for a chunked project). When the model raises one of
+    its ``input_errors``, halve the batch until the offending rows are alone; they become failures and
+    the others are still embedded."""
+    try:
+        texts = [text for _, text, _ in rows]
+        chunks = splitter.split_all(texts) if splitter else None
+        vectors = encode([c.text for row in chunks for c in row] if chunks else texts)
+        return Encoded(rows, list(vectors), chunks, [])
+    except input_errors as error:
+        if len(rows) == 1:
+            (key, _, md5), = rows
+            message = f"{type(error).__name__}: {error}"[:2000]
+            return Encoded([], [], None if splitter is None else [], [RowFailure(key, message, md5)])
+        half = len(rows) // 2
+        return (encode_rows(rows[:half], encode, splitter, input_errors)
+                + encode_rows(rows[half:], encode, splitter, input_errors))
 
 
 class BatchWriter:
     """One writer connection: claims a batch of keys, then writes its embeddings set-based and commits."""
 
-    def __init__(self, conn: psycopg.Connection, project: Project) -> None:
+    def __init__(self, conn: psycopg.Connection, project: Project,
+                 max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> None:
         self.conn = conn
         self.project = project
-        self.parts = row_sql(project)
+        self.parts = row_sql(project, max_attempts)
         register_vector(conn)
         key = sql.Identifier(project.primary_key)
         chunk_columns = sql.SQL(
@@ -135,8 +193,11 @@ class BatchWriter:
             [keys, f"vectorize:{self.project.name}:"]).fetchall()
 
     def write(self, rows: list[tuple[Any, str, Any]], vectors: Any,
-              chunks: list[list[Chunk]] | None = None) -> int:
-        """COPY the batch into staging, upsert it, dequeue what is now current, commit.
+              chunks: list[list[Chunk]] | None = None,
+              failures: Sequence[RowFailure] = ()) -> tuple[int, list[RowFailure]]:
+        """COPY the batch into staging, upsert it, dequeue what is now current, record the rows that could
+        not be embedded (and clear the errors of those that now could), commit. Returns the rows written
+        and the failures with their attempts.
 
         ``chunks``: for a chunked project, each row's chunks; ``vectors`` then has one row per chunk.
         """
@@ -160,12 +221,39 @@ class BatchWriter:
                 ).format(queue=project.queue, from_=p["from"], pk=sql.Identifier(project.primary_key),
                          key=p["key"], current=p["current"]), [[row[0] for row in rows]])
                 dequeued = cur.rowcount
+                failures = self._record_errors(cur, [row[0] for row in rows], failures)
             self.commit()
             self.dequeued += dequeued
-            return written
+            return written, failures
         except BaseException:
             self.rollback()
             raise
+
+    def _record_errors(self, cur: psycopg.Cursor, written: list[Any],
+                       failures: Sequence[RowFailure]) -> list[RowFailure]:
+        """Clear the errors of written rows; upsert those of failed rows (attempts restart when the text
+        changed) and take them off the queue: they are tracked in the errors table now."""
+        project, pk = self.project, sql.Identifier(self.project.primary_key)
+        if written:
+            cur.execute(sql.SQL("DELETE FROM {} WHERE {} = ANY(%s)").format(project.errors, pk), [written])
+        if not failures:
+            return []
+        keys = [f.key for f in failures]
+        cur.executemany(sql.SQL(
+            "INSERT INTO {errors} ({pk}, error, text_md5) VALUES (%s, %s, %s) ON CONFLICT ({pk}) DO UPDATE"
+            " SET error = excluded.error, last_seen = clock_timestamp(), text_md5 = excluded.text_md5,"
+            " attempts = CASE WHEN {errors}.text_md5 IS NOT DISTINCT FROM excluded.text_md5"
+            " THEN {errors}.attempts + 1 ELSE 1 END,"
+            " first_seen = CASE WHEN {errors}.text_md5 IS NOT DISTINCT FROM excluded.text_md5"
+            " THEN {errors}.first_seen ELSE clock_timestamp() END RETURNING attempts"
+        ).format(errors=project.errors, pk=pk), [(f.key, f.error, f.text_md5) for f in failures], returning=True)
+        attempts = []
+        while True:
+            attempts.append(cur.fetchone()[0])
+            if not cur.nextset():
+                break
+        cur.execute(sql.SQL("DELETE FROM {} WHERE {} = ANY(%s)").format(project.queue, pk), [keys])
+        return [replace(f, attempts=n) for f, n in zip(failures, attempts)]
 
     def commit(self) -> None:
         if self.transaction is not None:
@@ -178,9 +266,10 @@ class BatchWriter:
             transaction.__exit__(RuntimeError, RuntimeError("rolled back"), None)
 
 
-def stream_keys(conn: psycopg.Connection, project: Project, scope: Scope, batch_size: int) -> Iterator[list[Any]]:
+def stream_keys(conn: psycopg.Connection, project: Project, scope: Scope, batch_size: int,
+                max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> Iterator[list[Any]]:
     """Keys of the rows due, shortest text first, from a server-side cursor, ``batch_size`` at a time."""
-    p = row_sql(project)
+    p = row_sql(project, max_attempts)
     condition, params = scope.condition(project)
     with conn.transaction(), conn.cursor(name="vectorize_due_keys") as cur:
         cur.itersize = batch_size * 4
@@ -191,9 +280,10 @@ def stream_keys(conn: psycopg.Connection, project: Project, scope: Scope, batch_
             yield batch
 
 
-def count_due(conn: psycopg.Connection, project: Project, scope: Scope) -> tuple[int, int]:
+def count_due(conn: psycopg.Connection, project: Project, scope: Scope,
+              max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> tuple[int, int]:
     """(rows to embed, rows due but without any text) in the scope."""
-    p = row_sql(project)
+    p = row_sql(project, max_attempts)
     condition, params = scope.condition(project)
     return conn.execute(sql.SQL(
         "SELECT count(*) FILTER (WHERE {text} <> ''), count(*) FILTER (WHERE {text} = '')"
@@ -221,10 +311,18 @@ def generate(
     index_build_memory: str = "1GB",
     concurrency: int = 1,
     splitter: TextSplitter | None = None,
+    input_errors: tuple[type[Exception], ...] = (),
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    max_failed_share: float = DEFAULT_MAX_FAILED_SHARE,
 ) -> dict[str, Any]:
     """Embed every row of ``project`` in ``scope`` that needs it; see the module docstring.
 
     ``splitter`` (a chunked project's): each row's text is cut into chunks, one vector each.
+
+    A row the model refuses (one of its ``input_errors``) is recorded in the project's errors table and
+    skipped; the rest of its batch is written. It is tried again by later runs until it failed
+    ``max_attempts`` times with the same text (a changed text starts again). The run raises
+    ``EmbeddingFailuresError`` at the end when more than ``max_failed_share`` of the rows it tried failed.
 
     ``concurrency`` batches are encoded at once (1 for a local model; several for a remote one, whose
     requests then overlap); each has its own writer connection, plus one being claimed, and batches are
@@ -232,16 +330,18 @@ def generate(
     """
     started = time.monotonic()
     embedded = batches = 0
+    failures: list[RowFailure] = []
     with ExitStack() as stack:
         control = stack.enter_context(connect())
         streamer = stack.enter_context(connect())
-        to_embed, skipped = count_due(control, project, scope)
+        to_embed, skipped = count_due(control, project, scope, max_attempts)
         log.info("Project %r: %d row(s) to embed, %d without text (scope %s)", project.name, to_embed, skipped, scope)
         rebuild = scope.partition_count == 1 and _bulk(control, project, to_embed)
         if rebuild:  # a bulk load: build the HNSW graph once at the end instead of row by row
             with control.transaction():
                 drop_index(control.cursor(), project)
-        writers = [BatchWriter(stack.enter_context(connect()), project) for _ in range(concurrency + 1)]
+        writers = [BatchWriter(stack.enter_context(connect()), project, max_attempts)
+                   for _ in range(concurrency + 1)]
         encoders = stack.enter_context(ThreadPoolExecutor(concurrency, thread_name_prefix="vectorize-encode"))
         write_pool = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="vectorize-writer"))
         free = deque(writers)
@@ -252,22 +352,21 @@ def generate(
             try:
                 if failed.is_set():
                     raise BatchCancelled("an earlier batch failed")
-                texts = [text for _, text, _ in rows]
-                chunks = splitter.split_all(texts) if splitter else None
-                vectors = encode([c.text for row in chunks for c in row] if chunks else texts)
+                encoded = encode_rows(rows, encode, splitter, input_errors)
             except BaseException:
                 failed.set()
                 writer.rollback()
                 raise
-            return write_pool.submit(write, writer, rows, vectors, chunks)
+            return write_pool.submit(write, writer, encoded)
 
-        def write(writer: BatchWriter, rows: list[tuple[Any, str, Any]], vectors: Any,
-                  chunks: list[list[Chunk]] | None) -> int:
+        def write(writer: BatchWriter, encoded: Encoded) -> int:
             try:
-                return writer.write(rows, vectors, chunks)
+                count, recorded = writer.write(encoded.rows, encoded.vectors, encoded.chunks, encoded.failures)
             except BaseException:
                 failed.set()
                 raise
+            failures.extend(recorded)
+            return count
 
         last_log = None  # progress: after the first batch written, every PROGRESS_EVERY_SECONDS, at the end
 
@@ -280,7 +379,8 @@ def generate(
                 _log_progress(project, scope, embedded, to_embed, now - started)
 
         try:
-            for keys in stack.enter_context(closing(stream_keys(streamer, project, scope, batch_size))):
+            for keys in stack.enter_context(closing(stream_keys(streamer, project, scope, batch_size,
+                                                                max_attempts))):
                 if not free:  # every writer holds a batch: the oldest must be committed first
                     oldest = next(iter(in_flight))
                     written(in_flight.pop(oldest).result().result())
@@ -307,6 +407,7 @@ def generate(
     summary = {
         "job_name": project.name,
         "embedded": embedded,
+        "failed": len(failures),
         "skipped": skipped,
         "batches": batches,
         "pending_cleared": pending_cleared,
@@ -321,7 +422,24 @@ def generate(
     }
     _log_progress(project, scope, embedded, to_embed, seconds, finished=True)
     log.info("Embedding run finished: %s", summary)
+    if failures:
+        _report_failures(project, failures, embedded, max_failed_share)
     return summary
+
+
+def _report_failures(project: Project, failures: list[RowFailure], embedded: int, max_share: float) -> None:
+    """Warn about rows that could not be embedded; raise when the rows failing for the first time (with
+    this text) are more than ``max_share`` of the rows tried — known failures retried only warn, so a
+    scheduled run does not fail again and again for the same rows."""
+    new = sum(1 for f in failures if f.attempts == 1)
+    share = new / (len(failures) + embedded)
+    examples = "; ".join(f"{f.key!r}: {f.error}" for f in failures[:3])
+    message = (f"project {project.name!r}: {len(failures)} row(s) could not be embedded ({new} for the first"
+               f" time: {share:.0%} of the rows tried), recorded in {'.'.join(project.errors_name)}; e.g. {examples}")
+    if share > max_share:
+        raise EmbeddingFailuresError(f"{message}. More than the allowed {max_share:.0%}: the run fails (the"
+                                     f" {embedded} row(s) embedded are kept)")
+    log.warning("%s", message)
 
 
 class BatchCancelled(Exception):

@@ -119,7 +119,7 @@ def test_realtime_examples_embed_the_queue_and_emit_the_asset(dags, default_conn
     with create_session() as session:
         extras = session.scalars(select(AssetEvent.extra).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
                                  .where(AssetModel.uri == "vectorize://postgres_default/live_products")).all()
-    assert {"job_name": "live_products", "task": "embed_pending", "embedded": 3, "skipped": 0,
+    assert {"job_name": "live_products", "task": "embed_pending", "embedded": 3, "failed": 0, "skipped": 0,
             "partition": "0/1"}.items() <= extras[-1].items()
     assert consumer["tasks"]["wait_until_fresh"]["result"]["pending"] == 0
     assert [row["name"] for row in consumer["tasks"]["search"]["result"]][:2] == ["Gadget one", "Gadget two"]

@@ -145,8 +145,8 @@ def test_freshness_sensor_defers_then_completes(products, hook):
 
     events = collect(trigger, 30.0, [(0.3, lambda: hook.generate_embeddings("shop"))])
     result = sensor.execute_complete(context={}, event=events[0][1])
-    assert result == {"job_name": "shop", "pending": 0, "stale": 0, "lag_seconds": 0.0}
-    assert sensor.execute(context={}) == {"job_name": "shop", "pending": 0, "stale": 0, "lag_seconds": 0.0}
+    assert result == {"job_name": "shop", "pending": 0, "stale": 0, "lag_seconds": 0.0, "failed": 0}
+    assert sensor.execute(context={}) == {"job_name": "shop", "pending": 0, "stale": 0, "lag_seconds": 0.0, "failed": 0}
     with pytest.raises(VectorizeError, match="VectorizeFreshnessSensor: project 'shop' does not exist"):
         sensor.execute_complete(context={}, event={"status": "error", "message": "project 'shop' does not exist"})
 

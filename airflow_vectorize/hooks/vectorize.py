@@ -288,6 +288,10 @@ class VectorizeHook(PostgresHook):
             total, embedded, stale, no_text, pending = cur.fetchone()
             chunks = (cur.execute(sql.SQL("SELECT count(*) FROM {}").format(project.target)).fetchone()[0]
                       if project.is_chunked else None)
+            has_errors = cur.execute("SELECT to_regclass(%s) IS NOT NULL",
+                                     [project.errors.as_string(cur)]).fetchone()[0]
+            failed = (cur.execute(sql.SQL("SELECT count(*) FROM {}").format(project.errors)).fetchone()[0]
+                      if has_errors else 0)  # a project created before the errors table: none yet
         return {
             "job_name": job_name,
             "table_method": project.table_method,
@@ -297,6 +301,7 @@ class VectorizeHook(PostgresHook):
             "stale_rows": stale,
             "no_text_rows": no_text,
             "pending": pending,
+            "failed_rows": failed,
             **({"chunks": chunks} if project.is_chunked else {}),
         }
 
@@ -389,6 +394,8 @@ class VectorizeHook(PostgresHook):
         batch_size: int = generation.DEFAULT_BATCH_SIZE,
         concurrency: int | None = None,
         pending_only: bool = False,
+        max_attempts: int = generation.DEFAULT_MAX_ATTEMPTS,
+        max_failed_share: float = generation.DEFAULT_MAX_FAILED_SHARE,
     ) -> dict[str, Any]:
         """Embed the project's rows that need it (new, text changed, queued); see ``generation``.
 
@@ -400,15 +407,25 @@ class VectorizeHook(PostgresHook):
             ``concurrency`` extra or 4 for a remote one).
         :param pending_only: only rows the project's realtime triggers queued (a realtime run: reads the
             queue, not the whole source).
+        :param max_attempts: a row the model refused this many times with the same text is skipped (it
+            stays in ``vectorize._errors_<job>``) until its text changes.
+        :param max_failed_share: the run fails (``EmbeddingFailuresError``, after writing every row it
+            could) when more than this share of the rows it tried could not be embedded.
         """
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
         if concurrency is not None:
             concurrency = positive_int(concurrency, "concurrency")
+        max_attempts = positive_int(max_attempts, "max_attempts")
+        if isinstance(max_failed_share, bool) or not isinstance(max_failed_share, (int, float)) \
+                or not 0 <= max_failed_share <= 1:
+            raise InvalidInputError(f"max_failed_share must be a number in [0, 1], got {max_failed_share!r}")
         scope = generation.Scope(since, until, partition_index, partition_count, bool(pending_only))
         with self.transaction() as cur:
             project = self._project(cur, job_name)
-        scope.check(project)
+            scope.check(project)
+            catalog.lock_project(cur, job_name)
+            catalog.create_errors_table(cur, project)  # projects created before it existed
         model = self._model(project)
         return generation.generate(
             self.connect,
@@ -419,6 +436,9 @@ class VectorizeHook(PostgresHook):
             index_build_memory=self.index_build_memory,
             concurrency=concurrency or model.concurrency,
             splitter=self._splitter(project, model),
+            input_errors=model.input_errors,
+            max_attempts=max_attempts,
+            max_failed_share=max_failed_share,
         )
 
     @staticmethod

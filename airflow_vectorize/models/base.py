@@ -16,12 +16,15 @@ class EmbeddingModel(ABC):
 
     ``concurrency``: how many batches generation keeps in flight by default (1 for a model computed on
     this machine's CPU, several for a remote server). ``max_input_tokens``: the longest input the model
-    reads; longer ones are cut to it (None: the server decides).
+    reads; longer ones are cut to it (None: the server decides). ``input_errors``: the errors ``embed``
+    raises because of one of its inputs (not the model or the server as a whole): generation then finds
+    the offending rows and records them instead of failing the run.
     """
 
     transformer: str
     concurrency: int = 1
     max_input_tokens: int | None = None
+    input_errors: tuple[type[Exception], ...] = ()
 
     @property
     @abstractmethod

@@ -20,6 +20,7 @@ from airflow_vectorize.exceptions import (
     InvalidInputError,
     ModelAuthenticationError,
     ModelConnectionError,
+    ModelInputRejectedError,
     ModelNotFoundError,
     ModelRequestError,
     ModelResponseError,
@@ -208,7 +209,8 @@ def _retryable_failure(target: Endpoint, where: str, path: str, response) -> tup
         )
     if status in RETRY_STATUSES or status >= 500:
         return f"HTTP {status}: {message}", ModelRequestError, _retry_after(response.headers.get("Retry-After"))
-    raise ModelRequestError(f"{where}: HTTP {status}, the server rejected the request: {message}")
+    rejected = ModelInputRejectedError if status in (400, 413, 422) else ModelRequestError
+    raise rejected(f"{where}: HTTP {status}, the server rejected the request: {message}")
 
 
 def _server_message(response) -> str:

@@ -29,6 +29,7 @@ class LocalModel(EmbeddingModel):
     """A sentence-transformers model computed on this machine's CPU."""
 
     concurrency = 1  # torch already uses every core
+    input_errors = (ValueError, TypeError, RuntimeError, IndexError)  # e.g. a tokenizer choking on one text
 
     def __init__(self, transformer: str, model: SentenceTransformer) -> None:
         self.transformer = transformer

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from airflow_vectorize.exceptions import InvalidInputError, ModelResponseError
+from airflow_vectorize.exceptions import InvalidInputError, ModelInputRejectedError, ModelResponseError
 from airflow_vectorize.models.base import ChatModel, ChatResult, EmbeddingModel
 from airflow_vectorize.models.http import Endpoint, RetryPolicy, post_json
 from airflow_vectorize.models.tokens import token_counter
@@ -71,9 +71,14 @@ def positive_int(value: Any, what: str) -> int:
 class OpenAICompatibleEmbeddings(EmbeddingModel):
     """``<provider>/<model>`` served over the OpenAI embeddings protocol at an Airflow connection's host.
 
+    An input the server refuses (HTTP 400/413/422) is an input error; 429, 5xx and timeouts are retried,
+    then fail the run.
+
     :param dimensions: the vector size; with ``shorten`` it is asked of the server (OpenAI's
         text-embedding-3 models cut their vectors to it), else it is learnt by ``probe``.
     """
+
+    input_errors = (ModelInputRejectedError,)
 
     def __init__(self, transformer: str, provider: Provider, target: Endpoint,
                  dimensions: int | None = None, shorten: bool = False) -> None:

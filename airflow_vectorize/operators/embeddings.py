@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from airflow_vectorize.generation import DEFAULT_BATCH_SIZE
+from airflow_vectorize.generation import DEFAULT_BATCH_SIZE, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_FAILED_SHARE
 from airflow_vectorize.lineage import openlineage_installed
 from airflow_vectorize.operators._base import ProjectWriterOperator
 
@@ -75,6 +75,9 @@ class GenerateEmbeddingsOperator(ProjectWriterOperator):
         connection's ``concurrency`` extra, else 4).
     :param pending_only: only the rows the project's realtime triggers queued (for a DAG scheduled on
         ``pending_rows_asset``: reads the queue, not the whole table).
+    :param max_attempts: rows the model refused this often with the same text are skipped until it changes.
+    :param max_failed_share: fail the task when more than this share of the rows tried could not be
+        embedded (they are recorded in ``vectorize._errors_<job>``; the others are written either way).
     """
 
     template_fields: Sequence[str] = ("job_name", "since", "until", "partition_index", "partition_count")
@@ -90,10 +93,14 @@ class GenerateEmbeddingsOperator(ProjectWriterOperator):
         batch_size: int = DEFAULT_BATCH_SIZE,
         concurrency: int | None = None,
         pending_only: bool = False,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        max_failed_share: float = DEFAULT_MAX_FAILED_SHARE,
         **kwargs: Any,
     ) -> None:
         super().__init__(job_name=job_name, **kwargs)
         self.pending_only = pending_only
+        self.max_attempts = max_attempts
+        self.max_failed_share = max_failed_share
         self.since = since
         self.until = until
         self.partition_index = partition_index
@@ -111,8 +118,10 @@ class GenerateEmbeddingsOperator(ProjectWriterOperator):
             batch_size=self.batch_size,
             concurrency=self.concurrency,
             pending_only=self.pending_only,
+            max_attempts=self.max_attempts,
+            max_failed_share=self.max_failed_share,
         )
         if openlineage_installed():
             tables = self.hook.project_tables(self.job_name)
             self.capture_tables(inputs=[tables["source"]], outputs=[tables["storage"]])
-        return self.emit(context, summary, ("embedded", "skipped", "partition"))
+        return self.emit(context, summary, ("embedded", "failed", "skipped", "partition"))

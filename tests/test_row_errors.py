@@ -1,0 +1,134 @@
+"""Rows the model cannot embed are recorded in vectorize._errors_<job> and skipped, the rest written;
+retries are bounded; a fixed row clears its error; too many failures fail the run. Against the real
+misbehaving HTTP server (it refuses over-long inputs with HTTP 400, as OpenAI does)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from conftest import snapshot
+
+from airflow_vectorize.exceptions import EmbeddingFailuresError, InvalidInputError
+
+MODEL = "openai/MiniLM"
+COLUMNS = ["name", "description"]
+LONG = "a description far longer than the server accepts " * 4
+
+
+def create(hook, job: str = "remote", **kwargs):
+    return hook.create_project(job, "products", "product_id", COLUMNS, transformer=MODEL, model_conn_id="flaky",
+                               **kwargs)
+
+
+def errors(db, job: str = "remote") -> dict[int, tuple[int, str]]:
+    return {key: (attempts, error) for key, attempts, error in
+            db.execute(f"SELECT product_id, attempts, error FROM vectorize._errors_{job} ORDER BY 1")}
+
+
+def test_refused_rows_are_recorded_and_the_rest_is_written(products, hook, embedding_server):
+    products.execute("UPDATE products SET description = %s WHERE product_id IN (5, 17)", [LONG])
+    create(hook)  # realtime: the update queued nothing yet (no project); queue the two rows now
+    products.execute("UPDATE products SET name = name || ' ' WHERE product_id IN (5, 17)")
+    embedding_server.reset(max_input_bytes=150)
+
+    summary = hook.generate_embeddings("remote", batch_size=24)
+
+    assert (summary["embedded"], summary["failed"]) == (22, 2)
+    recorded = errors(products)
+    assert list(recorded) == [5, 17] and {attempts for attempts, _ in recorded.values()} == {1}
+    assert "ModelInputRejectedError" in recorded[5][1] and "HTTP 400" in recorded[5][1]
+    status = hook.get_status("remote")
+    assert (status["embedded_rows"], status["failed_rows"], status["pending"]) == (22, 2, 0)
+    assert hook.get_freshness("remote")["failed"] == 2
+
+    # Retried by later runs, up to max_attempts with the same text; then skipped, not tried again.
+    assert hook.generate_embeddings("remote", max_attempts=3)["failed"] == 2
+    assert hook.generate_embeddings("remote", max_attempts=3)["failed"] == 2
+    requests = len(embedding_server.requests)
+    last = hook.generate_embeddings("remote", max_attempts=3)
+    assert (last["embedded"], last["failed"]) == (0, 0)
+    assert len(embedding_server.requests) == requests
+    assert {attempts for attempts, _ in errors(products).values()} == {3}
+    assert hook.get_freshness("remote")["stale"] == 0  # given up on: not counted as stale
+
+    # A fixed row is embedded by the next run and its error cleared; a deleted one takes its error along.
+    products.execute("UPDATE products SET description = 'fixed' WHERE product_id = 5")
+    products.execute("DELETE FROM products WHERE product_id = 17")
+    assert hook.generate_embeddings("remote")["embedded"] == 1
+    assert errors(products) == {} and hook.get_status("remote")["failed_rows"] == 0
+
+
+def test_a_changed_text_starts_its_attempts_again(products, hook, embedding_server):
+    products.execute("UPDATE products SET description = %s WHERE product_id = 3", [LONG])
+    create(hook)
+    embedding_server.reset(max_input_bytes=150)
+    for _ in range(3):
+        hook.generate_embeddings("remote")
+    products.execute("UPDATE products SET description = %s WHERE product_id = 3", [LONG + "!"])
+
+    assert errors(products)[3][0] == 3
+    assert hook.generate_embeddings("remote", max_failed_share=1)["failed"] == 1  # tried again
+    assert errors(products)[3][0] == 1
+
+
+def test_too_many_failures_fail_the_run_but_keep_what_was_embedded(products, hook, embedding_server):
+    products.execute("UPDATE products SET description = %s WHERE product_id <= 5", [LONG])  # 5 of 24: 21 %
+    create(hook)
+    embedding_server.reset(max_input_bytes=150)
+
+    with pytest.raises(EmbeddingFailuresError) as error:
+        hook.generate_embeddings("remote", batch_size=8)
+
+    assert re.match(r"project 'remote': 5 row\(s\) could not be embedded \(5 for the first time: 21% of the"
+                    r" rows tried\), recorded in vectorize._errors_remote; e.g. [1-5]: ModelInputRejectedError:",
+                    str(error.value))
+    assert "More than the allowed 10%: the run fails (the 19 row(s) embedded are kept)" in str(error.value)
+    assert hook.get_status("remote")["embedded_rows"] == 19 and len(errors(products)) == 5
+    assert hook.generate_embeddings("remote")["failed"] == 5  # known failures retried: a warning only
+    products.execute("UPDATE products SET description = %s WHERE product_id = 24", [LONG])
+    with pytest.raises(EmbeddingFailuresError, match=r"\(1 for the first time: 17% of the rows tried\)"):
+        hook.generate_embeddings("remote")  # 1 new failure among 6 rows tried
+    products.execute("UPDATE products SET description = %s WHERE product_id = 23", [LONG])
+    # 1-5 have failed 3 times now (given up on); 23 fails for the first time, 24 again: 1 of 2 is allowed
+    assert hook.generate_embeddings("remote", max_failed_share=0.5)["failed"] == 2
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"max_attempts": 0}, "max_attempts must be a positive integer"),
+    ({"max_failed_share": 1.5}, r"max_failed_share must be a number in \[0, 1\], got 1.5"),
+    ({"max_failed_share": "0.1"}, r"max_failed_share must be a number in \[0, 1\], got '0.1'"),
+])
+def test_bad_failure_options_change_nothing(products, hook, embedding_server, kwargs, message):
+    create(hook)
+    before = snapshot(products)
+    with pytest.raises(InvalidInputError, match=message):
+        hook.generate_embeddings("remote", **kwargs)
+    assert snapshot(products) == before
+
+
+@pytest.mark.parametrize("table_method", ["join", "append"])
+def test_delete_and_truncate_leave_nothing_stale(products, hook, table_method):
+    """DELETE cascades to embeddings, queue and errors; a plain TRUNCATE is refused by the foreign keys
+    (nothing changes); TRUNCATE ... CASCADE empties them all."""
+    hook.create_project("shop", "products", "product_id", COLUMNS, table_method=table_method)
+    hook.generate_embeddings("shop")
+    products.execute("INSERT INTO products (product_id, name) VALUES (100, 'queued')")
+    products.execute("INSERT INTO vectorize._errors_shop (product_id, error) VALUES (1, 'x')")
+    products.execute("DELETE FROM products WHERE product_id IN (1, 2, 100)")
+    status = hook.get_status("shop")
+    assert (status["total_rows"], status["embedded_rows"], status["pending"], status["failed_rows"]) == (22, 22, 0, 0)
+
+    before = snapshot(products)
+    with pytest.raises(Exception, match="cannot truncate a table referenced in a foreign key constraint"):
+        products.execute("TRUNCATE products")
+    assert snapshot(products) == before
+
+    products.execute("INSERT INTO products (product_id, name) VALUES (101, 'queued')")
+    products.execute("TRUNCATE products CASCADE")
+    status = hook.get_status("shop")
+    assert (status["total_rows"], status["embedded_rows"], status["pending"], status["failed_rows"]) == (0, 0, 0, 0)
+    if table_method == "join":
+        assert products.scalar("SELECT count(*) FROM vectorize._embeddings_shop") == 0
+    products.execute("INSERT INTO products (product_id, name) VALUES (7, 'back again')")
+    assert hook.generate_embeddings("shop")["embedded"] == 1
