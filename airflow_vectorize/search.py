@@ -289,21 +289,30 @@ def _nearest_rows(project: Project, shape: tuple[Filter, ...], rows: int) -> sql
 
 def _chunked_vector_statement(project: Project, columns: tuple[str, ...], shape: tuple[Filter, ...],
                               limit: int, chunks_per_row: int) -> str:
-    """The nearest ``limit × chunks_per_row`` chunks (HNSW), each row's first among them is its best."""
+    """The nearest ``limit × chunks_per_row`` chunks (HNSW), each row's first among them is its best.
+
+    The ``limit`` best rows are chosen before the source is joined for the returned columns (the chunk
+    table's foreign key guarantees each row's source row), and not joined at all when only the key is
+    returned and nothing is filtered, as for an unchunked project's embeddings table."""
     parts = _parts(project)
     source_join = (sql.SQL(" JOIN {s} s ON s.{k} = e.{k}").format(s=project.source, k=parts["key"])
                    if shape else sql.SQL(""))
     similarity = sql.SQL(SIMILARITY[project.index_dist_type]).format(sql.SQL("n.d"))
-    return sql.SQL(
-        "SELECT {columns}, {similarity} AS similarity_score, n.chunk FROM ("
+    nearest = sql.SQL(
+        "SELECT k, d, chunk FROM ("
         " SELECT DISTINCT ON (k) k, d, chunk FROM ("
         "  SELECT e.{key} AS k, {distance} AS d, e.chunk FROM {target} e{source_join}"
-        "  WHERE {where} ORDER BY {distance} LIMIT {chunks}) c ORDER BY k, d) n"
-        " JOIN {source} s ON s.{key} = n.k ORDER BY n.d, n.k LIMIT {limit}"
-    ).format(columns=_column_list(columns), similarity=similarity, key=parts["key"], distance=parts["distance"],
-             target=project.target, source_join=source_join, where=_where(shape),
-             chunks=sql.Literal(limit * chunks_per_row), source=project.source, limit=sql.Literal(limit)
-             ).as_string()
+        "  WHERE {where} ORDER BY {distance} LIMIT {chunks}) c ORDER BY k, d) b ORDER BY d, k LIMIT {limit}"
+    ).format(key=parts["key"], distance=parts["distance"], target=project.target, source_join=source_join,
+             where=_where(shape), chunks=sql.Literal(limit * chunks_per_row), limit=sql.Literal(limit))
+    if not shape and columns == (project.primary_key,):
+        select, source = sql.SQL("n.k AS {}").format(parts["key"]), sql.SQL("")
+    else:
+        select = _column_list(columns)
+        source = sql.SQL(" JOIN {source} s ON s.{key} = n.k").format(source=project.source, key=parts["key"])
+    return sql.SQL(
+        "SELECT {select}, {similarity} AS similarity_score, n.chunk FROM ({nearest}) n{source} ORDER BY n.d, n.k"
+    ).format(select=select, similarity=similarity, nearest=nearest, source=source).as_string()
 
 
 @lru_cache(maxsize=256)

@@ -189,3 +189,26 @@ def test_search_returns_enough_rows_when_one_row_owns_the_nearest_chunks(license
 
     assert nearest == [(6,)]  # the 4 x 5 nearest chunks are all row 6's: one pass would return one row
     assert len(rows) == 5 and rows[0]["id"] == 6 and len({row["id"] for row in rows}) == 5
+
+
+def test_search_rows_do_not_depend_on_the_returned_columns(licenses, hook):
+    """Key only (no join to the source), more columns (joined after the best rows are chosen) and a filter
+    (joined in the chunk scan) return the same rows, best chunks and scores, in the same order."""
+    hook.create_project(JOB, "licenses", "id", ["body"], chunk_size=128, chunk_overlap=16)
+    hook.generate_embeddings(JOB)
+    query = "You must give any other recipients of the Work a copy of this License."
+
+    key_only = hook.search(JOB, query, return_columns=["id"], num_results=4)
+    wide = hook.search(JOB, query, return_columns=["name", "id"], num_results=4)
+    filtered = hook.search(JOB, query, return_columns=["id"], num_results=4, filters={"id": {"lte": 5}})
+    nearest = licenses.execute(
+        f"SELECT id, min(embeddings <=> %s::vector) AS d FROM vectorize._chunks_{JOB} GROUP BY id ORDER BY d, id",
+        [hook.encode(JOB, [query])[0]])
+
+    assert [list(row) for row in key_only] == [["id", "similarity_score", "chunk"]] * 4
+    assert [list(row) for row in wide] == [["name", "id", "similarity_score", "chunk"]] * 4
+    names = dict(licenses.execute("SELECT id, name FROM licenses"))
+    assert [{**row, "name": names[row["id"]]} for row in key_only] == wide
+    assert filtered == key_only and len({row["id"] for row in key_only}) == 4
+    assert key_only[0]["id"] == nearest[0][0]  # ranked by the row's best chunk (exact here: few vectors)
+    assert key_only[0]["similarity_score"] == pytest.approx(1 - nearest[0][1], abs=1e-6)
