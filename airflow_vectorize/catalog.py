@@ -1,34 +1,22 @@
-"""The ``vectorize`` schema: the job catalog, storage names and DDL, laid out as pg_vectorize lays it out.
-
-Everything a project creates is named from its job name, exactly as pg_vectorize names it:
-
-- ``join``:   ``vectorize._embeddings_<job>`` (key, ``embeddings``, ``updated_at``) and view
-  ``vectorize.<job>_view``;
-- ``append``: columns ``<job>_embeddings`` and ``<job>_updated_at`` on the source table;
-- chunked projects (ours): ``vectorize._chunks_<job>`` (key, ``chunk_no``, offsets, ``chunk``, ``embeddings``, ...)
-  instead of ``_embeddings_<job>``;
-- index ``<job>_hnsw_cos_idx`` / ``_l2_idx`` / ``_ip_idx``; triggers ``vectorize_insert_trigger_<job>`` and
-  ``vectorize_update_trigger_<job>`` calling ``vectorize.handle_update_<job>()``.
-
-Two additions of ours: the queue of realtime work ``vectorize._pending_<job>`` (pg_vectorize uses pgmq), and
-an md5 of the embedded text next to each embedding (``text_md5`` / ``<job>_text_md5``) so that only rows
-whose text changed are embedded again.
-"""
+"""The ``vectorize`` schema: the job catalog (``vectorize.job``, ``Project``) and the DDL of a project's
+storage, laid out as pg_vectorize lays it out (names in ``airflow_vectorize.naming``)."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import psycopg
 from psycopg import Cursor, sql
 from psycopg.rows import dict_row
 
+from airflow_vectorize import expressions
 from airflow_vectorize.exceptions import VectorizeError
+from airflow_vectorize.naming import StorageNames
 from airflow_vectorize.rag import ensure_prompts
 
-SCHEMA = "vectorize"
 DEFAULT_TRANSFORMER = "sentence-transformers/all-MiniLM-L6-v2"
 TABLE_METHODS = ("join", "append")
 SCHEDULES = ("realtime", "manual")
@@ -74,7 +62,8 @@ CONFIG_FIELDS = (
 
 @dataclass(frozen=True)
 class Project:
-    """A project's catalog entry, with the names of everything it stores."""
+    """A project's catalog entry: its configuration and the ``params`` pg_vectorize reads; the names of what
+    it stores are ``names`` (``naming.StorageNames``), SQL over its rows is in ``expressions``."""
 
     name: str
     schema: str
@@ -131,11 +120,7 @@ class Project:
             "dimensions": self.dimensions,
         }
 
-    # -- storage names ---------------------------------------------------------------------------
-    @property
-    def source(self) -> sql.Identifier:
-        return sql.Identifier(self.schema, self.relation)
-
+    # -- what the configuration implies ----------------------------------------------------------------
     @property
     def is_join(self) -> bool:
         return self.table_method == "join"
@@ -146,136 +131,17 @@ class Project:
         return self.chunk_size is not None
 
     @property
-    def target_name(self) -> tuple[str, str]:
-        """(schema, table) of the table that holds the embeddings."""
-        if self.is_chunked:
-            return SCHEMA, f"_chunks_{self.name}"
-        return (SCHEMA, f"_embeddings_{self.name}") if self.is_join else (self.schema, self.relation)
-
-    @property
-    def target(self) -> sql.Identifier:
-        return sql.Identifier(*self.target_name)
-
-    @property
-    def target_schema(self) -> str:
-        return SCHEMA if self.is_join else self.schema
-
-    @property
-    def embeddings_column(self) -> str:
-        return "embeddings" if self.is_join else f"{self.name}_embeddings"
-
-    @property
-    def updated_at_column(self) -> str:
-        return "updated_at" if self.is_join else f"{self.name}_updated_at"
-
-    @property
-    def text_md5_column(self) -> str:
-        return "text_md5" if self.is_join else f"{self.name}_text_md5"
-
-    @property
-    def view_name(self) -> tuple[str, str]:
-        return SCHEMA, f"{self.name}_view"
-
-    @property
-    def view(self) -> sql.Identifier:
-        return sql.Identifier(*self.view_name)
-
-    @property
-    def index_name(self) -> str:
-        return f"{self.name}_{INDEX_DIST_TYPES[self.index_dist_type].index_suffix}"
-
-    @property
     def distance(self) -> DistanceKind:
         return INDEX_DIST_TYPES[self.index_dist_type]
 
-    @property
-    def queue_name(self) -> tuple[str, str]:
-        return SCHEMA, f"_pending_{self.name}"
-
-    @property
-    def queue(self) -> sql.Identifier:
-        return sql.Identifier(*self.queue_name)
-
-    @property
-    def errors_name(self) -> tuple[str, str]:
-        """Rows generation could not embed: (key, error, attempts, first_seen, last_seen, text_md5)."""
-        return SCHEMA, f"_errors_{self.name}"
-
-    @property
-    def errors(self) -> sql.Identifier:
-        return sql.Identifier(*self.errors_name)
-
-    @property
-    def trigger_function_name(self) -> tuple[str, str]:
-        return SCHEMA, f"handle_update_{self.name}"
-
-    @property
-    def trigger_function(self) -> sql.Identifier:
-        return sql.Identifier(*self.trigger_function_name)
-
-    @property
-    def index_qualified_name(self) -> tuple[str, str]:
-        return self.target_schema, self.index_name
+    @cached_property
+    def names(self) -> StorageNames:
+        """The names of everything the project stores (``airflow_vectorize.naming``)."""
+        return StorageNames(self.name, self.schema, self.relation, self.is_join, self.is_chunked,
+                            self.distance.index_suffix)
 
     def storage_objects(self) -> list[str]:
-        """Every object the project owns, as 'schema.name' (columns as 'schema.table.column')."""
-        objects = [".".join(self.index_qualified_name), f"{self.schema}.{self.fts_index_name}",
-                   ".".join(self.queue_name), ".".join(self.errors_name)]
-        if self.is_join:
-            objects[:0] = [".".join(self.target_name), ".".join(self.view_name)]
-        else:
-            objects[:0] = [f"{self.schema}.{self.relation}.{column}" for column in
-                           (self.embeddings_column, self.updated_at_column, self.text_md5_column)]
-        if self.schedule == "realtime":
-            objects += [".".join(self.trigger_function_name) + "()", self.insert_trigger, self.update_trigger]
-        return objects
-
-    @property
-    def channel(self) -> str:
-        """The LISTEN/NOTIFY channel the realtime triggers notify when they queue rows."""
-        return f"vectorize_{self.name}"
-
-    @property
-    def insert_trigger(self) -> str:
-        return f"vectorize_insert_trigger_{self.name}"
-
-    @property
-    def update_trigger(self) -> str:
-        return f"vectorize_update_trigger_{self.name}"
-
-    def stored_rows(self) -> sql.Composable:
-        """``FROM`` clause: the source as ``r`` with, for join projects, its stored embedding state as ``e``
-        (one row per source row: a chunked project's chunk 0, which carries the row's md5)."""
-        if not self.is_join:
-            return sql.SQL("{} r").format(self.source)
-        return sql.SQL("{source} r LEFT JOIN {target} e ON e.{key} = r.{key}{first_chunk}").format(
-            source=self.source, target=self.target, key=sql.Identifier(self.primary_key),
-            first_chunk=sql.SQL(" AND e.chunk_no = 0" if self.is_chunked else ""))
-
-    def text_expression(self, alias: str) -> sql.Composable:
-        """The text to embed: the columns joined with ', ', NULL columns skipped ('' when all are NULL)."""
-        parts = sql.SQL(", ").join(sql.Identifier(alias, column) for column in self.columns)
-        return sql.SQL("concat_ws(', ', {})").format(parts)
-
-    def text_md5_expression(self, alias: str) -> sql.Composable:
-        return sql.SQL("md5({})::uuid").format(self.text_expression(alias))
-
-    @property
-    def fts_index_name(self) -> str:
-        """The full-text GIN index on the source table (in the source's schema), used by hybrid search."""
-        return f"{self.name}_fts_idx"
-
-    def fts_document(self, alias: str | None = None) -> sql.Composable:
-        """``to_tsvector('english', <the columns joined with ' '>)``, NULL columns as ''.
-
-        IMMUTABLE (concat_ws is not), so the ``<job>_fts_idx`` expression index is built on exactly this
-        expression; queries built with the same method match it and can use the index.
-        """
-        parts = sql.SQL(" || ' ' || ").join(
-            sql.SQL("coalesce({}::text, '')").format(sql.Identifier(alias, c) if alias else sql.Identifier(c))
-            for c in self.columns
-        )
-        return sql.SQL("to_tsvector('english', {})").format(parts)
+        return self.names.storage_objects(realtime=self.schedule == "realtime")
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Project:
@@ -406,7 +272,7 @@ def insert_project(cur: Cursor, project: Project) -> int:
 def create_storage(cur: Cursor, project: Project) -> None:
     """Create the embeddings storage, index, queue and (for realtime) triggers."""
     key = sql.Identifier(project.primary_key)
-    emb = sql.Identifier(project.embeddings_column)
+    emb = sql.Identifier(project.names.embeddings_column)
     vector_type = sql.SQL("vector({})").format(sql.Literal(project.dimensions))
     if project.is_chunked:
         # One row per chunk: (key, chunk number) with its character offsets in the row's text, its text
@@ -425,8 +291,8 @@ def create_storage(cur: Cursor, project: Project) -> None:
                 " ALTER COLUMN embeddings SET STORAGE MAIN;"
                 " CREATE VIEW {view} AS SELECT s.*, e.chunk_no, e.chunk, e.embeddings,"
                 " e.updated_at AS embeddings_updated_at FROM {source} s JOIN {target} e ON e.{key} = s.{key}"
-            ).format(target=project.target, key=key, source=project.source, vector_type=vector_type,
-                     view=project.view)
+            ).format(target=project.names.target, key=key, source=project.names.source, vector_type=vector_type,
+                     view=project.names.view)
         )
     elif project.is_join:
         # CREATE TABLE AS copies the key's exact type (with typmod) from the source column.
@@ -440,28 +306,28 @@ def create_storage(cur: Cursor, project: Project) -> None:
                 " ADD COLUMN text_md5 uuid;"
                 " CREATE VIEW {view} AS SELECT s.*, e.embeddings, e.updated_at AS embeddings_updated_at"
                 " FROM {source} s JOIN {target} e ON e.{key} = s.{key}"
-            ).format(target=project.target, key=key, source=project.source, vector_type=vector_type,
-                     view=project.view)
+            ).format(target=project.names.target, key=key, source=project.names.source, vector_type=vector_type,
+                     view=project.names.view)
         )
     else:
         cur.execute(
             sql.SQL(
                 "ALTER TABLE {source} ADD COLUMN {emb} {vector_type}, ADD COLUMN {updated_at} timestamptz,"
                 " ADD COLUMN {text_md5} uuid"
-            ).format(source=project.source, emb=emb, vector_type=vector_type,
-                     updated_at=sql.Identifier(project.updated_at_column),
-                     text_md5=sql.Identifier(project.text_md5_column))
+            ).format(source=project.names.source, emb=emb, vector_type=vector_type,
+                     updated_at=sql.Identifier(project.names.updated_at_column),
+                     text_md5=sql.Identifier(project.names.text_md5_column))
         )
     create_index(cur, project)
     cur.execute(sql.SQL("CREATE INDEX {} ON {} USING gin (({}))").format(
-        sql.Identifier(project.fts_index_name), project.source, project.fts_document()))
+        sql.Identifier(project.names.fts_index_name), project.names.source, expressions.fts_document(project)))
     cur.execute(
         sql.SQL(
             "CREATE TABLE {queue} AS SELECT {key} FROM {source} WITH NO DATA;"
             " ALTER TABLE {queue} ADD PRIMARY KEY ({key}),"
             " ADD FOREIGN KEY ({key}) REFERENCES {source} ({key}) ON DELETE CASCADE,"
             " ADD COLUMN enqueued_at timestamptz NOT NULL DEFAULT clock_timestamp()"
-        ).format(queue=project.queue, key=key, source=project.source)
+        ).format(queue=project.names.queue, key=key, source=project.names.source)
     )
     create_errors_table(cur, project)
     if project.schedule == "realtime":
@@ -472,7 +338,7 @@ def create_errors_table(cur: Cursor, project: Project) -> None:
     """The rows generation could not embed; a no-op when it exists (projects created before it get it
     from their next generation run). ``text_md5``: the text that failed; a changed text is tried again
     whatever its attempts. Call with the project locked (``lock_project``)."""
-    cur.execute("SELECT to_regclass(format('%%I.%%I', %s::text, %s::text)) IS NOT NULL", list(project.errors_name))
+    cur.execute("SELECT to_regclass(format('%%I.%%I', %s::text, %s::text)) IS NOT NULL", list(project.names.errors_name))
     if cur.fetchone()[0]:
         return
     cur.execute(sql.SQL(
@@ -482,23 +348,23 @@ def create_errors_table(cur: Cursor, project: Project) -> None:
         " ADD COLUMN error text NOT NULL, ADD COLUMN attempts integer NOT NULL DEFAULT 1,"
         " ADD COLUMN first_seen timestamptz NOT NULL DEFAULT clock_timestamp(),"
         " ADD COLUMN last_seen timestamptz NOT NULL DEFAULT clock_timestamp(), ADD COLUMN text_md5 uuid"
-    ).format(errors=project.errors, key=sql.Identifier(project.primary_key), source=project.source))
+    ).format(errors=project.names.errors, key=sql.Identifier(project.primary_key), source=project.names.source))
 
 
 def create_index(cur: Cursor, project: Project) -> None:
     """The project's HNSW index; a no-op when it exists (e.g. built by a concurrent run)."""
     cur.execute(
         sql.SQL("CREATE INDEX IF NOT EXISTS {index} ON {target} USING hnsw ({emb} {opclass})").format(
-            index=sql.Identifier(project.index_name),
-            target=project.target,
-            emb=sql.Identifier(project.embeddings_column),
+            index=sql.Identifier(project.names.index_name),
+            target=project.names.target,
+            emb=sql.Identifier(project.names.embeddings_column),
             opclass=sql.Identifier(project.distance.opclass),
         )
     )
 
 
 def drop_index(cur: Cursor, project: Project) -> None:
-    cur.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(*project.index_qualified_name)))
+    cur.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(*project.names.index_qualified_name)))
 
 
 def create_triggers(cur: Cursor, project: Project) -> None:
@@ -525,7 +391,7 @@ def create_triggers(cur: Cursor, project: Project) -> None:
           RETURN NULL;
         END
         """
-    ).format(queue=project.queue, key=key, channel=sql.Literal(project.channel))
+    ).format(queue=project.names.queue, key=key, channel=sql.Literal(project.names.channel))
     changed = sql.SQL(" OR ").join(
         sql.SQL("OLD.{c} IS DISTINCT FROM NEW.{c}").format(c=sql.Identifier(c)) for c in project.columns
     )
@@ -538,11 +404,11 @@ def create_triggers(cur: Cursor, project: Project) -> None:
             " CREATE TRIGGER {update_trigger} AFTER UPDATE OF {columns} ON {source}"
             " FOR EACH ROW WHEN ({changed}) EXECUTE FUNCTION {function}()"
         ).format(
-            function=project.trigger_function,
+            function=project.names.trigger_function,
             body=sql.Literal(body.as_string(cur)),
-            insert_trigger=sql.Identifier(project.insert_trigger),
-            update_trigger=sql.Identifier(project.update_trigger),
-            source=project.source,
+            insert_trigger=sql.Identifier(project.names.insert_trigger),
+            update_trigger=sql.Identifier(project.names.update_trigger),
+            source=project.names.source,
             columns=sql.SQL(", ").join(sql.Identifier(c) for c in project.columns),
             changed=changed,
         )
@@ -552,22 +418,22 @@ def create_triggers(cur: Cursor, project: Project) -> None:
 def drop_storage(cur: Cursor, project: Project, source_exists: bool) -> None:
     """Remove everything ``create_storage`` made and the catalog row, never the source table."""
     if source_exists:
-        for trigger in (project.insert_trigger, project.update_trigger):
-            cur.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trigger), project.source))
+        for trigger in (project.names.insert_trigger, project.names.update_trigger):
+            cur.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trigger), project.names.source))
         cur.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(
-            sql.Identifier(project.schema, project.fts_index_name)))
-    cur.execute(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(project.trigger_function))
-    cur.execute(sql.SQL("DROP TABLE IF EXISTS {}, {}").format(project.queue, project.errors))
+            sql.Identifier(project.schema, project.names.fts_index_name)))
+    cur.execute(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(project.names.trigger_function))
+    cur.execute(sql.SQL("DROP TABLE IF EXISTS {}, {}").format(project.names.queue, project.names.errors))
     if project.is_join:
-        cur.execute(sql.SQL("DROP VIEW IF EXISTS {}; DROP TABLE IF EXISTS {}").format(project.view, project.target))
+        cur.execute(sql.SQL("DROP VIEW IF EXISTS {}; DROP TABLE IF EXISTS {}").format(project.names.view, project.names.target))
     elif source_exists:
         # Dropping the columns drops the index on them.
         cur.execute(
             sql.SQL("ALTER TABLE {} DROP COLUMN IF EXISTS {}, DROP COLUMN IF EXISTS {}, DROP COLUMN IF EXISTS {}").format(
-                project.source,
-                sql.Identifier(project.embeddings_column),
-                sql.Identifier(project.updated_at_column),
-                sql.Identifier(project.text_md5_column),
+                project.names.source,
+                sql.Identifier(project.names.embeddings_column),
+                sql.Identifier(project.names.updated_at_column),
+                sql.Identifier(project.names.text_md5_column),
             )
         )
     cur.execute("DELETE FROM vectorize.job WHERE name = %s", [project.name])

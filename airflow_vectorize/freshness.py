@@ -50,7 +50,7 @@ def statement(project: Project) -> sql.Composed:
         " (SELECT count(*) FROM {rows} WHERE {needs} AND {text} <> ''),"
         " coalesce(extract(epoch FROM clock_timestamp() - (SELECT min(enqueued_at) FROM {queue})), 0)::float8,"
         " (SELECT count(*) FROM {errors})"
-    ).format(queue=project.queue, rows=p["from"], needs=p["needs"], text=p["text"], errors=project.errors)
+    ).format(queue=project.names.queue, rows=p["from"], needs=p["needs"], text=p["text"], errors=project.names.errors)
 
 
 def measure(conn: psycopg.Connection, project: Project) -> Freshness:

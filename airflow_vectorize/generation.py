@@ -30,7 +30,7 @@ import psycopg
 from pgvector.psycopg import register_vector
 from psycopg import sql
 
-from airflow_vectorize import storage
+from airflow_vectorize import expressions, storage
 from airflow_vectorize.catalog import Project, create_index, drop_index
 from airflow_vectorize.chunking import Chunk, TextSplitter
 from airflow_vectorize.exceptions import EmbeddingFailuresError, InvalidInputError
@@ -82,28 +82,28 @@ class Scope:
             params += [self.partition_count, self.partition_index]
         if self.pending_only:  # a realtime run reads the (small) queue, not the whole source
             parts.append(sql.SQL("r.{key} IN (SELECT {key} FROM {queue})").format(
-                key=sql.Identifier(project.primary_key), queue=project.queue))
+                key=sql.Identifier(project.primary_key), queue=project.names.queue))
         return sql.SQL(" AND ").join(parts), params
 
 
 def row_sql(project: Project, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> dict[str, sql.Composable]:
     """SQL pieces for 'source rows with their stored embedding's md5' and 'needs embedding': no current
     embedding, and not a row that failed ``max_attempts`` times with the same text (``failed``)."""
-    stored_md5 = sql.Identifier("e" if project.is_join else "r", project.text_md5_column)
-    text_md5 = project.text_md5_expression("r")
+    stored_md5 = sql.Identifier("e" if project.is_join else "r", project.names.text_md5_column)
+    text_md5 = expressions.text_md5(project, "r")
     key = sql.Identifier("r", project.primary_key)
     failed = sql.SQL(
         "EXISTS (SELECT 1 FROM {errors} x WHERE x.{pk} = {key} AND x.attempts >= {attempts}"
         " AND x.text_md5 = {current})"
-    ).format(errors=project.errors, pk=sql.Identifier(project.primary_key), key=key,
+    ).format(errors=project.names.errors, pk=sql.Identifier(project.primary_key), key=key,
              attempts=sql.Literal(max_attempts), current=text_md5)
     return {
-        "from": project.stored_rows(),
+        "from": expressions.stored_rows(project),
         "needs": sql.SQL("{stored} IS DISTINCT FROM {current} AND NOT {failed}").format(
             stored=stored_md5, current=text_md5, failed=failed),
         "failed": failed,
         "current": sql.SQL("{stored} = {current}").format(stored=stored_md5, current=text_md5),
-        "text": project.text_expression("r"),
+        "text": expressions.text(project, "r"),
         "md5": text_md5,
         "key": key,
     }
@@ -173,7 +173,7 @@ class BatchWriter:
                 "CREATE TEMP TABLE vectorize_staging ON COMMIT DELETE ROWS AS SELECT {key} FROM {source}"
                 " WITH NO DATA; ALTER TABLE vectorize_staging ADD COLUMN embeddings {vector},"
                 " ADD COLUMN text_md5 uuid{chunk_columns}"
-            ).format(key=key, source=project.source, chunk_columns=chunk_columns,
+            ).format(key=key, source=project.names.source, chunk_columns=chunk_columns,
                      vector=sql.SQL("vector({})").format(sql.Literal(project.dimensions))))
             self.types = [r[0] for r in conn.execute(
                 "SELECT atttypid FROM pg_attribute WHERE attrelid = 'pg_temp.vectorize_staging'::regclass"
@@ -218,7 +218,7 @@ class BatchWriter:
                 cur.execute(sql.SQL(
                     "DELETE FROM {queue} q USING {from_} WHERE q.{pk} = {key} AND {current}"
                     " AND q.{pk} = ANY(%s)"
-                ).format(queue=project.queue, from_=p["from"], pk=sql.Identifier(project.primary_key),
+                ).format(queue=project.names.queue, from_=p["from"], pk=sql.Identifier(project.primary_key),
                          key=p["key"], current=p["current"]), [[row[0] for row in rows]])
                 dequeued = cur.rowcount
                 failures = self._record_errors(cur, [row[0] for row in rows], failures)
@@ -235,7 +235,7 @@ class BatchWriter:
         changed) and take them off the queue: they are tracked in the errors table now."""
         project, pk = self.project, sql.Identifier(self.project.primary_key)
         if written:
-            cur.execute(sql.SQL("DELETE FROM {} WHERE {} = ANY(%s)").format(project.errors, pk), [written])
+            cur.execute(sql.SQL("DELETE FROM {} WHERE {} = ANY(%s)").format(project.names.errors, pk), [written])
         if not failures:
             return []
         keys = [f.key for f in failures]
@@ -246,13 +246,13 @@ class BatchWriter:
             " THEN {errors}.attempts + 1 ELSE 1 END,"
             " first_seen = CASE WHEN {errors}.text_md5 IS NOT DISTINCT FROM excluded.text_md5"
             " THEN {errors}.first_seen ELSE clock_timestamp() END RETURNING attempts"
-        ).format(errors=project.errors, pk=pk), [(f.key, f.error, f.text_md5) for f in failures], returning=True)
+        ).format(errors=project.names.errors, pk=pk), [(f.key, f.error, f.text_md5) for f in failures], returning=True)
         attempts = []
         while True:
             attempts.append(cur.fetchone()[0])
             if not cur.nextset():
                 break
-        cur.execute(sql.SQL("DELETE FROM {} WHERE {} = ANY(%s)").format(project.queue, pk), [keys])
+        cur.execute(sql.SQL("DELETE FROM {} WHERE {} = ANY(%s)").format(project.names.queue, pk), [keys])
         return [replace(f, attempts=n) for f, n in zip(failures, attempts)]
 
     def commit(self) -> None:
@@ -298,7 +298,7 @@ def clear_current_pending(conn: psycopg.Connection, project: Project, scope: Sco
     with conn.transaction():
         return conn.execute(sql.SQL(
             "DELETE FROM {queue} q USING {from_} WHERE q.{pk} = {key} AND ({current} OR {text} = '') AND {scope}"
-        ).format(queue=project.queue, from_=p["from"], pk=sql.Identifier(project.primary_key), key=p["key"],
+        ).format(queue=project.names.queue, from_=p["from"], pk=sql.Identifier(project.primary_key), key=p["key"],
                  current=p["current"], text=p["text"], scope=condition), params).rowcount
 
 
@@ -435,7 +435,7 @@ def _report_failures(project: Project, failures: list[RowFailure], embedded: int
     share = new / (len(failures) + embedded)
     examples = "; ".join(f"{f.key!r}: {f.error}" for f in failures[:3])
     message = (f"project {project.name!r}: {len(failures)} row(s) could not be embedded ({new} for the first"
-               f" time: {share:.0%} of the rows tried), recorded in {'.'.join(project.errors_name)}; e.g. {examples}")
+               f" time: {share:.0%} of the rows tried), recorded in {'.'.join(project.names.errors_name)}; e.g. {examples}")
     if share > max_share:
         raise EmbeddingFailuresError(f"{message}. More than the allowed {max_share:.0%}: the run fails (the"
                                      f" {embedded} row(s) embedded are kept)")

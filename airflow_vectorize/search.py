@@ -28,7 +28,7 @@ from psycopg import Cursor, sql
 from psycopg.rows import dict_row
 from psycopg.types.numeric import Oid
 
-from airflow_vectorize import catalog, validation
+from airflow_vectorize import catalog, expressions, validation
 from airflow_vectorize.catalog import Project
 from airflow_vectorize.exceptions import DimensionMismatchError, InvalidInputError
 
@@ -82,7 +82,7 @@ class SearchTarget:
 
 def search_target(cur: Cursor, project: Project) -> SearchTarget:
     """``project`` with its searchable columns and the identity of its storage, read once."""
-    storage = project.queue.as_string(cur)
+    storage = project.names.queue.as_string(cur)
     oid = cur.execute("SELECT to_regclass(%s)::oid", [storage]).fetchone()[0]
     return SearchTarget(project, searchable_columns(cur, project), storage, None if oid is None else Oid(oid))
 
@@ -95,7 +95,7 @@ def searchable_columns(cur: Cursor, project: Project) -> list[str]:
         column
         for other in catalog.list_projects(cur)
         if not other.is_join and (other.schema, other.relation) == (project.schema, project.relation)
-        for column in (other.embeddings_column, other.updated_at_column, other.text_md5_column)
+        for column in (other.names.embeddings_column, other.names.updated_at_column, other.names.text_md5_column)
     }
     return [c.name for c in table.columns.values() if c.name not in storage and c.typname not in VECTOR_TYPES]
 
@@ -222,13 +222,13 @@ def _parts(project: Project) -> dict[str, sql.Composable]:
     """Embedding column (alias ``e`` for join, ``s`` for append), its FROM clause and distance expression."""
     key = sql.Identifier(project.primary_key)
     if project.is_join:
-        emb = sql.Identifier("e", project.embeddings_column)
+        emb = sql.Identifier("e", project.names.embeddings_column)
         source = sql.SQL("{t} e JOIN {s} s ON s.{k} = e.{k}").format(
-            t=project.target, s=project.source, k=key)
-        outer = sql.SQL("LEFT JOIN {t} e ON e.{k} = s.{k}").format(t=project.target, k=key)
+            t=project.names.target, s=project.names.source, k=key)
+        outer = sql.SQL("LEFT JOIN {t} e ON e.{k} = s.{k}").format(t=project.names.target, k=key)
     else:
-        emb = sql.Identifier("s", project.embeddings_column)
-        source = sql.SQL("{s} s").format(s=project.source)
+        emb = sql.Identifier("s", project.names.embeddings_column)
+        source = sql.SQL("{s} s").format(s=project.names.source)
         outer = sql.SQL("")
     distance = sql.SQL("{} {} %(vector)s").format(emb, sql.SQL(project.distance.operator))
     return {
@@ -270,7 +270,7 @@ def _best_chunk(project: Project, row_key: sql.Composable) -> sql.Composable:
     return sql.SQL(
         "LATERAL (SELECT e.chunk, {distance} AS d FROM {target} e WHERE e.{key} = {row_key}"
         " ORDER BY {distance} LIMIT 1) best"
-    ).format(distance=_parts(project)["distance"], target=project.target,
+    ).format(distance=_parts(project)["distance"], target=project.names.target,
              key=sql.Identifier(project.primary_key), row_key=row_key)
 
 
@@ -278,12 +278,12 @@ def _nearest_rows(project: Project, shape: tuple[Filter, ...], rows: int) -> sql
     """Keys (``k``) and best distances (``d``) of the ``rows`` rows with the nearest chunks, nearest first;
     the chunk scan is the one the HNSW index serves."""
     parts = _parts(project)
-    source_join = (sql.SQL(" JOIN {s} s ON s.{k} = e.{k}").format(s=project.source, k=parts["key"])
+    source_join = (sql.SQL(" JOIN {s} s ON s.{k} = e.{k}").format(s=project.names.source, k=parts["key"])
                    if shape else sql.SQL(""))
     return sql.SQL(
         "SELECT k, min(d) AS d FROM (SELECT e.{key} AS k, {distance} AS d FROM {target} e{source_join}"
         " WHERE {where} ORDER BY {distance} LIMIT {chunks}) c GROUP BY k ORDER BY min(d), k LIMIT {rows}"
-    ).format(key=parts["key"], distance=parts["distance"], target=project.target, source_join=source_join,
+    ).format(key=parts["key"], distance=parts["distance"], target=project.names.target, source_join=source_join,
              where=_where(shape), chunks=sql.Literal(rows * CHUNKS_PER_ROW), rows=sql.Literal(rows))
 
 
@@ -295,7 +295,7 @@ def _chunked_vector_statement(project: Project, columns: tuple[str, ...], shape:
     table's foreign key guarantees each row's source row), and not joined at all when only the key is
     returned and nothing is filtered, as for an unchunked project's embeddings table."""
     parts = _parts(project)
-    source_join = (sql.SQL(" JOIN {s} s ON s.{k} = e.{k}").format(s=project.source, k=parts["key"])
+    source_join = (sql.SQL(" JOIN {s} s ON s.{k} = e.{k}").format(s=project.names.source, k=parts["key"])
                    if shape else sql.SQL(""))
     similarity = sql.SQL(SIMILARITY[project.index_dist_type]).format(sql.SQL("n.d"))
     nearest = sql.SQL(
@@ -303,13 +303,13 @@ def _chunked_vector_statement(project: Project, columns: tuple[str, ...], shape:
         " SELECT DISTINCT ON (k) k, d, chunk FROM ("
         "  SELECT e.{key} AS k, {distance} AS d, e.chunk FROM {target} e{source_join}"
         "  WHERE {where} ORDER BY {distance} LIMIT {chunks}) c ORDER BY k, d) b ORDER BY d, k LIMIT {limit}"
-    ).format(key=parts["key"], distance=parts["distance"], target=project.target, source_join=source_join,
+    ).format(key=parts["key"], distance=parts["distance"], target=project.names.target, source_join=source_join,
              where=_where(shape), chunks=sql.Literal(limit * chunks_per_row), limit=sql.Literal(limit))
     if not shape and columns == (project.primary_key,):
         select, source = sql.SQL("n.k AS {}").format(parts["key"]), sql.SQL("")
     else:
         select = _column_list(columns)
-        source = sql.SQL(" JOIN {source} s ON s.{key} = n.k").format(source=project.source, key=parts["key"])
+        source = sql.SQL(" JOIN {source} s ON s.{key} = n.k").format(source=project.names.source, key=parts["key"])
     return sql.SQL(
         "SELECT {select}, {similarity} AS similarity_score, n.chunk FROM ({nearest}) n{source} ORDER BY n.d, n.k"
     ).format(select=select, similarity=similarity, nearest=nearest, source=source).as_string()
@@ -325,7 +325,7 @@ def _vector_statement(
     if project.is_join and not shape and columns == (project.primary_key,):
         # Only the key, which the embeddings table holds (its foreign key guarantees the source row):
         # no join to the source.
-        parts["vector_from"] = sql.SQL("{} e").format(project.target)
+        parts["vector_from"] = sql.SQL("{} e").format(project.names.target)
         select = sql.Identifier("e", project.primary_key)
     else:
         select = _column_list(columns)
@@ -371,8 +371,8 @@ def _hybrid_statement(
         semantic=semantic,
         columns=_column_list(columns),
         where=_where(shape),
-        doc=project.fts_document("s"),
-        source=project.source,
+        doc=expressions.fts_document(project, "s"),
+        source=project.names.source,
         limit=sql.Literal(limit),
         candidates=sql.Literal(candidates),
         best=best,

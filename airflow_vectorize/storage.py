@@ -7,6 +7,7 @@ from contextlib import contextmanager
 
 from psycopg import Cursor, sql
 
+from airflow_vectorize import expressions
 from airflow_vectorize.catalog import Project, create_index, drop_index
 from airflow_vectorize.chunking import TextSplitter
 from airflow_vectorize.exceptions import InvalidInputError
@@ -21,7 +22,7 @@ REBUILD_INDEX_MIN_ROWS = 1000
 
 def embedded_rows(cur: Cursor, project: Project) -> int:
     cur.execute(sql.SQL("SELECT count({emb}) FROM {target}").format(
-        emb=sql.Identifier(project.embeddings_column), target=project.target))
+        emb=sql.Identifier(project.names.embeddings_column), target=project.names.target))
     return cur.fetchone()[0]
 
 
@@ -63,16 +64,16 @@ def import_from_table(
     and, for a bulk re-import, rewrite the table instead of updating it (see ``_rewrite_pays``).
     """
     parts = dict(
-        target=project.target,
-        source=project.source,
+        target=project.names.target,
+        source=project.names.source,
         src=src,
         key=sql.Identifier(project.primary_key),
         src_key=sql.Identifier("s", src_key),
         src_emb=sql.Identifier("s", src_embeddings),
-        emb=sql.Identifier(project.embeddings_column),
-        updated_at=sql.Identifier(project.updated_at_column),
-        text_md5=sql.Identifier(project.text_md5_column),
-        md5=project.text_md5_expression("r"),
+        emb=sql.Identifier(project.names.embeddings_column),
+        updated_at=sql.Identifier(project.names.updated_at_column),
+        text_md5=sql.Identifier(project.names.text_md5_column),
+        md5=expressions.text_md5(project, "r"),
     )
     if not project.is_join:
         cur.execute(sql.SQL(
@@ -124,7 +125,7 @@ def _rewrite_pays(total: int, overwritten: int) -> bool:
 def _keep_only_rows_not_in(cur: Cursor, project: Project, src: sql.Identifier, src_key: str) -> None:
     """Empty the target (new storage, no old row versions) except its rows whose key is not in ``src``."""
     columns = sql.SQL(", ").join(sql.Identifier(c) for c in (
-        project.primary_key, project.embeddings_column, project.updated_at_column, project.text_md5_column))
+        project.primary_key, project.names.embeddings_column, project.names.updated_at_column, project.names.text_md5_column))
     kept = sql.Identifier("vectorize_import_kept")
     cur.execute(sql.SQL(
         "CREATE TEMP TABLE {kept} ON COMMIT DROP AS SELECT {columns} FROM {target} t"
@@ -132,7 +133,7 @@ def _keep_only_rows_not_in(cur: Cursor, project: Project, src: sql.Identifier, s
         " TRUNCATE {target};"
         " INSERT INTO {target} ({columns}) SELECT {columns} FROM {kept};"
         " DROP TABLE {kept}"
-    ).format(kept=kept, columns=columns, target=project.target, src=src, src_key=sql.Identifier(src_key),
+    ).format(kept=kept, columns=columns, target=project.names.target, src=src, src_key=sql.Identifier(src_key),
              key=sql.Identifier(project.primary_key)))
 
 
@@ -140,7 +141,7 @@ def clear_pending(cur: Cursor, project: Project, src: sql.Identifier, src_key: s
     """Remove queued realtime work for the keys in ``src``; returns how many entries were removed."""
     cur.execute(
         sql.SQL("DELETE FROM {queue} q USING {src} s WHERE q.{key} = s.{src_key}").format(
-            queue=project.queue, src=src, key=sql.Identifier(project.primary_key),
+            queue=project.names.queue, src=src, key=sql.Identifier(project.primary_key),
             src_key=sql.Identifier(src_key))
     )
     return cur.rowcount
@@ -153,12 +154,12 @@ def upsert_from_staging(cur: Cursor, project: Project) -> int:
     Rows whose source row was deleted meanwhile are ignored.
     """
     parts = dict(
-        target=project.target,
-        source=project.source,
+        target=project.names.target,
+        source=project.names.source,
         key=sql.Identifier(project.primary_key),
-        emb=sql.Identifier(project.embeddings_column),
-        updated_at=sql.Identifier(project.updated_at_column),
-        text_md5=sql.Identifier(project.text_md5_column),
+        emb=sql.Identifier(project.names.embeddings_column),
+        updated_at=sql.Identifier(project.names.updated_at_column),
+        text_md5=sql.Identifier(project.names.text_md5_column),
     )
     if project.is_chunked:  # a row's chunks are replaced as a whole
         cur.execute(sql.SQL(
@@ -199,14 +200,14 @@ def import_chunks(cur: Cursor, project: Project, source: ImportSource, splitter:
         "CREATE TEMP TABLE vectorize_import_chunks ON COMMIT DROP AS SELECT {key} FROM {source} WITH NO DATA;"
         " ALTER TABLE vectorize_import_chunks ADD COLUMN chunk_no integer, ADD COLUMN start_offset integer,"
         " ADD COLUMN end_offset integer, ADD COLUMN chunk text, ADD COLUMN text_md5 uuid"
-    ).format(key=key, source=project.source))
+    ).format(key=key, source=project.names.source))
     mismatched: list[str] = []
     with cur.connection.cursor(name="vectorize_import_texts") as texts:
         texts.execute(sql.SQL(
             "SELECT r.{key}, {text}, {md5}, c.n, c.top FROM (SELECT {src_key} AS k, count(*) AS n,"
             " max({src_chunk}) AS top FROM {src} s GROUP BY 1) c JOIN {source} r ON r.{key} = c.k"
-        ).format(key=key, text=project.text_expression("r"), md5=project.text_md5_expression("r"),
-                 src_key=src_key, src_chunk=src_chunk, src=source.table, source=project.source))
+        ).format(key=key, text=expressions.text(project, "r"), md5=expressions.text_md5(project, "r"),
+                 src_key=src_key, src_chunk=src_chunk, src=source.table, source=project.names.source))
         while batch := texts.fetchmany(1000):
             rows = []
             for row_key, text, md5, count, top in batch:
@@ -229,13 +230,13 @@ def import_chunks(cur: Cursor, project: Project, source: ImportSource, splitter:
     cur.execute(sql.SQL(
         "WITH gone AS (DELETE FROM {target} t USING (SELECT DISTINCT {key} FROM vectorize_import_chunks) c"
         " WHERE t.{key} = c.{key} RETURNING t.{key}) SELECT count(DISTINCT {key}) FROM gone"
-    ).format(target=project.target, key=key))
+    ).format(target=project.names.target, key=key))
     replaced = cur.fetchone()[0]
     cur.execute(sql.SQL(
         "INSERT INTO {target} ({key}, chunk_no, start_offset, end_offset, chunk, embeddings, updated_at, text_md5)"
         " SELECT c.{key}, c.chunk_no, c.start_offset, c.end_offset, c.chunk, {src_emb}::vector, now(), c.text_md5"
         " FROM {src} s JOIN vectorize_import_chunks c ON c.{key} = {src_key} AND c.chunk_no = {src_chunk}"
-    ).format(target=project.target, key=key, src_emb=sql.Identifier("s", source.embeddings), src=source.table,
+    ).format(target=project.names.target, key=key, src_emb=sql.Identifier("s", source.embeddings), src=source.table,
              src_key=src_key, src_chunk=src_chunk))
     chunks = cur.rowcount
     rows = cur.execute(sql.SQL("SELECT count(DISTINCT {}) FROM vectorize_import_chunks").format(key)).fetchone()[0]

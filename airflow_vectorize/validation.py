@@ -17,6 +17,7 @@ from airflow_vectorize.catalog import (
     Project,
 )
 from airflow_vectorize.exceptions import DimensionMismatchError, InvalidInputError
+from airflow_vectorize.naming import SCHEMA
 
 JOB_NAME_PATTERN = re.compile(r"[A-Za-z0-9_]+")
 SAMPLE_SIZE = 5
@@ -24,6 +25,18 @@ INTEGER_TYPES = {"smallint", "integer", "bigint"}
 TIMESTAMP_TYPES = {"timestamp", "timestamptz"}
 VECTOR_TYPES = {"vector", "halfvec"}
 FLOAT_ELEMENT_TYPES = {"float4", "float8"}
+MAX_IDENTIFIER_BYTES = 63  # NAMEDATALEN - 1: PostgreSQL silently cuts longer names to this many bytes
+REAL_MAX = 3.4028234663852886e38  # the largest finite real (float4); pgvector stores vectors as real
+
+# Columns that a project's tables put next to a copy of the source's key: the embeddings table (join),
+# the queue, the errors table and generation's staging table (catalog.create_storage, create_errors_table,
+# generation.BatchWriter). A key of one of these names would collide with them.
+KEY_NEIGHBOUR_COLUMNS = ("embeddings", "text_md5", "enqueued_at", "error", "attempts", "first_seen", "last_seen")
+JOIN_KEY_NEIGHBOUR_COLUMNS = ("updated_at",)
+CHUNK_COLUMNS = ("chunk_no", "start_offset", "end_offset", "chunk")
+# Columns that the view vectorize.<job>_view of a join project adds to the source's own (s.*).
+VIEW_COLUMNS = ("embeddings", "embeddings_updated_at")
+CHUNKED_VIEW_COLUMNS = ("chunk_no", "chunk", *VIEW_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -50,7 +63,7 @@ class Table:
 
     @property
     def label(self) -> str:
-        return f'"{self.schema}"."{self.name}"'
+        return ".".join('"' + part.replace('"', '""') + '"' for part in (self.schema, self.name))
 
     def column(self, name: str, role: str) -> Column:
         if name not in self.columns:
@@ -111,6 +124,26 @@ def require_table(cur: Cursor, schema: str, name: str, *, kinds: str, role: str)
     return table
 
 
+def check_identifier(name: Any, role: str) -> str:
+    """``name`` if PostgreSQL can hold it exactly; InvalidInputError otherwise.
+
+    PostgreSQL cuts a name longer than 63 bytes to 63 without a word (also when comparing it with a
+    catalog name), so a longer name would act on another object; a NUL cannot be sent at all.
+    """
+    if not isinstance(name, str) or not name:
+        raise InvalidInputError(f"{role} must be a non-empty name, got {name!r}")
+    if "\x00" in name:
+        raise InvalidInputError(f"{role} {name!r} contains a NUL character (\\x00), which PostgreSQL names cannot hold")
+    size = len(name.encode())
+    if size > MAX_IDENTIFIER_BYTES:
+        cut = name.encode()[:MAX_IDENTIFIER_BYTES].decode(errors="ignore")
+        raise InvalidInputError(
+            f"{role} {name!r} is {size} bytes long; PostgreSQL names have at most {MAX_IDENTIFIER_BYTES} bytes"
+            f" and it would silently be cut to {cut!r}. Give the object's exact name."
+        )
+    return name
+
+
 # -- create_project ------------------------------------------------------------------------------------
 def check_job_name(job_name: Any) -> None:
     if not isinstance(job_name, str) or not JOB_NAME_PATTERN.fullmatch(job_name):
@@ -145,8 +178,36 @@ def check_project_source(cur: Cursor, project: Project) -> Column:
         raise InvalidInputError("columns must name at least one text column to embed")
     if len(set(project.columns)) != len(project.columns):
         raise InvalidInputError(f"columns {list(project.columns)} name a column more than once")
+    check_identifier(project.schema, "schema")
+    check_identifier(project.relation, "table")
+    check_identifier(project.primary_key, "primary_key")
+    for name in project.columns:
+        check_identifier(name, "column")
+    if project.update_time_col is not None:
+        check_identifier(project.update_time_col, "update_col")
+    if project.schema == SCHEMA:
+        raise InvalidInputError(
+            f"source table {project.relation!r} is in schema {SCHEMA!r}, which holds the projects' catalog and"
+            " storage; make a project of a table in another schema"
+        )
     table = require_table(cur, project.schema, project.relation, kinds="rp", role="source")
     key = table.column(project.primary_key, "primary_key")
+    neighbours = KEY_NEIGHBOUR_COLUMNS + (JOIN_KEY_NEIGHBOUR_COLUMNS if project.is_join else ()) + (
+        CHUNK_COLUMNS if project.is_chunked else ())
+    if key.name in neighbours:
+        raise InvalidInputError(
+            f"primary_key {key.name!r} of {table.label} has the name of a column that the project's tables keep"
+            f" next to the key ({', '.join(neighbours)}); rename the key column"
+        )
+    if project.is_join:
+        added = CHUNKED_VIEW_COLUMNS if project.is_chunked else VIEW_COLUMNS
+        clashing = [c for c in table.columns if c in added]
+        if clashing:
+            raise InvalidInputError(
+                f"table_method 'join' makes the view {SCHEMA}.{project.name}_view of the columns of {table.label}"
+                f" and {', '.join(added)}, but {table.label} has column(s) {clashing}: rename them"
+                + ("" if project.is_chunked else ", or use table_method='append'")
+            )
     if not key.unique:
         raise InvalidInputError(
             f"primary_key {project.primary_key!r} of {table.label} is not unique: it needs a primary key or a"
@@ -167,7 +228,7 @@ def check_project_source(cur: Cursor, project: Project) -> Column:
                 " it must be timestamp or timestamptz"
             )
     if not project.is_join:
-        taken = [c for c in (project.embeddings_column, project.updated_at_column, project.text_md5_column)
+        taken = [c for c in (project.names.embeddings_column, project.names.updated_at_column, project.names.text_md5_column)
                  if c in table.columns]
         if taken:
             raise InvalidInputError(
@@ -178,15 +239,15 @@ def check_project_source(cur: Cursor, project: Project) -> Column:
 
 def check_storage_free(cur: Cursor, project: Project) -> None:
     """Refuse to create over objects left behind by another tool or an earlier version."""
-    relations = [project.queue_name, project.index_qualified_name, (project.schema, project.fts_index_name)]
+    relations = [project.names.queue_name, project.names.index_qualified_name, (project.schema, project.names.fts_index_name)]
     if project.is_join:
-        relations += [project.target_name, project.view_name]
+        relations += [project.names.target_name, project.names.view_name]
     cur.execute(
         "SELECT s || '.' || n FROM unnest(%s::text[], %s::text[]) AS r(s, n)"
         " WHERE to_regclass(format('%%I.%%I', s, n)) IS NOT NULL"
         " UNION ALL SELECT %s WHERE to_regprocedure(format('%%I.%%I()', %s::text, %s::text)) IS NOT NULL",
         [[s for s, _ in relations], [n for _, n in relations],
-         ".".join(project.trigger_function_name) + "()", *project.trigger_function_name],
+         ".".join(project.names.trigger_function_name) + "()", *project.names.trigger_function_name],
     )
     leftovers = [row[0] for row in cur.fetchall()]
     if leftovers:
@@ -225,6 +286,11 @@ def check_import_source(
             f"src_chunk_col {src_chunk!r} is for chunked projects; project {project.name!r} keeps one"
             " embedding per row"
         )
+    for name, role in ((src_schema, "src_schema"), (src_table, "src_table"), (src_key, "src_primary_key"),
+                       (src_embeddings, "src_embeddings_col")):
+        check_identifier(name, role)
+    if src_chunk is not None:
+        check_identifier(src_chunk, "src_chunk_col")
     table = require_table(cur, src_schema, src_table, kinds="rpvmf", role="src_table")
     key = table.column(src_key, "src_primary_key")
     emb = table.column(src_embeddings, "src_embeddings_col")
@@ -290,6 +356,10 @@ def check_import_rows(cur: Cursor, project: Project, table: Table, key: Column, 
         checks.append(("NULL elements in embeddings", sql.SQL("array_position({}, NULL) IS NOT NULL").format(e)))
         checks.append(("NaN or infinite values", sql.SQL(
             "{}::float8[] && '{{NaN,Infinity,-Infinity}}'::float8[]").format(e)))
+        if emb.element == "float8":  # finite, but infinite once stored as real
+            checks.append((f"values beyond the range of real (|x| > {REAL_MAX:.8g})", sql.SQL(
+                "EXISTS (SELECT FROM unnest({e}) x WHERE abs(x) > {m} AND abs(x) < 'Infinity')"
+            ).format(e=e, m=sql.Literal(REAL_MAX))))
     dims = sql.SQL("cardinality({})").format(e) if is_array else sql.SQL("vector_dims({})").format(e)
     if is_array or emb.typmod <= 0:
         multi_dim = sql.SQL("array_ndims({}) <> 1 OR ").format(e) if is_array else sql.SQL("")
@@ -307,7 +377,7 @@ def check_import_rows(cur: Cursor, project: Project, table: Table, key: Column, 
             d=dims, c=dict(checks)["dimension mismatch"]))
     if not project.is_join:
         items.append(sql.SQL("count(*) FILTER (WHERE r.{} IS NOT NULL) AS already_embedded").format(
-            sql.Identifier(project.embeddings_column)))
+            sql.Identifier(project.names.embeddings_column)))
     duplicates = not key.unique or chunk is not None  # a chunked source repeats keys: (key, chunk) is unique
     dup_columns = sql.SQL(", ").join(sql.Identifier(c.name) for c in (key, chunk) if c is not None)
     if duplicates:
@@ -323,7 +393,7 @@ def check_import_rows(cur: Cursor, project: Project, table: Table, key: Column, 
         ).format(key=sql.Identifier(key.name), src=src, columns=dup_columns) if duplicates else sql.SQL(""),
         items=sql.SQL(", ").join(items),
         src=src,
-        source=project.source,
+        source=project.names.source,
         pk=sql.Identifier(project.primary_key),
         k=k,
     )

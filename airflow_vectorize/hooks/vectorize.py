@@ -13,7 +13,7 @@ import psycopg
 from airflow.providers.postgres.hooks.postgres import PostgresHook
 from psycopg import Cursor, sql
 
-from airflow_vectorize import catalog, chunking, freshness, generation, models, rag, storage, validation
+from airflow_vectorize import catalog, chunking, expressions, freshness, generation, models, rag, storage, validation
 from airflow_vectorize import search as searching
 from airflow_vectorize.catalog import DEFAULT_TRANSFORMER, Project
 from airflow_vectorize.exceptions import (
@@ -216,7 +216,7 @@ class VectorizeHook(PostgresHook):
             "dimensions": project.dimensions,
             "transformer": project.transformer,
             "model_conn_id": project.model_conn_id,
-            "index": project.index_name,
+            "index": project.names.index_name,
             "schedule": project.schedule,
             "objects": project.storage_objects(),
         }
@@ -247,10 +247,10 @@ class VectorizeHook(PostgresHook):
                 self.log.info("Vectorize project %r does not exist; nothing to drop", job_name)
                 return {"job_name": job_name, "dropped": False}
             project = self._project(cur, job_name)
-            cur.execute("SELECT to_regclass(%s) IS NOT NULL", [project.source.as_string(None)])
+            cur.execute("SELECT to_regclass(%s) IS NOT NULL", [project.names.source.as_string(None)])
             source_exists = cur.fetchone()[0]
             embeddings = storage.embedded_rows(cur, project) if source_exists or project.is_join else 0
-            cur.execute(sql.SQL("SELECT count(*) FROM {}").format(project.queue))
+            cur.execute(sql.SQL("SELECT count(*) FROM {}").format(project.names.queue))
             pending = cur.fetchone()[0]
             catalog.drop_storage(cur, project, source_exists)
         self.log.info("Dropped vectorize project %r (%d embeddings)", job_name, embeddings)
@@ -277,20 +277,20 @@ class VectorizeHook(PostgresHook):
                     " (SELECT count(*) FROM {queue})"
                     " FROM {rows}"
                 ).format(
-                    emb=sql.Identifier(alias, project.embeddings_column),
-                    md5=project.text_md5_expression("r"),
-                    text_md5=sql.Identifier(alias, project.text_md5_column),
-                    text=project.text_expression("r"),
-                    queue=project.queue,
-                    rows=project.stored_rows(),
+                    emb=sql.Identifier(alias, project.names.embeddings_column),
+                    md5=expressions.text_md5(project, "r"),
+                    text_md5=sql.Identifier(alias, project.names.text_md5_column),
+                    text=expressions.text(project, "r"),
+                    queue=project.names.queue,
+                    rows=expressions.stored_rows(project),
                 )
             )
             total, embedded, stale, no_text, pending = cur.fetchone()
-            chunks = (cur.execute(sql.SQL("SELECT count(*) FROM {}").format(project.target)).fetchone()[0]
+            chunks = (cur.execute(sql.SQL("SELECT count(*) FROM {}").format(project.names.target)).fetchone()[0]
                       if project.is_chunked else None)
             has_errors = cur.execute("SELECT to_regclass(%s) IS NOT NULL",
-                                     [project.errors.as_string(cur)]).fetchone()[0]
-            failed = (cur.execute(sql.SQL("SELECT count(*) FROM {}").format(project.errors)).fetchone()[0]
+                                     [project.names.errors.as_string(cur)]).fetchone()[0]
+            failed = (cur.execute(sql.SQL("SELECT count(*) FROM {}").format(project.names.errors)).fetchone()[0]
                       if has_errors else 0)  # a project created before the errors table: none yet
         return {
             "job_name": job_name,
@@ -310,7 +310,7 @@ class VectorizeHook(PostgresHook):
         (schema, table)."""
         with self.transaction() as cur:
             project = self._project(cur, job_name)
-        return {"source": (project.schema, project.relation), "storage": project.target_name}
+        return {"source": (project.schema, project.relation), "storage": project.names.target_name}
 
     def table_columns(self, schema: str, table: str) -> list[tuple[str, str]]:
         """(column, type) of a table in column order; empty when it does not exist."""

@@ -59,7 +59,7 @@ class PendingRowsTrigger(BaseEventTrigger):
             try:
                 async with await VectorizeHook(self.postgres_conn_id).aconnect() as conn:
                     project = await self._wait_for_project(conn)
-                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(project.channel)))
+                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(project.names.channel)))
                     # (Re)connected: rows queued before are announced if newer than the last event.
                     backoff, notified = 1.0, False
                     while True:
@@ -96,5 +96,5 @@ class PendingRowsTrigger(BaseEventTrigger):
 
 
 async def _queue_state(conn: psycopg.AsyncConnection, project: Project) -> tuple[int, datetime | None]:
-    cur = await conn.execute(sql.SQL("SELECT count(*), max(enqueued_at) FROM {}").format(project.queue))
+    cur = await conn.execute(sql.SQL("SELECT count(*), max(enqueued_at) FROM {}").format(project.names.queue))
     return await cur.fetchone()

@@ -1,0 +1,45 @@
+"""SQL expressions over a project's source rows: the text it embeds, its md5, the rows with their stored
+embedding state, and the full-text document of hybrid search."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from psycopg import sql
+
+if TYPE_CHECKING:
+    from airflow_vectorize.catalog import Project
+
+
+def text(project: Project, alias: str) -> sql.Composable:
+    """The text to embed: the columns joined with ', ', NULL columns skipped ('' when all are NULL)."""
+    parts = sql.SQL(", ").join(sql.Identifier(alias, column) for column in project.columns)
+    return sql.SQL("concat_ws(', ', {})").format(parts)
+
+
+def text_md5(project: Project, alias: str) -> sql.Composable:
+    return sql.SQL("md5({})::uuid").format(text(project, alias))
+
+
+def stored_rows(project: Project) -> sql.Composable:
+    """``FROM`` clause: the source as ``r`` with, for join projects, its stored embedding state as ``e``
+    (one row per source row: a chunked project's chunk 0, which carries the row's md5)."""
+    names = project.names
+    if not project.is_join:
+        return sql.SQL("{} r").format(names.source)
+    return sql.SQL("{source} r LEFT JOIN {target} e ON e.{key} = r.{key}{first_chunk}").format(
+        source=names.source, target=names.target, key=sql.Identifier(project.primary_key),
+        first_chunk=sql.SQL(" AND e.chunk_no = 0" if project.is_chunked else ""))
+
+
+def fts_document(project: Project, alias: str | None = None) -> sql.Composable:
+    """``to_tsvector('english', <the columns joined with ' '>)``, NULL columns as ''.
+
+    IMMUTABLE (concat_ws is not), so the ``<job>_fts_idx`` expression index is built on exactly this
+    expression; queries built with the same function match it and can use the index.
+    """
+    parts = sql.SQL(" || ' ' || ").join(
+        sql.SQL("coalesce({}::text, '')").format(sql.Identifier(alias, c) if alias else sql.Identifier(c))
+        for c in project.columns
+    )
+    return sql.SQL("to_tsvector('english', {})").format(parts)

@@ -1,0 +1,130 @@
+"""The names of everything a project stores, derived from its job name as pg_vectorize derives them.
+
+- ``join``:   ``vectorize._embeddings_<job>`` (key, ``embeddings``, ``updated_at``) and view
+  ``vectorize.<job>_view``; chunked projects (ours): ``vectorize._chunks_<job>`` instead;
+- ``append``: columns ``<job>_embeddings``, ``<job>_updated_at`` (and our ``<job>_text_md5``) on the source;
+- index ``<job>_hnsw_cos_idx`` / ``_l2_idx`` / ``_ip_idx``; triggers ``vectorize_insert_trigger_<job>`` and
+  ``vectorize_update_trigger_<job>`` calling ``vectorize.handle_update_<job>()``;
+- ours: the queue ``vectorize._pending_<job>``, the errors table ``vectorize._errors_<job>``, the full-text
+  index ``<job>_fts_idx`` on the source and the NOTIFY channel ``vectorize_<job>``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from psycopg import sql
+
+SCHEMA = "vectorize"
+
+
+@dataclass(frozen=True)
+class StorageNames:
+    """Names (``*_name``: (schema, name) tuples or plain strings) and quoted identifiers of one project's
+    objects."""
+
+    job: str
+    schema: str  # the source table's
+    relation: str
+    is_join: bool
+    is_chunked: bool
+    index_suffix: str
+
+    @property
+    def source(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.relation)
+
+    @property
+    def target_name(self) -> tuple[str, str]:
+        """(schema, table) of the table that holds the embeddings."""
+        if self.is_chunked:
+            return SCHEMA, f"_chunks_{self.job}"
+        return (SCHEMA, f"_embeddings_{self.job}") if self.is_join else (self.schema, self.relation)
+
+    @property
+    def target(self) -> sql.Identifier:
+        return sql.Identifier(*self.target_name)
+
+    @property
+    def embeddings_column(self) -> str:
+        return "embeddings" if self.is_join else f"{self.job}_embeddings"
+
+    @property
+    def updated_at_column(self) -> str:
+        return "updated_at" if self.is_join else f"{self.job}_updated_at"
+
+    @property
+    def text_md5_column(self) -> str:
+        return "text_md5" if self.is_join else f"{self.job}_text_md5"
+
+    @property
+    def view_name(self) -> tuple[str, str]:
+        return SCHEMA, f"{self.job}_view"
+
+    @property
+    def view(self) -> sql.Identifier:
+        return sql.Identifier(*self.view_name)
+
+    @property
+    def index_name(self) -> str:
+        return f"{self.job}_{self.index_suffix}"
+
+    @property
+    def index_qualified_name(self) -> tuple[str, str]:
+        return (SCHEMA if self.is_join else self.schema), self.index_name
+
+    @property
+    def fts_index_name(self) -> str:
+        """The full-text GIN index on the source table (in the source's schema), used by hybrid search."""
+        return f"{self.job}_fts_idx"
+
+    @property
+    def queue_name(self) -> tuple[str, str]:
+        return SCHEMA, f"_pending_{self.job}"
+
+    @property
+    def queue(self) -> sql.Identifier:
+        return sql.Identifier(*self.queue_name)
+
+    @property
+    def errors_name(self) -> tuple[str, str]:
+        """Rows generation could not embed: (key, error, attempts, first_seen, last_seen, text_md5)."""
+        return SCHEMA, f"_errors_{self.job}"
+
+    @property
+    def errors(self) -> sql.Identifier:
+        return sql.Identifier(*self.errors_name)
+
+    @property
+    def trigger_function_name(self) -> tuple[str, str]:
+        return SCHEMA, f"handle_update_{self.job}"
+
+    @property
+    def trigger_function(self) -> sql.Identifier:
+        return sql.Identifier(*self.trigger_function_name)
+
+    @property
+    def insert_trigger(self) -> str:
+        return f"vectorize_insert_trigger_{self.job}"
+
+    @property
+    def update_trigger(self) -> str:
+        return f"vectorize_update_trigger_{self.job}"
+
+    @property
+    def channel(self) -> str:
+        """The LISTEN/NOTIFY channel the realtime triggers notify when they queue rows."""
+        return f"vectorize_{self.job}"
+
+    def storage_objects(self, realtime: bool) -> list[str]:
+        """Every object the project owns, as 'schema.name' (columns as 'schema.table.column')."""
+        objects = [".".join(self.index_qualified_name), f"{self.schema}.{self.fts_index_name}",
+                   ".".join(self.queue_name), ".".join(self.errors_name)]
+        if self.is_join:
+            objects[:0] = [".".join(self.target_name), ".".join(self.view_name)]
+        else:
+            objects[:0] = [f"{self.schema}.{self.relation}.{column}" for column in
+                           (self.embeddings_column, self.updated_at_column, self.text_md5_column)]
+        if realtime:
+            objects += [".".join(self.trigger_function_name) + "()", self.insert_trigger, self.update_trigger]
+        return objects
