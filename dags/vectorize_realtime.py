@@ -1,7 +1,8 @@
 """Realtime embeddings without a polling DAG: rows are embedded seconds after they are committed.
 
 - ``vectorize_realtime_setup`` (manual): the table ``live_products`` and its project, ``schedule="realtime"``:
-  the project's triggers queue every inserted or changed row and NOTIFY at commit.
+  the project's triggers queue every inserted or changed row and NOTIFY at commit; then a few first rows
+  arrive (queued, not embedded: that is the realtime DAG's job).
 - ``vectorize_realtime`` is scheduled on the project's queue Asset. Its watcher, a ``PendingRowsTrigger`` in
   the triggerer, LISTENs for those notifications and fires; the run embeds only the queued rows. With
   ``max_active_runs=1`` rows arriving during a run are picked up by the next one (events coalesce).
@@ -46,6 +47,18 @@ def vectorize_realtime_setup():
             " description text, created_at timestamptz NOT NULL DEFAULT clock_timestamp())")
         return "live_products"
 
+    @task
+    def first_rows() -> int:
+        """Rows written by an application after the project exists: the triggers queue them."""
+        from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+        rows = [(1, "Gadget one", "a brand new gadget"), (2, "Gadget two", "a brand new gadget"),
+                (3, "Garden hose", "thirty metres, with a brass nozzle")]
+        PostgresHook(postgres_conn_id=CONN_ID).insert_rows("live_products", rows,
+                                                            target_fields=["product_id", "name", "description"],
+                                                            replace=True, replace_index="product_id")
+        return len(rows)
+
     create_table() >> CreateVectorizeProjectOperator(
         task_id="create_project",
         postgres_conn_id=CONN_ID,
@@ -56,7 +69,7 @@ def vectorize_realtime_setup():
         schedule="realtime",
         transformer=os.environ.get("VECTORIZE_REALTIME_MODEL", DEFAULT_TRANSFORMER),
         model_conn_id=os.environ.get("VECTORIZE_REALTIME_MODEL_CONN_ID"),
-    )
+    ) >> first_rows()
 
 
 @dag(dag_id="vectorize_realtime", schedule=[pending_rows_asset(JOB_NAME, CONN_ID, poll_interval=30)],

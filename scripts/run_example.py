@@ -42,6 +42,11 @@ DEFAULT_RUNS = [
     ("vectorize_scheduled_ingestion", "2026-11-01"),
     ("vectorize_scheduled_ingestion", "2026-11-02"),
     ("vectorize_embedding_backfill", None),
+    # Realtime (here run one after the other; deployed, the second runs on its own when rows are queued,
+    # the third when the second has emitted fresh embeddings).
+    ("vectorize_realtime_setup", None),
+    ("vectorize_realtime", None),
+    ("vectorize_realtime_consumer", None),
     ("vectorize_remote_embeddings", None),  # these two only with a model connection in the environment
     ("vectorize_rag", None),
 ]

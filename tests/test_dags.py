@@ -105,11 +105,8 @@ def test_realtime_examples_embed_the_queue_and_emit_the_asset(dags, default_conn
     (watched,) = dags["vectorize_realtime"].timetable.asset_condition.objects
     assert (watched.uri, type(watched.watchers[0].trigger).__name__) == (
         "vectorize://postgres_default/live_products/pending", "PendingRowsTrigger")
-    setup = run_dag(dags["vectorize_realtime_setup"])
-    default_connection.execute(
-        "INSERT INTO live_products (product_id, name, description) VALUES"
-        " (1, 'Gadget one', 'a brand new gadget'), (2, 'Gadget two', 'a brand new gadget'),"
-        " (3, 'Garden hose', 'thirty metres')")
+    setup = run_dag(dags["vectorize_realtime_setup"])  # creates the project, then 3 rows arrive
+    assert default_connection.scalar("SELECT count(*) FROM vectorize._pending_live_products") == 3
     realtime = run_dag(dags["vectorize_realtime"])
     consumer = run_dag(dags["vectorize_realtime_consumer"])
 
