@@ -44,7 +44,13 @@ bench: $(VENV)/.installed $(INFINITY_VENV)/.installed
 
 # A real Airflow 3 (scheduler, dag-processor, triggerer, api-server; metadata DB on the embedded PostgreSQL)
 # runs the example DAGs through the scheduler and prints their outcome from the REST API (scripts/deployment.py).
-.PHONY: deployment
+.PHONY: deployment deployment-celery bench-backfill
 deployment: $(VENV)/.installed
 	$(PY) scripts/deployment.py --executor LocalExecutor
 
+deployment-celery: $(VENV)/.installed
+	$(PY) scripts/deployment.py --executor CeleryExecutor --workers 2
+
+# Backfill throughput through CeleryExecutor at 1, 2 and 4 workers (bench/backfill.py).
+bench-backfill: $(VENV)/.installed
+	$(PY) -m bench.backfill

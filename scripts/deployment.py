@@ -63,6 +63,18 @@ REDIS_SERVER = str(VENV_BIN / "redis-server")
 DATA_CONN_ID = "postgres_default"  # what the example DAGs use (VECTORIZE_CONN_ID)
 FINISHED = {"success", "failed"}
 EXECUTORS = ("LocalExecutor", "CeleryExecutor")
+# The components: ``airflow <arguments>``, the same in docker-compose.yml (where each is a service and the
+# api-server gets --host 0.0.0.0 --port 8080; here --host 127.0.0.1 and a free port, and each Celery worker a
+# --celery-hostname, several sharing one host). --skip-serve-logs: every component writes task logs to the
+# one logs folder the api-server reads, so no log-server ports (which would clash between deployments here).
+MIGRATE = ["db", "migrate"]
+COMMANDS = {
+    "api-server": ["api-server", "--workers", "1"],
+    "scheduler": ["scheduler", "--skip-serve-logs"],
+    "dag-processor": ["dag-processor"],
+    "triggerer": ["triggerer", "--skip-serve-logs"],
+    "celery-worker": ["celery", "worker", "--skip-serve-logs", "--without-gossip", "--without-mingle"],
+}
 
 
 class DeploymentError(RuntimeError):
@@ -77,9 +89,11 @@ class Component:
     command: list[str]
     log_path: Path
     process: subprocess.Popen | None = field(default=None, repr=False)
+    log_offset: int = 0  # where this run's output starts in the log file
 
     def start(self, env: Mapping[str, str], cwd: Path) -> Component:
         with open(self.log_path, "ab") as log:
+            self.log_offset = log.tell()
             self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=dict(env),
                                             cwd=cwd, start_new_session=True)
         return self
@@ -87,6 +101,12 @@ class Component:
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    def output(self) -> str:
+        """What this run of the process has logged so far."""
+        with open(self.log_path, "rb") as log:
+            log.seek(self.log_offset)
+            return log.read().decode(errors="replace")
 
     def check(self) -> None:
         if self.process is not None and self.process.poll() is not None:
@@ -296,7 +316,7 @@ class AirflowDeployment:
 
         self.log("airflow db migrate")
         t0 = time.perf_counter()
-        migrate = subprocess.run([AIRFLOW, "db", "migrate"], env=self.env, cwd=self.home,
+        migrate = subprocess.run([AIRFLOW, *MIGRATE], env=self.env, cwd=self.home,
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
         (self.logs_dir / "db-migrate.log").write_bytes(migrate.stdout)
         if migrate.returncode:
@@ -307,13 +327,10 @@ class AirflowDeployment:
         if self.executor == "CeleryExecutor":
             self._launch("redis", [REDIS_SERVER, "--port", str(self.redis_port), "--bind", "127.0.0.1",
                                    "--save", "", "--appendonly", "no", "--dir", str(self.home)])
-        # --skip-serve-logs: every component writes its task logs into the same local folder, which the
-        # api-server reads; no log-server ports to clash with other deployments on this machine.
-        self._launch("api-server", [AIRFLOW, "api-server", "--host", "127.0.0.1", "--port", str(self.api_port),
-                                    "--workers", "1"])
-        self._launch("scheduler", [AIRFLOW, "scheduler", "--skip-serve-logs"])
-        self._launch("dag-processor", [AIRFLOW, "dag-processor"])
-        self._launch("triggerer", [AIRFLOW, "triggerer", "--skip-serve-logs"])
+        self._launch("api-server", [AIRFLOW, *COMMANDS["api-server"], "--host", "127.0.0.1",
+                                    "--port", str(self.api_port)])
+        for name in ("scheduler", "dag-processor", "triggerer"):
+            self._launch(name, [AIRFLOW, *COMMANDS[name]])
         for _ in range(self.workers):
             self.add_worker()
         self.wait_until_healthy()
@@ -327,48 +344,57 @@ class AirflowDeployment:
         self.components.append(component)
         return component
 
-    def add_worker(self) -> Component:
-        """Start one more Celery worker (``airflow celery worker``); it serves the default queue."""
+    def add_worker(self, env: Mapping[str, str] | None = None) -> Component:
+        """Start one more Celery worker (``airflow celery worker``, serving the default queue); ``env``
+        overrides variables for this worker only (e.g. ``OMP_NUM_THREADS``)."""
         if self.executor != "CeleryExecutor":
             raise DeploymentError("Celery workers need executor='CeleryExecutor'")
         index = 1 + max((int(w.name.rsplit("-", 1)[1]) for w in self.celery_workers), default=0)
-        worker = self._launch(f"celery-worker-{index}", [
-            AIRFLOW, "celery", "worker", "--celery-hostname", f"worker{index}-{self.api_port}@%h",
-            "--concurrency", str(self.worker_concurrency), "--skip-serve-logs", "--without-gossip",
-            "--without-mingle"])
+        name = f"celery-worker-{index}"
+        command = [AIRFLOW, *COMMANDS["celery-worker"], "--celery-hostname", f"worker{index}-{self.api_port}@%h"]
+        worker = Component(name, command, self.logs_dir / f"{name}.log").start({**self.env, **(env or {})},
+                                                                                self.home)
+        self.components.append(worker)
         self.celery_workers.append(worker)
         return worker
 
-    def set_workers(self, count: int, timeout: float = 60.0) -> None:
-        """Scale the Celery workers to ``count`` (stops the newest ones, or starts new ones and waits until
-        Celery sees them all). Do this while no task runs."""
-        while len(self.celery_workers) > count:
-            worker = self.celery_workers.pop()
-            stop_components([worker])
-            self.components.remove(worker)
-        while len(self.celery_workers) < count:
-            self.add_worker()
+    def set_workers(self, count: int, env: Mapping[str, str] | None = None, timeout: float = 120.0) -> None:
+        """Run exactly ``count`` Celery workers, all started with ``env`` (see ``add_worker``): stops the
+        workers there are, starts new ones, waits until they are ready. Do this while no task runs."""
+        stop_components(self.celery_workers)
+        self.components = [c for c in self.components if c not in self.celery_workers]
+        self.celery_workers = []
+        for _ in range(count):
+            self.add_worker(env)
         self.workers = count
         self.wait_for_workers(timeout)
 
     def wait_for_workers(self, timeout: float = 60.0) -> None:
-        """Block until ``celery inspect ping`` answers from every worker."""
+        """Block until every Celery worker answers a ping through the broker (a bare Celery client: no Airflow
+        import in this process)."""
         if not self.celery_workers:
             return
+        from celery import Celery
+
+        names = {self._worker_hostname(w) for w in self.celery_workers}
         deadline = time.monotonic() + timeout
-        names = {w.command[w.command.index("--celery-hostname") + 1].split("@")[0] for w in self.celery_workers}
-        while True:
-            self.check()
-            ping = subprocess.run(
-                [str(VENV_BIN / "celery"), "--app", "airflow.providers.celery.executors.celery_executor.app",
-                 "inspect", "ping", "--json", "--timeout", "2"],
-                env=self.env, cwd=self.home, capture_output=True, text=True, check=False)
-            answered = {name.split("@")[0] for name in _json_keys(ping.stdout)}
-            if names <= answered:
-                return
-            if time.monotonic() > deadline:
-                raise DeploymentError(f"Celery workers {sorted(names - answered)} did not answer in {timeout:.0f} s")
-            time.sleep(1)
+        app = Celery(broker=self.env["AIRFLOW__CELERY__BROKER_URL"])
+        try:
+            while True:
+                self.check()
+                answered = {name.split("@")[0] for reply in app.control.ping(timeout=1.0) for name in reply}
+                if names <= answered:
+                    return
+                if time.monotonic() > deadline:
+                    raise DeploymentError(f"Celery workers {sorted(names - answered)} not ready in {timeout:.0f} s;"
+                                          f" see {self.celery_workers[0].log_path}")
+                time.sleep(0.5)
+        finally:
+            app.close()
+
+    @staticmethod
+    def _worker_hostname(worker: Component) -> str:
+        return worker.command[worker.command.index("--celery-hostname") + 1].split("@")[0]
 
     def check(self) -> None:
         """Raise if a component has exited."""
@@ -579,14 +605,6 @@ class AirflowDeployment:
     def data_connection(self):
         """A psycopg connection (autocommit) to the project database."""
         return self.postgres.connect("vectorize")
-
-
-def _json_keys(text: str) -> set[str]:
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return set()
-    return set(data) if isinstance(data, dict) else set()
 
 
 # -- the example DAGs --------------------------------------------------------------------------------------

@@ -7,12 +7,20 @@ The components start once for the module and every DAG runs at the same time (se
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from datetime import datetime
 
 import pytest
 
-from scripts.deployment import LOCAL_DAGS, SCHEDULED_DAG, AirflowDeployment, RunOutcome, run_examples
+from scripts.deployment import (
+    LOCAL_DAGS,
+    SCHEDULED_DAG,
+    AirflowDeployment,
+    RunOutcome,
+    outcome,
+    run_examples,
+)
 
 BACKFILL_ROWS = 300
 
@@ -116,3 +124,19 @@ def test_task_logs_through_the_api(deployment, outcomes):
     [result] = outcomes["vectorize_embedding_backfill"]
     log = deployment.task_log(result.dag_id, result.run_id, "check_complete")
     assert "Done. Returned value was" in log or "check_complete" in log, log[-2000:]
+
+
+@pytest.mark.skipif(not os.environ.get("VECTORIZE_TEST_CELERY"),
+                    reason="a second deployment (~2-4 min on 2 cores): set VECTORIZE_TEST_CELERY=1")
+def test_celery_executor_spreads_the_backfill_over_two_workers():
+    with AirflowDeployment("CeleryExecutor", workers=2, env={"AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO"}) as celery:
+        celery.wait_for_dags(["vectorize_embedding_backfill"])
+        celery.unpause("vectorize_embedding_backfill")
+        run_id = celery.trigger("vectorize_embedding_backfill", conf={"rows": 200})
+        result = outcome(celery, celery.wait_for_run("vectorize_embedding_backfill", run_id))
+        assert_all_succeeded(result)
+        assert sum(t["result"]["embedded"] for t in result.tasks if t["task_id"] == "embed_partition") == 200
+        # Each worker ran some of the run's tasks (Celery logs every task it receives).
+        received = [w.output().count("execute_workload[") for w in celery.celery_workers]
+        assert all(received), received
+        assert celery.hook().get_status("product_archive")["missing_rows"] == 0
