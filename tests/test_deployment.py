@@ -14,7 +14,10 @@ from datetime import datetime
 import pytest
 
 from scripts.deployment import (
+    COMMANDS,
     LOCAL_DAGS,
+    MIGRATE,
+    ROOT,
     SCHEDULED_DAG,
     AirflowDeployment,
     RunOutcome,
@@ -49,6 +52,42 @@ def tasks(result: RunOutcome) -> dict[str, dict]:
 def assert_all_succeeded(result: RunOutcome) -> None:
     assert result.state == "success", result
     assert not result.failed_tasks, f"{result.dag_id} {result.run_id}: {result.failed_tasks} did not succeed"
+
+
+# Variables whose value depends on where the deployment runs (paths, hosts, secrets); every other one must have
+# the same value in docker-compose.yml as in scripts/deployment.py.
+SITE_SPECIFIC = {
+    "AIRFLOW__CORE__EXECUTOR", "AIRFLOW__CORE__DAGS_FOLDER", "AIRFLOW__CORE__FERNET_KEY",
+    "AIRFLOW__CORE__EXECUTION_API_SERVER_URL", "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY",
+    "AIRFLOW__API__BASE_URL", "AIRFLOW__API__HOST", "AIRFLOW__API__PORT",
+    "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+    "AIRFLOW__LOGGING__BASE_LOG_FOLDER", "AIRFLOW_CONN_POSTGRES_DEFAULT", "AIRFLOW__CELERY__BROKER_URL",
+    "AIRFLOW__CELERY__RESULT_BACKEND", "PYTHONPATH",
+}
+
+
+def test_docker_compose_runs_the_same_deployment(tmp_path):
+    """docker-compose.yml (not runnable here: no Docker engine) has the script's commands and variables."""
+    import yaml
+
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    assert services["airflow-init"]["command"] == MIGRATE
+    for name, arguments in COMMANDS.items():
+        extra = services[name]["command"][len(arguments):]
+        assert services[name]["command"][: len(arguments)] == arguments, name
+        assert extra == (["--host", "0.0.0.0", "--port", "8080"] if name == "api-server" else []), name
+    script: dict[str, str] = {}
+    for executor in ("LocalExecutor", "CeleryExecutor"):
+        script.update(AirflowDeployment(executor, home=tmp_path).environment(
+            "postgresql+psycopg://postgres@/airflow?host=/x", "postgresql://postgres@/vectorize?host=/x"))
+    script.pop("AIRFLOW_HOME")  # the image's /opt/airflow
+    for name in ("airflow-init", "api-server", "scheduler", "dag-processor", "triggerer", "celery-worker"):
+        compose = services[name]["environment"]
+        assert set(compose) == set(script), (name, set(compose) ^ set(script))
+        differing = {k: (compose[k], script[k]) for k in script if k not in SITE_SPECIFIC and compose[k] != script[k]}
+        assert not differing, (name, differing)
+        for key in ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CELERY__RESULT_BACKEND"):
+            assert compose[key].split("://")[0] == script[key].split("://")[0], key  # psycopg 3 both
 
 
 def test_components_are_up_and_the_dags_parse_quickly(deployment):
