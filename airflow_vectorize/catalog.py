@@ -170,8 +170,9 @@ class Project:
 
 # -- advisory locks --------------------------------------------------------------------------------
 def lock_project(cur: Cursor, job_name: str) -> None:
-    """Serialise writers of one project until the transaction ends."""
-    cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"vectorize:{job_name}"])
+    """Serialise writers of one project until the transaction ends (a name no project can have needs no lock)."""
+    if storable(job_name):
+        cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"vectorize:{job_name}"])
 
 
 # -- catalog reads and writes ------------------------------------------------------------------------
@@ -223,9 +224,15 @@ SELECT j.job_id, j.name, j.index_dist_type, j.transformer, j.params,
 """
 
 
+def storable(job_name: Any) -> bool:
+    """Whether a catalog row can have this name: a str without NUL (PostgreSQL text cannot hold one)."""
+    return isinstance(job_name, str) and "\x00" not in job_name
+
+
 def find_project(cur: Cursor, job_name: str) -> Project | None:
-    """The project named ``job_name``, or None (also when the catalog does not exist yet)."""
-    if not catalog_exists(cur):
+    """The project named ``job_name``, or None (also when the catalog does not exist yet, and for a name no
+    catalog row can have)."""
+    if not storable(job_name) or not catalog_exists(cur):
         return None
     rows = _fetch_projects(cur, "WHERE j.name = %s", [job_name])
     return rows[0] if rows else None
@@ -233,6 +240,8 @@ def find_project(cur: Cursor, job_name: str) -> Project | None:
 
 async def afind_project(conn: psycopg.AsyncConnection, job_name: str) -> Project | None:
     """``find_project`` on an async connection (for triggers)."""
+    if not storable(job_name):
+        return None
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute("SELECT to_regclass('vectorize.job') IS NOT NULL AS present")
         if not (await cur.fetchone())["present"]:

@@ -10,6 +10,10 @@ from psycopg import sql
 if TYPE_CHECKING:
     from airflow_vectorize.catalog import Project
 
+# Characters of a row's text in its full-text document: a tsvector holds at most 1 MB, and 100,000
+# characters make at most ~0.9 MB of one (distinct 4-byte-character words, measured ~0.65 MB).
+FULL_TEXT_CHARS = 100_000
+
 
 def text(project: Project, alias: str) -> sql.Composable:
     """The text to embed: the columns joined with ', ', NULL columns skipped ('' when all are NULL)."""
@@ -36,10 +40,12 @@ def fts_document(project: Project, alias: str | None = None) -> sql.Composable:
     """``to_tsvector('english', <the columns joined with ' '>)``, NULL columns as ''.
 
     IMMUTABLE (concat_ws is not), so the ``<job>_fts_idx`` expression index is built on exactly this
-    expression; queries built with the same function match it and can use the index.
+    expression; queries built with the same function match it and can use the index. Only the first
+    FULL_TEXT_CHARS characters count: a row whose whole text made a tsvector over 1 MB could not be written
+    to the source at all.
     """
     parts = sql.SQL(" || ' ' || ").join(
         sql.SQL("coalesce({}::text, '')").format(sql.Identifier(alias, c) if alias else sql.Identifier(c))
         for c in project.columns
     )
-    return sql.SQL("to_tsvector('english', {})").format(parts)
+    return sql.SQL("to_tsvector('english', left({}, {}))").format(parts, sql.Literal(FULL_TEXT_CHARS))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -36,7 +35,12 @@ if TYPE_CHECKING:
     import numpy as np
 
 RRF_K = 60
+MAX_BUILT_QUERIES = 256  # searches kept built per project entry (SearchTarget.queries)
 DEFAULT_CANDIDATES = 40  # pgvector's default hnsw.ef_search
+MAX_FULL_TEXT_QUERY_BYTES = 16384  # websearch_to_tsquery runs out of stack at ~100 kB (~16k terms)
+# Keys every result row carries besides its columns: a source column of one of these names would be
+# overwritten by it.
+RESULT_KEYS = ("similarity_score", "rrf_score", "semantic_rank", "full_text_rank", "chunk")
 VECTOR_TYPES = {"vector", "halfvec", "sparsevec"}
 
 FILTER_OPERATORS: dict[str, str] = {
@@ -71,13 +75,16 @@ class SearchTarget:
 
     ``columns``: the source columns a search may return or filter on. ``storage`` and ``storage_oid``: the
     name and OID of the project's queue table, which is created and dropped with the project; every
-    statement is guarded by them.
+    statement is guarded by them. ``queries``: the searches without filters already built from this entry,
+    by their arguments (statement, settings and every parameter but the query vector), so that a repeated
+    search only checks and binds its vector; it goes with the entry when the hook looks the project up again.
     """
 
     project: Project
     columns: list[str]
     storage: str
     storage_oid: Oid | None
+    queries: dict[tuple, SearchQuery] = field(default_factory=dict, compare=False, repr=False)
 
 
 def search_target(cur: Cursor, project: Project) -> SearchTarget:
@@ -102,7 +109,7 @@ def searchable_columns(cur: Cursor, project: Project) -> list[str]:
 
 def check_columns(project: Project, allowed: list[str], return_columns: Sequence[str] | None) -> list[str]:
     if return_columns is None or list(return_columns) == ["*"]:
-        return allowed
+        return [c for c in allowed if c not in RESULT_KEYS]
     if isinstance(return_columns, str) or not all(isinstance(c, str) for c in return_columns):
         raise InvalidInputError(f"return_columns must be a list of column names, got {return_columns!r}")
     unknown = [c for c in return_columns if c not in allowed]
@@ -111,6 +118,12 @@ def check_columns(project: Project, allowed: list[str], return_columns: Sequence
             f"return_columns {list(return_columns)!r} of project {project.name!r} are invalid"
             f" ({'unknown: ' + ', '.join(unknown) if unknown else 'empty or repeated'});"
             f" choose distinct columns of {project.schema}.{project.relation}: {', '.join(allowed)}"
+        )
+    clashing = [c for c in return_columns if c in RESULT_KEYS]
+    if clashing:
+        raise InvalidInputError(
+            f"return_columns {clashing!r} have the names of keys that search results add"
+            f" ({', '.join(RESULT_KEYS)}); rename the column(s) of {project.schema}.{project.relation}"
         )
     return list(return_columns)
 
@@ -161,6 +174,12 @@ def parse_filters(
                         f"filter 'in' on column {column!r} takes a list of values, got {value!r}"
                     )
                 value = list(value)
+            for item in value if op == "in" else [value]:
+                if isinstance(item, Mapping):
+                    raise InvalidInputError(
+                        f"filter value {item!r} on column {column!r} is a mapping: nested filters are not"
+                        " supported; write {column: value} or {column: {operator: value}}"
+                    )
             if not null_test:
                 values[f"f{len(shape)}"] = value
             shape.append((column, op, null_test))
@@ -200,7 +219,9 @@ def query_vector(project: Project, query: Any, embed: Callable[[str], Any] | Non
             f"project {project.name!r} expects a query vector of {project.dimensions} dimensions,"
             f" got shape {list(vector.shape)}"
         )
-    if not np.isfinite(vector).all():
+    # v·v is finite only when every element is (a NaN or an infinity makes it NaN or infinite): one cheap
+    # reduction per search. Finite but huge elements can overflow it, so only then are they checked one by one.
+    if not math.isfinite(vector @ vector) and not np.isfinite(vector).all():
         raise InvalidInputError("query vector contains NaN or infinite values")
     return vector
 
@@ -249,6 +270,15 @@ STORAGE_GUARD = sql.SQL("to_regclass(%(guard_relation)s)::oid IS NOT DISTINCT FR
 
 def _guard_params(target: SearchTarget) -> dict[str, Any]:
     return {"guard_relation": target.storage, "guard_oid": target.storage_oid}
+
+
+def _written_guard(storage: str, storage_oid: Oid | None) -> sql.Composable:
+    """STORAGE_GUARD with the entry's name and OID written into the statement instead of bound: two
+    parameters fewer to convert and send per search. The statement is then one entry's (it is built once
+    per entry and search shape, see ``SearchTarget.queries``); the guard is still evaluated at every
+    execution (``to_regclass`` is stable, never folded into a cached plan)."""
+    return sql.SQL("to_regclass({})::oid IS NOT DISTINCT FROM {}::oid").format(
+        sql.Literal(storage), sql.Literal(storage_oid))
 
 
 def _where(shape: tuple[Filter, ...]) -> sql.Composable:
@@ -317,8 +347,11 @@ def _chunked_vector_statement(project: Project, columns: tuple[str, ...], shape:
 
 @lru_cache(maxsize=256)
 def _vector_statement(
-    project: Project, columns: tuple[str, ...], shape: tuple[Filter, ...], limit: int, chunks_per_row: int = 0
+    project: Project, columns: tuple[str, ...], shape: tuple[Filter, ...], limit: int, chunks_per_row: int = 0,
+    storage: str = "", storage_oid: Oid | None = None,
 ) -> str:
+    """A chunked project's statement binds the guard (``_guard_params``); an unchunked one's has it written
+    in (``_written_guard`` of ``storage`` and ``storage_oid``)."""
     if project.is_chunked:
         return _chunked_vector_statement(project, columns, shape, limit, chunks_per_row)
     parts = _parts(project)
@@ -329,10 +362,11 @@ def _vector_statement(
         select = sql.Identifier("e", project.primary_key)
     else:
         select = _column_list(columns)
+    where = sql.SQL(" AND ").join([*_conditions(shape), _written_guard(storage, storage_oid)])
     return sql.SQL(
         "SELECT {select}, {similarity} AS similarity_score FROM {vector_from}"
         " WHERE {emb} IS NOT NULL AND {where} ORDER BY {distance} LIMIT {limit}"
-    ).format(select=select, where=_where(shape), limit=sql.Literal(limit), **parts).as_string()
+    ).format(select=select, where=where, limit=sql.Literal(limit), **parts).as_string()
 
 
 @lru_cache(maxsize=256)
@@ -394,16 +428,37 @@ def vector_search_query(
 ) -> SearchQuery:
     """Check the input, embed the query (a text, with ``embed``), and build the nearest-neighbour statement.
 
-    ``chunks_per_row``: for a chunked project, the nearest ``num_results × chunks_per_row`` chunks are read."""
+    ``chunks_per_row``: for a chunked project, the nearest ``num_results × chunks_per_row`` chunks are read.
+    A search without filters whose other arguments equal an earlier one's on the same ``target`` reuses
+    what was checked and built then (``SearchTarget.queries``): only the query vector is checked."""
     project = target.project
+    chunks_per_row = chunks_per_row if project.is_chunked else 0
+    key = None
+    if not filters and (return_columns is None or type(return_columns) in (list, tuple)):
+        # The types are part of the key: True == 1 and 10.0 == 10, but neither is a valid count.
+        key = (type(return_columns), None if return_columns is None else tuple(return_columns),
+               type(num_results), num_results, type(ef_search), ef_search, chunks_per_row)
+        try:
+            built = target.queries.get(key)
+        except TypeError:  # an unhashable column name: refused below
+            key = built = None
+        if built is not None:
+            return SearchQuery(built.statement, {**built.params, "vector": query_vector(project, query, embed)},
+                               built.settings)
     check_count("num_results", num_results)
     columns = check_columns(project, target.columns, return_columns)
     shape, params = parse_filters(project, target.columns, filters)
     settings = scan_settings(ef_search)
-    params.update(_guard_params(target), vector=query_vector(project, query, embed))
-    statement = _vector_statement(project, tuple(columns), shape, num_results,
-                                  chunks_per_row if project.is_chunked else 0)
-    return SearchQuery(statement, params, settings)
+    if project.is_chunked:
+        params.update(_guard_params(target))
+    statement = _vector_statement(project, tuple(columns), shape, num_results, chunks_per_row,
+                                  target.storage, target.storage_oid)
+    vector = query_vector(project, query, embed)
+    if key is not None:
+        if len(target.queries) >= MAX_BUILT_QUERIES:
+            target.queries.clear()
+        target.queries[key] = SearchQuery(statement, params, settings)
+    return SearchQuery(statement, {**params, "vector": vector}, settings)
 
 
 def hybrid_search_query(
@@ -425,6 +480,15 @@ def hybrid_search_query(
     project = target.project
     if not isinstance(query, str) or not query.strip():
         raise InvalidInputError(f"hybrid_search needs a non-empty text query, got {query!r}")
+    if "\x00" in query:
+        raise InvalidInputError("hybrid_search query contains a NUL character (\\x00), which PostgreSQL text"
+                                " cannot hold")
+    if len(query.encode()) > MAX_FULL_TEXT_QUERY_BYTES:
+        raise InvalidInputError(
+            f"hybrid_search query is {len(query.encode())} bytes; its full-text part takes at most"
+            f" {MAX_FULL_TEXT_QUERY_BYTES} bytes (PostgreSQL's tsquery parser fails on longer ones). search()"
+            " takes long texts: the model reads their beginning"
+        )
     check_count("num_results", num_results)
     candidates = max(num_results, DEFAULT_CANDIDATES) if candidates is None else candidates
     check_count("candidates", candidates, minimum=num_results)
@@ -465,14 +529,46 @@ def _apply_settings(cur: Cursor, settings: dict[str, str]) -> None:
         )
 
 
-def run(conn: psycopg.Connection, search: SearchQuery) -> list[dict[str, Any]]:
-    """Execute the query (in a transaction only when it has settings); rows as dicts, best first."""
-    with (conn.transaction() if search.settings else nullcontext()), conn.cursor(row_factory=dict_row) as cur:
-        _apply_settings(cur, search.settings)
-        try:
-            return cur.execute(search.statement, search.params).fetchall()
-        except (psycopg.errors.DataError, psycopg.errors.UndefinedFunction) as error:
-            raise InvalidInputError(f"a filter value does not fit its column: {error}".strip()) from error
+def _apply_session_settings(conn: psycopg.Connection, settings: dict[str, str], session: dict[str, str]) -> None:
+    """Give the session ``settings`` and put back the session's own values (``reset_val``, what RESET
+    restores) of those in ``session`` that ``settings`` lacks, in one round trip; ``session`` then records
+    ``settings``. Outside a transaction (autocommit), so that nothing rolls them back."""
+    reset = [name for name in session if name not in settings]
+    conn.execute(
+        "SELECT set_config(name, value, false) FROM unnest(%s::text[], %s::text[]) AS s(name, value)"
+        " UNION ALL SELECT set_config(name, reset_val, false) FROM pg_settings WHERE name = ANY(%s::text[])",
+        [list(settings), list(settings.values()), reset],
+    )
+    session.clear()
+    session.update(settings)
+
+
+def _fetch(cur: Cursor, search: SearchQuery) -> list[dict[str, Any]]:
+    try:
+        return cur.execute(search.statement, search.params).fetchall()
+    except (psycopg.errors.DataError, psycopg.errors.UndefinedFunction) as error:
+        raise InvalidInputError(f"a filter value does not fit its column: {error}".strip()) from error
+
+
+def run(conn: psycopg.Connection, search: SearchQuery, session: dict[str, str] | None = None
+        ) -> list[dict[str, Any]]:
+    """Execute the query; rows as dicts, best first.
+
+    Its settings are local to a transaction it runs in; or, given ``session`` (the settings this autocommit
+    connection's session has been given by earlier calls, kept by the caller for the connection), they are
+    given to the session when they differ from it, and the query runs alone: one round trip per search for
+    as long as the settings stay the same (as for a raw statement on a session configured once)."""
+    settings = search.settings
+    if session is not None:
+        if settings != session:
+            _apply_session_settings(conn, settings, session)
+        settings = {}
+    with conn.cursor(row_factory=dict_row) as cur:
+        if not settings:
+            return _fetch(cur, search)
+        with conn.transaction():
+            _apply_settings(cur, settings)
+            return _fetch(cur, search)
 
 
 def explain(cur: Cursor, search: SearchQuery, analyze: bool = False) -> str:
