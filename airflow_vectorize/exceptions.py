@@ -13,6 +13,11 @@ class ProjectNotFoundError(VectorizeError):
     """The named project has no entry in the ``vectorize.job`` catalog."""
 
 
+class DatabaseConnectionError(VectorizeError):
+    """The session with PostgreSQL ended under a call (terminated, server restarted, network lost); what was
+    committed before is kept, and running the call again resumes."""
+
+
 class ProjectConflictError(VectorizeError):
     """A project of that name exists with a different configuration."""
 
