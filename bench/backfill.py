@@ -115,8 +115,12 @@ def measure(deployment: AirflowDeployment, rows: int, timeout: float) -> dict[st
         "generation_seconds": [r["seconds"] for r in results],
         "hosts": sorted({ti["hostname"] for ti in parts}),
         "cpu_seconds": {k: round(after[k] - before[k], 1) for k in ("workers", "postgres", "airflow", "machine_busy")},
-        # average busy cores while the run was measured (all processes on the machine)
+        # average busy cores while the run was measured: all processes on the machine, and this deployment's
+        # (workers, PostgreSQL, scheduler, api-server...): on a shared machine the difference is the others'
         "machine_busy_cores": round((after["machine_busy"] - before["machine_busy"]) / wall, 2),
+        "deployment_cores": round(sum(after[k] - before[k] for k in ("workers", "postgres", "airflow")) / wall, 2),
+        # the cost of a row, whatever share of the machine the run got
+        "rows_per_worker_cpu_second": round(rows / max(after["workers"] - before["workers"], 1e-9), 1),
         "load_average": os.getloadavg(),
     }
 
@@ -195,14 +199,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def table(measurements: list[dict[str, Any]], rows: int) -> str:
     header = (f"{'workers':>7} {'threads':>7} {'rows/s':>8} {'ratio':>6} {'phase s':>8} {'run s':>7} "
-              f"{'worker CPU s':>12} {'pg CPU s':>8} {'busy cores':>10}  partitions s")
+              f"{'worker CPU s':>12} {'rows/CPU s':>10} {'pg CPU s':>8} {'ours/busy cores':>15}  partitions s")
     lines = [f"backfill of {rows:,} rows, 4 hash partitions (vectorize_embedding_backfill), CeleryExecutor", header]
     for m in measurements:
         ratio = f"{m['ratio_vs_1_worker']:.2f}x" if m["ratio_vs_1_worker"] is not None else "-"
         lines.append(
             f"{m['workers']:>7} {m['torch_threads']:>7} {m['rows_per_second']:>8.0f} {ratio:>6} "
             f"{m['phase_seconds']:>8.1f} {m['run_seconds']:>7.1f} {m['cpu_seconds']['workers']:>12.1f} "
-            f"{m['cpu_seconds']['postgres']:>8.1f} {m['machine_busy_cores']:>10.2f}  "
+            f"{m.get('rows_per_worker_cpu_second', 0):>10.0f} {m['cpu_seconds']['postgres']:>8.1f} "
+            f"{m.get('deployment_cores', 0):>7.2f}/{m['machine_busy_cores']:<7.2f}  "
             + " ".join(f"{s:.1f}" for s in m["partition_seconds"])
             + ("  (reference: one worker, torch on every core)" if m["reference"] else ""))
     return "\n".join(lines)
