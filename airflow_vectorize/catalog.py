@@ -361,19 +361,44 @@ def create_errors_table(cur: Cursor, project: Project) -> None:
 
 
 def create_index(cur: Cursor, project: Project) -> None:
-    """The project's HNSW index; a no-op when it exists (e.g. built by a concurrent run)."""
-    cur.execute(
-        sql.SQL("CREATE INDEX IF NOT EXISTS {index} ON {target} USING hnsw ({emb} {opclass})").format(
-            index=sql.Identifier(project.names.index_name),
-            target=project.names.target,
-            emb=sql.Identifier(project.names.embeddings_column),
-            opclass=sql.Identifier(project.distance.opclass),
-        )
-    )
+    """The project's HNSW index; a no-op when it exists, also when a concurrent run's build commits first
+    (IF NOT EXISTS sees only committed indexes: the later build then fails on the name, in a savepoint)."""
+    try:
+        with cur.connection.transaction():
+            cur.execute(
+                sql.SQL("CREATE INDEX IF NOT EXISTS {index} ON {target} USING hnsw ({emb} {opclass})").format(
+                    index=sql.Identifier(project.names.index_name),
+                    target=project.names.target,
+                    emb=sql.Identifier(project.names.embeddings_column),
+                    opclass=sql.Identifier(project.distance.opclass),
+                )
+            )
+    except psycopg.errors.UniqueViolation:
+        pass
 
 
 def drop_index(cur: Cursor, project: Project) -> None:
     cur.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(*project.names.index_qualified_name)))
+
+
+DROP_INDEX_LOCK_TIMEOUT = "1s"
+
+
+def drop_index_unless_busy(cur: Cursor, project: Project) -> bool:
+    """Drop the index before a bulk write unless another session keeps the storage in use for longer than
+    DROP_INDEX_LOCK_TIMEOUT; returns whether it was dropped. DROP INDEX waits for every open transaction that
+    read the table (a generation run's key stream stays open for its whole run), and that run's next batch
+    queues behind the DROP: a deadlock through the client, which PostgreSQL cannot detect."""
+    previous = cur.execute("SELECT current_setting('lock_timeout')").fetchone()[0]
+    try:
+        with cur.connection.transaction():  # a savepoint: the caller's transaction survives the timeout
+            cur.execute("SELECT set_config('lock_timeout', %s, true)", [DROP_INDEX_LOCK_TIMEOUT])
+            drop_index(cur, project)
+        return True
+    except psycopg.errors.LockNotAvailable:
+        return False
+    finally:
+        cur.execute("SELECT set_config('lock_timeout', %s, true)", [previous])
 
 
 def create_triggers(cur: Cursor, project: Project) -> None:

@@ -31,7 +31,7 @@ from pgvector.psycopg import register_vector
 from psycopg import sql
 
 from airflow_vectorize import expressions, storage
-from airflow_vectorize.catalog import Project, create_index, drop_index
+from airflow_vectorize.catalog import Project, create_index, drop_index_unless_busy
 from airflow_vectorize.chunking import Chunk, TextSplitter
 from airflow_vectorize.exceptions import EmbeddingFailuresError, InvalidInputError
 
@@ -339,7 +339,7 @@ def generate(
         rebuild = scope.partition_count == 1 and _bulk(control, project, to_embed)
         if rebuild:  # a bulk load: build the HNSW graph once at the end instead of row by row
             with control.transaction():
-                drop_index(control.cursor(), project)
+                rebuild = drop_index_unless_busy(control.cursor(), project)
         writers = [BatchWriter(stack.enter_context(connect()), project, max_attempts)
                    for _ in range(concurrency + 1)]
         encoders = stack.enter_context(ThreadPoolExecutor(concurrency, thread_name_prefix="vectorize-encode"))

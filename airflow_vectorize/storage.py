@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from psycopg import Cursor, sql
 
 from airflow_vectorize import expressions
-from airflow_vectorize.catalog import Project, create_index, drop_index
+from airflow_vectorize.catalog import Project, create_index, drop_index_unless_busy
 from airflow_vectorize.chunking import TextSplitter
 from airflow_vectorize.exceptions import InvalidInputError
 from airflow_vectorize.validation import ImportSource
@@ -41,9 +41,7 @@ def index_maintenance(cur: Cursor, project: Project, incoming: int, build_memory
     with is_local), so the session's settings are restored when the transaction ends. Yields whether the
     index is being rebuilt.
     """
-    rebuild = rebuild_worthwhile(cur, project, incoming)
-    if rebuild:
-        drop_index(cur, project)
+    rebuild = rebuild_worthwhile(cur, project, incoming) and drop_index_unless_busy(cur, project)
     yield rebuild
     if rebuild:
         cur.execute("SELECT set_config('maintenance_work_mem', %s, true)", [build_memory])

@@ -4,8 +4,7 @@ Workers that race each other or are killed are child processes (``tests/fault_wo
 across tests since each costs seconds of imports); those that generate embeddings use the real model
 through this process's OpenAI-compatible server (``EmbeddingServer``), so no child loads torch. Progress is
 read from the database (committed rows, keys claimed under advisory locks, ``pg_stat_progress_create_index``,
-backends waiting for locks), never guessed with sleeps. Where the code needs a fix, the test is a strict
-xfail naming it.
+backends waiting for locks), never guessed with sleeps.
 """
 
 from __future__ import annotations
@@ -396,8 +395,6 @@ INTERRUPT_ROWS = 150
 INTERRUPT_BATCH = 10
 
 
-@pytest.mark.xfail(strict=True, reason="needs fix: a lost session surfaces from generate_embeddings as a raw"
-                                       " psycopg OperationalError (proposed diff in the issue 14 report)")
 def test_terminated_session_mid_batch_raises_a_typed_error_and_the_retry_converges(database, connections):
     hook = VectorizeHook(connections(HOOK_APP))
     create_items(database, INTERRUPT_ROWS)
@@ -470,9 +467,6 @@ def test_database_restarted_between_batches_the_next_run_completes(own_postgres)
     assert status(hook) == (INTERRUPT_ROWS, 0, 0, 0)
 
 
-@pytest.mark.xfail(strict=True, reason="needs fix: the hook keeps its search connection after the server closed"
-                                       " it, so the next search raises psycopg AdminShutdown (proposed diff in the"
-                                       " issue 14 report)")
 def test_a_hooks_searches_survive_a_database_restart(own_postgres):
     server, db = own_postgres
     hook = VectorizeHook(db.conn_id)
@@ -486,8 +480,6 @@ def test_a_hooks_searches_survive_a_database_restart(own_postgres):
 
 
 # -- concurrent runs and the index ---------------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="needs fix: a bulk run's DROP INDEX waits for another run's key stream,"
-                                       " whose next batch queues behind it: both hang (proposed diff in the report)")
 def test_a_bulk_run_started_while_another_run_streams_does_not_deadlock(database, connections, monkeypatch):
     """Run A (a partition: never a bulk load) streams its keys in a transaction; run B (the whole table: a bulk
     load) starts meanwhile and drops the index, which waits for A's stream; A's next batch waits behind the
@@ -519,8 +511,6 @@ def test_a_bulk_run_started_while_another_run_streams_does_not_deadlock(database
     assert status(hook) == (300, 0, 0, 0) and index_exists(database)
 
 
-@pytest.mark.xfail(strict=True, reason="needs fix: CREATE INDEX IF NOT EXISTS of two runs at once fails the later"
-                                       " one with UniqueViolation (proposed diff in the report)")
 def test_a_run_ending_while_another_builds_the_index_succeeds(database, hook):
     """Runs that share a backfill end together and each builds the index it is missing (after a bulk load, or
     to repair a killed run's): the run whose build commits second must not fail."""
@@ -552,8 +542,6 @@ def searches(hook: VectorizeHook, job: str, rng: random.Random) -> Iterator[Call
         yield lambda v=vector: hook.search(job, v, num_results=5, filters={"id": {"lt": 500}})
 
 
-@pytest.mark.xfail(strict=True, reason="needs fix: a search chosen as deadlock victim against drop_project raises a"
-                                       " raw psycopg DeadlockDetected (proposed diff in the issue 14 report)")
 def test_drop_project_while_searches_run_raises_project_not_found(database, hook, connections):
     """First the interleaving that deadlocks, made certain: the drop holds the source table (it dropped the
     full-text index on it) and waits for the embeddings table, which a search holds while it waits for the

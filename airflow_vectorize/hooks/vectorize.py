@@ -17,6 +17,7 @@ from airflow_vectorize import catalog, chunking, expressions, freshness, generat
 from airflow_vectorize import search as searching
 from airflow_vectorize.catalog import DEFAULT_TRANSFORMER, Project
 from airflow_vectorize.exceptions import (
+    DatabaseConnectionError,
     DimensionMismatchError,
     InvalidInputError,
     ProjectConflictError,
@@ -24,6 +25,9 @@ from airflow_vectorize.exceptions import (
     VectorizeError,
 )
 from airflow_vectorize.models.openai_compatible import positive_int
+
+
+DROP_ATTEMPTS = 3
 
 
 class VectorizeHook(PostgresHook):
@@ -240,7 +244,21 @@ class VectorizeHook(PostgresHook):
         return project
 
     def drop_project(self, job_name: str, missing_ok: bool = False) -> dict[str, Any]:
-        """Remove everything the project created, never its source table."""
+        """Remove everything the project created, never its source table.
+
+        A search running at that moment can hold the project's tables in the other order; when
+        PostgreSQL picks the drop as the deadlock's victim, the drop (one transaction) runs again.
+        """
+        for attempt in range(1, DROP_ATTEMPTS + 1):
+            try:
+                return self._drop_project(job_name, missing_ok)
+            except psycopg.errors.DeadlockDetected:
+                if attempt == DROP_ATTEMPTS:
+                    raise
+                self.log.warning("Dropping project %r lost a deadlock to a concurrent search; again", job_name)
+        raise AssertionError("unreachable")
+
+    def _drop_project(self, job_name: str, missing_ok: bool) -> dict[str, Any]:
         with self.transaction() as cur:
             catalog.lock_project(cur, job_name)
             if missing_ok and catalog.find_project(cur, job_name) is None:
@@ -427,19 +445,27 @@ class VectorizeHook(PostgresHook):
             catalog.lock_project(cur, job_name)
             catalog.create_errors_table(cur, project)  # projects created before it existed
         model = self._model(project)
-        return generation.generate(
-            self.connect,
-            project,
-            scope,
-            encode=model.embed,
-            batch_size=batch_size,
-            index_build_memory=self.index_build_memory,
-            concurrency=concurrency or model.concurrency,
-            splitter=self._splitter(project, model),
-            input_errors=model.input_errors,
-            max_attempts=max_attempts,
-            max_failed_share=max_failed_share,
-        )
+        try:
+            return generation.generate(
+                self.connect,
+                project,
+                scope,
+                encode=model.embed,
+                batch_size=batch_size,
+                index_build_memory=self.index_build_memory,
+                concurrency=concurrency or model.concurrency,
+                splitter=self._splitter(project, model),
+                input_errors=model.input_errors,
+                max_attempts=max_attempts,
+                max_failed_share=max_failed_share,
+            )
+        except psycopg.OperationalError as error:
+            if not _session_ended(error):
+                raise
+            raise DatabaseConnectionError(
+                f"project {job_name!r}: the database session ended during generation ({error}). The batches"
+                " committed before are kept; run again to embed the rest."
+            ) from error
 
     @staticmethod
     def _splitter(project: Project, model: models.EmbeddingModel) -> chunking.TextSplitter | None:
@@ -480,10 +506,11 @@ class VectorizeHook(PostgresHook):
 
     # -- search ---------------------------------------------------------------------------------------
     def _search_connection(self) -> psycopg.Connection:
-        """This hook's connection for searches, opened once (pgvector registered, iterative scans on)."""
+        """This hook's connection for searches, opened once (pgvector registered, iterative scans on);
+        ``_search_session``: what goes with it (see :class:`searching.SearchSession`)."""
         if self._search_conn is None or self._search_conn.closed:
             self._search_conn = self.connect()
-            searching.prepare_connection(self._search_conn)
+            self._search_session = searching.prepare_connection(self._search_conn)
             self._search_cache.clear()
         return self._search_conn
 
@@ -501,20 +528,35 @@ class VectorizeHook(PostgresHook):
         """Build and run a search from the cached entry. Every statement carries a guard that returns no
         rows once the entry is stale (project dropped or re-created; a changed layout fails instead): an
         empty result is checked against a fresh lookup, and run again if the project changed. A source
-        column whose type changed under a prepared statement gets a new connection and a rerun."""
-        target = self._search_target(job_name)
+        column whose type changed under a prepared statement gets a new connection and a rerun.
+
+        The usual call (open connection, cached entry, rows found) costs one statement: the entry's
+        built searches are reused (``SearchTarget.queries``) and settings such as ``hnsw.ef_search`` are
+        given to the connection's session only when they change."""
+        conn = self._search_conn
+        if conn is None or conn.closed:
+            conn = self._search_connection()
+        target = self._search_cache.get(job_name) or self._search_target(job_name)
         rerun = False
         try:
-            rows = searching.run(self._search_connection(), build(target))
+            rows = searching.run(conn, build(target), self._search_session)
         except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):  # storage changed since
             rows = []
         except psycopg.errors.FeatureNotSupported:  # "cached plan must not change result type"
-            self._search_connection().close()  # its prepared statements go with it
+            conn.close()  # its prepared statements go with it
             rows, rerun = [], True
+        except psycopg.OperationalError as error:  # lost a deadlock to drop_project, or the session ended
+            if not (isinstance(error, psycopg.errors.DeadlockDetected) or _session_ended(error)):
+                raise
+            rows, rerun = [], True  # look again, on a new connection if the server closed this one
         if not rows:
             fresh = self._search_target(job_name, refresh=True)
             if rerun or fresh.project.job_id != target.project.job_id:
-                rows = searching.run(self._search_connection(), build(fresh))
+                try:
+                    rows = searching.run(self._search_connection(), build(fresh), self._search_session)
+                except psycopg.errors.UndefinedTable:  # dropped while this search waited for it
+                    self._search_target(job_name, refresh=True)  # ProjectNotFoundError once it is gone
+                    raise
         return rows
 
     def search(
@@ -535,14 +577,21 @@ class VectorizeHook(PostgresHook):
         ``hnsw.ef_search`` for this query.
         """
         vector: list[Any] = []  # a text query is embedded once, also when a chunked search asks again
+        last: list[searching.SearchQuery] = []
 
-        def build(target: searching.SearchTarget, chunks_per_row: int = searching.CHUNKS_PER_ROW):
+        def build(target: searching.SearchTarget, chunks_per_row: int = searching.CHUNKS_PER_ROW,
+                  single_pass: bool = True) -> searching.SearchQuery:
             if isinstance(query, str) and not vector:
                 vector.append(searching.query_vector(target.project, query, self._embed_query(target.project)))
-            return searching.vector_search_query(target, vector[0] if vector else query, return_columns,
-                                                 num_results, filters, ef_search, chunks_per_row=chunks_per_row)
+            last[:] = [searching.vector_search_query(
+                target, vector[0] if vector else query, return_columns, num_results, filters, ef_search,
+                chunks_per_row=chunks_per_row,
+                single_pass=single_pass and searching.ITERATIVE_SCAN in self._search_session.baseline)]
+            return last[0]
 
         rows = self._run_search(job_name, build)
+        if last and last[0].single_pass and len(rows) < num_results:  # the index's first pass was not enough
+            rows = self._run_search(job_name, lambda t: build(t, single_pass=False))
         per_row = searching.CHUNKS_PER_ROW
         target = self._search_cache.get(job_name)
         while (target is not None and target.project.is_chunked and len(rows) < num_results
@@ -663,6 +712,12 @@ class VectorizeHook(PostgresHook):
         if key not in self._chat_models:
             self._chat_models[key] = models.chat_model(name, conn_id)
         return self._chat_models[key]
+
+
+def _session_ended(error: psycopg.OperationalError) -> bool:
+    """Whether the server or the network ended the session (terminated, restarted, unreachable), rather
+    than the statement failing."""
+    return error.sqlstate is None or error.sqlstate.startswith(("08", "57P"))
 
 
 def _check_generation_options(max_tokens: int | None, temperature: float | None) -> None:
