@@ -3,6 +3,7 @@ OpenLineage provider's own listener writing to its file transport during dag.tes
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import pytest
@@ -23,7 +24,20 @@ def lineage_file(tmp_path, monkeypatch):
     monkeypatch.setenv("AIRFLOW__OPENLINEAGE__TRANSPORT",
                        json.dumps({"type": "file", "log_file_path": str(path), "append": True}))
     monkeypatch.setenv("AIRFLOW__OPENLINEAGE__NAMESPACE", "vectorize-tests")
-    return path  # the provider's config is not cached under pytest
+    # The provider's plugin registers its listener only if OpenLineage was configured when the process first
+    # loaded plugins (an earlier dag.test() in this session did, without it): register it for this test.
+    from airflow.providers.openlineage.plugins.listener import get_openlineage_listener
+
+    listener = get_openlineage_listener()
+    added = []
+    for module in ("airflow.sdk.listener", "airflow.listeners.listener"):
+        manager = importlib.import_module(module).get_listener_manager()
+        if not manager.pm.is_registered(listener):
+            manager.add_listener(listener)
+            added.append(manager)
+    yield path  # the provider's config is not cached under pytest
+    for manager in added:
+        manager.pm.unregister(listener)
 
 
 def events_by_task(path) -> dict[str, dict]:
