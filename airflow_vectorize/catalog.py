@@ -14,6 +14,7 @@ from psycopg.rows import dict_row
 
 from airflow_vectorize import expressions
 from airflow_vectorize.exceptions import VectorizeError
+from airflow_vectorize.keys import Key
 from airflow_vectorize.naming import StorageNames
 from airflow_vectorize.rag import ensure_prompts
 
@@ -68,7 +69,7 @@ class Project:
     name: str
     schema: str
     relation: str
-    primary_key: str
+    primary_key: str | tuple[str, ...]  # a column, or the columns of a composite key (``key``)
     columns: tuple[str, ...]
     transformer: str = DEFAULT_TRANSFORMER
     index_dist_type: str = "pgv_hnsw_cosine"
@@ -80,22 +81,23 @@ class Project:
     chunk_size: int | None = None  # tokens per chunk; None: one vector per row, as pg_vectorize
     chunk_overlap: int = 0
     chunker: str = "recursive"
-    pkey_type: str = ""
+    pkey_type: str | tuple[str, ...] = ""  # the key column's type, or its columns' types
     dimensions: int = 0
     job_id: int | None = None
 
     # -- catalog form --------------------------------------------------------------------------
     def params(self) -> dict[str, Any]:
         """The ``params`` jsonb, with pg_vectorize's keys (never secrets); a remote model's connection id
-        and requested size under ``model_conn_id`` and ``dimensions``."""
+        and requested size under ``model_conn_id`` and ``dimensions``. A composite key's ``primary_key`` and
+        ``pkey_type`` are lists (as ``columns`` is), a one-column key's the column and its type."""
         params = {
             "schema": self.schema,
             "relation": self.relation,
             "columns": list(self.columns),
             "update_time_col": self.update_time_col,
             "table_method": self.table_method,
-            "primary_key": self.primary_key,
-            "pkey_type": self.pkey_type,
+            "primary_key": _listed(self.primary_key),
+            "pkey_type": _listed(self.pkey_type),
             "schedule": self.schedule,
         }
         if self.model_conn_id is not None:
@@ -130,6 +132,11 @@ class Project:
         """One vector per chunk of a row's text (``vectorize._chunks_<job>``), not one per row."""
         return self.chunk_size is not None
 
+    @cached_property
+    def key(self) -> Key:
+        """The key's columns and the SQL that names, compares and binds them (``airflow_vectorize.keys``)."""
+        return Key(key_columns(self.primary_key))
+
     @property
     def distance(self) -> DistanceKind:
         return INDEX_DIST_TYPES[self.index_dist_type]
@@ -153,7 +160,7 @@ class Project:
             index_dist_type=row["index_dist_type"],
             schema=params["schema"],
             relation=params["relation"],
-            primary_key=params["primary_key"],
+            primary_key=_tupled(params["primary_key"]),
             columns=tuple(params["columns"]),
             table_method=params.get("table_method", "join"),
             schedule=params.get("schedule", "realtime"),
@@ -163,9 +170,21 @@ class Project:
             chunk_size=params.get("chunk_size"),
             chunk_overlap=params.get("chunk_overlap", 0),
             chunker=params.get("chunker", "recursive"),
-            pkey_type=params.get("pkey_type", ""),
+            pkey_type=_tupled(params.get("pkey_type", "")),
             dimensions=row["dimensions"] or 0,
         )
+
+
+def key_columns(primary_key: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (primary_key,) if isinstance(primary_key, str) else tuple(primary_key)
+
+
+def _listed(value: str | tuple[str, ...]) -> str | list[str]:
+    return value if isinstance(value, str) else list(value)
+
+
+def _tupled(value: str | list[str]) -> str | tuple[str, ...]:
+    return value if isinstance(value, str) else tuple(value)
 
 
 # -- advisory locks --------------------------------------------------------------------------------
@@ -280,43 +299,38 @@ def insert_project(cur: Cursor, project: Project) -> int:
 # -- storage DDL -------------------------------------------------------------------------------------
 def create_storage(cur: Cursor, project: Project) -> None:
     """Create the embeddings storage, index, queue and (for realtime) triggers."""
-    key = sql.Identifier(project.primary_key)
+    key = project.key
     emb = sql.Identifier(project.names.embeddings_column)
     vector_type = sql.SQL("vector({})").format(sql.Literal(project.dimensions))
+    parts = dict(target=project.names.target, keys=key.names(), source=project.names.source,
+                 vector_type=vector_type, view=project.names.view, joined=key.equals("e", "s"))
     if project.is_chunked:
         # One row per chunk: (key, chunk number) with its character offsets in the row's text, its text
         # and vector; every chunk of a row carries the md5 of the whole text it was cut from.
         cur.execute(
             sql.SQL(
-                "CREATE TABLE {target} AS SELECT {key} FROM {source} WITH NO DATA;"
-                " ALTER TABLE {target} ALTER COLUMN {key} SET NOT NULL,"
-                " ADD FOREIGN KEY ({key}) REFERENCES {source} ({key}) ON DELETE CASCADE,"
-                " ADD COLUMN chunk_no integer NOT NULL, ADD COLUMN start_offset integer NOT NULL,"
+                "{key_table};"
+                " ALTER TABLE {target} ADD COLUMN chunk_no integer NOT NULL, ADD COLUMN start_offset integer NOT NULL,"
                 " ADD COLUMN end_offset integer NOT NULL, ADD COLUMN chunk text NOT NULL,"
                 " ADD COLUMN embeddings {vector_type} NOT NULL,"
                 " ADD COLUMN updated_at timestamptz NOT NULL DEFAULT now(),"
-                " ADD COLUMN text_md5 uuid, ADD PRIMARY KEY ({key}, chunk_no),"
+                " ADD COLUMN text_md5 uuid, ADD PRIMARY KEY ({keys}, chunk_no),"
                 # Vectors stay in the row (a chunk's text is moved out of line first): searches read them.
                 " ALTER COLUMN embeddings SET STORAGE MAIN;"
                 " CREATE VIEW {view} AS SELECT s.*, e.chunk_no, e.chunk, e.embeddings,"
-                " e.updated_at AS embeddings_updated_at FROM {source} s JOIN {target} e ON e.{key} = s.{key}"
-            ).format(target=project.names.target, key=key, source=project.names.source, vector_type=vector_type,
-                     view=project.names.view)
+                " e.updated_at AS embeddings_updated_at FROM {source} s JOIN {target} e ON {joined}"
+            ).format(key_table=key_table(project, project.names.target, None), **parts)
         )
     elif project.is_join:
-        # CREATE TABLE AS copies the key's exact type (with typmod) from the source column.
         cur.execute(
             sql.SQL(
-                "CREATE TABLE {target} AS SELECT {key} FROM {source} WITH NO DATA;"
-                " ALTER TABLE {target} ALTER COLUMN {key} SET NOT NULL, ADD UNIQUE ({key}),"
-                " ADD FOREIGN KEY ({key}) REFERENCES {source} ({key}) ON DELETE CASCADE,"
-                " ADD COLUMN embeddings {vector_type} NOT NULL,"
+                "{key_table};"
+                " ALTER TABLE {target} ADD COLUMN embeddings {vector_type} NOT NULL,"
                 " ADD COLUMN updated_at timestamptz NOT NULL DEFAULT now(),"
                 " ADD COLUMN text_md5 uuid;"
                 " CREATE VIEW {view} AS SELECT s.*, e.embeddings, e.updated_at AS embeddings_updated_at"
-                " FROM {source} s JOIN {target} e ON e.{key} = s.{key}"
-            ).format(target=project.names.target, key=key, source=project.names.source, vector_type=vector_type,
-                     view=project.names.view)
+                " FROM {source} s JOIN {target} e ON {joined}"
+            ).format(key_table=key_table(project, project.names.target, "UNIQUE"), **parts)
         )
     else:
         cur.execute(
@@ -332,15 +346,26 @@ def create_storage(cur: Cursor, project: Project) -> None:
         sql.Identifier(project.names.fts_index_name), project.names.source, expressions.fts_document(project)))
     cur.execute(
         sql.SQL(
-            "CREATE TABLE {queue} AS SELECT {key} FROM {source} WITH NO DATA;"
-            " ALTER TABLE {queue} ADD PRIMARY KEY ({key}),"
-            " ADD FOREIGN KEY ({key}) REFERENCES {source} ({key}) ON DELETE CASCADE,"
-            " ADD COLUMN enqueued_at timestamptz NOT NULL DEFAULT clock_timestamp()"
-        ).format(queue=project.names.queue, key=key, source=project.names.source)
+            "{key_table}; ALTER TABLE {queue} ADD COLUMN enqueued_at timestamptz NOT NULL DEFAULT clock_timestamp()"
+        ).format(key_table=key_table(project, project.names.queue, "PRIMARY KEY"), queue=project.names.queue)
     )
     create_errors_table(cur, project)
     if project.schedule == "realtime":
         create_triggers(cur, project)
+
+
+def key_table(project: Project, table: sql.Identifier, unique: str | None) -> sql.Composable:
+    """``CREATE TABLE table`` of the project's key columns (their exact types, typmods included, copied from
+    the source by CREATE TABLE AS), NOT NULL, ``unique`` (``PRIMARY KEY``, ``UNIQUE`` or None) and a foreign
+    key to the source that deletes the row with its source row."""
+    key = project.key
+    not_null = [sql.SQL("ALTER COLUMN {} SET NOT NULL").format(sql.Identifier(c)) for c in key.columns]
+    constraints = [sql.SQL("ADD {} ({})").format(sql.SQL(unique), key.names())] if unique else []
+    return sql.SQL(
+        "CREATE TABLE {table} AS SELECT {keys} FROM {source} WITH NO DATA;"
+        " ALTER TABLE {table} {alterations}, ADD FOREIGN KEY ({keys}) REFERENCES {source} ({keys}) ON DELETE CASCADE"
+    ).format(table=table, keys=key.names(), source=project.names.source,
+             alterations=sql.SQL(", ").join(not_null + constraints))
 
 
 def create_errors_table(cur: Cursor, project: Project) -> None:
@@ -351,13 +376,10 @@ def create_errors_table(cur: Cursor, project: Project) -> None:
     if cur.fetchone()[0]:
         return
     cur.execute(sql.SQL(
-        "CREATE TABLE {errors} AS SELECT {key} FROM {source} WITH NO DATA;"
-        " ALTER TABLE {errors} ADD PRIMARY KEY ({key}),"
-        " ADD FOREIGN KEY ({key}) REFERENCES {source} ({key}) ON DELETE CASCADE,"
-        " ADD COLUMN error text NOT NULL, ADD COLUMN attempts integer NOT NULL DEFAULT 1,"
+        "{key_table}; ALTER TABLE {errors} ADD COLUMN error text NOT NULL, ADD COLUMN attempts integer NOT NULL DEFAULT 1,"
         " ADD COLUMN first_seen timestamptz NOT NULL DEFAULT clock_timestamp(),"
         " ADD COLUMN last_seen timestamptz NOT NULL DEFAULT clock_timestamp(), ADD COLUMN text_md5 uuid"
-    ).format(errors=project.names.errors, key=sql.Identifier(project.primary_key), source=project.names.source))
+    ).format(key_table=key_table(project, project.names.errors, "PRIMARY KEY"), errors=project.names.errors))
 
 
 def create_index(cur: Cursor, project: Project) -> None:
@@ -410,22 +432,23 @@ def create_triggers(cur: Cursor, project: Project) -> None:
     (channel ``vectorize_<job>``, empty payload) is delivered at commit, once per transaction however
     many rows it queued: it wakes ``PendingRowsTrigger``.
     """
-    key = sql.Identifier(project.primary_key)
+    key = project.key
     body = sql.SQL(
         """
         BEGIN
           IF TG_LEVEL = 'ROW' THEN
-            INSERT INTO {queue} ({key}) VALUES (NEW.{key})
-              ON CONFLICT ({key}) DO UPDATE SET enqueued_at = clock_timestamp();
+            INSERT INTO {queue} ({keys}) VALUES ({new_keys})
+              ON CONFLICT ({keys}) DO UPDATE SET enqueued_at = clock_timestamp();
           ELSE
-            INSERT INTO {queue} ({key}) SELECT n.{key} FROM vectorize_new_rows n
-              ON CONFLICT ({key}) DO UPDATE SET enqueued_at = clock_timestamp();
+            INSERT INTO {queue} ({keys}) SELECT {n_keys} FROM vectorize_new_rows n
+              ON CONFLICT ({keys}) DO UPDATE SET enqueued_at = clock_timestamp();
           END IF;
           PERFORM pg_notify({channel}, '');
           RETURN NULL;
         END
         """
-    ).format(queue=project.names.queue, key=key, channel=sql.Literal(project.names.channel))
+    ).format(queue=project.names.queue, keys=key.names(), new_keys=key.names("new"), n_keys=key.names("n"),
+             channel=sql.Literal(project.names.channel))
     changed = sql.SQL(" OR ").join(
         sql.SQL("OLD.{c} IS DISTINCT FROM NEW.{c}").format(c=sql.Identifier(c)) for c in project.columns
     )

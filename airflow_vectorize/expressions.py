@@ -31,8 +31,8 @@ def stored_rows(project: Project) -> sql.Composable:
     names = project.names
     if not project.is_join:
         return sql.SQL("{} r").format(names.source)
-    return sql.SQL("{source} r LEFT JOIN {target} e ON e.{key} = r.{key}{first_chunk}").format(
-        source=names.source, target=names.target, key=sql.Identifier(project.primary_key),
+    return sql.SQL("{source} r LEFT JOIN {target} e ON {joined}{first_chunk}").format(
+        source=names.source, target=names.target, joined=project.key.equals("e", "r"),
         first_chunk=sql.SQL(" AND e.chunk_no = 0" if project.is_chunked else ""))
 
 

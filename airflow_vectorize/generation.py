@@ -77,12 +77,11 @@ class Scope:
             parts.append(sql.SQL("r.{} < %s::timestamptz").format(sql.Identifier(project.update_time_col)))
             params.append(self.until)
         if self.partition_count > 1:
-            parts.append(sql.SQL("abs(hashtextextended(r.{}::text, 0) %% %s) = %s").format(
-                sql.Identifier(project.primary_key)))
+            parts.append(sql.SQL("abs(hashtextextended({}, 0) %% %s) = %s").format(project.key.as_text("r")))
             params += [self.partition_count, self.partition_index]
         if self.pending_only:  # a realtime run reads the (small) queue, not the whole source
-            parts.append(sql.SQL("r.{key} IN (SELECT {key} FROM {queue})").format(
-                key=sql.Identifier(project.primary_key), queue=project.names.queue))
+            parts.append(sql.SQL("({r_keys}) IN (SELECT {keys} FROM {queue})").format(
+                r_keys=project.key.names("r"), keys=project.key.names(), queue=project.names.queue))
         return sql.SQL(" AND ").join(parts), params
 
 
@@ -91,11 +90,10 @@ def row_sql(project: Project, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> dict[
     embedding, and not a row that failed ``max_attempts`` times with the same text (``failed``)."""
     stored_md5 = sql.Identifier("e" if project.is_join else "r", project.names.text_md5_column)
     text_md5 = expressions.text_md5(project, "r")
-    key = sql.Identifier("r", project.primary_key)
     failed = sql.SQL(
-        "EXISTS (SELECT 1 FROM {errors} x WHERE x.{pk} = {key} AND x.attempts >= {attempts}"
+        "EXISTS (SELECT 1 FROM {errors} x WHERE {same_key} AND x.attempts >= {attempts}"
         " AND x.text_md5 = {current})"
-    ).format(errors=project.names.errors, pk=sql.Identifier(project.primary_key), key=key,
+    ).format(errors=project.names.errors, same_key=project.key.equals("x", "r"),
              attempts=sql.Literal(max_attempts), current=text_md5)
     return {
         "from": expressions.stored_rows(project),
@@ -105,7 +103,7 @@ def row_sql(project: Project, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> dict[
         "current": sql.SQL("{stored} = {current}").format(stored=stored_md5, current=text_md5),
         "text": expressions.text(project, "r"),
         "md5": text_md5,
-        "key": key,
+        "key": project.key.names("r"),
     }
 
 
@@ -164,16 +162,16 @@ class BatchWriter:
         self.project = project
         self.parts = row_sql(project, max_attempts)
         register_vector(conn)
-        key = sql.Identifier(project.primary_key)
+        self.key = key = project.key
         chunk_columns = sql.SQL(
             ", ADD COLUMN chunk_no integer, ADD COLUMN start_offset integer, ADD COLUMN end_offset integer,"
             " ADD COLUMN chunk text" if project.is_chunked else "")
         with conn.transaction():
             conn.execute(sql.SQL(
-                "CREATE TEMP TABLE vectorize_staging ON COMMIT DELETE ROWS AS SELECT {key} FROM {source}"
+                "CREATE TEMP TABLE vectorize_staging ON COMMIT DELETE ROWS AS SELECT {keys} FROM {source}"
                 " WITH NO DATA; ALTER TABLE vectorize_staging ADD COLUMN embeddings {vector},"
                 " ADD COLUMN text_md5 uuid{chunk_columns}"
-            ).format(key=key, source=project.names.source, chunk_columns=chunk_columns,
+            ).format(keys=key.names(), source=project.names.source, chunk_columns=chunk_columns,
                      vector=sql.SQL("vector({})").format(sql.Literal(project.dimensions))))
             self.types = [r[0] for r in conn.execute(
                 "SELECT atttypid FROM pg_attribute WHERE attrelid = 'pg_temp.vectorize_staging'::regclass"
@@ -185,12 +183,18 @@ class BatchWriter:
         """Begin a transaction; lock the keys no other run holds; return (key, text, md5) of those still due."""
         self.transaction = self.conn.transaction()
         self.transaction.__enter__()
-        p = self.parts
-        return self.conn.execute(sql.SQL(
-            "SELECT {key}, {text}, {md5} FROM {from_} WHERE {key} = ANY(%s) AND {needs} AND {text} <> ''"
-            " AND pg_try_advisory_xact_lock(hashtextextended(%s || {key}::text, 0)) ORDER BY length({text})"
-        ).format(key=p["key"], text=p["text"], md5=p["md5"], from_=p["from"], needs=p["needs"]),
-            [keys, f"vectorize:{self.project.name}:"]).fetchall()
+        p, key, names = self.parts, self.key, self.key.aliases()
+        # The lock is taken in the outer query, on the rows of the batch only: a condition beside the key's
+        # (a semi-join for a composite key) could be evaluated first, on every row of the table.
+        rows = self.conn.execute(sql.SQL(
+            "SELECT {names}, t, m FROM (SELECT {keys}, {text} AS t, {md5} AS m FROM {from_}"
+            " WHERE {claimed} AND {needs} AND {text} <> '' OFFSET 0) c"
+            " WHERE pg_try_advisory_xact_lock(hashtextextended(%s || {key_text}, 0)) ORDER BY length(t)"
+        ).format(names=names.names("c"), keys=key.select_as("r", names), text=p["text"], md5=p["md5"],
+                 from_=p["from"], needs=p["needs"], claimed=key.in_values("r", self.project.names.source),
+                 key_text=names.as_text("c")),
+            [key.bind(keys), f"vectorize:{self.project.name}:"]).fetchall()
+        return [(key.value(row), row[-2], row[-1]) for row in rows] if key.composite else rows
 
     def write(self, rows: list[tuple[Any, str, Any]], vectors: Any,
               chunks: list[list[Chunk]] | None = None,
@@ -201,25 +205,25 @@ class BatchWriter:
 
         ``chunks``: for a chunked project, each row's chunks; ``vectors`` then has one row per chunk.
         """
-        project, p = self.project, self.parts
+        project, p, values = self.project, self.parts, self.key.flat
         try:
             with self.conn.cursor() as cur:
                 with cur.copy("COPY vectorize_staging FROM STDIN (FORMAT BINARY)") as copy:
                     copy.set_types(self.types)
                     if chunks is None:
                         for (key, _, md5), vector in zip(rows, vectors):
-                            copy.write_row((key, vector, md5))
+                            copy.write_row((*values(key), vector, md5))
                     else:
                         flat = ((key, md5, chunk) for (key, _, md5), row_chunks in zip(rows, chunks)
                                 for chunk in row_chunks)
                         for (key, md5, chunk), vector in zip(flat, vectors):
-                            copy.write_row((key, vector, md5, chunk.number, chunk.start, chunk.end, chunk.text))
+                            copy.write_row((*values(key), vector, md5, chunk.number, chunk.start, chunk.end, chunk.text))
                 written = storage.upsert_from_staging(cur, project)
                 cur.execute(sql.SQL(
-                    "DELETE FROM {queue} q USING {from_} WHERE q.{pk} = {key} AND {current}"
-                    " AND q.{pk} = ANY(%s)"
-                ).format(queue=project.names.queue, from_=p["from"], pk=sql.Identifier(project.primary_key),
-                         key=p["key"], current=p["current"]), [[row[0] for row in rows]])
+                    "DELETE FROM {queue} q USING {from_} WHERE {same_key} AND {current} AND {written}"
+                ).format(queue=project.names.queue, from_=p["from"], same_key=self.key.equals("q", "r"),
+                         current=p["current"], written=self.key.in_values("q", project.names.source)),
+                    [self.key.bind(row[0] for row in rows)])
                 dequeued = cur.rowcount
                 failures = self._record_errors(cur, [row[0] for row in rows], failures)
             self.commit()
@@ -233,26 +237,28 @@ class BatchWriter:
                        failures: Sequence[RowFailure]) -> list[RowFailure]:
         """Clear the errors of written rows; upsert those of failed rows (attempts restart when the text
         changed) and take them off the queue: they are tracked in the errors table now."""
-        project, pk = self.project, sql.Identifier(self.project.primary_key)
+        project, key = self.project, self.key
+        listed = key.in_values(None, project.names.source)
         if written:
-            cur.execute(sql.SQL("DELETE FROM {} WHERE {} = ANY(%s)").format(project.names.errors, pk), [written])
+            cur.execute(sql.SQL("DELETE FROM {} WHERE {}").format(project.names.errors, listed), [key.bind(written)])
         if not failures:
             return []
-        keys = [f.key for f in failures]
         cur.executemany(sql.SQL(
-            "INSERT INTO {errors} ({pk}, error, text_md5) VALUES (%s, %s, %s) ON CONFLICT ({pk}) DO UPDATE"
+            "INSERT INTO {errors} ({pk}, error, text_md5) VALUES ({values}, %s, %s) ON CONFLICT ({pk}) DO UPDATE"
             " SET error = excluded.error, last_seen = clock_timestamp(), text_md5 = excluded.text_md5,"
             " attempts = CASE WHEN {errors}.text_md5 IS NOT DISTINCT FROM excluded.text_md5"
             " THEN {errors}.attempts + 1 ELSE 1 END,"
             " first_seen = CASE WHEN {errors}.text_md5 IS NOT DISTINCT FROM excluded.text_md5"
             " THEN {errors}.first_seen ELSE clock_timestamp() END RETURNING attempts"
-        ).format(errors=project.names.errors, pk=pk), [(f.key, f.error, f.text_md5) for f in failures], returning=True)
+        ).format(errors=project.names.errors, pk=key.names(), values=sql.SQL(", ").join([sql.Placeholder()] * len(key.columns))),
+            [(*key.flat(f.key), f.error, f.text_md5) for f in failures], returning=True)
         attempts = []
         while True:
             attempts.append(cur.fetchone()[0])
             if not cur.nextset():
                 break
-        cur.execute(sql.SQL("DELETE FROM {} WHERE {} = ANY(%s)").format(project.names.queue, pk), [keys])
+        cur.execute(sql.SQL("DELETE FROM {} WHERE {}").format(project.names.queue, listed),
+                    [key.bind(f.key for f in failures)])
         return [replace(f, attempts=n) for f, n in zip(failures, attempts)]
 
     def commit(self) -> None:
@@ -276,7 +282,7 @@ def stream_keys(conn: psycopg.Connection, project: Project, scope: Scope, batch_
         cur.execute(sql.SQL(
             "SELECT {key} FROM {from_} WHERE {needs} AND {text} <> '' AND {scope} ORDER BY length({text})"
         ).format(key=p["key"], from_=p["from"], needs=p["needs"], text=p["text"], scope=condition), params)
-        while batch := [row[0] for row in cur.fetchmany(batch_size)]:
+        while batch := [project.key.value(row) for row in cur.fetchmany(batch_size)]:
             yield batch
 
 
@@ -297,8 +303,8 @@ def clear_current_pending(conn: psycopg.Connection, project: Project, scope: Sco
     condition, params = scope.condition(project)
     with conn.transaction():
         return conn.execute(sql.SQL(
-            "DELETE FROM {queue} q USING {from_} WHERE q.{pk} = {key} AND ({current} OR {text} = '') AND {scope}"
-        ).format(queue=project.names.queue, from_=p["from"], pk=sql.Identifier(project.primary_key), key=p["key"],
+            "DELETE FROM {queue} q USING {from_} WHERE {same_key} AND ({current} OR {text} = '') AND {scope}"
+        ).format(queue=project.names.queue, from_=p["from"], same_key=project.key.equals("q", "r"),
                  current=p["current"], text=p["text"], scope=condition), params).rowcount
 
 

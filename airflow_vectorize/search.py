@@ -248,19 +248,18 @@ def scan_settings(ef_search: int | None) -> dict[str, str]:
 # the planner prices a generic plan for an unknown limit and re-plans every call. All other values are bound.
 def _parts(project: Project) -> dict[str, sql.Composable]:
     """Embedding column (alias ``e`` for join, ``s`` for append), its FROM clause and distance expression."""
-    key = sql.Identifier(project.primary_key)
+    key = project.key
     if project.is_join:
         emb = sql.Identifier("e", project.names.embeddings_column)
-        source = sql.SQL("{t} e JOIN {s} s ON s.{k} = e.{k}").format(
-            t=project.names.target, s=project.names.source, k=key)
-        outer = sql.SQL("LEFT JOIN {t} e ON e.{k} = s.{k}").format(t=project.names.target, k=key)
+        source = sql.SQL("{t} e JOIN {s} s ON {joined}").format(
+            t=project.names.target, s=project.names.source, joined=key.equals("s", "e"))
+        outer = sql.SQL("LEFT JOIN {t} e ON {joined}").format(t=project.names.target, joined=key.equals("e", "s"))
     else:
         emb = sql.Identifier("s", project.names.embeddings_column)
         source = sql.SQL("{s} s").format(s=project.names.source)
         outer = sql.SQL("")
     distance = sql.SQL("{} {} %(vector)s").format(emb, sql.SQL(project.distance.operator))
     return {
-        "key": key,
         "emb": emb,
         "vector_from": source,
         "embeddings_join": outer,
@@ -302,26 +301,33 @@ CHUNKS_PER_ROW = 4
 MAX_CHUNKS_PER_ROW = 256
 
 
-def _best_chunk(project: Project, row_key: sql.Composable) -> sql.Composable:
-    """A LATERAL subquery: the row's nearest chunk (``best.chunk``) and its distance (``best.d``)."""
+def _best_chunk(project: Project, row: str) -> sql.Composable:
+    """A LATERAL subquery: the nearest chunk (``best.chunk``) of the source row ``row`` and its distance
+    (``best.d``)."""
     return sql.SQL(
-        "LATERAL (SELECT e.chunk, {distance} AS d FROM {target} e WHERE e.{key} = {row_key}"
+        "LATERAL (SELECT e.chunk, {distance} AS d FROM {target} e WHERE {same_key}"
         " ORDER BY {distance} LIMIT 1) best"
     ).format(distance=_parts(project)["distance"], target=project.names.target,
-             key=sql.Identifier(project.primary_key), row_key=row_key)
+             same_key=project.key.equals("e", row))
 
 
 def _nearest_rows(project: Project, shape: tuple[Filter, ...], rows: int) -> sql.Composable:
-    """Keys (``k``) and best distances (``d``) of the ``rows`` rows with the nearest chunks, nearest first;
-    the chunk scan is the one the HNSW index serves."""
-    parts = _parts(project)
-    source_join = (sql.SQL(" JOIN {s} s ON s.{k} = e.{k}").format(s=project.names.source, k=parts["key"])
-                   if shape else sql.SQL(""))
+    """Keys (``k``, or ``k0``, ``k1``, ...: ``Key.aliases``) and best distances (``d``) of the ``rows`` rows
+    with the nearest chunks, nearest first; the chunk scan is the one the HNSW index serves."""
+    key, names = project.key, project.key.aliases()
     return sql.SQL(
-        "SELECT k, min(d) AS d FROM (SELECT e.{key} AS k, {distance} AS d FROM {target} e{source_join}"
-        " WHERE {where} ORDER BY {distance} LIMIT {chunks}) c GROUP BY k ORDER BY min(d), k LIMIT {rows}"
-    ).format(key=parts["key"], distance=parts["distance"], target=project.names.target, source_join=source_join,
+        "SELECT {names}, min(d) AS d FROM (SELECT {keys}, {distance} AS d FROM {target} e{source_join}"
+        " WHERE {where} ORDER BY {distance} LIMIT {chunks}) c GROUP BY {names} ORDER BY min(d), {names} LIMIT {rows}"
+    ).format(names=names.names(), keys=key.select_as("e", names), distance=_parts(project)["distance"],
+             target=project.names.target, source_join=_chunk_source_join(project, shape),
              where=_where(shape), chunks=sql.Literal(rows * CHUNKS_PER_ROW), rows=sql.Literal(rows))
+
+
+def _chunk_source_join(project: Project, shape: tuple[Filter, ...]) -> sql.Composable:
+    """The source joined to the chunks (``e``) when filters need its columns."""
+    if not shape:
+        return sql.SQL("")
+    return sql.SQL(" JOIN {s} s ON {joined}").format(s=project.names.source, joined=project.key.equals("s", "e"))
 
 
 def _chunked_vector_statement(project: Project, columns: tuple[str, ...], shape: tuple[Filter, ...],
@@ -331,25 +337,26 @@ def _chunked_vector_statement(project: Project, columns: tuple[str, ...], shape:
     The ``limit`` best rows are chosen before the source is joined for the returned columns (the chunk
     table's foreign key guarantees each row's source row), and not joined at all when only the key is
     returned and nothing is filtered, as for an unchunked project's embeddings table."""
-    parts = _parts(project)
-    source_join = (sql.SQL(" JOIN {s} s ON s.{k} = e.{k}").format(s=project.names.source, k=parts["key"])
-                   if shape else sql.SQL(""))
+    key, names = project.key, project.key.aliases()
     similarity = sql.SQL(SIMILARITY[project.index_dist_type]).format(sql.SQL("n.d"))
     nearest = sql.SQL(
-        "SELECT k, d, chunk FROM ("
-        " SELECT DISTINCT ON (k) k, d, chunk FROM ("
-        "  SELECT e.{key} AS k, {distance} AS d, e.chunk FROM {target} e{source_join}"
-        "  WHERE {where} ORDER BY {distance} LIMIT {chunks}) c ORDER BY k, d) b ORDER BY d, k LIMIT {limit}"
-    ).format(key=parts["key"], distance=parts["distance"], target=project.names.target, source_join=source_join,
+        "SELECT {names}, d, chunk FROM ("
+        " SELECT DISTINCT ON ({names}) {names}, d, chunk FROM ("
+        "  SELECT {keys}, {distance} AS d, e.chunk FROM {target} e{source_join}"
+        "  WHERE {where} ORDER BY {distance} LIMIT {chunks}) c ORDER BY {names}, d) b ORDER BY d, {names} LIMIT {limit}"
+    ).format(names=names.names(), keys=key.select_as("e", names), distance=_parts(project)["distance"],
+             target=project.names.target, source_join=_chunk_source_join(project, shape),
              where=_where(shape), chunks=sql.Literal(limit * chunks_per_row), limit=sql.Literal(limit))
-    if not shape and columns == (project.primary_key,):
-        select, source = sql.SQL("n.k AS {}").format(parts["key"]), sql.SQL("")
+    if not shape and columns == key.columns:
+        select, source = names.select_as("n", key), sql.SQL("")
     else:
         select = _column_list(columns)
-        source = sql.SQL(" JOIN {source} s ON s.{key} = n.k").format(source=project.names.source, key=parts["key"])
+        source = sql.SQL(" JOIN {source} s ON {joined}").format(source=project.names.source,
+                                                                joined=key.equals("s", "n", names))
     return sql.SQL(
-        "SELECT {select}, {similarity} AS similarity_score, n.chunk FROM ({nearest}) n{source} ORDER BY n.d, n.k"
-    ).format(select=select, similarity=similarity, nearest=nearest, source=source).as_string()
+        "SELECT {select}, {similarity} AS similarity_score, n.chunk FROM ({nearest}) n{source} ORDER BY n.d, {order}"
+    ).format(select=select, similarity=similarity, nearest=nearest, source=source,
+             order=names.names("n")).as_string()
 
 
 @lru_cache(maxsize=256)
@@ -362,11 +369,11 @@ def _vector_statement(
     if project.is_chunked:
         return _chunked_vector_statement(project, columns, shape, limit, chunks_per_row)
     parts = _parts(project)
-    if project.is_join and not shape and columns == (project.primary_key,):
+    if project.is_join and not shape and columns == project.key.columns:
         # Only the key, which the embeddings table holds (its foreign key guarantees the source row):
         # no join to the source.
         parts["vector_from"] = sql.SQL("{} e").format(project.names.target)
-        select = sql.Identifier("e", project.primary_key)
+        select = project.key.names("e")
     else:
         select = _column_list(columns)
     where = sql.SQL(" AND ").join([*_conditions(shape), _written_guard(storage, storage_oid)])
@@ -381,31 +388,32 @@ def _hybrid_statement(
     project: Project, columns: tuple[str, ...], shape: tuple[Filter, ...], limit: int, candidates: int
 ) -> str:
     parts = _parts(project)
+    key, names = project.key, project.key.aliases()
     semantic = sql.SQL(
-        "SELECT s.{key} AS k, {distance} AS d FROM {vector_from}"
+        "SELECT {keys}, {distance} AS d FROM {vector_from}"
         " WHERE {emb} IS NOT NULL AND {where} ORDER BY {distance} LIMIT {candidates}"
-    ).format(where=_where(shape), candidates=sql.Literal(candidates), **parts)
+    ).format(keys=key.select_as("s", names), where=_where(shape), candidates=sql.Literal(candidates), **parts)
     best, chunk = parts["embeddings_join"], sql.SQL("")
     if project.is_chunked:  # each row's nearest chunk, for every fused row (full-text-only ones too)
         semantic = _nearest_rows(project, shape, candidates)
-        best = sql.SQL("LEFT JOIN {} ON true").format(_best_chunk(project, sql.SQL("s.{}").format(parts["key"])))
+        best = sql.SQL("LEFT JOIN {} ON true").format(_best_chunk(project, "s"))
         parts["similarity"] = sql.SQL(SIMILARITY[project.index_dist_type]).format(sql.SQL("best.d"))
         chunk = sql.SQL(", best.chunk")
     return sql.SQL(
         "WITH semantic AS ("
-        "  SELECT k, row_number() OVER (ORDER BY d, k) AS rank FROM ({semantic}) v),"
+        "  SELECT {names}, row_number() OVER (ORDER BY d, {names}) AS rank FROM ({semantic}) v),"
         " full_text AS ("
-        "  SELECT k, row_number() OVER (ORDER BY r DESC, k) AS rank FROM ("
-        "   SELECT s.{key} AS k, ts_rank({doc}, websearch_to_tsquery('english', %(text)s)) AS r"
+        "  SELECT {names}, row_number() OVER (ORDER BY r DESC, {names}) AS rank FROM ("
+        "   SELECT {keys}, ts_rank({doc}, websearch_to_tsquery('english', %(text)s)) AS r"
         "   FROM {source} s WHERE {doc} @@ websearch_to_tsquery('english', %(text)s) AND {where}"
-        "   ORDER BY r DESC, k LIMIT {candidates}) t),"
+        "   ORDER BY r DESC, {names} LIMIT {candidates}) t),"
         " fused AS ("
-        "  SELECT coalesce(v.k, t.k) AS k, v.rank AS semantic_rank, t.rank AS full_text_rank,"
+        "  SELECT {either}, v.rank AS semantic_rank, t.rank AS full_text_rank,"
         "   coalesce(%(semantic_weight)s / (%(rrf_k)s + v.rank), 0)"
         "   + coalesce(%(full_text_weight)s / (%(rrf_k)s + t.rank), 0) AS rrf_score"
-        "  FROM semantic v FULL JOIN full_text t ON t.k = v.k)"
+        "  FROM semantic v FULL JOIN full_text t ON {same})"
         " SELECT {columns}, f.rrf_score, f.semantic_rank, f.full_text_rank, {similarity} AS similarity_score{chunk}"
-        " FROM fused f JOIN {source} s ON s.{key} = f.k {best}"
+        " FROM fused f JOIN {source} s ON {fused} {best}"
         " ORDER BY f.rrf_score DESC, f.semantic_rank NULLS LAST, f.full_text_rank NULLS LAST"
         " LIMIT {limit}"
     ).format(
@@ -418,7 +426,12 @@ def _hybrid_statement(
         candidates=sql.Literal(candidates),
         best=best,
         chunk=chunk,
-        key=parts["key"],
+        names=names.names(),
+        keys=key.select_as("s", names),
+        either=sql.SQL(", ").join(sql.SQL("coalesce(v.{n}, t.{n}) AS {n}").format(n=sql.Identifier(n))
+                                  for n in names.columns),
+        same=names.equals("t", "v"),
+        fused=key.equals("s", "f", names),
         similarity=parts["similarity"],
     ).as_string()
 
@@ -565,7 +578,8 @@ class SearchSession:
         if changed or reset:
             self.cursor.execute(
                 "SELECT set_config(name, value, false) FROM unnest(%s::text[], %s::text[]) AS s(name, value)"
-                " UNION ALL SELECT set_config(name, reset_val, false) FROM pg_settings WHERE name = ANY(%s::text[])",
+                " UNION ALL"
+                " SELECT set_config(name, reset_val, false) FROM pg_settings WHERE name = ANY(%s::text[])",
                 [list(changed), list(changed.values()), reset],
             )
         self.current, self.last = wanted, settings

@@ -11,6 +11,7 @@ from airflow_vectorize import expressions
 from airflow_vectorize.catalog import Project, create_index, drop_index_unless_busy
 from airflow_vectorize.chunking import TextSplitter
 from airflow_vectorize.exceptions import InvalidInputError
+from airflow_vectorize.keys import Key
 from airflow_vectorize.validation import ImportSource
 
 # A write that brings at least this share of the project's final rows, and at least MIN rows, drops the
@@ -49,7 +50,7 @@ def index_maintenance(cur: Cursor, project: Project, incoming: int, build_memory
 
 
 def import_from_table(
-    cur: Cursor, project: Project, src: sql.Identifier, src_key: str, src_embeddings: str, exclusive: bool
+    cur: Cursor, project: Project, src: sql.Identifier, src_key: Key, src_embeddings: str, exclusive: bool
 ) -> tuple[int | None, int]:
     """Write every source row's embedding, overwriting existing ones; returns (inserted, written).
 
@@ -61,12 +62,14 @@ def import_from_table(
     rebuild it). A join import may then skip ON CONFLICT's speculative insertion (~20 % of the write)
     and, for a bulk re-import, rewrite the table instead of updating it (see ``_rewrite_pays``).
     """
+    key = project.key
     parts = dict(
         target=project.names.target,
         source=project.names.source,
         src=src,
-        key=sql.Identifier(project.primary_key),
-        src_key=sql.Identifier("s", src_key),
+        keys=key.names(),
+        r_keys=key.names("r"),
+        matched=key.equals("r", "s", src_key),
         src_emb=sql.Identifier("s", src_embeddings),
         emb=sql.Identifier(project.names.embeddings_column),
         updated_at=sql.Identifier(project.names.updated_at_column),
@@ -76,25 +79,25 @@ def import_from_table(
     if not project.is_join:
         cur.execute(sql.SQL(
             "UPDATE {source} r SET {emb} = {src_emb}::vector, {updated_at} = now(), {text_md5} = {md5}"
-            " FROM {src} s WHERE r.{key} = {src_key}"
+            " FROM {src} s WHERE {matched}"
         ).format(**parts))
         return None, cur.rowcount
     insert = sql.SQL(
-        "INSERT INTO {target} ({key}, {emb}, {updated_at}, {text_md5})"
-        " SELECT r.{key}, {src_emb}::vector, now(), {md5} FROM {src} s JOIN {source} r ON r.{key} = {src_key}"
+        "INSERT INTO {target} ({keys}, {emb}, {updated_at}, {text_md5})"
+        " SELECT {r_keys}, {src_emb}::vector, now(), {md5} FROM {src} s JOIN {source} r ON {matched}"
     ).format(**parts)
     if exclusive:
         total, overwritten = cur.execute(sql.SQL(
-            "SELECT count(*), count(*) FILTER (WHERE EXISTS (SELECT FROM {src} s WHERE {src_key} = t.{key}))"
+            "SELECT count(*), count(*) FILTER (WHERE EXISTS (SELECT FROM {src} s WHERE {in_src}))"
             " FROM {target} t"
-        ).format(**parts)).fetchone()
+        ).format(in_src=key.equals("t", "s", src_key), **parts)).fetchone()
         if overwritten == 0 or _rewrite_pays(total, overwritten):
             if overwritten:
                 _keep_only_rows_not_in(cur, project, src, src_key)
             cur.execute(insert)
             return cur.rowcount - overwritten, cur.rowcount
     cur.execute(sql.SQL(
-        "WITH written AS ({insert} ON CONFLICT ({key}) DO UPDATE SET {emb} = EXCLUDED.{emb},"
+        "WITH written AS ({insert} ON CONFLICT ({keys}) DO UPDATE SET {emb} = EXCLUDED.{emb},"
         " {updated_at} = EXCLUDED.{updated_at}, {text_md5} = EXCLUDED.{text_md5} RETURNING xmax = 0 AS inserted)"
         " SELECT count(*) FILTER (WHERE inserted), count(*) FROM written"
     ).format(insert=insert, **parts))
@@ -120,27 +123,27 @@ def _rewrite_pays(total: int, overwritten: int) -> bool:
     return overwritten >= REWRITE_MIN_OVERWRITTEN_PER_KEPT * (total - overwritten)
 
 
-def _keep_only_rows_not_in(cur: Cursor, project: Project, src: sql.Identifier, src_key: str) -> None:
+def _keep_only_rows_not_in(cur: Cursor, project: Project, src: sql.Identifier, src_key: Key) -> None:
     """Empty the target (new storage, no old row versions) except its rows whose key is not in ``src``."""
     columns = sql.SQL(", ").join(sql.Identifier(c) for c in (
-        project.primary_key, project.names.embeddings_column, project.names.updated_at_column, project.names.text_md5_column))
+        *project.key.columns, project.names.embeddings_column, project.names.updated_at_column,
+        project.names.text_md5_column))
     kept = sql.Identifier("vectorize_import_kept")
     cur.execute(sql.SQL(
         "CREATE TEMP TABLE {kept} ON COMMIT DROP AS SELECT {columns} FROM {target} t"
-        " WHERE NOT EXISTS (SELECT FROM {src} s WHERE s.{src_key} = t.{key});"
+        " WHERE NOT EXISTS (SELECT FROM {src} s WHERE {in_src});"
         " TRUNCATE {target};"
         " INSERT INTO {target} ({columns}) SELECT {columns} FROM {kept};"
         " DROP TABLE {kept}"
-    ).format(kept=kept, columns=columns, target=project.names.target, src=src, src_key=sql.Identifier(src_key),
-             key=sql.Identifier(project.primary_key)))
+    ).format(kept=kept, columns=columns, target=project.names.target, src=src,
+             in_src=project.key.equals("t", "s", src_key)))
 
 
-def clear_pending(cur: Cursor, project: Project, src: sql.Identifier, src_key: str) -> int:
+def clear_pending(cur: Cursor, project: Project, src: sql.Identifier, src_key: Key) -> int:
     """Remove queued realtime work for the keys in ``src``; returns how many entries were removed."""
     cur.execute(
-        sql.SQL("DELETE FROM {queue} q USING {src} s WHERE q.{key} = s.{src_key}").format(
-            queue=project.names.queue, src=src, key=sql.Identifier(project.primary_key),
-            src_key=sql.Identifier(src_key))
+        sql.SQL("DELETE FROM {queue} q USING {src} s WHERE {matched}").format(
+            queue=project.names.queue, src=src, matched=project.key.equals("q", "s", src_key))
     )
     return cur.rowcount
 
@@ -154,33 +157,34 @@ def upsert_from_staging(cur: Cursor, project: Project) -> int:
     parts = dict(
         target=project.names.target,
         source=project.names.source,
-        key=sql.Identifier(project.primary_key),
+        keys=project.key.names(),
+        s_keys=project.key.names("s"),
         emb=sql.Identifier(project.names.embeddings_column),
         updated_at=sql.Identifier(project.names.updated_at_column),
         text_md5=sql.Identifier(project.names.text_md5_column),
     )
     if project.is_chunked:  # a row's chunks are replaced as a whole
         cur.execute(sql.SQL(
-            "DELETE FROM {target} t USING (SELECT DISTINCT {key} FROM vectorize_staging) s WHERE t.{key} = s.{key};"
-            " INSERT INTO {target} ({key}, chunk_no, start_offset, end_offset, chunk, {emb}, {updated_at}, {text_md5})"
-            " SELECT s.{key}, s.chunk_no, s.start_offset, s.end_offset, s.chunk, s.embeddings, now(), s.text_md5"
-            " FROM vectorize_staging s JOIN {source} r USING ({key})"
-        ).format(**parts))
-        cur.execute(sql.SQL("SELECT count(DISTINCT {key}) FROM vectorize_staging s JOIN {source} r USING ({key})")
+            "DELETE FROM {target} t USING (SELECT DISTINCT {keys} FROM vectorize_staging) s WHERE {same_key};"
+            " INSERT INTO {target} ({keys}, chunk_no, start_offset, end_offset, chunk, {emb}, {updated_at}, {text_md5})"
+            " SELECT {s_keys}, s.chunk_no, s.start_offset, s.end_offset, s.chunk, s.embeddings, now(), s.text_md5"
+            " FROM vectorize_staging s JOIN {source} r USING ({keys})"
+        ).format(same_key=project.key.equals("t", "s"), **parts))
+        cur.execute(sql.SQL("SELECT count(DISTINCT ({keys})) FROM vectorize_staging s JOIN {source} r USING ({keys})")
                     .format(**parts))
         return cur.fetchone()[0]
     if project.is_join:
         cur.execute(sql.SQL(
-            "INSERT INTO {target} ({key}, {emb}, {updated_at}, {text_md5})"
-            " SELECT s.{key}, s.embeddings, now(), s.text_md5 FROM vectorize_staging s JOIN {source} r USING ({key})"
-            " ON CONFLICT ({key}) DO UPDATE SET {emb} = EXCLUDED.{emb}, {updated_at} = EXCLUDED.{updated_at},"
+            "INSERT INTO {target} ({keys}, {emb}, {updated_at}, {text_md5})"
+            " SELECT {s_keys}, s.embeddings, now(), s.text_md5 FROM vectorize_staging s JOIN {source} r USING ({keys})"
+            " ON CONFLICT ({keys}) DO UPDATE SET {emb} = EXCLUDED.{emb}, {updated_at} = EXCLUDED.{updated_at},"
             " {text_md5} = EXCLUDED.{text_md5}"
         ).format(**parts))
     else:
         cur.execute(sql.SQL(
             "UPDATE {source} r SET {emb} = s.embeddings, {updated_at} = now(), {text_md5} = s.text_md5"
-            " FROM vectorize_staging s WHERE r.{key} = s.{key}"
-        ).format(**parts))
+            " FROM vectorize_staging s WHERE {same_key}"
+        ).format(same_key=project.key.equals("r", "s"), **parts))
     return cur.rowcount
 
 
@@ -192,27 +196,30 @@ def import_chunks(cur: Cursor, project: Project, source: ImportSource, splitter:
     text; the source must hold exactly the chunk numbers 0..n-1 for the n chunks that makes, else nothing
     is written (the embeddings were computed on other chunks). A row's chunks are replaced as a whole.
     """
-    key = sql.Identifier(project.primary_key)
-    src_key, src_chunk = sql.Identifier("s", source.key), sql.Identifier("s", source.chunk)
+    key, names = project.key, project.key.aliases()
+    src_chunk = sql.Identifier("s", source.chunk)
     cur.execute(sql.SQL(
-        "CREATE TEMP TABLE vectorize_import_chunks ON COMMIT DROP AS SELECT {key} FROM {source} WITH NO DATA;"
+        "CREATE TEMP TABLE vectorize_import_chunks ON COMMIT DROP AS SELECT {keys} FROM {source} WITH NO DATA;"
         " ALTER TABLE vectorize_import_chunks ADD COLUMN chunk_no integer, ADD COLUMN start_offset integer,"
         " ADD COLUMN end_offset integer, ADD COLUMN chunk text, ADD COLUMN text_md5 uuid"
-    ).format(key=key, source=project.names.source))
+    ).format(keys=key.names(), source=project.names.source))
     mismatched: list[str] = []
     with cur.connection.cursor(name="vectorize_import_texts") as texts:
         texts.execute(sql.SQL(
-            "SELECT r.{key}, {text}, {md5}, c.n, c.top FROM (SELECT {src_key} AS k, count(*) AS n,"
-            " max({src_chunk}) AS top FROM {src} s GROUP BY 1) c JOIN {source} r ON r.{key} = c.k"
-        ).format(key=key, text=expressions.text(project, "r"), md5=expressions.text_md5(project, "r"),
-                 src_key=src_key, src_chunk=src_chunk, src=source.table, source=project.names.source))
+            "SELECT {r_keys}, {text}, {md5}, c.n, c.top FROM (SELECT {src_keys}, count(*) AS n,"
+            " max({src_chunk}) AS top FROM {src} s GROUP BY {names}) c JOIN {source} r ON {matched}"
+        ).format(r_keys=key.names("r"), text=expressions.text(project, "r"), md5=expressions.text_md5(project, "r"),
+                 src_keys=source.key.select_as("s", names), src_chunk=src_chunk, src=source.table,
+                 names=names.names(), source=project.names.source, matched=key.equals("r", "c", names)))
+        width = len(key.columns)
         while batch := texts.fetchmany(1000):
             rows = []
-            for row_key, text, md5, count, top in batch:
+            for row in batch:
+                row_key, (text, md5, count, top) = key.value(row), row[width:]
                 chunks = splitter.split(text)
                 if count != len(chunks) or top != count - 1:
                     mismatched.append(f"{row_key} ({count} given, {len(chunks)} made)")
-                rows += [(row_key, c.number, c.start, c.end, c.text, md5) for c in chunks]
+                rows += [(*key.flat(row_key), c.number, c.start, c.end, c.text, md5) for c in chunks]
             if not mismatched:
                 with cur.copy("COPY vectorize_import_chunks FROM STDIN") as copy:
                     for row in rows:
@@ -226,16 +233,17 @@ def import_chunks(cur: Cursor, project: Project, source: ImportSource, splitter:
             " Nothing was written."
         )
     cur.execute(sql.SQL(
-        "WITH gone AS (DELETE FROM {target} t USING (SELECT DISTINCT {key} FROM vectorize_import_chunks) c"
-        " WHERE t.{key} = c.{key} RETURNING t.{key}) SELECT count(DISTINCT {key}) FROM gone"
-    ).format(target=project.names.target, key=key))
+        "WITH gone AS (DELETE FROM {target} t USING (SELECT DISTINCT {keys} FROM vectorize_import_chunks) c"
+        " WHERE {same_key} RETURNING {t_keys}) SELECT count(DISTINCT ({keys})) FROM gone"
+    ).format(target=project.names.target, keys=key.names(), t_keys=key.names("t"), same_key=key.equals("t", "c")))
     replaced = cur.fetchone()[0]
     cur.execute(sql.SQL(
-        "INSERT INTO {target} ({key}, chunk_no, start_offset, end_offset, chunk, embeddings, updated_at, text_md5)"
-        " SELECT c.{key}, c.chunk_no, c.start_offset, c.end_offset, c.chunk, {src_emb}::vector, now(), c.text_md5"
-        " FROM {src} s JOIN vectorize_import_chunks c ON c.{key} = {src_key} AND c.chunk_no = {src_chunk}"
-    ).format(target=project.names.target, key=key, src_emb=sql.Identifier("s", source.embeddings), src=source.table,
-             src_key=src_key, src_chunk=src_chunk))
+        "INSERT INTO {target} ({keys}, chunk_no, start_offset, end_offset, chunk, embeddings, updated_at, text_md5)"
+        " SELECT {c_keys}, c.chunk_no, c.start_offset, c.end_offset, c.chunk, {src_emb}::vector, now(), c.text_md5"
+        " FROM {src} s JOIN vectorize_import_chunks c ON {matched} AND c.chunk_no = {src_chunk}"
+    ).format(target=project.names.target, keys=key.names(), c_keys=key.names("c"),
+             src_emb=sql.Identifier("s", source.embeddings), src=source.table,
+             matched=key.equals("c", "s", source.key), src_chunk=src_chunk))
     chunks = cur.rowcount
-    rows = cur.execute(sql.SQL("SELECT count(DISTINCT {}) FROM vectorize_import_chunks").format(key)).fetchone()[0]
+    rows = cur.execute(sql.SQL("SELECT count(DISTINCT ({})) FROM vectorize_import_chunks").format(key.names())).fetchone()[0]
     return rows - replaced, rows, chunks

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,8 +16,10 @@ from airflow_vectorize.catalog import (
     SCHEDULES,
     TABLE_METHODS,
     Project,
+    key_columns,
 )
 from airflow_vectorize.exceptions import DimensionMismatchError, InvalidInputError
+from airflow_vectorize.keys import Key
 from airflow_vectorize.naming import SCHEMA
 
 JOB_NAME_PATTERN = re.compile(r"[A-Za-z0-9_]+")
@@ -172,15 +175,27 @@ def check_options(table_method: str, index_dist_type: str, schedule: str) -> Non
         )
 
 
-def check_project_source(cur: Cursor, project: Project) -> Column:
-    """Check the source table, key, text columns and update column; return the key column."""
+def key_spelling(primary_key: Any, role: str = "primary_key") -> str | tuple[str, ...]:
+    """A key as the catalog spells it: a column name, or a tuple of 2 or more for a composite key (a list of
+    one is its column)."""
+    columns = [primary_key] if isinstance(primary_key, str) else primary_key
+    if not isinstance(columns, (list, tuple)) or not columns or not all(isinstance(c, str) for c in columns):
+        raise InvalidInputError(f"{role} must be a column name or a list of column names, got {primary_key!r}")
+    if len(set(columns)) != len(columns):
+        raise InvalidInputError(f"{role} {list(columns)} names a column more than once")
+    return columns[0] if len(columns) == 1 else tuple(columns)
+
+
+def check_project_source(cur: Cursor, project: Project) -> list[Column]:
+    """Check the source table, key, text columns and update column; return the key's columns."""
     if not isinstance(project.columns, tuple) or not project.columns:
         raise InvalidInputError("columns must name at least one text column to embed")
     if len(set(project.columns)) != len(project.columns):
         raise InvalidInputError(f"columns {list(project.columns)} name a column more than once")
     check_identifier(project.schema, "schema")
     check_identifier(project.relation, "table")
-    check_identifier(project.primary_key, "primary_key")
+    for name in project.key.columns:
+        check_identifier(name, "primary_key")
     for name in project.columns:
         check_identifier(name, "column")
     if project.update_time_col is not None:
@@ -191,14 +206,15 @@ def check_project_source(cur: Cursor, project: Project) -> Column:
             " storage; make a project of a table in another schema"
         )
     table = require_table(cur, project.schema, project.relation, kinds="rp", role="source")
-    key = table.column(project.primary_key, "primary_key")
+    keys = [table.column(name, "primary_key") for name in project.key.columns]
     neighbours = KEY_NEIGHBOUR_COLUMNS + (JOIN_KEY_NEIGHBOUR_COLUMNS if project.is_join else ()) + (
         CHUNK_COLUMNS if project.is_chunked else ())
-    if key.name in neighbours:
-        raise InvalidInputError(
-            f"primary_key {key.name!r} of {table.label} has the name of a column that the project's tables keep"
-            f" next to the key ({', '.join(neighbours)}); rename the key column"
-        )
+    for key in keys:
+        if key.name in neighbours:
+            raise InvalidInputError(
+                f"primary_key {key.name!r} of {table.label} has the name of a column that the project's tables"
+                f" keep next to the key ({', '.join(neighbours)}); rename the key column"
+            )
     if project.is_join:
         added = CHUNKED_VIEW_COLUMNS if project.is_chunked else VIEW_COLUMNS
         clashing = [c for c in table.columns if c in added]
@@ -208,10 +224,15 @@ def check_project_source(cur: Cursor, project: Project) -> Column:
                 f" and {', '.join(added)}, but {table.label} has column(s) {clashing}: rename them"
                 + ("" if project.is_chunked else ", or use table_method='append'")
             )
-    if not key.unique:
+    if len(keys) == 1 and not keys[0].unique:
         raise InvalidInputError(
             f"primary_key {project.primary_key!r} of {table.label} is not unique: it needs a primary key or a"
             " unique index on that column alone"
+        )
+    if len(keys) > 1 and not unique_together(cur, table, project.key.columns):
+        raise InvalidInputError(
+            f"primary_key {list(project.primary_key)} of {table.label} is not unique: it needs a primary key or"
+            " a unique index on exactly these columns"
         )
     for name in project.columns:
         column = table.column(name, "text")
@@ -234,7 +255,21 @@ def check_project_source(cur: Cursor, project: Project) -> Column:
             raise InvalidInputError(
                 f"table_method 'append' adds columns {taken} to {table.label}, but they already exist"
             )
-    return key
+    return keys
+
+
+def unique_together(cur: Cursor, table: Table, columns: tuple[str, ...]) -> bool:
+    """Whether a primary key or a non-partial unique index of ``table`` has exactly ``columns`` as its key
+    columns (in any order): rows are then told apart by them."""
+    cur.execute(
+        "SELECT EXISTS (SELECT FROM pg_index i WHERE i.indrelid = to_regclass(format('%%I.%%I', %s::text, %s::text))"
+        " AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL AND i.indnkeyatts = %s"
+        " AND (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a"
+        "      WHERE a.attrelid = i.indrelid AND a.attnum = ANY((i.indkey::int2[])[0:i.indnkeyatts - 1]))"
+        "     = (SELECT array_agg(c ORDER BY c) FROM unnest(%s::text[]) c))",
+        [table.schema, table.name, len(columns), list(columns)],
+    )
+    return bool(cur.fetchone()[0])
 
 
 def check_storage_free(cur: Cursor, project: Project) -> None:
@@ -263,7 +298,7 @@ class ImportSource:
     """A validated source of pre-computed embeddings."""
 
     table: sql.Identifier
-    key: str
+    key: Key  # the source's columns matching the project's key, in its order
     embeddings: str
     rows: int
     already_embedded: int | None  # append only: rows that had an embedding before
@@ -271,11 +306,12 @@ class ImportSource:
 
 
 def check_import_source(
-    cur: Cursor, project: Project, src_schema: str, src_table: str, src_key: str, src_embeddings: str,
-    src_chunk: str | None = None,
-) -> tuple[Table, Column, Column, Column | None]:
-    """Check the source's catalog entries: table, key, chunk number and embedding column types, declared
-    dimensions. A chunked project needs ``src_chunk`` (an integer column), an unchunked one refuses it."""
+    cur: Cursor, project: Project, src_schema: str, src_table: str, src_key: str | Sequence[str],
+    src_embeddings: str, src_chunk: str | None = None,
+) -> tuple[Table, list[Column], Column, Column | None]:
+    """Check the source's catalog entries: table, key (one column per column of the project's key, in its
+    order), chunk number and embedding column types, declared dimensions. A chunked project needs
+    ``src_chunk`` (an integer column), an unchunked one refuses it."""
     if project.is_chunked and src_chunk is None:
         raise InvalidInputError(
             f"project {project.name!r} is chunked: give src_chunk_col, the column holding each embedding's"
@@ -286,13 +322,19 @@ def check_import_source(
             f"src_chunk_col {src_chunk!r} is for chunked projects; project {project.name!r} keeps one"
             " embedding per row"
         )
-    for name, role in ((src_schema, "src_schema"), (src_table, "src_table"), (src_key, "src_primary_key"),
+    src_keys = key_columns(key_spelling(src_key, "src_primary_key"))
+    if len(src_keys) != len(project.key.columns):
+        raise InvalidInputError(
+            f"src_primary_key {src_key!r} must name {len(project.key.columns)} column(s), one for each column of"
+            f" the key {list(project.key.columns)} of project {project.name!r}, in that order"
+        )
+    for name, role in ((src_schema, "src_schema"), (src_table, "src_table"), *((k, "src_primary_key") for k in src_keys),
                        (src_embeddings, "src_embeddings_col")):
         check_identifier(name, role)
     if src_chunk is not None:
         check_identifier(src_chunk, "src_chunk_col")
     table = require_table(cur, src_schema, src_table, kinds="rpvmf", role="src_table")
-    key = table.column(src_key, "src_primary_key")
+    keys = [table.column(name, "src_primary_key") for name in src_keys]
     emb = table.column(src_embeddings, "src_embeddings_col")
     chunk = None
     if src_chunk is not None:
@@ -300,14 +342,13 @@ def check_import_source(
         if chunk.data_type not in INTEGER_TYPES:
             raise InvalidInputError(f"src_chunk_col {src_chunk!r} of {table.label} is {chunk.type_sql};"
                                     " expected an integer type")
-    key_ok = key.data_type == project.pkey_type or (
-        key.data_type in INTEGER_TYPES and project.pkey_type in INTEGER_TYPES
-    )
-    if not key_ok:
-        raise InvalidInputError(
-            f"src_primary_key {src_key!r} of {table.label} is {key.type_sql}, but the key"
-            f" {project.primary_key!r} of project {project.name!r} is {project.pkey_type}"
-        )
+    pkey_types = project.key.flat(project.pkey_type)
+    for key, name, pkey_type in zip(keys, project.key.columns, pkey_types):
+        if not (key.data_type == pkey_type or (key.data_type in INTEGER_TYPES and pkey_type in INTEGER_TYPES)):
+            raise InvalidInputError(
+                f"src_primary_key {key.name!r} of {table.label} is {key.type_sql}, but the key"
+                f" {name!r} of project {project.name!r} is {pkey_type}"
+            )
     is_vector = emb.typname in VECTOR_TYPES
     is_float_array = emb.category == "A" and emb.element in FLOAT_ELEMENT_TYPES
     if not (is_vector or is_float_array):
@@ -316,9 +357,10 @@ def check_import_source(
             " halfvec, real[] or double precision[]"
         )
     if is_vector and emb.typmod > 0 and emb.typmod != project.dimensions:
+        src = Key(src_keys)
         cur.execute(
-            sql.SQL("SELECT {k}::text FROM {t} ORDER BY {k} LIMIT %s").format(
-                k=sql.Identifier(src_key), t=sql.Identifier(src_schema, src_table)
+            sql.SQL("SELECT {k} FROM {t} ORDER BY {order} LIMIT %s").format(
+                k=src.as_text(None), order=src.names(), t=sql.Identifier(src_schema, src_table)
             ),
             [SAMPLE_SIZE],
         )
@@ -327,10 +369,10 @@ def check_import_source(
             f"project {project.name!r} expects {project.dimensions} dimensions, but column {src_embeddings!r}"
             f" of {table.label} is {emb.type_sql} (found {emb.typmod}); e.g. keys {keys}"
         )
-    return table, key, emb, chunk
+    return table, keys, emb, chunk
 
 
-def check_import_rows(cur: Cursor, project: Project, table: Table, key: Column, emb: Column,
+def check_import_rows(cur: Cursor, project: Project, table: Table, keys: list[Column], emb: Column,
                       chunk: Column | None = None) -> ImportSource:
     """One set-based pass over the source that finds every bad row; checks the catalog rules out are skipped.
 
@@ -338,15 +380,16 @@ def check_import_rows(cur: Cursor, project: Project, table: Table, key: Column, 
     are not in the project's table, each with its count and a few offending keys.
     """
     src = sql.Identifier(table.schema, table.name)
-    k = sql.Identifier("s", key.name)
+    src_key = Key(tuple(c.name for c in keys))
+    k = src_key.as_text("s")  # sample keys
     e = sql.Identifier("s", emb.name)
     is_array = emb.category == "A"
     checks: list[tuple[str, sql.Composable]] = [
-        ("keys not found in the project's table", sql.SQL("{k} IS NOT NULL AND r.{pk} IS NULL").format(
-            k=k, pk=sql.Identifier(project.primary_key))),
+        ("keys not found in the project's table", sql.SQL("NOT ({null}) AND r.{pk} IS NULL").format(
+            null=src_key.any_null("s"), pk=sql.Identifier(project.key.columns[0]))),
     ]
-    if not key.not_null:
-        checks.append(("NULL keys", sql.SQL("{} IS NULL").format(k)))
+    if not all(c.not_null for c in keys):
+        checks.append(("NULL keys", src_key.any_null("s")))
     if not emb.not_null:
         checks.append(("NULL embeddings", sql.SQL("{} IS NULL").format(e)))
     if chunk is not None:
@@ -369,7 +412,7 @@ def check_import_rows(cur: Cursor, project: Project, table: Table, key: Column, 
     items = [sql.SQL("count(*) AS total")]
     for i, (_, condition) in enumerate(checks):
         items.append(sql.SQL(
-            "count(*) FILTER (WHERE {c}) AS {n}, (array_agg({k}::text) FILTER (WHERE {c}))[1:{s}] AS {ks}"
+            "count(*) FILTER (WHERE {c}) AS {n}, (array_agg({k}) FILTER (WHERE {c}))[1:{s}] AS {ks}"
         ).format(c=condition, n=sql.Identifier(f"n{i}"), k=k, s=sql.Literal(SAMPLE_SIZE),
                  ks=sql.Identifier(f"k{i}")))
     if "dimension mismatch" in dict(checks):
@@ -378,24 +421,24 @@ def check_import_rows(cur: Cursor, project: Project, table: Table, key: Column, 
     if not project.is_join:
         items.append(sql.SQL("count(*) FILTER (WHERE r.{} IS NOT NULL) AS already_embedded").format(
             sql.Identifier(project.names.embeddings_column)))
-    duplicates = not key.unique or chunk is not None  # a chunked source repeats keys: (key, chunk) is unique
-    dup_columns = sql.SQL(", ").join(sql.Identifier(c.name) for c in (key, chunk) if c is not None)
+    # A chunked source repeats keys: (key, chunk) is unique.
+    duplicates = len(keys) > 1 or not keys[0].unique or chunk is not None
+    dup_columns = sql.SQL(", ").join(sql.Identifier("s", c.name) for c in (*keys, chunk) if c is not None)
     if duplicates:
         items.append(sql.SQL(
-            "(SELECT count(*) FROM dup) AS ndup, (SELECT (array_agg(key::text))[1:{s}] FROM dup) AS kdup"
+            "(SELECT count(*) FROM dup) AS ndup, (SELECT (array_agg(key))[1:{s}] FROM dup) AS kdup"
         ).format(s=sql.Literal(SAMPLE_SIZE)))
     query = sql.SQL(
-        "{with_dup} SELECT {items} FROM {src} s LEFT JOIN {source} r ON r.{pk} = {k}"
+        "{with_dup} SELECT {items} FROM {src} s LEFT JOIN {source} r ON {matched}"
     ).format(
         with_dup=sql.SQL(
-            "WITH dup AS (SELECT {key} AS key FROM {src} WHERE {key} IS NOT NULL GROUP BY {columns}"
+            "WITH dup AS (SELECT {key} AS key FROM {src} s WHERE NOT ({null}) GROUP BY {columns}"
             " HAVING count(*) > 1)"
-        ).format(key=sql.Identifier(key.name), src=src, columns=dup_columns) if duplicates else sql.SQL(""),
+        ).format(key=k, src=src, null=src_key.any_null("s"), columns=dup_columns) if duplicates else sql.SQL(""),
         items=sql.SQL(", ").join(items),
         src=src,
         source=project.names.source,
-        pk=sql.Identifier(project.primary_key),
-        k=k,
+        matched=project.key.equals("r", "s", src_key),
     )
     with cur.connection.cursor(row_factory=dict_row) as dict_cur:
         result = dict_cur.execute(query).fetchone()
@@ -417,13 +460,17 @@ def check_import_rows(cur: Cursor, project: Project, table: Table, key: Column, 
     if problems:
         raise InvalidInputError(
             f"cannot import embeddings into project {project.name!r} from {table.label}"
-            f" (key {key.name!r}, embeddings {emb.name!r}): " + "; ".join(problems) + ". Nothing was written."
+            f" (key {_spelled(src_key)}, embeddings {emb.name!r}): " + "; ".join(problems) + ". Nothing was written."
         )
     return ImportSource(
         table=src,
-        key=key.name,
+        key=src_key,
         embeddings=emb.name,
         chunk=None if chunk is None else chunk.name,
         rows=result["total"],
         already_embedded=None if project.is_join else result["already_embedded"],
     )
+
+
+def _spelled(key: Key) -> str:
+    return repr(key.columns[0]) if not key.composite else repr(list(key.columns))

@@ -94,7 +94,7 @@ class VectorizeHook(PostgresHook):
         self,
         job_name: str,
         table: str,
-        primary_key: str,
+        primary_key: str | Sequence[str],
         columns: Sequence[str],
         transformer: str = DEFAULT_TRANSFORMER,
         schema: str = "public",
@@ -110,6 +110,9 @@ class VectorizeHook(PostgresHook):
         chunker: str = "recursive",
     ) -> dict[str, Any]:
         """Make ``schema.table`` searchable: embeddings storage, HNSW index, queue and realtime triggers.
+
+        ``primary_key`` is a unique column, or the columns of a composite key (a list; a primary key or a
+        unique index on exactly them); the project's tables key their rows by the same columns.
 
         ``transformer`` is a local model (``sentence-transformers/<name>``, a directory) or a remote one
         (``openai/<model>``, ``ollama/<model>``) reached through the Airflow connection ``model_conn_id``
@@ -139,7 +142,7 @@ class VectorizeHook(PostgresHook):
             name=job_name,
             schema=schema,
             relation=table,
-            primary_key=primary_key,
+            primary_key=validation.key_spelling(primary_key),
             columns=tuple(columns),
             transformer=transformer,
             index_dist_type=index_dist_type,
@@ -175,8 +178,9 @@ class VectorizeHook(PostgresHook):
             existing = catalog.find_project(cur, job_name)  # a concurrent creator may have won
             if existing is not None:
                 return self._existing_project(existing, wanted)
-            key = validation.check_project_source(cur, wanted)
-            project = replace(wanted, pkey_type=key.data_type, dimensions=dims)
+            keys = validation.check_project_source(cur, wanted)
+            pkey_type = keys[0].data_type if len(keys) == 1 else tuple(k.data_type for k in keys)
+            project = replace(wanted, pkey_type=pkey_type, dimensions=dims)
             validation.check_storage_free(cur, project)
             project = replace(project, job_id=catalog.insert_project(cur, project))
             catalog.create_storage(cur, project)
@@ -351,7 +355,7 @@ class VectorizeHook(PostgresHook):
         self,
         job_name: str,
         src_table: str,
-        src_primary_key: str,
+        src_primary_key: str | Sequence[str],
         src_embeddings_col: str,
         src_schema: str = "public",
         src_chunk_col: str | None = None,
@@ -371,10 +375,10 @@ class VectorizeHook(PostgresHook):
         with self.transaction() as cur:
             catalog.lock_project(cur, job_name)
             project = self._project(cur, job_name)
-            table, key, emb, chunk = validation.check_import_source(
+            table, keys, emb, chunk = validation.check_import_source(
                 cur, project, src_schema, src_table, src_primary_key, src_embeddings_col, src_chunk_col
             )
-            source = validation.check_import_rows(cur, project, table, key, emb, chunk)
+            source = validation.check_import_rows(cur, project, table, keys, emb, chunk)
             with storage.index_maintenance(cur, project, source.rows, self.index_build_memory) as rebuilt:
                 if project.is_chunked:
                     splitter = self._splitter(project, self._model(project))
@@ -659,14 +663,16 @@ class VectorizeHook(PostgresHook):
         with self.transaction() as cur:
             project = self._project(cur, job_name)
             prompt = rag.load_prompt(cur, task)
-        columns = list(dict.fromkeys([project.primary_key, *project.columns]))
+        columns = list(dict.fromkeys([*project.key.columns, *project.columns]))
         retrieve = self.hybrid_search if hybrid else self.search
         rows = retrieve(job_name, query, return_columns=columns, num_results=num_context, filters=filters)
         documents = []
         for row in rows:  # a chunked project's context is each row's best chunk
             content = row["chunk"] if project.is_chunked else ", ".join(
                 str(row[c]) for c in project.columns if row[c] is not None)
-            documents.append(rag.ContextDocument(row[project.primary_key], content, model.tokens.count(content),
+            record_id = project.key.from_mapping(row)  # a composite key as a list (JSON, XCom)
+            documents.append(rag.ContextDocument(list(record_id) if project.key.composite else record_id, content,
+                                                 model.tokens.count(content),
                                                  float(row["similarity_score"])))
         messages, kept = rag.fit_context(model, prompt, query, documents, max_tokens, force_trim)
         answer = model.chat(messages, max_tokens=max_tokens, temperature=temperature)

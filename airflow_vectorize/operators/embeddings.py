@@ -15,7 +15,8 @@ class ImportEmbeddingsOperator(ProjectWriterOperator):
 
     :param job_name: the project to fill.
     :param src_table: the table holding the embeddings; ``src_schema`` its schema.
-    :param src_primary_key: its column matching the project's primary key.
+    :param src_primary_key: its column matching the project's primary key (a list, in the key's order,
+        for a composite key).
     :param src_embeddings_col: its vector, halfvec, real[] or double precision[] column.
     :param src_chunk_col: for a chunked project, its chunk number column (0, 1, ... within a row).
     """
@@ -29,7 +30,7 @@ class ImportEmbeddingsOperator(ProjectWriterOperator):
         *,
         job_name: str,
         src_table: str,
-        src_primary_key: str,
+        src_primary_key: str | Sequence[str],
         src_embeddings_col: str,
         src_schema: str = "public",
         src_chunk_col: str | None = None,

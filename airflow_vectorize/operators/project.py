@@ -16,7 +16,7 @@ class CreateVectorizeProjectOperator(VectorizeBaseOperator):
 
     :param job_name: the project name, ``[A-Za-z0-9_]+``.
     :param table: the source table; ``schema`` its schema.
-    :param primary_key: a unique column of the table.
+    :param primary_key: a unique column of the table, or a list of the columns of a composite key.
     :param columns: the text columns whose values, joined with ', ', are embedded.
     :param transformer: the model: ``sentence-transformers/<name>`` or a local directory (computed on the
         worker), ``openai/<model>`` or ``ollama/<model>`` (a remote server); it decides the vector size.
@@ -42,7 +42,7 @@ class CreateVectorizeProjectOperator(VectorizeBaseOperator):
         *,
         job_name: str,
         table: str,
-        primary_key: str,
+        primary_key: str | Sequence[str],
         columns: Sequence[str],
         transformer: str = DEFAULT_TRANSFORMER,
         schema: str = "public",
