@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import re
+import threading
 import uuid
 
 import pytest
@@ -159,6 +160,31 @@ def test_partitions_split_composite_keys(tickets, hook):
         parts.append(set(stored_keys(tickets, "tix")) - set().union(*parts))
     assert set().union(*parts) == set(tickets.texts) and sum(map(len, parts)) == len(tickets.texts)
     assert all(parts)  # a hash split: every partition got some of the 24 rows
+
+
+def test_concurrent_runs_embed_every_composite_key_once(database, hook):
+    """Two runs at once over 400 rows keyed by (text, integer): each row is claimed (locked) by one of them."""
+    database.execute("CREATE TABLE parts (maker text, serial integer, title text, PRIMARY KEY (maker, serial))")
+    database.execute("INSERT INTO parts SELECT 'maker ' || (g % 7), g, 'part ' || g || ' of a'"
+                     " || repeat(' long', g % 5) || ' story' FROM generate_series(1, 400) g")
+    hook.create_project("parts", "parts", ["maker", "serial"], ["title"], schedule="manual")
+    results, errors = [], []
+
+    def run() -> None:
+        try:
+            results.append(hook.generate_embeddings("parts", batch_size=32))
+        except Exception as error:  # noqa: BLE001 - reported by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    assert sum(r["embedded"] for r in results) == 400 and all(r["embedded"] for r in results)  # both took part
+    assert database.scalar('SELECT count(*) FROM vectorize."_embeddings_parts"') == 400
 
 
 def test_two_column_key_and_refused_rows(database, hook, embedding_server):
