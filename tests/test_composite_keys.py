@@ -263,3 +263,15 @@ def test_bad_imports_change_nothing(tickets, hook, model, select, src_key, messa
         hook.import_embeddings("tix", "upstream", src_key, "v")
     assert message in str(error.value), str(error.value)
     assert snapshot(tickets) == before
+
+
+def test_rag_context_carries_the_whole_key(tickets, hook, chat):
+    model, _ = chat
+    hook.create_project("tix", "tickets", KEY, COLUMNS)
+    hook.generate_embeddings("tix")
+    query = "Which phone has a good camera?"
+
+    result = hook.rag("tix", query, model, chat_conn_id="chat", num_context=3, max_tokens=4)
+
+    found = hook.search("tix", query, return_columns=KEY, num_results=3)
+    assert [c["record_id"] for c in result["context"]] == [[r[c] for c in KEY] for r in found]
