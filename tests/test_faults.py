@@ -415,6 +415,39 @@ def test_terminated_session_mid_batch_raises_a_typed_error_and_the_retry_converg
     assert "'items'" in str(error)
 
 
+CALLS_IN_ONE_TRANSACTION = {
+    "create_project": lambda hook: hook.create_project("items", "items", "id", ["title"], schedule="manual"),
+    "import_embeddings": lambda hook: hook.import_embeddings("items", "vectors", "id", "embedding"),
+    "drop_project": lambda hook: hook.drop_project("items"),
+}
+
+
+@pytest.mark.parametrize("call", list(CALLS_IN_ONE_TRANSACTION))
+def test_a_session_terminated_during_a_one_transaction_call_raises_a_typed_error(database, connections, call):
+    """create, import and drop are one transaction each: their session terminated while they wait for the
+    project's lock -> DatabaseConnectionError, nothing changed; the retry succeeds."""
+    hook = VectorizeHook(connections(HOOK_APP))
+    create_items(database, 50)
+    random_vectors(database, "vectors", 1, 50)
+    if call != "create_project":
+        hook.create_project("items", "items", "id", ["title"], schedule="manual")
+    before = snapshot(database)
+
+    with psycopg.connect(database.uri, autocommit=True) as gate:
+        gate.execute("SELECT pg_advisory_lock(hashtextextended('vectorize:items', 0))")
+        run = Background(lambda: CALLS_IN_ONE_TRANSACTION[call](hook))
+        waiting = wait_for(lambda: database.scalar(
+            "SELECT max(a.pid) FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE NOT l.granted"
+            " AND l.locktype = 'advisory' AND a.application_name = %s", [HOOK_APP]), "the call to wait for the lock")
+        assert database.scalar("SELECT pg_terminate_backend(%s)", [waiting])
+        error = run.outcome()
+
+    assert isinstance(error, DatabaseConnectionError), f"{type(error).__module__}.{type(error).__name__}: {error}"
+    assert "nothing of it was written" in str(error)
+    assert snapshot(database) == before
+    CALLS_IN_ONE_TRANSACTION[call](hook)  # the retry
+
+
 @pytest.fixture(scope="module")
 def restartable() -> Iterator[EmbeddedPostgres]:
     """A server of this module's own, to restart (the session's is shared by every test)."""

@@ -85,9 +85,19 @@ class VectorizeHook(PostgresHook):
 
     @contextmanager
     def transaction(self) -> Iterator[Cursor]:
-        """A cursor inside one transaction on a fresh connection, closed afterwards."""
-        with self.connect() as conn, conn.transaction(), conn.cursor() as cur:
-            yield cur
+        """A cursor inside one transaction on a fresh connection, closed afterwards. A session that ends
+        meanwhile (terminated, server restarted, network) raises ``DatabaseConnectionError``: nothing of the
+        transaction was committed."""
+        try:
+            with self.connect() as conn, conn.transaction(), conn.cursor() as cur:
+                yield cur
+        except psycopg.OperationalError as error:
+            if not _session_ended(error):
+                raise
+            raise DatabaseConnectionError(
+                f"the database connection failed or ended before the transaction committed ({error}); nothing of it was"
+                " written: run the call again"
+            ) from error
 
     # -- projects ----------------------------------------------------------------------------------
     def create_project(
