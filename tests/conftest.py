@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,25 @@ def create_embeddings_table(db: Database, model, table: str = "product_embedding
             sql.SQL("INSERT INTO {} VALUES (%s, %s)").format(sql.Identifier(table)),
             [(pid, [float(x) for x in vector]) for pid, vector in zip(texts, vectors)],
         )
+
+
+def concurrently(call: Callable[[], Any], times: int) -> tuple[list[Any], list[BaseException]]:
+    """Run ``call`` in ``times`` threads at once; (their results, the exceptions they raised)."""
+    results: list[Any] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            results.append(call())
+        except Exception as error:  # noqa: BLE001 - returned to the test, which asserts on it
+            errors.append(error)
+
+    threads = [threading.Thread(target=run) for _ in range(times)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results, errors
 
 
 def snapshot(db: Database) -> dict[str, Any]:

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import datetime
 import re
-import threading
 import uuid
 
 import pytest
-from conftest import snapshot
+from conftest import concurrently, snapshot
 from psycopg import sql
 
 from airflow_vectorize.example_data import PRODUCTS
@@ -168,19 +167,7 @@ def test_concurrent_runs_embed_every_composite_key_once(database, hook):
     database.execute("INSERT INTO parts SELECT 'maker ' || (g % 7), g, 'part ' || g || ' of a'"
                      " || repeat(' long', g % 5) || ' story' FROM generate_series(1, 400) g")
     hook.create_project("parts", "parts", ["maker", "serial"], ["title"], schedule="manual")
-    results, errors = [], []
-
-    def run() -> None:
-        try:
-            results.append(hook.generate_embeddings("parts", batch_size=32))
-        except Exception as error:  # noqa: BLE001 - reported by the assertion below
-            errors.append(error)
-
-    threads = [threading.Thread(target=run) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    results, errors = concurrently(lambda: hook.generate_embeddings("parts", batch_size=32), 2)
 
     assert errors == []
     assert sum(r["embedded"] for r in results) == 400 and all(r["embedded"] for r in results)  # both took part

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import threading
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
-from conftest import product_texts, snapshot
+from conftest import concurrently, product_texts, snapshot
 
 from airflow_vectorize import catalog, generation
 from airflow_vectorize.exceptions import InvalidInputError, ProjectNotFoundError
@@ -118,19 +117,7 @@ def test_partitions_are_disjoint_and_complete(database, hook):
 def test_concurrent_runs_embed_every_row_once(database, hook):
     create_items(database, 600)
     hook.create_project("items", "items", "id", ["title"], schedule="manual")
-    results, errors = [], []
-
-    def run() -> None:
-        try:
-            results.append(hook.generate_embeddings("items", batch_size=32))
-        except Exception as error:  # noqa: BLE001 - reported by the assertion below
-            errors.append(error)
-
-    threads = [threading.Thread(target=run) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    results, errors = concurrently(lambda: hook.generate_embeddings("items", batch_size=32), 2)
 
     assert errors == []
     assert sum(r["embedded"] for r in results) == 600  # no row embedded twice
