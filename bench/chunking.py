@@ -1,385 +1,515 @@
-"""Measurements 8-12: chunked projects on long real texts (issue 12, points 6 and 7): is a text found by its
-end, does its beginning lose nothing, and what does chunking cost in embedding throughput and search time?
+"""Measurements on chunked projects over long real texts (issue 12, points 6 and 7), on each corpus of
+``bench/corpus.py`` (man pages, package READMEs): is a text found by its end, does its beginning lose
+nothing, what does chunking cost in embedding throughput (man pages) and in search time at equal recall?
 
-The corpus is this system's manual pages as ``man`` renders them (80 columns): long technical texts that
-nobody here wrote, 1-50 kB each. The generated Google Cloud SDK pages (16,600 of the 17,800 in man1,
-alpha/beta/GA near-copies of each other) are left out: a query could not tell those copies apart.
-Documents are drawn with a fixed seed from sections 1, 5, 7 and 8 and de-duplicated by content.
+Per corpus, one table and two projects on it: chunked (CHUNK_SIZE, CHUNK_OVERLAP) and unchunked (one vector
+a document: the whole text, which all-MiniLM-L6-v2 truncates at 256 word-pieces, as pg_vectorize does).
 
-Queries: for each document one sentence of 12-60 words (a capital first, a full stop last) from its last
-third, and one from its first third, whitespace-normalised and found in no other document of the corpus
-(an answer must be unique). all-MiniLM-L6-v2 reads the first 256 word-pieces of a text, so one vector a
-row cannot know a long page's end; one vector a chunk can.
+Recall: each query sentence asked through ``VectorizeHook.search`` as a text, at the default settings.
 
-One table, two projects on it: chunked (CHUNK_SIZE, CHUNK_OVERLAP) and unchunked (one vector a page). Recall
-is asked through ``VectorizeHook.search`` with the sentence as a text; search time is compared on the same
-queries as vectors, warm, alternating which project goes first. Throughput: bare ``model.encode`` of the
-chunks, the chunked ``generate_embeddings`` (which splits the pages itself), bare again; the first bare run
-encodes what the project's own splitter makes of the pages, and the chunks the project stores must be
-exactly those.
+Search time at equal recall, on the rows the splitter cuts into 3-10 chunks (the issue's condition; a
+second pair of projects on a copy of those rows, filled by importing the vectors computed for all rows),
+and, for information, on all rows: the queries as vectors (the database's part; a text query adds the same
+embedding time to both sides), warm, each project on a hook (so a connection) of its own, sides alternating
+query by query. A sweep over EF_SEARCH (``search(..., ef_search=)``, SWEEP_PASSES passes) gives each side's
+p50 time and recall: the share of the exact top-10 rows it returns (the exact answer compares every vector;
+a chunked row ranks by its nearest chunk). Both sides are then taken at the highest recall both reach, each
+at the lowest ef_search that reaches it, and timed again in a paired pass (MATCHED_PASSES passes; the sweep's
+settings ran at different moments of a shared machine's load). EXPLAIN (ANALYZE, BUFFERS) of both
+statements at those settings shows where the time goes.
+
+Throughput (on the first corpus): bare ``model.encode`` of the chunks, the chunked ``generate_embeddings``
+(which splits the texts itself), bare again; the first bare run encodes what the project's own splitter
+makes of the texts, and the chunks the project stores must be exactly those.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import random
-import re
-import shutil
-import subprocess
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
+import json
 from typing import Any
 
+import numpy as np
 from psycopg import sql
 
+from bench import corpus as corpora
+from bench.corpus import Corpus, Queries
 from bench.measure import Measurement, median, percentile, timed
 from bench.session import BenchSession, log
 
-MAN_DIR = Path("/usr/share/man")
-MAN_SECTIONS = ("man1", "man5", "man7", "man8")
-EXCLUDED = ("gcloud",)  # generated near-copies (alpha/beta/GA of each command)
-MIN_BYTES, MAX_BYTES = 1_000, 50_000
-SEED = 12
-# Rendered as a pipe sees it (no terminal: no bold/underline overstrikes), 80 columns, no hyphenation (a word
-# broken across lines would be two words in the document but one in a query taken from it).
-MAN_ENV = {"MANWIDTH": "80", "MANROFFOPT": "-rHY=0", "LC_ALL": "C.UTF-8", "MANPAGER": "cat", "PAGER": "cat"}
-MIN_WORDS, MAX_WORDS = 12, 60
-
-TABLE = "man_pages"
-CHUNKED_JOB = "chunking_bench"
-WHOLE_JOB = "chunking_whole_bench"
-# 200 tokens, 24 (12 %) shared by neighbours. semchunk cuts at the pages' paragraph and sentence boundaries and
-# fills a chunk to ~60 % of chunk_size on average: at 200 a chunk averages ~125 tokens, the length
-# all-MiniLM-L6-v2 was trained on (128; it reads 254 at most). 128 and 160 found the same share of
-# last-third sentences on a 60-page sample (numpy, exact search) (0.98 / 0.96 / 0.96 at 128 / 160 / 200) but make 1.5x / 1.2x
-# the chunks (median 18 / 15 / 12 a page), so more vectors to embed, store and search for no gain.
+CORPORA = ("man", "readme")
+# 200 tokens, 24 (12 %) shared by neighbours. semchunk cuts at the pages' paragraph and sentence boundaries
+# and fills a chunk to ~60 % of chunk_size on average: at 200 a chunk averages ~125 tokens, the length
+# all-MiniLM-L6-v2 was trained on (128; it reads 254 at most). On a 60-page sample (numpy, exact search),
+# 128 / 160 / 200 found 0.98 / 0.96 / 0.96 of last-third sentences but 128 and 160 make 1.5x / 1.2x the
+# chunks (median 18 / 15 / 12 a page): more vectors to embed, store and search for little gain.
 CHUNK_SIZE, CHUNK_OVERLAP = 200, 24
 TOP = 10
-
-
-@dataclass(frozen=True)
-class Document:
-    key: int
-    name: str  # the man page's file name, e.g. "tar.1.gz"
-    text: str
-
-
-def man_pages() -> list[str]:
-    """Every candidate page (symbolic links resolved once), in a stable order."""
-    found = set()
-    for section in MAN_SECTIONS:
-        directory = MAN_DIR / section
-        if directory.is_dir():
-            found.update(os.path.realpath(p) for p in directory.iterdir()
-                         if not p.name.startswith(EXCLUDED) and p.is_file())
-    return sorted(found)
-
-
-def render(path: str) -> str:
-    result = subprocess.run(["man", "-P", "cat", "-l", path], env={**os.environ, **MAN_ENV}, check=False,
-                            capture_output=True, text=True, errors="replace", timeout=60)
-    text = re.sub(r".\x08", "", result.stdout)  # overstrikes, should a man-db version keep them in a pipe
-    return "\n".join(line.rstrip() for line in text.splitlines()).strip("\n")
-
-
-def body_digest(text: str) -> str:
-    """The page without its header and footer lines (they name the page), whitespace-normalised: the
-    same text reached through another name (a ``.so`` include, a copy) has the same digest."""
-    lines = text.splitlines()
-    return hashlib.md5(" ".join(" ".join(lines[1:-1]).split()).encode()).hexdigest()
-
-
-def corpus(count: int, seed: int = SEED) -> tuple[list[Document], dict[str, Any]]:
-    """``count`` distinct man pages of MIN_BYTES-MAX_BYTES, drawn with ``seed``; and how they were chosen."""
-    pages = man_pages()
-    if shutil.which("man") is None or not pages:
-        raise RuntimeError(f"the chunking corpus needs man-db's 'man' and manual pages under {MAN_DIR}")
-    random.Random(seed).shuffle(pages)
-    documents: list[Document] = []
-    digests: set[str] = set()
-    rendered = skipped_size = skipped_duplicate = 0
-    with ThreadPoolExecutor(2) as pool:  # man + groff take ~0.1 s a page
-        position = 0
-        while len(documents) < count and position < len(pages):
-            wave = pages[position:position + 2 * (count - len(documents)) + 8]
-            position += len(wave)
-            for path, text in zip(wave, pool.map(render, wave)):  # in the shuffled order: deterministic
-                rendered += 1
-                if len(documents) == count:
-                    break
-                if not MIN_BYTES <= len(text.encode()) <= MAX_BYTES:
-                    skipped_size += 1
-                    continue
-                digest = body_digest(text)
-                if digest in digests:
-                    skipped_duplicate += 1
-                    continue
-                digests.add(digest)
-                documents.append(Document(len(documents) + 1, os.path.basename(path), text))
-    if len(documents) < count:
-        raise RuntimeError(f"only {len(documents)} man pages of {MIN_BYTES}-{MAX_BYTES} bytes under {MAN_DIR}")
-    sizes = sorted(len(d.text.encode()) for d in documents)
-    return documents, {
-        "source": f"man -P cat -l <page> ({', '.join(f'{MAN_DIR}/{s}' for s in MAN_SECTIONS)};"
-                  f" {', '.join(EXCLUDED)}* left out), MANWIDTH=80, no hyphenation",
-        "candidate_pages": len(pages), "rendered": rendered, "seed": seed,
-        "skipped_size": skipped_size, "skipped_duplicate": skipped_duplicate,
-        "bytes_min": sizes[0], "bytes_median": sizes[len(sizes) // 2], "bytes_max": sizes[-1],
-        "bytes_total": sum(sizes),
-    }
-
-
-SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-ABBREVIATIONS = ("e.g.", "i.e.", "cf.", "vs.")  # a "sentence" ending in these was cut short
-
-
-def paragraphs(text: str) -> list[tuple[int, int, str]]:
-    """``(start, end, text)`` of the page's blocks: runs of lines between blank lines, and each line that
-    starts in column 0 (a section heading, the page's header and footer) on its own."""
-    blocks: list[tuple[int, int, str]] = []
-    start = position = 0
-    lines: list[str] = []
-
-    def close(end: int) -> None:
-        if lines:
-            blocks.append((start, end, "\n".join(lines)))
-            lines.clear()
-
-    for line in text.split("\n"):
-        if not line.strip() or not line[0].isspace():
-            close(position)
-            if line.strip():
-                blocks.append((position, position + len(line), line))
-        else:
-            if not lines:
-                start = position
-            lines.append(line)
-        position += len(line) + 1
-    close(position)
-    return blocks
-
-
-def sentences(block: str) -> list[str]:
-    """The block's sentences of MIN_WORDS-MAX_WORDS words (a capital first, a full stop last),
-    whitespace-normalised."""
-    return [s for s in SENTENCE_END.split(" ".join(block.split()))
-            if MIN_WORDS <= len(s.split()) <= MAX_WORDS and s[0].isupper() and s.endswith(".")
-            and not s.endswith(ABBREVIATIONS)]
-
-
-def pick_queries(documents: list[Document], third: str, seed: int = SEED) -> dict[int, str]:
-    """One sentence per document from its ``third`` ("first" or "last"), found in no other document.
-    Documents without such a sentence get no query (counted in the details)."""
-    flat = {d.key: " ".join(d.text.split()) for d in documents}
-    queries = {}
-    for d in documents:
-        n = len(d.text)
-        low, high = (0, n // 3) if third == "first" else (2 * n // 3, n)
-        candidates = [s for start, end, block in paragraphs(d.text) if low <= start and end <= high
-                      for s in sentences(block)]
-        random.Random(f"{seed}:{d.key}:{third}").shuffle(candidates)
-        for sentence in candidates:
-            if not any(sentence in text for key, text in flat.items() if key != d.key):
-                queries[d.key] = sentence
-                break
-    return queries
-
-
-def in_first_tokens(tokenizer: Any, document: Document, sentence: str, limit: int) -> bool:
-    """Whether ``sentence`` ends within the document's first ``limit`` tokens (what one vector a row reads)."""
-    flat = " ".join(document.text.split())
-    end = flat.index(sentence) + len(sentence)
-    ids = tokenizer(flat[:end], add_special_tokens=False, truncation=True, max_length=limit + 1)["input_ids"]
-    return len(ids) <= limit
+EF_SEARCH = (10, 20, 40, 80, 160, 320)  # hnsw.ef_search settings of the search-time sweep
+SWEEP_PASSES = 2
+MATCHED_PASSES = 3
+EXPLAINED_QUERIES = 20
 
 
 def measure(session: BenchSession, docs: int) -> list[Measurement]:
     from airflow_vectorize.catalog import DEFAULT_TRANSFORMER
     from airflow_vectorize.models.local import load_model
 
-    corpus_seconds, (documents, corpus_info) = timed(lambda: corpus(docs))
-    queries = {"last": pick_queries(documents, "last"), "first": pick_queries(documents, "first")}
-    assert queries["last"] and queries["first"], {k: len(v) for k, v in queries.items()}
-    log(f"chunking: {len(documents)} man pages ({corpus_info['bytes_total'] / 1e6:.1f} MB, rendered in"
-        f" {corpus_seconds:.0f} s), {len(queries['last'])} last-third and {len(queries['first'])} first-third"
-        " queries")
-    session.execute(sql.SQL("CREATE TABLE {} (id integer PRIMARY KEY, name text NOT NULL, body text NOT NULL)")
-                    .format(sql.Identifier(TABLE)))
-    with session.conn.cursor() as cur, cur.copy(
-            sql.SQL("COPY {} (id, name, body) FROM STDIN").format(sql.Identifier(TABLE))) as copy:
-        for d in documents:
-            copy.write_row((d.key, d.name, d.text))
+    local = load_model(DEFAULT_TRANSFORMER)
     hook = session.hook()
-    try:
-        return _measure(session, hook, load_model(DEFAULT_TRANSFORMER), documents, queries,
-                        {**corpus_info, "corpus_seconds": round(corpus_seconds, 1)})
-    finally:
-        for job in (CHUNKED_JOB, WHOLE_JOB):
-            hook.drop_project(job, missing_ok=True)
-        session.drop_table(TABLE)
+    found = []
+    for position, name in enumerate(CORPORA):
+        corpus_seconds, corpus = timed(lambda name=name: corpora.CORPORA[name](docs))
+        query_seconds, queries = timed(lambda corpus=corpus: corpora.pick_queries(corpus))
+        corpus.info.update(corpus_seconds=round(corpus_seconds, 1), query_seconds=round(query_seconds, 1))
+        assert queries["last"].sentences and queries["first"].sentences, corpus.name
+        log(f"chunking/{name}: {len(corpus.documents)} {corpus.label} ({corpus.info['bytes_total'] / 1e6:.1f} MB,"
+            f" read in {corpus_seconds:.0f} s), {len(queries['last'].sentences)} last-third and"
+            f" {len(queries['first'].sentences)} first-third queries (picked in {query_seconds:.0f} s)")
+        found += CorpusRun(session, hook, local, corpus, queries).measure(throughput=position == 0)
+    return found
 
 
-def _measure(session: BenchSession, hook: Any, local: Any, documents: list[Document],
-             queries: dict[str, dict[int, str]], corpus_info: dict[str, Any]) -> list[Measurement]:
-    from airflow_vectorize.chunking import TextSplitter
+class CorpusRun:
+    """One corpus: its table, its two projects, its measurements."""
 
-    model, tokenizer = local.model, local.model.tokenizer
-    n = len(documents)
-    texts = [d.text for d in documents]  # by key: what the project embeds (its one column)
+    def __init__(self, session: BenchSession, hook: Any, local: Any, corpus: Corpus,
+                 queries: dict[str, Queries]) -> None:
+        self.session, self.hook, self.local, self.corpus = session, hook, local, corpus
+        self.queries = {third: q.sentences for third, q in queries.items()}
+        self.picked = queries
+        self.table = f"chunking_{corpus.name}"
+        self.chunked, self.whole = f"chunking_{corpus.name}_chunked", f"chunking_{corpus.name}_whole"
+        self.jobs = (self.chunked, self.whole)
+        self.jobs_to_drop, self.tables = list(self.jobs), [self.table]
+        self.searchers: dict[str, Any] = {}
+        # Filled by embed() and recall(), read by the measurements after them.
+        self.chunk_counts: dict[int, int] = {}  # chunks of each document, by key
+        self.chunks_per_row: dict[str, Any] = {}
+        self.project: dict[str, Any] = {}  # the chunked project's options and size
+        self.baseline_check: dict[str, Any] = {}  # the unchunked side is today's layout
+        self.text_p50: dict[str, float] = {}  # text queries (model + database), ms
+
+    def searcher(self, job: str) -> Any:
+        """A hook (so a search connection) of the project's own: a connection alternating between projects
+        would change its session's settings at every search (iterative scans differ between them)."""
+        if job not in self.searchers:
+            self.searchers[job] = self.session.hook()
+        return self.searchers[job]
+
+    def measure(self, throughput: bool) -> list[Measurement]:
+        session = self.session
+        session.execute(sql.SQL("CREATE TABLE {} (id integer PRIMARY KEY, name text NOT NULL, body text NOT NULL)")
+                        .format(sql.Identifier(self.table)))
+        with session.conn.cursor() as cur, cur.copy(
+                sql.SQL("COPY {} (id, name, body) FROM STDIN").format(sql.Identifier(self.table))) as copy:
+            for d in self.corpus.documents:
+                copy.write_row((d.key, d.name, d.text))
+        try:
+            found = self.embed(throughput)
+            found += self.recall()
+            found += self.search_time()
+            return found
+        finally:
+            for hook in self.searchers.values():  # a hook has no close(): its search connection
+                connection = getattr(hook, "_search_conn", None)
+                if connection is not None:
+                    connection.close()
+            for job in self.jobs_to_drop:
+                self.hook.drop_project(job, missing_ok=True)
+            for table in self.tables:
+                session.drop_table(table)
 
     # -- 4. chunking + embedding throughput against a bare model.encode of the same chunks ----------------
-    # The first bare run comes before ours has written any chunk: it encodes what the project's own
-    # splitter (same tokenizer, size, overlap) makes of the texts, which must equal the chunks ours stores.
-    split_seconds, split = timed(lambda: TextSplitter(tokenizer, CHUNK_SIZE, CHUNK_OVERLAP).split_all(texts))
-    expected = [c.text for row in split for c in row]
-    per_row = sorted(len(row) for row in split)
-    tokens = sum(len(ids) for ids in tokenizer(expected, add_special_tokens=False)["input_ids"])
-    log(f"chunking: {len(expected):,} chunks of <= {CHUNK_SIZE} tokens ({tokens:,} tokens, median"
-        f" {per_row[n // 2]} a page, split in {split_seconds:.1f} s)")
-    model.encode(expected[:64], show_progress_bar=False)  # warm-up: both sides find the model warm
+    def embed(self, throughput: bool) -> list[Measurement]:
+        from airflow_vectorize.chunking import TextSplitter
 
-    def bare(chunks: list[str]) -> float:
-        seconds, vectors = timed(lambda: model.encode(chunks, show_progress_bar=False))
-        assert len(vectors) == len(chunks)
-        log(f"  bare model.encode: {tokens / seconds:,.0f} tokens/s ({len(chunks) / seconds:.1f} chunks/s)")
-        return seconds
+        session, hook, corpus = self.session, self.hook, self.corpus
+        model, tokenizer = self.local.model, self.local.model.tokenizer
+        documents, n = corpus.documents, len(corpus.documents)
+        texts = [d.text for d in documents]  # by key: what the project embeds (its one column)
+        # The first bare run comes before ours has written any chunk: it encodes what the project's own
+        # splitter (same tokenizer, size, overlap) makes of the texts, which must equal the chunks ours stores.
+        split_seconds, split = timed(lambda: TextSplitter(tokenizer, CHUNK_SIZE, CHUNK_OVERLAP).split_all(texts))
+        expected = [c.text for row in split for c in row]
+        self.chunk_counts = {d.key: len(row) for d, row in zip(documents, split)}
+        per_row = sorted(self.chunk_counts.values())
+        tokens = sum(len(ids) for ids in tokenizer(expected, add_special_tokens=False)["input_ids"])
+        log(f"  {len(expected):,} chunks of <= {CHUNK_SIZE} tokens ({tokens:,} tokens, median {per_row[n // 2]}"
+            f" a document, split in {split_seconds:.1f} s)")
 
-    bare_runs = [bare(expected)]
-    hook.create_project(CHUNKED_JOB, TABLE, "id", ["body"], chunk_size=CHUNK_SIZE, chunk_overlap=CHUNK_OVERLAP,
-                        schedule="manual")  # empty: a bulk run
-    session.settle()
-    ours_seconds, result = timed(lambda: hook.generate_embeddings(CHUNKED_JOB))
-    log(f"  generate_embeddings (chunked): {tokens / ours_seconds:,.0f} tokens/s ({result})")
-    chunks_table = sql.Identifier("vectorize", f"_chunks_{CHUNKED_JOB}")
-    stored = [r[0] for r in session.execute(sql.SQL("SELECT chunk FROM {} ORDER BY id, chunk_no")
-                                            .format(chunks_table))]
-    status = hook.get_status(CHUNKED_JOB)
-    assert result["embedded"] == n, result  # every page embedded, in chunks
-    assert (status["embedded_rows"], status["missing_rows"], status["chunks"]) == (n, 0, len(expected)), status
-    assert len(stored) > n and stored == expected, (len(stored), len(expected))
-    bare_runs.append(bare(stored))
-    bare_seconds = median(bare_runs)
+        def bare(chunks: list[str]) -> float:
+            seconds, vectors = timed(lambda: model.encode(chunks, show_progress_bar=False))
+            assert len(vectors) == len(chunks)
+            log(f"  bare model.encode: {tokens / seconds:,.0f} tokens/s ({len(chunks) / seconds:.1f} chunks/s)")
+            return seconds
 
-    # -- the unchunked project on the same table: one vector a page, of its first 256 word-pieces ---------
-    hook.create_project(WHOLE_JOB, TABLE, "id", ["body"], schedule="manual")
-    whole_seconds, whole = timed(lambda: hook.generate_embeddings(WHOLE_JOB))
-    assert whole["embedded"] == n, whole
-    log(f"  generate_embeddings (unchunked): {n / whole_seconds:.1f} pages/s")
-    # As autovacuum would after a bulk load (it is off in the bench's server).
-    for table in (chunks_table, sql.Identifier("vectorize", f"_embeddings_{WHOLE_JOB}"), sql.Identifier(TABLE)):
-        session.execute(sql.SQL("ANALYZE {}").format(table))
+        bare_runs = []
+        if throughput:
+            model.encode(expected[:64], show_progress_bar=False)  # warm-up: both sides find the model warm
+            bare_runs.append(bare(expected))
+        hook.create_project(self.chunked, self.table, "id", ["body"], chunk_size=CHUNK_SIZE,
+                            chunk_overlap=CHUNK_OVERLAP, schedule="manual")  # empty: a bulk run
+        session.settle()
+        ours_seconds, result = timed(lambda: hook.generate_embeddings(self.chunked))
+        log(f"  generate_embeddings (chunked): {tokens / ours_seconds:,.0f} tokens/s ({result['seconds']} s)")
+        chunks_table = sql.Identifier("vectorize", f"_chunks_{self.chunked}")
+        stored = [r[0] for r in session.execute(sql.SQL("SELECT chunk FROM {} ORDER BY id, chunk_no")
+                                                .format(chunks_table))]
+        status = hook.get_status(self.chunked)
+        assert result["embedded"] == n, result  # every document embedded, in chunks
+        assert (status["embedded_rows"], status["missing_rows"], status["chunks"]) == (n, 0, len(expected)), status
+        assert len(stored) > n and stored == expected, (len(stored), len(expected))
+        if throughput:
+            bare_runs.append(bare(stored))
 
-    # -- 1-3. recall@10: text queries through hook.search, as an application asks -------------------------
-    jobs = (CHUNKED_JOB, WHOLE_JOB)
-    found: dict[str, dict[str, dict[int, list[int]]]] = {job: {"last": {}, "first": {}} for job in jobs}
-    text_times: dict[str, list[float]] = {job: [] for job in jobs}
-    for third in ("last", "first"):
-        for i, (key, query) in enumerate(queries[third].items()):
-            for job in (jobs if i % 2 else jobs[::-1]):
-                seconds, rows = timed(lambda job=job, query=query: hook.search(job, query, return_columns=["id"],
-                                                                               num_results=TOP))
-                text_times[job].append(seconds)
-                found[job][third][key] = [r["id"] for r in rows]
-    short = {job: sum(len(ids) < TOP for third in found[job].values() for ids in third.values()) for job in jobs}
+        # -- the unchunked project on the same table: one vector a document, of its first 256 word-pieces --
+        hook.create_project(self.whole, self.table, "id", ["body"], schedule="manual")
+        whole_seconds, whole = timed(lambda: hook.generate_embeddings(self.whole))
+        assert whole["embedded"] == n, whole
+        log(f"  generate_embeddings (unchunked): {n / whole_seconds:.1f} documents/s")
+        whole_table = sql.Identifier("vectorize", f"_embeddings_{self.whole}")
+        # The baseline is today's layout: the whole text embedded once, the model reading its first tokens.
+        sample = documents[:: max(1, n // 8)][:8]
+        stored_whole = dict(session.execute(sql.SQL("SELECT id, embeddings FROM {} WHERE id = ANY(%s)")
+                                            .format(whole_table), [[d.key for d in sample]]))
+        direct = model.encode([d.text for d in sample], show_progress_bar=False)
+        agreement = min(float(np.dot(stored_whole[d.key].to_numpy(), v)) for d, v in zip(sample, direct))
+        assert agreement > 0.999, agreement
+        limit = self.local.max_input_tokens
+        lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        self.baseline_check = {
+            "model_reads_tokens": limit,
+            "documents_longer_than_that": sum(length > limit for length in lengths),
+            "document_tokens_median": sorted(lengths)[n // 2],
+            "stored_unchunked_vector_vs_model_encode_of_whole_text_min_cosine": round(agreement, 6),
+        }
+        # As autovacuum would after a bulk load (it is off in the bench's server).
+        for table in (chunks_table, whole_table, sql.Identifier(self.table)):
+            session.execute(sql.SQL("ANALYZE {}").format(table))
 
-    def recall(job: str, third: str, keys: list[int] | None = None, top: int = TOP) -> float:
-        keys = list(queries[third]) if keys is None else keys
-        return sum(key in found[job][third][key][:top] for key in keys) / len(keys) if keys else float("nan")
-
-    limit = local.max_input_tokens
-    early = [key for key, q in queries["first"].items() if in_first_tokens(tokenizer, documents[key - 1], q, limit)]
-    recalls = {f"{job}_{third}": round(recall(job, third), 4) for job in jobs for third in ("last", "first")}
-    log("  recall@10 " + ", ".join(f"{k}: {v:.3f}" for k, v in recalls.items())
-        + f"; searches returning < {TOP} rows: {short}")
-
-    # -- 5. search time: the same queries as vectors (the database's part; a text query adds ~the same
-    # embedding time to both sides), warm, alternating which project goes first --------------------------
-    all_queries = [*queries["last"].values(), *queries["first"].values()]
-    vectors = model.encode(all_queries, show_progress_bar=False)
-    for job in jobs:  # warm-up: both statements prepared, both tables' pages in shared buffers
-        for v in vectors[:10]:
-            hook.search(job, v, return_columns=["id"], num_results=TOP)
-    vector_times: dict[str, list[float]] = {job: [] for job in jobs}
-    for i, v in enumerate(vectors):
-        for job in (jobs if i % 2 else jobs[::-1]):
-            seconds, _ = timed(lambda job=job, v=v: hook.search(job, v, return_columns=["id"], num_results=TOP))
-            vector_times[job].append(seconds)
-    p50 = {job: percentile(vector_times[job], 0.5) * 1000 for job in jobs}
-    text_p50 = {job: percentile(text_times[job], 0.5) * 1000 for job in jobs}
-    log(f"  search p50 (vector query): chunked {p50[CHUNKED_JOB]:.2f} ms, unchunked {p50[WHOLE_JOB]:.2f} ms;"
-        f" text query: {text_p50[CHUNKED_JOB]:.2f} / {text_p50[WHOLE_JOB]:.2f} ms")
-
-    project = {"chunk_size": CHUNK_SIZE, "chunk_overlap": CHUNK_OVERLAP, "model": "all-MiniLM-L6-v2",
-               "documents": n, "chunks": len(expected)}
-    common = {
-        **project, "corpus": corpus_info,
-        "queries": {third: len(q) for third, q in queries.items()},
-        "documents_without_query": {third: n - len(q) for third, q in queries.items()},
-        "recall_at_10": recalls,
-        "recall_at_1": {f"{job}_{third}": round(recall(job, third, top=1), 4)
-                        for job in jobs for third in ("last", "first")},
-        "searches_returning_fewer_than_10_rows": short,
-        "query_examples": {third: [queries[third][k] for k in list(queries[third])[:3]] for third in queries},
-    }
-    counts = {third: len(queries[third]) for third in queries}
-    hits = {third: recall(CHUNKED_JOB, third) * counts[third] for third in counts}
-    return [
-        Measurement(
-            key="chunking_recall_last_third",
-            title=f"Chunked search on {n} man pages: recall@10 of a sentence from a page's last third",
-            ours_label=f"VectorizeHook.search, chunk_size={CHUNK_SIZE}, overlap={CHUNK_OVERLAP}: pages found",
-            baseline_label="queries (one sentence of 12+ words per page)",
-            unit="queries", ours=hits["last"], baseline=float(counts["last"]), target=0.8, op=">=",
-            details={**common, "unchunked_recall_at_10": recalls[f"{WHOLE_JOB}_last"],
-                     "chunked_recall_at_10": recalls[f"{CHUNKED_JOB}_last"]},
-        ),
-        Measurement(
-            key="chunking_recall_gain",
-            title="Recall@10 of last-third sentences: chunked ÷ one vector a page",
-            ours_label=f"chunked project (chunk_size={CHUNK_SIZE}, overlap={CHUNK_OVERLAP})",
-            baseline_label="unchunked project (the model reads a page's first 256 word-pieces)",
-            unit="", ours=recall(CHUNKED_JOB, "last"), baseline=recall(WHOLE_JOB, "last"), target=2.0, op=">=",
-            details={"queries": counts["last"], "recall_at_10": recalls},
-        ),
-        Measurement(
-            key="chunking_recall_first_third",
-            title="Recall@10 of first-third sentences: chunked ÷ one vector a page (lose nothing)",
-            ours_label=f"chunked project (chunk_size={CHUNK_SIZE}, overlap={CHUNK_OVERLAP})",
-            baseline_label="unchunked project",
-            unit="", ours=recall(CHUNKED_JOB, "first"), baseline=recall(WHOLE_JOB, "first"), target=1.0, op=">=",
-            details={"queries": counts["first"], "recall_at_10": recalls,
-                     # The sentences one vector a page can read at all: the ones ending in its first tokens.
-                     f"queries_within_first_{limit}_tokens": len(early),
-                     f"recall_at_10_within_first_{limit}_tokens": {
-                         job: round(recall(job, "first", early), 4) for job in jobs}},
-        ),
-        Measurement(
+        self.project = {"chunk_size": CHUNK_SIZE, "chunk_overlap": CHUNK_OVERLAP, "model": "all-MiniLM-L6-v2",
+                        "documents": n, "chunks": len(expected)}
+        self.chunks_per_row = {"min": per_row[0], "median": per_row[n // 2], "mean": round(len(expected) / n, 2),
+                               "max": per_row[-1], "issue_range": [3, 10],
+                               "rows_in_range": sum(3 <= c <= 10 for c in per_row)}
+        if not throughput:
+            return []
+        bare_seconds = median(bare_runs)
+        return [Measurement(
             key="chunking_embed_throughput",
-            title=f"Chunk + embed {n} man pages: ours ÷ bare model.encode of the same chunks, tokens/s",
+            title=f"Chunk + embed {n} {corpus.label}: ours ÷ bare model.encode of the same chunks, tokens/s",
             ours_label="VectorizeHook.generate_embeddings, chunked (read, split, embed, write, commit, index)",
             baseline_label="model.encode(chunk texts) in the same process",
             unit="tokens/s", ours=tokens / ours_seconds, baseline=tokens / bare_seconds, target=0.9, op=">=",
-            details={**project, "tokens": tokens, "ours_seconds": ours_seconds, "bare_seconds": bare_runs,
-                     "split_seconds_outside_ours": round(split_seconds, 2),
+            details={**self.project, "corpus": corpus.name, "tokens": tokens, "ours_seconds": ours_seconds,
+                     "bare_seconds": bare_runs, "split_seconds_outside_ours": round(split_seconds, 2),
                      "unchunked_generate_seconds": round(whole_seconds, 2),
                      "embedded": result["embedded"], "stored_chunks": len(stored),
                      "result": {k: v for k, v in result.items() if isinstance(v, (int, float, str))}},
-        ),
-        Measurement(
-            key="chunking_search_time",
-            title="Search top-10, chunked ÷ unchunked project, p50 (vector queries)",
-            ours_label=f"VectorizeHook.search on the chunked project ({len(expected):,} chunks)",
-            baseline_label=f"VectorizeHook.search on the unchunked project ({n} vectors)",
-            unit="ms", ours=p50[CHUNKED_JOB], baseline=p50[WHOLE_JOB], target=1.5, op="<=",
-            details={**project, "searches_per_side": len(vectors),
-                     "chunks_per_row": {"min": per_row[0], "median": per_row[n // 2],
-                                        "mean": round(len(expected) / n, 2), "max": per_row[-1],
-                                        "issue_range": [3, 10],
-                                        "rows_in_range": sum(3 <= c <= 10 for c in per_row)},
-                     "p95_ms": {job: percentile(vector_times[job], 0.95) * 1000 for job in jobs},
-                     "text_query_p50_ms": text_p50,
-                     "searches_returning_fewer_than_10_rows": short},
-        ),
-    ]
+        )]
+
+    # -- 1-3. recall@10: text queries through hook.search, as an application asks -----------------------
+    def recall(self) -> list[Measurement]:
+        jobs, queries, corpus = self.jobs, self.queries, self.corpus
+        n = len(corpus.documents)
+        found: dict[str, dict[str, dict[int, list[int]]]] = {job: {"last": {}, "first": {}} for job in jobs}
+        text_times: dict[str, list[float]] = {job: [] for job in jobs}
+        for third in ("last", "first"):
+            for i, (key, query) in enumerate(queries[third].items()):
+                for job in (jobs if i % 2 else jobs[::-1]):
+                    seconds, rows = timed(lambda job=job, query=query: self.searcher(job).search(
+                        job, query, return_columns=["id"], num_results=TOP))
+                    text_times[job].append(seconds)
+                    found[job][third][key] = [r["id"] for r in rows]
+        short = {job: sum(len(ids) < TOP for third in found[job].values() for ids in third.values())
+                 for job in jobs}
+
+        def recall(job: str, third: str, keys: list[int] | None = None, top: int = TOP) -> float:
+            keys = list(queries[third]) if keys is None else keys
+            return sum(key in found[job][third][key][:top] for key in keys) / len(keys) if keys else float("nan")
+
+        # The queries one vector a document can read at all: those ending within its first tokens.
+        tokenizer, limit = self.local.model.tokenizer, self.local.max_input_tokens
+        documents = {d.key: d for d in corpus.documents}
+        readable = {third: [key for key, q in queries[third].items()
+                            if corpora.in_first_tokens(tokenizer, documents[key], q, limit)]
+                    for third in queries}
+        recalls = {f"{side}_{third}": round(recall(job, third), 4)
+                   for side, job in (("chunked", self.chunked), ("unchunked", self.whole))
+                   for third in ("last", "first")}
+        beyond = {third: [key for key in queries[third] if key not in readable[third]] for third in queries}
+        by_reach = {
+            f"queries_within_first_{limit}_tokens": {third: len(keys) for third, keys in readable.items()},
+            f"recall_at_10_within_first_{limit}_tokens": {
+                f"{side}_{third}": round(recall(job, third, readable[third]), 4)
+                for side, job in (("chunked", self.chunked), ("unchunked", self.whole)) for third in queries},
+            f"recall_at_10_beyond_first_{limit}_tokens": {
+                f"{side}_{third}": round(recall(job, third, beyond[third]), 4)
+                for side, job in (("chunked", self.chunked), ("unchunked", self.whole)) for third in queries},
+        }
+        log(f"  recall@10 {', '.join(f'{k}: {v:.3f}' for k, v in recalls.items())};"
+            f" searches returning < {TOP} rows: {short}")
+        self.text_p50 = {job: percentile(text_times[job], 0.5) * 1000 for job in jobs}
+        counts = {third: len(queries[third]) for third in queries}
+        words = [len(q.split()) for third in queries.values() for q in third.values()]
+        common = {
+            **self.project, "corpus": self.corpus.info, "corpus_name": corpus.name,
+            "queries": counts,
+            "documents_without_query": {third: n - c for third, c in counts.items()},
+            "query_words": {"min": min(words), "median": sorted(words)[len(words) // 2], "max": max(words)},
+            # Where the queries' blocks lie, as a share of the document's characters.
+            "query_block_start_min_last_third": round(min(p[0] for p in self.picked["last"].position.values()), 4),
+            "query_block_end_max_first_third": round(max(p[1] for p in self.picked["first"].position.values()), 4),
+            "candidate_sentences_rejected": {third: q.rejected for third, q in self.picked.items()},
+            "unchunked_baseline": self.baseline_check,
+            "recall_at_10": recalls,
+            "recall_at_1": {f"{side}_{third}": round(recall(job, third, top=1), 4)
+                            for side, job in (("chunked", self.chunked), ("unchunked", self.whole))
+                            for third in ("last", "first")},
+            **by_reach,
+            "searches_returning_fewer_than_10_rows": short,
+            "query_examples": {third: [queries[third][k] for k in list(queries[third])[:3]] for third in queries},
+        }
+        hits = recall(self.chunked, "last") * counts["last"]
+        label = corpus.label
+        prefix = f"chunking_{corpus.name}"
+        return [
+            Measurement(
+                key=f"{prefix}_recall_last_third",
+                title=f"Chunked search on {n} {label}: recall@10 of a sentence from a document's last third",
+                ours_label=f"VectorizeHook.search, chunk_size={CHUNK_SIZE}, overlap={CHUNK_OVERLAP}: documents found",
+                baseline_label="queries (one sentence of 12+ words per document)",
+                unit="queries", ours=hits, baseline=float(counts["last"]), target=0.8, op=">=",
+                details=common,
+            ),
+            Measurement(
+                key=f"{prefix}_recall_gain",
+                title=f"Recall@10 of last-third sentences ({label}): chunked ÷ one vector a document",
+                ours_label=f"chunked project (chunk_size={CHUNK_SIZE}, overlap={CHUNK_OVERLAP})",
+                baseline_label="unchunked project (the model reads a document's first 256 word-pieces)",
+                unit="", ours=recall(self.chunked, "last"), baseline=recall(self.whole, "last"), target=2.0,
+                op=">=", details={"queries": counts["last"], "recall_at_10": recalls, **by_reach},
+            ),
+            Measurement(
+                key=f"{prefix}_recall_first_third",
+                title=f"Recall@10 of first-third sentences ({label}): chunked ÷ one vector a document (lose nothing)",
+                ours_label=f"chunked project (chunk_size={CHUNK_SIZE}, overlap={CHUNK_OVERLAP})",
+                baseline_label="unchunked project",
+                unit="", ours=recall(self.chunked, "first"), baseline=recall(self.whole, "first"), target=1.0,
+                op=">=", details={"queries": counts["first"], "recall_at_10": recalls, **by_reach},
+            ),
+        ]
+
+    # -- 5. search time at equal recall --------------------------------------------------------------------
+    def search_time(self) -> list[Measurement]:
+        """On the rows cut into 3-10 chunks (the issue's condition: a second pair of projects on those rows,
+        filled by importing the vectors computed above), and on all rows (for information)."""
+        keys = [(third, key) for third in ("last", "first") for key in self.queries[third]]
+        vectors = self.local.model.encode([self.queries[third][key] for third, key in keys],
+                                          show_progress_bar=False)
+        in_range = sorted(key for key, count in self.chunk_counts.items() if 3 <= count <= 10)
+        chosen = [i for i, (_, key) in enumerate(keys) if key in set(in_range)]
+        assert chosen, "no query of a document cut into 3-10 chunks"
+        label, n = self.corpus.label, len(self.corpus.documents)
+        part = self.sweep(*self.subset_projects(in_range), [keys[i] for i in chosen], vectors[chosen])
+        everything = self.sweep(self.chunked, self.whole, keys, vectors)
+        return [self.matched(part, f"the {len(in_range)} {label} (of {n}) cut into 3-10 chunks", "", 1.5),
+                self.matched(everything, f"all {n} {label}", "_all_rows", None)]
+
+    def subset_projects(self, keys: list[int]) -> tuple[str, str]:
+        """A chunked and an unchunked project on a copy of ``keys``' rows, their vectors imported from the
+        projects on all rows (what generation computed there: nothing embedded again)."""
+        session, hook = self.session, self.hook
+        table = f"{self.table}_3to10"
+        chunked, whole = f"{self.chunked}_3to10", f"{self.whole}_3to10"
+        self.tables.append(table)
+        session.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL)").format(
+            sql.Identifier(table), sql.Identifier(self.table)))
+        session.execute(sql.SQL("INSERT INTO {} SELECT * FROM {} WHERE id = ANY(%s)").format(
+            sql.Identifier(table), sql.Identifier(self.table)), [keys])
+        sources = {
+            chunked: ("chunk_no, ", sql.Identifier("vectorize", f"_chunks_{self.chunked}")),
+            whole: ("", sql.Identifier("vectorize", f"_embeddings_{self.whole}")),
+        }
+        for job, (chunk_col, origin) in sources.items():
+            vectors = f"{job}_vectors"
+            self.tables.append(vectors)
+            session.execute(sql.SQL("CREATE TABLE {} AS SELECT id, {}embeddings FROM {} WHERE id = ANY(%s)").format(
+                sql.Identifier(vectors), sql.SQL(chunk_col), origin), [keys])
+            options = {"chunk_size": CHUNK_SIZE, "chunk_overlap": CHUNK_OVERLAP} if job == chunked else {}
+            self.jobs_to_drop.append(job)
+            hook.create_project(job, table, "id", ["body"], schedule="manual", **options)
+            hook.import_embeddings(job, vectors, "id", "embeddings",
+                                   src_chunk_col="chunk_no" if job == chunked else None)
+            status = hook.get_status(job)
+            assert (status["embedded_rows"], status["missing_rows"]) == (len(keys), 0), status
+        assert hook.get_status(chunked)["chunks"] == sum(self.chunk_counts[key] for key in keys)
+        for storage in (f"_chunks_{chunked}", f"_embeddings_{whole}"):
+            session.execute(sql.SQL("ANALYZE {}").format(sql.Identifier("vectorize", storage)))
+        session.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
+        log(f"  {len(keys)} rows cut into 3-10 chunks: projects {chunked} and {whole} (imported)")
+        return chunked, whole
+
+
+    def search(self, job: str, vector: np.ndarray, ef: int) -> list[dict[str, Any]]:
+        """``job``'s top-10 keys for ``vector`` at ``hnsw.ef_search = ef``, as an application asks."""
+        return self.searcher(job).search(job, vector, return_columns=["id"], num_results=TOP, ef_search=ef)
+
+    def sweep(self, chunked: str, whole: str, keys: list[tuple[str, int]], vectors: np.ndarray) -> dict[str, Any]:
+        """Both projects' p50 search time and recall at each ef_search of EF_SEARCH (module doc)."""
+        jobs = (chunked, whole)
+        exact = self.exact_answers(chunked, whole, vectors)
+        times: dict[tuple[str, int], list[float]] = {(job, ef): [] for job in jobs for ef in EF_SEARCH}
+        answers: dict[tuple[str, int], list[list[int]]] = {}
+        for sweep in range(SWEEP_PASSES):
+            for ef in (EF_SEARCH if sweep % 2 == 0 else EF_SEARCH[::-1]):
+                for job in jobs:  # warm-up: the statement prepared, the setting given to the session
+                    for v in vectors[:6]:
+                        self.search(job, v, ef)
+                for i, v in enumerate(vectors):
+                    for job in (jobs if (i + sweep) % 2 else jobs[::-1]):
+                        seconds, rows = timed(lambda job=job, v=v, ef=ef: self.search(job, v, ef))
+                        times[job, ef].append(seconds)
+                        if sweep == 0:
+                            answers.setdefault((job, ef), []).append([r["id"] for r in rows])
+
+        def point(job: str, ef: int) -> dict[str, Any]:
+            got = answers[job, ef]
+            return {
+                "p50_ms": round(percentile(times[job, ef], 0.5) * 1000, 4),
+                "exact_recall": round(float(np.mean([len(set(ids) & set(best)) / TOP
+                                                     for ids, best in zip(got, exact[job])])), 4),
+                "task_recall": round(float(np.mean([key in ids for (_, key), ids in zip(keys, got)])), 4),
+                "fewer_than_10_rows": sum(len(ids) < TOP for ids in got),
+            }
+
+        curve = {job: {str(ef): point(job, ef) for ef in EF_SEARCH} for job in jobs}
+        for job in jobs:
+            log(f"  {job}: " + "; ".join(f"ef {ef}: {p['p50_ms']:.2f} ms, exact {p['exact_recall']:.3f},"
+                                        f" task {p['task_recall']:.3f}" for ef, p in curve[job].items()))
+        vector_count = {job: self.session.scalar(sql.SQL("SELECT count(*) FROM {}").format(
+            sql.Identifier("vectorize", f"_chunks_{job}" if job == chunked else f"_embeddings_{job}")))
+            for job in jobs}
+        return {"chunked": chunked, "whole": whole, "vectors": vectors, "curve": curve,
+                "vector_count": vector_count, "queries": len(keys),
+                "nearest_chunks_cover_fewer_than_10_rows": exact["short"]}
+
+    def matched(self, run: dict[str, Any], rows: str, suffix: str, target: float | None) -> Measurement:
+        """Both sides at equal recall: the highest share of the exact top-10 rows that both reach in the
+        sweep, each side at the lowest ef_search that reaches it; then timed again in a paired pass."""
+        sides = {"chunked": run["chunked"], "unchunked": run["whole"]}
+        curves = {side: run["curve"][job] for side, job in sides.items()}
+        recall = min(max(p["exact_recall"] for p in curve.values()) for curve in curves.values())
+        chosen = {side: min(int(ef) for ef, p in curve.items() if p["exact_recall"] >= recall)
+                  for side, curve in curves.items()}
+        paired = self.paired(run["vectors"], {sides[side]: ef for side, ef in chosen.items()})
+        plans = self.explain({sides[side]: ef for side, ef in chosen.items()}, run["vectors"])
+        chunked, whole = run["chunked"], run["whole"]
+        return Measurement(
+            key=f"chunking_{self.corpus.name}_search_time{suffix}",
+            title=f"Search top-10 on {rows}: chunked ÷ unchunked p50 at equal recall of the exact top-10",
+            ours_label=f"chunked project ({run['vector_count'][chunked]:,} chunks), ef_search"
+                       f" {chosen['chunked']}: recall {curves['chunked'][str(chosen['chunked'])]['exact_recall']:.3f}",
+            baseline_label=f"unchunked project ({run['vector_count'][whole]:,} vectors), ef_search"
+                           f" {chosen['unchunked']}: recall"
+                           f" {curves['unchunked'][str(chosen['unchunked'])]['exact_recall']:.3f}",
+            unit="ms", ours=paired[chunked]["p50_ms"], baseline=paired[whole]["p50_ms"], target=target,
+            op="<=",
+            details={**self.project, "projects": sides, "queries": run["queries"],
+                     "searches_per_side_and_setting": run["queries"] * SWEEP_PASSES,
+                     "curve": run["curve"], "vector_count": run["vector_count"],
+                     "matched_recall": recall, "ef_search": chosen, "paired_pass": paired, "plans": plans,
+                     "nearest_chunks_cover_fewer_than_10_rows": run["nearest_chunks_cover_fewer_than_10_rows"],
+                     "chunks_per_row": self.chunks_per_row, "text_query_p50_ms_all_rows": self.text_p50},
+        )
+
+    def paired(self, vectors: np.ndarray, settings: dict[str, int]) -> dict[str, dict[str, float]]:
+        """p50 and p90 of each project's search at its ``settings`` ef_search, interleaved query by query,
+        MATCHED_PASSES passes (the sweep's settings ran at different moments of a shared machine's load)."""
+        sides = list(settings.items())
+        for job, ef in sides:  # warm-up
+            for v in vectors[:10]:
+                self.search(job, v, ef)
+        times: dict[str, list[float]] = {job: [] for job in settings}
+        for sweep in range(MATCHED_PASSES):
+            for i, v in enumerate(vectors):
+                for job, ef in (sides if (i + sweep) % 2 else sides[::-1]):
+                    seconds, _ = timed(lambda job=job, v=v, ef=ef: self.search(job, v, ef))
+                    times[job].append(seconds)
+        result = {job: {"ef_search": settings[job], "searches": len(times[job]),
+                        "p50_ms": round(percentile(times[job], 0.5) * 1000, 4),
+                        "p90_ms": round(percentile(times[job], 0.9) * 1000, 4)} for job in settings}
+        log("  paired pass: " + ", ".join(f"{job} at ef_search {r['ef_search']}: {r['p50_ms']:.3f} ms"
+                                           for job, r in result.items()))
+        return result
+
+    def exact_answers(self, chunked: str, whole: str, vectors: np.ndarray) -> dict[str, Any]:
+        """Each side's exact top-10 rows for each query (no index: every vector compared; a chunked row
+        ranks by its nearest chunk), and for how many queries the index's nearest TOP × CHUNKS_PER_ROW
+        chunks at the default ef_search cover fewer than TOP rows (the hook then asks again with more)."""
+        from airflow_vectorize.search import CHUNKS_PER_ROW
+
+        chunks = sql.Identifier("vectorize", f"_chunks_{chunked}")
+        one = sql.Identifier("vectorize", f"_embeddings_{whole}")
+        by_best = sql.SQL("SELECT id FROM {} GROUP BY id ORDER BY min(embeddings <=> %s), id LIMIT {}").format(
+            chunks, sql.Literal(TOP))
+        by_one = sql.SQL("SELECT id FROM {} ORDER BY embeddings <=> %s, id LIMIT {}").format(one, sql.Literal(TOP))
+        nearest = sql.SQL("SELECT count(DISTINCT id) FROM (SELECT id FROM {} ORDER BY embeddings <=> %s LIMIT {}) c"
+                          ).format(chunks, sql.Literal(TOP * CHUNKS_PER_ROW))
+        conn = self.session.conn
+        result: dict[str, Any] = {chunked: [], whole: []}
+        with conn.transaction():
+            conn.execute("SET LOCAL enable_indexscan = off")
+            for v in vectors:
+                result[chunked].append([r[0] for r in conn.execute(by_best, [v])])
+                result[whole].append([r[0] for r in conn.execute(by_one, [v])])
+        with conn.transaction():
+            conn.execute("SET LOCAL hnsw.iterative_scan = strict_order")  # as the hook's connection
+            result["short"] = sum(conn.execute(nearest, [v]).fetchone()[0] < TOP for v in vectors)
+        return result
+
+    def explain(self, settings: dict[str, int], vectors: np.ndarray) -> dict[str, Any]:
+        """Where a search's time goes in the database: EXPLAIN (ANALYZE, BUFFERS) of each project's statement
+        at its ``settings`` ef_search, as the hook builds it (medians over EXPLAINED_QUERIES queries), and
+        every node of the first query's plan. It is the plan PostgreSQL makes for the bound values (the
+        planner takes a sequential scan over the HNSW index for small tables, or large ef_search); the
+        hook's prepared statement may run its generic plan instead."""
+        from airflow_vectorize import catalog
+        from airflow_vectorize import search as searching
+
+        conn, plans = self.session.conn, {}
+        for job, ef in settings.items():
+            with conn.transaction(), conn.cursor() as cur:
+                cur.execute("SET LOCAL hnsw.iterative_scan = strict_order")  # as the hook's connection
+                target = searching.search_target(cur, catalog.find_project(cur, job))
+                samples = []
+                for v in vectors[:EXPLAINED_QUERIES]:
+                    query = searching.vector_search_query(target, v, ["id"], TOP, ef_search=ef, single_pass=True)
+                    for name, value in query.settings.items():  # (an unchunked search: no iterative scan)
+                        cur.execute("SELECT set_config(%s, %s, true)", [name, value])
+                    cur.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + query.statement, query.params)
+                    raw = cur.fetchone()[0]
+                    samples.append(raw[0] if isinstance(raw, list) else json.loads(raw)[0])
+            plans[job] = {
+                "ef_search": ef,
+                "execution_ms": round(median([s["Execution Time"] for s in samples]), 4),
+                "planning_ms": round(median([s["Planning Time"] for s in samples]), 4),
+                "shared_buffers_hit": median([s["Plan"].get("Shared Hit Blocks", 0) for s in samples]),
+                "nodes": [f"{'  ' * depth}{node['Node Type']}"
+                          + (f" on {node['Relation Name']}" if "Relation Name" in node else "")
+                          + (f" using {node['Index Name']}" if "Index Name" in node else "")
+                          + f": {node['Actual Total Time']:.3f} ms, {node['Actual Rows']:g} rows"
+                          + f" x {node['Actual Loops']}, {node.get('Shared Hit Blocks', 0)} buffers"
+                          for depth, node in plan_nodes(samples[0]["Plan"])],
+            }
+            log(f"  plan of {job} at ef_search {ef}: {plans[job]['execution_ms']:.3f} ms\n    "
+                + "\n    ".join(plans[job]["nodes"]))
+        return plans
+
+
+def plan_nodes(plan: dict[str, Any], depth: int = 0) -> list[tuple[int, dict[str, Any]]]:
+    """The plan's nodes with their depth, depth first."""
+    found = [(depth, plan)]
+    for child in plan.get("Plans", []):
+        found += plan_nodes(child, depth + 1)
+    return found

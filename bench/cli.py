@@ -34,8 +34,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="texts embedded through a remote model (a local Infinity server) (2000)")
     parser.add_argument("--remote-batch-size", type=int, default=64,
                         help="texts per request / batch_size of the remote measurement (64)")
-    parser.add_argument("--chunking-docs", type=int, default=160,
-                        help="man pages (1-50 kB) of the chunking measurements, ~5-6 minutes at 160 (160)")
+    parser.add_argument("--chunking-docs", type=int, default=100,
+                        help="documents (1-50 kB) of each chunking corpus: man pages, package READMEs (100)")
     parser.add_argument("--queries", type=int, default=200, help="search queries for p50 and recall (200)")
     parser.add_argument("--memory-import-rows", type=int, default=25_000,
                         help="1× of the import memory measurement; 4× must fit in --rows (25000)")
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if "memory" in args.only:
             measurements += memory.measure(session, args.memory_import_rows, args.memory_generate_rows)
         if "chunking" in args.only:
-            log(f"chunking: {args.chunking_docs:,} man pages")
+            log(f"chunking: {args.chunking_docs:,} man pages and as many package READMEs (at most)")
             measurements += chunking.measure(session, args.chunking_docs)
     finally:
         session.stop()
