@@ -47,17 +47,18 @@ TOP = 10
 EF_SEARCH = (10, 20, 40, 80, 160, 320)  # hnsw.ef_search settings of the search-time sweep
 SWEEP_PASSES = 2
 MATCHED_PASSES = 3
+THROUGHPUT_MAX_DOCS = 400  # the throughput comparison embeds the corpus twice more: larger runs leave it out
 EXPLAINED_QUERIES = 20
 
 
-def measure(session: BenchSession, docs: int) -> list[Measurement]:
+def measure(session: BenchSession, docs: int, names: tuple[str, ...] = CORPORA) -> list[Measurement]:
     from airflow_vectorize.catalog import DEFAULT_TRANSFORMER
     from airflow_vectorize.models.local import load_model
 
     local = load_model(DEFAULT_TRANSFORMER)
     hook = session.hook()
     found = []
-    for position, name in enumerate(CORPORA):
+    for position, name in enumerate(names):
         corpus_seconds, corpus = timed(lambda name=name: corpora.CORPORA[name](docs))
         query_seconds, queries = timed(lambda corpus=corpus: corpora.pick_queries(corpus))
         corpus.info.update(corpus_seconds=round(corpus_seconds, 1), query_seconds=round(query_seconds, 1))
@@ -65,7 +66,8 @@ def measure(session: BenchSession, docs: int) -> list[Measurement]:
         log(f"chunking/{name}: {len(corpus.documents)} {corpus.label} ({corpus.info['bytes_total'] / 1e6:.1f} MB,"
             f" read in {corpus_seconds:.0f} s), {len(queries['last'].sentences)} last-third and"
             f" {len(queries['first'].sentences)} first-third queries (picked in {query_seconds:.0f} s)")
-        found += CorpusRun(session, hook, local, corpus, queries).measure(throughput=position == 0)
+        throughput = position == 0 and docs <= THROUGHPUT_MAX_DOCS
+        found += CorpusRun(session, hook, local, corpus, queries).measure(throughput=throughput)
     return found
 
 

@@ -36,6 +36,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="texts per request / batch_size of the remote measurement (64)")
     parser.add_argument("--chunking-docs", type=int, default=100,
                         help="documents (1-50 kB) of each chunking corpus: man pages, package READMEs (100)")
+    parser.add_argument("--chunking-corpora", default="man,readme",
+                        help="comma-separated chunking corpora, of man,readme (both)")
     parser.add_argument("--queries", type=int, default=200, help="search queries for p50 and recall (200)")
     parser.add_argument("--memory-import-rows", type=int, default=25_000,
                         help="1× of the import memory measurement; 4× must fit in --rows (25000)")
@@ -69,6 +71,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--remote-rows and --remote-batch-size must be positive")
     if args.chunking_docs < 2:
         parser.error("--chunking-docs must be at least 2")
+    args.chunking_corpora = [c.strip() for c in args.chunking_corpora.split(",") if c.strip()]
+    if not args.chunking_corpora or set(args.chunking_corpora) - {"man", "readme"}:
+        parser.error("--chunking-corpora takes man, readme or both")
     if 4 * args.memory_import_rows > args.rows:
         parser.error("4 × --memory-import-rows must not exceed --rows")
     return args
@@ -109,8 +114,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if "memory" in args.only:
             measurements += memory.measure(session, args.memory_import_rows, args.memory_generate_rows)
         if "chunking" in args.only:
-            log(f"chunking: {args.chunking_docs:,} man pages and as many package READMEs (at most)")
-            measurements += chunking.measure(session, args.chunking_docs)
+            log(f"chunking: {args.chunking_docs:,} documents (at most) of {', '.join(args.chunking_corpora)}")
+            measurements += chunking.measure(session, args.chunking_docs, tuple(args.chunking_corpora))
     finally:
         session.stop()
 

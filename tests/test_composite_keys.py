@@ -12,6 +12,7 @@ import pytest
 from conftest import concurrently, snapshot
 from psycopg import sql
 
+from airflow_vectorize import storage
 from airflow_vectorize.example_data import PRODUCTS
 from airflow_vectorize.exceptions import InvalidInputError
 
@@ -130,8 +131,11 @@ def test_chunked_generation_import_and_search(tickets, hook):
         assert tuple(hybrid[0][c] for c in KEY) == key_of(12) and hybrid[0]["chunk"]
 
 
-@pytest.mark.parametrize("table_method", ["join", "append"])
-def test_import_with_a_composite_key(tickets, hook, model, table_method):
+@pytest.mark.parametrize("table_method, bulk", [("join", False), ("join", True), ("append", False)])
+def test_import_with_a_composite_key(tickets, hook, model, table_method, bulk, monkeypatch):
+    """``bulk``: the imports are large enough to rebuild the index (a join project's rewrite path)."""
+    if bulk:
+        monkeypatch.setattr(storage, "REBUILD_INDEX_MIN_ROWS", 10)
     texts = tickets.texts
     hook.create_project("tix", "tickets", KEY, COLUMNS, table_method=table_method, schedule="manual")
     keys = list(texts)
@@ -144,7 +148,7 @@ def test_import_with_a_composite_key(tickets, hook, model, table_method):
     first = hook.import_embeddings("tix", "upstream", ["t", "r", "u", "o"], "v")
     again = hook.import_embeddings("tix", "upstream", ["t", "r", "u", "o"], "v")
 
-    assert (first["imported"], first["inserted"]) == (len(keys), len(keys))
+    assert (first["imported"], first["inserted"], first["index_rebuilt"]) == (len(keys), len(keys), bulk)
     assert (again["imported"], again["inserted"], again["updated"]) == (len(keys), 0, len(keys))
     assert hook.generate_embeddings("tix")["embedded"] == 0
     found = hook.search("tix", [float(x) for x in vectors[5]], num_results=1)
