@@ -206,21 +206,33 @@ def _conditions(shape: tuple[Filter, ...]) -> list[sql.Composable]:
     return conditions
 
 
+# numpy's ndarray type and float32 dtype, once ``query_vector`` has imported numpy (DAG files import the hook,
+# and through it this module: numpy is not imported with it).
+_FLOAT32_ARRAY: tuple[type, Any] | None = None
+
+
 def query_vector(project: Project, query: Any, embed: Callable[[str], Any] | None) -> np.ndarray:
     """The query as a float32 vector: a text embedded by ``embed`` (the project's model), or a given vector."""
-    import numpy as np  # here, not at import: DAG files import the hook, and through it this module
-    if isinstance(query, str):
-        if not query.strip():
-            raise InvalidInputError("query is empty: give a text or a vector")
-        if embed is None:
-            raise InvalidInputError("a text query needs the project's model to embed it: pass embed")
-        return np.asarray(embed(query), dtype=np.float32)
-    try:
-        vector = np.asarray(query, dtype=np.float32)
-    except (TypeError, ValueError) as error:
-        raise InvalidInputError(
-            f"query must be a text or a list of floats, got {type(query).__name__}"
-        ) from error
+    global _FLOAT32_ARRAY
+    if _FLOAT32_ARRAY is not None and type(query) is _FLOAT32_ARRAY[0] and query.dtype == _FLOAT32_ARRAY[1]:
+        # Already what np.asarray(query, dtype=np.float32) would return (the same array): a search's usual
+        # input goes without the numpy call, the costliest step of a repeated search here.
+        vector = query
+    else:
+        import numpy as np
+        _FLOAT32_ARRAY = (np.ndarray, np.dtype(np.float32))
+        if isinstance(query, str):
+            if not query.strip():
+                raise InvalidInputError("query is empty: give a text or a vector")
+            if embed is None:
+                raise InvalidInputError("a text query needs the project's model to embed it: pass embed")
+            return np.asarray(embed(query), dtype=np.float32)
+        try:
+            vector = np.asarray(query, dtype=np.float32)
+        except (TypeError, ValueError) as error:
+            raise InvalidInputError(
+                f"query must be a text or a list of floats, got {type(query).__name__}"
+            ) from error
     if vector.ndim != 1 or vector.shape[0] != project.dimensions:
         raise DimensionMismatchError(
             f"project {project.name!r} expects a query vector of {project.dimensions} dimensions,"
@@ -472,8 +484,9 @@ def vector_search_query(
         except TypeError:  # an unhashable column name: refused below
             key = built = None
         if built is not None:
-            return SearchQuery(built.statement, {**built.params, "vector": query_vector(project, query, embed)},
-                               built.settings, built.single_pass)
+            vector = query_vector(project, query, embed)
+            return SearchQuery(built.statement, {**built.params, "vector": vector} if built.params else
+                               {"vector": vector}, built.settings, built.single_pass)
     check_count("num_results", num_results)
     columns = check_columns(project, target.columns, return_columns)
     shape, params = parse_filters(project, target.columns, filters)
@@ -586,7 +599,8 @@ class SearchSession:
 
     def run(self, search: SearchQuery) -> list[dict[str, Any]]:
         with self.lock:
-            self.apply(search.settings)
+            if search.settings is not self.last:  # a repeated search's settings are the same dict
+                self.apply(search.settings)
             cur = self.cursor
             try:
                 rows = cur.execute(search.statement, search.params).fetchall()

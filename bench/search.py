@@ -46,10 +46,12 @@ def measure(session: BenchSession, queries: int) -> list[Measurement]:
     query_vectors = session.space.sample(queries, seed=999)
     exact_ids = data.product_ids[exact_neighbours(data.embeddings, query_vectors)]
     target = sql.Identifier("vectorize", f"_embeddings_{SEARCH_JOB}")
+    conn = session.conn  # autocommit, pgvector registered
+    # A plain string, as an application that knows its table writes it: composing it with psycopg.sql at
+    # every call (escaping the identifiers through libpq each time) cost this side ~50 µs of client CPU per call.
     raw = sql.SQL(
         "SELECT product_id, 1 - (embeddings <=> %(q)s) AS similarity_score FROM {}"
-        " ORDER BY embeddings <=> %(q)s LIMIT {}").format(target, sql.Literal(TOP))
-    conn = session.conn  # autocommit, pgvector registered
+        " ORDER BY embeddings <=> %(q)s LIMIT {}").format(target, sql.Literal(TOP)).as_string(conn)
     conn.execute(sql.SQL("ANALYZE {}").format(target))
 
     def raw_search(q: np.ndarray, connection: psycopg.Connection = conn) -> list[int]:
@@ -65,7 +67,7 @@ def measure(session: BenchSession, queries: int) -> list[Measurement]:
             ef_search = candidate
             break
     conn.execute(sql.SQL("SET hnsw.ef_search = {}").format(sql.Literal(ef_search)))
-    explained = conn.execute(sql.SQL("EXPLAIN ") + raw, {"q": query_vectors[0]}).fetchall()
+    explained = conn.execute("EXPLAIN " + raw, {"q": query_vectors[0]}).fetchall()
     plan = "\n".join(r[0] for r in explained)
     # The hook is given ef_search only when it differs from pgvector's default (as a caller would do).
     hook_ef = None if ef_search == PGVECTOR_DEFAULT_EF_SEARCH else ef_search
@@ -117,13 +119,19 @@ def measure(session: BenchSession, queries: int) -> list[Measurement]:
         fresh.append(time.perf_counter() - started)
 
     ours_p50, raw_p50, fresh_p50 = (percentile(v, 0.5) * 1000 for v in (ours, bare, fresh))
+    # Diagnostic: each query's two sides ran back to back, so the median of their ratios is less exposed to
+    # load from elsewhere on the machine than the ratio of the two p50s (which can fall on either side of a
+    # gap between calls that got a core at once and calls that waited for one).
+    paired = percentile([o / b for o, b in zip(ours, bare)], 0.5)
     hook_recall = recall(found, exact_ids)
     log(f"  p50: hook {ours_p50:.2f} ms, raw SQL {raw_p50:.2f} ms, raw SQL on a new connection"
-        f" {fresh_p50:.2f} ms; recall {hook_recall:.3f} at ef_search={ef_search}")
+        f" {fresh_p50:.2f} ms; median of the per-query ratios {paired:.3f};"
+        f" recall {hook_recall:.3f} at ef_search={ef_search}")
     details: dict[str, Any] = {
         "queries": len(query_vectors), "rows": data.rows, "ef_search": ef_search,
         "p95_ms": {"hook": percentile(ours, 0.95) * 1000, "raw_sql": percentile(bare, 0.95) * 1000,
                    "raw_sql_new_connection": percentile(fresh, 0.95) * 1000},
+        "median_paired_ratio": paired,
         "raw_sql_plan": plan,
     }
     return [
@@ -132,7 +140,7 @@ def measure(session: BenchSession, queries: int) -> list[Measurement]:
             title=f"Search top-10 on {data.rows // 1000}k with HNSW: VectorizeHook.search ÷ raw SQL, p50",
             ours_label=f"VectorizeHook.search (ef_search={ef_search})",
             baseline_label="ORDER BY embeddings <=> q LIMIT 10 on an open connection",
-            unit="ms", ours=ours_p50, baseline=raw_p50, target=1.2, details=details,
+            unit="ms", ours=ours_p50, baseline=raw_p50, target=1.1, details=details,
         ),
         Measurement(
             key="search_connection_share",
