@@ -206,21 +206,14 @@ def _conditions(shape: tuple[Filter, ...]) -> list[sql.Composable]:
     return conditions
 
 
-# numpy's ndarray type and float32 dtype, once ``query_vector`` has imported numpy (DAG files import the hook,
-# and through it this module: numpy is not imported with it).
-_FLOAT32_ARRAY: tuple[type, Any] | None = None
-
-
 def query_vector(project: Project, query: Any, embed: Callable[[str], Any] | None) -> np.ndarray:
     """The query as a float32 vector: a text embedded by ``embed`` (the project's model), or a given vector."""
-    global _FLOAT32_ARRAY
-    if _FLOAT32_ARRAY is not None and type(query) is _FLOAT32_ARRAY[0] and query.dtype == _FLOAT32_ARRAY[1]:
-        # Already what np.asarray(query, dtype=np.float32) would return (the same array): a search's usual
-        # input goes without the numpy call, the costliest step of a repeated search here.
+    if type(query).__name__ == "ndarray" and getattr(query, "dtype", None) == "float32":
+        # Already what np.asarray(query, dtype=np.float32) returns (the array itself): a repeated search's
+        # usual input skips the numpy call, the costliest step of such a search on the client.
         vector = query
     else:
-        import numpy as np
-        _FLOAT32_ARRAY = (np.ndarray, np.dtype(np.float32))
+        import numpy as np  # here, not at import: DAG files import the hook, and through it this module
         if isinstance(query, str):
             if not query.strip():
                 raise InvalidInputError("query is empty: give a text or a vector")
