@@ -47,10 +47,6 @@ class Key:
         pairs = zip(self.columns, (other or self).columns)
         return sql.SQL(" AND ").join(sql.SQL("{} = {}").format(_column(left, a), _column(right, b)) for a, b in pairs)
 
-    def equals_placeholders(self, alias: str | None = None) -> sql.Composable:
-        """``alias.c1 = %s AND alias.c2 = %s``: one key bound as ``flat(key)``."""
-        return sql.SQL(" AND ").join(sql.SQL("{} = %s").format(_column(alias, c)) for c in self.columns)
-
     def any_null(self, alias: str | None) -> sql.Composable:
         return sql.SQL(" OR ").join(sql.SQL("{} IS NULL").format(_column(alias, c)) for c in self.columns)
 
