@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--chunking-docs", type=int, default=100,
                         help="documents (1-50 kB) of each chunking corpus: man pages, package READMEs (100)")
     parser.add_argument("--chunking-corpora", default="man,readme",
-                        help="comma-separated chunking corpora, of man,readme (both)")
+                        help="comma-separated chunking corpora, of man,readme,pypi (man,readme; pypi fetches from PyPI once)")
     parser.add_argument("--queries", type=int, default=200, help="search queries for p50 and recall (200)")
     parser.add_argument("--memory-import-rows", type=int, default=25_000,
                         help="1× of the import memory measurement; 4× must fit in --rows (25000)")
@@ -72,8 +72,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.chunking_docs < 2:
         parser.error("--chunking-docs must be at least 2")
     args.chunking_corpora = [c.strip() for c in args.chunking_corpora.split(",") if c.strip()]
-    if not args.chunking_corpora or set(args.chunking_corpora) - {"man", "readme"}:
-        parser.error("--chunking-corpora takes man, readme or both")
+    if not args.chunking_corpora or set(args.chunking_corpora) - {"man", "readme", "pypi"}:
+        parser.error("--chunking-corpora takes man, readme, pypi or several of them")
     if 4 * args.memory_import_rows > args.rows:
         parser.error("4 × --memory-import-rows must not exceed --rows")
     return args

@@ -27,6 +27,7 @@ import email.parser
 import gzip
 import hashlib
 import importlib.metadata
+import json
 import os
 import random
 import re
@@ -34,6 +35,9 @@ import shutil
 import site
 import subprocess
 import sys
+import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -283,6 +287,71 @@ def readme_corpus(count: int, seed: int = SEED) -> Corpus:
                   lambda: (text for _, text in candidates), prose_only=True)
 
 
+# -- PyPI package descriptions ------------------------------------------------------------------------------
+PYPI_PACKAGES = Path(__file__).with_name("pypi-packages.txt")
+PYPI_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "airflow-vectorize-bench", "pypi")
+# Generated near-copies: mypy-boto3-* (one README per AWS service, from one template) and types-* (typeshed's
+# stub packages, one template) would be told apart only by a name; as gcloud's pages for man.
+PYPI_EXCLUDED = ("mypy-boto3-", "types-")
+
+
+def pypi_description(release: str) -> tuple[str, str]:
+    """The version and long description of the newest release of ``release``'s package (``name==version``:
+    the version it had when listed) from PyPI's JSON API, cached on disk. The registry here serves only
+    a package's newest release, so a package released since the listing brings its newer description."""
+    name = release.split("==")[0]
+    cached = PYPI_CACHE / f"{name}.json"
+    if cached.exists():
+        found = json.loads(cached.read_text(encoding="utf-8"))
+        return found["version"], found["description"]
+    for attempt in range(4):
+        try:
+            with urllib.request.urlopen(f"https://pypi.org/pypi/{urllib.parse.quote(name)}/json",
+                                        timeout=30) as response:
+                info = json.load(response)["info"]
+            break
+        except (OSError, ValueError):
+            if attempt == 3:
+                raise
+            time.sleep(2 ** attempt)
+    found = {"version": info["version"], "description": info.get("description") or ""}
+    PYPI_CACHE.mkdir(parents=True, exist_ok=True)
+    partial = cached.with_suffix(f".{os.getpid()}.part")
+    partial.write_text(json.dumps(found), encoding="utf-8")
+    partial.replace(cached)
+    return found["version"], found["description"]
+
+
+def pypi_corpus(count: int, seed: int = SEED) -> Corpus:
+    """``count`` distinct PyPI package descriptions of MIN_BYTES-MAX_BYTES, drawn with ``seed`` from the
+    packages listed in PYPI_PACKAGES (fetched once, then read from PYPI_CACHE)."""
+    releases = [line.strip() for line in PYPI_PACKAGES.read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    with ThreadPoolExecutor(16) as pool:
+        fetched = list(pool.map(pypi_description, releases))
+    found: dict[str, tuple[str, str]] = {}
+    for release, (version, text) in zip(releases, fetched):
+        found.setdefault(digest(clean(text)), (f"{release.split('==')[0]}=={version}", clean(text)))
+    candidates = sorted(found.values())
+    fitting = [(name, text) for name, text in candidates if MIN_BYTES <= len(text.encode()) <= MAX_BYTES
+               and not name.startswith(PYPI_EXCLUDED)]
+    if len(fitting) < count:
+        raise RuntimeError(f"only {len(fitting)} PyPI descriptions of {MIN_BYTES}-{MAX_BYTES} bytes in {PYPI_PACKAGES}")
+    drawn = random.Random(seed).sample(fitting, count)
+    documents = [Document(i + 1, name, text) for i, (name, text) in enumerate(drawn)]
+    info = {
+        "source": f"long descriptions (READMEs, Markdown or reStructuredText as written) of the packages"
+                  f" listed in bench/{PYPI_PACKAGES.name}, from pypi.org/pypi/<name>/json;"
+                  f" {', '.join(p + '*' for p in PYPI_EXCLUDED)} left out",
+        "releases": len(releases), "released_since_listing": sum(
+            version != release.split("==")[1] for release, (version, _) in zip(releases, fetched)),
+        "releases_digest": digest("\n".join(name for name, _ in candidates)), "candidates": len(candidates), "candidates_in_size_range": len(fitting),
+        "seed": seed, "boilerplate_pool": f"all {len(candidates)} distinct descriptions",
+    }
+    return Corpus("pypi", "PyPI package READMEs", documents, {**info, **sizes(documents)}, markup_blocks,
+                  lambda: (text for _, text in candidates), prose_only=True)
+
+
 FENCE = re.compile(r"\s*(```|~~~)")
 LIST_ITEM = re.compile(r"\s{0,3}([-*+•]|\d{1,3}[.)]|#\.)\s+")
 NOT_PROSE_LINE = re.compile(r"\s*(#|\||<|\.\. |>>>|\$ |[=\-~^*+#`:_.'\"]{3,}\s*$|!\[|\[!\[)")
@@ -395,6 +464,13 @@ def pick_queries(corpus: Corpus, thirds: tuple[str, ...] = ("last", "first"),
             candidates[third, d.key] = found
     words = {s: normalise(s) for found in candidates.values() for s, _ in found}
     counts = shared_runs(corpus.pool(), {run for w in words.values() for run in shingles(w)})
+    # A sentence occurs in a document only if its first SHINGLE words do: the documents holding each
+    # candidate's first run are the only ones searched for it.
+    first_runs = {shingles(w)[0] for w in words.values()}
+    holders: dict[str, list[int]] = {}
+    for d in corpus.documents:
+        for run in set(shingles(normalise(d.text))) & first_runs:
+            holders.setdefault(run, []).append(d.key)
     picked = {}
     for third in thirds:
         chosen: dict[int, str] = {}
@@ -406,7 +482,7 @@ def pick_queries(corpus: Corpus, thirds: tuple[str, ...] = ("last", "first"),
                 runs = shingles(words[sentence])
                 if texts[d.key].count(flat) > 1:
                     reason = "repeated_in_its_document"  # it may be found where it occurs first
-                elif any(flat in text for key, text in texts.items() if key != d.key):
+                elif any(flat in texts[key] for key in holders.get(runs[0], ()) if key != d.key):
                     reason = "in_another_document"  # the answer would be ambiguous
                 elif 2 * sum(counts.get(run, 0) >= BOILERPLATE_TEXTS for run in runs) >= len(runs):
                     reason = "boilerplate"
@@ -427,4 +503,4 @@ def in_first_tokens(tokenizer: Any, document: Document, sentence: str, limit: in
     return len(ids) <= limit
 
 
-CORPORA: dict[str, Callable[[int], Corpus]] = {"man": man_corpus, "readme": readme_corpus}
+CORPORA: dict[str, Callable[[int], Corpus]] = {"man": man_corpus, "readme": readme_corpus, "pypi": pypi_corpus}
