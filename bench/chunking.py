@@ -1,5 +1,5 @@
 """Measurements on chunked projects over long real texts (issue 12, points 6 and 7), on each corpus of
-``bench/corpus.py`` (man pages, package READMEs): is a text found by its end, does its beginning lose
+``bench/corpus.py`` (man pages, installed package READMEs, PyPI READMEs): is a text found by its end, does its beginning lose
 nothing, what does chunking cost in embedding throughput (man pages) and in search time at equal recall?
 
 Per corpus, one table and two projects on it: chunked (CHUNK_SIZE, CHUNK_OVERLAP) and unchunked (one vector

@@ -1,6 +1,6 @@
 """Long real texts nobody here wrote, and queries taken from them, for the chunking measurements (issue 12).
 
-Two corpora, each of documents of MIN_BYTES-MAX_BYTES drawn with a fixed seed and de-duplicated by content:
+Three corpora, each of documents of MIN_BYTES-MAX_BYTES drawn with a fixed seed and de-duplicated by content:
 
 - ``man``: this system's manual pages as ``man`` renders them (80 columns). The generated Google Cloud SDK
   pages (16,600 of the 17,800 in man1, alpha/beta/GA near-copies of each other) are left out: a query could
@@ -9,6 +9,9 @@ Two corpora, each of documents of MIN_BYTES-MAX_BYTES drawn with a fixed seed an
   reStructuredText as written) in the METADATA of every distribution installed in the bench's Python
   environment, and the README files shipped inside its site-packages; as written, markup and all. This
   project's environment holds ~190 of 1-50 kB: a larger count takes them all.
+- ``pypi``: the long descriptions of the packages listed in ``pypi-packages.txt`` (4,191, reached from this
+  project's environments through their dependencies), as PyPI's JSON API gives them, fetched once and cached;
+  ~3,300 distinct ones of 1-50 kB once the generated ``mypy-boto3-*``/``types-*`` families are left out.
 
 Queries: for each document one sentence of MIN_WORDS-MAX_WORDS words (a capital first, a full stop last),
 whitespace-normalised, from a block (paragraph, list item) that lies wholly inside the document's last
