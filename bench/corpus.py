@@ -468,8 +468,8 @@ def pick_queries(corpus: Corpus, thirds: tuple[str, ...] = ("last", "first"),
     words = {s: normalise(s) for found in candidates.values() for s, _ in found}
     counts = shared_runs(corpus.pool(), {run for w in words.values() for run in shingles(w)})
     # A sentence occurs in a document only if its first SHINGLE words do: the documents holding each
-    # candidate's first run are the only ones searched for it.
-    first_runs = {shingles(w)[0] for w in words.values()}
+    # candidate's first run are the only ones searched for it (all of them for a sentence of fewer words).
+    first_runs = {run[0] for run in map(shingles, words.values()) if run}
     holders: dict[str, list[int]] = {}
     for d in corpus.documents:
         for run in set(shingles(normalise(d.text))) & first_runs:
@@ -485,7 +485,8 @@ def pick_queries(corpus: Corpus, thirds: tuple[str, ...] = ("last", "first"),
                 runs = shingles(words[sentence])
                 if texts[d.key].count(flat) > 1:
                     reason = "repeated_in_its_document"  # it may be found where it occurs first
-                elif any(flat in texts[key] for key in holders.get(runs[0], ()) if key != d.key):
+                elif any(flat in texts[key] for key in (holders.get(runs[0], ()) if runs else texts)
+                         if key != d.key):
                     reason = "in_another_document"  # the answer would be ambiguous
                 elif 2 * sum(counts.get(run, 0) >= BOILERPLATE_TEXTS for run in runs) >= len(runs):
                     reason = "boilerplate"
