@@ -284,22 +284,16 @@ class CorpusRun:
                 unit="queries", ours=hits, baseline=float(counts["last"]), target=0.8, op=">=",
                 details=common,
             ),
-            Measurement(
-                key=f"{prefix}_recall_gain",
-                title=f"Recall@10 of last-third sentences ({label}): chunked ÷ one vector a document",
+            *(Measurement(
+                key=f"{prefix}_recall_{what}",
+                title=f"Recall@10 of {third}-third sentences ({label}): chunked ÷ one vector a document{goal}",
                 ours_label=f"chunked project (chunk_size={CHUNK_SIZE}, overlap={CHUNK_OVERLAP})",
-                baseline_label="unchunked project (the model reads a document's first 256 word-pieces)",
-                unit="", ours=recall(self.chunked, "last"), baseline=recall(self.whole, "last"), target=2.0,
-                op=">=", details={"queries": counts["last"], "recall_at_10": recalls, **by_reach},
-            ),
-            Measurement(
-                key=f"{prefix}_recall_first_third",
-                title=f"Recall@10 of first-third sentences ({label}): chunked ÷ one vector a document (lose nothing)",
-                ours_label=f"chunked project (chunk_size={CHUNK_SIZE}, overlap={CHUNK_OVERLAP})",
-                baseline_label="unchunked project",
-                unit="", ours=recall(self.chunked, "first"), baseline=recall(self.whole, "first"), target=1.0,
-                op=">=", details={"queries": counts["first"], "recall_at_10": recalls, **by_reach},
-            ),
+                baseline_label=baseline_label, unit="", ours=recall(self.chunked, third),
+                baseline=recall(self.whole, third), target=target, op=">=",
+                details={"queries": counts[third], "recall_at_10": recalls, **by_reach},
+            ) for what, third, goal, target, baseline_label in (
+                ("gain", "last", "", 2.0, "unchunked project (the model reads a document's first 256 word-pieces)"),
+                ("first_third", "first", " (lose nothing)", 1.0, "unchunked project"))),
         ]
 
     # -- 5. search time at equal recall --------------------------------------------------------------------
