@@ -83,6 +83,7 @@ class CorpusRun:
         self.chunked, self.whole = f"chunking_{corpus.name}_chunked", f"chunking_{corpus.name}_whole"
         self.jobs = (self.chunked, self.whole)
         self.jobs_to_drop, self.tables = list(self.jobs), [self.table]
+        self.ef_grid = EF_SEARCH
         self.searchers: dict[str, Any] = {}
         # Filled by embed() and recall(), read by the measurements after them.
         self.chunk_counts: dict[int, int] = {}  # chunks of each document, by key
@@ -99,18 +100,16 @@ class CorpusRun:
         return self.searchers[job]
 
     def measure(self, throughput: bool) -> list[Measurement]:
+        """The table of ``rows()``, then ``steps()``; the projects and tables dropped after."""
         session = self.session
         session.execute(sql.SQL("CREATE TABLE {} (id integer PRIMARY KEY, name text NOT NULL, body text NOT NULL)")
                         .format(sql.Identifier(self.table)))
         with session.conn.cursor() as cur, cur.copy(
                 sql.SQL("COPY {} (id, name, body) FROM STDIN").format(sql.Identifier(self.table))) as copy:
-            for d in self.corpus.documents:
-                copy.write_row((d.key, d.name, d.text))
+            for row in self.rows():
+                copy.write_row(row)
         try:
-            found = self.embed(throughput)
-            found += self.recall()
-            found += self.search_time()
-            return found
+            return self.steps(throughput)
         finally:
             for hook in self.searchers.values():  # a hook has no close(): its search connection
                 connection = getattr(hook, "_search_conn", None)
@@ -120,6 +119,15 @@ class CorpusRun:
                 self.hook.drop_project(job, missing_ok=True)
             for table in self.tables:
                 session.drop_table(table)
+
+    def rows(self) -> list[tuple[int, str, str]]:
+        """(key, name, text) of the table's rows: the corpus' documents."""
+        return [(d.key, d.name, d.text) for d in self.corpus.documents]
+
+    def steps(self, throughput: bool) -> list[Measurement]:
+        found = self.embed(throughput)
+        found += self.recall()
+        return found + self.search_time()
 
     # -- 4. chunking + embedding throughput against a bare model.encode of the same chunks ----------------
     def embed(self, throughput: bool) -> list[Measurement]:
@@ -352,13 +360,14 @@ class CorpusRun:
         return self.searcher(job).search(job, vector, return_columns=["id"], num_results=TOP, ef_search=ef)
 
     def sweep(self, chunked: str, whole: str, keys: list[tuple[str, int]], vectors: np.ndarray) -> dict[str, Any]:
-        """Both projects' p50 search time and recall at each ef_search of EF_SEARCH (module doc)."""
+        """Both projects' p50 search time and recall at each ef_search of ``self.ef_grid`` (module doc)."""
         jobs = (chunked, whole)
         exact = self.exact_answers(chunked, whole, vectors)
-        times: dict[tuple[str, int], list[float]] = {(job, ef): [] for job in jobs for ef in EF_SEARCH}
+        grid = self.ef_grid
+        times: dict[tuple[str, int], list[float]] = {(job, ef): [] for job in jobs for ef in grid}
         answers: dict[tuple[str, int], list[list[int]]] = {}
         for sweep in range(SWEEP_PASSES):
-            for ef in (EF_SEARCH if sweep % 2 == 0 else EF_SEARCH[::-1]):
+            for ef in (grid if sweep % 2 == 0 else grid[::-1]):
                 for job in jobs:  # warm-up: the statement prepared, the setting given to the session
                     for v in vectors[:6]:
                         self.search(job, v, ef)
@@ -379,7 +388,7 @@ class CorpusRun:
                 "fewer_than_10_rows": sum(len(ids) < TOP for ids in got),
             }
 
-        curve = {job: {str(ef): point(job, ef) for ef in EF_SEARCH} for job in jobs}
+        curve = {job: {str(ef): point(job, ef) for ef in grid} for job in jobs}
         for job in jobs:
             log(f"  {job}: " + "; ".join(f"ef {ef}: {p['p50_ms']:.2f} ms, exact {p['exact_recall']:.3f},"
                                         f" task {p['task_recall']:.3f}" for ef, p in curve[job].items()))
@@ -390,12 +399,15 @@ class CorpusRun:
                 "vector_count": vector_count, "queries": len(keys),
                 "nearest_chunks_cover_fewer_than_10_rows": exact["short"]}
 
-    def matched(self, run: dict[str, Any], rows: str, suffix: str, target: float | None) -> Measurement:
-        """Both sides at equal recall: the highest share of the exact top-10 rows that both reach in the
-        sweep, each side at the lowest ef_search that reaches it; then timed again in a paired pass."""
+    def matched(self, run: dict[str, Any], rows: str, suffix: str, target: float | None,
+                level: float | None = None, level_label: str = "") -> Measurement:
+        """Both sides at equal recall: ``level`` of the exact top-10 rows, by default the highest share both
+        reach in the sweep, each side at the lowest ef_search that reaches it; then timed again in a paired
+        pass."""
         sides = {"chunked": run["chunked"], "unchunked": run["whole"]}
         curves = {side: run["curve"][job] for side, job in sides.items()}
-        recall = min(max(p["exact_recall"] for p in curve.values()) for curve in curves.values())
+        recall = level if level is not None else min(max(p["exact_recall"] for p in curve.values())
+                                                     for curve in curves.values())
         chosen = {side: min(int(ef) for ef, p in curve.items() if p["exact_recall"] >= recall)
                   for side, curve in curves.items()}
         paired = self.paired(run["vectors"], {sides[side]: ef for side, ef in chosen.items()})
@@ -403,7 +415,8 @@ class CorpusRun:
         chunked, whole = run["chunked"], run["whole"]
         return Measurement(
             key=f"chunking_{self.corpus.name}_search_time{suffix}",
-            title=f"Search top-10 on {rows}: chunked ÷ unchunked p50 at equal recall of the exact top-10",
+            title=f"Search top-10 on {rows}: chunked ÷ unchunked p50 at equal recall of the exact top-10"
+                  f"{level_label}",
             ours_label=f"chunked project ({run['vector_count'][chunked]:,} chunks), ef_search"
                        f" {chosen['chunked']}: recall {curves['chunked'][str(chosen['chunked'])]['exact_recall']:.3f}",
             baseline_label=f"unchunked project ({run['vector_count'][whole]:,} vectors), ef_search"

@@ -14,7 +14,7 @@ from typing import Any
 from bench.session import prepare_environment
 
 BENCH_DIR = Path(__file__).resolve().parent
-SECTIONS = ("import", "search", "reimport", "generate", "remote", "memory", "chunking")
+SECTIONS = ("import", "search", "reimport", "generate", "remote", "memory", "chunking", "chunked-search")
 QUICK = {"rows": 2000, "repeats": 1, "generate_rows": 100, "queries": 20, "memory_import_rows": 500,
          "memory_generate_rows": 50, "remote_rows": 200, "chunking_docs": 16}
 
@@ -82,7 +82,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     prepare_environment()
-    from bench import chunking, generation, imports, memory, remote, report, search
+    from bench import chunked_search, chunking, generation, imports, memory, remote, report, search
     from bench.session import BenchSession, log
 
     started = time.perf_counter()
@@ -116,6 +116,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if "chunking" in args.only:
             log(f"chunking: {args.chunking_docs:,} documents (at most) of {', '.join(args.chunking_corpora)}")
             measurements += chunking.measure(session, args.chunking_docs, tuple(args.chunking_corpora))
+        if "chunked-search" in args.only:
+            log(f"chunked search: sections of {args.chunking_docs:,} documents (at most) of"
+                f" {', '.join(args.chunking_corpora)}")
+            measurements += chunked_search.measure(session, args.chunking_docs, tuple(args.chunking_corpora))
     finally:
         session.stop()
 

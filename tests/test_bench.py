@@ -19,7 +19,7 @@ EXPECTED = {
     "remote_generate_vs_client_c2", "chunking_embed_throughput",
     *(f"chunking_{corpus}_{what}" for corpus in ("man", "readme")
       for what in ("recall_last_third", "recall_gain", "recall_first_third", "search_time",
-                   "search_time_all_rows")),
+                   "search_time_all_rows", "search_time_sections", "search_time_sections_highest")),
 }
 
 
@@ -69,6 +69,11 @@ def test_quick_benchmark_writes_table_json_and_chart(tmp_path):
             chosen = {job: search["curve"][job][str(search["ef_search"][side])]["exact_recall"]
                       for side, job in search["projects"].items()}
             assert min(chosen.values()) >= search["matched_recall"], search
+        sections = measurements[f"chunking_{corpus}_search_time_sections"]["details"]
+        assert 3 <= sections["chunks_per_row"]["min"] <= sections["chunks_per_row"]["max"] <= 10, sections
+        assert sections["chunks"] > sections["rows"] > 0 and sections["queries"] > 0
+        # measured at the recall the unchunked project gives at pgvector's default ef_search
+        assert sections["matched_recall"] == sections["curve"][sections["projects"]["unchunked"]]["40"]["exact_recall"]
 
     # --quick never overwrites the committed bench/latest.* that the README shows.
     assert {path: path.stat().st_mtime_ns for path in latest if path.exists()} == before
