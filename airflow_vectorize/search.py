@@ -458,13 +458,14 @@ def vector_search_query(
     A search without filters whose other arguments equal an earlier one's on the same ``target`` reuses
     what was checked and built then (``SearchTarget.queries``): only the query vector is checked.
 
-    ``single_pass`` (pgvector >= 0.8): a search of an unchunked project without filters, for at most
-    ef_search rows, scans the index without iterative scans (``SearchQuery.single_pass``). An iterative scan
+    ``single_pass`` (pgvector >= 0.8): a search without filters that reads at most ef_search rows (a chunked
+    project: chunks) scans the index without iterative scans (``SearchQuery.single_pass``). An iterative scan
     returns the candidates of the index's first pass (ef_search of them) first, in the same order, before it
     looks further; only it records, on that first pass, every candidate it leaves aside (pgvector's
     ``discarded`` heap), which costs ~5 % of such a statement's time. So when the single pass returns
     ``num_results`` rows they are the rows of the iterative scan; when it returns fewer (rows of that first
-    pass no longer visible, or too few rows), the caller runs the search again without ``single_pass``."""
+    pass no longer visible, or too few rows), the caller runs the search again without ``single_pass``
+    (a chunked one: with more chunks per row, ``chunks_per_row``)."""
     project = target.project
     chunks_per_row = chunks_per_row if project.is_chunked else 0
     key = None
@@ -484,8 +485,8 @@ def vector_search_query(
     columns = check_columns(project, target.columns, return_columns)
     shape, params = parse_filters(project, target.columns, filters)
     settings = scan_settings(ef_search)
-    single_pass = (single_pass and not shape and not project.is_chunked
-                   and num_results <= (DEFAULT_CANDIDATES if ef_search is None else ef_search))
+    single_pass = (single_pass and not shape and num_results * (chunks_per_row or 1)
+                   <= (DEFAULT_CANDIDATES if ef_search is None else ef_search))
     if single_pass:
         settings[ITERATIVE_SCAN] = "off"
     if project.is_chunked:

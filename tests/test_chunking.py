@@ -212,3 +212,32 @@ def test_search_rows_do_not_depend_on_the_returned_columns(licenses, hook):
     assert filtered == key_only and len({row["id"] for row in key_only}) == 4
     assert key_only[0]["id"] == nearest[0][0]  # ranked by the row's best chunk (exact here: few vectors)
     assert key_only[0]["similarity_score"] == pytest.approx(1 - nearest[0][1], abs=1e-6)
+
+
+def test_search_reads_the_index_first_pass_and_looks_further_past_deleted_chunks(licenses, hook):
+    """A chunked search of at most ef_search chunks reads the index's first pass only (no iterative scan);
+    chunks of deleted rows stay in the index until VACUUM, and when the live ones among the first pass
+    cover too few rows the search asks again for more: the rows are still the exact ones."""
+    from airflow_vectorize import search
+
+    sentence = "The lighthouse keeper fed the seagulls at dawn every single morning."
+    licenses.execute("INSERT INTO licenses VALUES (6, 'lighthouse', repeat(%s || ' ', 200))", [sentence])
+    # The index path, as on a large table (for new sessions: the hook's search connection opens below).
+    licenses.execute(f'ALTER DATABASE "{licenses.name}" SET enable_seqscan = off')
+    hook.create_project(JOB, "licenses", "id", ["body"], chunk_size=32)
+    hook.generate_embeddings(JOB)
+    target = hook._search_target(JOB)
+    assert search.vector_search_query(target, [0.1] * 384, num_results=10, single_pass=True).single_pass
+    assert not search.vector_search_query(target, [0.1] * 384, num_results=11, single_pass=True).single_pass
+    vector = hook.encode(JOB, [sentence])[0]
+    first_pass = licenses.execute(
+        f"SELECT id FROM vectorize._chunks_{JOB} ORDER BY embeddings <=> %s::vector LIMIT 40", [vector])
+    licenses.execute("DELETE FROM licenses WHERE id = 6")  # its chunks go, dead in the index until VACUUM
+
+    rows = hook.search(JOB, sentence, return_columns=["id"], num_results=5)
+    exact = licenses.execute(
+        f"SELECT id FROM vectorize._chunks_{JOB} GROUP BY id ORDER BY min(embeddings <=> %s::vector), id LIMIT 5",
+        [vector])
+
+    assert {key for (key,) in first_pass} == {6}  # the index's first pass (ef_search 40): all deleted now
+    assert [row["id"] for row in rows] == [key for (key,) in exact] and len(exact) == 5

@@ -604,12 +604,13 @@ class VectorizeHook(PostgresHook):
             return last[0]
 
         rows = self._run_search(job_name, build)
-        if last and last[0].single_pass and len(rows) < num_results:  # the index's first pass was not enough
-            rows = self._run_search(job_name, lambda t: build(t, single_pass=False))
-        per_row = searching.CHUNKS_PER_ROW
         target = self._search_cache.get(job_name)
-        while (target is not None and target.project.is_chunked and len(rows) < num_results
-               and per_row < searching.MAX_CHUNKS_PER_ROW):  # the nearest chunks covered too few rows
+        chunked = target is not None and target.project.is_chunked
+        if last and last[0].single_pass and len(rows) < num_results and not chunked:
+            rows = self._run_search(job_name, lambda t: build(t, single_pass=False))  # the first pass was not enough
+        per_row = searching.CHUNKS_PER_ROW
+        while chunked and len(rows) < num_results and per_row < searching.MAX_CHUNKS_PER_ROW:
+            # The nearest chunks (of the index's first pass, or beyond it) covered too few rows.
             per_row *= 4
             rows = self._run_search(job_name, lambda t, n=per_row: build(t, n))
         return rows
