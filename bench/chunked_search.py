@@ -18,8 +18,6 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from psycopg import sql
-
 from bench import corpus as corpora
 from bench.chunking import CHUNK_OVERLAP, CHUNK_SIZE, CorpusRun
 from bench.corpus import Corpus, Queries
@@ -27,7 +25,6 @@ from bench.measure import Measurement, timed
 from bench.session import BenchSession, log
 
 MIN_CHUNKS, MAX_CHUNKS = 3, 10
-DEFAULT_EF_SEARCH = 40  # pgvector's hnsw.ef_search, which the hook keeps unless asked
 # Finer than bench/chunking.py's: the two sides reach a recall at different settings.
 EF_GRID = (10, 20, 30, 40, 60, 80, 120, 160, 240, 320)
 RECALL_LEVELS = (0.95, 0.98, 0.99)  # the sweep's time ratio at each (details)
@@ -57,6 +54,7 @@ class SectionRun(CorpusRun):
         self.jobs = (self.chunked, self.whole)
         self.jobs_to_drop, self.tables = list(self.jobs), [self.table]
         self.doc_of: dict[int, int] = {}  # section key -> document key
+        self.words: dict[int, str] = {}  # section key -> its text as words (as_words)
         self.ef_grid = EF_GRID
 
     def rows(self) -> list[tuple[int, str, str]]:
@@ -77,12 +75,14 @@ class SectionRun(CorpusRun):
             if MIN_CHUNKS <= len(chunks) <= MAX_CHUNKS:
                 key = len(rows) + 1
                 rows.append((key, name, text))
-                self.doc_of[key], self.chunk_counts[key] = doc, len(chunks)
+                self.doc_of[key], self.chunk_counts[key], self.words[key] = doc, len(chunks), as_words(text)
         log(f"  {len(rows):,} sections of {MIN_CHUNKS}-{MAX_CHUNKS} chunks ({len(spans) - len(rows)} cut otherwise"
             f" on their own, left out), {sum(self.chunk_counts.values()):,} chunks")
         return rows
 
     def steps(self, throughput: bool) -> list[Measurement]:
+        from airflow_vectorize.search import DEFAULT_CANDIDATES  # pgvector's default ef_search
+
         hook, n = self.hook, len(self.chunk_counts)
         hook.create_project(self.chunked, self.table, "id", ["body"], chunk_size=CHUNK_SIZE,
                             chunk_overlap=CHUNK_OVERLAP, schedule="manual")
@@ -96,9 +96,7 @@ class SectionRun(CorpusRun):
         assert (status["embedded_rows"], status["missing_rows"], status["chunks"]) == (n, 0, chunks), status
         log(f"  generated: {chunks:,} chunks in {seconds[self.chunked]:.0f} s, {n:,} rows in"
             f" {seconds[self.whole]:.0f} s")
-        for storage in (f"_chunks_{self.chunked}", f"_embeddings_{self.whole}"):
-            self.session.execute(sql.SQL("ANALYZE {}").format(sql.Identifier("vectorize", storage)))
-        self.session.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(self.table)))
+        self.analyze(self.chunked, self.whole, self.table)
         counts = sorted(self.chunk_counts.values())
         self.project = {"chunk_size": CHUNK_SIZE, "chunk_overlap": CHUNK_OVERLAP, "model": "all-MiniLM-L6-v2",
                         "documents": len(self.corpus.documents), "rows": n, "chunks": chunks,
@@ -106,17 +104,14 @@ class SectionRun(CorpusRun):
         self.chunks_per_row = {"min": counts[0], "median": counts[n // 2], "mean": round(chunks / n, 2),
                                "max": counts[-1], "issue_range": [MIN_CHUNKS, MAX_CHUNKS]}
 
-        # Compared as words (a picked sentence is its block's text with the line breaks joined).
-        bodies = {key: f" {' '.join(corpora.normalise(body))} " for key, body in self.session.execute(
-            sql.SQL("SELECT id, body FROM {}").format(sql.Identifier(self.table)))}
         by_doc: dict[int, list[int]] = {}
         for key, doc in self.doc_of.items():
             by_doc.setdefault(doc, []).append(key)
         keys, sentences = [], []
         for third, picked in self.queries.items():
             for doc, sentence in picked.items():
-                words = f" {' '.join(corpora.normalise(sentence))} "
-                holder = next((key for key in by_doc.get(doc, ()) if words in bodies[key]), None)
+                words = as_words(sentence)
+                holder = next((key for key in by_doc.get(doc, ()) if words in self.words[key]), None)
                 if holder is not None:
                     keys.append((third, holder))
                     sentences.append(sentence)
@@ -124,14 +119,20 @@ class SectionRun(CorpusRun):
         vectors = self.local.model.encode(sentences, show_progress_bar=False)
         run = self.sweep(self.chunked, self.whole, keys, vectors)
         rows = f"{n:,} sections of {MIN_CHUNKS}-{MAX_CHUNKS} chunks of {len(self.corpus.documents):,} {self.corpus.label}"
-        default = run["curve"][self.whole][str(DEFAULT_EF_SEARCH)]["exact_recall"]
+        default = run["curve"][self.whole][str(DEFAULT_CANDIDATES)]["exact_recall"]
         found = [self.matched(run, rows, "_sections", 1.5, default,
-                              f" {default:.3f} (the unchunked project's at the default ef_search {DEFAULT_EF_SEARCH})"),
+                              f" {default:.3f} (the unchunked project's at the default ef_search {DEFAULT_CANDIDATES})"),
                  self.matched(run, rows, "_sections_highest", 1.5, None, " (the highest both reach)")]
         for measurement in found:
             measurement.details["sweep_ratio_at_recall"] = ratios_at_recall(run["curve"][self.chunked],
                                                                             run["curve"][self.whole])
         return found
+
+
+def as_words(text: str) -> str:
+    """``text``'s words, space-padded: a picked sentence (its block's lines joined) is found in a section's
+    text as words."""
+    return f" {' '.join(corpora.normalise(text))} "
 
 
 def ratios_at_recall(chunked: dict[str, Any], whole: dict[str, Any]) -> dict[str, Any]:

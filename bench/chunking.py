@@ -120,6 +120,13 @@ class CorpusRun:
             for table in self.tables:
                 session.drop_table(table)
 
+    def analyze(self, chunked: str, whole: str, table: str) -> None:
+        """ANALYZE both projects' storage and their source, as autovacuum would after a bulk load (it is off
+        in the bench's server)."""
+        for name in (sql.Identifier("vectorize", f"_chunks_{chunked}"),
+                     sql.Identifier("vectorize", f"_embeddings_{whole}"), sql.Identifier(table)):
+            self.session.execute(sql.SQL("ANALYZE {}").format(name))
+
     def rows(self) -> list[tuple[int, str, str]]:
         """(key, name, text) of the table's rows: the corpus' documents."""
         return [(d.key, d.name, d.text) for d in self.corpus.documents]
@@ -193,9 +200,7 @@ class CorpusRun:
             "document_tokens_median": sorted(lengths)[n // 2],
             "stored_unchunked_vector_vs_model_encode_of_whole_text_min_cosine": round(agreement, 6),
         }
-        # As autovacuum would after a bulk load (it is off in the bench's server).
-        for table in (chunks_table, whole_table, sql.Identifier(self.table)):
-            session.execute(sql.SQL("ANALYZE {}").format(table))
+        self.analyze(self.chunked, self.whole, self.table)
 
         self.project = {"chunk_size": CHUNK_SIZE, "chunk_overlap": CHUNK_OVERLAP, "model": "all-MiniLM-L6-v2",
                         "documents": n, "chunks": len(expected)}
@@ -348,9 +353,7 @@ class CorpusRun:
             status = hook.get_status(job)
             assert (status["embedded_rows"], status["missing_rows"]) == (len(keys), 0), status
         assert hook.get_status(chunked)["chunks"] == sum(self.chunk_counts[key] for key in keys)
-        for storage in (f"_chunks_{chunked}", f"_embeddings_{whole}"):
-            session.execute(sql.SQL("ANALYZE {}").format(sql.Identifier("vectorize", storage)))
-        session.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
+        self.analyze(chunked, whole, table)
         log(f"  {len(keys)} rows cut into 3-10 chunks: projects {chunked} and {whole} (imported)")
         return chunked, whole
 
