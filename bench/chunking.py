@@ -202,7 +202,10 @@ class CorpusRun:
         }
         self.analyze(self.chunked, self.whole, self.table)
 
+        from airflow_vectorize.catalog import CHUNK_INDEX_EF_CONSTRUCTION
+
         self.project = {"chunk_size": CHUNK_SIZE, "chunk_overlap": CHUNK_OVERLAP, "model": "all-MiniLM-L6-v2",
+                        "chunk_index_ef_construction": CHUNK_INDEX_EF_CONSTRUCTION,
                         "documents": n, "chunks": len(expected)}
         self.chunks_per_row = {"min": per_row[0], "median": per_row[n // 2], "mean": round(len(expected) / n, 2),
                                "max": per_row[-1], "issue_range": [3, 10],
@@ -388,6 +391,9 @@ class CorpusRun:
                 "exact_recall": round(float(np.mean([len(set(ids) & set(best)) / TOP
                                                      for ids, best in zip(got, exact[job])])), 4),
                 "task_recall": round(float(np.mean([key in ids for (_, key), ids in zip(keys, got)])), 4),
+                "task_recall_by_third": {third: round(float(np.mean(
+                    [key in ids for (t, key), ids in zip(keys, got) if t == third])), 4)
+                    for third in sorted({t for t, _ in keys})},
                 "fewer_than_10_rows": sum(len(ids) < TOP for ids in got),
             }
 

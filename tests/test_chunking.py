@@ -50,6 +50,10 @@ def test_long_texts_are_found_by_their_end(licenses, hook, model):
     bodies = dict(licenses.execute("SELECT id, body FROM licenses"))
     assert all(bodies[key][start:end] == text for key, _, start, end, text in chunks)  # offsets into the text
     assert max(len(tokenizer.encode(text, add_special_tokens=False)) for *_, text in chunks) <= 128
+    indexes = dict(licenses.execute("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'vectorize'"))
+    assert indexes[f"{JOB}_hnsw_cos_idx"].endswith(  # built for chunks; the unchunked one as pg_vectorize's
+        "USING hnsw (embeddings vector_cosine_ops) WITH (ef_construction='256')")
+    assert indexes["whole_hnsw_cos_idx"].endswith("USING hnsw (embeddings vector_cosine_ops)")
     found_chunked = found_whole = 0
     for key, name in DOCUMENTS.items():
         query = last_third_sentence(bodies[key])
