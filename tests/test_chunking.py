@@ -187,6 +187,7 @@ def test_search_returns_enough_rows_when_one_row_owns_the_nearest_chunks(license
     hook.generate_embeddings(JOB)
 
     rows = hook.search(JOB, sentence, return_columns=["id"], num_results=5)
+    shallow = hook.search(JOB, sentence, return_columns=["id"], num_results=5, ef_search=10)  # 10 of 20 chunks
     nearest = licenses.execute(
         f"SELECT DISTINCT id FROM (SELECT id FROM vectorize._chunks_{JOB} ORDER BY embeddings <=> %s::vector"
         " LIMIT 20) c", [hook.encode(JOB, [sentence])[0]])
@@ -232,16 +233,23 @@ def test_search_reads_the_index_first_pass_and_looks_further_past_deleted_chunks
     hook.generate_embeddings(JOB)
     target = hook._search_target(JOB)
     assert search.vector_search_query(target, [0.1] * 384, num_results=10, single_pass=True).single_pass
-    assert not search.vector_search_query(target, [0.1] * 384, num_results=11, single_pass=True).single_pass
+    # The first ask reads the first pass when it holds 2 chunks per row (of the 4 it asks for); a later ask
+    # (more chunks per row) only when they all lie within it.
+    assert search.vector_search_query(target, [0.1] * 384, num_results=20, single_pass=True).single_pass
+    assert not search.vector_search_query(target, [0.1] * 384, num_results=21, single_pass=True).single_pass
+    assert not search.vector_search_query(target, [0.1] * 384, num_results=10, chunks_per_row=16,
+                                          single_pass=True).single_pass
     vector = hook.encode(JOB, [sentence])[0]
     first_pass = licenses.execute(
         f"SELECT id FROM vectorize._chunks_{JOB} ORDER BY embeddings <=> %s::vector LIMIT 40", [vector])
     licenses.execute("DELETE FROM licenses WHERE id = 6")  # its chunks go, dead in the index until VACUUM
 
     rows = hook.search(JOB, sentence, return_columns=["id"], num_results=5)
+    shallow = hook.search(JOB, sentence, return_columns=["id"], num_results=5, ef_search=10)  # 10 of 20 chunks
     exact = licenses.execute(
         f"SELECT id FROM vectorize._chunks_{JOB} GROUP BY id ORDER BY min(embeddings <=> %s::vector), id LIMIT 5",
         [vector])
 
     assert {key for (key,) in first_pass} == {6}  # the index's first pass (ef_search 40): all deleted now
     assert [row["id"] for row in rows] == [key for (key,) in exact] and len(exact) == 5
+    assert len({row["id"] for row in shallow}) == 5 and 6 not in {row["id"] for row in shallow}
