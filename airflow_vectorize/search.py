@@ -462,8 +462,8 @@ def vector_search_query(
     what was checked and built then (``SearchTarget.queries``): only the query vector is checked.
 
     ``single_pass`` (pgvector >= 0.8): a search without filters that reads at most ef_search rows (a chunked
-    project: its first ask, of num_results rows, whatever the chunks; a later ask, its chunks) scans the index
-    without iterative scans (``SearchQuery.single_pass``). An iterative scan
+    project: its first ask, FIRST_PASS_CHUNKS_PER_ROW chunks a row; a later ask, all the chunks it asks for)
+    scans the index without iterative scans (``SearchQuery.single_pass``). An iterative scan
     returns the candidates of the index's first pass (ef_search of them) first, in the same order, before it
     looks further; only it records, on that first pass, every candidate it leaves aside (pgvector's
     ``discarded`` heap), which costs ~5 % of such a statement's time. So when the single pass returns
@@ -492,7 +492,7 @@ def vector_search_query(
     first_pass = DEFAULT_CANDIDATES if ef_search is None else ef_search
     # A chunked search's first ask (CHUNKS_PER_ROW) may read fewer chunks than it asks for: when the first
     # pass's chunks cover num_results rows, those are the rows the longer scan would rank first.
-    per_row = FIRST_PASS_CHUNKS_PER_ROW if chunks_per_row == CHUNKS_PER_ROW else chunks_per_row or 1
+    per_row = FIRST_PASS_CHUNKS_PER_ROW if chunks_per_row == CHUNKS_PER_ROW else (chunks_per_row or 1)
     single_pass = single_pass and not shape and num_results * per_row <= first_pass
     if single_pass:
         settings[ITERATIVE_SCAN] = "off"

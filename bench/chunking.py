@@ -138,6 +138,7 @@ class CorpusRun:
 
     # -- 4. chunking + embedding throughput against a bare model.encode of the same chunks ----------------
     def embed(self, throughput: bool) -> list[Measurement]:
+        from airflow_vectorize.catalog import CHUNK_INDEX_EF_CONSTRUCTION
         from airflow_vectorize.chunking import TextSplitter
 
         session, hook, corpus = self.session, self.hook, self.corpus
@@ -201,9 +202,6 @@ class CorpusRun:
             "stored_unchunked_vector_vs_model_encode_of_whole_text_min_cosine": round(agreement, 6),
         }
         self.analyze(self.chunked, self.whole, self.table)
-
-        from airflow_vectorize.catalog import CHUNK_INDEX_EF_CONSTRUCTION
-
         self.project = {"chunk_size": CHUNK_SIZE, "chunk_overlap": CHUNK_OVERLAP, "model": "all-MiniLM-L6-v2",
                         "chunk_index_ef_construction": CHUNK_INDEX_EF_CONSTRUCTION,
                         "documents": n, "chunks": len(expected)}

@@ -187,7 +187,6 @@ def test_search_returns_enough_rows_when_one_row_owns_the_nearest_chunks(license
     hook.generate_embeddings(JOB)
 
     rows = hook.search(JOB, sentence, return_columns=["id"], num_results=5)
-    shallow = hook.search(JOB, sentence, return_columns=["id"], num_results=5, ef_search=10)  # 10 of 20 chunks
     nearest = licenses.execute(
         f"SELECT DISTINCT id FROM (SELECT id FROM vectorize._chunks_{JOB} ORDER BY embeddings <=> %s::vector"
         " LIMIT 20) c", [hook.encode(JOB, [sentence])[0]])
