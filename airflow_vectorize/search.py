@@ -309,6 +309,14 @@ FIRST_PASS_CHUNKS_PER_ROW = 2
 MAX_CHUNKS_PER_ROW = 256
 
 
+def _chunk_order(project: Project) -> sql.Composable:
+    """The distance a chunked project's HNSW index serves: between the chunk vectors and the query at half
+    precision (``catalog.index_expression``). Rows are then ranked and scored by the full vectors' distance
+    among the chunks it finds."""
+    return sql.SQL("{} {} %(vector)s::halfvec({})").format(
+        catalog.index_expression(project, "e"), sql.SQL(project.distance.operator), sql.Literal(project.dimensions))
+
+
 def _best_chunk(project: Project, row: str) -> sql.Composable:
     """A LATERAL subquery: the nearest chunk (``best.chunk``) of the source row ``row`` and its distance
     (``best.d``)."""
@@ -325,8 +333,9 @@ def _nearest_rows(project: Project, shape: tuple[Filter, ...], rows: int) -> sql
     key, names = project.key, project.key.aliases()
     return sql.SQL(
         "SELECT {names}, min(d) AS d FROM (SELECT {keys}, {distance} AS d FROM {target} e{source_join}"
-        " WHERE {where} ORDER BY {distance} LIMIT {chunks}) c GROUP BY {names} ORDER BY min(d), {names} LIMIT {rows}"
+        " WHERE {where} ORDER BY {order} LIMIT {chunks}) c GROUP BY {names} ORDER BY min(d), {names} LIMIT {rows}"
     ).format(names=names.names(), keys=key.select_as("e", names), distance=_parts(project)["distance"],
+             order=_chunk_order(project),
              target=project.names.target, source_join=_chunk_source_join(project, shape),
              where=_where(shape), chunks=sql.Literal(rows * CHUNKS_PER_ROW), rows=sql.Literal(rows))
 
@@ -340,7 +349,8 @@ def _chunk_source_join(project: Project, shape: tuple[Filter, ...]) -> sql.Compo
 
 def _chunked_vector_statement(project: Project, columns: tuple[str, ...], shape: tuple[Filter, ...],
                               limit: int, chunks_per_row: int) -> str:
-    """The nearest ``limit × chunks_per_row`` chunks (HNSW), each row's first among them is its best.
+    """The nearest ``limit × chunks_per_row`` chunks (HNSW, at half precision: ``_chunk_order``), each row's
+    nearest among them by the full vectors is its best.
 
     The ``limit`` best rows are chosen before the source is joined for the returned columns (the chunk
     table's foreign key guarantees each row's source row), and not joined at all when only the key is
@@ -351,8 +361,9 @@ def _chunked_vector_statement(project: Project, columns: tuple[str, ...], shape:
         "SELECT {names}, d, chunk FROM ("
         " SELECT DISTINCT ON ({names}) {names}, d, chunk FROM ("
         "  SELECT {keys}, {distance} AS d, e.chunk FROM {target} e{source_join}"
-        "  WHERE {where} ORDER BY {distance} LIMIT {chunks}) c ORDER BY {names}, d) b ORDER BY d, {names} LIMIT {limit}"
+        "  WHERE {where} ORDER BY {order} LIMIT {chunks}) c ORDER BY {names}, d) b ORDER BY d, {names} LIMIT {limit}"
     ).format(names=names.names(), keys=key.select_as("e", names), distance=_parts(project)["distance"],
+             order=_chunk_order(project),
              target=project.names.target, source_join=_chunk_source_join(project, shape),
              where=_where(shape), chunks=sql.Literal(limit * chunks_per_row), limit=sql.Literal(limit))
     if not shape and columns == key.columns:

@@ -81,7 +81,6 @@ class SectionRun(CorpusRun):
         return rows
 
     def steps(self, throughput: bool) -> list[Measurement]:
-        from airflow_vectorize.catalog import CHUNK_INDEX_EF_CONSTRUCTION
         from airflow_vectorize.search import DEFAULT_CANDIDATES  # pgvector's default ef_search
 
         hook, n = self.hook, len(self.chunk_counts)
@@ -100,7 +99,7 @@ class SectionRun(CorpusRun):
         self.analyze(self.chunked, self.whole, self.table)
         counts = sorted(self.chunk_counts.values())
         self.project = {"chunk_size": CHUNK_SIZE, "chunk_overlap": CHUNK_OVERLAP, "model": "all-MiniLM-L6-v2",
-                        "chunk_index_ef_construction": CHUNK_INDEX_EF_CONSTRUCTION,
+                        "chunk_index": self.chunk_index(self.chunked),
                         "documents": len(self.corpus.documents), "rows": n, "chunks": chunks,
                         "generate_seconds": {job: round(s, 1) for job, s in seconds.items()}}
         self.chunks_per_row = {"min": counts[0], "median": counts[n // 2], "mean": round(chunks / n, 2),

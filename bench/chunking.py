@@ -127,6 +127,11 @@ class CorpusRun:
                      sql.Identifier("vectorize", f"_embeddings_{whole}"), sql.Identifier(table)):
             self.session.execute(sql.SQL("ANALYZE {}").format(name))
 
+    def chunk_index(self, chunked: str) -> str:
+        """The chunked project's HNSW index as built (its expression, operator class and options)."""
+        return self.session.scalar("SELECT indexdef FROM pg_indexes WHERE schemaname = 'vectorize'"
+                                   " AND tablename = %s AND indexdef LIKE '%%USING hnsw%%'", [f"_chunks_{chunked}"])
+
     def rows(self) -> list[tuple[int, str, str]]:
         """(key, name, text) of the table's rows: the corpus' documents."""
         return [(d.key, d.name, d.text) for d in self.corpus.documents]
@@ -138,7 +143,6 @@ class CorpusRun:
 
     # -- 4. chunking + embedding throughput against a bare model.encode of the same chunks ----------------
     def embed(self, throughput: bool) -> list[Measurement]:
-        from airflow_vectorize.catalog import CHUNK_INDEX_EF_CONSTRUCTION
         from airflow_vectorize.chunking import TextSplitter
 
         session, hook, corpus = self.session, self.hook, self.corpus
@@ -203,8 +207,7 @@ class CorpusRun:
         }
         self.analyze(self.chunked, self.whole, self.table)
         self.project = {"chunk_size": CHUNK_SIZE, "chunk_overlap": CHUNK_OVERLAP, "model": "all-MiniLM-L6-v2",
-                        "chunk_index_ef_construction": CHUNK_INDEX_EF_CONSTRUCTION,
-                        "documents": n, "chunks": len(expected)}
+                        "chunk_index": self.chunk_index(self.chunked), "documents": n, "chunks": len(expected)}
         self.chunks_per_row = {"min": per_row[0], "median": per_row[n // 2], "mean": round(len(expected) / n, 2),
                                "max": per_row[-1], "issue_range": [3, 10],
                                "rows_in_range": sum(3 <= c <= 10 for c in per_row)}
@@ -470,8 +473,9 @@ class CorpusRun:
         by_best = sql.SQL("SELECT id FROM {} GROUP BY id ORDER BY min(embeddings <=> %s), id LIMIT {}").format(
             chunks, sql.Literal(TOP))
         by_one = sql.SQL("SELECT id FROM {} ORDER BY embeddings <=> %s, id LIMIT {}").format(one, sql.Literal(TOP))
-        nearest = sql.SQL("SELECT count(DISTINCT id) FROM (SELECT id FROM {} ORDER BY embeddings <=> %s LIMIT {}) c"
-                          ).format(chunks, sql.Literal(TOP * CHUNKS_PER_ROW))
+        nearest = sql.SQL(  # through the chunk index, on the expression it holds (catalog.index_expression)
+            "SELECT count(DISTINCT id) FROM (SELECT id FROM {} ORDER BY embeddings::halfvec({n}) <=> %s::halfvec({n})"
+            " LIMIT {}) c").format(chunks, sql.Literal(TOP * CHUNKS_PER_ROW), n=sql.Literal(vectors.shape[1]))
         conn = self.session.conn
         result: dict[str, Any] = {chunked: [], whole: []}
         with conn.transaction():

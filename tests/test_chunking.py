@@ -52,7 +52,7 @@ def test_long_texts_are_found_by_their_end(licenses, hook, model):
     assert max(len(tokenizer.encode(text, add_special_tokens=False)) for *_, text in chunks) <= 128
     indexes = dict(licenses.execute("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'vectorize'"))
     assert indexes[f"{JOB}_hnsw_cos_idx"].endswith(  # built for chunks; the unchunked one as pg_vectorize's
-        "USING hnsw (embeddings vector_cosine_ops) WITH (ef_construction='256')")
+        "USING hnsw (((embeddings)::halfvec(384)) halfvec_cosine_ops) WITH (ef_construction='256')")
     assert indexes["whole_hnsw_cos_idx"].endswith("USING hnsw (embeddings vector_cosine_ops)")
     found_chunked = found_whole = 0
     for key, name in DOCUMENTS.items():
@@ -216,6 +216,31 @@ def test_search_rows_do_not_depend_on_the_returned_columns(licenses, hook):
     assert filtered == key_only and len({row["id"] for row in key_only}) == 4
     assert key_only[0]["id"] == nearest[0][0]  # ranked by the row's best chunk (exact here: few vectors)
     assert key_only[0]["similarity_score"] == pytest.approx(1 - nearest[0][1], abs=1e-6)
+
+
+@pytest.mark.parametrize("index_dist_type, opclass", [
+    ("pgv_hnsw_cosine", "halfvec_cosine_ops"), ("pgv_hnsw_l2", "halfvec_l2_ops"), ("pgv_hnsw_ip", "halfvec_ip_ops")])
+def test_chunked_searches_are_served_by_the_half_precision_index(licenses, hook, index_dist_type, opclass):
+    """Vector and hybrid search order the chunks by the indexed expression (a search that did not would scan
+    every chunk), and score rows by the full vectors."""
+    from airflow_vectorize import search
+
+    licenses.execute(f'ALTER DATABASE "{licenses.name}" SET enable_seqscan = off')  # the plan of a large table
+    hook.create_project(JOB, "licenses", "id", ["body"], chunk_size=128, index_dist_type=index_dist_type)
+    hook.generate_embeddings(JOB)
+    index = licenses.scalar("SELECT indexname FROM pg_indexes WHERE indexdef LIKE %s", [f"%{opclass}%"])
+    target, vector = hook._search_target(JOB), hook.encode(JOB, ["a copy of this License"])[0]
+    conn = hook._search_connection()
+    with conn.transaction(), conn.cursor() as cur:
+        plans = [search.explain(cur, search.vector_search_query(target, vector, num_results=3)),
+                 search.explain(cur, search.hybrid_search_query(target, "License", num_results=3,
+                                                           embed=lambda _: vector))]
+    rows = hook.search(JOB, vector, return_columns=["id"], num_results=3)
+    best = licenses.execute(f"SELECT id, chunk FROM vectorize._chunks_{JOB} ORDER BY embeddings"
+                            f" {target.project.distance.operator} %s::vector LIMIT 1", [vector])
+
+    assert index and all(f"Index Scan using {index}" in plan for plan in plans), plans
+    assert (rows[0]["id"], rows[0]["chunk"]) == best[0]  # the full vectors' nearest chunk
 
 
 def test_search_reads_the_index_first_pass_and_looks_further_past_deleted_chunks(licenses, hook):
