@@ -397,9 +397,10 @@ CHUNK_INDEX_EF_CONSTRUCTION = 256
 
 def index_expression(project: Project, alias: str | None = None) -> sql.Composable:
     """What the project's HNSW index holds: the embedding column, or for a chunked project the chunk vectors
-    at half precision (``::halfvec(n)``). A chunk table holds 3-25× a project's vectors: half-precision
-    index entries make the index half the size and its search steps ~15-25 % faster at the same ef_search
-    and recall (37,812 README chunks); searches order by this expression and score with the full vectors."""
+    at half precision (``::halfvec(n)``). A chunk table holds 3-25× a project's vectors: on 37,812 README
+    chunks the half-precision index is 0.57× the size (43 vs 76 MB) and a search 7 / 12 / 14 / 21 % faster at
+    ef_search 40 / 120 / 240 / 320 for the same share of exact top-10 rows. Searches order by this expression
+    and rank and score rows by the full vectors."""
     column = sql.Identifier(*filter(None, (alias, project.names.embeddings_column)))
     if not project.is_chunked:
         return column
