@@ -233,8 +233,12 @@ def query_vector(project: Project, query: Any, embed: Callable[[str], Any] | Non
         )
     # The sum of float32 values as Python floats cannot overflow, and is finite only when every value is
     # (a NaN or an infinity makes it NaN or infinite); cheaper per search than numpy's ufuncs here.
-    if not math.isfinite(sum(memoryview(vector))):
+    values = memoryview(vector)
+    if not math.isfinite(sum(values)):
         raise InvalidInputError("query vector contains NaN or infinite values")
+    if project.is_chunked and not -validation.HALFVEC_MAX <= min(values) <= max(values) <= validation.HALFVEC_MAX:
+        raise InvalidInputError(f"query vector has values beyond the range of halfvec (|x| >"
+                                f" {validation.HALFVEC_MAX:g}), in which chunked project {project.name!r} is indexed")
     return vector
 
 

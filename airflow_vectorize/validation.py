@@ -30,6 +30,7 @@ VECTOR_TYPES = {"vector", "halfvec"}
 FLOAT_ELEMENT_TYPES = {"float4", "float8"}
 MAX_IDENTIFIER_BYTES = 63  # NAMEDATALEN - 1: PostgreSQL silently cuts longer names to this many bytes
 REAL_MAX = 3.4028234663852886e38  # the largest finite real (float4); pgvector stores vectors as real
+HALFVEC_MAX = 65504.0  # the largest finite halfvec value: a chunked project's index holds its vectors as halfvec
 
 # Columns that a project's tables put next to a copy of the source's key: the embeddings table (join),
 # the queue, the errors table and generation's staging table (catalog.create_storage, create_errors_table,
@@ -403,6 +404,13 @@ def check_import_rows(cur: Cursor, project: Project, table: Table, keys: list[Co
             checks.append((f"values beyond the range of real (|x| > {REAL_MAX:.8g})", sql.SQL(
                 "EXISTS (SELECT FROM unnest({e}) x WHERE abs(x) > {m} AND abs(x) < 'Infinity')"
             ).format(e=e, m=sql.Literal(REAL_MAX))))
+    if chunk is not None and emb.typname != "halfvec":  # the chunk index: catalog.index_expression
+        # (a vector is unnested only when its norm, pgvector's vector_norm, allows such a value)
+        beyond = ("" if is_array else "vector_norm({e}) > {m} AND ") + \
+            "EXISTS (SELECT FROM unnest({e}{cast}) x WHERE abs(x) > {m} AND abs(x) < 'Infinity')"
+        checks.append((f"values beyond the range of halfvec, which the chunk index holds (|x| > {HALFVEC_MAX:g})",
+                       sql.SQL(beyond).format(e=e, cast=sql.SQL("" if is_array else "::real[]"),
+                                              m=sql.Literal(HALFVEC_MAX))))
     dims = sql.SQL("cardinality({})").format(e) if is_array else sql.SQL("vector_dims({})").format(e)
     if is_array or emb.typmod <= 0:
         multi_dim = sql.SQL("array_ndims({}) <> 1 OR ").format(e) if is_array else sql.SQL("")

@@ -165,7 +165,14 @@ def test_import_of_chunk_embeddings(licenses, hook, license_chunk_vectors):
     ("UPDATE chunk_vectors SET chunk_no = -1 WHERE id = 4 AND chunk_no = 0", dict(src_chunk_col="chunk_no"),
      "1 row(s) with NULL or negative chunk numbers; e.g. keys ['4']"),
     (None, dict(src_chunk_col="v"), "src_chunk_col 'v' of \"public\".\"chunk_vectors\" is real[]; expected an integer"),
-], ids=["no-chunk-col", "other-chunks", "duplicate", "negative", "chunk-col-type"])
+    ("UPDATE chunk_vectors SET v[3] = 70000 WHERE id = 5 AND chunk_no = 2", dict(src_chunk_col="chunk_no"),
+     "1 row(s) with values beyond the range of halfvec, which the chunk index holds (|x| > 65504); e.g. keys ['5']"),
+    ("ALTER TABLE chunk_vectors ALTER v TYPE vector(384) USING v::vector; UPDATE chunk_vectors SET v = ("
+     "SELECT array_agg(CASE WHEN i = 7 THEN -65600 ELSE 0 END)::vector FROM generate_series(1, 384) i)"
+     " WHERE id = 1 AND chunk_no = 0", dict(src_chunk_col="chunk_no"),
+     "1 row(s) with values beyond the range of halfvec, which the chunk index holds (|x| > 65504); e.g. keys ['1']"),
+], ids=["no-chunk-col", "other-chunks", "duplicate", "negative", "chunk-col-type", "beyond-halfvec",
+        "beyond-halfvec-vector"])
 def test_bad_chunk_imports_change_nothing(licenses, hook, license_chunk_vectors, change, kwargs, message):
     hook.create_project(JOB, "licenses", "id", ["body"], chunk_size=200, chunk_overlap=20)
     chunk_embeddings(licenses, license_chunk_vectors)
@@ -218,9 +225,10 @@ def test_search_rows_do_not_depend_on_the_returned_columns(licenses, hook):
     assert key_only[0]["similarity_score"] == pytest.approx(1 - nearest[0][1], abs=1e-6)
 
 
-@pytest.mark.parametrize("index_dist_type, opclass", [
-    ("pgv_hnsw_cosine", "halfvec_cosine_ops"), ("pgv_hnsw_l2", "halfvec_l2_ops"), ("pgv_hnsw_ip", "halfvec_ip_ops")])
-def test_chunked_searches_are_served_by_the_half_precision_index(licenses, hook, index_dist_type, opclass):
+@pytest.mark.parametrize("index_dist_type, suffix, opclass", [
+    ("pgv_hnsw_cosine", "cos", "halfvec_cosine_ops"), ("pgv_hnsw_l2", "l2", "halfvec_l2_ops"),
+    ("pgv_hnsw_ip", "ip", "halfvec_ip_ops")])
+def test_chunked_searches_are_served_by_the_half_precision_index(licenses, hook, index_dist_type, suffix, opclass):
     """Vector and hybrid search order the chunks by the indexed expression (a search that did not would scan
     every chunk), and score rows by the full vectors."""
     from airflow_vectorize import search
@@ -228,7 +236,9 @@ def test_chunked_searches_are_served_by_the_half_precision_index(licenses, hook,
     licenses.execute(f'ALTER DATABASE "{licenses.name}" SET enable_seqscan = off')  # the plan of a large table
     hook.create_project(JOB, "licenses", "id", ["body"], chunk_size=128, index_dist_type=index_dist_type)
     hook.generate_embeddings(JOB)
-    index = licenses.scalar("SELECT indexname FROM pg_indexes WHERE indexdef LIKE %s", [f"%{opclass}%"])
+    index = f"{JOB}_hnsw_{suffix}_idx"
+    definition = licenses.scalar("SELECT indexdef FROM pg_indexes WHERE schemaname = 'vectorize' AND indexname = %s",
+                                 [index])
     target, vector = hook._search_target(JOB), hook.encode(JOB, ["a copy of this License"])[0]
     conn = hook._search_connection()
     with conn.transaction(), conn.cursor() as cur:
@@ -239,8 +249,13 @@ def test_chunked_searches_are_served_by_the_half_precision_index(licenses, hook,
     best = licenses.execute(f"SELECT id, chunk FROM vectorize._chunks_{JOB} ORDER BY embeddings"
                             f" {target.project.distance.operator} %s::vector LIMIT 1", [vector])
 
-    assert index and all(f"Index Scan using {index}" in plan for plan in plans), plans
+    assert definition.endswith(f"USING hnsw (((embeddings)::halfvec(384)) {opclass}) WITH (ef_construction='256')")
+    assert all(f"Index Scan using {index}" in plan for plan in plans), plans
     assert (rows[0]["id"], rows[0]["chunk"]) == best[0]  # the full vectors' nearest chunk
+    with pytest.raises(InvalidInputError) as error:  # a value halfvec cannot hold
+        hook.search(JOB, [0.0] * 100 + [-70000.0] + [0.0] * 283)
+    assert str(error.value) == ("query vector has values beyond the range of halfvec (|x| > 65504), in which"
+                                f" chunked project {JOB!r} is indexed")
 
 
 def test_search_reads_the_index_first_pass_and_looks_further_past_deleted_chunks(licenses, hook):
