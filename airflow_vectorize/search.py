@@ -313,9 +313,9 @@ FIRST_PASS_CHUNKS_PER_ROW = 2
 MAX_CHUNKS_PER_ROW = 256
 
 
-def _chunk_order(project: Project) -> sql.Composable:
-    """The distance a chunked project's HNSW index serves: between the chunk vectors and the query at half
-    precision (``catalog.index_expression``). Rows are then ranked and scored by the full vectors' distance
+def chunk_order(project: Project) -> sql.Composable:
+    """The distance a chunked project's HNSW index serves: between the chunk vectors (alias ``e``) and the query
+    (``%(vector)s``) at half precision (``catalog.index_expression``). Rows are then ranked and scored by the full vectors' distance
     among the chunks it finds."""
     return sql.SQL("{} {} %(vector)s::halfvec({})").format(
         catalog.index_expression(project, "e"), sql.SQL(project.distance.operator), sql.Literal(project.dimensions))
@@ -339,7 +339,7 @@ def _nearest_rows(project: Project, shape: tuple[Filter, ...], rows: int) -> sql
         "SELECT {names}, min(d) AS d FROM (SELECT {keys}, {distance} AS d FROM {target} e{source_join}"
         " WHERE {where} ORDER BY {order} LIMIT {chunks}) c GROUP BY {names} ORDER BY min(d), {names} LIMIT {rows}"
     ).format(names=names.names(), keys=key.select_as("e", names), distance=_parts(project)["distance"],
-             order=_chunk_order(project),
+             order=chunk_order(project),
              target=project.names.target, source_join=_chunk_source_join(project, shape),
              where=_where(shape), chunks=sql.Literal(rows * CHUNKS_PER_ROW), rows=sql.Literal(rows))
 
@@ -353,7 +353,7 @@ def _chunk_source_join(project: Project, shape: tuple[Filter, ...]) -> sql.Compo
 
 def _chunked_vector_statement(project: Project, columns: tuple[str, ...], shape: tuple[Filter, ...],
                               limit: int, chunks_per_row: int) -> str:
-    """The nearest ``limit × chunks_per_row`` chunks (HNSW, at half precision: ``_chunk_order``), each row's
+    """The nearest ``limit × chunks_per_row`` chunks (HNSW, at half precision: ``chunk_order``), each row's
     nearest among them by the full vectors is its best.
 
     The ``limit`` best rows are chosen before the source is joined for the returned columns (the chunk
@@ -367,7 +367,7 @@ def _chunked_vector_statement(project: Project, columns: tuple[str, ...], shape:
         "  SELECT {keys}, {distance} AS d, e.chunk FROM {target} e{source_join}"
         "  WHERE {where} ORDER BY {order} LIMIT {chunks}) c ORDER BY {names}, d) b ORDER BY d, {names} LIMIT {limit}"
     ).format(names=names.names(), keys=key.select_as("e", names), distance=_parts(project)["distance"],
-             order=_chunk_order(project),
+             order=chunk_order(project),
              target=project.names.target, source_join=_chunk_source_join(project, shape),
              where=_where(shape), chunks=sql.Literal(limit * chunks_per_row), limit=sql.Literal(limit))
     if not shape and columns == key.columns:

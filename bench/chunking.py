@@ -466,17 +466,18 @@ class CorpusRun:
         """Each side's exact top-10 rows for each query (no index: every vector compared; a chunked row
         ranks by its nearest chunk), and for how many queries the index's nearest TOP × CHUNKS_PER_ROW
         chunks at the default ef_search cover fewer than TOP rows (the hook then asks again with more)."""
-        from airflow_vectorize.search import CHUNKS_PER_ROW
+        from airflow_vectorize import catalog
+        from airflow_vectorize.search import CHUNKS_PER_ROW, chunk_order
 
         chunks = sql.Identifier("vectorize", f"_chunks_{chunked}")
         one = sql.Identifier("vectorize", f"_embeddings_{whole}")
         by_best = sql.SQL("SELECT id FROM {} GROUP BY id ORDER BY min(embeddings <=> %s), id LIMIT {}").format(
             chunks, sql.Literal(TOP))
         by_one = sql.SQL("SELECT id FROM {} ORDER BY embeddings <=> %s, id LIMIT {}").format(one, sql.Literal(TOP))
-        nearest = sql.SQL(  # through the chunk index, on the expression it holds (catalog.index_expression)
-            "SELECT count(DISTINCT id) FROM (SELECT id FROM {} ORDER BY embeddings::halfvec({n}) <=> %s::halfvec({n})"
-            " LIMIT {}) c").format(chunks, sql.Literal(TOP * CHUNKS_PER_ROW), n=sql.Literal(vectors.shape[1]))
         conn = self.session.conn
+        nearest = sql.SQL(  # through the chunk index, ordered as the hook's search orders the chunks
+            "SELECT count(DISTINCT id) FROM (SELECT id FROM {} e ORDER BY {} LIMIT {}) c").format(
+            chunks, chunk_order(catalog.find_project(conn.cursor(), chunked)), sql.Literal(TOP * CHUNKS_PER_ROW))
         result: dict[str, Any] = {chunked: [], whole: []}
         with conn.transaction():
             conn.execute("SET LOCAL enable_indexscan = off")
@@ -485,7 +486,7 @@ class CorpusRun:
                 result[whole].append([r[0] for r in conn.execute(by_one, [v])])
         with conn.transaction():
             conn.execute("SET LOCAL hnsw.iterative_scan = strict_order")  # as the hook's connection
-            result["short"] = sum(conn.execute(nearest, [v]).fetchone()[0] < TOP for v in vectors)
+            result["short"] = sum(conn.execute(nearest, {"vector": v}).fetchone()[0] < TOP for v in vectors)
         return result
 
     def explain(self, settings: dict[str, int], vectors: np.ndarray) -> dict[str, Any]:

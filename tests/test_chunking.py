@@ -279,8 +279,9 @@ def test_search_reads_the_index_first_pass_and_looks_further_past_deleted_chunks
     assert not search.vector_search_query(target, [0.1] * 384, num_results=10, chunks_per_row=16,
                                           single_pass=True).single_pass
     vector = hook.encode(JOB, [sentence])[0]
-    first_pass = licenses.execute(
-        f"SELECT id FROM vectorize._chunks_{JOB} ORDER BY embeddings <=> %s::vector LIMIT 40", [vector])
+    first_pass = licenses.execute(  # the nearest chunks as search orders them (by the indexed expression)
+        f"SELECT id FROM vectorize._chunks_{JOB} ORDER BY embeddings::halfvec(384) <=> %s::halfvec(384) LIMIT 40",
+        [vector])
     licenses.execute("DELETE FROM licenses WHERE id = 6")  # its chunks go, dead in the index until VACUUM
 
     rows = hook.search(JOB, sentence, return_columns=["id"], num_results=5)
