@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, closing
 from dataclasses import dataclass, replace
+from functools import partial
 from datetime import datetime
 from typing import Any, Callable
 
@@ -41,6 +42,11 @@ DEFAULT_BATCH_SIZE = 256
 DEFAULT_MAX_ATTEMPTS = 3  # a row that failed this often with the same text is skipped until it changes
 DEFAULT_MAX_FAILED_SHARE = 0.1  # a run fails when more of its rows than this could not be embedded
 PROGRESS_EVERY_SECONDS = 10.0
+# A key as text (its hash partition, its row lock) must be the same in every run's session: PGTZ, PGDATESTYLE
+# or a connection's ``options`` could otherwise make two workers split a timestamptz or date key differently
+# (rows in no partition, or in two). Generation's sessions render keys with these settings.
+KEY_TEXT_SETTINGS = {"TimeZone": "UTC", "DateStyle": "ISO, MDY", "IntervalStyle": "postgres",
+                     "extra_float_digits": "1", "bytea_output": "hex", "lc_monetary": "C"}
 
 
 @dataclass(frozen=True)
@@ -308,6 +314,18 @@ def clear_current_pending(conn: psycopg.Connection, project: Project, scope: Sco
                  current=p["current"], text=p["text"], scope=condition), params).rowcount
 
 
+def _key_text_session(connect: Callable[[], psycopg.Connection]) -> psycopg.Connection:
+    """A new connection whose session renders keys as text the same way everywhere (KEY_TEXT_SETTINGS)."""
+    conn = connect()
+    try:
+        conn.execute("SELECT set_config(name, setting, false) FROM unnest(%s::text[], %s::text[]) s(name, setting)",
+                     [list(KEY_TEXT_SETTINGS), list(KEY_TEXT_SETTINGS.values())])
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 def generate(
     connect: Callable[[], psycopg.Connection],  # a new autocommit connection per call
     project: Project,
@@ -337,6 +355,7 @@ def generate(
     started = time.monotonic()
     embedded = batches = 0
     failures: list[RowFailure] = []
+    connect = partial(_key_text_session, connect)
     with ExitStack() as stack:
         control = stack.enter_context(connect())
         streamer = stack.enter_context(connect())

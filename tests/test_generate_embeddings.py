@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timedelta, timezone
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -112,6 +114,33 @@ def test_partitions_are_disjoint_and_complete(database, hook):
     assert all(60 < len(p) < 140 for p in parts)  # a hash split, roughly even
     assert set().union(*parts) == set(range(1, 301))
     assert sum(map(len, parts)) == 300
+
+
+@pytest.mark.parametrize("setting, value", [("TimeZone", "Pacific/Chatham"), ("DateStyle", "SQL, DMY")])
+def test_partitions_agree_across_workers_session_settings(postgres, database, hook, setting, value):
+    """Workers whose connections render times differently (PGTZ, PGDATESTYLE, a connection's ``options``) still
+    split a timestamptz key the same way: every row lands in exactly one partition (and a non-ISO DateStyle,
+    whose times psycopg cannot read, does not stop the run)."""
+    from airflow_vectorize.hooks.vectorize import VectorizeHook
+
+    database.execute("CREATE TABLE events (at timestamptz PRIMARY KEY, title text)")
+    database.execute("INSERT INTO events SELECT %s::timestamptz + g * interval '7 hours 13 minutes', 'event ' || g"
+                     " FROM generate_series(1, 60) g", [DAY])
+    other = f"{database.conn_id}_elsewhere"
+    options = f"-c {setting}={value.replace(' ', '')}"
+    os.environ[f"AIRFLOW_CONN_{other.upper()}"] = f"{postgres.uri(database.name)}&options={quote(options)}"
+    try:
+        elsewhere = VectorizeHook(postgres_conn_id=other)
+        with elsewhere.connect() as conn:  # the setting reaches the session: the test can fail
+            assert conn.execute(f"SHOW {setting}").fetchone()[0] == value
+        hook.create_project("events", "events", "at", ["title"], schedule="manual")
+        first = hook.generate_embeddings("events", partition_index=0, partition_count=2)
+        second = elsewhere.generate_embeddings("events", partition_index=1, partition_count=2)
+    finally:
+        os.environ.pop(f"AIRFLOW_CONN_{other.upper()}", None)
+
+    assert 0 < first["embedded"] < 60 and first["embedded"] + second["embedded"] == 60
+    assert database.scalar('SELECT count(DISTINCT at) FROM vectorize."_embeddings_events"') == 60
 
 
 def test_concurrent_runs_embed_every_row_once(database, hook):
