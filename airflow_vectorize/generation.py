@@ -23,8 +23,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, closing
 from dataclasses import dataclass, replace
-from functools import partial
 from datetime import datetime
+from functools import partial
 from typing import Any, Callable
 
 import psycopg
@@ -34,7 +34,8 @@ from psycopg import sql
 from airflow_vectorize import expressions, storage
 from airflow_vectorize.catalog import Project, create_index, drop_index_unless_busy
 from airflow_vectorize.chunking import Chunk, TextSplitter
-from airflow_vectorize.exceptions import EmbeddingFailuresError, InvalidInputError
+from airflow_vectorize.exceptions import EmbeddingFailuresError, InvalidInputError, ModelResponseError
+from airflow_vectorize.validation import HALFVEC_MAX
 
 log = logging.getLogger(__name__)
 
@@ -326,6 +327,19 @@ def _key_text_session(connect: Callable[[], psycopg.Connection]) -> psycopg.Conn
     return conn
 
 
+def _within_halfvec(encode: Callable[[list[str]], Any], project: Project, texts: list[str]) -> Any:
+    """``encode(texts)``, refused when a value is beyond what a chunked project's half-precision index holds."""
+    import numpy as np  # here, not at import: DAG files import the hook, and through it this module
+
+    vectors = encode(texts)
+    if len(vectors) and float(np.abs(vectors).max()) > HALFVEC_MAX:
+        raise ModelResponseError(
+            f"project {project.name!r}: the model returned values beyond ±{HALFVEC_MAX:g}, which the chunked"
+            " project's index (halfvec, half precision) cannot hold; nothing of the batch was written"
+        )
+    return vectors
+
+
 def generate(
     connect: Callable[[], psycopg.Connection],  # a new autocommit connection per call
     project: Project,
@@ -356,6 +370,8 @@ def generate(
     embedded = batches = 0
     failures: list[RowFailure] = []
     connect = partial(_key_text_session, connect)
+    if splitter is not None:
+        encode = partial(_within_halfvec, encode, project)
     with ExitStack() as stack:
         control = stack.enter_context(connect())
         streamer = stack.enter_context(connect())

@@ -43,7 +43,7 @@ class EmbeddingServer:
     """``POST /v1/embeddings`` on 127.0.0.1 with the real model's vectors, and scripted faults.
 
     Faults: ("status", code, retry_after or None, message), ("slow", seconds), ("drop",), ("bad_json",),
-    ("wrong_dims", n), ("wrong_count",). ``requests`` records every request; ``in_flight_peak`` the most
+    ("wrong_dims", n), ("wrong_count",), ("scaled", factor). ``requests`` records every request; ``in_flight_peak`` the most
     requests answered at once.
     """
 
@@ -109,6 +109,8 @@ class EmbeddingServer:
             vectors = vectors[:, : action[1]]
         if kind == "wrong_count":
             vectors = vectors[1:]
+        if kind == "scaled":
+            vectors = vectors * action[1]
         as_base64 = received.body.get("encoding_format") == "base64"
         data = [{"object": "embedding", "index": i,
                  "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode() if as_base64 else v.tolist()}

@@ -69,6 +69,27 @@ def test_long_texts_are_found_by_their_end(licenses, hook, model):
     assert hybrid[0]["name"] == "MPL-2.0" and all("chunk" in row and row["similarity_score"] for row in hybrid)
 
 
+def test_the_splitter_keeps_nothing_of_the_texts_it_split(model):
+    """Token counts are kept for the text being split only: a run over many long documents, or many runs in
+    one worker, do not grow its memory (semchunk's own cache kept every piece of every text, ~6.6 MB for a
+    megabyte of text, for the life of the process)."""
+    import tracemalloc
+
+    from airflow_vectorize.chunking import TextSplitter
+
+    texts = [document(name) for name in DOCUMENTS.values()]
+    expected = TextSplitter(model.tokenizer, 200, 20).split_all(texts)  # warm-up
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(3):
+            assert TextSplitter(model.tokenizer, 200, 20).split_all(texts) == expected
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 100_000, f"{kept:,} bytes kept after splitting {3 * sum(map(len, texts)):,} characters"
+
+
 def test_a_changed_row_replaces_its_chunks_and_others_stay(licenses, hook):
     hook.create_project(JOB, "licenses", "id", ["body"], chunk_size=200)
     hook.generate_embeddings(JOB)

@@ -177,6 +177,24 @@ def test_wrong_answers_write_nothing(products, hook, embedding_server, fault, me
     assert embedded_count(products) == 0
 
 
+def test_values_beyond_a_chunked_projects_index_fail_the_run_clearly(products, hook, embedding_server):
+    """A chunked project's index holds its vectors at half precision: a model answering values beyond ±65504
+    fails the run with a ModelResponseError, and writes nothing (the same answer fits an unchunked project)."""
+    create(hook, chunk_size=32)
+    create(hook, job="whole")
+    before = snapshot(products)
+    embedding_server.reset(default=("scaled", 1e6))  # a unit vector's largest value times 10^6: > 65504
+
+    with pytest.raises(ModelResponseError) as error:
+        hook.generate_embeddings(JOB, batch_size=100)
+
+    assert str(error.value) == (f"project {JOB!r}: the model returned values beyond ±65504, which the chunked"
+                                " project's index (halfvec, half precision) cannot hold; nothing of the batch"
+                                " was written")
+    assert snapshot(products) == before
+    assert hook.generate_embeddings("whole")["embedded"] == 24
+
+
 def test_requests_respect_input_and_token_limits_and_long_inputs_are_cut(products, hook, embedding_server):
     products.execute("UPDATE products SET description = repeat('very long text ', 500) WHERE product_id = 7")
     set_model_connection("limited", embedding_server.url, embedding_server.api_key, max_batch_inputs=5,
