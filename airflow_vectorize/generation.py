@@ -43,6 +43,9 @@ DEFAULT_BATCH_SIZE = 256
 DEFAULT_MAX_ATTEMPTS = 3  # a row that failed this often with the same text is skipped until it changes
 DEFAULT_MAX_FAILED_SHARE = 0.1  # a run fails when more of its rows than this could not be embedded
 PROGRESS_EVERY_SECONDS = 10.0
+# Characters a token of English prose takes in WordPiece/BPE vocabularies (man pages with all-MiniLM-L6-v2:
+# 4.4): a chunked run's text volume gives an estimate of the chunks it writes.
+CHARACTERS_PER_TOKEN = 4
 # A key as text (its hash partition, its row lock) must be the same in every run's session: PGTZ, PGDATESTYLE
 # or a connection's ``options`` could otherwise make two workers split a timestamptz or date key differently
 # (rows in no partition, or in two). Generation's sessions render keys with these settings.
@@ -294,14 +297,23 @@ def stream_keys(conn: psycopg.Connection, project: Project, scope: Scope, batch_
 
 
 def count_due(conn: psycopg.Connection, project: Project, scope: Scope,
-              max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> tuple[int, int]:
-    """(rows to embed, rows due but without any text) in the scope."""
+              max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> tuple[int, int, int]:
+    """(rows to embed, rows due but without any text, characters of the texts to embed) in the scope."""
     p = row_sql(project, max_attempts)
     condition, params = scope.condition(project)
     return conn.execute(sql.SQL(
-        "SELECT count(*) FILTER (WHERE {text} <> ''), count(*) FILTER (WHERE {text} = '')"
-        " FROM {from_} WHERE {needs} AND {scope}"
+        "SELECT count(*) FILTER (WHERE {text} <> ''), count(*) FILTER (WHERE {text} = ''),"
+        " coalesce(sum(length({text})), 0) FROM {from_} WHERE {needs} AND {scope}"
     ).format(text=p["text"], from_=p["from"], needs=p["needs"], scope=condition), params).fetchone()
+
+
+def incoming_vectors(project: Project, rows: int, characters: int) -> int:
+    """The vectors a run will write: one a row, or for a chunked project about one a ``chunk_size`` tokens
+    of text (CHARACTERS_PER_TOKEN each; at least one a row), which the bulk-load rule compares with the
+    vectors stored."""
+    if not project.is_chunked:
+        return rows
+    return max(rows, characters // (project.chunk_size * CHARACTERS_PER_TOKEN))
 
 
 def clear_current_pending(conn: psycopg.Connection, project: Project, scope: Scope) -> int:
@@ -375,9 +387,10 @@ def generate(
     with ExitStack() as stack:
         control = stack.enter_context(connect())
         streamer = stack.enter_context(connect())
-        to_embed, skipped = count_due(control, project, scope, max_attempts)
+        to_embed, skipped, characters = count_due(control, project, scope, max_attempts)
         log.info("Project %r: %d row(s) to embed, %d without text (scope %s)", project.name, to_embed, skipped, scope)
-        rebuild = scope.partition_count == 1 and _bulk(control, project, to_embed)
+        incoming = incoming_vectors(project, to_embed, characters)
+        rebuild = scope.partition_count == 1 and _bulk(control, project, incoming)
         if rebuild:  # a bulk load: build the HNSW graph once at the end instead of row by row
             with control.transaction():
                 rebuild = drop_index_unless_busy(control.cursor(), project)

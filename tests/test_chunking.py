@@ -90,6 +90,25 @@ def test_the_splitter_keeps_nothing_of_the_texts_it_split(model):
     assert kept < 100_000, f"{kept:,} bytes kept after splitting {3 * sum(map(len, texts)):,} characters"
 
 
+def test_a_bulk_load_is_judged_by_its_chunks(licenses, hook, monkeypatch):
+    """The bulk-load rule (drop the HNSW index, build it once at the end) counts vectors: 5 long rows make
+    over 40 chunks, past the threshold (1,000 vectors, lowered to 40 here), though 5 rows are not."""
+    from airflow_vectorize import storage
+
+    monkeypatch.setattr(storage, "REBUILD_INDEX_MIN_ROWS", 40)
+    hook.create_project(JOB, "licenses", "id", ["body"], chunk_size=128, chunk_overlap=16)
+
+    first = hook.generate_embeddings(JOB)
+
+    assert first["embedded"] == 5 and first["index_rebuilt"] is True
+    assert licenses.scalar(f"SELECT count(*) FROM vectorize._chunks_{JOB}") > 40
+    assert licenses.scalar("SELECT count(*) FROM pg_indexes WHERE schemaname = 'vectorize' AND indexname = %s",
+                           [f"{JOB}_hnsw_cos_idx"]) == 1
+    licenses.execute("UPDATE licenses SET body = body || ' Amended.' WHERE id = 1")
+    again = hook.generate_embeddings(JOB)  # one row of five: written into the index
+    assert again["embedded"] == 1 and again["index_rebuilt"] is False
+
+
 def test_a_changed_row_replaces_its_chunks_and_others_stay(licenses, hook):
     hook.create_project(JOB, "licenses", "id", ["body"], chunk_size=200)
     hook.generate_embeddings(JOB)
