@@ -96,12 +96,14 @@ def _token_counter(tokenizer: Any) -> tuple[Callable[[str], int], int | None]:
     in characters when the vocabulary is known (semchunk then tokenizes only the start of a long text).
 
     A fast Hugging Face tokenizer counts with its Rust core (``backend_tokenizer``): the same count as
-    ``tokenizer.encode(text, add_special_tokens=False)`` without the Python layers around it (a third
-    less time to split man pages with all-MiniLM-L6-v2, the same chunks).
+    ``tokenizer.encode(text, add_special_tokens=False)`` without the Python layers around it, nor the offsets
+    it tracks (0.5-0.7x the time to split 100 man pages with all-MiniLM-L6-v2, the same chunks).
     """
     if getattr(tokenizer, "backend_tokenizer", None) is not None:
-        backend = _rust_core(tokenizer)
-        return (lambda text: len(backend.encode(text, add_special_tokens=False))), _longest(tokenizer.get_vocab())
+        core, longest = _rust_core(tokenizer), _longest(tokenizer.get_vocab())
+        if hasattr(core, "encode_batch_fast"):  # tokenizers >= 0.21: no offsets tracked, ~0.7x the time
+            return (lambda text: len(core.encode_batch_fast([text], add_special_tokens=False)[0])), longest
+        return (lambda text: len(core.encode(text, add_special_tokens=False))), longest
     if hasattr(tokenizer, "encode_ordinary"):  # tiktoken: special tokens' text counted as ordinary text
         return (lambda text: len(tokenizer.encode_ordinary(text))), _longest(tokenizer.token_byte_values())
     if hasattr(tokenizer, "encode"):  # a Hugging Face tokenizer without a Rust core
