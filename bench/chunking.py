@@ -47,6 +47,7 @@ TOP = 10
 EF_SEARCH = (10, 20, 40, 80, 160, 320)  # hnsw.ef_search settings of the search-time sweep
 SWEEP_PASSES = 2
 MATCHED_PASSES = 3
+THROUGHPUT_ROUNDS = 3  # runs of ours, each between two bare encodes; each side's median counts
 THROUGHPUT_MAX_DOCS = 400  # the throughput comparison embeds the corpus twice more: larger runs leave it out
 EXPLAINED_QUERIES = 20
 
@@ -169,20 +170,28 @@ class CorpusRun:
         if throughput:
             model.encode(expected[:64], show_progress_bar=False)  # warm-up: both sides find the model warm
             bare_runs.append(bare(expected))
-        hook.create_project(self.chunked, self.table, "id", ["body"], chunk_size=CHUNK_SIZE,
-                            chunk_overlap=CHUNK_OVERLAP, schedule="manual")  # empty: a bulk run
-        session.settle()
-        ours_seconds, result = timed(lambda: hook.generate_embeddings(self.chunked))
-        log(f"  generate_embeddings (chunked): {tokens / ours_seconds:,.0f} tokens/s ({result['seconds']} s)")
-        chunks_table = sql.Identifier("vectorize", f"_chunks_{self.chunked}")
-        stored = [r[0] for r in session.execute(sql.SQL("SELECT chunk FROM {} ORDER BY id, chunk_no")
-                                                .format(chunks_table))]
-        status = hook.get_status(self.chunked)
-        assert result["embedded"] == n, result  # every document embedded, in chunks
-        assert (status["embedded_rows"], status["missing_rows"], status["chunks"]) == (n, 0, len(expected)), status
-        assert len(stored) > n and stored == expected, (len(stored), len(expected))
-        if throughput:
-            bare_runs.append(bare(stored))
+        ours_runs = []
+        # Encodes of the same chunks vary by ±10 % from one run to the next on 2 shared cores: with the
+        # throughput measured, the sides alternate THROUGHPUT_ROUNDS times (bare, ours, bare, ..., bare).
+        for round_ in range(THROUGHPUT_ROUNDS if throughput else 1):
+            if round_:
+                hook.drop_project(self.chunked)
+            hook.create_project(self.chunked, self.table, "id", ["body"], chunk_size=CHUNK_SIZE,
+                                chunk_overlap=CHUNK_OVERLAP, schedule="manual")  # empty: a bulk run
+            session.settle()
+            seconds, result = timed(lambda: hook.generate_embeddings(self.chunked))
+            ours_runs.append(seconds)
+            log(f"  generate_embeddings (chunked): {tokens / seconds:,.0f} tokens/s ({result['seconds']} s)")
+            chunks_table = sql.Identifier("vectorize", f"_chunks_{self.chunked}")
+            stored = [r[0] for r in session.execute(sql.SQL("SELECT chunk FROM {} ORDER BY id, chunk_no")
+                                                    .format(chunks_table))]
+            status = hook.get_status(self.chunked)
+            assert result["embedded"] == n, result  # every document embedded, in chunks
+            assert (status["embedded_rows"], status["missing_rows"], status["chunks"]) == (n, 0, len(expected)), status
+            assert len(stored) > n and stored == expected, (len(stored), len(expected))
+            if throughput:
+                bare_runs.append(bare(stored))
+        ours_seconds = median(ours_runs)
 
         # -- the unchunked project on the same table: one vector a document, of its first 256 word-pieces --
         hook.create_project(self.whole, self.table, "id", ["body"], schedule="manual")
@@ -220,7 +229,7 @@ class CorpusRun:
             ours_label="VectorizeHook.generate_embeddings, chunked (read, split, embed, write, commit, index)",
             baseline_label="model.encode(chunk texts) in the same process",
             unit="tokens/s", ours=tokens / ours_seconds, baseline=tokens / bare_seconds, target=0.9, op=">=",
-            details={**self.project, "corpus": corpus.name, "tokens": tokens, "ours_seconds": ours_seconds,
+            details={**self.project, "corpus": corpus.name, "tokens": tokens, "ours_seconds": ours_runs,
                      "bare_seconds": bare_runs, "split_seconds_outside_ours": round(split_seconds, 2),
                      "unchunked_generate_seconds": round(whole_seconds, 2),
                      "embedded": result["embedded"], "stored_chunks": len(stored),
