@@ -100,7 +100,7 @@ def _token_counter(tokenizer: Any) -> tuple[Callable[[str], int], int | None]:
     it tracks (0.5-0.7x the time to split 100 man pages with all-MiniLM-L6-v2, the same chunks).
     """
     if getattr(tokenizer, "backend_tokenizer", None) is not None:
-        core, longest = _rust_core(tokenizer), _longest(tokenizer.get_vocab())
+        core, longest = _rust_core(tokenizer)
         if hasattr(core, "encode_batch_fast"):  # tokenizers >= 0.21: no offsets tracked, ~0.7x the time
             return (lambda text: len(core.encode_batch_fast([text], add_special_tokens=False)[0])), longest
         return (lambda text: len(core.encode(text, add_special_tokens=False))), longest
@@ -112,15 +112,16 @@ def _token_counter(tokenizer: Any) -> tuple[Callable[[str], int], int | None]:
 
 
 @lru_cache(maxsize=8)
-def _rust_core(tokenizer: Any) -> Any:
-    """A copy of a fast tokenizer's Rust core without truncation or padding: the tokenizer's own core is set up
-    anew by each of its calls (the model's encode leaves it truncating and padding to the batch)."""
+def _rust_core(tokenizer: Any) -> tuple[Any, int]:
+    """A copy of a fast tokenizer's Rust core without truncation or padding (the tokenizer's own core is set up
+    anew by each of its calls: the model's encode leaves it truncating and padding to the batch), and the
+    longest token of its vocabulary; once per tokenizer, not per splitter (every run makes one)."""
     from tokenizers import Tokenizer
 
     core = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
     core.no_truncation()
     core.no_padding()
-    return core
+    return core, _longest(tokenizer.get_vocab())
 
 
 def _longest(vocabulary: Any) -> int:

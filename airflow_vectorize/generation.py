@@ -298,13 +298,16 @@ def stream_keys(conn: psycopg.Connection, project: Project, scope: Scope, batch_
 
 def count_due(conn: psycopg.Connection, project: Project, scope: Scope,
               max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> tuple[int, int, int]:
-    """(rows to embed, rows due but without any text, characters of the texts to embed) in the scope."""
+    """(rows to embed, rows due but without any text, characters of the texts to embed) in the scope; the
+    characters only for a chunked project (``incoming_vectors``), 0 otherwise."""
     p = row_sql(project, max_attempts)
     condition, params = scope.condition(project)
+    characters = sql.SQL("coalesce(sum(length({})), 0)").format(p["text"]) if project.is_chunked else sql.SQL("0")
     return conn.execute(sql.SQL(
-        "SELECT count(*) FILTER (WHERE {text} <> ''), count(*) FILTER (WHERE {text} = ''),"
-        " coalesce(sum(length({text})), 0) FROM {from_} WHERE {needs} AND {scope}"
-    ).format(text=p["text"], from_=p["from"], needs=p["needs"], scope=condition), params).fetchone()
+        "SELECT count(*) FILTER (WHERE {text} <> ''), count(*) FILTER (WHERE {text} = ''), {characters}"
+        " FROM {from_} WHERE {needs} AND {scope}"
+    ).format(text=p["text"], characters=characters, from_=p["from"], needs=p["needs"], scope=condition),
+        params).fetchone()
 
 
 def incoming_vectors(project: Project, rows: int, characters: int) -> int:

@@ -171,6 +171,7 @@ class CorpusRun:
             model.encode(expected[:64], show_progress_bar=False)  # warm-up: both sides find the model warm
             bare_runs.append(bare(expected))
         ours_runs = []
+        chunks_table = sql.Identifier("vectorize", f"_chunks_{self.chunked}")
         # Encodes of the same chunks vary by ±10 % from one run to the next on 2 shared cores: with the
         # throughput measured, the sides alternate THROUGHPUT_ROUNDS times (bare, ours, bare, ..., bare).
         for round_ in range(THROUGHPUT_ROUNDS if throughput else 1):
@@ -182,7 +183,6 @@ class CorpusRun:
             seconds, result = timed(lambda: hook.generate_embeddings(self.chunked))
             ours_runs.append(seconds)
             log(f"  generate_embeddings (chunked): {tokens / seconds:,.0f} tokens/s ({result['seconds']} s)")
-            chunks_table = sql.Identifier("vectorize", f"_chunks_{self.chunked}")
             stored = [r[0] for r in session.execute(sql.SQL("SELECT chunk FROM {} ORDER BY id, chunk_no")
                                                     .format(chunks_table))]
             status = hook.get_status(self.chunked)
