@@ -14,6 +14,7 @@ from functools import lru_cache
 from typing import Any
 
 from airflow_vectorize.exceptions import InvalidInputError
+from airflow_vectorize.models.tokens import count_all, plain_core
 
 CHUNKERS = ("recursive",)
 
@@ -95,15 +96,13 @@ def _token_counter(tokenizer: Any) -> tuple[Callable[[str], int], int | None]:
     """A function text -> tokens as the model counts them (its special tokens aside), and the longest token
     in characters when the vocabulary is known (semchunk then tokenizes only the start of a long text).
 
-    A fast Hugging Face tokenizer counts with its Rust core (``backend_tokenizer``): the same count as
+    A fast Hugging Face tokenizer counts with its Rust core (``tokens.plain_core``): the same count as
     ``tokenizer.encode(text, add_special_tokens=False)`` without the Python layers around it, nor the offsets
     it tracks (0.5-0.7x the time to split 100 man pages with all-MiniLM-L6-v2, the same chunks).
     """
-    if getattr(tokenizer, "backend_tokenizer", None) is not None:
-        core, longest = _rust_core(tokenizer)
-        if hasattr(core, "encode_batch_fast"):  # tokenizers >= 0.21: no offsets tracked, ~0.7x the time
-            return (lambda text: len(core.encode_batch_fast([text], add_special_tokens=False)[0])), longest
-        return (lambda text: len(core.encode(text, add_special_tokens=False))), longest
+    core = plain_core(tokenizer)
+    if core is not None:
+        return (lambda text: count_all(core, [text], add_special_tokens=False)[0]), _longest_token(tokenizer)
     if hasattr(tokenizer, "encode_ordinary"):  # tiktoken: special tokens' text counted as ordinary text
         return (lambda text: len(tokenizer.encode_ordinary(text))), _longest(tokenizer.token_byte_values())
     if hasattr(tokenizer, "encode"):  # a Hugging Face tokenizer without a Rust core
@@ -112,16 +111,9 @@ def _token_counter(tokenizer: Any) -> tuple[Callable[[str], int], int | None]:
 
 
 @lru_cache(maxsize=8)
-def _rust_core(tokenizer: Any) -> tuple[Any, int]:
-    """A copy of a fast tokenizer's Rust core without truncation or padding (the tokenizer's own core is set up
-    anew by each of its calls: the model's encode leaves it truncating and padding to the batch), and the
-    longest token of its vocabulary; once per tokenizer, not per splitter (every run makes one)."""
-    from tokenizers import Tokenizer
-
-    core = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
-    core.no_truncation()
-    core.no_padding()
-    return core, _longest(tokenizer.get_vocab())
+def _longest_token(tokenizer: Any) -> int:
+    """Once per tokenizer, not per splitter (every run makes one): ``get_vocab()`` copies the vocabulary."""
+    return _longest(tokenizer.get_vocab())
 
 
 def _longest(vocabulary: Any) -> int:

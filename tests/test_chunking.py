@@ -69,6 +69,24 @@ def test_long_texts_are_found_by_their_end(licenses, hook, model):
     assert hybrid[0]["name"] == "MPL-2.0" and all("chunk" in row and row["similarity_score"] for row in hybrid)
 
 
+def test_chunk_vectors_are_the_models_encoding_of_each_chunk(licenses, hook, model):
+    """A batch of chunks is encoded in token order (batches of about equal length pad less), and each vector
+    is stored with its own chunk."""
+    import numpy as np
+
+    from airflow_vectorize.models.local import ENCODE_BATCH_SIZE
+
+    hook.create_project(JOB, "licenses", "id", ["body"], chunk_size=128, chunk_overlap=16)
+    hook.generate_embeddings(JOB)
+
+    rows = licenses.execute(f"SELECT chunk, embeddings FROM vectorize._chunks_{JOB} ORDER BY id, chunk_no")
+    texts = [text for text, _ in rows]
+    tokens = [len(model.tokenizer.encode(text)) for text in texts]
+    assert len(texts) > 2 * ENCODE_BATCH_SIZE and tokens != sorted(tokens, reverse=True)  # the order matters
+    expected = model.encode(texts)
+    np.testing.assert_allclose(np.stack([vector.to_numpy() for _, vector in rows]), expected, atol=1e-5)
+
+
 def test_the_splitter_keeps_nothing_of_the_texts_it_split(model):
     """Token counts are kept for the text being split only: a run over many long documents, or many runs in
     one worker, do not grow its memory (semchunk's own cache kept every piece of every text, ~6.6 MB for a

@@ -1,8 +1,11 @@
-"""Token counts for remote models: exact with tiktoken for OpenAI's models, an upper estimate otherwise.
+"""Token counts.
 
-Used to keep each request under the provider's token limit and to cut an over-long input before it is
-sent (so one long row never fails its whole batch). tiktoken fetches its vocabulary once and caches it
-(``TIKTOKEN_CACHE_DIR``); where it cannot, the estimate is used and a warning says so.
+Remote models: exact with tiktoken for OpenAI's models, an upper estimate otherwise — used to keep each
+request under the provider's token limit and to cut an over-long input before it is sent (so one long row
+never fails its whole batch). tiktoken fetches its vocabulary once and caches it (``TIKTOKEN_CACHE_DIR``);
+where it cannot, the estimate is used and a warning says so.
+
+Local models (and the chunker): ``plain_core`` counts with a Hugging Face fast tokenizer's Rust core.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 from functools import lru_cache
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -64,3 +68,27 @@ def token_counter(model: str) -> TokenCounter:
     except Exception as error:  # noqa: BLE001 - no network and no cached vocabulary
         log.warning("tiktoken cannot load %r for %r (%s); token counts are estimated", name, model, error)
         return TokenCounter()
+
+
+@lru_cache(maxsize=8)
+def plain_core(tokenizer: Any) -> Any | None:
+    """A copy of a fast Hugging Face tokenizer's Rust core that neither truncates nor pads, or None for a
+    tokenizer without one. The tokenizer's own core is set up anew by each of its calls: a model's encode
+    leaves it truncating and padding to that batch. Once per tokenizer (a model is loaded once per process)."""
+    if getattr(tokenizer, "backend_tokenizer", None) is None:
+        return None
+    from tokenizers import Tokenizer
+
+    core = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    core.no_truncation()
+    core.no_padding()
+    return core
+
+
+def count_all(core: Any, texts: list[str], add_special_tokens: bool) -> list[int]:
+    """Each text's tokens under ``core`` (a ``plain_core``), without the offsets an encode also tracks."""
+    if hasattr(core, "encode_batch_fast"):  # tokenizers >= 0.21: ~0.7x the time of encode_batch
+        encodings = core.encode_batch_fast(texts, add_special_tokens=add_special_tokens)
+    else:
+        encodings = core.encode_batch(texts, add_special_tokens=add_special_tokens)
+    return [len(encoding) for encoding in encodings]
