@@ -59,6 +59,23 @@ def test_refused_rows_are_recorded_and_the_rest_is_written(products, hook, embed
     assert errors(products) == {} and hook.get_status("remote")["failed_rows"] == 0
 
 
+def test_a_chunked_row_fails_whole_and_the_rows_beside_it_are_written(products, hook, embedding_server):
+    """A row one of whose chunks the model refuses is recorded, none of its chunks written; the rows encoded
+    in the same batch are written."""
+    products.execute("UPDATE products SET description = %s WHERE product_id IN (5, 17)", ["x" * 400])
+    create(hook, chunk_size=32)  # texts of the other rows (<= 89 bytes) are one chunk each; 'x' * 400 is five
+    embedding_server.reset(max_input_bytes=90)
+
+    summary = hook.generate_embeddings("remote", batch_size=24)
+
+    assert (summary["embedded"], summary["failed"]) == (22, 2)
+    assert list(errors(products)) == [5, 17]
+    written = dict(products.execute("SELECT product_id, count(*) FROM vectorize._chunks_remote GROUP BY 1"))
+    assert sorted(written) == [k for k in range(1, 25) if k not in (5, 17)] and set(written.values()) == {1}
+    status = hook.get_status("remote")
+    assert (status["embedded_rows"], status["failed_rows"], status["chunks"]) == (22, 2, 22)
+
+
 def test_a_changed_text_starts_its_attempts_again(products, hook, embedding_server):
     products.execute("UPDATE products SET description = %s WHERE product_id = 3", [LONG])
     create(hook)
