@@ -9,8 +9,9 @@ Pipeline, per batch: claim the keys (transaction-scoped advisory locks, so concu
 same row) and re-read their current text in a writer transaction -> encode -> binary COPY into a staging
 table -> one set-based upsert -> dequeue -> commit. Writer connections take turns so the database work
 of one batch overlaps the encoding of the next (with a remote model, several batches are in flight
-at once: ``concurrency``). Keys come from a server-side cursor ordered by text length,
-so batches pad little (a local model then orders a batch's texts by tokens: ``LocalModel.embed``). A killed run keeps its committed batches; its retry starts where it stopped.
+at once: ``concurrency``). Keys come from a server-side cursor ordered by text length, so batches pad
+little (a local model then orders a batch's texts by tokens: ``LocalModel.embed``). A killed run keeps its
+committed batches; its retry starts where it stopped.
 """
 
 from __future__ import annotations

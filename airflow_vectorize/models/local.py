@@ -59,7 +59,9 @@ class LocalModel(EmbeddingModel):
         import numpy as np
 
         tokens = np.array(count_all(core, texts, add_special_tokens=True))
-        order = np.argsort(-np.minimum(tokens, self.model.max_seq_length), kind="stable")
+        if self.model.max_seq_length:  # the model reads no more: longer texts pad alike
+            tokens = np.minimum(tokens, self.model.max_seq_length)
+        order = np.argsort(-tokens, kind="stable")
         batches = [self._encode([texts[i] for i in order[start:start + ENCODE_BATCH_SIZE]])
                    for start in range(0, len(texts), ENCODE_BATCH_SIZE)]
         vectors = np.empty((len(texts), batches[0].shape[1]), dtype=batches[0].dtype)
