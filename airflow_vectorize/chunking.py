@@ -104,17 +104,15 @@ def _token_counter(tokenizer: Any) -> tuple[Callable[[str], int], int | None]:
     if core is not None:
         return (lambda text: count_all(core, [text], add_special_tokens=False)[0]), _longest_token(tokenizer)
     if hasattr(tokenizer, "encode_ordinary"):  # tiktoken: special tokens' text counted as ordinary text
-        return (lambda text: len(tokenizer.encode_ordinary(text))), _longest(tokenizer.token_byte_values())
+        return (lambda text: len(tokenizer.encode_ordinary(text))), _longest_token(tokenizer)
     if hasattr(tokenizer, "encode"):  # a Hugging Face tokenizer without a Rust core
-        return (lambda text: len(tokenizer.encode(text, add_special_tokens=False))), _longest(tokenizer.get_vocab())
+        return (lambda text: len(tokenizer.encode(text, add_special_tokens=False))), _longest_token(tokenizer)
     return tokenizer, None
 
 
 @lru_cache(maxsize=8)
 def _longest_token(tokenizer: Any) -> int:
-    """Once per tokenizer, not per splitter (every run makes one): ``get_vocab()`` copies the vocabulary."""
-    return _longest(tokenizer.get_vocab())
-
-
-def _longest(vocabulary: Any) -> int:
+    """The vocabulary's longest token, in characters (tiktoken: bytes); once per tokenizer, not per splitter
+    (every run makes one): ``get_vocab()`` copies the vocabulary."""
+    vocabulary = tokenizer.token_byte_values() if hasattr(tokenizer, "token_byte_values") else tokenizer.get_vocab()
     return max(len(token) for token in vocabulary)

@@ -43,8 +43,8 @@ class EmbeddingServer:
     """``POST /v1/embeddings`` on 127.0.0.1 with the real model's vectors, and scripted faults.
 
     Faults: ("status", code, retry_after or None, message), ("slow", seconds), ("drop",), ("bad_json",),
-    ("wrong_dims", n), ("wrong_count",), ("scaled", factor). ``requests`` records every request; ``in_flight_peak`` the most
-    requests answered at once.
+    ("wrong_dims", n), ("wrong_count",), ("scaled", factor). ``requests`` records every request;
+    ``in_flight_peak`` the most requests answered at once.
     """
 
     def __init__(self, model, api_key: str = "sk-test-0123456789abcdef") -> None:
