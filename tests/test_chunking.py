@@ -28,6 +28,28 @@ def last_third_sentence(text: str) -> str:
 
 
 @pytest.fixture
+def index_path(monkeypatch):
+    """Chunked searches take the HNSW index path, as on a chunk table of more than EXACT_SCAN_MAX_PAGES."""
+    from airflow_vectorize import search
+
+    def forget() -> None:  # statements are built with the threshold written in
+        search._vector_statement.cache_clear()
+        search._hybrid_statement.cache_clear()
+
+    monkeypatch.setattr(search, "EXACT_SCAN_MAX_PAGES", -1)
+    forget()
+    yield
+    forget()
+
+
+def executed_scans(plan: str) -> list[str]:
+    """The scans of a chunk table that ran in an EXPLAIN ANALYZE plan (``Seq Scan on _chunks_...``,
+    ``Index Scan using <index> on _chunks_...``)."""
+    return [line.strip().split(" (")[0].removeprefix("->  ") for line in plan.splitlines()
+            if " on _chunks_" in line and "never executed" not in line]
+
+
+@pytest.fixture
 def licenses(database):
     database.execute("CREATE TABLE licenses (id integer PRIMARY KEY, name text NOT NULL, body text)")
     for key, name in DOCUMENTS.items():
@@ -245,7 +267,7 @@ def test_bad_chunk_imports_change_nothing(licenses, hook, license_chunk_vectors,
     assert snapshot(licenses) == before
 
 
-def test_search_returns_enough_rows_when_one_row_owns_the_nearest_chunks(licenses, hook):
+def test_search_returns_enough_rows_when_one_row_owns_the_nearest_chunks(licenses, hook, index_path):
     sentence = "The lighthouse keeper fed the seagulls at dawn every single morning."
     licenses.execute("INSERT INTO licenses VALUES (6, 'lighthouse', repeat(%s || ' ', 60))", [sentence])
     hook.create_project(JOB, "licenses", "id", ["body"], chunk_size=32)
@@ -286,7 +308,8 @@ def test_search_rows_do_not_depend_on_the_returned_columns(licenses, hook):
 @pytest.mark.parametrize("index_dist_type, suffix, opclass", [
     ("pgv_hnsw_cosine", "cos", "halfvec_cosine_ops"), ("pgv_hnsw_l2", "l2", "halfvec_l2_ops"),
     ("pgv_hnsw_ip", "ip", "halfvec_ip_ops")])
-def test_chunked_searches_are_served_by_the_half_precision_index(licenses, hook, index_dist_type, suffix, opclass):
+def test_chunked_searches_are_served_by_the_half_precision_index(licenses, hook, index_dist_type, suffix, opclass,
+                                                                 index_path):
     """Vector and hybrid search order the chunks by the indexed expression (a search that did not would scan
     every chunk), and score rows by the full vectors."""
     from airflow_vectorize import search
@@ -316,7 +339,7 @@ def test_chunked_searches_are_served_by_the_half_precision_index(licenses, hook,
                                 f" chunked project {JOB!r} is indexed")
 
 
-def test_search_reads_the_index_first_pass_and_looks_further_past_deleted_chunks(licenses, hook):
+def test_search_reads_the_index_first_pass_and_looks_further_past_deleted_chunks(licenses, hook, index_path):
     """A chunked search of at most ef_search chunks reads the index's first pass only (no iterative scan);
     chunks of deleted rows stay in the index until VACUUM, and when the live ones among the first pass
     cover too few rows the search asks again for more: the rows are still the exact ones."""
@@ -351,3 +374,44 @@ def test_search_reads_the_index_first_pass_and_looks_further_past_deleted_chunks
     assert {key for (key,) in first_pass} == {6}  # the index's first pass (ef_search 40): all deleted now
     assert [row["id"] for row in rows] == [key for (key,) in exact] and len(exact) == 5
     assert len({row["id"] for row in shallow}) == 5 and 6 not in {row["id"] for row in shallow}
+
+
+def test_a_small_chunk_table_is_searched_exactly_until_it_grows(licenses, hook, monkeypatch):
+    """While the chunk table has at most EXACT_SCAN_MAX_PAGES pages a search compares every chunk (exact rows,
+    scores and best chunks at any ef_search); the same built statement takes the index once the table has
+    grown past them (the choice is made as the statement runs, never cached)."""
+    from airflow_vectorize import search
+
+    hook.create_project(JOB, "licenses", "id", ["body"], chunk_size=128, chunk_overlap=16)
+    hook.generate_embeddings(JOB)
+    pages = licenses.scalar(f"SELECT pg_relation_size('vectorize._chunks_{JOB}') / 8192")
+    monkeypatch.setattr(search, "EXACT_SCAN_MAX_PAGES", pages)
+    search._vector_statement.cache_clear()
+    search._hybrid_statement.cache_clear()
+    licenses.execute(f'ALTER DATABASE "{licenses.name}" SET enable_seqscan = off')  # the index, if it may
+    query = "You must give any other recipients of the Work a copy of this License."
+    vector = hook.encode(JOB, [query])[0]
+
+    def plan() -> list[str]:
+        built = search.vector_search_query(hook._search_target(JOB), vector, ["id"], 4, ef_search=1,
+                                           single_pass=True)
+        conn = hook._search_connection()
+        with conn.transaction(), conn.cursor() as cur:
+            return executed_scans(search.explain(cur, built, analyze=True))
+
+    rows = hook.search(JOB, vector, return_columns=["id"], num_results=4, ef_search=1)
+    hybrid = hook.hybrid_search(JOB, query, return_columns=["id"], num_results=4, full_text_weight=0, ef_search=1)
+    exact = licenses.execute(
+        f"SELECT id, 1 - d, chunk FROM (SELECT DISTINCT ON (id) id, chunk, embeddings <=> %s::vector AS d"
+        f" FROM vectorize._chunks_{JOB} ORDER BY id, d, chunk_no) best ORDER BY d, id LIMIT 4", [vector])
+    small = plan()
+    licenses.execute("INSERT INTO licenses SELECT id + 10, name, body FROM licenses")
+    hook.generate_embeddings(JOB)
+    grown = plan()
+
+    assert [(row["id"], row["chunk"]) for row in rows] == [(key, chunk) for key, _, chunk in exact]
+    assert [row["similarity_score"] for row in rows] == pytest.approx([score for _, score, _ in exact], abs=1e-6)
+    assert [(row["id"], row["chunk"], row["semantic_rank"]) for row in hybrid] == [
+        (key, chunk, rank) for rank, (key, _, chunk) in enumerate(exact, 1)]
+    assert small and not any("hnsw" in scan for scan in small), small
+    assert f"Index Scan using {JOB}_hnsw_cos_idx on _chunks_{JOB} e" in grown, grown
