@@ -365,6 +365,13 @@ def _exact_scan(project: Project) -> sql.Composable:
         sql.Literal(project.names.target.as_string()), sql.Literal(EXACT_SCAN_MAX_PAGES * 8192))
 
 
+def searched_exactly(session: SearchSession, project: Project) -> bool:
+    """Whether a chunked search on ``session`` now compares every chunk (``_exact_scan``): its result, however
+    short, is then every row there is."""
+    with session.lock:
+        return bool(session.cursor.execute(sql.SQL("SELECT {}").format(_exact_scan(project))).fetchone()[0])
+
+
 def _every_chunk(project: Project, shape: tuple[Filter, ...], rows: int) -> sql.Composable:
     """``_nearest_rows`` computed exactly, from every chunk's full vector, while ``_exact_scan`` holds."""
     key, names = project.key, project.key.aliases()

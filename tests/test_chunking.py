@@ -415,3 +415,21 @@ def test_a_small_chunk_table_is_searched_exactly_until_it_grows(licenses, hook, 
         (key, chunk, rank) for rank, (key, _, chunk) in enumerate(exact, 1)]
     assert small and not any("hnsw" in scan for scan in small), small
     assert f"Index Scan using {JOB}_hnsw_cos_idx on _chunks_{JOB} e" in grown, grown
+
+
+def test_a_short_exact_result_is_not_asked_again(licenses, hook, monkeypatch):
+    """A filter leaving fewer rows than asked for: the exact path has compared every chunk, so the search
+    runs once (the index path would ask again with more chunks per row, in vain)."""
+    from airflow_vectorize import search
+
+    hook.create_project(JOB, "licenses", "id", ["body"], chunk_size=128)
+    hook.generate_embeddings(JOB)
+    calls = []
+    run = search.run
+    monkeypatch.setattr(search, "run", lambda *args, **kwargs: calls.append(args[1]) or run(*args, **kwargs))
+
+    rows = hook.search(JOB, "a copy of this License", return_columns=["id"], num_results=5,
+                       filters={"id": {"in": [2, 4]}})
+
+    assert sorted(row["id"] for row in rows) == [2, 4]
+    assert len(calls) == 1, [call.statement for call in calls]

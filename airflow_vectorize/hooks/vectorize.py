@@ -610,6 +610,9 @@ class VectorizeHook(PostgresHook):
         if last and last[0].single_pass and len(rows) < num_results and not chunked:
             rows = self._run_search(job_name, lambda t: build(t, single_pass=False))  # the first pass was not enough
         per_row = searching.CHUNKS_PER_ROW
+        if chunked and len(rows) < num_results and searching.searched_exactly(
+                self._search_session, target.project):
+            return rows  # every chunk was compared: there are no more rows to find
         while chunked and len(rows) < num_results and per_row < searching.MAX_CHUNKS_PER_ROW:
             # The nearest chunks (of the index's first pass, or beyond it) covered too few rows.
             per_row *= 4
