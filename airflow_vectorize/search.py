@@ -316,16 +316,17 @@ FIRST_PASS_CHUNKS_PER_ROW = 2
 MAX_CHUNKS_PER_ROW = 256
 # While a chunk table has at most this many pages (8 kB; ~4 chunks of 200 tokens with 384-dim vectors a page)
 # its searches compare every chunk instead of asking the HNSW index: the exact rows at any ef_search, in one
-# statement (no second ask), ~1.4 µs a page. On 100 man pages (456 pages, 1,822 chunks) 0.65 ms through the
-# hook vs 0.72 ms for the index at ef_search 40, 2.9 ms at 160 (which the exact rows needed); on 300 (1,135
-# pages) 1.5-2.1 ms vs 0.6 ms at ef_search 40: the index is the faster path past ~500 pages.
-EXACT_SCAN_MAX_PAGES = 512
+# statement (on a small table the index's nearest chunks often cover too few rows and are asked for again).
+# Through the hook, interleaved, on man-page chunk tables, against the index at the lowest ef_search giving
+# 99.5 % of the exact rows: 111 pages 0.39 vs 1.09 ms, 247 pages 0.62 vs 0.99 ms, 456 pages 1.27 vs 1.03 ms, 613 pages
+# 2.15 vs 1.49 ms: the index is the faster path past ~350 pages.
+EXACT_SCAN_MAX_PAGES = 256
 
 
 def chunk_order(project: Project) -> sql.Composable:
-    """The distance a chunked project's HNSW index serves: between the chunk vectors (alias ``e``) and the query
-    (``%(vector)s``) at half precision (``catalog.index_expression``). Rows are then ranked and scored by the full vectors' distance
-    among the chunks it finds."""
+    """The distance a chunked project's HNSW index serves: between the chunk vectors (alias ``e``) and the
+    query (``%(vector)s``) at half precision (``catalog.index_expression``). Rows are then ranked and scored
+    by the full vectors' distance among the chunks it finds."""
     return sql.SQL("{} {} %(vector)s::halfvec({})").format(
         catalog.index_expression(project, "e"), sql.SQL(project.distance.operator), sql.Literal(project.dimensions))
 
