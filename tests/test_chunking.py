@@ -28,18 +28,27 @@ def last_third_sentence(text: str) -> str:
 
 
 @pytest.fixture
-def index_path(monkeypatch):
-    """Chunked searches take the HNSW index path, as on a chunk table of more than EXACT_SCAN_MAX_PAGES."""
+def exact_scan_max_pages(monkeypatch):
+    """Sets ``search.EXACT_SCAN_MAX_PAGES`` for a test. Statements are built with it written in: the caches of
+    built statements are emptied when it is set and after the test."""
     from airflow_vectorize import search
 
-    def forget() -> None:  # statements are built with the threshold written in
+    def forget() -> None:
         search._vector_statement.cache_clear()
         search._hybrid_statement.cache_clear()
 
-    monkeypatch.setattr(search, "EXACT_SCAN_MAX_PAGES", -1)
+    def set_pages(pages: int) -> None:
+        monkeypatch.setattr(search, "EXACT_SCAN_MAX_PAGES", pages)
+        forget()
+
+    yield set_pages
     forget()
-    yield
-    forget()
+
+
+@pytest.fixture
+def index_path(exact_scan_max_pages):
+    """Chunked searches take the HNSW index path, as on a chunk table of more than EXACT_SCAN_MAX_PAGES."""
+    exact_scan_max_pages(-1)
 
 
 def executed_scans(plan: str) -> list[str]:
@@ -376,7 +385,7 @@ def test_search_reads_the_index_first_pass_and_looks_further_past_deleted_chunks
     assert len({row["id"] for row in shallow}) == 5 and 6 not in {row["id"] for row in shallow}
 
 
-def test_a_small_chunk_table_is_searched_exactly_until_it_grows(licenses, hook, monkeypatch):
+def test_a_small_chunk_table_is_searched_exactly_until_it_grows(licenses, hook, exact_scan_max_pages):
     """While the chunk table has at most EXACT_SCAN_MAX_PAGES pages a search compares every chunk (exact rows,
     scores and best chunks at any ef_search); the same built statement takes the index once the table has
     grown past them (the choice is made as the statement runs, never cached)."""
@@ -385,9 +394,7 @@ def test_a_small_chunk_table_is_searched_exactly_until_it_grows(licenses, hook, 
     hook.create_project(JOB, "licenses", "id", ["body"], chunk_size=128, chunk_overlap=16)
     hook.generate_embeddings(JOB)
     pages = licenses.scalar(f"SELECT pg_relation_size('vectorize._chunks_{JOB}') / 8192")
-    monkeypatch.setattr(search, "EXACT_SCAN_MAX_PAGES", pages)
-    search._vector_statement.cache_clear()
-    search._hybrid_statement.cache_clear()
+    exact_scan_max_pages(pages)
     licenses.execute(f'ALTER DATABASE "{licenses.name}" SET enable_seqscan = off')  # the index, if it may
     query = "You must give any other recipients of the Work a copy of this License."
     vector = hook.encode(JOB, [query])[0]
