@@ -317,9 +317,10 @@ MAX_CHUNKS_PER_ROW = 256
 # While a chunk table has at most this many pages (8 kB; ~4 chunks of 200 tokens with 384-dim vectors a page)
 # its searches compare every chunk instead of asking the HNSW index: the exact rows at any ef_search, in one
 # statement (on a small table the index's nearest chunks often cover too few rows and are asked for again).
-# Through the hook, interleaved, on man-page chunk tables, against the index at the lowest ef_search giving
-# 99.5 % of the exact rows: 111 pages 0.39 vs 1.09 ms, 247 pages 0.62 vs 0.99 ms, 456 pages 1.27 vs 1.03 ms, 613 pages
-# 2.15 vs 1.49 ms: the index is the faster path past ~350 pages.
+# `python -m bench.exact_threshold` (through the hook, interleaved, on man-page chunk tables; the index at the
+# lowest ef_search giving 99.5 % of the exact rows), exact vs index: 111 pages 0.45 vs 1.16 ms, 247 pages 0.53
+# vs 0.87, 456 pages 0.75 vs 0.86 (1.27 vs 1.03 in a run before), 613 pages 1.57 vs 1.28, 1,135 pages 3.17 vs
+# 1.76: the index is the faster path from ~450 pages (the exact scan's cost per page jumps past ~4 MB).
 EXACT_SCAN_MAX_PAGES = 256
 
 
