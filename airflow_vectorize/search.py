@@ -346,16 +346,27 @@ def _nearest_rows(project: Project, shape: tuple[Filter, ...], rows: int) -> sql
     """Keys (``k``, or ``k0``, ``k1``, ...: ``Key.aliases``) and best distances (``d``) of the ``rows`` rows
     with the nearest chunks, nearest first: from the chunks the HNSW index serves, or exactly from every
     chunk while the chunk table is small (``_exact_scan``)."""
+    indexed = _rows_by_best_chunk(project, shape, rows, rows * CHUNKS_PER_ROW)
+    return sql.SQL("({}) UNION ALL ({})").format(indexed, _rows_by_best_chunk(project, shape, rows))
+
+
+def _rows_by_best_chunk(project: Project, shape: tuple[Filter, ...], rows: int,
+                        chunks: int | None = None) -> sql.Composable:
+    """The ``rows`` rows (keys and best distance ``d``) nearest by their best chunk among the ``chunks`` the
+    HNSW index finds while the chunk table is not small, or (``chunks`` None) among every chunk's full
+    vector while it is (``_exact_scan``)."""
     key, names = project.key, project.key.aliases()
-    indexed = sql.SQL(
+    if chunks is None:
+        path = sql.SQL(" AND {}").format(_exact_scan(project))
+    else:
+        path = sql.SQL(" AND NOT {} ORDER BY {} LIMIT {}").format(
+            _exact_scan(project), chunk_order(project), sql.Literal(chunks))
+    return sql.SQL(
         "SELECT {names}, min(d) AS d FROM (SELECT {keys}, {distance} AS d FROM {target} e{source_join}"
-        " WHERE {where} AND NOT {exact} ORDER BY {order} LIMIT {chunks}) c GROUP BY {names}"
-        " ORDER BY min(d), {names} LIMIT {rows}"
+        " WHERE {where}{path}) c GROUP BY {names} ORDER BY min(d), {names} LIMIT {rows}"
     ).format(names=names.names(), keys=key.select_as("e", names), distance=_parts(project)["distance"],
-             order=chunk_order(project), exact=_exact_scan(project),
-             target=project.names.target, source_join=_chunk_source_join(project, shape),
-             where=_where(shape), chunks=sql.Literal(rows * CHUNKS_PER_ROW), rows=sql.Literal(rows))
-    return sql.SQL("({}) UNION ALL ({})").format(indexed, _every_chunk(project, shape, rows))
+             target=project.names.target, source_join=_chunk_source_join(project, shape), where=_where(shape),
+             path=path, rows=sql.Literal(rows))
 
 
 def _exact_scan(project: Project) -> sql.Composable:
@@ -374,17 +385,6 @@ def searched_exactly(session: SearchSession, project: Project) -> bool:
         return bool(session.cursor.execute(sql.SQL("SELECT {}").format(_exact_scan(project))).fetchone()[0])
 
 
-def _every_chunk(project: Project, shape: tuple[Filter, ...], rows: int) -> sql.Composable:
-    """``_nearest_rows`` computed exactly, from every chunk's full vector, while ``_exact_scan`` holds."""
-    key, names = project.key, project.key.aliases()
-    return sql.SQL(
-        "SELECT {names}, min(d) AS d FROM (SELECT {keys}, {distance} AS d FROM {target} e{source_join}"
-        " WHERE {where} AND {exact}) c GROUP BY {names} ORDER BY min(d), {names} LIMIT {rows}"
-    ).format(names=names.names(), keys=key.select_as("e", names), distance=_parts(project)["distance"],
-             exact=_exact_scan(project), target=project.names.target,
-             source_join=_chunk_source_join(project, shape), where=_where(shape), rows=sql.Literal(rows))
-
-
 def _chunk_source_join(project: Project, shape: tuple[Filter, ...]) -> sql.Composable:
     """The source joined to the chunks (``e``) when filters need its columns."""
     if not shape:
@@ -396,7 +396,7 @@ def _chunked_vector_statement(project: Project, columns: tuple[str, ...], shape:
                               limit: int, chunks_per_row: int) -> str:
     """The nearest ``limit × chunks_per_row`` chunks (HNSW, at half precision: ``chunk_order``), each row's
     nearest among them by the full vectors is its best; or, while the chunk table is small (``_exact_scan``),
-    every chunk (``_every_chunk``), each row's nearest its best.
+    every chunk (``_rows_by_best_chunk``), each row's nearest its best.
 
     The ``limit`` best rows are chosen before the source is joined for the returned columns (the chunk
     table's foreign key guarantees each row's source row), and not joined at all when only the key is
@@ -412,8 +412,8 @@ def _chunked_vector_statement(project: Project, columns: tuple[str, ...], shape:
         " UNION ALL"
         " (SELECT x.*, best.chunk FROM ({every}) x LEFT JOIN {best} ON true)"
     ).format(names=names.names(), keys=key.select_as("e", names), distance=_parts(project)["distance"],
-             order=chunk_order(project), exact=_exact_scan(project), every=_every_chunk(project, shape, limit),
-             best=_best_chunk(project, "x", names),
+             order=chunk_order(project), exact=_exact_scan(project),
+             every=_rows_by_best_chunk(project, shape, limit), best=_best_chunk(project, "x", names),
              target=project.names.target, source_join=_chunk_source_join(project, shape),
              where=_where(shape), chunks=sql.Literal(limit * chunks_per_row), limit=sql.Literal(limit))
     if not shape and columns == key.columns:
