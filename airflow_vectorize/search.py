@@ -28,13 +28,11 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from pgvector.psycopg import register_vector
 from psycopg import Cursor, sql
-from psycopg.rows import dict_row
 from psycopg.types.numeric import Oid
 
 from airflow_vectorize import catalog, expressions, validation
 from airflow_vectorize.catalog import Project
 from airflow_vectorize.exceptions import DimensionMismatchError, InvalidInputError
-from airflow_vectorize.keys import Key
 
 if TYPE_CHECKING:
     import numpy as np
@@ -71,37 +69,52 @@ class SearchQuery:
     """A statement with its bound parameters and the settings it runs with.
 
     ``single_pass``: it scans the HNSW index without iterative scans (see ``vector_search_query``): fewer
-    rows than its LIMIT mean that it must run again with them."""
+    rows than its LIMIT mean that it must run again with them. ``exact``: a chunked project's search that
+    compares every chunk (None: an unchunked project's); its statement's last column, which ``run`` keeps
+    out of the rows, tells whether the chunk table is small now (``small_table``; None when no row came).
+    """
 
     statement: str
     params: dict[str, Any]
     settings: dict[str, str] = field(default_factory=dict)
     single_pass: bool = False
+    exact: bool | None = None
+    small_table: bool | None = None
 
 
-@dataclass(frozen=True)
+@dataclass
 class SearchTarget:
     """A project as searches see it, looked up once and reused by a hook.
 
     ``columns``: the source columns a search may return or filter on. ``storage`` and ``storage_oid``: the
     name and OID of the project's queue table, which is created and dropped with the project; every
-    statement is guarded by them. ``queries``: the searches without filters already built from this entry,
-    by their arguments (statement, settings and every parameter but the query vector), so that a repeated
-    search only checks and binds its vector; it goes with the entry when the hook looks the project up again.
+    statement is guarded by them. ``exact``: a chunked project's searches compare every chunk, its chunk
+    table being small (``EXACT_SCAN_MAX_PAGES``) when last seen, at the lookup or by the last search
+    (``follow``). ``queries``: the searches without filters already built from this entry, by their
+    arguments (statement, settings and every parameter but the query vector), so that a repeated search
+    only checks and binds its vector; it goes with the entry when the hook looks the project up again.
     """
 
     project: Project
     columns: list[str]
     storage: str
     storage_oid: Oid | None
+    exact: bool = False
     queries: dict[tuple, SearchQuery] = field(default_factory=dict, compare=False, repr=False)
+
+    def follow(self, search: SearchQuery) -> None:
+        """Take the path the chunk table's size, as ``search`` saw it, calls for."""
+        if search.small_table is not None:
+            self.exact = search.small_table
 
 
 def search_target(cur: Cursor, project: Project) -> SearchTarget:
-    """``project`` with its searchable columns and the identity of its storage, read once."""
+    """``project`` with its searchable columns, the identity of its storage and its search path, read once."""
     storage = project.names.queue.as_string(cur)
-    oid = cur.execute("SELECT to_regclass(%s)::oid", [storage]).fetchone()[0]
-    return SearchTarget(project, searchable_columns(cur, project), storage, None if oid is None else Oid(oid))
+    small = _small_table(project) if project.is_chunked else sql.SQL("false")
+    oid, exact = cur.execute(sql.SQL("SELECT to_regclass(%s)::oid, {}").format(small), [storage]).fetchone()
+    return SearchTarget(project, searchable_columns(cur, project), storage, None if oid is None else Oid(oid),
+                        bool(exact))
 
 
 # -- input checks ----------------------------------------------------------------------------------------
@@ -332,57 +345,39 @@ def chunk_order(project: Project) -> sql.Composable:
         catalog.index_expression(project, "e"), sql.SQL(project.distance.operator), sql.Literal(project.dimensions))
 
 
-def _best_chunk(project: Project, row: str, names: Key | None = None) -> sql.Composable:
-    """A LATERAL subquery: the nearest chunk (``best.chunk``) of the source row ``row`` (its key columns, or
-    ``names`` when given) and its distance (``best.d``)."""
+def _best_chunk(project: Project, row: str) -> sql.Composable:
+    """A LATERAL subquery: the nearest chunk (``best.chunk``) of the source row ``row`` and its distance
+    (``best.d``)."""
     return sql.SQL(
         "LATERAL (SELECT e.chunk, {distance} AS d FROM {target} e WHERE {same_key}"
         " ORDER BY {distance}, e.chunk_no LIMIT 1) best"
     ).format(distance=_parts(project)["distance"], target=project.names.target,
-             same_key=project.key.equals("e", row, names))
-
-
-def _nearest_rows(project: Project, shape: tuple[Filter, ...], rows: int) -> sql.Composable:
-    """Keys (``k``, or ``k0``, ``k1``, ...: ``Key.aliases``) and best distances (``d``) of the ``rows`` rows
-    with the nearest chunks, nearest first: from the chunks the HNSW index serves, or exactly from every
-    chunk while the chunk table is small (``_exact_scan``)."""
-    indexed = _rows_by_best_chunk(project, shape, rows, rows * CHUNKS_PER_ROW)
-    return sql.SQL("({}) UNION ALL ({})").format(indexed, _rows_by_best_chunk(project, shape, rows))
+             same_key=project.key.equals("e", row))
 
 
 def _rows_by_best_chunk(project: Project, shape: tuple[Filter, ...], rows: int,
                         chunks: int | None = None) -> sql.Composable:
-    """The ``rows`` rows (keys and best distance ``d``) nearest by their best chunk among the ``chunks`` the
-    HNSW index finds while the chunk table is not small, or (``chunks`` None) among every chunk's full
-    vector while it is (``_exact_scan``)."""
+    """The ``rows`` rows nearest by their best chunk, nearest first: their keys (``k``, or ``k0``, ``k1``,
+    ...: ``Key.aliases``), best distance ``d`` and that chunk's ``chunk_no``; among the ``chunks`` nearest
+    chunks the HNSW index serves (``chunk_order``), or (``chunks`` None: the exact path) among every chunk."""
     key, names = project.key, project.key.aliases()
-    if chunks is None:
-        path = sql.SQL(" AND {}").format(_exact_scan(project))
-    else:
-        path = sql.SQL(" AND NOT {} ORDER BY {} LIMIT {}").format(
-            _exact_scan(project), chunk_order(project), sql.Literal(chunks))
+    nearest = sql.SQL("") if chunks is None else sql.SQL(" ORDER BY {} LIMIT {}").format(
+        chunk_order(project), sql.Literal(chunks))
     return sql.SQL(
-        "SELECT {names}, min(d) AS d FROM (SELECT {keys}, {distance} AS d FROM {target} e{source_join}"
-        " WHERE {where}{path}) c GROUP BY {names} ORDER BY min(d), {names} LIMIT {rows}"
+        "SELECT {names}, d, chunk_no FROM (SELECT DISTINCT ON ({names}) {names}, d, chunk_no FROM ("
+        "SELECT {keys}, {distance} AS d, e.chunk_no FROM {target} e{source_join} WHERE {where}{nearest}) c"
+        " ORDER BY {names}, d, chunk_no) b ORDER BY d, {names} LIMIT {rows}"
     ).format(names=names.names(), keys=key.select_as("e", names), distance=_parts(project)["distance"],
              target=project.names.target, source_join=_chunk_source_join(project, shape), where=_where(shape),
-             path=path, rows=sql.Literal(rows))
+             nearest=nearest, rows=sql.Literal(rows))
 
 
-def _exact_scan(project: Project) -> sql.Composable:
-    """True while the project's chunk table has at most EXACT_SCAN_MAX_PAGES pages (NULL once it is gone).
-
-    A one-time filter (an InitPlan, evaluated once per execution, never cached in a plan): a statement
-    takes the index path or the exact one as the table is when it runs."""
+def _small_table(project: Project) -> sql.Composable:
+    """True while the project's chunk table has at most EXACT_SCAN_MAX_PAGES pages (NULL once it is gone): the
+    last column of a chunked search's statement (an InitPlan, evaluated at each execution), which tells the
+    hook which path the next search takes (``SearchQuery.small_table``)."""
     return sql.SQL("(SELECT pg_relation_size(to_regclass({})) <= {})").format(
         sql.Literal(project.names.target.as_string()), sql.Literal(EXACT_SCAN_MAX_PAGES * 8192))
-
-
-def searched_exactly(session: SearchSession, project: Project) -> bool:
-    """Whether a chunked search on ``session`` now compares every chunk (``_exact_scan``): its result, however
-    short, is then every row there is."""
-    with session.lock:
-        return bool(session.cursor.execute(sql.SQL("SELECT {}").format(_exact_scan(project))).fetchone()[0])
 
 
 def _chunk_source_join(project: Project, shape: tuple[Filter, ...]) -> sql.Composable:
@@ -393,29 +388,15 @@ def _chunk_source_join(project: Project, shape: tuple[Filter, ...]) -> sql.Compo
 
 
 def _chunked_vector_statement(project: Project, columns: tuple[str, ...], shape: tuple[Filter, ...],
-                              limit: int, chunks_per_row: int) -> str:
-    """The nearest ``limit × chunks_per_row`` chunks (HNSW, at half precision: ``chunk_order``), each row's
-    nearest among them by the full vectors is its best; or, while the chunk table is small (``_exact_scan``),
-    every chunk (``_rows_by_best_chunk``), each row's nearest its best.
+                              limit: int, chunks: int | None) -> str:
+    """The ``limit`` rows nearest by their best chunk (``_rows_by_best_chunk``: among the ``chunks`` nearest
+    the index serves, or every chunk), with that chunk's text; ``_small_table`` last.
 
-    The ``limit`` best rows are chosen before the source is joined for the returned columns (the chunk
-    table's foreign key guarantees each row's source row), and not joined at all when only the key is
-    returned and nothing is filtered, as for an unchunked project's embeddings table."""
+    The rows are chosen before the source is joined for the returned columns (the chunk table's foreign key
+    guarantees each row's source row), and it is not joined at all when only the key is returned and nothing
+    is filtered, as for an unchunked project's embeddings table."""
     key, names = project.key, project.key.aliases()
     similarity = sql.SQL(SIMILARITY[project.index_dist_type]).format(sql.SQL("n.d"))
-    nearest = sql.SQL(
-        "(SELECT {names}, d, chunk FROM ("
-        " SELECT DISTINCT ON ({names}) {names}, d, chunk FROM ("
-        "  SELECT {keys}, {distance} AS d, e.chunk FROM {target} e{source_join}"
-        "  WHERE {where} AND NOT {exact} ORDER BY {order} LIMIT {chunks}) c ORDER BY {names}, d) b"
-        " ORDER BY d, {names} LIMIT {limit})"
-        " UNION ALL"
-        " (SELECT x.*, best.chunk FROM ({every}) x LEFT JOIN {best} ON true)"
-    ).format(names=names.names(), keys=key.select_as("e", names), distance=_parts(project)["distance"],
-             order=chunk_order(project), exact=_exact_scan(project),
-             every=_rows_by_best_chunk(project, shape, limit), best=_best_chunk(project, "x", names),
-             target=project.names.target, source_join=_chunk_source_join(project, shape),
-             where=_where(shape), chunks=sql.Literal(limit * chunks_per_row), limit=sql.Literal(limit))
     if not shape and columns == key.columns:
         select, source = names.select_as("n", key), sql.SQL("")
     else:
@@ -423,20 +404,23 @@ def _chunked_vector_statement(project: Project, columns: tuple[str, ...], shape:
         source = sql.SQL(" JOIN {source} s ON {joined}").format(source=project.names.source,
                                                                 joined=key.equals("s", "n", names))
     return sql.SQL(
-        "SELECT {select}, {similarity} AS similarity_score, n.chunk FROM ({nearest}) n{source} ORDER BY n.d, {order}"
-    ).format(select=select, similarity=similarity, nearest=nearest, source=source,
-             order=names.names("n")).as_string()
+        "SELECT {select}, {similarity} AS similarity_score, t.chunk, {small} FROM ({nearest}) n"
+        " JOIN {target} t ON {same_row} AND t.chunk_no = n.chunk_no{source} ORDER BY n.d, {order}"
+    ).format(select=select, similarity=similarity, small=_small_table(project),
+             nearest=_rows_by_best_chunk(project, shape, limit, chunks), target=project.names.target,
+             same_row=key.equals("t", "n", names), source=source, order=names.names("n")).as_string()
 
 
 @lru_cache(maxsize=256)
 def _vector_statement(
-    project: Project, columns: tuple[str, ...], shape: tuple[Filter, ...], limit: int, chunks_per_row: int = 0,
-    storage: str = "", storage_oid: Oid | None = None,
+    project: Project, columns: tuple[str, ...], shape: tuple[Filter, ...], limit: int,
+    chunks: int | None = None, storage: str = "", storage_oid: Oid | None = None,
 ) -> str:
-    """A chunked project's statement binds the guard (``_guard_params``); an unchunked one's has it written
-    in (``_written_guard`` of ``storage`` and ``storage_oid``)."""
+    """A chunked project's statement reads the ``chunks`` nearest chunks, or every chunk (None), and binds
+    the guard (``_guard_params``); an unchunked one's has it written in (``_written_guard`` of ``storage``
+    and ``storage_oid``)."""
     if project.is_chunked:
-        return _chunked_vector_statement(project, columns, shape, limit, chunks_per_row)
+        return _chunked_vector_statement(project, columns, shape, limit, chunks)
     parts = _parts(project)
     if project.is_join and not shape and columns == project.key.columns:
         # Only the key, which the embeddings table holds (its foreign key guarantees the source row):
@@ -454,8 +438,11 @@ def _vector_statement(
 
 @lru_cache(maxsize=256)
 def _hybrid_statement(
-    project: Project, columns: tuple[str, ...], shape: tuple[Filter, ...], limit: int, candidates: int
+    project: Project, columns: tuple[str, ...], shape: tuple[Filter, ...], limit: int, candidates: int,
+    exact: bool = False,
 ) -> str:
+    """A chunked project's semantic candidates are the rows nearest by their best chunk among the index's
+    nearest chunks, or (``exact``) among every chunk; ``_small_table`` is its statement's last column."""
     parts = _parts(project)
     key, names = project.key, project.key.aliases()
     semantic = sql.SQL(
@@ -464,10 +451,11 @@ def _hybrid_statement(
     ).format(keys=key.select_as("s", names), where=_where(shape), candidates=sql.Literal(candidates), **parts)
     best, chunk = parts["embeddings_join"], sql.SQL("")
     if project.is_chunked:  # each row's nearest chunk, for every fused row (full-text-only ones too)
-        semantic = _nearest_rows(project, shape, candidates)
+        chunks = None if exact else candidates * CHUNKS_PER_ROW
+        semantic = _rows_by_best_chunk(project, shape, candidates, chunks)
         best = sql.SQL("LEFT JOIN {} ON true").format(_best_chunk(project, "s"))
         parts["similarity"] = sql.SQL(SIMILARITY[project.index_dist_type]).format(sql.SQL("best.d"))
-        chunk = sql.SQL(", best.chunk")
+        chunk = sql.SQL(", best.chunk, {}").format(_small_table(project))
     return sql.SQL(
         "WITH semantic AS ("
         "  SELECT {names}, row_number() OVER (ORDER BY d, {names}) AS rank FROM ({semantic}) v),"
@@ -518,9 +506,10 @@ def vector_search_query(
 ) -> SearchQuery:
     """Check the input, embed the query (a text, with ``embed``), and build the nearest-neighbour statement.
 
-    ``chunks_per_row``: for a chunked project, the nearest ``num_results × chunks_per_row`` chunks are read.
-    A search without filters whose other arguments equal an earlier one's on the same ``target`` reuses
-    what was checked and built then (``SearchTarget.queries``): only the query vector is checked.
+    ``chunks_per_row``: for a chunked project, the nearest ``num_results × chunks_per_row`` chunks are read,
+    or every chunk while the target says so (``SearchTarget.exact``). A search without filters whose other
+    arguments equal an earlier one's on the same ``target`` reuses what was checked and built then
+    (``SearchTarget.queries``): only the query vector is checked.
 
     ``single_pass`` (pgvector >= 0.8): a search without filters that reads at most ef_search rows (a chunked
     project: its first ask, FIRST_PASS_CHUNKS_PER_ROW chunks a row; a later ask, all the chunks it asks for)
@@ -533,11 +522,13 @@ def vector_search_query(
     (a chunked one: with more chunks per row, ``chunks_per_row``)."""
     project = target.project
     chunks_per_row = chunks_per_row if project.is_chunked else 0
+    exact = target.exact if project.is_chunked else None
     key = None
     if not filters and (return_columns is None or type(return_columns) in (list, tuple)):
         # The types are part of the key: True == 1 and 10.0 == 10, but neither is a valid count.
         key = (type(return_columns), None if return_columns is None else tuple(return_columns),
-               type(num_results), num_results, type(ef_search), ef_search, chunks_per_row, single_pass)
+               type(num_results), num_results, type(ef_search), ef_search, chunks_per_row, single_pass,
+               exact)
         try:
             built = target.queries.get(key)
         except TypeError:  # an unhashable column name: refused below
@@ -545,7 +536,7 @@ def vector_search_query(
         if built is not None:
             vector = query_vector(project, query, embed)
             return SearchQuery(built.statement, {**built.params, "vector": vector} if built.params else
-                               {"vector": vector}, built.settings, built.single_pass)
+                               {"vector": vector}, built.settings, built.single_pass, exact)
     check_count("num_results", num_results)
     columns = check_columns(project, target.columns, return_columns)
     shape, params = parse_filters(project, target.columns, filters)
@@ -554,19 +545,20 @@ def vector_search_query(
     # A chunked search's first ask (CHUNKS_PER_ROW) may read fewer chunks than it asks for: when the first
     # pass's chunks cover num_results rows, those are the rows the longer scan would rank first.
     per_row = FIRST_PASS_CHUNKS_PER_ROW if chunks_per_row == CHUNKS_PER_ROW else (chunks_per_row or 1)
-    single_pass = single_pass and not shape and num_results * per_row <= first_pass
+    single_pass = single_pass and not shape and not exact and num_results * per_row <= first_pass
     if single_pass:
         settings[ITERATIVE_SCAN] = "off"
     if project.is_chunked:
         params.update(_guard_params(target))
-    statement = _vector_statement(project, tuple(columns), shape, num_results, chunks_per_row,
-                                  target.storage, target.storage_oid)
+    chunks = None if exact is not False else num_results * chunks_per_row
+    statement = _vector_statement(project, tuple(columns), shape, num_results, chunks, target.storage,
+                                  target.storage_oid)
     vector = query_vector(project, query, embed)
     if key is not None:
         if len(target.queries) >= MAX_BUILT_QUERIES:
             target.queries.clear()
-        target.queries[key] = SearchQuery(statement, params, settings, single_pass)
-    return SearchQuery(statement, {**params, "vector": vector}, settings, single_pass)
+        target.queries[key] = SearchQuery(statement, params, settings, single_pass, exact)
+    return SearchQuery(statement, {**params, "vector": vector}, settings, single_pass, exact)
 
 
 def hybrid_search_query(
@@ -613,8 +605,9 @@ def hybrid_search_query(
         _guard_params(target), vector=query_vector(project, query, embed), text=query,
         semantic_weight=float(semantic_weight), full_text_weight=float(full_text_weight), rrf_k=RRF_K,
     )
-    statement = _hybrid_statement(project, tuple(columns), shape, num_results, candidates)
-    return SearchQuery(statement, params, settings)
+    exact = target.exact if project.is_chunked else None
+    statement = _hybrid_statement(project, tuple(columns), shape, num_results, candidates, bool(exact))
+    return SearchQuery(statement, params, settings, exact=exact)
 
 
 # -- running ------------------------------------------------------------------------------------------------
@@ -663,17 +656,28 @@ class SearchSession:
         with self.lock:
             if search.settings is not self.last:  # a repeated search's settings are the same dict
                 self.apply(search.settings)
-            cur = self.cursor
-            try:
-                rows = cur.execute(search.statement, search.params).fetchall()
-            except (psycopg.errors.DataError, psycopg.errors.UndefinedFunction) as error:
-                raise InvalidInputError(f"a filter value does not fit its column: {error}".strip()) from error
-            names = self.names.get(search.statement)
-            if names is None:
-                if len(self.names) >= MAX_BUILT_QUERIES:
-                    self.names.clear()
-                names = self.names[search.statement] = tuple(column.name for column in cur.description)
-        return [dict(zip(names, row)) for row in rows]
+            return _fetch(self.cursor, search, self.names)
+
+
+def _fetch(cur: Cursor, search: SearchQuery, names: dict[str, tuple[str, ...]] | None = None
+           ) -> list[dict[str, Any]]:
+    """Execute ``search`` on ``cur`` (a tuple cursor); its rows as dicts, a chunked search's last column
+    (``_small_table``) kept out of them and set on ``search.small_table``. ``names``: the result columns'
+    names by statement, read once."""
+    try:
+        rows = cur.execute(search.statement, search.params).fetchall()
+    except (psycopg.errors.DataError, psycopg.errors.UndefinedFunction) as error:
+        raise InvalidInputError(f"a filter value does not fit its column: {error}".strip()) from error
+    columns = None if names is None else names.get(search.statement)
+    if columns is None:
+        columns = tuple(column.name for column in cur.description)[:None if search.exact is None else -1]
+        if names is not None:
+            if len(names) >= MAX_BUILT_QUERIES:
+                names.clear()
+            names[search.statement] = columns
+    if search.exact is not None:
+        search.small_table = rows[0][-1] if rows else None
+    return [dict(zip(columns, row)) for row in rows]
 
 
 def prepare_connection(conn: psycopg.Connection) -> SearchSession:
@@ -706,12 +710,9 @@ def run(conn: psycopg.Connection, search: SearchQuery, session: SearchSession | 
     session configured once)."""
     if session is not None:
         return session.run(search)
-    with conn.transaction() if search.settings else nullcontext(), conn.cursor(row_factory=dict_row) as cur:
+    with conn.transaction() if search.settings else nullcontext(), conn.cursor() as cur:
         _apply_settings(cur, search.settings)
-        try:
-            return cur.execute(search.statement, search.params).fetchall()
-        except (psycopg.errors.DataError, psycopg.errors.UndefinedFunction) as error:
-            raise InvalidInputError(f"a filter value does not fit its column: {error}".strip()) from error
+        return _fetch(cur, search)
 
 
 def explain(cur: Cursor, search: SearchQuery, analyze: bool = False) -> str:

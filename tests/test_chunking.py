@@ -385,10 +385,10 @@ def test_search_reads_the_index_first_pass_and_looks_further_past_deleted_chunks
     assert len({row["id"] for row in shallow}) == 5 and 6 not in {row["id"] for row in shallow}
 
 
-def test_a_small_chunk_table_is_searched_exactly_until_it_grows(licenses, hook, exact_scan_max_pages):
+def test_a_small_chunk_table_is_searched_exactly_while_it_is_small(licenses, hook, exact_scan_max_pages):
     """While the chunk table has at most EXACT_SCAN_MAX_PAGES pages a search compares every chunk (exact rows,
-    scores and best chunks at any ef_search); the same built statement takes the index once the table has
-    grown past them (the choice is made as the statement runs, never cached)."""
+    scores and best chunks at any ef_search). Each search sees the table's size as it runs: the hook's next
+    search takes the index once the table has grown past them, and every chunk again once it has shrunk."""
     from airflow_vectorize import search
 
     hook.create_project(JOB, "licenses", "id", ["body"], chunk_size=128, chunk_overlap=16)
@@ -400,6 +400,8 @@ def test_a_small_chunk_table_is_searched_exactly_until_it_grows(licenses, hook, 
     vector = hook.encode(JOB, [query])[0]
 
     def plan() -> list[str]:
+        """The chunk-table scans of the hook's next search (after one search, which sees the table)."""
+        hook.search(JOB, vector, return_columns=["id"], num_results=4, ef_search=1)
         built = search.vector_search_query(hook._search_target(JOB), vector, ["id"], 4, ef_search=1,
                                            single_pass=True)
         conn = hook._search_connection()
@@ -415,6 +417,9 @@ def test_a_small_chunk_table_is_searched_exactly_until_it_grows(licenses, hook, 
     licenses.execute("INSERT INTO licenses SELECT id + 10, name, body FROM licenses")
     hook.generate_embeddings(JOB)
     grown = plan()
+    licenses.execute("DELETE FROM licenses WHERE id > 10")  # the chunks go with their rows
+    licenses.execute(f"VACUUM vectorize._chunks_{JOB}")  # gives the emptied pages at its end back
+    shrunk = plan()
 
     assert [(row["id"], row["chunk"]) for row in rows] == [(key, chunk) for key, _, chunk in exact]
     assert [row["similarity_score"] for row in rows] == pytest.approx([score for _, score, _ in exact], abs=1e-6)
@@ -422,6 +427,7 @@ def test_a_small_chunk_table_is_searched_exactly_until_it_grows(licenses, hook, 
         (key, chunk, rank) for rank, (key, _, chunk) in enumerate(exact, 1)]
     assert small and not any("hnsw" in scan for scan in small), small
     assert f"Index Scan using {JOB}_hnsw_cos_idx on _chunks_{JOB} e" in grown, grown
+    assert shrunk == small
 
 
 def test_a_short_exact_result_is_not_asked_again(licenses, hook, monkeypatch):

@@ -553,7 +553,9 @@ class VectorizeHook(PostgresHook):
         target = self._search_cache.get(job_name) or self._search_target(job_name)
         rerun = False
         try:
-            rows = searching.run(conn, build(target), self._search_session)
+            search = build(target)
+            rows = searching.run(conn, search, self._search_session)
+            target.follow(search)
         except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):  # storage changed since
             rows = []
         except psycopg.errors.FeatureNotSupported:  # "cached plan must not change result type"
@@ -567,7 +569,9 @@ class VectorizeHook(PostgresHook):
             fresh = self._search_target(job_name, refresh=True)
             if rerun or fresh.project.job_id != target.project.job_id:
                 try:
-                    rows = searching.run(self._search_connection(), build(fresh), self._search_session)
+                    search = build(fresh)
+                    rows = searching.run(self._search_connection(), search, self._search_session)
+                    fresh.follow(search)
                 except psycopg.errors.UndefinedTable:  # dropped while this search waited for it
                     self._search_target(job_name, refresh=True)  # ProjectNotFoundError once it is gone
                     raise
@@ -610,10 +614,9 @@ class VectorizeHook(PostgresHook):
         if last and last[0].single_pass and len(rows) < num_results and not chunked:
             rows = self._run_search(job_name, lambda t: build(t, single_pass=False))  # the first pass was not enough
         per_row = searching.CHUNKS_PER_ROW
-        if chunked and len(rows) < num_results and searching.searched_exactly(
-                self._search_session, target.project):
-            return rows  # every chunk was compared: there are no more rows to find
         while chunked and len(rows) < num_results and per_row < searching.MAX_CHUNKS_PER_ROW:
+            if last[0].exact:
+                break  # every chunk was compared: there are no more rows to find
             # The nearest chunks (of the index's first pass, or beyond it) covered too few rows.
             per_row *= 4
             rows = self._run_search(job_name, lambda t, n=per_row: build(t, n))
