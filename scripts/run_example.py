@@ -47,9 +47,11 @@ DEFAULT_RUNS = [
     ("vectorize_realtime_setup", None),
     ("vectorize_realtime", None),
     ("vectorize_realtime_consumer", None),
+    ("vectorize_long_documents", None),
     ("vectorize_remote_embeddings", None),  # these two only with a model connection in the environment
     ("vectorize_rag", None),
 ]
+SHOWN_CHARS = 160  # of an answer, or of a text in a search result row
 # DAG id -> (the environment variable naming its connection id, default id, what else to set)
 NEEDS_CONNECTION = {
     "vectorize_remote_embeddings": ("VECTORIZE_MODEL_CONN_ID", "openai_default",
@@ -103,14 +105,17 @@ def print_summary(run: dict, out: TextIO | None = None) -> None:
         if answers and all(isinstance(a, dict) and "chat_response" in a and "query" in a for a in answers):
             for a in answers:  # RAG: the question, the answer, the rows it was given
                 ids = [c["record_id"] for c in a["context"]]
-                answer = a["chat_response"] if len(a["chat_response"]) <= 160 else a["chat_response"][:160] + "…"
+                answer = a["chat_response"]
+                answer = answer if len(answer) <= SHOWN_CHARS else answer[:SHOWN_CHARS] + "…"
                 print(f"    Q: {a['query']}\n    A: {answer!r}\n       context rows {ids}, usage {a['usage']}",
                       file=out)
-        elif isinstance(result, list):  # search results: one line a row
+        elif isinstance(result, list):  # search results: one line a row, long texts (a chunk) cut short
             for row in result:
-                print("    " + json.dumps(row, default=str), file=out)
+                row = {k: v[:SHOWN_CHARS] + "…" if isinstance(v, str) and len(v) > SHOWN_CHARS else v
+                       for k, v in row.items()} if isinstance(row, dict) else row
+                print("    " + json.dumps(row, default=str, ensure_ascii=False), file=out)
         elif result is not None:
-            print("    " + json.dumps(result, default=str), file=out)
+            print("    " + json.dumps(result, default=str, ensure_ascii=False), file=out)
 
 
 def failed_tasks(run: dict) -> list[str]:

@@ -37,7 +37,8 @@ def states(run: dict) -> set[str]:
 def test_every_example_is_tested(dags):
     assert set(dags) == {"vectorize_import_embeddings", "vectorize_scheduled_ingestion",
                          "vectorize_embedding_backfill", "vectorize_remote_embeddings", "vectorize_rag",
-                         "vectorize_realtime_setup", "vectorize_realtime", "vectorize_realtime_consumer"}
+                         "vectorize_realtime_setup", "vectorize_realtime", "vectorize_realtime_consumer",
+                         "vectorize_long_documents"}
 
 
 def test_import_embeddings_example(dags, default_connection):
@@ -50,6 +51,22 @@ def test_import_embeddings_example(dags, default_connection):
     assert [row["category"] for row in tasks["search"]["result"]] == ["phones"] * 3
     assert default_connection.execute(
         "SELECT to_regclass('products'), to_regclass('vectorize._embeddings_product_search')") == [(None, None)]
+
+
+def test_long_documents_example_finds_a_late_sentence_by_its_chunk(dags, default_connection):
+    run = run_dag(dags["vectorize_long_documents"])
+
+    assert run["state"] == "success" and states(run) == {"success"}
+    tasks = run["tasks"]
+    prepared, status = tasks["prepare_documents"]["result"], tasks["status"]["result"]
+    assert prepared["documents"] == status["total_rows"] == status["embedded_rows"] == 16
+    assert status["chunks"] > 5 * 16  # 3-20 kB each, chunks of 200 tokens
+    for found in (tasks["search"]["result"], tasks["hybrid_search"]["result"]):
+        assert len(found) == len({row["doc_id"] for row in found}) == 3  # each document once
+        assert found[0]["package"] == prepared["from_package"]
+        assert prepared["query"] in " ".join(found[0]["chunk"].split())  # its best chunk holds the sentence
+    assert default_connection.execute(
+        "SELECT to_regclass('package_docs'), to_regclass('vectorize._chunks_package_docs')") == [(None, None)]
 
 
 def test_scheduled_ingestion_embeds_each_interval_once(dags, default_connection):
