@@ -103,24 +103,10 @@ def vectorize_long_documents():
             raise ValueError(f"project {JOB_NAME!r} is incomplete: {found}")
         return {key: found[key] for key in ("total_rows", "embedded_rows", "chunks")}
 
-    search = VectorSearchOperator(
-        task_id="search",
-        postgres_conn_id=CONN_ID,
-        job_name=JOB_NAME,
-        query=QUERY,
-        return_columns=["doc_id", "package"],
-        num_results=3,
-    )
-
-    hybrid_search = VectorSearchOperator(
-        task_id="hybrid_search",
-        postgres_conn_id=CONN_ID,
-        job_name=JOB_NAME,
-        query=QUERY,
-        return_columns=["doc_id", "package"],
-        num_results=3,
-        hybrid=True,
-    )
+    asked = {"postgres_conn_id": CONN_ID, "job_name": JOB_NAME, "query": QUERY,
+             "return_columns": ["doc_id", "package"], "num_results": 3}
+    search = VectorSearchOperator(task_id="search", **asked)
+    hybrid_search = VectorSearchOperator(task_id="hybrid_search", hybrid=True, **asked)  # and full-text
 
     drop_project = DropVectorizeProjectOperator(
         task_id="drop_project", postgres_conn_id=CONN_ID, job_name=JOB_NAME, missing_ok=True,
