@@ -81,6 +81,30 @@ def model():
     return load_model(DEFAULT_TRANSFORMER).model
 
 
+@pytest.fixture
+def exact_scan_max_pages(monkeypatch):
+    """Sets ``search.EXACT_SCAN_MAX_PAGES`` for a test. Statements are built with it written in: the caches of
+    built statements are emptied when it is set and after the test."""
+    from airflow_vectorize import search
+
+    def forget() -> None:
+        search._vector_statement.cache_clear()
+        search._hybrid_statement.cache_clear()
+
+    def set_pages(pages: int) -> None:
+        monkeypatch.setattr(search, "EXACT_SCAN_MAX_PAGES", pages)
+        forget()
+
+    yield set_pages
+    forget()
+
+
+@pytest.fixture
+def index_path(exact_scan_max_pages):
+    """Chunked searches take the HNSW index path, as on a chunk table of more than EXACT_SCAN_MAX_PAGES."""
+    exact_scan_max_pages(-1)
+
+
 def create_products(db: Database, table: str = "products", schema: str = "public") -> None:
     """The sample catalogue as ``schema.table`` (product_id primary key, text columns, price, updated_at)."""
     target = sql.Identifier(schema, table)

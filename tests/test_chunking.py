@@ -27,30 +27,6 @@ def last_third_sentence(text: str) -> str:
     return next(s for s in sentences[1:] if len(s.split()) >= 12)
 
 
-@pytest.fixture
-def exact_scan_max_pages(monkeypatch):
-    """Sets ``search.EXACT_SCAN_MAX_PAGES`` for a test. Statements are built with it written in: the caches of
-    built statements are emptied when it is set and after the test."""
-    from airflow_vectorize import search
-
-    def forget() -> None:
-        search._vector_statement.cache_clear()
-        search._hybrid_statement.cache_clear()
-
-    def set_pages(pages: int) -> None:
-        monkeypatch.setattr(search, "EXACT_SCAN_MAX_PAGES", pages)
-        forget()
-
-    yield set_pages
-    forget()
-
-
-@pytest.fixture
-def index_path(exact_scan_max_pages):
-    """Chunked searches take the HNSW index path, as on a chunk table of more than EXACT_SCAN_MAX_PAGES."""
-    exact_scan_max_pages(-1)
-
-
 def executed_scans(plan: str) -> list[str]:
     """The scans of a chunk table that ran in an EXPLAIN ANALYZE plan (``Seq Scan on _chunks_...``,
     ``Index Scan using <index> on _chunks_...``)."""

@@ -104,7 +104,12 @@ def test_drop_leaves_the_database_as_before(tickets, hook):
     assert snapshot(tickets) == before
 
 
-def test_chunked_generation_import_and_search(tickets, hook):
+@pytest.mark.parametrize("path", ["exact", "index"])
+def test_chunked_generation_import_and_search(tickets, hook, exact_scan_max_pages, path):
+    """Search on either path: every chunk compared (a small chunk table), or the HNSW index (as past
+    EXACT_SCAN_MAX_PAGES)."""
+    if path == "index":
+        exact_scan_max_pages(-1)
     texts = tickets.texts
     hook.create_project("parts", "tickets", KEY, COLUMNS, chunk_size=24, chunk_overlap=4)
     assert hook.generate_embeddings("parts")["embedded"] == len(texts)
@@ -129,6 +134,7 @@ def test_chunked_generation_import_and_search(tickets, hook):
             [tuple(r[c] for c in KEY) for r in found]
         hybrid = hook.hybrid_search(job, query, num_results=5)
         assert tuple(hybrid[0][c] for c in KEY) == key_of(12) and hybrid[0]["chunk"]
+        assert hook._search_target(job).exact is (path == "exact")
 
 
 @pytest.mark.parametrize("table_method, bulk", [("join", False), ("join", True), ("append", False)])
