@@ -17,10 +17,8 @@ A reference run with 1 worker and torch on every core shows what one worker alon
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import shutil
 import sys
 import time
 from datetime import datetime
@@ -31,10 +29,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.output import add_output_arguments, write_results
 from bench.session import log, prepare_environment
 from scripts.deployment import AirflowDeployment
 
-BENCH_DIR = Path(__file__).resolve().parent
 DAG_ID = "vectorize_embedding_backfill"
 JOB = "product_archive"
 
@@ -134,9 +132,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
                         help="also 1 worker with torch on every core (yes)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for one run (1800)")
-    parser.add_argument("--output-dir", type=Path, default=BENCH_DIR / "results")
-    parser.add_argument("--latest", action=argparse.BooleanOptionalAction, default=True,
-                        help="also copy the results to bench/latest-backfill.json (yes)")
+    add_output_arguments(parser, "backfill")
     args = parser.parse_args(argv)
     counts = [int(n) for n in args.workers.split(",") if n.strip()]
     prepare_environment()
@@ -186,11 +182,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "deployment_start_seconds": round(start_seconds, 1),
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    path = args.output_dir / ("backfill-" + time.strftime("%Y%m%d-%H%M%S") + ".json")
-    path.write_text(json.dumps({"meta": meta, "measurements": measurements}, indent=2) + "\n")
-    if args.latest:
-        shutil.copyfile(path, BENCH_DIR / "latest-backfill.json")
+    path = write_results(args, "backfill", meta, measurements)
     print(table(measurements, args.rows))
     print(f"\nwall time {meta['wall_seconds']:.0f} s (deployment up in {start_seconds:.0f} s); wrote {path}"
           + (" and bench/latest-backfill.json" if args.latest else ""))

@@ -6,17 +6,15 @@ generated once; for each document count, a project on the first documents, its c
 first one (nothing embedded again). On each: the exact top-10 rows of every query (each row ranked by its
 nearest chunk), the lowest ``ef_search`` at which the index path returns RECALL of them, then
 ``VectorizeHook.search`` (vectors, key only, top 10) timed three ways, interleaved query by query through two
-hooks: the exact path, the index path at that ``ef_search``, the index path at pgvector's default 40. Each path
-is chosen by setting the threshold around the call (a statement takes the path its threshold gives when it is
-built, and a search that returns fewer rows than asked checks the threshold again).
+hooks: the exact path, the index path at that ``ef_search``, the index path at pgvector's default 40. Each hook
+takes its path from the threshold set around its calls (read when it looks the project up, and written into
+the statements it builds, whose report of the table's size keeps it there).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -26,9 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.output import add_output_arguments, write_results
 from bench.session import BenchSession, log, prepare_environment
 
-BENCH_DIR = Path(__file__).resolve().parent
 TOP = 10
 RECALL = 0.995  # share of the exact top-10 rows the index path must return
 EF_GRID = (10, 20, 40, 80, 120, 160, 240, 320, 480, 640, 1000)
@@ -81,7 +79,6 @@ def measure(session: BenchSession, docs: int, counts: list[int], queries: int) -
 
         def run(hook: Any, pages_limit: int, vector: Any, ef: int, job: str = job) -> list[int]:
             search.EXACT_SCAN_MAX_PAGES = pages_limit
-            search._vector_statement.cache_clear()
             return [r["id"] for r in hook.search(job, vector, return_columns=["id"], num_results=TOP, ef_search=ef)]
 
         recall = {}
@@ -114,9 +111,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--counts", default="30,60,100,150,200,300",
                         help="comma-separated document counts of the projects compared (30,60,100,150,200,300)")
     parser.add_argument("--queries", type=int, default=120, help="query sentences (120)")
-    parser.add_argument("--output-dir", type=Path, default=BENCH_DIR / "results")
-    parser.add_argument("--latest", action=argparse.BooleanOptionalAction, default=True,
-                        help="also copy the results to bench/latest-exact-threshold.json (yes)")
+    add_output_arguments(parser, "exact-threshold")
     args = parser.parse_args(argv)
     prepare_environment()
     from airflow_vectorize import search
@@ -132,11 +127,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "command": "python -m bench.exact_threshold " + " ".join(argv if argv is not None else sys.argv[1:]),
             "exact_scan_max_pages": threshold, "recall": RECALL, "passes": PASSES,
             "load_average_after": os.getloadavg(), "wall_seconds": round(time.perf_counter() - started, 1)}
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    path = args.output_dir / ("exact-threshold-" + time.strftime("%Y%m%d-%H%M%S") + ".json")
-    path.write_text(json.dumps({"meta": meta, "measurements": found}, indent=2) + "\n")
-    if args.latest:
-        shutil.copyfile(path, BENCH_DIR / "latest-exact-threshold.json")
+    path = write_results(args, "exact-threshold", meta, found)
     print(f"chunked search p50 through the hook, exact path vs the index at the lowest ef_search giving {RECALL:.1%}"
           f" of the exact top-10 rows (threshold now {threshold} pages)")
     print(f"{'pages':>6} {'chunks':>7} {'exact ms':>9} {'index ms':>9} {'at ef':>6} {'ratio':>6} {'index@40 ms':>11}")
