@@ -15,8 +15,10 @@ query by query. A sweep over EF_SEARCH (``search(..., ef_search=)``, SWEEP_PASSE
 p50 time and recall: the share of the exact top-10 rows it returns (the exact answer compares every vector;
 a chunked row ranks by its nearest chunk). Both sides are then taken at the highest recall both reach, each
 at the lowest ef_search that reaches it, and timed again in a paired pass (MATCHED_PASSES passes; the sweep's
-settings ran at different moments of a shared machine's load). EXPLAIN (ANALYZE, BUFFERS) of both
-statements at those settings shows where the time goes.
+settings ran at different moments of a shared machine's load). The paired pass also times the chunk index
+alone (``index_alone``: the 10 nearest chunks as the chunked project's index serves them, nothing grouped by
+row): the ratio splits into what searching more vectors costs and what the per-row pick adds. EXPLAIN
+(ANALYZE, BUFFERS) of both statements at those settings shows where the time goes.
 
 Throughput (on the first corpus): bare ``model.encode`` of the chunks, the chunked ``generate_embeddings``
 (which splits the texts itself), bare again; the first bare run encodes what the project's own splitter
@@ -26,9 +28,11 @@ makes of the texts, and the chunks the project stores must be exactly those.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from pgvector.psycopg import register_vector
 from psycopg import sql
 
 from bench import corpus as corpora
@@ -50,6 +54,7 @@ MATCHED_PASSES = 3
 THROUGHPUT_ROUNDS = 3  # runs of ours, each between two bare encodes; each side's median counts
 THROUGHPUT_MAX_DOCS = 400  # the throughput comparison embeds the corpus twice more: larger runs leave it out
 EXPLAINED_QUERIES = 20
+INDEX_ALONE = "chunk_index_alone"  # its side in the paired pass
 
 
 def measure(session: BenchSession, docs: int, names: tuple[str, ...] = CORPORA) -> list[Measurement]:
@@ -86,6 +91,7 @@ class CorpusRun:
         self.jobs_to_drop, self.tables = list(self.jobs), [self.table]
         self.ef_grid = EF_SEARCH
         self.searchers: dict[str, Any] = {}
+        self.connections: list[Any] = []  # index_alone's
         # Filled by embed() and recall(), read by the measurements after them.
         self.chunk_counts: dict[int, int] = {}  # chunks of each document, by key
         self.chunks_per_row: dict[str, Any] = {}
@@ -116,6 +122,8 @@ class CorpusRun:
                 connection = getattr(hook, "_search_conn", None)
                 if connection is not None:
                     connection.close()
+            for connection in self.connections:
+                connection.close()
             for job in self.jobs_to_drop:
                 self.hook.drop_project(job, missing_ok=True)
             for table in self.tables:
@@ -429,9 +437,15 @@ class CorpusRun:
                                                      for curve in curves.values())
         chosen = {side: min(int(ef) for ef, p in curve.items() if p["exact_recall"] >= recall)
                   for side, curve in curves.items()}
-        paired = self.paired(run["vectors"], {sides[side]: ef for side, ef in chosen.items()})
-        plans = self.explain({sides[side]: ef for side, ef in chosen.items()}, run["vectors"])
         chunked, whole = run["chunked"], run["whole"]
+        alone = self.index_alone(chunked, chosen["chunked"])
+        paired = self.paired(run["vectors"], {sides[side]: ef for side, ef in chosen.items()}, {INDEX_ALONE: alone})
+        plans = self.explain({sides[side]: ef for side, ef in chosen.items()}, run["vectors"])
+        floor = {"p50_ms": paired[INDEX_ALONE]["p50_ms"], "ef_search": chosen["chunked"],
+                 "chunked_over_it": round(paired[chunked]["p50_ms"] / paired[INDEX_ALONE]["p50_ms"], 3),
+                 "it_over_unchunked": round(paired[INDEX_ALONE]["p50_ms"] / paired[whole]["p50_ms"], 3)}
+        log(f"  the chunk index alone: {floor['p50_ms']:.3f} ms; chunked search {floor['chunked_over_it']:.2f}x"
+            f" it, it {floor['it_over_unchunked']:.2f}x the unchunked search")
         return Measurement(
             key=f"chunking_{self.corpus.name}_search_time{suffix}",
             title=f"Search top-10 on {rows}: chunked ÷ unchunked p50 at equal recall of the exact top-10"
@@ -447,29 +461,51 @@ class CorpusRun:
                      "searches_per_side_and_setting": run["queries"] * SWEEP_PASSES,
                      "curve": run["curve"], "vector_count": run["vector_count"],
                      "matched_recall": recall, "ef_search": chosen, "paired_pass": paired, "plans": plans,
+                     "chunk_index_alone": floor,
                      "nearest_chunks_cover_fewer_than_10_rows": run["nearest_chunks_cover_fewer_than_10_rows"],
                      "chunks_per_row": self.chunks_per_row, "text_query_p50_ms_all_rows": self.text_p50},
         )
 
-    def paired(self, vectors: np.ndarray, settings: dict[str, int]) -> dict[str, dict[str, float]]:
-        """p50 and p90 of each project's search at its ``settings`` ef_search, interleaved query by query,
-        MATCHED_PASSES passes (the sweep's settings ran at different moments of a shared machine's load)."""
-        sides = list(settings.items())
-        for job, ef in sides:  # warm-up
+    def paired(self, vectors: np.ndarray, settings: dict[str, int],
+               others: dict[str, Callable[[np.ndarray], Any]] | None = None) -> dict[str, dict[str, float]]:
+        """p50 and p90 of each project's search at its ``settings`` ef_search, and of each of ``others``
+        (a name and what it runs for a query vector), interleaved query by query, MATCHED_PASSES passes (the
+        sweep's settings ran at different moments of a shared machine's load)."""
+        sides = {job: (lambda v, job=job, ef=ef: self.search(job, v, ef)) for job, ef in settings.items()}
+        sides.update(others or {})
+        order = list(sides)
+        for run in sides.values():  # warm-up
             for v in vectors[:10]:
-                self.search(job, v, ef)
-        times: dict[str, list[float]] = {job: [] for job in settings}
+                run(v)
+        times: dict[str, list[float]] = {name: [] for name in sides}
         for sweep in range(MATCHED_PASSES):
             for i, v in enumerate(vectors):
-                for job, ef in (sides if (i + sweep) % 2 else sides[::-1]):
-                    seconds, _ = timed(lambda job=job, v=v, ef=ef: self.search(job, v, ef))
-                    times[job].append(seconds)
-        result = {job: {"ef_search": settings[job], "searches": len(times[job]),
-                        "p50_ms": round(percentile(times[job], 0.5) * 1000, 4),
-                        "p90_ms": round(percentile(times[job], 0.9) * 1000, 4)} for job in settings}
-        log("  paired pass: " + ", ".join(f"{job} at ef_search {r['ef_search']}: {r['p50_ms']:.3f} ms"
-                                           for job, r in result.items()))
+                for name in (order if (i + sweep) % 2 else order[::-1]):
+                    seconds, _ = timed(lambda name=name, v=v: sides[name](v))
+                    times[name].append(seconds)
+        result = {name: {"ef_search": settings.get(name), "searches": len(times[name]),
+                         "p50_ms": round(percentile(times[name], 0.5) * 1000, 4),
+                         "p90_ms": round(percentile(times[name], 0.9) * 1000, 4)} for name in sides}
+        log("  paired pass: " + ", ".join(f"{name} at ef_search {settings[name]}: {r['p50_ms']:.3f} ms"
+                                           if name in settings else f"{name}: {r['p50_ms']:.3f} ms"
+                                           for name, r in result.items()))
         return result
+
+    def index_alone(self, chunked: str, ef: int) -> Callable[[np.ndarray], Any]:
+        """The chunked project's TOP nearest chunks as its HNSW index serves them (``chunk_order``), at
+        ``hnsw.ef_search = ef``, on a connection of its own: nothing grouped by row, no chunk text, what a
+        store returning chunks pays (a row may come more than once). The floor under a chunked search."""
+        from airflow_vectorize import catalog
+        from airflow_vectorize.search import chunk_order
+
+        conn = self.session.server.connect(self.session.conn.info.dbname)
+        register_vector(conn)
+        self.connections.append(conn)
+        conn.execute(sql.SQL("SET hnsw.ef_search = {}").format(sql.Literal(ef)))
+        statement = sql.SQL("SELECT e.id FROM {} e ORDER BY {} LIMIT {}").format(
+            sql.Identifier("vectorize", f"_chunks_{chunked}"),
+            chunk_order(catalog.find_project(conn.cursor(), chunked)), sql.Literal(TOP))
+        return lambda v: conn.execute(statement, {"vector": v}, prepare=True).fetchall()
 
     def exact_answers(self, chunked: str, whole: str, vectors: np.ndarray) -> dict[str, Any]:
         """Each side's exact top-10 rows for each query (no index: every vector compared; a chunked row
