@@ -18,7 +18,8 @@ at the lowest ef_search that reaches it, and timed again in a paired pass (MATCH
 settings ran at different moments of a shared machine's load). The paired pass also times the chunk index
 alone (``index_alone``: the 10 nearest chunks as the chunked project's index serves them, nothing grouped by
 row): the ratio splits into what searching more vectors costs and what the per-row pick adds. EXPLAIN
-(ANALYZE, BUFFERS) of both statements at those settings shows where the time goes.
+(ANALYZE, BUFFERS) of both statements at those settings shows where the time goes, and EXPLAIN (ANALYZE,
+TIMING OFF) of all three each side's time inside the server alone (``server_times``).
 
 Throughput (on the first corpus): bare ``model.encode`` of the chunks, the chunked ``generate_embeddings``
 (which splits the texts itself), bare again; the first bare run encodes what the project's own splitter
@@ -55,6 +56,7 @@ THROUGHPUT_ROUNDS = 3  # runs of ours, each between two bare encodes; each side'
 THROUGHPUT_MAX_DOCS = 400  # the throughput comparison embeds the corpus twice more: larger runs leave it out
 EXPLAINED_QUERIES = 20
 INDEX_ALONE = "chunk_index_alone"  # its side in the paired pass
+SERVER_QUERIES = 300  # queries of server_times
 
 
 def measure(session: BenchSession, docs: int, names: tuple[str, ...] = CORPORA) -> list[Measurement]:
@@ -441,6 +443,7 @@ class CorpusRun:
         alone = self.index_alone(chunked, chosen["chunked"])
         paired = self.paired(run["vectors"], {sides[side]: ef for side, ef in chosen.items()}, {INDEX_ALONE: alone})
         plans = self.explain({sides[side]: ef for side, ef in chosen.items()}, run["vectors"])
+        server = self.server_times({sides[side]: ef for side, ef in chosen.items()}, chunked, run["vectors"])
         floor = {"p50_ms": paired[INDEX_ALONE]["p50_ms"], "ef_search": chosen["chunked"],
                  "chunked_over_it": round(paired[chunked]["p50_ms"] / paired[INDEX_ALONE]["p50_ms"], 3),
                  "it_over_unchunked": round(paired[INDEX_ALONE]["p50_ms"] / paired[whole]["p50_ms"], 3)}
@@ -461,7 +464,7 @@ class CorpusRun:
                      "searches_per_side_and_setting": run["queries"] * SWEEP_PASSES,
                      "curve": run["curve"], "vector_count": run["vector_count"],
                      "matched_recall": recall, "ef_search": chosen, "paired_pass": paired, "plans": plans,
-                     "chunk_index_alone": floor,
+                     "chunk_index_alone": floor, "server_execution_ms": server,
                      "nearest_chunks_cover_fewer_than_10_rows": run["nearest_chunks_cover_fewer_than_10_rows"],
                      "chunks_per_row": self.chunks_per_row, "text_query_p50_ms_all_rows": self.text_p50},
         )
@@ -495,17 +498,65 @@ class CorpusRun:
         """The chunked project's TOP nearest chunks as its HNSW index serves them (``chunk_order``), at
         ``hnsw.ef_search = ef``, on a connection of its own: nothing grouped by row, no chunk text, what a
         store returning chunks pays (a row may come more than once). The floor under a chunked search."""
-        from airflow_vectorize import catalog
-        from airflow_vectorize.search import chunk_order
-
         conn = self.session.server.connect(self.session.conn.info.dbname)
         register_vector(conn)
         self.connections.append(conn)
         conn.execute(sql.SQL("SET hnsw.ef_search = {}").format(sql.Literal(ef)))
-        statement = sql.SQL("SELECT e.id FROM {} e ORDER BY {} LIMIT {}").format(
-            sql.Identifier("vectorize", f"_chunks_{chunked}"),
-            chunk_order(catalog.find_project(conn.cursor(), chunked)), sql.Literal(TOP))
+        statement = self.index_alone_statement(chunked)
         return lambda v: conn.execute(statement, {"vector": v}, prepare=True).fetchall()
+
+    def index_alone_statement(self, chunked: str) -> sql.Composed:
+        """``index_alone``'s statement (the query vector bound as ``vector``)."""
+        from airflow_vectorize import catalog
+        from airflow_vectorize.search import chunk_order
+
+        return sql.SQL("SELECT e.id FROM {} e ORDER BY {} LIMIT {}").format(
+            sql.Identifier("vectorize", f"_chunks_{chunked}"),
+            chunk_order(catalog.find_project(self.session.conn.cursor(), chunked)), sql.Literal(TOP))
+
+    def server_times(self, settings: dict[str, int], chunked: str, vectors: np.ndarray) -> dict[str, Any]:
+        """Each side's time inside the server alone: the p50 execution time EXPLAIN (ANALYZE, TIMING OFF)
+        reports (no per-node clocks, no planning, no client or round trip) of the chunked and unchunked
+        statements as the hook builds them at their ``settings`` ef_search, and of ``index_alone``'s at the
+        chunked side's; sides alternating query by query. A custom plan for the bound values (see
+        ``explain``)."""
+        from airflow_vectorize import catalog
+        from airflow_vectorize import search as searching
+
+        conn = self.session.conn
+        alone = self.index_alone_statement(chunked)
+        with conn.cursor() as cur:
+            targets = {job: searching.search_target(cur, catalog.find_project(cur, job)) for job in settings}
+
+        def execution_ms(name: str, v: np.ndarray) -> float:
+            with conn.transaction(), conn.cursor() as cur:
+                if name == INDEX_ALONE:
+                    cur.execute("SELECT set_config('hnsw.ef_search', %s, true)", [str(settings[chunked])])
+                    statement, params = alone.as_string(cur), {"vector": v}
+                else:
+                    cur.execute("SET LOCAL hnsw.iterative_scan = strict_order")  # as the hook's connection
+                    query = searching.vector_search_query(targets[name], v, ["id"], TOP, ef_search=settings[name],
+                                                          single_pass=True)
+                    for setting, value in query.settings.items():
+                        cur.execute("SELECT set_config(%s, %s, true)", [setting, value])
+                    statement, params = query.statement, query.params
+                cur.execute("EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) " + statement, params)
+                raw = cur.fetchone()[0]
+                return (raw[0] if isinstance(raw, list) else json.loads(raw)[0])["Execution Time"]
+
+        names = [*settings, INDEX_ALONE]
+        times: dict[str, list[float]] = {name: [] for name in names}
+        for v in vectors[:10]:  # warm-up
+            for name in names:
+                execution_ms(name, v)
+        for i, v in enumerate(vectors[:SERVER_QUERIES]):
+            for name in (names if i % 2 else names[::-1]):
+                times[name].append(execution_ms(name, v))
+        result: dict[str, Any] = {name: round(median(t), 4) for name, t in times.items()}
+        result["queries"] = len(times[INDEX_ALONE])
+        log("  inside the server (EXPLAIN ANALYZE, TIMING OFF): "
+            + ", ".join(f"{name} {result[name]:.3f} ms" for name in names))
+        return result
 
     def exact_answers(self, chunked: str, whole: str, vectors: np.ndarray) -> dict[str, Any]:
         """Each side's exact top-10 rows for each query (no index: every vector compared; a chunked row

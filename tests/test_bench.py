@@ -72,6 +72,8 @@ def test_quick_benchmark_writes_table_json_and_chart(tmp_path):
             alone, paired = search["chunk_index_alone"], search["paired_pass"]  # the floor, timed beside them
             assert alone["p50_ms"] == paired["chunk_index_alone"]["p50_ms"] > 0, search
             assert alone["ef_search"] == search["ef_search"]["chunked"], search
+            server = search["server_execution_ms"]  # each side inside the server alone
+            assert all(server[name] > 0 for name in (*search["projects"].values(), "chunk_index_alone")), server
         sections = measurements[f"chunking_{corpus}_search_time_sections"]["details"]
         assert 3 <= sections["chunks_per_row"]["min"] <= sections["chunks_per_row"]["max"] <= 10, sections
         assert sections["chunks"] > sections["rows"] > 0 and sections["queries"] > 0
