@@ -520,29 +520,19 @@ class CorpusRun:
         statements as the hook builds them at their ``settings`` ef_search, and of ``index_alone``'s at the
         chunked side's; sides alternating query by query. A custom plan for the bound values (see
         ``explain``)."""
-        from airflow_vectorize import catalog
-        from airflow_vectorize import search as searching
-
-        conn = self.session.conn
+        conn, options = self.session.conn, "ANALYZE, TIMING OFF"
         alone = self.index_alone_statement(chunked)
         with conn.cursor() as cur:
-            targets = {job: searching.search_target(cur, catalog.find_project(cur, job)) for job in settings}
+            targets = {job: search_target(cur, job) for job in settings}
 
         def execution_ms(name: str, v: np.ndarray) -> float:
             with conn.transaction(), conn.cursor() as cur:
                 if name == INDEX_ALONE:
                     cur.execute("SELECT set_config('hnsw.ef_search', %s, true)", [str(settings[chunked])])
-                    statement, params = alone.as_string(cur), {"vector": v}
+                    plan = explained(cur, alone.as_string(cur), {"vector": v}, options)
                 else:
-                    cur.execute("SET LOCAL hnsw.iterative_scan = strict_order")  # as the hook's connection
-                    query = searching.vector_search_query(targets[name], v, ["id"], TOP, ef_search=settings[name],
-                                                          single_pass=True)
-                    for setting, value in query.settings.items():
-                        cur.execute("SELECT set_config(%s, %s, true)", [setting, value])
-                    statement, params = query.statement, query.params
-                cur.execute("EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) " + statement, params)
-                raw = cur.fetchone()[0]
-                return (raw[0] if isinstance(raw, list) else json.loads(raw)[0])["Execution Time"]
+                    plan = explained_search(cur, targets[name], v, settings[name], options)
+                return plan["Execution Time"]
 
         names = [*settings, INDEX_ALONE]
         times: dict[str, list[float]] = {name: [] for name in names}
@@ -591,22 +581,12 @@ class CorpusRun:
         every node of the first query's plan. It is the plan PostgreSQL makes for the bound values (the
         planner takes a sequential scan over the HNSW index for small tables, or large ef_search); the
         hook's prepared statement may run its generic plan instead."""
-        from airflow_vectorize import catalog
-        from airflow_vectorize import search as searching
-
         conn, plans = self.session.conn, {}
         for job, ef in settings.items():
             with conn.transaction(), conn.cursor() as cur:
-                cur.execute("SET LOCAL hnsw.iterative_scan = strict_order")  # as the hook's connection
-                target = searching.search_target(cur, catalog.find_project(cur, job))
-                samples = []
-                for v in vectors[:EXPLAINED_QUERIES]:
-                    query = searching.vector_search_query(target, v, ["id"], TOP, ef_search=ef, single_pass=True)
-                    for name, value in query.settings.items():  # (an unchunked search: no iterative scan)
-                        cur.execute("SELECT set_config(%s, %s, true)", [name, value])
-                    cur.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + query.statement, query.params)
-                    raw = cur.fetchone()[0]
-                    samples.append(raw[0] if isinstance(raw, list) else json.loads(raw)[0])
+                target = search_target(cur, job)
+                samples = [explained_search(cur, target, v, ef, "ANALYZE, BUFFERS")
+                           for v in vectors[:EXPLAINED_QUERIES]]
             plans[job] = {
                 "ef_search": ef,
                 "execution_ms": round(median([s["Execution Time"] for s in samples]), 4),
@@ -622,6 +602,33 @@ class CorpusRun:
             log(f"  plan of {job} at ef_search {ef}: {plans[job]['execution_ms']:.3f} ms\n    "
                 + "\n    ".join(plans[job]["nodes"]))
         return plans
+
+
+def search_target(cur: Any, job: str) -> Any:
+    """The hook's ``SearchTarget`` of project ``job``."""
+    from airflow_vectorize import catalog
+    from airflow_vectorize import search as searching
+
+    return searching.search_target(cur, catalog.find_project(cur, job))
+
+
+def explained_search(cur: Any, target: Any, vector: np.ndarray, ef: int, options: str) -> dict[str, Any]:
+    """``explained`` of the statement the hook runs to search ``target`` for ``vector`` at ``ef`` (one pass,
+    its settings given to the caller's transaction as the hook's connection has them)."""
+    from airflow_vectorize import search as searching
+
+    cur.execute("SET LOCAL hnsw.iterative_scan = strict_order")
+    query = searching.vector_search_query(target, vector, ["id"], TOP, ef_search=ef, single_pass=True)
+    for name, value in query.settings.items():  # (an unchunked search: no iterative scan)
+        cur.execute("SELECT set_config(%s, %s, true)", [name, value])
+    return explained(cur, query.statement, query.params, options)
+
+
+def explained(cur: Any, statement: str, params: dict[str, Any], options: str) -> dict[str, Any]:
+    """EXPLAIN (``options``, FORMAT JSON) of ``statement``: its plan and times."""
+    cur.execute(f"EXPLAIN ({options}, FORMAT JSON) {statement}", params)
+    raw = cur.fetchone()[0]
+    return raw[0] if isinstance(raw, list) else json.loads(raw)[0]
 
 
 def plan_nodes(plan: dict[str, Any], depth: int = 0) -> list[tuple[int, dict[str, Any]]]:
