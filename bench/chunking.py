@@ -16,8 +16,8 @@ p50 time and recall: the share of the exact top-10 rows it returns (the exact an
 a chunked row ranks by its nearest chunk). Both sides are then taken at the highest recall both reach, each
 at the lowest ef_search that reaches it, and timed again in a paired pass (MATCHED_PASSES passes; the sweep's
 settings ran at different moments of a shared machine's load). The paired pass also times the chunk index
-alone (``index_alone``: the 10 nearest chunks as the chunked project's index serves them, nothing grouped by
-row): the ratio splits into what searching more vectors costs and what the per-row pick adds. EXPLAIN
+alone (``index_alone_statement``: the 10 nearest chunks as the chunked project's index serves them, nothing
+grouped by row): the ratio splits into what searching more vectors costs and what the per-row pick adds. EXPLAIN
 (ANALYZE, BUFFERS) of both statements at those settings shows where the time goes, and EXPLAIN (ANALYZE,
 TIMING OFF) of all three each side's time inside the server alone (``server_times``).
 
@@ -440,10 +440,11 @@ class CorpusRun:
         chosen = {side: min(int(ef) for ef, p in curve.items() if p["exact_recall"] >= recall)
                   for side, curve in curves.items()}
         chunked, whole = run["chunked"], run["whole"]
-        alone = self.index_alone(chunked, chosen["chunked"])
-        paired = self.paired(run["vectors"], {sides[side]: ef for side, ef in chosen.items()}, {INDEX_ALONE: alone})
-        plans = self.explain({sides[side]: ef for side, ef in chosen.items()}, run["vectors"])
-        server = self.server_times({sides[side]: ef for side, ef in chosen.items()}, chunked, run["vectors"])
+        settings = {sides[side]: ef for side, ef in chosen.items()}
+        alone = self.index_alone_statement(chunked)
+        paired = self.paired(run["vectors"], settings, {INDEX_ALONE: self.index_alone(alone, chosen["chunked"])})
+        plans = self.explain(settings, run["vectors"])
+        server = self.server_times(settings, chunked, alone, run["vectors"])
         floor = {"p50_ms": paired[INDEX_ALONE]["p50_ms"], "ef_search": chosen["chunked"],
                  "chunked_over_it": round(paired[chunked]["p50_ms"] / paired[INDEX_ALONE]["p50_ms"], 3),
                  "it_over_unchunked": round(paired[INDEX_ALONE]["p50_ms"] / paired[whole]["p50_ms"], 3)}
@@ -494,34 +495,34 @@ class CorpusRun:
                                            for name, r in result.items()))
         return result
 
-    def index_alone(self, chunked: str, ef: int) -> Callable[[np.ndarray], Any]:
-        """The chunked project's TOP nearest chunks as its HNSW index serves them (``chunk_order``), at
-        ``hnsw.ef_search = ef``, on a connection of its own: nothing grouped by row, no chunk text, what a
-        store returning chunks pays (a row may come more than once). The floor under a chunked search."""
+    def index_alone(self, statement: sql.Composed, ef: int) -> Callable[[np.ndarray], Any]:
+        """``index_alone_statement`` run at ``hnsw.ef_search = ef`` on a connection of its own."""
         conn = self.session.server.connect(self.session.conn.info.dbname)
         register_vector(conn)
         self.connections.append(conn)
         conn.execute(sql.SQL("SET hnsw.ef_search = {}").format(sql.Literal(ef)))
-        statement = self.index_alone_statement(chunked)
         return lambda v: conn.execute(statement, {"vector": v}, prepare=True).fetchall()
 
     def index_alone_statement(self, chunked: str) -> sql.Composed:
-        """``index_alone``'s statement (the query vector bound as ``vector``)."""
+        """The chunked project's TOP nearest chunks as its HNSW index serves them (``chunk_order``; the query
+        vector bound as ``vector``): nothing grouped by row, no chunk text, what a store returning chunks pays
+        (a row may come more than once). The floor under a chunked search."""
         from airflow_vectorize import catalog
         from airflow_vectorize.search import chunk_order
 
+        with self.session.conn.cursor() as cur:
+            order = chunk_order(catalog.find_project(cur, chunked))
         return sql.SQL("SELECT e.id FROM {} e ORDER BY {} LIMIT {}").format(
-            sql.Identifier("vectorize", f"_chunks_{chunked}"),
-            chunk_order(catalog.find_project(self.session.conn.cursor(), chunked)), sql.Literal(TOP))
+            sql.Identifier("vectorize", f"_chunks_{chunked}"), order, sql.Literal(TOP))
 
-    def server_times(self, settings: dict[str, int], chunked: str, vectors: np.ndarray) -> dict[str, Any]:
+    def server_times(self, settings: dict[str, int], chunked: str, alone: sql.Composed,
+                     vectors: np.ndarray) -> dict[str, Any]:
         """Each side's time inside the server alone: the p50 execution time EXPLAIN (ANALYZE, TIMING OFF)
         reports (no per-node clocks, no planning, no client or round trip) of the chunked and unchunked
-        statements as the hook builds them at their ``settings`` ef_search, and of ``index_alone``'s at the
-        chunked side's; sides alternating query by query. A custom plan for the bound values (see
-        ``explain``)."""
+        statements as the hook builds them at their ``settings`` ef_search, and of ``alone``
+        (``index_alone_statement``) at the chunked side's; sides alternating query by query. A custom plan
+        for the bound values (see ``explain``)."""
         conn, options = self.session.conn, "ANALYZE, TIMING OFF"
-        alone = self.index_alone_statement(chunked)
         with conn.cursor() as cur:
             targets = {job: search_target(cur, job) for job in settings}
 
