@@ -15,7 +15,7 @@ from psycopg.rows import dict_row
 from airflow_vectorize import expressions
 from airflow_vectorize.exceptions import VectorizeError
 from airflow_vectorize.keys import Key
-from airflow_vectorize.naming import StorageNames
+from airflow_vectorize.naming import CHUNK_FTS_COLUMN, StorageNames
 from airflow_vectorize.rag import ensure_prompts
 
 DEFAULT_TRANSFORMER = "sentence-transformers/all-MiniLM-L6-v2"
@@ -320,11 +320,13 @@ def create_storage(cur: Cursor, project: Project) -> None:
                 " ADD COLUMN embeddings {vector_type} NOT NULL,"
                 " ADD COLUMN updated_at timestamptz NOT NULL DEFAULT now(),"
                 " ADD COLUMN text_md5 uuid, ADD PRIMARY KEY ({keys}, chunk_no),"
+                " ADD COLUMN {fts} tsvector GENERATED ALWAYS AS ({document}) STORED,"
                 # Vectors stay in the row (a chunk's text is moved out of line first): searches read them.
                 " ALTER COLUMN embeddings SET STORAGE MAIN;"
                 " CREATE VIEW {view} AS SELECT s.*, e.chunk_no, e.chunk, e.embeddings,"
                 " e.updated_at AS embeddings_updated_at FROM {source} s JOIN {target} e ON {joined}"
-            ).format(key_table=key_table(project, project.names.target, None), **parts)
+            ).format(key_table=key_table(project, project.names.target, None),
+                     fts=sql.Identifier(CHUNK_FTS_COLUMN), document=expressions.chunk_fts_document(), **parts)
         )
     elif project.is_join:
         cur.execute(
@@ -347,8 +349,12 @@ def create_storage(cur: Cursor, project: Project) -> None:
                      text_md5=sql.Identifier(project.names.text_md5_column))
         )
     create_index(cur, project)
-    cur.execute(sql.SQL("CREATE INDEX {} ON {} USING gin (({}))").format(
-        sql.Identifier(project.names.fts_index_name), project.names.source, expressions.fts_document(project)))
+    # Hybrid search's full-text index: on the source's document, or on a chunked project's chunk documents.
+    indexed = (sql.Identifier(CHUNK_FTS_COLUMN) if project.is_chunked
+               else sql.SQL("({})").format(expressions.fts_document(project)))
+    cur.execute(sql.SQL("CREATE INDEX {} ON {} USING gin ({})").format(
+        sql.Identifier(project.names.fts_index_name), project.names.target if project.is_chunked
+        else project.names.source, indexed))
     cur.execute(
         sql.SQL(
             "{key_table}; ALTER TABLE {queue} ADD COLUMN enqueued_at timestamptz NOT NULL DEFAULT clock_timestamp()"
@@ -508,8 +514,9 @@ def drop_storage(cur: Cursor, project: Project, source_exists: bool) -> None:
     if source_exists:
         for trigger in (project.names.insert_trigger, project.names.update_trigger):
             cur.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trigger), project.names.source))
-        cur.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(
-            sql.Identifier(project.schema, project.names.fts_index_name)))
+        if not project.is_chunked:  # a chunked project's goes with its chunk table
+            cur.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(
+                sql.Identifier(*project.names.fts_index_qualified_name)))
     cur.execute(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(project.names.trigger_function))
     cur.execute(sql.SQL("DROP TABLE IF EXISTS {}, {}").format(project.names.queue, project.names.errors))
     if project.is_join:

@@ -1,5 +1,5 @@
 """SQL expressions over a project's source rows: the text it embeds, its md5, the rows with their stored
-embedding state, and the full-text document of hybrid search."""
+embedding state, and the full-text documents of hybrid search (a row's, a chunk's)."""
 
 from __future__ import annotations
 
@@ -49,3 +49,11 @@ def fts_document(project: Project, alias: str | None = None) -> sql.Composable:
         for c in project.columns
     )
     return sql.SQL("to_tsvector('english', left({}, {}))").format(parts, sql.Literal(FULL_TEXT_CHARS))
+
+
+def chunk_fts_document() -> sql.Composable:
+    """``to_tsvector('english', chunk)``: a chunk's full-text document, stored beside it in the chunk table
+    (``naming.CHUNK_FTS_COLUMN``, a generated column: every write of a chunk writes it) and indexed there, so
+    that hybrid search ranks a chunked project's matches without parsing their texts again. A chunk is at
+    most ``chunk_size`` tokens: far below the 1 MB a tsvector holds."""
+    return sql.SQL("to_tsvector('english', chunk)")

@@ -6,7 +6,8 @@
 - index ``<job>_hnsw_cos_idx`` / ``_l2_idx`` / ``_ip_idx``; triggers ``vectorize_insert_trigger_<job>`` and
   ``vectorize_update_trigger_<job>`` calling ``vectorize.handle_update_<job>()``;
 - ours: the queue ``vectorize._pending_<job>``, the errors table ``vectorize._errors_<job>``, the full-text
-  index ``<job>_fts_idx`` on the source and the NOTIFY channel ``vectorize_<job>``.
+  index ``<job>_fts_idx`` (on the source; a chunked project's on its chunk table's ``chunk_fts`` column, in
+  ``vectorize``) and the NOTIFY channel ``vectorize_<job>``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 from psycopg import sql
 
 SCHEMA = "vectorize"
+# A chunked project's chunk table: each chunk's full-text document, a stored generated column.
+CHUNK_FTS_COLUMN = "chunk_fts"
 
 
 @dataclass(frozen=True)
@@ -75,8 +78,14 @@ class StorageNames:
 
     @property
     def fts_index_name(self) -> str:
-        """The full-text GIN index on the source table (in the source's schema), used by hybrid search."""
+        """The full-text GIN index of hybrid search."""
         return f"{self.job}_fts_idx"
+
+    @property
+    def fts_index_qualified_name(self) -> tuple[str, str]:
+        """(schema, name) of the full-text index: on the source table (in its schema), or for a chunked
+        project on its chunk table (``CHUNK_FTS_COLUMN``)."""
+        return (SCHEMA if self.is_chunked else self.schema), self.fts_index_name
 
     @property
     def queue_name(self) -> tuple[str, str]:
@@ -118,7 +127,7 @@ class StorageNames:
 
     def storage_objects(self, realtime: bool) -> list[str]:
         """Every object the project owns, as 'schema.name' (columns as 'schema.table.column')."""
-        objects = [".".join(self.index_qualified_name), f"{self.schema}.{self.fts_index_name}",
+        objects = [".".join(self.index_qualified_name), ".".join(self.fts_index_qualified_name),
                    ".".join(self.queue_name), ".".join(self.errors_name)]
         if self.is_join:
             objects[:0] = [".".join(self.target_name), ".".join(self.view_name)]

@@ -5,7 +5,8 @@ LIMIT, which is the shape pgvector's HNSW index serves; ``similarity_score`` is 
 returned. Filters are typed and bound (no raw SQL), and hybrid search's full-text part uses exactly the
 expression of the project's ``<job>_fts_idx`` GIN index. A chunked project ranks each row by its nearest
 chunk: among the chunks its half-precision HNSW index finds, or, while its chunk table is small
-(``EXACT_SCAN_MAX_PAGES``), among all of them.
+(``EXACT_SCAN_MAX_PAGES``), among all of them; and in hybrid search's full-text part by its best-ranked
+chunk, from the documents stored and indexed in the chunk table.
 
 ``similarity_score`` (higher is better) per ``index_dist_type``:
 
@@ -32,6 +33,7 @@ from psycopg.types.numeric import Oid
 
 from airflow_vectorize import catalog, expressions, validation
 from airflow_vectorize.catalog import Project
+from airflow_vectorize.naming import CHUNK_FTS_COLUMN
 from airflow_vectorize.exceptions import DimensionMismatchError, InvalidInputError
 
 if TYPE_CHECKING:
@@ -436,6 +438,29 @@ def _vector_statement(
     ).format(select=select, where=where, limit=sql.Literal(limit), **parts).as_string()
 
 
+def _full_text_matches(project: Project, shape: tuple[Filter, ...], candidates: int) -> sql.Composable:
+    """The ``candidates`` rows best ranked by ``ts_rank`` for the query ``%(text)s``, best first: their keys
+    (``Key.aliases``) and rank ``r``. A row is ranked by its document (``expressions.fts_document``, found
+    through the source's ``<job>_fts_idx``), a chunked project's row by its best chunk's stored document
+    (``chunk_fts``, indexed in the chunk table): ranking a match then reads its document instead of parsing
+    its text again."""
+    key, names = project.key, project.key.aliases()
+    if not project.is_chunked:
+        return sql.SQL(
+            "SELECT {keys}, ts_rank({doc}, q) AS r FROM {source} s, websearch_to_tsquery('english', %(text)s) q"
+            " WHERE {doc} @@ q AND {where} ORDER BY r DESC, {names} LIMIT {candidates}"
+        ).format(keys=key.select_as("s", names), doc=expressions.fts_document(project, "s"),
+                 source=project.names.source, where=_where(shape), names=names.names(),
+                 candidates=sql.Literal(candidates))
+    return sql.SQL(
+        "SELECT {keys}, max(ts_rank(e.{fts}, q)) AS r FROM {target} e{source_join},"
+        " websearch_to_tsquery('english', %(text)s) q WHERE e.{fts} @@ q AND {where}"
+        " GROUP BY {group} ORDER BY r DESC, {names} LIMIT {candidates}"
+    ).format(keys=key.select_as("e", names), fts=sql.Identifier(CHUNK_FTS_COLUMN), target=project.names.target,
+             source_join=_chunk_source_join(project, shape), where=_where(shape), group=key.names("e"),
+             names=names.names(), candidates=sql.Literal(candidates))
+
+
 @lru_cache(maxsize=256)
 def _hybrid_statement(
     project: Project, columns: tuple[str, ...], shape: tuple[Filter, ...], limit: int, candidates: int,
@@ -460,10 +485,7 @@ def _hybrid_statement(
         "WITH semantic AS ("
         "  SELECT {names}, row_number() OVER (ORDER BY d, {names}) AS rank FROM ({semantic}) v),"
         " full_text AS ("
-        "  SELECT {names}, row_number() OVER (ORDER BY r DESC, {names}) AS rank FROM ("
-        "   SELECT {keys}, ts_rank({doc}, websearch_to_tsquery('english', %(text)s)) AS r"
-        "   FROM {source} s WHERE {doc} @@ websearch_to_tsquery('english', %(text)s) AND {where}"
-        "   ORDER BY r DESC, {names} LIMIT {candidates}) t),"
+        "  SELECT {names}, row_number() OVER (ORDER BY r DESC, {names}) AS rank FROM ({matches}) t),"
         " fused AS ("
         "  SELECT {either}, v.rank AS semantic_rank, t.rank AS full_text_rank,"
         "   coalesce(%(semantic_weight)s / (%(rrf_k)s + v.rank), 0)"
@@ -475,16 +497,14 @@ def _hybrid_statement(
         " LIMIT {limit}"
     ).format(
         semantic=semantic,
+        matches=_full_text_matches(project, shape, candidates),
         columns=_column_list(columns),
-        where=_where(shape),
-        doc=expressions.fts_document(project, "s"),
         source=project.names.source,
         limit=sql.Literal(limit),
         candidates=sql.Literal(candidates),
         best=best,
         chunk=chunk,
         names=names.names(),
-        keys=key.select_as("s", names),
         either=sql.SQL(", ").join(sql.SQL("coalesce(v.{n}, t.{n}) AS {n}").format(n=sql.Identifier(n))
                                   for n in names.columns),
         same=names.equals("t", "v"),

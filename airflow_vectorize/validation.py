@@ -275,7 +275,7 @@ def unique_together(cur: Cursor, table: Table, columns: tuple[str, ...]) -> bool
 
 def check_storage_free(cur: Cursor, project: Project) -> None:
     """Refuse to create over objects left behind by another tool or an earlier version."""
-    relations = [project.names.queue_name, project.names.index_qualified_name, (project.schema, project.names.fts_index_name)]
+    relations = [project.names.queue_name, project.names.index_qualified_name, project.names.fts_index_qualified_name]
     if project.is_join:
         relations += [project.names.target_name, project.names.view_name]
     cur.execute(

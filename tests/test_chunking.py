@@ -422,3 +422,48 @@ def test_a_short_exact_result_is_not_asked_again(licenses, hook, monkeypatch):
 
     assert sorted(row["id"] for row in rows) == [2, 4]
     assert len(calls) == 1, [call.statement for call in calls]
+
+
+def test_hybrid_search_ranks_full_text_matches_by_their_best_chunk(licenses, hook):
+    """A chunked project's chunks carry their full-text documents (``chunk_fts``, generated with every write,
+    indexed in the chunk table, nothing added to the source): hybrid search's full-text part finds rows by a
+    chunk matching the query and ranks them by their best chunk's ts_rank, from the stored documents."""
+    from airflow_vectorize import search
+
+    hook.create_project(JOB, "licenses", "id", ["body"], chunk_size=128)
+    hook.generate_embeddings(JOB)
+    query = "copyright notice"
+    by_best_chunk = f"""SELECT id FROM vectorize._chunks_{JOB}, websearch_to_tsquery('english', %(q)s) q
+        WHERE to_tsvector('english', chunk) @@ q GROUP BY id
+        ORDER BY max(ts_rank(to_tsvector('english', chunk), q)) DESC, id"""
+
+    def full_text(text: str, **kwargs: object) -> list[tuple[int, int]]:
+        rows = hook.hybrid_search(JOB, text, return_columns=["id"], semantic_weight=0, **kwargs)
+        return [(row["id"], row["full_text_rank"]) for row in rows if row["full_text_rank"] is not None]
+
+    expected = [key for (key,) in licenses.execute(by_best_chunk, {"q": query})]
+    ranked = full_text(query)
+    filtered = full_text(query, filters={"name": {"ne": "MPL-2.0"}})
+    apart_before = full_text("zebra quokka")
+    licenses.execute("UPDATE licenses SET body = 'The zebra met a quokka. ' || body || ' The quokka waved.'"
+                     " WHERE id = 2")
+    hook.generate_embeddings(JOB)  # the row's chunks are replaced, and their documents with them
+    together, apart = full_text("zebra quokka"), full_text("zebra waved")
+    target = hook._search_target(JOB)
+    conn = hook._search_connection()
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute("SET LOCAL enable_seqscan = off")  # the plan of a large table
+        plan = search.explain(cur, search.hybrid_search_query(target, query, embed=hook._embed_query(target.project)))
+    indexes = licenses.execute("SELECT schemaname, tablename, indexdef FROM pg_indexes"
+                               " WHERE indexname = %s OR tablename = 'licenses'", [f"{JOB}_fts_idx"])
+
+    assert len(expected) >= 3 and ranked == [(key, rank) for rank, key in enumerate(expected, 1)]
+    assert filtered == [(key, rank) for rank, key in enumerate([k for k in expected if k != 2], 1)]
+    assert apart_before == [] and together == [(2, 1)]  # both words in the changed row's first chunk
+    assert apart == []  # in its first chunk and its last: no chunk matches
+    assert f"Bitmap Index Scan on {JOB}_fts_idx" in plan, plan
+    assert indexes == [("public", "licenses", "CREATE UNIQUE INDEX licenses_pkey ON public.licenses USING btree (id)"),
+                       ("vectorize", f"_chunks_{JOB}",
+                        f"CREATE INDEX {JOB}_fts_idx ON vectorize._chunks_{JOB} USING gin (chunk_fts)")]
+    assert licenses.scalar(f"SELECT count(*) FROM vectorize._chunks_{JOB}"
+                           " WHERE chunk_fts IS DISTINCT FROM to_tsvector('english', chunk)") == 0
