@@ -21,6 +21,10 @@ grouped by row): the ratio splits into what searching more vectors costs and wha
 (ANALYZE, BUFFERS) of both statements at those settings shows where the time goes, and EXPLAIN (ANALYZE,
 TIMING OFF) of all three each side's time inside the server alone (``server_times``).
 
+Hybrid search (``hybrid_time``): both projects on two-word keyword queries taken from the query sentences; a
+chunked project ranks full-text matches from the documents stored in its chunk table, an unchunked one parses
+each matching row's text again.
+
 Throughput (on the first corpus): bare ``model.encode`` of the chunks, the chunked ``generate_embeddings``
 (which splits the texts itself), bare again; the first bare run encodes what the project's own splitter
 makes of the texts, and the chunks the project stores must be exactly those.
@@ -29,6 +33,7 @@ makes of the texts, and the chunks the project stores must be exactly those.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -55,8 +60,11 @@ MATCHED_PASSES = 3
 THROUGHPUT_ROUNDS = 3  # runs of ours, each between two bare encodes; each side's median counts
 THROUGHPUT_MAX_DOCS = 400  # the throughput comparison embeds the corpus twice more: larger runs leave it out
 EXPLAINED_QUERIES = 20
+KEYWORD = re.compile(r"[A-Za-z]{4,}")
 INDEX_ALONE = "chunk_index_alone"  # its side in the paired pass
 SERVER_QUERIES = 300  # queries of server_times
+HYBRID_QUERIES = 60  # keyword queries of hybrid_time
+HYBRID_PASSES = 3  # the first warms up
 
 
 def measure(session: BenchSession, docs: int, names: tuple[str, ...] = CORPORA) -> list[Measurement]:
@@ -150,6 +158,7 @@ class CorpusRun:
     def steps(self, throughput: bool) -> list[Measurement]:
         found = self.embed(throughput)
         found += self.recall()
+        found.append(self.hybrid_time())
         return found + self.search_time()
 
     # -- 4. chunking + embedding throughput against a bare model.encode of the same chunks ----------------
@@ -332,7 +341,63 @@ class CorpusRun:
                 ("first_third", "first", " (lose nothing)", 1.0, "unchunked project"))),
         ]
 
-    # -- 5. search time at equal recall --------------------------------------------------------------------
+    # -- 5. hybrid search on keyword queries -----------------------------------------------------------------
+    def hybrid_time(self) -> Measurement:
+        """Both projects' hybrid search (top 10, default weights and candidates) on keyword queries: the first
+        two adjacent words of 4+ letters of each query sentence that make two lexemes (``keyword_queries``).
+        Query vectors given (the database's part; a text query adds the same embedding time to both), sides
+        alternating query by query, HYBRID_PASSES passes. The chunked project ranks full-text matches by
+        their best chunk from the documents stored in its chunk table; the unchunked one (today's layout)
+        parses each matching row's text again to rank it."""
+        from airflow_vectorize import catalog
+        from airflow_vectorize import search as searching
+        from airflow_vectorize.expressions import fts_document
+
+        sentences = [q for third in ("last", "first") for q in self.queries[third].values()]
+        phrases = keyword_queries(self.session, sentences)[:HYBRID_QUERIES]
+        vectors = self.local.model.encode(phrases, show_progress_bar=False)
+
+        def runner(job: str) -> Callable[[str, np.ndarray], list[dict[str, Any]]]:
+            hook = self.searcher(job)
+            target, conn = hook._search_target(job), hook._search_connection()
+            return lambda text, v: searching.run(conn, searching.hybrid_search_query(
+                target, text, ["id"], TOP, embed=lambda _: v), hook._search_session)
+
+        runs = {job: runner(job) for job in self.jobs}
+        times: dict[str, list[float]] = {job: [] for job in self.jobs}
+        found: dict[str, list[list[int]]] = {job: [] for job in self.jobs}
+        for sweep in range(HYBRID_PASSES):
+            for i, (text, v) in enumerate(zip(phrases, vectors)):
+                for job in (self.jobs if (i + sweep) % 2 else self.jobs[::-1]):
+                    seconds, rows = timed(lambda job=job, text=text, v=v: runs[job](text, v))
+                    if sweep:  # the first pass warms both sides up
+                        times[job].append(seconds)
+                    else:
+                        found[job].append([r["id"] for r in rows if r["full_text_rank"] is not None])
+        with self.session.conn.cursor() as cur:
+            document = fts_document(catalog.find_project(cur, self.whole))
+        matched = [self.session.scalar(sql.SQL(
+            "SELECT count(*) FROM {} WHERE {} @@ websearch_to_tsquery('english', %s)").format(
+            sql.Identifier(self.table), document), [text]) for text in phrases]
+        overlap = [len(set(a) & set(b)) / len(b) for a, b in zip(found[self.chunked], found[self.whole]) if b]
+        p50 = {job: percentile(times[job], 0.5) * 1000 for job in self.jobs}
+        log(f"  hybrid search, {len(phrases)} keyword queries ({median(matched):.0f} documents matched at the median,"
+            f" {max(matched)} at most): chunked {p50[self.chunked]:.2f} ms, unchunked {p50[self.whole]:.2f} ms")
+        return Measurement(
+            key=f"chunking_{self.corpus.name}_hybrid_time",
+            title=f"Hybrid search top-10 on {len(self.corpus.documents)} {self.corpus.label}, two-word keyword"
+                  " queries: chunked ÷ unchunked p50",
+            ours_label="chunked project: full-text matches ranked from the chunks' stored documents",
+            baseline_label="unchunked project: each matching row's text parsed again to rank it",
+            unit="ms", ours=p50[self.chunked], baseline=p50[self.whole],
+            details={"queries": len(phrases), "query_examples": phrases[:5], "passes_timed": HYBRID_PASSES - 1,
+                     "documents_matched": {"median": median(matched), "max": max(matched)},
+                     "p90_ms": {job: round(percentile(times[job], 0.9) * 1000, 3) for job in self.jobs},
+                     "full_text_rows_found": {job: sum(map(len, found[job])) for job in self.jobs},
+                     "full_text_top10_shared_with_unchunked": round(float(np.mean(overlap)), 3) if overlap else None},
+        )
+
+    # -- 6. search time at equal recall --------------------------------------------------------------------
     def search_time(self) -> list[Measurement]:
         """On the rows cut into 3-10 chunks (the issue's condition: a second pair of projects on those rows,
         filled by importing the vectors computed above), and on all rows (for information)."""
@@ -638,3 +703,18 @@ def plan_nodes(plan: dict[str, Any], depth: int = 0) -> list[tuple[int, dict[str
     for child in plan.get("Plans", []):
         found += plan_nodes(child, depth + 1)
     return found
+
+
+def keyword_queries(session: BenchSession, sentences: list[str]) -> list[str]:
+    """Per sentence, its first two adjacent words of 4+ letters that PostgreSQL's english configuration makes
+    two lexemes of (no stop word), lower-cased; each phrase once."""
+    phrases: dict[str, None] = {}
+    for sentence in sentences:
+        words = sentence.split()
+        pairs = [f"{a} {b}".lower() for a, b in zip(words, words[1:]) if KEYWORD.fullmatch(a) and KEYWORD.fullmatch(b)]
+        first = session.conn.execute("SELECT p FROM unnest(%s::text[]) WITH ORDINALITY u(p, i)"
+                                     " WHERE numnode(websearch_to_tsquery('english', p)) = 3 ORDER BY i LIMIT 1",
+                                     [pairs]).fetchone()
+        if first:
+            phrases.setdefault(first[0])
+    return list(phrases)

@@ -18,7 +18,7 @@ EXPECTED = {
     "memory_generate_4x", "remote_generate_vs_client", "remote_generate_vs_client_c1",
     "remote_generate_vs_client_c2", "chunking_embed_throughput",
     *(f"chunking_{corpus}_{what}" for corpus in ("man", "readme")
-      for what in ("recall_last_third", "recall_gain", "recall_first_third", "search_time",
+      for what in ("recall_last_third", "recall_gain", "recall_first_third", "hybrid_time", "search_time",
                    "search_time_all_rows", "search_time_sections", "search_time_sections_highest")),
 }
 
@@ -62,6 +62,9 @@ def test_quick_benchmark_writes_table_json_and_chart(tmp_path):
         assert recall["query_block_end_max_first_third"] <= 1 / 3
         baseline = recall["unchunked_baseline"]
         assert baseline["stored_unchunked_vector_vs_model_encode_of_whole_text_min_cosine"] > 0.999
+        hybrid = measurements[f"chunking_{corpus}_hybrid_time"]["details"]  # keyword queries, both projects
+        assert hybrid["queries"] > 0 and all(len(q.split()) == 2 for q in hybrid["query_examples"]), hybrid
+        assert all(found > 0 for found in hybrid["full_text_rows_found"].values()), hybrid
         for suffix in ("", "_all_rows"):  # a recall/time curve per side, both sides timed at equal recall
             search = measurements[f"chunking_{corpus}_search_time{suffix}"]["details"]
             assert set(search["curve"]) == set(search["projects"].values()) and len(search["projects"]) == 2

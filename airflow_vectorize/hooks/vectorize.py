@@ -640,7 +640,9 @@ class VectorizeHook(PostgresHook):
         (``websearch_to_tsquery('english', query)`` over the project's columns, served by its
         ``<job>_fts_idx`` GIN index) are fused: ``rrf_score = semantic_weight / (60 + semantic_rank) +
         full_text_weight / (60 + full_text_rank)``. Each row carries ``rrf_score``, ``semantic_rank`` and
-        ``full_text_rank`` (None when absent from that list) and ``similarity_score``.
+        ``full_text_rank`` (None when absent from that list) and ``similarity_score``. A chunked project's
+        rows are ranked by their best chunk in both lists: full-text matches are chunks matching the query,
+        ranked from their stored documents (``chunk_fts``, indexed by ``<job>_fts_idx`` in the chunk table).
         """
         return self._run_search(job_name, lambda target: searching.hybrid_search_query(
             target, query, return_columns, num_results, filters,
