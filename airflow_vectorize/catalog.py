@@ -514,9 +514,9 @@ def drop_storage(cur: Cursor, project: Project, source_exists: bool) -> None:
     if source_exists:
         for trigger in (project.names.insert_trigger, project.names.update_trigger):
             cur.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trigger), project.names.source))
-        if not project.is_chunked:  # a chunked project's goes with its chunk table
-            cur.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(
-                sql.Identifier(*project.names.fts_index_qualified_name)))
+        # On the source (a chunked project's is on its chunk table, but one created before was here).
+        cur.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(
+            sql.Identifier(project.schema, project.names.fts_index_name)))
     cur.execute(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(project.names.trigger_function))
     cur.execute(sql.SQL("DROP TABLE IF EXISTS {}, {}").format(project.names.queue, project.names.errors))
     if project.is_join:

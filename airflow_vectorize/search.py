@@ -34,7 +34,7 @@ from psycopg.types.numeric import Oid
 from airflow_vectorize import catalog, expressions, validation
 from airflow_vectorize.catalog import Project
 from airflow_vectorize.naming import CHUNK_FTS_COLUMN
-from airflow_vectorize.exceptions import DimensionMismatchError, InvalidInputError
+from airflow_vectorize.exceptions import DimensionMismatchError, InvalidInputError, VectorizeError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -92,7 +92,8 @@ class SearchTarget:
     name and OID of the project's queue table, which is created and dropped with the project; every
     statement is guarded by them. ``exact``: a chunked project's searches compare every chunk, its chunk
     table being small (``EXACT_SCAN_MAX_PAGES``) when last seen, at the lookup or by the last search
-    (``follow``). ``queries``: the searches without filters already built from this entry, by their
+    (``follow``). ``chunk_documents``: its chunk table stores the chunks' full-text documents (a chunked
+    project created before they were stored does not). ``queries``: the searches without filters already built from this entry, by their
     arguments (statement, settings and every parameter but the query vector), so that a repeated search
     only checks and binds its vector; it goes with the entry when the hook looks the project up again.
     """
@@ -102,6 +103,7 @@ class SearchTarget:
     storage: str
     storage_oid: Oid | None
     exact: bool = False
+    chunk_documents: bool = True
     queries: dict[tuple, SearchQuery] = field(default_factory=dict, compare=False, repr=False)
 
     def follow(self, search: SearchQuery) -> None:
@@ -113,10 +115,16 @@ class SearchTarget:
 def search_target(cur: Cursor, project: Project) -> SearchTarget:
     """``project`` with its searchable columns, the identity of its storage and its search path, read once."""
     storage = project.names.queue.as_string(cur)
-    small = _small_table(project) if project.is_chunked else sql.SQL("false")
-    oid, exact = cur.execute(sql.SQL("SELECT to_regclass(%s)::oid, {}").format(small), [storage]).fetchone()
+    small, documents = sql.SQL("false"), sql.SQL("true")
+    if project.is_chunked:
+        small = _small_table(project)
+        documents = sql.SQL("EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass({})"
+                            " AND attname = {} AND NOT attisdropped)").format(
+            sql.Literal(project.names.target.as_string(cur)), sql.Literal(CHUNK_FTS_COLUMN))
+    oid, exact, stored = cur.execute(sql.SQL("SELECT to_regclass(%s)::oid, {}, {}").format(small, documents),
+                                     [storage]).fetchone()
     return SearchTarget(project, searchable_columns(cur, project), storage, None if oid is None else Oid(oid),
-                        bool(exact))
+                        bool(exact), bool(stored))
 
 
 # -- input checks ----------------------------------------------------------------------------------------
@@ -598,6 +606,14 @@ def hybrid_search_query(
     The top ``candidates`` rows by vector distance and by ts_rank are fused by reciprocal rank (k = 60).
     """
     project = target.project
+    if not target.chunk_documents:
+        table, index = project.names.target.as_string(), sql.Identifier(project.names.fts_index_name).as_string()
+        raise VectorizeError(
+            f"chunked project {project.name!r} was created before chunk tables stored their full-text documents:"
+            f" {table} has no {CHUNK_FTS_COLUMN} column, which hybrid_search ranks by. Re-create the project,"
+            f" or add it: ALTER TABLE {table} ADD COLUMN {CHUNK_FTS_COLUMN} tsvector GENERATED ALWAYS AS"
+            f" ({expressions.chunk_fts_document().as_string()}) STORED; CREATE INDEX {index} ON {table}"
+            f" USING gin ({CHUNK_FTS_COLUMN})")
     if not isinstance(query, str) or not query.strip():
         raise InvalidInputError(f"hybrid_search needs a non-empty text query, got {query!r}")
     if "\x00" in query:

@@ -467,3 +467,29 @@ def test_hybrid_search_ranks_full_text_matches_by_their_best_chunk(licenses, hoo
                         f"CREATE INDEX {JOB}_fts_idx ON vectorize._chunks_{JOB} USING gin (chunk_fts)")]
     assert licenses.scalar(f"SELECT count(*) FROM vectorize._chunks_{JOB}"
                            " WHERE chunk_fts IS DISTINCT FROM to_tsvector('english', chunk)") == 0
+
+
+def test_hybrid_search_on_a_chunk_table_without_documents_says_how_to_add_them(licenses, hook):
+    """A chunked project made before chunk tables stored their documents (emulated by dropping the column):
+    hybrid search fails with the statements that add them (vector search is unaffected), and works after."""
+    from airflow_vectorize.exceptions import VectorizeError
+
+    hook.create_project(JOB, "licenses", "id", ["body"], chunk_size=128)
+    hook.generate_embeddings(JOB)
+    expected = hook.hybrid_search(JOB, "copyright notice", return_columns=["id"])
+    licenses.execute(f"ALTER TABLE vectorize._chunks_{JOB} DROP COLUMN chunk_fts")  # its index goes with it
+    hook._search_target(JOB, refresh=True)
+    before = snapshot(licenses)
+
+    with pytest.raises(VectorizeError) as error:
+        hook.hybrid_search(JOB, "copyright notice", return_columns=["id"])
+    message = str(error.value)
+    found = hook.search(JOB, "copyright notice", return_columns=["id"])
+    assert snapshot(licenses) == before
+    licenses.execute(message[message.index("ALTER TABLE"):])
+    hook._search_target(JOB, refresh=True)
+
+    assert message.startswith(f"chunked project '{JOB}' was created before chunk tables stored their full-text"
+                              f' documents: "vectorize"."_chunks_{JOB}" has no chunk_fts column'), message
+    assert len(found) == 5
+    assert hook.hybrid_search(JOB, "copyright notice", return_columns=["id"]) == expected
