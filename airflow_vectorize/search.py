@@ -33,8 +33,8 @@ from psycopg.types.numeric import Oid
 
 from airflow_vectorize import catalog, expressions, validation
 from airflow_vectorize.catalog import Project
-from airflow_vectorize.naming import CHUNK_FTS_COLUMN
 from airflow_vectorize.exceptions import DimensionMismatchError, InvalidInputError, VectorizeError
+from airflow_vectorize.naming import CHUNK_FTS_COLUMN
 
 if TYPE_CHECKING:
     import numpy as np
@@ -93,9 +93,10 @@ class SearchTarget:
     statement is guarded by them. ``exact``: a chunked project's searches compare every chunk, its chunk
     table being small (``EXACT_SCAN_MAX_PAGES``) when last seen, at the lookup or by the last search
     (``follow``). ``chunk_documents``: its chunk table stores the chunks' full-text documents (a chunked
-    project created before they were stored does not). ``queries``: the searches without filters already built from this entry, by their
-    arguments (statement, settings and every parameter but the query vector), so that a repeated search
-    only checks and binds its vector; it goes with the entry when the hook looks the project up again.
+    project created before they were stored does not). ``queries``: the searches without filters already
+    built from this entry, by their arguments (statement, settings and every parameter but the query
+    vector), so that a repeated search only checks and binds its vector; it goes with the entry when the
+    hook looks the project up again.
     """
 
     project: Project
@@ -509,7 +510,6 @@ def _hybrid_statement(
         columns=_column_list(columns),
         source=project.names.source,
         limit=sql.Literal(limit),
-        candidates=sql.Literal(candidates),
         best=best,
         chunk=chunk,
         names=names.names(),
