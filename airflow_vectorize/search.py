@@ -607,13 +607,12 @@ def hybrid_search_query(
     """
     project = target.project
     if not target.chunk_documents:
-        table, index = project.names.target.as_string(), sql.Identifier(project.names.fts_index_name).as_string()
+        fix = sql.SQL("ALTER TABLE {} ADD COLUMN {}; {}").format(
+            project.names.target, catalog.chunk_documents_column(), catalog.fts_index_statement(project))
         raise VectorizeError(
             f"chunked project {project.name!r} was created before chunk tables stored their full-text documents:"
-            f" {table} has no {CHUNK_FTS_COLUMN} column, which hybrid_search ranks by. Re-create the project,"
-            f" or add it: ALTER TABLE {table} ADD COLUMN {CHUNK_FTS_COLUMN} tsvector GENERATED ALWAYS AS"
-            f" ({expressions.chunk_fts_document().as_string()}) STORED; CREATE INDEX {index} ON {table}"
-            f" USING gin ({CHUNK_FTS_COLUMN})")
+            f" {project.names.target.as_string()} has no {CHUNK_FTS_COLUMN} column, which hybrid_search ranks"
+            f" by. Re-create the project, or add it: {fix.as_string()}")
     if not isinstance(query, str) or not query.strip():
         raise InvalidInputError(f"hybrid_search needs a non-empty text query, got {query!r}")
     if "\x00" in query:

@@ -376,9 +376,10 @@ class CorpusRun:
                         found[job].append([r["id"] for r in rows if r["full_text_rank"] is not None])
         with self.session.conn.cursor() as cur:
             document = fts_document(catalog.find_project(cur, self.whole))
-        matched = [self.session.scalar(sql.SQL(
-            "SELECT count(*) FROM {} WHERE {} @@ websearch_to_tsquery('english', %s)").format(
-            sql.Identifier(self.table), document), [text]) for text in phrases]
+        matched = [n for (n,) in self.session.conn.execute(sql.SQL(
+            "SELECT (SELECT count(*) FROM {} WHERE {} @@ websearch_to_tsquery('english', q))"
+            " FROM unnest(%s::text[]) WITH ORDINALITY u(q, i) ORDER BY i").format(
+            sql.Identifier(self.table), document), [phrases]).fetchall()]
         overlap = [len(set(a) & set(b)) / len(b) for a, b in zip(found[self.chunked], found[self.whole]) if b]
         p50 = {job: percentile(times[job], 0.5) * 1000 for job in self.jobs}
         log(f"  hybrid search, {len(phrases)} keyword queries ({median(matched):.0f} documents matched at the median,"
@@ -708,13 +709,11 @@ def plan_nodes(plan: dict[str, Any], depth: int = 0) -> list[tuple[int, dict[str
 def keyword_queries(session: BenchSession, sentences: list[str]) -> list[str]:
     """Per sentence, its first two adjacent words of 4+ letters that PostgreSQL's english configuration makes
     two lexemes of (no stop word), lower-cased; each phrase once."""
-    phrases: dict[str, None] = {}
-    for sentence in sentences:
-        words = sentence.split()
-        pairs = [f"{a} {b}".lower() for a, b in zip(words, words[1:]) if KEYWORD.fullmatch(a) and KEYWORD.fullmatch(b)]
-        first = session.conn.execute("SELECT p FROM unnest(%s::text[]) WITH ORDINALITY u(p, i)"
-                                     " WHERE numnode(websearch_to_tsquery('english', p)) = 3 ORDER BY i LIMIT 1",
-                                     [pairs]).fetchone()
-        if first:
-            phrases.setdefault(first[0])
-    return list(phrases)
+    candidates = [(n, f"{a} {b}".lower()) for n, sentence in enumerate(sentences)
+                  for a, b in zip(sentence.split(), sentence.split()[1:])
+                  if KEYWORD.fullmatch(a) and KEYWORD.fullmatch(b)]
+    rows = session.conn.execute(
+        "SELECT DISTINCT ON (n) n, p FROM unnest(%s::int[], %s::text[]) WITH ORDINALITY u(n, p, i)"
+        " WHERE numnode(websearch_to_tsquery('english', p)) = 3 ORDER BY n, i",
+        [[n for n, _ in candidates], [p for _, p in candidates]]).fetchall()
+    return list(dict.fromkeys(p for _, p in rows))
