@@ -16,10 +16,11 @@ p50 time and recall: the share of the exact top-10 rows it returns (the exact an
 a chunked row ranks by its nearest chunk). Both sides are then taken at the highest recall both reach, each
 at the lowest ef_search that reaches it, and timed again in a paired pass (MATCHED_PASSES passes; the sweep's
 settings ran at different moments of a shared machine's load). The paired pass also times the chunk index
-alone (``index_alone_statement``: the 10 nearest chunks as the chunked project's index serves them, nothing
-grouped by row): the ratio splits into what searching more vectors costs and what the per-row pick adds. EXPLAIN
-(ANALYZE, BUFFERS) of both statements at those settings shows where the time goes, and EXPLAIN (ANALYZE,
-TIMING OFF) of all three each side's time inside the server alone (``server_times``).
+alone (``index_alone_statement``: the 10 nearest chunks as the chunked project's index serves them, or as an
+exact scan finds them where the chunked search compares every chunk; nothing grouped by row): the ratio splits
+into what searching more vectors costs and what the per-row pick adds. EXPLAIN (ANALYZE, BUFFERS) of both
+statements at those settings shows where the time goes, and EXPLAIN (ANALYZE, TIMING OFF) of all three each
+side's time inside the server alone (``server_times``).
 
 Hybrid search (``hybrid_time``): both projects on two-word keyword queries taken from the query sentences; a
 chunked project ranks full-text matches from the documents stored in its chunk table, an unchunked one parses
@@ -572,12 +573,17 @@ class CorpusRun:
     def index_alone_statement(self, chunked: str) -> sql.Composed:
         """The chunked project's TOP nearest chunks as its HNSW index serves them (``chunk_order``; the query
         vector bound as ``vector``): nothing grouped by row, no chunk text, what a store returning chunks pays
-        (a row may come more than once). The floor under a chunked search."""
-        from airflow_vectorize import catalog
+        (a row may come more than once). The floor under a chunked search. While the chunked search compares
+        every chunk (a small table, ``SearchTarget.exact``), the floor does too: the TOP nearest by the full
+        vectors' distance, as PostgreSQL scans a small unchunked table (the index's half-precision order would
+        cost a cast per chunk, a floor above the search)."""
         from airflow_vectorize.search import chunk_order
 
         with self.session.conn.cursor() as cur:
-            order = chunk_order(catalog.find_project(cur, chunked))
+            target = search_target(cur, chunked)
+        project = target.project
+        order = sql.SQL("e.embeddings {} %(vector)s").format(sql.SQL(project.distance.operator)) if target.exact \
+            else chunk_order(project)
         return sql.SQL("SELECT e.id FROM {} e ORDER BY {} LIMIT {}").format(
             sql.Identifier("vectorize", f"_chunks_{chunked}"), order, sql.Literal(TOP))
 
