@@ -299,7 +299,6 @@ def test_chunked_searches_are_served_by_the_half_precision_index(licenses, hook,
     every chunk), and score rows by the full vectors."""
     from airflow_vectorize import search
 
-    licenses.execute(f'ALTER DATABASE "{licenses.name}" SET enable_seqscan = off')  # the plan of a large table
     hook.create_project(JOB, "licenses", "id", ["body"], chunk_size=128, index_dist_type=index_dist_type)
     hook.generate_embeddings(JOB)
     index = f"{JOB}_hnsw_{suffix}_idx"
@@ -324,6 +323,46 @@ def test_chunked_searches_are_served_by_the_half_precision_index(licenses, hook,
                                 f" chunked project {JOB!r} is indexed")
 
 
+def test_a_chunked_search_on_the_index_path_reads_the_index_at_any_ef_search(licenses, hook, index_path):
+    """Past EXACT_SCAN_MAX_PAGES a chunked search reads its HNSW index also where PostgreSQL's cost model
+    prefers to scan the table (from ef_search ~120 on a table of ~2,000 chunks; here, on a small one, a cost
+    model that prices a random page 1,000 sequential ones), which would compute the index's half-precision
+    distance for every chunk; its rows are the exact ones. A search with filters, and the hook's next
+    unchunked search on the same connection, are left to the planner."""
+    from airflow_vectorize import search
+
+    licenses.execute(f'ALTER DATABASE "{licenses.name}" SET random_page_cost = 1000')  # for new sessions
+    hook.create_project(JOB, "licenses", "id", ["body"], chunk_size=128)
+    hook.create_project("whole", "licenses", "id", ["body"])
+    hook.generate_embeddings(JOB)
+    hook.generate_embeddings("whole")
+    query = "You must give any other recipients of the Work a copy of this License."
+    vector = hook.encode(JOB, [query])[0]
+    target, conn = hook._search_target(JOB), hook._search_connection()
+
+    def scans(built: search.SearchQuery) -> list[str]:
+        with conn.transaction(), conn.cursor() as cur:
+            return executed_scans(search.explain(cur, built, analyze=True))
+
+    rows = hook.search(JOB, vector, return_columns=["id"], num_results=4, ef_search=1000)
+    hybrid = hook.hybrid_search(JOB, query, return_columns=["id"], num_results=4, full_text_weight=0,
+                                ef_search=1000)
+    planned = [scans(search.vector_search_query(target, vector, ["id"], 4, ef_search=1000)),
+               scans(search.hybrid_search_query(target, query, ["id"], 4, ef_search=1000, embed=lambda _: vector))]
+    filtered = search.vector_search_query(target, vector, ["id"], 4, filters={"name": {"ne": ""}}, ef_search=1000)
+    hook.search("whole", vector, return_columns=["id"])
+    after = conn.execute("SHOW enable_seqscan").fetchone()[0]
+    exact = licenses.execute(
+        f"SELECT id FROM vectorize._chunks_{JOB} GROUP BY id ORDER BY min(embeddings <=> %s::vector), id LIMIT 4",
+        [vector])
+
+    index_scan = f"Index Scan using {JOB}_hnsw_cos_idx on _chunks_{JOB} e"
+    assert all(index_scan in plan for plan in planned), planned
+    assert filtered.settings == {"hnsw.ef_search": "1000"}  # the plan is the planner's choice
+    assert [row["id"] for row in rows] == [row["id"] for row in hybrid] == [key for (key,) in exact]
+    assert after == "on"
+
+
 def test_search_reads_the_index_first_pass_and_looks_further_past_deleted_chunks(licenses, hook, index_path):
     """A chunked search of at most ef_search chunks reads the index's first pass only (no iterative scan);
     chunks of deleted rows stay in the index until VACUUM, and when the live ones among the first pass
@@ -332,8 +371,6 @@ def test_search_reads_the_index_first_pass_and_looks_further_past_deleted_chunks
 
     sentence = "The lighthouse keeper fed the seagulls at dawn every single morning."
     licenses.execute("INSERT INTO licenses VALUES (6, 'lighthouse', repeat(%s || ' ', 200))", [sentence])
-    # The index path, as on a large table (for new sessions: the hook's search connection opens below).
-    licenses.execute(f'ALTER DATABASE "{licenses.name}" SET enable_seqscan = off')
     hook.create_project(JOB, "licenses", "id", ["body"], chunk_size=32)
     hook.generate_embeddings(JOB)
     target = hook._search_target(JOB)

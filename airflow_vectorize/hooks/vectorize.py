@@ -593,7 +593,8 @@ class VectorizeHook(PostgresHook):
         ``{column: {op: value}}`` with op eq, ne, gt, gte, lt, lte, in; all values are bound parameters.
         The query orders by the distance operator, so the HNSW index serves it; ``ef_search`` sets
         ``hnsw.ef_search`` for this query. A chunked project returns each row once, with its nearest
-        chunk (``chunk``); while its chunk table is small, every chunk is compared (exact at any ef_search).
+        chunk (``chunk``); while its chunk table is small, every chunk is compared (exact at any ef_search),
+        and past that its HNSW index is read at any ef_search (a search with filters: as PostgreSQL plans it).
         """
         vector: list[Any] = []  # a text query is embedded once, also when a chunked search asks again
         last: list[searching.SearchQuery] = []
