@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -66,6 +67,15 @@ INDEX_ALONE = "chunk_index_alone"  # its side in the paired pass
 SERVER_QUERIES = 300  # queries of server_times
 HYBRID_QUERIES = 60  # keyword queries of hybrid_time
 HYBRID_PASSES = 3  # the first warms up
+
+
+@dataclass
+class Floor:
+    """The floor under a chunked search (``index_alone_statement``): its statement (the query vector bound as
+    ``vector``) and the settings it runs with."""
+
+    statement: sql.Composed
+    settings: dict[str, str]
 
 
 def measure(session: BenchSession, docs: int, names: tuple[str, ...] = CORPORA) -> list[Measurement]:
@@ -509,7 +519,8 @@ class CorpusRun:
         chunked, whole = run["chunked"], run["whole"]
         settings = {sides[side]: ef for side, ef in chosen.items()}
         alone = self.index_alone_statement(chunked)
-        paired = self.paired(run["vectors"], settings, {INDEX_ALONE: self.index_alone(alone, chosen["chunked"])})
+        alone.settings["hnsw.ef_search"] = str(chosen["chunked"])
+        paired = self.paired(run["vectors"], settings, {INDEX_ALONE: self.index_alone(alone)})
         plans = self.explain(settings, run["vectors"])
         server = self.server_times(settings, chunked, alone, run["vectors"])
         floor = {"p50_ms": paired[INDEX_ALONE]["p50_ms"], "ef_search": chosen["chunked"],
@@ -562,32 +573,37 @@ class CorpusRun:
                                            for name, r in result.items()))
         return result
 
-    def index_alone(self, statement: sql.Composed, ef: int) -> Callable[[np.ndarray], Any]:
-        """``index_alone_statement`` run at ``hnsw.ef_search = ef`` on a connection of its own."""
+    def index_alone(self, floor: Floor) -> Callable[[np.ndarray], Any]:
+        """``floor`` run with its settings on a connection of its own."""
         conn = self.session.server.connect(self.session.conn.info.dbname)
         register_vector(conn)
         self.connections.append(conn)
-        conn.execute(sql.SQL("SET hnsw.ef_search = {}").format(sql.Literal(ef)))
-        return lambda v: conn.execute(statement, {"vector": v}, prepare=True).fetchall()
+        for name, value in floor.settings.items():
+            conn.execute("SELECT set_config(%s, %s, false)", [name, value])
+        return lambda v: conn.execute(floor.statement, {"vector": v}, prepare=True).fetchall()
 
-    def index_alone_statement(self, chunked: str) -> sql.Composed:
+    def index_alone_statement(self, chunked: str) -> Floor:
         """The chunked project's TOP nearest chunks as its HNSW index serves them (``chunk_order``; the query
         vector bound as ``vector``): nothing grouped by row, no chunk text, what a store returning chunks pays
         (a row may come more than once). The floor under a chunked search. While the chunked search compares
         every chunk (a small table, ``SearchTarget.exact``), the floor does too: the TOP nearest by the full
         vectors' distance, as PostgreSQL scans a small unchunked table (the index's half-precision order would
-        cost a cast per chunk, a floor above the search)."""
-        from airflow_vectorize.search import chunk_order
+        cost a cast per chunk, a floor above the search). Otherwise it reads the index at any ef_search, as the
+        search does (``search.INDEX_PATH_SETTINGS``)."""
+        from airflow_vectorize.search import INDEX_PATH_SETTINGS, chunk_order
 
         with self.session.conn.cursor() as cur:
             target = search_target(cur, chunked)
         project = target.project
-        order = sql.SQL("e.embeddings {} %(vector)s").format(sql.SQL(project.distance.operator)) if target.exact \
-            else chunk_order(project)
-        return sql.SQL("SELECT e.id FROM {} e ORDER BY {} LIMIT {}").format(
+        if target.exact:
+            order, settings = sql.SQL("e.embeddings {} %(vector)s").format(sql.SQL(project.distance.operator)), {}
+        else:
+            order, settings = chunk_order(project), dict(INDEX_PATH_SETTINGS)
+        statement = sql.SQL("SELECT e.id FROM {} e ORDER BY {} LIMIT {}").format(
             sql.Identifier("vectorize", f"_chunks_{chunked}"), order, sql.Literal(TOP))
+        return Floor(statement, settings)
 
-    def server_times(self, settings: dict[str, int], chunked: str, alone: sql.Composed,
+    def server_times(self, settings: dict[str, int], chunked: str, alone: Floor,
                      vectors: np.ndarray) -> dict[str, Any]:
         """Each side's time inside the server alone: the p50 execution time EXPLAIN (ANALYZE, TIMING OFF)
         reports (no per-node clocks, no planning, no client or round trip) of the chunked and unchunked
@@ -601,8 +617,9 @@ class CorpusRun:
         def execution_ms(name: str, v: np.ndarray) -> float:
             with conn.transaction(), conn.cursor() as cur:
                 if name == INDEX_ALONE:
-                    cur.execute("SELECT set_config('hnsw.ef_search', %s, true)", [str(settings[chunked])])
-                    plan = explained(cur, alone.as_string(cur), {"vector": v}, options)
+                    for setting, value in alone.settings.items():
+                        cur.execute("SELECT set_config(%s, %s, true)", [setting, value])
+                    plan = explained(cur, alone.statement.as_string(cur), {"vector": v}, options)
                 else:
                     plan = explained_search(cur, targets[name], v, settings[name], options)
                 return plan["Execution Time"]
