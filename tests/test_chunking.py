@@ -347,6 +347,7 @@ def test_a_chunked_search_on_the_index_path_reads_the_index_at_any_ef_search(lic
     rows = hook.search(JOB, vector, return_columns=["id"], num_results=4, ef_search=1000)
     hybrid = hook.hybrid_search(JOB, query, return_columns=["id"], num_results=4, full_text_weight=0,
                                 ef_search=1000)
+    during = conn.execute("SHOW enable_seqscan").fetchone()[0]  # the setting the hook's searches ran with
     planned = [scans(search.vector_search_query(target, vector, ["id"], 4, ef_search=1000)),
                scans(search.hybrid_search_query(target, query, ["id"], 4, ef_search=1000, embed=lambda _: vector))]
     filtered = search.vector_search_query(target, vector, ["id"], 4, filters={"name": {"ne": ""}}, ef_search=1000)
@@ -360,7 +361,7 @@ def test_a_chunked_search_on_the_index_path_reads_the_index_at_any_ef_search(lic
     assert all(index_scan in plan for plan in planned), planned
     assert filtered.settings == {"hnsw.ef_search": "1000"}  # the plan is the planner's choice
     assert [row["id"] for row in rows] == [row["id"] for row in hybrid] == [key for (key,) in exact]
-    assert after == "on"
+    assert (during, after) == ("off", "on")
 
 
 def test_search_reads_the_index_first_pass_and_looks_further_past_deleted_chunks(licenses, hook, index_path):
