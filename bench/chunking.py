@@ -518,8 +518,7 @@ class CorpusRun:
                   for side, curve in curves.items()}
         chunked, whole = run["chunked"], run["whole"]
         settings = {sides[side]: ef for side, ef in chosen.items()}
-        alone = self.index_alone_statement(chunked)
-        alone.settings["hnsw.ef_search"] = str(chosen["chunked"])
+        alone = self.index_alone_statement(chunked, chosen["chunked"])
         paired = self.paired(run["vectors"], settings, {INDEX_ALONE: self.index_alone(alone)})
         plans = self.explain(settings, run["vectors"])
         server = self.server_times(settings, chunked, alone, run["vectors"])
@@ -582,14 +581,14 @@ class CorpusRun:
             conn.execute("SELECT set_config(%s, %s, false)", [name, value])
         return lambda v: conn.execute(floor.statement, {"vector": v}, prepare=True).fetchall()
 
-    def index_alone_statement(self, chunked: str) -> Floor:
-        """The chunked project's TOP nearest chunks as its HNSW index serves them (``chunk_order``; the query
-        vector bound as ``vector``): nothing grouped by row, no chunk text, what a store returning chunks pays
-        (a row may come more than once). The floor under a chunked search. While the chunked search compares
-        every chunk (a small table, ``SearchTarget.exact``), the floor does too: the TOP nearest by the full
-        vectors' distance, as PostgreSQL scans a small unchunked table (the index's half-precision order would
-        cost a cast per chunk, a floor above the search). Otherwise it reads the index at any ef_search, as the
-        search does (``search.INDEX_PATH_SETTINGS``)."""
+    def index_alone_statement(self, chunked: str, ef: int) -> Floor:
+        """The chunked project's TOP nearest chunks as its HNSW index serves them at ``hnsw.ef_search = ef``
+        (``chunk_order``; the query vector bound as ``vector``): nothing grouped by row, no chunk text, what a
+        store returning chunks pays (a row may come more than once). The floor under a chunked search. While
+        the chunked search compares every chunk (a small table, ``SearchTarget.exact``), the floor does too: the
+        TOP nearest by the full vectors' distance, as PostgreSQL scans a small unchunked table (the index's
+        half-precision order would cost a cast per chunk, a floor above the search). Otherwise it reads the
+        index at any ef_search, as the search does (``search.INDEX_PATH_SETTINGS``)."""
         from airflow_vectorize.search import INDEX_PATH_SETTINGS, chunk_order
 
         with self.session.conn.cursor() as cur:
@@ -599,6 +598,7 @@ class CorpusRun:
             order, settings = sql.SQL("e.embeddings {} %(vector)s").format(sql.SQL(project.distance.operator)), {}
         else:
             order, settings = chunk_order(project), dict(INDEX_PATH_SETTINGS)
+        settings["hnsw.ef_search"] = str(ef)
         statement = sql.SQL("SELECT e.id FROM {} e ORDER BY {} LIMIT {}").format(
             sql.Identifier("vectorize", f"_chunks_{chunked}"), order, sql.Literal(TOP))
         return Floor(statement, settings)
