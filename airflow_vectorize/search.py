@@ -275,12 +275,15 @@ def query_vector(project: Project, query: Any, embed: Callable[[str], Any] | Non
     return vector
 
 
-def scan_settings(ef_search: int | None) -> dict[str, str]:
+def scan_settings(ef_search: int | None, index_path: bool = False) -> dict[str, str]:
+    """A search's session settings: ``ef_search``, and for ``index_path`` (a chunked search on its HNSW index,
+    without filters) INDEX_PATH_SETTINGS."""
+    settings = dict(INDEX_PATH_SETTINGS) if index_path else {}
     if ef_search is None:
-        return {}
+        return settings
     if isinstance(ef_search, bool) or not isinstance(ef_search, int) or not 1 <= ef_search <= 1000:
         raise InvalidInputError(f"ef_search must be an integer from 1 to 1000, got {ef_search!r}")
-    return {"hnsw.ef_search": str(ef_search)}
+    return {"hnsw.ef_search": str(ef_search), **settings}
 
 
 # -- statements --------------------------------------------------------------------------------------------
@@ -574,7 +577,7 @@ def vector_search_query(
     check_count("num_results", num_results)
     columns = check_columns(project, target.columns, return_columns)
     shape, params = parse_filters(project, target.columns, filters)
-    settings = scan_settings(ef_search)
+    settings = scan_settings(ef_search, index_path=exact is False and not shape)
     first_pass = DEFAULT_CANDIDATES if ef_search is None else ef_search
     # A chunked search's first ask (CHUNKS_PER_ROW) may read fewer chunks than it asks for: when the first
     # pass's chunks cover num_results rows, those are the rows the longer scan would rank first.
@@ -584,8 +587,6 @@ def vector_search_query(
         settings[ITERATIVE_SCAN] = "off"
     if project.is_chunked:
         params.update(_guard_params(target))
-    if exact is False and not shape:
-        settings.update(INDEX_PATH_SETTINGS)
     chunks = None if exact is not False else num_results * chunks_per_row
     statement = _vector_statement(project, tuple(columns), shape, num_results, chunks, target.storage,
                                   target.storage_oid)
@@ -643,14 +644,12 @@ def hybrid_search_query(
         )
     columns = check_columns(project, target.columns, return_columns)
     shape, params = parse_filters(project, target.columns, filters)
-    settings = scan_settings(ef_search)
+    exact = target.exact if project.is_chunked else None
+    settings = scan_settings(ef_search, index_path=exact is False and not shape)
     params.update(
         _guard_params(target), vector=query_vector(project, query, embed), text=query,
         semantic_weight=float(semantic_weight), full_text_weight=float(full_text_weight), rrf_k=RRF_K,
     )
-    exact = target.exact if project.is_chunked else None
-    if exact is False and not shape:
-        settings.update(INDEX_PATH_SETTINGS)
     statement = _hybrid_statement(project, tuple(columns), shape, num_results, candidates, bool(exact))
     return SearchQuery(statement, params, settings, exact=exact)
 
