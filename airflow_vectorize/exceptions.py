@@ -50,6 +50,10 @@ class ModelRequestError(ModelError):
     """The server kept failing (429, 5xx, timeouts) past the retries, or rejected the request."""
 
 
+class ModelTimeoutError(ModelRequestError):
+    """The server did not answer in time, past the retries."""
+
+
 class ModelInputRejectedError(ModelRequestError):
     """The server rejected the request's inputs (HTTP 400, 413, 422): an input it will never accept (too
     long, malformed). Generation finds and records the offending rows instead of failing the run."""

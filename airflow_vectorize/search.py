@@ -609,10 +609,11 @@ def hybrid_search_query(
     candidates: int | None = None,
     ef_search: int | None = None,
     embed: Callable[[str], Any] | None = None,
+    rrf_k: float = RRF_K,
 ) -> SearchQuery:
     """Check the input, embed the query, and build the hybrid statement.
 
-    The top ``candidates`` rows by vector distance and by ts_rank are fused by reciprocal rank (k = 60).
+    The top ``candidates`` rows by vector distance and by ts_rank are fused by reciprocal rank (``rrf_k``).
     """
     project = target.project
     if not target.chunk_documents:
@@ -642,13 +643,15 @@ def hybrid_search_query(
         raise InvalidInputError(
             f"semantic_weight and full_text_weight must be finite numbers >= 0, not both 0; got {weights}"
         )
+    if isinstance(rrf_k, bool) or not isinstance(rrf_k, (int, float)) or not math.isfinite(rrf_k) or rrf_k < 0:
+        raise InvalidInputError(f"rrf_k must be a finite number >= 0, got {rrf_k!r}")
     columns = check_columns(project, target.columns, return_columns)
     shape, params = parse_filters(project, target.columns, filters)
     exact = target.exact if project.is_chunked else None
     settings = scan_settings(ef_search, index_path=exact is False and not shape)
     params.update(
         _guard_params(target), vector=query_vector(project, query, embed), text=query,
-        semantic_weight=float(semantic_weight), full_text_weight=float(full_text_weight), rrf_k=RRF_K,
+        semantic_weight=float(semantic_weight), full_text_weight=float(full_text_weight), rrf_k=float(rrf_k),
     )
     statement = _hybrid_statement(project, tuple(columns), shape, num_results, candidates, bool(exact))
     return SearchQuery(statement, params, settings, exact=exact)

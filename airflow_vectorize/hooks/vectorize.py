@@ -24,6 +24,7 @@ from airflow_vectorize.exceptions import (
     ProjectNotFoundError,
     VectorizeError,
 )
+from airflow_vectorize.models import batching
 from airflow_vectorize.models.openai_compatible import positive_int
 
 
@@ -40,6 +41,8 @@ class VectorizeHook(PostgresHook):
     :param postgres_conn_id: the Airflow connection to a PostgreSQL database with pgvector available.
     :param index_build_memory: ``maintenance_work_mem`` for HNSW builds after bulk writes (this
         transaction only).
+    :param batch_queries: search queries embedded at the same time by this process's hooks (in other
+        threads) go to the model in one call (:mod:`airflow_vectorize.models.batching`); for servers.
     """
 
     conn_name_attr = "postgres_conn_id"
@@ -48,10 +51,12 @@ class VectorizeHook(PostgresHook):
     hook_name = "Vectorize (PostgreSQL + pgvector)"
 
     def __init__(
-        self, postgres_conn_id: str = default_conn_name, *, index_build_memory: str = "1GB", **kwargs: Any
+        self, postgres_conn_id: str = default_conn_name, *, index_build_memory: str = "1GB",
+        batch_queries: bool = False, **kwargs: Any
     ) -> None:
         super().__init__(postgres_conn_id=postgres_conn_id, **kwargs)
         self.index_build_memory = index_build_memory
+        self.batch_queries = batch_queries
         self._search_conn: psycopg.Connection | None = None
         self._search_cache: dict[str, searching.SearchTarget] = {}
         self._query_models: dict[tuple, models.EmbeddingModel] = {}
@@ -512,7 +517,12 @@ class VectorizeHook(PostgresHook):
         process's)."""
         key = (project.job_id, project.transformer, project.model_conn_id, project.dimensions)
         if key not in self._query_models:
-            self._query_models[key] = self._model(project)
+            model = self._model(project)
+            if self.batch_queries:
+                model = batching.shared(
+                    (project.transformer, project.model_conn_id, project.dimensions, project.requested_dimensions),
+                    model)
+            self._query_models[key] = model
         return self._query_models[key]
 
     def _embed_query(self, project: Project) -> Callable[[str], Any]:
@@ -634,20 +644,22 @@ class VectorizeHook(PostgresHook):
         full_text_weight: float = 1.0,
         candidates: int | None = None,
         ef_search: int | None = None,
+        rrf_k: float = searching.RRF_K,
     ) -> list[dict[str, Any]]:
-        """Vector and full-text search fused by reciprocal rank (k = 60), best first.
+        """Vector and full-text search fused by reciprocal rank (``rrf_k``, default 60), best first.
 
         The top ``candidates`` rows (default max(num_results, 40)) by vector distance and by ``ts_rank``
         (``websearch_to_tsquery('english', query)`` over the project's columns, served by its
-        ``<job>_fts_idx`` GIN index) are fused: ``rrf_score = semantic_weight / (60 + semantic_rank) +
-        full_text_weight / (60 + full_text_rank)``. Each row carries ``rrf_score``, ``semantic_rank`` and
+        ``<job>_fts_idx`` GIN index) are fused: ``rrf_score = semantic_weight / (rrf_k + semantic_rank) +
+        full_text_weight / (rrf_k + full_text_rank)``. Each row carries ``rrf_score``, ``semantic_rank`` and
         ``full_text_rank`` (None when absent from that list) and ``similarity_score``. A chunked project's
         rows are ranked by their best chunk in both lists: full-text matches are chunks matching the query,
         ranked from their stored documents (``chunk_fts``, indexed by ``<job>_fts_idx`` in the chunk table).
         """
         return self._run_search(job_name, lambda target: searching.hybrid_search_query(
             target, query, return_columns, num_results, filters,
-            semantic_weight, full_text_weight, candidates, ef_search, embed=self._embed_query(target.project)))
+            semantic_weight, full_text_weight, candidates, ef_search, embed=self._embed_query(target.project),
+            rrf_k=rrf_k))
 
     # -- RAG ------------------------------------------------------------------------------------------
     def rag(

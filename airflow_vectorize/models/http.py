@@ -24,6 +24,7 @@ from airflow_vectorize.exceptions import (
     ModelNotFoundError,
     ModelRequestError,
     ModelResponseError,
+    ModelTimeoutError,
 )
 
 log = logging.getLogger(__name__)
@@ -161,7 +162,7 @@ def post_json(
             response = client().post(url, json=payload, headers=headers, timeout=policy.timeout)
         except httpx.TimeoutException as error:
             failure = f"no answer within {policy.timeout:g} s ({type(error).__name__})"
-            final = ModelRequestError
+            final = ModelTimeoutError
         except httpx.TransportError as error:
             failure = f"{type(error).__name__}: {target.mask(str(error))}"
             final = ModelConnectionError

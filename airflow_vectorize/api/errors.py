@@ -1,0 +1,97 @@
+"""The project's exceptions as HTTP answers, in one place: ``{"detail": message, "type": exception name}``.
+
+=============================================  ======
+ProjectNotFoundError, an unknown connection      404
+InvalidInputError (and DimensionMismatchError)   400
+ProjectConflictError                             409
+ModelConnectionError (unreachable, missing)      503
+ModelTimeoutError                                504
+every other ModelError (refused key, unknown     502
+model, server errors past retries, bad answers)
+DatabaseConnectionError, database unreachable    503
+=============================================  ======
+
+Messages are the project's own: they name the project, the connection and the model, never a key. Anything
+else is a defect: 500 with a generic message, the traceback in the server's log.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import psycopg
+from airflow.exceptions import AirflowNotFoundException
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from airflow_vectorize.exceptions import (
+    DatabaseConnectionError,
+    InvalidInputError,
+    ModelConnectionError,
+    ModelError,
+    ModelTimeoutError,
+    ProjectConflictError,
+    ProjectNotFoundError,
+    VectorizeError,
+)
+
+log = logging.getLogger(__name__)
+
+STATUS: list[tuple[type[BaseException], int]] = [  # the first match wins: subclasses first
+    (ProjectNotFoundError, 404),
+    (InvalidInputError, 400),
+    (ProjectConflictError, 409),
+    (ModelConnectionError, 503),
+    (ModelTimeoutError, 504),
+    (ModelError, 502),
+    (DatabaseConnectionError, 503),
+]
+
+
+class ApiError(Exception):
+    """An HTTP error of the API itself (authentication, authorization, a busy pool)."""
+
+    def __init__(self, status: int, detail: str, kind: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.kind, self.headers = status, detail, kind, headers
+
+
+def answer(status: int, detail: str, kind: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail, "type": kind}, status_code=status, headers=headers)
+
+
+def status_of(error: BaseException) -> int:
+    for kind, status in STATUS:
+        if isinstance(error, kind):
+            return status
+    return 500
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers on ``app``."""
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, error: ApiError) -> JSONResponse:
+        return answer(error.status, error.detail, error.kind, error.headers)
+
+    @app.exception_handler(VectorizeError)
+    async def vectorize_error(request: Request, error: VectorizeError) -> JSONResponse:
+        status = status_of(error)
+        if status == 500:
+            log.error("%s %s: %s", request.method, request.url.path, error, exc_info=error)
+        return answer(status, str(error), type(error).__name__)
+
+    @app.exception_handler(psycopg.OperationalError)
+    async def database_unreachable(request: Request, error: psycopg.OperationalError) -> JSONResponse:
+        # Connecting failed (refused, authentication, no such database): the hook raises it as is.
+        log.warning("%s %s: database: %s", request.method, request.url.path, error)
+        return answer(503, f"the database is unavailable: {str(error).strip()}", "DatabaseConnectionError")
+
+    @app.exception_handler(AirflowNotFoundException)
+    async def unknown_connection(request: Request, error: AirflowNotFoundException) -> JSONResponse:
+        return answer(404, str(error), "ConnectionNotFoundError")  # BaseHook.get_connection
+
+    @app.exception_handler(Exception)
+    async def defect(request: Request, error: Exception) -> JSONResponse:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=error)
+        return answer(500, "internal error; the server's log has the details", "InternalError")

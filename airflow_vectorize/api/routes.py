@@ -1,0 +1,250 @@
+"""The routes: pg_vectorize's server API (``/api/v1/table``, ``/api/v1/search``) and ours (``/api/v1/rag``,
+``/api/v1/projects``, ``/health``), each a thin layer over one ``VectorizeHook`` method.
+
+A route parses the request, asks the app's ``Auth`` whether the caller may use the connection, borrows a
+hook from the pool and calls it; the project's exceptions become status codes in ``errors``. Routes are
+plain functions: FastAPI runs them in its thread pool, so a query's embedding never blocks the event loop
+(and concurrent ones are batched, see ``airflow_vectorize.models.batching``).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import decimal
+import json
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import Response
+
+from airflow_vectorize import validation
+from airflow_vectorize.api import filters as filter_grammar
+from airflow_vectorize.api.auth import Access, Auth
+from airflow_vectorize.api.pool import HookPool
+from airflow_vectorize.api.schemas import (
+    DEFAULT_WINDOW,
+    ERRORS,
+    MAX_LIMIT,
+    MAX_QUERY_CHARS,
+    MAX_WINDOW,
+    Mode,
+    RagAnswer,
+    RagBody,
+    SearchBody,
+    SearchRow,
+    TableBody,
+)
+from airflow_vectorize.models import batching
+
+DEFAULT_CONN_ID = "postgres_default"
+CONN_ID = Query(DEFAULT_CONN_ID, max_length=250, description="the Airflow connection of the database")
+# Query parameters of GET /api/v1/search that are not filters (a column of one of these names can be
+# filtered on through POST).
+SEARCH_PARAMETERS = ("job_name", "query", "limit", "window_size", "rrf_k", "semantic_wt", "fts_wt", "mode",
+                     "return_columns", "ef_search", "conn_id")
+
+
+@dataclass
+class Service:
+    """What the routes share: the authentication, the pool of hooks, the start time."""
+
+    auth: Auth
+    pool: HookPool
+    started: float = field(default_factory=time.monotonic)
+
+    def authorize(self, request: Request, conn_id: str, access: Access, *model_conn_ids: str | None) -> None:
+        """The caller may use ``conn_id`` (and the model connections it names) for ``access``."""
+        principal = request.state.principal
+        self.auth.authorize(principal, conn_id, access)
+        for model_conn_id in model_conn_ids:
+            if model_conn_id is not None:
+                self.auth.authorize(principal, model_conn_id, "read")
+
+
+def service(request: Request) -> Service:
+    return request.app.state.vectorize
+
+
+router = APIRouter(responses=ERRORS)
+
+
+# -- search ------------------------------------------------------------------------------------------------
+@router.get("/api/v1/search", response_model=list[SearchRow], tags=["search"],
+            summary="Search a project (pg_vectorize's GET: every other query parameter is a filter)")
+def search_get(
+    request: Request,
+    job_name: str = Query(max_length=255),
+    query: str = Query(min_length=1, max_length=MAX_QUERY_CHARS),
+    limit: int = Query(10, ge=1, le=MAX_LIMIT),
+    window_size: int | None = Query(None, ge=1, le=MAX_WINDOW, description="hybrid: candidates per side"),
+    rrf_k: float = Query(60.0, ge=0, le=1e6),
+    semantic_wt: float = Query(1.0, ge=0, le=1e6),
+    fts_wt: float = Query(1.0, ge=0, le=1e6),
+    mode: Mode = Query("hybrid"),
+    return_columns: str | None = Query(None, description="comma-separated source columns"),
+    ef_search: int | None = Query(None, ge=1, le=1000),
+    conn_id: str = CONN_ID,
+) -> Response:
+    """Hybrid search by default, as pg_vectorize's server; ``mode=vector`` for the vector search alone.
+    Filters: ``column=op.value`` with op ``eq gt gte lt lte`` (``column=value``: eq)."""
+    filters = filter_grammar.from_query(request.query_params.multi_items(), SEARCH_PARAMETERS)
+    columns = [c.strip() for c in return_columns.split(",")] if return_columns is not None else None
+    return _search(request, conn_id, job_name, query, mode, limit, window_size, rrf_k, semantic_wt, fts_wt,
+                   columns, ef_search, filters)
+
+
+@router.post("/api/v1/search", response_model=list[SearchRow], tags=["search"],
+             summary="Search a project (JSON body; filters as an object)")
+def search_post(request: Request, body: SearchBody, conn_id: str = CONN_ID) -> Response:
+    return _search(request, conn_id, body.job_name, body.query, body.mode, body.limit, body.window_size,
+                   body.rrf_k, body.semantic_wt, body.fts_wt, body.return_columns, body.ef_search,
+                   filter_grammar.from_body(body.filters))
+
+
+def _search(request: Request, conn_id: str, job_name: str, query: str, mode: str, limit: int,
+            window_size: int | None, rrf_k: float, semantic_wt: float, fts_wt: float,
+            return_columns: Sequence[str] | None, ef_search: int | None, filters: dict[str, Any] | None,
+            ) -> Response:
+    api = service(request)
+    api.authorize(request, conn_id, "read")
+    validation.check_job_name(job_name)
+    with api.pool.hook(conn_id) as hook:
+        if mode == "vector":
+            rows = hook.search(job_name, query, return_columns=return_columns, num_results=limit,
+                               filters=filters, ef_search=ef_search)
+        else:
+            rows = hook.hybrid_search(
+                job_name, query, return_columns=return_columns, num_results=limit, filters=filters,
+                semantic_weight=semantic_wt, full_text_weight=fts_wt, ef_search=ef_search, rrf_k=rrf_k,
+                candidates=window_size if window_size is not None else max(limit, DEFAULT_WINDOW))
+            for row in rows:  # pg_vectorize's server names it fts_rank
+                row["fts_rank"] = row.pop("full_text_rank")
+    return json_response(rows)
+
+
+# -- RAG ---------------------------------------------------------------------------------------------------
+@router.post("/api/v1/rag", response_model=RagAnswer, tags=["rag"],
+             summary="Answer a question from a project's rows (VectorizeHook.rag)")
+def rag(request: Request, body: RagBody, conn_id: str = CONN_ID) -> Response:
+    api = service(request)
+    api.authorize(request, conn_id, "read", body.chat_conn_id)
+    validation.check_job_name(body.job_name)
+    with api.pool.hook(conn_id) as hook:
+        answer = hook.rag(body.job_name, body.query, body.chat_model, chat_conn_id=body.chat_conn_id,
+                          task=body.task, num_context=body.num_context, force_trim=body.force_trim,
+                          filters=filter_grammar.from_body(body.filters), hybrid=body.hybrid,
+                          max_tokens=body.max_tokens, temperature=body.temperature)
+    return json_response(answer)
+
+
+# -- projects ----------------------------------------------------------------------------------------------
+@router.post("/api/v1/table", tags=["projects"],
+             summary="Create a project (pg_vectorize's POST /api/v1/table; idempotent)")
+def create_table(request: Request, body: TableBody, conn_id: str = CONN_ID) -> Response:
+    """The same body again answers 200 and changes nothing; another configuration under the same
+    ``job_name`` answers 409 naming the fields that differ. Rows already in the table are embedded by the
+    project's DAG (generation), not by this request."""
+    api = service(request)
+    api.authorize(request, conn_id, "write", body.model_conn_id)
+    with api.pool.hook(conn_id) as hook:
+        summary = hook.create_project(
+            body.job_name, body.src_table, body.primary_key, body.src_columns, transformer=body.model,
+            schema=body.src_schema, table_method=body.table_method, index_dist_type=body.index_dist_type,
+            schedule=body.schedule, update_col=body.update_time_col, model_conn_id=body.model_conn_id,
+            dimensions=body.dimensions, chunk_size=body.chunk_size, chunk_overlap=body.chunk_overlap,
+            chunker=body.chunker)
+        summary = {"id": hook.get_project(body.job_name)["job_id"], **summary}
+    return json_response(summary)
+
+
+@router.delete("/api/v1/table/{job_name}", tags=["projects"],
+               summary="Drop a project: everything it made, never the source table")
+def drop_table(request: Request, job_name: str = Path(max_length=255), conn_id: str = CONN_ID) -> Response:
+    api = service(request)
+    api.authorize(request, conn_id, "write")
+    validation.check_job_name(job_name)
+    with api.pool.hook(conn_id) as hook:
+        summary = hook.drop_project(job_name)
+    return json_response({"job_name": job_name, "message": f"project {job_name!r} dropped", **summary})
+
+
+@router.get("/api/v1/projects", tags=["projects"],
+            summary="Every project of the database: catalog entry, status and freshness")
+def list_projects(request: Request, status: bool = Query(True, description="add status and freshness"),
+                  conn_id: str = CONN_ID) -> Response:
+    api = service(request)
+    api.authorize(request, conn_id, "read")
+    with api.pool.hook(conn_id) as hook:
+        entries = hook.list_projects()
+        if status:
+            entries = [_with_status(hook, entry) for entry in entries]
+    return json_response(entries)
+
+
+@router.get("/api/v1/projects/{job_name}", tags=["projects"],
+            summary="One project: catalog entry, status (exact counts) and freshness")
+def get_project(request: Request, job_name: str = Path(max_length=255), conn_id: str = CONN_ID) -> Response:
+    api = service(request)
+    api.authorize(request, conn_id, "read")
+    validation.check_job_name(job_name)
+    with api.pool.hook(conn_id) as hook:
+        return json_response(_with_status(hook, hook.get_project(job_name)))
+
+
+def _with_status(hook: Any, entry: dict[str, Any]) -> dict[str, Any]:
+    name = entry["name"]
+    status, freshness = hook.get_status(name), hook.get_freshness(name)
+    status.pop("job_name", None)
+    freshness.pop("job_name", None)
+    return {**entry, "status": status, "freshness": freshness}
+
+
+# -- health ------------------------------------------------------------------------------------------------
+@router.get("/health", tags=["health"], summary="Database reachable, models loaded")
+def health(request: Request, conn_id: str = CONN_ID) -> Response:
+    api = service(request)
+    api.authorize(request, conn_id, "read")
+    started = time.perf_counter()
+    database: dict[str, Any] = {"conn_id": conn_id}
+    try:
+        with api.pool.hook(conn_id) as hook, hook.transaction() as cur:
+            cur.execute("SELECT current_setting('server_version'),"
+                        " (SELECT extversion FROM pg_extension WHERE extname = 'vector')")
+            database["server_version"], database["pgvector"] = cur.fetchone()
+        database.update(reachable=True, seconds=round(time.perf_counter() - started, 4))
+    except Exception as error:  # noqa: BLE001 - the answer says what failed
+        database.update(reachable=False, error=f"{type(error).__name__}: {str(error).strip()}")
+    body = {"status": "ok" if database["reachable"] else "unavailable", "database": database,
+            "models": batching.loaded(), "sessions": api.pool.stats(), "auth": api.auth.mode,
+            "uptime_seconds": round(time.monotonic() - api.started, 1)}
+    return json_response(body, status_code=200 if database["reachable"] else 503)
+
+
+# -- answers -----------------------------------------------------------------------------------------------
+def json_response(content: Any, status_code: int = 200) -> Response:
+    """``content`` as JSON: what PostgreSQL's values become in pg_vectorize's answers (numbers for numerics,
+    ISO 8601 for times, text for UUIDs, base64 for bytes)."""
+    return Response(json.dumps(content, default=_jsonable, ensure_ascii=False, separators=(",", ":")),
+                    status_code=status_code, media_type="application/json")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, (bytes, memoryview)):
+        return base64.b64encode(bytes(value)).decode()
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return value.tolist()
+    return str(value)
+

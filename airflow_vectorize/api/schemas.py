@@ -1,0 +1,120 @@
+"""Request bodies and answers of the API, as pydantic models (they make the OpenAPI document).
+
+Bounds are the API's (a hook call takes more): they keep one request's cost bounded — at most
+``MAX_LIMIT`` rows, ``MAX_WINDOW`` candidates per side of a hybrid search, ``MAX_QUERY_CHARS`` characters of
+query. Unknown fields are refused (a typo is not silently ignored).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from airflow_vectorize.catalog import DEFAULT_TRANSFORMER
+
+MAX_LIMIT = 1000
+MAX_WINDOW = 10_000
+MAX_QUERY_CHARS = 16_384
+MAX_CONTEXT = 100
+DEFAULT_WINDOW = 50  # pg_vectorize's server: 5 x its default limit
+
+Mode = Literal["hybrid", "vector"]
+FILTERS_DESCRIPTION = (
+    "Filters on source columns: {column: value} (equality), {column: {op: value}} with op eq, ne, gt, gte, lt,"
+    " lte, in (a list), or pg_vectorize's \"op.value\" strings (eq, gt, gte, lt, lte). Values are bound"
+    " parameters, never SQL.")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SearchBody(Strict):
+    """``POST /api/v1/search``: pg_vectorize's body, plus ``mode``, ``return_columns`` and ``ef_search``."""
+
+    job_name: str = Field(max_length=255)
+    query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS)
+    limit: int = Field(10, ge=1, le=MAX_LIMIT, description="rows returned")
+    window_size: int | None = Field(None, ge=1, le=MAX_WINDOW, description=(
+        "hybrid: candidates taken from each side before fusing (default max(limit, 50))"))
+    rrf_k: float = Field(60.0, ge=0, le=1e6, description="hybrid: the k of reciprocal rank fusion")
+    semantic_wt: float = Field(1.0, ge=0, le=1e6, description="hybrid: weight of the vector ranking")
+    fts_wt: float = Field(1.0, ge=0, le=1e6, description="hybrid: weight of the full-text ranking")
+    mode: Mode = Field("hybrid", description="hybrid (pg_vectorize's server) or vector")
+    return_columns: list[str] | None = Field(None, max_length=200, description="default: every source column")
+    ef_search: int | None = Field(None, ge=1, le=1000, description="hnsw.ef_search for this search")
+    filters: dict[str, Any] | None = Field(None, max_length=100, description=FILTERS_DESCRIPTION)
+
+
+class TableBody(Strict):
+    """``POST /api/v1/table``: pg_vectorize's body, plus the other arguments of ``create_project``."""
+
+    job_name: str = Field(max_length=255)
+    src_table: str = Field(max_length=255)
+    src_schema: str = Field("public", max_length=255)
+    src_columns: list[str] = Field(min_length=1, max_length=100)
+    primary_key: str | list[str]
+    update_time_col: str | None = None
+    model: str = Field(DEFAULT_TRANSFORMER, max_length=1000,
+                       description="provider/model, as pg_vectorize spells it (its transformer)")
+    table_method: Literal["join", "append"] = "join"
+    index_dist_type: str = "pgv_hnsw_cosine"
+    schedule: str = "realtime"
+    model_conn_id: str | None = Field(None, max_length=250)
+    dimensions: int | None = Field(None, ge=1, le=16_000)
+    chunk_size: int | None = Field(None, ge=1, le=100_000)
+    chunk_overlap: int = Field(0, ge=0, le=100_000)
+    chunker: str = "recursive"
+
+
+class RagBody(Strict):
+    """``POST /api/v1/rag``: the arguments of ``VectorizeHook.rag``."""
+
+    job_name: str = Field(max_length=255)
+    query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS)
+    chat_model: str = Field(max_length=1000, description="openai/<model> or ollama/<model>")
+    chat_conn_id: str | None = Field(None, max_length=250)
+    task: str = Field("question_answer", max_length=255, description="a prompt of vectorize.prompts")
+    num_context: int = Field(2, ge=1, le=MAX_CONTEXT)
+    force_trim: bool = False
+    filters: dict[str, Any] | None = Field(None, max_length=100, description=FILTERS_DESCRIPTION)
+    hybrid: bool = False
+    max_tokens: int | None = Field(None, ge=1, le=1_000_000)
+    temperature: float | None = Field(None, ge=0, le=2)
+
+
+class ErrorAnswer(BaseModel):
+    detail: str = Field(description="what went wrong, in the project's words")
+    type: str = Field(description="the exception's name, e.g. InvalidInputError, ProjectNotFoundError")
+
+
+class SearchRow(BaseModel):
+    """A result row: the source columns (or ``return_columns``) and the scores."""
+
+    model_config = ConfigDict(extra="allow")
+    similarity_score: float | None = None
+    rrf_score: float | None = Field(None, description="hybrid only")
+    semantic_rank: int | None = Field(None, description="hybrid only; null when not among the vector candidates")
+    fts_rank: int | None = Field(None, description="hybrid only; null when not among the full-text candidates")
+    chunk: str | None = Field(None, description="a chunked project's best chunk of the row")
+
+
+class ContextDocument(BaseModel):
+    record_id: Any
+    content: str
+    token_ct: int
+    similarity_score: float
+
+
+class RagAnswer(BaseModel):
+    query: str
+    task: str
+    chat_response: str
+    context: list[ContextDocument]
+    context_dropped: int
+    model: str
+    usage: dict[str, Any]
+
+
+ERRORS = {status: {"model": ErrorAnswer} for status in (400, 401, 403, 404, 409, 502, 503, 504)}

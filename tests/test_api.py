@@ -1,0 +1,466 @@
+"""The standalone HTTP API (``python -m airflow_vectorize.api``) against a real server process, with a real
+HTTP client: pg_vectorize's routes and ours, its filter grammar, error codes, hostile input, tokens, and 32
+concurrent clients. The server starts once for the module, on its own database of the session's PostgreSQL;
+its connections: ``api_db`` (the data), ``chat`` (the real chat server, through the recording and, on request,
+misbehaving server), ``down`` (a database nobody listens for), ``nowhere`` (a chat server nobody listens for).
+The same app mounted in Airflow's api-server is tested in ``test_api_airflow.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+
+import httpx
+import psycopg
+import pytest
+from pgvector.psycopg import register_vector
+from psycopg import sql
+
+from scripts.api_server import ApiServer
+from scripts.server_process import free_port
+from tests.conftest import Database, create_products, snapshot
+
+WRITE_TOKEN = secrets.token_urlsafe(24)
+READ_TOKEN = secrets.token_urlsafe(24)
+SEARCH = "/api/v1/search"
+
+
+@dataclass
+class Api:
+    server: ApiServer
+    db: Database
+    client: httpx.Client  # may write
+    reader: httpx.Client  # read-only token
+    anonymous: httpx.Client  # no token
+
+
+@pytest.fixture(scope="module")
+def api(postgres, model, embedding_server_session, chat_server):
+    from airflow_vectorize.hooks.vectorize import VectorizeHook
+
+    name = f"api_{uuid.uuid4().hex[:8]}"
+    uri = postgres.create_database(name)
+    postgres.use_as_airflow_connection(name, name)
+    conn = postgres.connect(name)
+    register_vector(conn)
+    db = Database(name=name, conn_id=name, uri=uri, conn=conn)
+    create_products(db)
+    # A boolean and an integer column for the filter grammar's typed values.
+    db.execute("ALTER TABLE products ADD COLUMN in_stock boolean NOT NULL DEFAULT true, ADD COLUMN stock integer")
+    db.execute("UPDATE products SET in_stock = product_id % 3 <> 0, stock = product_id * 10")
+    hook = VectorizeHook(postgres_conn_id=name)
+    hook.create_project("products", "products", "product_id", ["name", "description"], embed_existing=True)
+    hook.create_project("products_chunked", "products", "product_id", ["description"], chunk_size=8,
+                        embed_existing=True)
+    chat_server_url = embedding_server_session.url  # forwards chat requests to the real chat server
+    embedding_server_session.chat_upstream = chat_server.url
+    server = ApiServer(
+        {"api_db": uri,
+         "down": f"postgresql://postgres:@127.0.0.1:{free_port()}/postgres",
+         "chat": {"conn_type": "openai", "host": chat_server_url, "password": embedding_server_session.api_key,
+                  "extra": {"max_retries": 1, "retry_initial_delay": 0.05, "timeout": 3}},
+         "nowhere": {"conn_type": "openai", "host": f"http://127.0.0.1:{free_port()}/v1", "password": "sk-nowhere",
+                     "extra": {"max_retries": 0, "timeout": 2}}},
+        tokens=[WRITE_TOKEN], read_tokens=[READ_TOKEN], env={"VECTORIZE_API_POOL_SIZE": "4"},
+    ).start()
+    try:
+        server.wait(120)
+        clients = [httpx.Client(base_url=server.url, timeout=60,
+                                headers={"Authorization": f"Bearer {t}"} if t else {})
+                   for t in (WRITE_TOKEN, READ_TOKEN, None)]
+        yield Api(server, db, *clients)
+        for client in clients:
+            client.close()
+    finally:
+        server.stop()
+        conn.close()
+        os.environ.pop(f"AIRFLOW_CONN_{name.upper()}", None)
+        postgres.drop_database(name)
+
+
+def search(api: Api, **params) -> httpx.Response:
+    return api.client.get(SEARCH, params={"conn_id": "api_db", **params})
+
+
+def ids(response: httpx.Response) -> list[int]:
+    assert response.status_code == 200, response.text
+    return [row["product_id"] for row in response.json()]
+
+
+def assert_error(response: httpx.Response, status: int, kind: str, *fragments: str) -> None:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["type"] == kind, body
+    for fragment in fragments:
+        assert fragment in body["detail"], body
+
+
+# -- search ------------------------------------------------------------------------------------------------
+def test_get_search_is_hybrid_by_default(api):
+    response = search(api, job_name="products", query="mobile phone with a good camera", limit=3)
+    rows = response.json()
+    assert ids(response)[0] == 1  # "Pixel 9 smartphone ... 50 MP camera"
+    assert len(rows) == 3
+    for row in rows:
+        assert {"product_id", "name", "description", "category", "price", "updated_at", "in_stock", "stock",
+                "rrf_score", "semantic_rank", "fts_rank", "similarity_score"} <= row.keys()
+        assert "embeddings" not in row and "full_text_rank" not in row
+    assert rows[0]["rrf_score"] >= rows[1]["rrf_score"] >= rows[2]["rrf_score"]
+    assert rows[0]["price"] == 799.0  # numeric as a JSON number
+
+
+def test_vector_mode_and_return_columns(api):
+    response = search(api, job_name="products", query="mobile phone with a good camera", limit=2, mode="vector",
+                      return_columns="product_id,name")
+    rows = response.json()
+    assert ids(response) == [1, 3]
+    assert set(rows[0]) == {"product_id", "name", "similarity_score"}
+    assert rows[0]["similarity_score"] > rows[1]["similarity_score"]
+
+
+def test_post_search_with_both_filter_forms(api):
+    body = {"job_name": "products", "query": "phone", "limit": 10, "mode": "vector",
+            "filters": {"price": {"lt": 800}, "category": {"in": ["phones", "tablets"]}, "stock": "gte.20"}}
+    response = api.client.post(SEARCH, params={"conn_id": "api_db"}, json=body)
+    assert set(ids(response)) == {3, 4, 5}  # 2 costs 829, 1 has 10 in stock
+
+
+def test_hybrid_window_rrf_k_and_weights(api):
+    base = {"job_name": "products", "query": "laptop battery", "limit": 3}
+    default = search(api, **base).json()
+    tuned = search(api, **base, rrf_k=1, semantic_wt=0, fts_wt=1, window_size=5).json()
+    # Only the full-text side counts (k = 1): the one row with both words first, the others score 0.
+    assert tuned[0]["product_id"] == 7 and tuned[0]["fts_rank"] == 1
+    assert tuned[0]["rrf_score"] == pytest.approx(1 / (1 + 1))
+    assert all(row["rrf_score"] == 0 and row["fts_rank"] is None for row in tuned[1:])
+    assert default[0]["rrf_score"] == pytest.approx(
+        sum(1 / (60 + r) for r in (default[0]["semantic_rank"], default[0]["fts_rank"]) if r is not None))
+
+
+def test_chunked_project_rows_carry_their_chunk(api):
+    rows = search(api, job_name="products_chunked", query="50 MP camera", limit=2, mode="vector").json()
+    assert rows[0]["product_id"] == 1
+    assert "camera" in rows[0]["chunk"]
+    hybrid = search(api, job_name="products_chunked", query="camera", limit=2).json()
+    assert hybrid[0]["chunk"] and hybrid[0]["fts_rank"] == 1
+
+
+def test_unknown_project_is_404(api):
+    assert_error(search(api, job_name="nothing_here", query="x"), 404, "ProjectNotFoundError", "nothing_here")
+    assert_error(api.client.get("/api/v1/projects/nothing_here", params={"conn_id": "api_db"}), 404,
+                 "ProjectNotFoundError")
+
+
+# -- pg_vectorize's filter grammar (GET) ----------------------------------------------------------------------
+@pytest.mark.parametrize(("value", "expected"), [
+    ("gt.1099", {6, 15}),  # 1899, 1299
+    ("gte.1099", {6, 7, 15}),
+    ("lt.45", {14, 21}),  # 39, 14
+    ("lte.45", {12, 14, 21}),
+    ("eq.799", {1}),
+    ("799", {1}),  # no operator: eq
+    ("eq.1099.0", {7}),  # a float
+])
+def test_filter_operators(api, value, expected):
+    assert set(ids(search(api, job_name="products", query="anything", limit=50, mode="vector", price=value))) \
+        == expected
+
+
+def test_filter_boolean_integer_and_text_values(api):
+    out_of_stock = {i for i in range(1, 25) if i % 3 == 0}
+    assert set(ids(search(api, job_name="products", query="x", limit=50, in_stock="false"))) == out_of_stock
+    assert set(ids(search(api, job_name="products", query="x", limit=50, in_stock="eq.true"))) \
+        == set(range(1, 25)) - out_of_stock
+    assert ids(search(api, job_name="products", query="x", limit=50, stock="eq.70")) == [7]  # an integer
+    assert set(ids(search(api, job_name="products", query="x", limit=50, category="kitchen"))) == {10, 11, 12}
+    assert set(ids(search(api, job_name="products", query="x", limit=50, category="kitchen", stock="lt.115"))) \
+        == {10, 11}  # several filters: all of them
+
+
+def test_filter_grammar_errors(api):
+    assert_error(search(api, job_name="products", query="x", price="between.1"), 400, "InvalidInputError",
+                 "Unknown operator: between")
+    assert_error(search(api, job_name="products", query="x", price="3.5"), 400, "InvalidInputError",
+                 "Unknown operator: 3", "price=eq.3.5")
+    assert_error(search(api, job_name="products", query="x", price="GT.5"), 400, "InvalidInputError",
+                 "Unknown operator: GT")  # case-sensitive, as pg_vectorize
+    assert_error(search(api, job_name="products", query="x", price="lt.cheap"), 400, "InvalidInputError",
+                 "require numeric values", "cheap")
+    assert_error(search(api, job_name="products", query="x", price="gt.nan"), 400, "InvalidInputError",
+                 "not a finite number")
+    assert_error(search(api, job_name="products", query="x", colour="red"), 400, "InvalidInputError",
+                 "filter column 'colour' does not exist")
+    assert_error(api.client.get(SEARCH, params=[("conn_id", "api_db"), ("job_name", "products"), ("query", "x"),
+                                                ("price", "gt.1"), ("price", "lt.9")]),
+                 400, "InvalidInputError", "given twice")
+    assert_error(search(api, job_name="products", query="x", category="gt.5"), 400, "InvalidInputError",
+                 "does not fit its column")  # a number against a text column
+
+
+# -- projects: create, re-create, conflict, drop --------------------------------------------------------------
+def new_table(api: Api) -> str:
+    table = f"t_{uuid.uuid4().hex[:8]}"
+    create_products(api.db, table=table)
+    return table
+
+
+def test_create_table_is_idempotent_and_conflicts_name_fields(api):
+    table = new_table(api)
+    body = {"job_name": table, "src_table": table, "src_schema": "public", "src_columns": ["name", "description"],
+            "primary_key": "product_id", "update_time_col": "updated_at",
+            "model": "sentence-transformers/all-MiniLM-L6-v2"}
+    created = api.client.post("/api/v1/table", params={"conn_id": "api_db"}, json=body)
+    assert created.status_code == 200, created.text
+    assert created.json()["created"] is True and created.json()["dimensions"] == 384
+    assert isinstance(created.json()["id"], int)
+    before = snapshot(api.db)
+    again = api.client.post("/api/v1/table", params={"conn_id": "api_db"}, json=body)
+    assert again.status_code == 200 and again.json()["created"] is False
+    assert again.json()["id"] == created.json()["id"]
+    conflict = api.client.post("/api/v1/table", params={"conn_id": "api_db"},
+                               json={**body, "src_columns": ["name"], "index_dist_type": "pgv_hnsw_l2"})
+    assert_error(conflict, 409, "ProjectConflictError", "columns", "index_dist_type")
+    assert snapshot(api.db) == before
+    listed = api.client.get("/api/v1/projects/" + table, params={"conn_id": "api_db"}).json()
+    assert listed["params"]["columns"] == ["name", "description"]
+    assert listed["status"]["total_rows"] == 24 and listed["status"]["embedded_rows"] == 0
+    assert listed["freshness"]["stale"] == 24
+
+
+def test_create_table_bad_input_changes_nothing(api):
+    table = new_table(api)
+    before = snapshot(api.db)
+    body = {"job_name": table, "src_table": table, "src_columns": ["name", "colour"], "primary_key": "product_id"}
+    assert_error(api.client.post("/api/v1/table", params={"conn_id": "api_db"}, json=body), 400,
+                 "InvalidInputError", "colour")
+    bad_name = {**body, "job_name": "x; DROP TABLE products", "src_columns": ["name"]}
+    assert_error(api.client.post("/api/v1/table", params={"conn_id": "api_db"}, json=bad_name), 400,
+                 "InvalidInputError", "[A-Za-z0-9_]+")
+    missing_field = {k: v for k, v in body.items() if k != "primary_key"}
+    response = api.client.post("/api/v1/table", params={"conn_id": "api_db"}, json=missing_field)
+    assert response.status_code == 422 and "primary_key" in response.text
+    assert snapshot(api.db) == before
+
+
+def test_delete_table_then_404(api):
+    table = new_table(api)
+    body = {"job_name": table, "src_table": table, "src_columns": ["name"], "primary_key": "product_id"}
+    assert api.client.post("/api/v1/table", params={"conn_id": "api_db"}, json=body).status_code == 200
+    deleted = api.client.delete(f"/api/v1/table/{table}", params={"conn_id": "api_db"})
+    assert deleted.status_code == 200, deleted.text
+    assert deleted.json()["job_name"] == table and deleted.json()["dropped"] is True
+    assert api.db.scalar("SELECT count(*) FROM vectorize.job WHERE name = %s", [table]) == 0
+    assert api.db.scalar("SELECT count(*) FROM " + table) == 24  # the source stays
+    assert_error(api.client.delete(f"/api/v1/table/{table}", params={"conn_id": "api_db"}), 404,
+                 "ProjectNotFoundError", table)
+
+
+def test_list_projects_with_status(api):
+    projects = {p["name"]: p for p in api.reader.get("/api/v1/projects", params={"conn_id": "api_db"}).json()}
+    assert projects["products"]["status"]["embedded_rows"] == 24
+    assert projects["products_chunked"]["status"]["chunks"] >= 24
+    assert projects["products"]["freshness"]["pending"] == 0
+    light = api.reader.get("/api/v1/projects", params={"conn_id": "api_db", "status": "false"}).json()
+    assert "status" not in light[0] and {p["name"] for p in light} >= {"products", "products_chunked"}
+
+
+def test_health(api):
+    health = api.reader.get("/health", params={"conn_id": "api_db"})
+    assert health.status_code == 200, health.text
+    body = health.json()
+    assert body["status"] == "ok" and body["database"]["reachable"] and body["database"]["pgvector"]
+    assert body["auth"] == "tokens"
+    down = api.reader.get("/health", params={"conn_id": "down"})
+    assert down.status_code == 503 and down.json()["database"]["reachable"] is False
+
+
+# -- RAG ---------------------------------------------------------------------------------------------------
+def rag(api: Api, **body) -> httpx.Response:
+    return api.client.post("/api/v1/rag", params={"conn_id": "api_db"},
+                           json={"job_name": "products", "query": "Which phone has a good camera?", **body})
+
+
+def test_rag_answers_with_context(api, chat_server, embedding_server_session):
+    embedding_server_session.reset()
+    response = rag(api, chat_model=f"openai/{chat_server.model}", chat_conn_id="chat", num_context=2,
+                   max_tokens=8)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert [c["record_id"] for c in answer["context"]][0] == 1
+    assert answer["chat_response"] is not None and answer["usage"]["completion_tokens"] >= 1
+    assert answer["context"][0]["similarity_score"] > 0 and answer["context"][0]["token_ct"] > 0
+
+
+def test_rag_model_failures_name_connection_and_model(api, chat_server, embedding_server_session):
+    model = f"openai/{chat_server.model}"
+    embedding_server_session.reset(default=("status", 500, None, "upstream exploded"))
+    assert_error(rag(api, chat_model=model, chat_conn_id="chat"), 502, "ModelRequestError",
+                 "'chat'", "upstream exploded")
+    embedding_server_session.reset(default=("slow", 5))
+    assert_error(rag(api, chat_model=model, chat_conn_id="chat"), 504, "ModelTimeoutError", "'chat'")
+    embedding_server_session.reset()
+    assert_error(rag(api, chat_model="openai/gpt-x", chat_conn_id="nowhere"), 503, "ModelConnectionError",
+                 "'nowhere'", "gpt-x")
+    embedding_server_session.reset(default=("status", 401, None, "Incorrect API key provided: sk-test-0123"))
+    response = rag(api, chat_model=model, chat_conn_id="chat")
+    assert_error(response, 502, "ModelAuthenticationError", "'chat'")
+    assert embedding_server_session.api_key not in response.text and "sk-nowhere" not in response.text
+    embedding_server_session.reset()
+    assert_error(rag(api, chat_model="cohere/command", chat_conn_id="chat"), 400, "InvalidInputError", "cohere")
+
+
+# -- authentication and authorization ----------------------------------------------------------------------
+def every_route(api: Api) -> list[tuple[str, str]]:
+    """(method, path) of every route in the OpenAPI document (path parameters filled in)."""
+    paths = api.anonymous.get("/openapi.json").json()["paths"]
+    return [(method.upper(), path.replace("{job_name}", "products"))
+            for path, methods in paths.items() for method in methods] + [("GET", "/ui")]
+
+
+def test_every_route_refuses_a_missing_or_bad_token(api):
+    routes = every_route(api)
+    assert len(routes) >= 9
+    for method, path in routes:
+        for client, headers in ((api.anonymous, {}), (api.anonymous, {"Authorization": "Bearer not-a-token"}),
+                                (api.anonymous, {"Authorization": f"Basic {WRITE_TOKEN}"})):
+            response = client.request(method, path, params={"conn_id": "api_db"}, headers=headers,
+                                      json={"job_name": "products"} if method == "POST" else None)
+            assert response.status_code == 401, (method, path, headers, response.text)
+            assert response.headers["www-authenticate"] == "Bearer"
+    assert api.db.scalar("SELECT count(*) FROM vectorize.job WHERE name = 'products'") == 1
+
+
+def test_read_token_cannot_write_and_connections_are_allow_listed(api):
+    table = new_table(api)
+    body = {"job_name": table, "src_table": table, "src_columns": ["name"], "primary_key": "product_id"}
+    before = snapshot(api.db)
+    assert_error(api.reader.post("/api/v1/table", params={"conn_id": "api_db"}, json=body), 403, "Forbidden",
+                 "read-only")
+    assert_error(api.reader.delete("/api/v1/table/products", params={"conn_id": "api_db"}), 403, "Forbidden")
+    assert snapshot(api.db) == before
+    assert search(api, job_name="products", query="x").status_code == 200
+    assert_error(api.client.get(SEARCH, params={"job_name": "products", "query": "x", "conn_id": "other"}), 403,
+                 "Forbidden", "'other'", "not served here")
+    assert_error(api.client.get(SEARCH, params={"job_name": "products", "query": "x"}), 403, "Forbidden",
+                 "postgres_default")  # the default connection is not in this server's list
+
+
+def test_the_page_is_served_behind_the_token(api):
+    page = api.reader.get("/ui")
+    assert page.status_code == 200 and "<title>Vectorize</title>" in page.text
+    form = api.anonymous.get("/ui")
+    assert form.status_code == 401 and "token" in form.text
+    with_cookie = api.anonymous.get("/ui", cookies={"vectorize_token": READ_TOKEN})
+    assert with_cookie.status_code == 200
+
+
+def test_openapi_document_describes_every_route(api):
+    document = api.anonymous.get("/openapi.json").json()
+    assert set(document["paths"]) == {"/api/v1/search", "/api/v1/rag", "/api/v1/table", "/api/v1/table/{job_name}",
+                                      "/api/v1/projects", "/api/v1/projects/{job_name}", "/health"}
+    assert document["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert {"get", "post"} <= set(document["paths"]["/api/v1/search"])
+    assert "404" in document["paths"]["/api/v1/search"]["get"]["responses"]
+
+
+# -- hostile input -----------------------------------------------------------------------------------------
+def test_hostile_input_is_refused_and_changes_nothing(api):
+    before = snapshot(api.db)
+    injection = "products'; DROP TABLE products; --"
+    assert_error(search(api, job_name=injection, query="x"), 400, "InvalidInputError", "[A-Za-z0-9_]+")
+    assert_error(api.client.delete(f"/api/v1/table/{injection}", params={"conn_id": "api_db"}), 400,
+                 "InvalidInputError")
+    assert_error(search(api, job_name="products", query="x", **{"price; DROP TABLE products": "1"}), 400,
+                 "InvalidInputError", "does not exist")
+    assert_error(search(api, job_name="products", query="x", price="eq.1; DROP TABLE products"), 400,
+                 "InvalidInputError", "does not fit its column")
+    # A value is a bound parameter: compared as the text it is, it matches no row.
+    assert search(api, job_name="products", query="x", category="x' OR '1'='1").json() == []
+    statuses = [
+        search(api, job_name="products", query="x", limit=10 ** 9).status_code,
+        search(api, job_name="products", query="x", limit=0).status_code,
+        search(api, job_name="products", query="x", mode="drop").status_code,
+        api.client.post(SEARCH, params={"conn_id": "api_db"},
+                        json={"job_name": "products", "query": "x" * 1_000_000}).status_code,
+        api.client.post(SEARCH, params={"conn_id": "api_db"}, json=["job_name", "products"]).status_code,
+        api.client.post(SEARCH, params={"conn_id": "api_db"},
+                        json={"job_name": "products", "query": {"$ne": 1}}).status_code,
+        api.client.post(SEARCH, params={"conn_id": "api_db"},
+                        json={"job_name": "products", "query": "x", "surprise": 1}).status_code,
+        api.client.post(SEARCH, params={"conn_id": "api_db"}, content=b'{"job_name": "products", "query": "\xff"}',
+                        headers={"Content-Type": "application/json"}).status_code,
+        api.client.post(SEARCH, params={"conn_id": "api_db"}, content=b"not json",
+                        headers={"Content-Type": "application/json"}).status_code,
+        api.client.get(SEARCH + "?conn_id=api_db&job_name=products&query=%FF%FE").status_code,
+        api.client.get(SEARCH + "?conn_id=api_db&job_name=products&query=x&category=%C3%28").status_code,
+        api.client.post(SEARCH, params={"conn_id": "api_db"},
+                        json={"job_name": "products", "query": "x\x00y", "mode": "hybrid"}).status_code,
+        api.client.post(SEARCH, params={"conn_id": "api_db"},
+                        json={"job_name": "products", "query": "x", "filters": {"category": "a\x00b"}}).status_code,
+    ]
+    assert all(400 <= status < 500 for status in statuses), statuses
+    long_get = api.client.get(SEARCH, params={"conn_id": "api_db", "job_name": "products", "query": "x" * 60_000})
+    assert long_get.status_code == 422, long_get.text  # a 1 MB URL: see test_a_1_mb_url_is_refused
+    assert snapshot(api.db) == before
+
+
+def test_a_1_mb_url_is_refused(api):
+    """HTTP clients refuse to send it (httpx stops at 64 kB): a raw request line of 1 MB gets a 4xx."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", api.server.port, timeout=30)
+    connection.putrequest("GET", f"{SEARCH}?conn_id=api_db&job_name=products&query={'x' * 1_000_000}")
+    connection.putheader("Authorization", f"Bearer {WRITE_TOKEN}")
+    connection.endheaders()
+    status = connection.getresponse().status
+    connection.close()
+    assert 400 <= status < 500, status
+
+
+# -- concurrency -------------------------------------------------------------------------------------------
+QUERIES = ["mobile phone with a good camera", "laptop for travel", "noise cancelling headphones", "kitchen knife",
+           "tent for camping", "running shoes", "tablet for drawing", "coffee machine"]
+
+
+def test_32_clients_for_30_seconds_without_errors(api):
+    """32 concurrent clients, each sending searches (GET hybrid, POST vector) back to back for 30 s."""
+
+    async def client(number: int, deadline: float, outcomes: list[int]) -> None:
+        async with httpx.AsyncClient(base_url=api.server.url, timeout=30,
+                                     headers={"Authorization": f"Bearer {READ_TOKEN}"}) as http:
+            i = number
+            while time.monotonic() < deadline:
+                query = QUERIES[i % len(QUERIES)]
+                if i % 2:
+                    response = await http.get(SEARCH, params={"conn_id": "api_db", "job_name": "products",
+                                                              "query": query, "limit": 5})
+                else:
+                    response = await http.post(SEARCH, params={"conn_id": "api_db"}, json={
+                        "job_name": "products", "query": query, "limit": 5, "mode": "vector"})
+                ok = response.status_code == 200 and len(response.json()) == 5
+                outcomes.append(200 if ok else response.status_code)
+                i += 1
+
+    async def run() -> list[int]:
+        outcomes: list[int] = []
+        deadline = time.monotonic() + 30
+        await asyncio.gather(*(client(n, deadline, outcomes) for n in range(32)))
+        return outcomes
+
+    outcomes = asyncio.run(run())
+    errors = [status for status in outcomes if status != 200]
+    assert len(outcomes) > 100 and not errors, (len(outcomes), errors[:10])
+    health = api.reader.get("/health", params={"conn_id": "api_db"}).json()
+    model = health["models"]["sentence-transformers/all-MiniLM-L6-v2"]
+    assert model["largest_batch"] > 1  # concurrent queries were embedded together
+    assert model["model_calls"] < model["texts"]
+
+
+def test_database_is_unreachable_503(api):
+    assert_error(api.client.get(SEARCH, params={"conn_id": "down", "job_name": "products", "query": "x"}), 503,
+                 "DatabaseConnectionError")
