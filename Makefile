@@ -31,12 +31,18 @@ $(CHAT_VENV)/.installed:
 
 SERVERS := $(INFINITY_VENV)/.installed $(CHAT_VENV)/.installed
 
-install: $(VENV)/.installed $(SERVERS)
+# Debian's Chromium for the Vectorize page's browser test (Playwright drives it; it cannot download browsers
+# here). Needs root, as in CI.
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+install: $(VENV)/.installed $(SERVERS) $(CHROMIUM)
 
 demo: $(VENV)/.installed
 	$(PY) scripts/run_example.py
 
-test: $(VENV)/.installed $(SERVERS)
+test: $(VENV)/.installed $(SERVERS) $(CHROMIUM)
 	$(PY) -m pytest
 
 bench: $(VENV)/.installed $(INFINITY_VENV)/.installed

@@ -221,6 +221,8 @@ class AirflowDeployment:
         self.redis_port = free_port() if executor == "CeleryExecutor" else None
         self.username = "admin"
         self.password = secrets.token_urlsafe(12)
+        # Users of the simple auth manager: name -> (role, password); ``admin`` is the REST client's.
+        self.users = {self.username: ("admin", self.password), "viewer": ("viewer", secrets.token_urlsafe(12))}
         self.postgres: EmbeddedPostgres | None = None
         self.components: list[Component] = []
         self.celery_workers: list[Component] = []
@@ -261,7 +263,8 @@ class AirflowDeployment:
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(self.api_port),
             "AIRFLOW__API__WORKERS": "1",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{self.username}:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{name}:{role}"
+                                                                 for name, (role, _) in self.users.items()),
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.home / "passwords.json"),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_uri,
             "AIRFLOW__DATABASE__SQL_ALCHEMY_POOL_SIZE": "3",
@@ -311,7 +314,7 @@ class AirflowDeployment:
         data_uri = self.postgres.create_database("vectorize")
         metadata_uri = f"postgresql+psycopg://postgres@/airflow?host={self.postgres.data_dir}"
         self.env = {**os.environ, **self.environment(metadata_uri, data_uri), **self.extra_env}
-        (self.home / "passwords.json").write_text(json.dumps({self.username: self.password}))
+        (self.home / "passwords.json").write_text(json.dumps({name: pw for name, (_, pw) in self.users.items()}))
         self.timings["postgres"] = time.perf_counter() - started
 
         self.log("airflow db migrate")
@@ -450,9 +453,11 @@ class AirflowDeployment:
             self._client = httpx.Client(base_url=self.api_url, timeout=60)
         return self._client
 
-    def token(self) -> str:
-        """A JWT for the REST API from the simple auth manager (``POST /auth/token``)."""
-        response = self.client.post("/auth/token", json={"username": self.username, "password": self.password})
+    def token(self, username: str | None = None) -> str:
+        """A JWT for the REST API from the simple auth manager (``POST /auth/token``), for ``username``
+        (default: the admin)."""
+        username = username or self.username
+        response = self.client.post("/auth/token", json={"username": username, "password": self.users[username][1]})
         response.raise_for_status()
         return response.json()["access_token"]
 

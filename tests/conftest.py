@@ -224,6 +224,7 @@ def embedding_server(embedding_server_session):
 
 
 _servers: dict[str, Any] = {}  # fixture name -> server started at collection
+_last_deployment_test: list[Any] = []  # the last collected test that uses the deployment
 
 
 def pytest_collection_finish(session) -> None:
@@ -236,11 +237,50 @@ def pytest_collection_finish(session) -> None:
     for name, server in (("infinity", InfinityServer), ("chat_server", ChatServer)):
         if name in needed:
             _servers[name] = server().start()
+    _last_deployment_test[:] = [item for item in session.items if "deployment" in getattr(item, "fixturenames", ())][-1:]
+
+
+def pytest_runtest_teardown(item, nextitem) -> None:
+    """The Airflow deployment stops after the last test that uses it (its scheduler, dag-processor and
+    triggerer would otherwise take CPU from every later test)."""
+    if _last_deployment_test and item is _last_deployment_test[0] and "deployment" in _servers:
+        _servers.pop("deployment").stop()
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:
     for server in _servers.values():
         server.stop()
+
+
+BACKFILL_ROWS = 300
+
+
+@pytest.fixture(scope="session")
+def deployment():
+    """A real Airflow 3 (scripts/deployment.py, LocalExecutor), once per session: test_deployment.py and
+    test_deployment_api.py share it; it stops after the last test that uses it."""
+    from scripts.deployment import AirflowDeployment
+
+    running = _servers["deployment"] = AirflowDeployment("LocalExecutor").start()
+    yield running
+    if _servers.pop("deployment", None) is not None:
+        running.stop()
+
+
+@pytest.fixture(scope="session")
+def outcomes(deployment) -> dict[str, list]:
+    """The example DAGs run through the deployment's scheduler, all at once; their outcomes by dag_id."""
+    import time
+
+    from scripts.deployment import LOCAL_DAGS, run_examples
+
+    started = time.perf_counter()
+    results = run_examples(deployment, LOCAL_DAGS, backfill_rows=BACKFILL_ROWS, scheduled_days=2)
+    deployment.timings["runs"] = time.perf_counter() - started
+    by_dag: dict[str, list] = {}
+    for result in results:
+        by_dag.setdefault(result.dag_id, []).append(result)
+    return by_dag
 
 
 @pytest.fixture(scope="session")

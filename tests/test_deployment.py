@@ -1,14 +1,14 @@
 """The example DAGs under a real Airflow 3 (scheduler, dag-processor, triggerer, api-server, LocalExecutor,
 metadata DB on the embedded PostgreSQL), checked through the REST API and, for the project data, the hook.
 
-The components start once for the module and every DAG runs at the same time (see scripts/deployment.py).
+The components start once for the session (the ``deployment`` fixture of conftest.py, shared with
+test_deployment_api.py) and every DAG runs at the same time (``outcomes``; see scripts/deployment.py).
 """
 
 from __future__ import annotations
 
 import itertools
 import os
-import time
 from datetime import datetime
 
 import pytest
@@ -22,27 +22,9 @@ from scripts.deployment import (
     AirflowDeployment,
     RunOutcome,
     outcome,
-    run_examples,
 )
+from tests.conftest import BACKFILL_ROWS
 
-BACKFILL_ROWS = 300
-
-
-@pytest.fixture(scope="module")
-def deployment():
-    with AirflowDeployment("LocalExecutor") as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def outcomes(deployment) -> dict[str, list[RunOutcome]]:
-    started = time.perf_counter()
-    results = run_examples(deployment, LOCAL_DAGS, backfill_rows=BACKFILL_ROWS, scheduled_days=2)
-    deployment.timings["runs"] = time.perf_counter() - started
-    by_dag: dict[str, list[RunOutcome]] = {}
-    for result in results:
-        by_dag.setdefault(result.dag_id, []).append(result)
-    return by_dag
 
 
 def tasks(result: RunOutcome) -> dict[str, dict]:
