@@ -28,6 +28,8 @@ from typing import TextIO
 
 ROOT = Path(__file__).resolve().parent.parent
 DAGS = ROOT / "dags"
+if str(ROOT) not in sys.path:  # run as ``python scripts/run_example.py``: scripts.* importable
+    sys.path.insert(0, str(ROOT))
 if "AIRFLOW_HOME" not in os.environ:
     from airflow_vectorize.embedded_postgres import throwaway_dir
 
@@ -193,18 +195,21 @@ def main() -> int:
         log_path = Path(name)
     print(f"Airflow and task logs: {log_path}", flush=True)
     with output_to_file(log_path) as console:
-        runs, skipped = run_all(args.dag_ids, console)
+        runs, skipped, http = run_all(args.dag_ids, console)
         logging.shutdown()
         for run in runs:
             print_summary(run, console)
         for dag_id, why in skipped.items():
             print(f"\n=== {dag_id}: skipped: {why} ===", file=console)
+        print_http_search(http, console)
         print(f"\nAirflow and task logs: {log_path}", file=console)
-    return 0 if not any(failed_tasks(run) for run in runs) else 1
+    http_failed = http.get("status", 200) != 200  # no project left to search is no failure
+    return 0 if not any(failed_tasks(run) for run in runs) and not http_failed else 1
 
 
-def run_all(dag_ids: list[str], console: TextIO) -> tuple[list[dict], dict[str, str]]:
-    """Run ``dag_ids`` (default: DEFAULT_RUNS) with a line on ``console`` as each starts and ends."""
+def run_all(dag_ids: list[str], console: TextIO) -> tuple[list[dict], dict[str, str], dict]:
+    """Run ``dag_ids`` (default: DEFAULT_RUNS) with a line on ``console`` as each starts and ends, then one
+    search through the HTTP API (``http_search``)."""
     server = None
     if "AIRFLOW_CONN_POSTGRES_DEFAULT" not in os.environ:
         from airflow_vectorize.embedded_postgres import EmbeddedPostgres
@@ -231,10 +236,55 @@ def run_all(dag_ids: list[str], console: TextIO) -> tuple[list[dict], dict[str, 
             print(f"{label}: {run['state']} in {time.monotonic() - started:.1f} s"
                   + (f" (failed: {', '.join(failed)})" if failed else ""), file=console)
             runs.append(run)
+        print("HTTP API: one search through the standalone server", file=console)
+        http = http_search()
     finally:
         if server is not None:
             server.stop()
-    return runs, skipped
+    return runs, skipped, http
+
+
+HTTP_QUERY = "mobile phone with a good camera"
+
+
+def http_search() -> dict:
+    """Start the standalone API (``python -m airflow_vectorize.api``) on a local port with a new token, and
+    search a project the DAGs left (product_catalog, else the first) as an application would."""
+    import secrets
+
+    import httpx
+
+    from scripts.api_server import ApiServer
+
+    token = secrets.token_urlsafe(24)
+    api = ApiServer({"postgres_default": os.environ["AIRFLOW_CONN_POSTGRES_DEFAULT"]}, tokens=[token]).start()
+    try:
+        api.wait(120)
+        with httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {token}"}, timeout=120) as client:
+            projects = [p["name"] for p in client.get("/api/v1/projects", params={"status": False}).json()]
+            if not projects:
+                return {"error": "no project left to search"}
+            job = "product_catalog" if "product_catalog" in projects else projects[0]
+            params = {"job_name": job, "query": HTTP_QUERY, "limit": 3, "return_columns": "product_id,name"}
+            started = time.monotonic()
+            response = client.get("/api/v1/search", params=params)
+            seconds = time.monotonic() - started
+        return {"url": f"{api.url}/api/v1/search", "params": params, "status": response.status_code,
+                "rows": response.json(), "seconds": seconds}
+    finally:
+        api.stop()
+
+
+def print_http_search(http: dict, out: TextIO) -> None:
+    print("\n=== HTTP API (python -m airflow_vectorize.api, standalone) ===", file=out)
+    if "error" in http:
+        print(f"- {http['error']}", file=out)
+        return
+    query = "&".join(f"{k}={v}" for k, v in http["params"].items()).replace(" ", "+")
+    print(f"- curl -H 'Authorization: Bearer $TOKEN' '{http['url']}?{query}'", file=out)
+    print(f"  HTTP {http['status']} in {http['seconds'] * 1000:.0f} ms (hybrid search, the default):", file=out)
+    for row in http["rows"] if isinstance(http["rows"], list) else [http["rows"]]:
+        print("    " + json.dumps(row, default=str, ensure_ascii=False), file=out)
 
 
 if __name__ == "__main__":

@@ -464,3 +464,32 @@ def test_32_clients_for_30_seconds_without_errors(api):
 def test_database_is_unreachable_503(api):
     assert_error(api.client.get(SEARCH, params={"conn_id": "down", "job_name": "products", "query": "x"}), 503,
                  "DatabaseConnectionError")
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/chromium"), reason="Debian's chromium is not installed")
+def test_the_page_signs_in_with_a_token_and_asks(api, chat_server, embedding_server_session):
+    """Standalone, in a real browser: the token form, then the RAG box shows the answer and its context."""
+    from playwright.sync_api import expect, sync_playwright
+
+    embedding_server_session.reset()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        try:
+            page = browser.new_page()
+            page.goto(f"{api.server.url}/ui?conn_id=api_db")
+            page.get_by_placeholder("token").fill(READ_TOKEN)
+            page.get_by_role("button", name="Sign in").click()
+            expect(page.locator("#projects tr[data-project='products']")).to_be_visible(timeout=30_000)
+            page.locator("#rag-project").select_option("products")
+            page.locator("#rag-query").fill("Which phone has a good camera?")
+            page.locator("#rag-model").fill(f"openai/{chat_server.model}")
+            page.locator("#rag-conn").fill("chat")
+            page.locator("#rag-button").click()
+            expect(page.locator("#rag-answer")).to_be_visible(timeout=60_000)
+            first = page.locator("#rag-context-rows tbody tr").first
+            expect(first.locator("td").first).to_have_text("1")  # record_id of the Pixel 9
+            assert 0 < float(first.locator("td").nth(1).inner_text()) <= 1  # its similarity_score
+        finally:
+            browser.close()

@@ -21,7 +21,8 @@ def test_demo_prints_the_summary_and_sends_the_logs_to_a_file(tmp_path):
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("AIRFLOW_HOME", "AIRFLOW_CONN_", "PYTEST_", "VECTORIZE_"))}
     result = subprocess.run(
-        [sys.executable, "scripts/run_example.py", "vectorize_import_embeddings", "vectorize_rag",
+        [sys.executable, "scripts/run_example.py", "vectorize_import_embeddings", "vectorize_scheduled_ingestion",
+         "vectorize_rag",
          "--log-file", str(log_file)],
         check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
@@ -30,13 +31,19 @@ def test_demo_prints_the_summary_and_sends_the_logs_to_a_file(tmp_path):
     assert result.stderr == ""
     lines = out.splitlines()
     assert lines[0] == lines[-1] == f"Airflow and task logs: {log_file}"
-    assert "[1/1] vectorize_import_embeddings: running" in lines
-    assert any(line.startswith("[1/1] vectorize_import_embeddings: success in ") for line in lines)
+    assert "[1/2] vectorize_import_embeddings: running" in lines
+    assert any(line.startswith("[1/2] vectorize_import_embeddings: success in ") for line in lines)
     assert "    Project 'product_search': embedded 4 of 4 rows (100%)," in out  # generation's progress line
     assert "=== vectorize_import_embeddings: success ===" in lines
     assert "- search: success" in lines
     assert '"name": "Pixel 9 smartphone"' in out
     assert any(line.startswith("=== vectorize_rag: skipped: set AIRFLOW_CONN_OPENAI_DEFAULT") for line in lines)
+    # One search through the HTTP API (the standalone server), on the project the scheduled DAG left.
+    http = lines.index("=== HTTP API (python -m airflow_vectorize.api, standalone) ===")
+    assert "/api/v1/search?job_name=product_catalog&query=mobile+phone+with+a+good+camera" in lines[http + 1]
+    assert lines[http + 2].startswith("  HTTP 200 in ")
+    assert lines[http + 3] == '    {"product_id": 1, "name": "Pixel 9 smartphone", "rrf_score": ' \
+        + lines[http + 3].split('"rrf_score": ')[1]
     for airflow_output in ("[DAG TEST]", "[info", "Task instance state updated", "Loading weights", "loc="):
         assert airflow_output not in out
 
