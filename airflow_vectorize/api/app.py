@@ -17,7 +17,8 @@ from fastapi import FastAPI
 from airflow_vectorize import __version__
 from airflow_vectorize.api import errors, page
 from airflow_vectorize.api.auth import AirflowAuth, Auth, Authenticate, TokenAuth
-from airflow_vectorize.api.pool import DEFAULT_SIZE, HookPool
+from airflow_vectorize.api.pool import Hooks
+from airflow_vectorize.search_sessions import DEFAULT_SIZE
 from airflow_vectorize.api.routes import Service, router
 
 DESCRIPTION = """\
@@ -28,9 +29,9 @@ Every route takes `conn_id`, the Airflow connection of the database (default `po
 standalone. Errors answer `{"detail": message, "type": exception}`."""
 
 
-def create_app(auth: Auth, pool: HookPool | None = None) -> FastAPI:
+def create_app(auth: Auth, hooks: Hooks | None = None) -> FastAPI:
     app = FastAPI(title="airflow-vectorize API", version=__version__, description=DESCRIPTION)
-    app.state.vectorize = Service(auth, pool or HookPool(pool_size()))
+    app.state.vectorize = Service(auth, hooks or Hooks(pool_size()))
     errors.install(app)
     app.include_router(router)
     app.include_router(page.router)
@@ -50,7 +51,7 @@ def standalone_app() -> FastAPI:
 
 
 def pool_size() -> int:
-    """Database sessions per connection and process: ``VECTORIZE_API_POOL_SIZE`` (default 8)."""
+    """Search sessions per connection and process: ``VECTORIZE_API_POOL_SIZE`` (default 8)."""
     return int(os.environ.get("VECTORIZE_API_POOL_SIZE", DEFAULT_SIZE))
 
 

@@ -25,7 +25,7 @@ from fastapi.responses import Response
 from airflow_vectorize import validation
 from airflow_vectorize.api import filters as filter_grammar
 from airflow_vectorize.api.auth import Access, Auth
-from airflow_vectorize.api.pool import HookPool
+from airflow_vectorize.api.pool import Hooks
 from airflow_vectorize.api.schemas import (
     DEFAULT_WINDOW,
     ERRORS,
@@ -51,10 +51,10 @@ SEARCH_PARAMETERS = ("job_name", "query", "limit", "window_size", "rrf_k", "sema
 
 @dataclass
 class Service:
-    """What the routes share: the authentication, the pool of hooks, the start time."""
+    """What the routes share: the authentication, the hooks, the start time."""
 
     auth: Auth
-    pool: HookPool
+    hooks: Hooks
     started: float = field(default_factory=time.monotonic)
 
     def authorize(self, request: Request, conn_id: str, access: Access, *model_conn_ids: str | None) -> None:
@@ -113,17 +113,17 @@ def _search(request: Request, conn_id: str, job_name: str, query: str, mode: str
     api = service(request)
     api.authorize(request, conn_id, "read")
     validation.check_job_name(job_name)
-    with api.pool.hook(conn_id) as hook:
-        if mode == "vector":
-            rows = hook.search(job_name, query, return_columns=return_columns, num_results=limit,
-                               filters=filters, ef_search=ef_search)
-        else:
-            rows = hook.hybrid_search(
-                job_name, query, return_columns=return_columns, num_results=limit, filters=filters,
-                semantic_weight=semantic_wt, full_text_weight=fts_wt, ef_search=ef_search, rrf_k=rrf_k,
-                candidates=window_size if window_size is not None else max(limit, DEFAULT_WINDOW))
-            for row in rows:  # pg_vectorize's server names it fts_rank
-                row["fts_rank"] = row.pop("full_text_rank")
+    hook = api.hooks.get(conn_id)
+    if mode == "vector":
+        rows = hook.search(job_name, query, return_columns=return_columns, num_results=limit,
+                           filters=filters, ef_search=ef_search)
+    else:
+        rows = hook.hybrid_search(
+            job_name, query, return_columns=return_columns, num_results=limit, filters=filters,
+            semantic_weight=semantic_wt, full_text_weight=fts_wt, ef_search=ef_search, rrf_k=rrf_k,
+            candidates=window_size if window_size is not None else max(limit, DEFAULT_WINDOW))
+        for row in rows:  # pg_vectorize's server names it fts_rank
+            row["fts_rank"] = row.pop("full_text_rank")
     return json_response(rows)
 
 
@@ -134,11 +134,11 @@ def rag(request: Request, body: RagBody, conn_id: str = CONN_ID) -> Response:
     api = service(request)
     api.authorize(request, conn_id, "read", body.chat_conn_id)
     validation.check_job_name(body.job_name)
-    with api.pool.hook(conn_id) as hook:
-        answer = hook.rag(body.job_name, body.query, body.chat_model, chat_conn_id=body.chat_conn_id,
-                          task=body.task, num_context=body.num_context, force_trim=body.force_trim,
-                          filters=filter_grammar.from_body(body.filters), hybrid=body.hybrid,
-                          max_tokens=body.max_tokens, temperature=body.temperature)
+    hook = api.hooks.get(conn_id)
+    answer = hook.rag(body.job_name, body.query, body.chat_model, chat_conn_id=body.chat_conn_id,
+                      task=body.task, num_context=body.num_context, force_trim=body.force_trim,
+                      filters=filter_grammar.from_body(body.filters), hybrid=body.hybrid,
+                      max_tokens=body.max_tokens, temperature=body.temperature)
     return json_response(answer)
 
 
@@ -151,14 +151,14 @@ def create_table(request: Request, body: TableBody, conn_id: str = CONN_ID) -> R
     project's DAG (generation), not by this request."""
     api = service(request)
     api.authorize(request, conn_id, "write", body.model_conn_id)
-    with api.pool.hook(conn_id) as hook:
-        summary = hook.create_project(
-            body.job_name, body.src_table, body.primary_key, body.src_columns, transformer=body.model,
-            schema=body.src_schema, table_method=body.table_method, index_dist_type=body.index_dist_type,
-            schedule=body.schedule, update_col=body.update_time_col, model_conn_id=body.model_conn_id,
-            dimensions=body.dimensions, chunk_size=body.chunk_size, chunk_overlap=body.chunk_overlap,
-            chunker=body.chunker)
-        summary = {"id": hook.get_project(body.job_name)["job_id"], **summary}
+    hook = api.hooks.get(conn_id)
+    summary = hook.create_project(
+        body.job_name, body.src_table, body.primary_key, body.src_columns, transformer=body.model,
+        schema=body.src_schema, table_method=body.table_method, index_dist_type=body.index_dist_type,
+        schedule=body.schedule, update_col=body.update_time_col, model_conn_id=body.model_conn_id,
+        dimensions=body.dimensions, chunk_size=body.chunk_size, chunk_overlap=body.chunk_overlap,
+        chunker=body.chunker)
+    summary = {"id": hook.get_project(body.job_name)["job_id"], **summary}
     return json_response(summary)
 
 
@@ -168,8 +168,8 @@ def drop_table(request: Request, job_name: str = Path(max_length=255), conn_id: 
     api = service(request)
     api.authorize(request, conn_id, "write")
     validation.check_job_name(job_name)
-    with api.pool.hook(conn_id) as hook:
-        summary = hook.drop_project(job_name)
+    hook = api.hooks.get(conn_id)
+    summary = hook.drop_project(job_name)
     return json_response({"job_name": job_name, "message": f"project {job_name!r} dropped", **summary})
 
 
@@ -179,10 +179,10 @@ def list_projects(request: Request, status: bool = Query(True, description="add 
                   conn_id: str = CONN_ID) -> Response:
     api = service(request)
     api.authorize(request, conn_id, "read")
-    with api.pool.hook(conn_id) as hook:
-        entries = hook.list_projects()
-        if status:
-            entries = [_with_status(hook, entry) for entry in entries]
+    hook = api.hooks.get(conn_id)
+    entries = hook.list_projects()
+    if status:
+        entries = [_with_status(hook, entry) for entry in entries]
     return json_response(entries)
 
 
@@ -192,8 +192,8 @@ def get_project(request: Request, job_name: str = Path(max_length=255), conn_id:
     api = service(request)
     api.authorize(request, conn_id, "read")
     validation.check_job_name(job_name)
-    with api.pool.hook(conn_id) as hook:
-        return json_response(_with_status(hook, hook.get_project(job_name)))
+    hook = api.hooks.get(conn_id)
+    return json_response(_with_status(hook, hook.get_project(job_name)))
 
 
 def _with_status(hook: Any, entry: dict[str, Any]) -> dict[str, Any]:
@@ -212,7 +212,7 @@ def health(request: Request, conn_id: str = CONN_ID) -> Response:
     started = time.perf_counter()
     database: dict[str, Any] = {"conn_id": conn_id}
     try:
-        with api.pool.hook(conn_id) as hook, hook.transaction() as cur:
+        with api.hooks.get(conn_id).transaction() as cur:
             cur.execute("SELECT current_setting('server_version'),"
                         " (SELECT extversion FROM pg_extension WHERE extname = 'vector')")
             database["server_version"], database["pgvector"] = cur.fetchone()
@@ -220,7 +220,7 @@ def health(request: Request, conn_id: str = CONN_ID) -> Response:
     except Exception as error:  # noqa: BLE001 - the answer says what failed
         database.update(reachable=False, error=f"{type(error).__name__}: {str(error).strip()}")
     body = {"status": "ok" if database["reachable"] else "unavailable", "database": database,
-            "models": batching.loaded(), "sessions": api.pool.stats(), "auth": api.auth.mode,
+            "models": batching.loaded(), "search_sessions": api.hooks.stats(), "auth": api.auth.mode,
             "uptime_seconds": round(time.monotonic() - api.started, 1)}
     return json_response(body, status_code=200 if database["reachable"] else 503)
 

@@ -26,6 +26,7 @@ from airflow_vectorize.exceptions import (
 )
 from airflow_vectorize.models import batching
 from airflow_vectorize.models.openai_compatible import positive_int
+from airflow_vectorize.search_sessions import SessionPool
 
 
 DROP_ATTEMPTS = 3
@@ -43,6 +44,9 @@ class VectorizeHook(PostgresHook):
         transaction only).
     :param batch_queries: search queries embedded at the same time by this process's hooks (in other
         threads) go to the model in one call (:mod:`airflow_vectorize.models.batching`); for servers.
+    :param search_sessions: searches borrow a database session from this pool, shared with the hooks of
+        other threads, only to run their statement (:mod:`airflow_vectorize.search_sessions`); by default
+        the hook keeps one search connection of its own.
     """
 
     conn_name_attr = "postgres_conn_id"
@@ -52,11 +56,12 @@ class VectorizeHook(PostgresHook):
 
     def __init__(
         self, postgres_conn_id: str = default_conn_name, *, index_build_memory: str = "1GB",
-        batch_queries: bool = False, **kwargs: Any
+        batch_queries: bool = False, search_sessions: SessionPool | None = None, **kwargs: Any
     ) -> None:
         super().__init__(postgres_conn_id=postgres_conn_id, **kwargs)
         self.index_build_memory = index_build_memory
         self.batch_queries = batch_queries
+        self.search_sessions = search_sessions
         self._search_conn: psycopg.Connection | None = None
         self._search_cache: dict[str, searching.SearchTarget] = {}
         self._query_models: dict[tuple, models.EmbeddingModel] = {}
@@ -538,11 +543,31 @@ class VectorizeHook(PostgresHook):
             self._search_cache.clear()
         return self._search_conn
 
+    @contextmanager
+    def _session(self) -> Iterator[searching.SearchSession]:
+        """A search session for one statement: borrowed from ``search_sessions``, or the hook's own."""
+        if self.search_sessions is not None:
+            with self.search_sessions.borrow() as session:
+                yield session
+            return
+        if self._search_conn is None or self._search_conn.closed:
+            self._search_connection()
+        yield self._search_session
+
+    def _iterative_scans(self) -> bool:
+        """Whether the search sessions scan HNSW indexes iteratively (pgvector >= 0.8)."""
+        if self.search_sessions is None:
+            self._search_connection()
+            return searching.ITERATIVE_SCAN in self._search_session.baseline
+        if self.search_sessions.baseline is None:
+            with self.search_sessions.borrow():
+                pass
+        return searching.ITERATIVE_SCAN in self.search_sessions.baseline
+
     def _search_target(self, job_name: str, refresh: bool = False) -> searching.SearchTarget:
         """The project as searches see it, looked up once per hook (``refresh`` looks again)."""
-        conn = self._search_connection()
         if refresh or job_name not in self._search_cache:
-            with conn.transaction(), conn.cursor() as cur:
+            with self._session() as session, session.conn.transaction(), session.conn.cursor() as cur:
                 self._search_cache[job_name] = searching.search_target(cur, self._project(cur, job_name))
         return self._search_cache[job_name]
 
@@ -556,35 +581,40 @@ class VectorizeHook(PostgresHook):
 
         The usual call (open connection, cached entry, rows found) costs one statement: the entry's
         built searches are reused (``SearchTarget.queries``) and settings such as ``hnsw.ef_search`` are
-        given to the connection's session only when they change."""
-        conn = self._search_conn
-        if conn is None or conn.closed:
-            conn = self._search_connection()
+        given to the connection's session only when they change. The search is built (its query embedded)
+        before a session is taken."""
+        if self.search_sessions is None and (self._search_conn is None or self._search_conn.closed):
+            self._search_connection()  # a new connection forgets the looked-up projects
         target = self._search_cache.get(job_name) or self._search_target(job_name)
+        search = build(target)
         rerun = False
-        try:
-            search = build(target)
-            rows = searching.run(conn, search, self._search_session)
-            target.follow(search)
-        except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):  # storage changed since
-            rows = []
-        except psycopg.errors.FeatureNotSupported:  # "cached plan must not change result type"
-            conn.close()  # its prepared statements go with it
-            rows, rerun = [], True
-        except psycopg.OperationalError as error:  # lost a deadlock to drop_project, or the session ended
-            if not (isinstance(error, psycopg.errors.DeadlockDetected) or _session_ended(error)):
-                raise
-            rows, rerun = [], True  # look again, on a new connection if the server closed this one
+        with self._session() as session:
+            try:
+                rows = searching.run(session.conn, search, session)
+                target.follow(search)
+            except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):  # storage changed since
+                rows = []
+            except psycopg.errors.FeatureNotSupported:  # "cached plan must not change result type"
+                session.conn.close()  # its prepared statements go with it
+                rows, rerun = [], True
+            except psycopg.OperationalError as error:  # lost a deadlock to drop_project, or the session ended
+                if not (isinstance(error, psycopg.errors.DeadlockDetected) or _session_ended(error)):
+                    raise
+                rows, rerun = [], True  # look again, on a new connection if the server closed this one
         if not rows:
             fresh = self._search_target(job_name, refresh=True)
             if rerun or fresh.project.job_id != target.project.job_id:
-                try:
-                    search = build(fresh)
-                    rows = searching.run(self._search_connection(), search, self._search_session)
-                    fresh.follow(search)
-                except psycopg.errors.UndefinedTable:  # dropped while this search waited for it
+                search = build(fresh)
+                dropped = None
+                with self._session() as session:
+                    try:
+                        rows = searching.run(session.conn, search, session)
+                        fresh.follow(search)
+                    except psycopg.errors.UndefinedTable as error:  # dropped while this search waited for it
+                        dropped = error
+                if dropped is not None:
                     self._search_target(job_name, refresh=True)  # ProjectNotFoundError once it is gone
-                    raise
+                    raise dropped
         return rows
 
     def search(
@@ -616,7 +646,7 @@ class VectorizeHook(PostgresHook):
             last[:] = [searching.vector_search_query(
                 target, vector[0] if vector else query, return_columns, num_results, filters, ef_search,
                 chunks_per_row=chunks_per_row,
-                single_pass=single_pass and searching.ITERATIVE_SCAN in self._search_session.baseline)]
+                single_pass=single_pass and self._iterative_scans())]
             return last[0]
 
         rows = self._run_search(job_name, build)

@@ -1,0 +1,270 @@
+"""``python -m bench.api``: the HTTP API under load (``make bench-api``): 1 / 8 / 32 concurrent clients for 60 s
+each, against the standalone server and the app mounted in Airflow's api-server, on a project of 100k rows.
+
+One Airflow deployment (scripts/deployment.py, LocalExecutor; its embedded PostgreSQL holds the project data
+too); the standalone server (``python -m airflow_vectorize.api``) serves the same database. The project: the
+bench's product catalogue with clustered pre-computed embeddings (``bench.data``) imported and indexed (HNSW,
+cosine); queries are product-like sentences, each embedded by the server with the real model (so the vectors
+of the table are synthetic: cost, not relevance, is measured). Searches are vector searches (``mode=vector``)
+so that ``hook.search`` is the baseline, and, for the record, one hybrid level.
+
+Per level: requests/s, p50 / p99 latency, errors (anything but a 200 with a JSON array), the server's RSS at
+start and end, CPU seconds of the server, PostgreSQL and the client, and the batcher's statistics (texts per
+model call) from ``/health``. The baseline: ``hook.search`` in this process, one query at a time, interleaved
+with single HTTP requests to each server (same queries, same project, alternating order).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.data import ADJECTIVES, CATEGORIES, FEATURES, USES, VectorSpace, create_embeddings_table, \
+    create_products, make_dataset
+from bench.measure import median, percentile
+from bench.output import add_output_arguments, write_results
+from bench.session import log, prepare_environment
+
+JOB = "api_bench"
+TABLE = "api_products"
+SEARCH = "/api/v1/search"
+
+
+def queries(count: int = 500) -> list[str]:
+    """Product-like questions, all different."""
+    nouns = [noun for nouns in CATEGORIES.values() for noun in nouns]
+    out = []
+    for i in range(count):
+        out.append(f"{ADJECTIVES[i % len(ADJECTIVES)]} {nouns[(i * 7) % len(nouns)]} with"
+                   f" {FEATURES[(i * 3) % len(FEATURES)]} for {USES[(i * 5) % len(USES)]}")
+    return out
+
+
+def prepare(deployment: Any, rows: int) -> None:
+    """The catalogue, its embeddings and the project (import builds the HNSW index) in the data database."""
+    import psycopg
+    from pgvector.psycopg import register_vector
+
+    data = make_dataset(rows, VectorSpace(), seed=11)
+    uri = deployment.env["AIRFLOW_CONN_POSTGRES_DEFAULT"]
+    with psycopg.connect(uri, autocommit=True) as conn:
+        register_vector(conn)
+        conn.execute(f"DROP TABLE IF EXISTS {TABLE}, {TABLE}_embeddings")
+        create_products(conn, data, TABLE)
+        create_embeddings_table(conn, f"{TABLE}_embeddings", data.product_ids, data.embeddings)
+    hook = deployment.hook()
+    hook.drop_project(JOB, missing_ok=True)
+    hook.create_project(JOB, TABLE, "product_id", ["name", "description"])
+    summary = hook.import_embeddings(JOB, f"{TABLE}_embeddings", "product_id", "embedding")
+    log(f"project {JOB}: {summary['imported']:,} embeddings imported in {summary['seconds']:.1f} s")
+
+
+def tree(pid: int) -> list:
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def rss(pid: int) -> int:
+    total = 0
+    for proc in tree(pid):
+        try:
+            total += proc.memory_info().rss
+        except Exception:  # noqa: BLE001 - a child that just ended
+            pass
+    return total
+
+
+def cpu(pid: int) -> float:
+    total = 0.0
+    for proc in tree(pid):
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system
+        except Exception:  # noqa: BLE001
+            pass
+    return total
+
+
+class Target:
+    """A server under test: its search URL, token, and the process whose tree serves it."""
+
+    def __init__(self, name: str, base_url: str, token: str, pid: int) -> None:
+        self.name, self.base_url, self.token, self.pid = name, base_url, token, pid
+
+    def health(self) -> dict[str, Any]:
+        import httpx
+
+        return httpx.get(self.base_url + "/health", headers={"Authorization": f"Bearer {self.token}"},
+                         timeout=60).json()
+
+
+def batch_stats(target: Target) -> dict[str, Any]:
+    models = target.health().get("models", {})
+    return next(iter(models.values()), {})
+
+
+def level(target: Target, clients: int, seconds: float, postmaster: int, mode: str = "vector") -> dict[str, Any]:
+    """One load level: ``clients`` clients for ``seconds`` seconds."""
+    before = {"rss": rss(target.pid), "server_cpu": cpu(target.pid), "postgres_cpu": cpu(postmaster),
+              "batches": batch_stats(target), "wall": time.monotonic()}
+    command = [sys.executable, "-m", "bench.load_client", "--url", target.base_url + SEARCH, "--token",
+               target.token, "--job-name", JOB, "--queries", json.dumps(queries()), "--clients", str(clients),
+               "--seconds", str(seconds), "--mode", mode]
+    client = subprocess.Popen(command, stdout=subprocess.PIPE, cwd=ROOT)
+    import psutil
+
+    client_proc = psutil.Process(client.pid)
+    client_cpu = 0.0
+    out, _ = client.communicate()
+    try:
+        client_cpu = sum(client_proc.cpu_times()[:2])
+    except psutil.NoSuchProcess:
+        pass
+    wall = time.monotonic() - before["wall"]
+    result = json.loads(out)
+    after_batches = batch_stats(target)
+    requests = result["requests"]
+    latencies = [d * 1000 for _, d, status in requests if status == 200]
+    errors = [status for _, _, status in requests if status != 200]
+    model_calls = after_batches.get("model_calls", 0) - before["batches"].get("model_calls", 0)
+    texts = after_batches.get("texts", 0) - before["batches"].get("texts", 0)
+    duration = result["end"] - result["begin"]
+    row = {
+        "server": target.name, "mode": mode, "clients": clients, "seconds": round(duration, 1),
+        "requests": len(requests), "errors": len(errors), "error_statuses": sorted(set(errors)),
+        "requests_per_second": round(len(latencies) / duration, 1),
+        "p50_ms": round(median(latencies), 2) if latencies else None,
+        "p99_ms": round(percentile(latencies, 99), 2) if latencies else None,
+        "rss_mb_start": round(before["rss"] / 2 ** 20, 1), "rss_mb_end": round(rss(target.pid) / 2 ** 20, 1),
+        "cpu_cores": {  # average busy cores over the level
+            "server": round((cpu(target.pid) - before["server_cpu"]) / wall, 2),
+            "postgres": round((cpu(postmaster) - before["postgres_cpu"]) / wall, 2),
+            "client": round(client_cpu / wall, 2)},
+        "texts_per_model_call": round(texts / model_calls, 2) if model_calls else None,
+    }
+    log(f"{target.name} {mode} {clients:>2} clients: {row['requests_per_second']:7.1f} req/s, p50"
+        f" {row['p50_ms']} ms, p99 {row['p99_ms']} ms, {row['errors']} errors, {row['texts_per_model_call']}"
+        f" texts/model call, cores {row['cpu_cores']}, RSS {row['rss_mb_start']} -> {row['rss_mb_end']} MB")
+    return row
+
+
+def baseline(deployment: Any, targets: list[Target], count: int) -> dict[str, Any]:
+    """p50 of ``hook.search`` here and of one HTTP request at a time to each server, interleaved."""
+    import httpx
+
+    hook = deployment.hook()
+    texts = queries()
+    clients = {t.name: httpx.Client(base_url=t.base_url, headers={"Authorization": f"Bearer {t.token}"},
+                                    timeout=60) for t in targets}
+    for i in range(20):  # warm: model loaded, statements prepared, connections open
+        hook.search(JOB, texts[i], num_results=10)
+        for t in targets:
+            clients[t.name].get(SEARCH, params={"job_name": JOB, "query": texts[i], "mode": "vector"})
+    times: dict[str, list[float]] = {"hook.search": [], **{t.name: [] for t in targets}}
+    for i in range(count):
+        text = texts[(i + 20) % len(texts)]
+        order = ["hook.search", *[t.name for t in targets]]
+        if i % 2:
+            order.reverse()
+        for name in order:
+            started = time.perf_counter()
+            if name == "hook.search":
+                hook.search(JOB, text, num_results=10)
+            else:
+                response = clients[name].get(SEARCH, params={"job_name": JOB, "query": text, "mode": "vector"})
+                response.raise_for_status()
+            times[name].append((time.perf_counter() - started) * 1000)
+    for client in clients.values():
+        client.close()
+    result = {name: {"p50_ms": round(median(v), 3), "p99_ms": round(percentile(v, 99), 3)}
+              for name, v in times.items()}
+    for t in targets:
+        result[t.name]["over_hook_ms"] = round(result[t.name]["p50_ms"] - result["hook.search"]["p50_ms"], 3)
+    log(f"1 at a time ({count} queries, interleaved): " + ", ".join(
+        f"{name} p50 {r['p50_ms']} ms" for name, r in result.items()))
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m bench.api", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=100_000, help="rows of the project (100000)")
+    parser.add_argument("--seconds", type=float, default=60, help="seconds per load level (60)")
+    parser.add_argument("--clients", default="1,8,32", help="comma-separated client counts (1,8,32)")
+    parser.add_argument("--baseline-queries", type=int, default=300, help="queries of the 1-at-a-time p50 (300)")
+    parser.add_argument("--pool-size", type=int, default=8, help="VECTORIZE_API_POOL_SIZE of both servers (8)")
+    add_output_arguments(parser, "api")
+    args = parser.parse_args(argv)
+    counts = [int(n) for n in args.clients.split(",") if n.strip()]
+    prepare_environment()
+    from scripts.api_server import ApiServer
+    from scripts.deployment import AirflowDeployment
+
+    started = time.perf_counter()
+    # The api-server logs every request at INFO (a line per search): not what is measured.
+    env = {"VECTORIZE_API_POOL_SIZE": str(args.pool_size), "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING"}
+    rows: list[dict[str, Any]] = []
+    with AirflowDeployment("LocalExecutor", env=env) as deployment:
+        prepare(deployment, args.rows)
+        token = secrets.token_urlsafe(24)
+        standalone = ApiServer({"postgres_default": deployment.env["AIRFLOW_CONN_POSTGRES_DEFAULT"]},
+                               tokens=[token], env=env).start()
+        try:
+            standalone.wait(120)
+            api_server = next(c for c in deployment.components if c.name == "api-server")
+            targets = [Target("standalone", standalone.url, token, standalone.process.pid),
+                       Target("mounted", deployment.api_url + "/vectorize", deployment.token(),
+                              api_server.process.pid)]
+            postmaster = int((deployment.postgres.data_dir / "postmaster.pid").read_text().split()[0])
+            one_at_a_time = baseline(deployment, targets, args.baseline_queries)
+            start_rss = {t.name: rss(t.pid) for t in targets}
+            for target in targets:
+                for clients in counts:
+                    rows.append(level(target, clients, args.seconds, postmaster))
+                rows.append(level(target, max(counts), args.seconds / 2, postmaster, mode="hybrid"))
+            end_rss = {t.name: rss(t.pid) for t in targets}
+        finally:
+            standalone.stop()
+
+    summary = {}
+    for target in ("standalone", "mounted"):
+        levels = {r["clients"]: r for r in rows if r["server"] == target and r["mode"] == "vector"}
+        low, high = levels[min(counts)], levels[max(counts)]
+        summary[target] = {
+            "errors": sum(r["errors"] for r in rows if r["server"] == target),
+            "http_p50_over_hook_ms": one_at_a_time[target]["over_hook_ms"],
+            "throughput_gain": round(high["requests_per_second"] / low["requests_per_second"], 2),
+            "p99_over_p50": {c: round(r["p99_ms"] / r["p50_ms"], 2) for c, r in levels.items()},
+            "rss_growth": round(end_rss[target] / start_rss[target], 3),
+        }
+        log(f"{target}: {summary[target]}")
+    meta = {"generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": "python -m bench.api " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "environment": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                            "load_average_after": os.getloadavg()},
+            "wall_seconds": round(time.perf_counter() - started, 1)}
+    results = {"one_at_a_time": one_at_a_time, "levels": rows, "summary": summary}
+    path = write_results(args, "api", meta, results)
+    log(f"results: {path}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
