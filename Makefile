@@ -50,7 +50,7 @@ bench: $(VENV)/.installed $(INFINITY_VENV)/.installed
 
 # A real Airflow 3 (scheduler, dag-processor, triggerer, api-server; metadata DB on the embedded PostgreSQL)
 # runs the example DAGs through the scheduler and prints their outcome from the REST API (scripts/deployment.py).
-.PHONY: deployment deployment-celery bench-backfill
+.PHONY: deployment deployment-celery bench-backfill bench-api
 deployment: $(VENV)/.installed
 	$(PY) scripts/deployment.py --executor LocalExecutor
 
@@ -60,3 +60,7 @@ deployment-celery: $(VENV)/.installed
 # Backfill throughput through CeleryExecutor at 1, 2 and 4 workers (bench/backfill.py).
 bench-backfill: $(VENV)/.installed
 	$(PY) -m bench.backfill
+
+# The HTTP API under load: 1 / 8 / 32 clients, standalone and mounted in Airflow's api-server (bench/api.py).
+bench-api: $(VENV)/.installed
+	$(PY) -m bench.api

@@ -10,8 +10,8 @@ so that ``hook.search`` is the baseline, and, for the record, one hybrid level.
 
 Per level: requests/s, p50 / p99 latency, errors (anything but a 200 with a JSON array), the server's RSS at
 start and end, CPU seconds of the server, PostgreSQL and the client, and the batcher's statistics (texts per
-model call) from ``/health``. The baseline: ``hook.search`` in this process, one query at a time, interleaved
-with single HTTP requests to each server (same queries, same project, alternating order).
+model call) from ``/health``. The baseline: ``hook.search`` in this process, one query at a time, and single
+HTTP requests to each server (same queries, same project), in blocks taking turns (see ``baseline``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import secrets
 import subprocess
 import sys
@@ -68,6 +69,9 @@ def prepare(deployment: Any, rows: int) -> None:
     hook.drop_project(JOB, missing_ok=True)
     hook.create_project(JOB, TABLE, "product_id", ["name", "description"])
     summary = hook.import_embeddings(JOB, f"{TABLE}_embeddings", "product_id", "embedding")
+    with psycopg.connect(uri, autocommit=True) as conn:  # no autovacuum of the fresh rows while measuring
+        conn.execute(f"VACUUM (ANALYZE) {TABLE}")
+        conn.execute(f"VACUUM (ANALYZE) vectorize._embeddings_{JOB}")
     log(f"project {JOB}: {summary['imported']:,} embeddings imported in {summary['seconds']:.1f} s")
 
 
@@ -127,21 +131,17 @@ def level(target: Target, clients: int, seconds: float, postmaster: int, mode: s
     command = [sys.executable, "-m", "bench.load_client", "--url", target.base_url + SEARCH, "--token",
                target.token, "--job-name", JOB, "--queries", json.dumps(queries()), "--clients", str(clients),
                "--seconds", str(seconds), "--mode", mode]
-    client = subprocess.Popen(command, stdout=subprocess.PIPE, cwd=ROOT)
-    import psutil
-
-    client_proc = psutil.Process(client.pid)
-    client_cpu = 0.0
-    out, _ = client.communicate()
-    try:
-        client_cpu = sum(client_proc.cpu_times()[:2])
-    except psutil.NoSuchProcess:
-        pass
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = subprocess.run(command, stdout=subprocess.PIPE, cwd=ROOT, check=True).stdout
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # the client's CPU, once it has ended
+    client_cpu = usage.ru_utime + usage.ru_stime - children.ru_utime - children.ru_stime
     wall = time.monotonic() - before["wall"]
     result = json.loads(out)
     after_batches = batch_stats(target)
     requests = result["requests"]
     latencies = [d * 1000 for _, d, status in requests if status == 200]
+    slow = [(round(at, 2), round(d * 1000)) for at, d, status in requests
+            if status == 200 and latencies and d * 1000 > 5 * median(latencies)]
     errors = [status for _, _, status in requests if status != 200]
     model_calls = after_batches.get("model_calls", 0) - before["batches"].get("model_calls", 0)
     texts = after_batches.get("texts", 0) - before["batches"].get("texts", 0)
@@ -152,6 +152,7 @@ def level(target: Target, clients: int, seconds: float, postmaster: int, mode: s
         "requests_per_second": round(len(latencies) / duration, 1),
         "p50_ms": round(median(latencies), 2) if latencies else None,
         "p99_ms": round(percentile(latencies, 99), 2) if latencies else None,
+        "slow_requests": len(slow), "first_slow": slow[:10],  # (s into the level, ms): over 5x the p50
         "rss_mb_start": round(before["rss"] / 2 ** 20, 1), "rss_mb_end": round(rss(target.pid) / 2 ** 20, 1),
         "cpu_cores": {  # average busy cores over the level
             "server": round((cpu(target.pid) - before["server_cpu"]) / wall, 2),
@@ -161,43 +162,66 @@ def level(target: Target, clients: int, seconds: float, postmaster: int, mode: s
     }
     log(f"{target.name} {mode} {clients:>2} clients: {row['requests_per_second']:7.1f} req/s, p50"
         f" {row['p50_ms']} ms, p99 {row['p99_ms']} ms, {row['errors']} errors, {row['texts_per_model_call']}"
-        f" texts/model call, cores {row['cpu_cores']}, RSS {row['rss_mb_start']} -> {row['rss_mb_end']} MB")
+        f" texts/model call, cores {row['cpu_cores']}, RSS {row['rss_mb_start']} -> {row['rss_mb_end']} MB,"
+        f" {len(slow)} over 5x p50 {slow[:5]}")
     return row
 
 
-def baseline(deployment: Any, targets: list[Target], count: int) -> dict[str, Any]:
-    """p50 of ``hook.search`` here and of one HTTP request at a time to each server, interleaved."""
-    import httpx
+def baseline(deployment: Any, targets: list[Target], count: int, block: int = 50) -> dict[str, Any]:
+    """p50 of ``hook.search`` here and of one HTTP request at a time to each server (a keep-alive
+    ``http.client`` connection): the same queries, in blocks of ``block`` queries taking turns (hook, each
+    server, then the reverse order), ``count`` queries each.
+
+    Blocks, not single queries in turn: this process and the servers each run torch, whose idle OpenMP threads
+    spin for a while after a forward pass; a query right after another process's measured ~1-1.5 ms slower (at
+    10k rows: 13.1 / 15.8 ms interleaved query by query, 11.3 / 12.7 ms in runs of their own)."""
+    import http.client
+    from urllib.parse import urlencode, urlsplit
 
     hook = deployment.hook()
     texts = queries()
-    clients = {t.name: httpx.Client(base_url=t.base_url, headers={"Authorization": f"Bearer {t.token}"},
-                                    timeout=60) for t in targets}
-    for i in range(20):  # warm: model loaded, statements prepared, connections open
-        hook.search(JOB, texts[i], num_results=10)
-        for t in targets:
-            clients[t.name].get(SEARCH, params={"job_name": JOB, "query": texts[i], "mode": "vector"})
-    times: dict[str, list[float]] = {"hook.search": [], **{t.name: [] for t in targets}}
-    for i in range(count):
-        text = texts[(i + 20) % len(texts)]
-        order = ["hook.search", *[t.name for t in targets]]
-        if i % 2:
-            order.reverse()
-        for name in order:
+    connections = {t.name: http.client.HTTPConnection("127.0.0.1", urlsplit(t.base_url).port, timeout=60)
+                   for t in targets}
+    paths = {t.name: urlsplit(t.base_url).path + SEARCH for t in targets}
+
+    def run(name: str, text: str) -> float:
+        """Milliseconds of one search (a request again on a new connection when the server had closed the
+        idle one: uvicorn closes keep-alive connections idle for 5 s)."""
+        started = time.perf_counter()
+        if name == "hook.search":
+            hook.search(JOB, text, num_results=10)
+            return (time.perf_counter() - started) * 1000
+        target = next(t for t in targets if t.name == name)
+        path = f"{paths[name]}?" + urlencode({"job_name": JOB, "query": text, "mode": "vector", "limit": 10})
+        try:
+            connections[name].request("GET", path, headers={"Authorization": f"Bearer {target.token}"})
+            response = connections[name].getresponse()
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            connections[name].close()
             started = time.perf_counter()
-            if name == "hook.search":
-                hook.search(JOB, text, num_results=10)
-            else:
-                response = clients[name].get(SEARCH, params={"job_name": JOB, "query": text, "mode": "vector"})
-                response.raise_for_status()
-            times[name].append((time.perf_counter() - started) * 1000)
-    for client in clients.values():
-        client.close()
-    result = {name: {"p50_ms": round(median(v), 3), "p99_ms": round(percentile(v, 99), 3)}
+            connections[name].request("GET", path, headers={"Authorization": f"Bearer {target.token}"})
+            response = connections[name].getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"{name}: HTTP {response.status} {body[:300]!r}")
+        return (time.perf_counter() - started) * 1000
+
+    names = ["hook.search", *[t.name for t in targets]]
+    for i in range(20):  # warm: model loaded, statements prepared, connections open
+        for name in names:
+            run(name, texts[i])
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(max(1, count // block)):
+        for name in (names if round_ % 2 == 0 else names[::-1]):
+            for i in range(block):
+                times[name].append(run(name, texts[(round_ * block + i + 20) % len(texts)]))
+    for connection in connections.values():
+        connection.close()
+    result = {name: {"p50_ms": round(median(v), 3), "p99_ms": round(percentile(v, 99), 3), "queries": len(v)}
               for name, v in times.items()}
     for t in targets:
         result[t.name]["over_hook_ms"] = round(result[t.name]["p50_ms"] - result["hook.search"]["p50_ms"], 3)
-    log(f"1 at a time ({count} queries, interleaved): " + ", ".join(
+    log(f"1 at a time ({len(times['hook.search'])} queries each, blocks of {block}): " + ", ".join(
         f"{name} p50 {r['p50_ms']} ms" for name, r in result.items()))
     return result
 
@@ -207,7 +231,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rows", type=int, default=100_000, help="rows of the project (100000)")
     parser.add_argument("--seconds", type=float, default=60, help="seconds per load level (60)")
     parser.add_argument("--clients", default="1,8,32", help="comma-separated client counts (1,8,32)")
-    parser.add_argument("--baseline-queries", type=int, default=300, help="queries of the 1-at-a-time p50 (300)")
+    parser.add_argument("--baseline-queries", type=int, default=400,
+                        help="queries of the 1-at-a-time p50, per side (400)")
     parser.add_argument("--pool-size", type=int, default=8, help="VECTORIZE_API_POOL_SIZE of both servers (8)")
     add_output_arguments(parser, "api")
     args = parser.parse_args(argv)
@@ -220,7 +245,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # The api-server logs every request at INFO (a line per search): not what is measured.
     env = {"VECTORIZE_API_POOL_SIZE": str(args.pool_size), "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING"}
     rows: list[dict[str, Any]] = []
-    with AirflowDeployment("LocalExecutor", env=env) as deployment:
+    # torch_threads=None: the api-server's torch on every core, as the standalone server's (no task runs here)
+    with AirflowDeployment("LocalExecutor", env=env, torch_threads=None) as deployment:
         prepare(deployment, args.rows)
         token = secrets.token_urlsafe(24)
         standalone = ApiServer({"postgres_default": deployment.env["AIRFLOW_CONN_POSTGRES_DEFAULT"]},

@@ -402,6 +402,12 @@ def test_hostile_input_is_refused_and_changes_nothing(api):
                         json={"job_name": "products", "query": "x\x00y", "mode": "hybrid"}).status_code,
         api.client.post(SEARCH, params={"conn_id": "api_db"},
                         json={"job_name": "products", "query": "x", "filters": {"category": "a\x00b"}}).status_code,
+        # JSON escapes of lone surrogates: not text the model or PostgreSQL takes
+        api.client.post(SEARCH, params={"conn_id": "api_db"}, content=b'{"job_name": "products", "query": "\\ud800"}',
+                        headers={"Content-Type": "application/json"}).status_code,
+        api.client.post(SEARCH, params={"conn_id": "api_db"}, headers={"Content-Type": "application/json"},
+                        content=b'{"job_name": "products", "query": "x", "filters": {"category": "\\udfff"}}',
+                        ).status_code,
     ]
     assert all(400 <= status < 500 for status in statuses), statuses
     long_get = api.client.get(SEARCH, params={"conn_id": "api_db", "job_name": "products", "query": "x" * 60_000})
@@ -493,3 +499,21 @@ def test_the_page_signs_in_with_a_token_and_asks(api, chat_server, embedding_ser
             assert 0 < float(first.locator("td").nth(1).inner_text()) <= 1  # its similarity_score
         finally:
             browser.close()
+
+
+@pytest.mark.parametrize(("variables", "message"), [
+    ({}, "refusing to start without authentication: set VECTORIZE_API_TOKENS"),
+    ({"VECTORIZE_API_TOKENS": "short"}, "tokens must have at least 16 characters"),
+    ({"VECTORIZE_API_TOKENS": "x" * 20, "VECTORIZE_API_CONN_IDS": " , "}, "no connections allowed"),
+])
+def test_standalone_never_starts_open(variables, message):
+    """Without (good) tokens the server does not start, and says why in one line."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VECTORIZE_API_")}
+    result = subprocess.run([sys.executable, "-m", "airflow_vectorize.api", "--port", str(free_port())],
+                            env={**env, **variables}, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert result.stderr.startswith("airflow-vectorize API: ")

@@ -11,18 +11,21 @@ model, server errors past retries, bad answers)
 DatabaseConnectionError, database unreachable    503
 =============================================  ======
 
-Messages are the project's own: they name the project, the connection and the model, never a key. Anything
-else is a defect: 500 with a generic message, the traceback in the server's log.
+Messages are the project's own: they name the project, the connection and the model, never a key. A request
+of the wrong shape is FastAPI's 422 (the fields and what was wrong, not the input echoed back). Anything else
+is a defect: 500 with a generic message, the traceback in the server's log.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 
 import psycopg
 from airflow.exceptions import AirflowNotFoundException
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
 
 from airflow_vectorize.exceptions import (
     DatabaseConnectionError,
@@ -73,6 +76,13 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> JSONResponse:
         return answer(error.status, error.detail, error.kind, error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError) -> Response:
+        # FastAPI's 422, without echoing the input (a 1 MB query, text that is not valid Unicode)
+        errors = [{k: v for k, v in e.items() if k != "input"} for e in error.errors()]
+        body = {"detail": errors, "type": "RequestValidationError"}
+        return Response(json.dumps(body, default=str), status_code=422, media_type="application/json")
 
     @app.exception_handler(VectorizeError)
     async def vectorize_error(request: Request, error: VectorizeError) -> JSONResponse:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from airflow_vectorize.catalog import DEFAULT_TRANSFORMER
 
@@ -20,6 +20,26 @@ MAX_CONTEXT = 100
 DEFAULT_WINDOW = 50  # pg_vectorize's server: 5 x its default limit
 
 Mode = Literal["hybrid", "vector"]
+
+
+def encodable(value: Any) -> Any:
+    """``value`` (a text, or texts nested in lists and objects) if all of it can be UTF-8: JSON's ``\\ud800``
+    escapes make lone surrogates, which neither the model nor PostgreSQL takes."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise ValueError(f"text with a lone surrogate (\\u{ord(value[error.start]):04x}) is not valid Unicode")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            encodable(key)
+            encodable(item)
+    elif isinstance(value, list):
+        for item in value:
+            encodable(item)
+    return value
+
+
 FILTERS_DESCRIPTION = (
     "Filters on source columns: {column: value} (equality), {column: {op: value}} with op eq, ne, gt, gte, lt,"
     " lte, in (a list), or pg_vectorize's \"op.value\" strings (eq, gt, gte, lt, lte). Values are bound"
@@ -28,6 +48,11 @@ FILTERS_DESCRIPTION = (
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _encodable(cls, value: Any) -> Any:
+        return encodable(value)
 
 
 class SearchBody(Strict):
