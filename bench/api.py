@@ -32,8 +32,16 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.data import ADJECTIVES, CATEGORIES, FEATURES, USES, VectorSpace, create_embeddings_table, \
-    create_products, make_dataset
+from bench.data import (
+    ADJECTIVES,
+    CATEGORIES,
+    FEATURES,
+    USES,
+    VectorSpace,
+    create_embeddings_table,
+    create_products,
+    make_dataset,
+)
 from bench.measure import median, percentile
 from bench.output import add_output_arguments, write_results
 from bench.session import log, prepare_environment
@@ -226,6 +234,24 @@ def baseline(deployment: Any, targets: list[Target], count: int, block: int = 50
     return result
 
 
+def model_ceiling(batch_sizes: tuple[int, ...] = (1, 4, 16, 32), seconds: float = 3.0) -> dict[int, float]:
+    """Queries per second of the bare model (``LocalModel.embed``, this process) at each batch size: what the
+    servers' model thread can do at most at the batch sizes it gets."""
+    from airflow_vectorize.catalog import DEFAULT_TRANSFORMER
+    from airflow_vectorize.models.local import load_model
+
+    model, texts = load_model(DEFAULT_TRANSFORMER), queries()
+    ceiling = {}
+    for size in batch_sizes:
+        done, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            model.embed(texts[done % 400:done % 400 + size])
+            done += size
+        ceiling[size] = round(done / (time.perf_counter() - started), 1)
+    log("the bare model, queries/s by batch size: " + ", ".join(f"{k}: {v}" for k, v in ceiling.items()))
+    return ceiling
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m bench.api", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=100_000, help="rows of the project (100000)")
@@ -259,6 +285,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               api_server.process.pid)]
             postmaster = int((deployment.postgres.data_dir / "postmaster.pid").read_text().split()[0])
             one_at_a_time = baseline(deployment, targets, args.baseline_queries)
+            ceiling = model_ceiling()
             start_rss = {t.name: rss(t.pid) for t in targets}
             for target in targets:
                 for clients in counts:
@@ -286,7 +313,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "environment": {"python": platform.python_version(), "cpus": os.cpu_count(),
                             "load_average_after": os.getloadavg()},
             "wall_seconds": round(time.perf_counter() - started, 1)}
-    results = {"one_at_a_time": one_at_a_time, "levels": rows, "summary": summary}
+    results = {"one_at_a_time": one_at_a_time, "model_queries_per_second": ceiling, "levels": rows,
+               "summary": summary}
     path = write_results(args, "api", meta, results)
     log(f"results: {path}")
     return results

@@ -6,6 +6,7 @@ import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,8 +51,9 @@ def postgres() -> Iterator[EmbeddedPostgres]:
         yield server
 
 
-@pytest.fixture
-def database(postgres: EmbeddedPostgres) -> Iterator[Database]:
+@contextmanager
+def fresh_database(postgres: EmbeddedPostgres) -> Iterator[Database]:
+    """A new database (pgvector installed), the Airflow connection of its name, dropped afterwards."""
     name = f"t_{uuid.uuid4().hex[:12]}"
     uri = postgres.create_database(name)
     postgres.use_as_airflow_connection(name, name)
@@ -63,6 +65,12 @@ def database(postgres: EmbeddedPostgres) -> Iterator[Database]:
         conn.close()
         os.environ.pop(f"AIRFLOW_CONN_{name.upper()}", None)
         postgres.drop_database(name)
+
+
+@pytest.fixture
+def database(postgres: EmbeddedPostgres) -> Iterator[Database]:
+    with fresh_database(postgres) as db:
+        yield db
 
 
 @pytest.fixture

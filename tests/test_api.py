@@ -16,14 +16,11 @@ import uuid
 from dataclasses import dataclass
 
 import httpx
-import psycopg
 import pytest
-from pgvector.psycopg import register_vector
-from psycopg import sql
 
 from scripts.api_server import ApiServer
 from scripts.server_process import free_port
-from tests.conftest import Database, create_products, snapshot
+from tests.conftest import Database, create_products, fresh_database, snapshot
 
 WRITE_TOKEN = secrets.token_urlsafe(24)
 READ_TOKEN = secrets.token_urlsafe(24)
@@ -43,44 +40,37 @@ class Api:
 def api(postgres, model, embedding_server_session, chat_server):
     from airflow_vectorize.hooks.vectorize import VectorizeHook
 
-    name = f"api_{uuid.uuid4().hex[:8]}"
-    uri = postgres.create_database(name)
-    postgres.use_as_airflow_connection(name, name)
-    conn = postgres.connect(name)
-    register_vector(conn)
-    db = Database(name=name, conn_id=name, uri=uri, conn=conn)
-    create_products(db)
-    # A boolean and an integer column for the filter grammar's typed values.
-    db.execute("ALTER TABLE products ADD COLUMN in_stock boolean NOT NULL DEFAULT true, ADD COLUMN stock integer")
-    db.execute("UPDATE products SET in_stock = product_id % 3 <> 0, stock = product_id * 10")
-    hook = VectorizeHook(postgres_conn_id=name)
-    hook.create_project("products", "products", "product_id", ["name", "description"], embed_existing=True)
-    hook.create_project("products_chunked", "products", "product_id", ["description"], chunk_size=8,
-                        embed_existing=True)
-    chat_server_url = embedding_server_session.url  # forwards chat requests to the real chat server
-    embedding_server_session.chat_upstream = chat_server.url
-    server = ApiServer(
-        {"api_db": uri,
-         "down": f"postgresql://postgres:@127.0.0.1:{free_port()}/postgres",
-         "chat": {"conn_type": "openai", "host": chat_server_url, "password": embedding_server_session.api_key,
-                  "extra": {"max_retries": 1, "retry_initial_delay": 0.05, "timeout": 3}},
-         "nowhere": {"conn_type": "openai", "host": f"http://127.0.0.1:{free_port()}/v1", "password": "sk-nowhere",
-                     "extra": {"max_retries": 0, "timeout": 2}}},
-        tokens=[WRITE_TOKEN], read_tokens=[READ_TOKEN], env={"VECTORIZE_API_POOL_SIZE": "4"},
-    ).start()
-    try:
-        server.wait(120)
-        clients = [httpx.Client(base_url=server.url, timeout=60,
-                                headers={"Authorization": f"Bearer {t}"} if t else {})
-                   for t in (WRITE_TOKEN, READ_TOKEN, None)]
-        yield Api(server, db, *clients)
-        for client in clients:
-            client.close()
-    finally:
-        server.stop()
-        conn.close()
-        os.environ.pop(f"AIRFLOW_CONN_{name.upper()}", None)
-        postgres.drop_database(name)
+    with fresh_database(postgres) as db:
+        create_products(db)
+        # A boolean and an integer column for the filter grammar's typed values.
+        db.execute("ALTER TABLE products ADD COLUMN in_stock boolean NOT NULL DEFAULT true,"
+                   " ADD COLUMN stock integer")
+        db.execute("UPDATE products SET in_stock = product_id % 3 <> 0, stock = product_id * 10")
+        hook = VectorizeHook(postgres_conn_id=db.conn_id)
+        hook.create_project("products", "products", "product_id", ["name", "description"], embed_existing=True)
+        hook.create_project("products_chunked", "products", "product_id", ["description"], chunk_size=8,
+                            embed_existing=True)
+        embedding_server_session.chat_upstream = chat_server.url  # chat requests go on to the real chat server
+        server = ApiServer(
+            {"api_db": db.uri,
+             "down": f"postgresql://postgres:@127.0.0.1:{free_port()}/postgres",
+             "chat": {"conn_type": "openai", "host": embedding_server_session.url,
+                      "password": embedding_server_session.api_key,
+                      "extra": {"max_retries": 1, "retry_initial_delay": 0.05, "timeout": 3}},
+             "nowhere": {"conn_type": "openai", "host": f"http://127.0.0.1:{free_port()}/v1",
+                         "password": "sk-nowhere", "extra": {"max_retries": 0, "timeout": 2}}},
+            tokens=[WRITE_TOKEN], read_tokens=[READ_TOKEN], env={"VECTORIZE_API_POOL_SIZE": "4"},
+        ).start()
+        try:
+            server.wait(120)
+            clients = [httpx.Client(base_url=server.url, timeout=60,
+                                    headers={"Authorization": f"Bearer {t}"} if t else {})
+                       for t in (WRITE_TOKEN, READ_TOKEN, None)]
+            yield Api(server, db, *clients)
+            for client in clients:
+                client.close()
+        finally:
+            server.stop()
 
 
 def search(api: Api, **params) -> httpx.Response:
@@ -291,7 +281,7 @@ def test_rag_answers_with_context(api, chat_server, embedding_server_session):
                    max_tokens=8)
     assert response.status_code == 200, response.text
     answer = response.json()
-    assert [c["record_id"] for c in answer["context"]][0] == 1
+    assert answer["context"][0]["record_id"] == 1
     assert answer["chat_response"] is not None and answer["usage"]["completion_tokens"] >= 1
     assert answer["context"][0]["similarity_score"] > 0 and answer["context"][0]["token_ct"] > 0
 
@@ -513,7 +503,7 @@ def test_standalone_never_starts_open(variables, message):
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("VECTORIZE_API_")}
     result = subprocess.run([sys.executable, "-m", "airflow_vectorize.api", "--port", str(free_port())],
-                            env={**env, **variables}, capture_output=True, text=True, timeout=120)
+                            env={**env, **variables}, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
     assert result.stderr.startswith("airflow-vectorize API: ")

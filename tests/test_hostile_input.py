@@ -13,15 +13,13 @@ Refusals run against one database per module (they change nothing, and each test
 
 from __future__ import annotations
 
-import os
 import re
 import uuid
 
 import numpy as np
 import psycopg
 import pytest
-from conftest import Database, create_embeddings_table, create_products, snapshot
-from pgvector.psycopg import register_vector
+from conftest import Database, create_embeddings_table, create_products, fresh_database, snapshot
 from psycopg import sql
 
 from airflow_vectorize.exceptions import InvalidInputError, ProjectNotFoundError
@@ -50,26 +48,16 @@ def shop(postgres, model):
     ``product_embeddings`` (real[]), and tables whose names are exactly 63 bytes long."""
     from airflow_vectorize.hooks.vectorize import VectorizeHook
 
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    uri = postgres.create_database(name)
-    postgres.use_as_airflow_connection(name, name)
-    conn = postgres.connect(name)
-    register_vector(conn)
-    db = Database(name=name, conn_id=name, uri=uri, conn=conn)
-    try:
+    with fresh_database(postgres) as db:
         create_products(db)
         create_embeddings_table(db, model)
         db.execute(sql.SQL("CREATE TABLE {t} ({k} int PRIMARY KEY, {c} text, u timestamptz);"
                            " CREATE TABLE {e} AS SELECT * FROM product_embeddings").format(
             t=sql.Identifier(N63), k=sql.Identifier(K63), c=sql.Identifier(C63), e=sql.Identifier(E63)))
-        hook = VectorizeHook(postgres_conn_id=name)
+        hook = VectorizeHook(postgres_conn_id=db.conn_id)
         hook.create_project("shop", "products", "product_id", ["name", "description"])
         hook.generate_embeddings("shop")
         yield db, hook
-    finally:
-        conn.close()
-        os.environ.pop(f"AIRFLOW_CONN_{name.upper()}", None)
-        postgres.drop_database(name)
 
 
 # -- names that work ---------------------------------------------------------------------------------------

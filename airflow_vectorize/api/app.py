@@ -18,8 +18,8 @@ from airflow_vectorize import __version__
 from airflow_vectorize.api import errors, page
 from airflow_vectorize.api.auth import AirflowAuth, Auth, Authenticate, TokenAuth
 from airflow_vectorize.api.pool import Hooks
-from airflow_vectorize.search_sessions import DEFAULT_SIZE
 from airflow_vectorize.api.routes import Service, router
+from airflow_vectorize.search_sessions import DEFAULT_SIZE
 
 DESCRIPTION = """\
 pg_vectorize's HTTP API (`POST /api/v1/table`, `GET|POST /api/v1/search`, `DELETE /api/v1/table/{job_name}`)

@@ -24,7 +24,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 from urllib.parse import unquote_to_bytes
 
 from starlette.requests import Request
@@ -69,7 +69,7 @@ class AirflowAuth:
     """Airflow's own authentication and authorization (see the module's docstring)."""
 
     mode = "airflow"
-    METHODS: dict[str, str] = {"read": "GET", "write": "PUT"}
+    METHODS: ClassVar[dict[str, str]] = {"read": "GET", "write": "PUT"}
 
     async def authenticate(self, request: Request) -> Any:
         from airflow.api_fastapi.app import get_auth_manager
@@ -190,8 +190,7 @@ class Authenticate:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        path = scope["path"][len(scope.get("root_path", "")):] if scope["path"].startswith(
-            scope.get("root_path", "")) else scope["path"]
+        path = scope["path"].removeprefix(scope.get("root_path", ""))
         if path in PUBLIC_PATHS:
             return await self.app(scope, receive, send)
         request = Request(scope)
