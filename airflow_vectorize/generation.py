@@ -205,7 +205,17 @@ class BatchWriter:
                  from_=p["from"], needs=p["needs"], claimed=key.in_values("r", self.project.names.source),
                  key_text=names.as_text("c")),
             [key.bind(keys), f"vectorize:{self.project.name}:"]).fetchall()
-        return [(key.value(row), row[-2], row[-1]) for row in rows] if key.composite else rows
+        claimed = [(key.value(row), row[-2], row[-1]) for row in rows] if key.composite else rows
+        if not claimed:
+            return claimed
+        # A run that committed some of these rows after this statement's snapshot was taken released their
+        # locks before this statement took them: they are embedded already. Look again on a new snapshot
+        # (the locks now held, no other run can write them meanwhile).
+        due = {key.value(row) for row in self.conn.execute(sql.SQL(
+            "SELECT {keys} FROM {from_} WHERE {claimed} AND {needs}"
+        ).format(keys=key.names("r"), from_=p["from"], needs=p["needs"],
+                 claimed=key.in_values("r", self.project.names.source)), [key.bind(k for k, _, _ in claimed)])}
+        return [row for row in claimed if row[0] in due]
 
     def write(self, rows: list[tuple[Any, str, Any]], vectors: Any,
               chunks: list[list[Chunk]] | None = None,
