@@ -161,7 +161,8 @@ def level(target: Target, clients: int, seconds: float, postmaster: int, mode: s
         "requests": len(requests), "errors": len(errors), "error_statuses": sorted(set(errors)),
         "requests_per_second": round(len(latencies) / duration, 1),
         "p50_ms": round(median(latencies), 2) if latencies else None,
-        "p99_ms": round(percentile(latencies, 99), 2) if latencies else None,
+        "p99_ms": round(percentile(latencies, 0.99), 2) if latencies else None,
+        "max_ms": round(max(latencies), 2) if latencies else None,
         "slow_requests": len(slow), "first_slow": slow[:10],  # (s into the level, ms): over 5x the p50
         "rss_mb_start": round(before["rss"] / 2 ** 20, 1), "rss_mb_end": round(rss(target.pid) / 2 ** 20, 1),
         "cpu_cores": {  # average busy cores over the level
@@ -171,7 +172,7 @@ def level(target: Target, clients: int, seconds: float, postmaster: int, mode: s
         "texts_per_model_call": round(texts / model_calls, 2) if model_calls else None,
     }
     log(f"{target.name} {mode} {clients:>2} clients: {row['requests_per_second']:7.1f} req/s, p50"
-        f" {row['p50_ms']} ms, p99 {row['p99_ms']} ms, {row['errors']} errors, {row['texts_per_model_call']}"
+        f" {row['p50_ms']} ms, p99 {row['p99_ms']} ms, max {row['max_ms']} ms, {row['errors']} errors, {row['texts_per_model_call']}"
         f" texts/model call, cores {row['cpu_cores']}, RSS {row['rss_mb_start']} -> {row['rss_mb_end']} MB,"
         f" {len(slow)} over 5x p50 {slow[:5]}")
     return row
@@ -227,7 +228,7 @@ def baseline(deployment: Any, targets: list[Target], count: int, block: int = 50
                 times[name].append(run(name, texts[(round_ * block + i + 20) % len(texts)]))
     for connection in connections.values():
         connection.close()
-    result = {name: {"p50_ms": round(median(v), 3), "p99_ms": round(percentile(v, 99), 3), "queries": len(v)}
+    result = {name: {"p50_ms": round(median(v), 3), "p99_ms": round(percentile(v, 0.99), 3), "queries": len(v)}
               for name, v in times.items()}
     for t in targets:
         result[t.name]["over_hook_ms"] = round(result[t.name]["p50_ms"] - result["hook.search"]["p50_ms"], 3)
