@@ -178,14 +178,17 @@ def level(target: Target, clients: int, seconds: float, postmaster: int, mode: s
     return row
 
 
-def baseline(deployment: Any, targets: list[Target], count: int, block: int = 50) -> dict[str, Any]:
+def baseline(deployment: Any, targets: list[Target], count: int, block: int = 25) -> dict[str, Any]:
     """p50 of ``hook.search`` here and of one HTTP request at a time to each server (a keep-alive
     ``http.client`` connection): the same queries, in blocks of ``block`` queries taking turns (hook, each
-    server, then the reverse order), ``count`` queries each.
+    server, then the reverse order), ``count`` queries each; the first query of a block is not counted.
 
     Blocks, not single queries in turn: this process and the servers each run torch, whose idle OpenMP threads
     spin for a while after a forward pass; a query right after another process's measured ~1-1.5 ms slower (at
-    10k rows: 13.1 / 15.8 ms interleaved query by query, 11.3 / 12.7 ms in runs of their own)."""
+    10k rows: 13.1 / 15.8 ms interleaved query by query, 11.3 / 12.7 ms in runs of their own). A server's
+    ``over_hook_ms`` is the median, over the rounds, of its block's p50 minus the hook's block p50 of the same
+    round: the machine's speed drifts over minutes here (the bare model's queries/s moved by 20 % between runs),
+    and pairs of neighbouring blocks see the same speed."""
     import http.client
     from urllib.parse import urlencode, urlsplit
 
@@ -222,18 +225,23 @@ def baseline(deployment: Any, targets: list[Target], count: int, block: int = 50
         for name in names:
             run(name, texts[i])
     times: dict[str, list[float]] = {name: [] for name in names}
+    rounds: list[dict[str, float]] = []
     for round_ in range(max(1, count // block)):
+        medians = {}
         for name in (names if round_ % 2 == 0 else names[::-1]):
-            for i in range(block):
-                times[name].append(run(name, texts[(round_ * block + i + 20) % len(texts)]))
+            block_times = [run(name, texts[(round_ * block + i + 20) % len(texts)]) for i in range(block + 1)][1:]
+            times[name] += block_times
+            medians[name] = median(block_times)
+        rounds.append(medians)
     for connection in connections.values():
         connection.close()
     result = {name: {"p50_ms": round(median(v), 3), "p99_ms": round(percentile(v, 0.99), 3), "queries": len(v)}
               for name, v in times.items()}
     for t in targets:
-        result[t.name]["over_hook_ms"] = round(result[t.name]["p50_ms"] - result["hook.search"]["p50_ms"], 3)
+        result[t.name]["over_hook_ms"] = round(median([r[t.name] - r["hook.search"] for r in rounds]), 3)
     log(f"1 at a time ({len(times['hook.search'])} queries each, blocks of {block}): " + ", ".join(
-        f"{name} p50 {r['p50_ms']} ms" for name, r in result.items()))
+        f"{name} p50 {r['p50_ms']} ms" + (f" (+{r['over_hook_ms']} ms)" if "over_hook_ms" in r else "")
+        for name, r in result.items()))
     return result
 
 
