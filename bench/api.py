@@ -263,6 +263,28 @@ def model_ceiling(batch_sizes: tuple[int, ...] = (1, 4, 16, 32), seconds: float 
     return ceiling
 
 
+def markdown(results: dict[str, Any]) -> str:
+    """The levels of a run as a Markdown table, then each server's summary."""
+    lines = ["| server | mode | clients | req/s | p50 ms | p99 ms | max ms | errors | texts / model call |"
+             " busy cores: server, PostgreSQL, client | RSS MB start → end |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    for r in results["levels"]:
+        cores = r["cpu_cores"]
+        lines.append(f"| {r['server']} | {r['mode']} | {r['clients']} | {r['requests_per_second']} | {r['p50_ms']} |"
+                     f" {r['p99_ms']} | {r['max_ms']} | {r['errors']} | {r['texts_per_model_call']} |"
+                     f" {cores['server']}, {cores['postgres']}, {cores['client']} | {r['rss_mb_start']} →"
+                     f" {r['rss_mb_end']} |")
+    one = results["one_at_a_time"]
+    lines.append("")
+    lines.append("One at a time, p50: " + ", ".join(
+        f"{name} {r['p50_ms']} ms" + (f" (+{r['over_hook_ms']} ms over hook.search)" if "over_hook_ms" in r else "")
+        for name, r in one.items()) + ". The bare model, queries/s by batch size: " + ", ".join(
+        f"{k}: {v}" for k, v in results["model_queries_per_second"].items()) + ".")
+    for target, summary in results["summary"].items():
+        lines.append(f"{target}: {json.dumps(summary)}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m bench.api", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=100_000, help="rows of the project (100000)")
@@ -271,8 +293,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--baseline-queries", type=int, default=400,
                         help="queries of the 1-at-a-time p50, per side (400)")
     parser.add_argument("--pool-size", type=int, default=8, help="VECTORIZE_API_POOL_SIZE of both servers (8)")
+    parser.add_argument("--report", nargs="?", const=ROOT / "bench" / "latest-api.json", type=Path,
+                        help="print a results file as a Markdown table (default bench/latest-api.json); run nothing")
     add_output_arguments(parser, "api")
     args = parser.parse_args(argv)
+    if args.report:
+        print(markdown(json.loads(args.report.read_text())["measurements"]))
+        return {}
     counts = [int(n) for n in args.clients.split(",") if n.strip()]
     prepare_environment()
     from scripts.api_server import ApiServer
