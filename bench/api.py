@@ -284,7 +284,8 @@ def markdown(results: dict[str, Any]) -> str:
     one = results["one_at_a_time"]
     lines.append("")
     lines.append("One at a time, p50: " + ", ".join(
-        f"{name} {r['p50_ms']} ms" + (f" (+{r['over_hook_ms']} ms over hook.search)" if "over_hook_ms" in r else "")
+        f"{name} {r['p50_ms']} ms" + (f" (+{r['over_hook_ms']} ms over hook.search; its own hook.search"
+                                      f" {r.get('server_search_p50_ms')} ms)" if "over_hook_ms" in r else "")
         for name, r in one.items()) + ". The bare model, queries/s by batch size: " + ", ".join(
         f"{k}: {v}" for k, v in results["model_queries_per_second"].items()) + ".")
     for target, summary in results["summary"].items():

@@ -39,6 +39,7 @@ from airflow_vectorize.api.schemas import (
     SearchRow,
     TableBody,
 )
+from airflow_vectorize.hooks.vectorize import VectorizeHook
 from airflow_vectorize.models import batching
 
 DEFAULT_CONN_ID = "postgres_default"
@@ -68,6 +69,17 @@ class Service:
 
 def service(request: Request) -> Service:
     return request.app.state.vectorize
+
+
+def hook_for(request: Request, conn_id: str, access: Access, job_name: str | None = None,
+             *model_conn_ids: str | None) -> VectorizeHook:
+    """This thread's hook of ``conn_id``, once the caller may use it (and ``model_conn_ids``) for ``access``
+    and ``job_name`` (if given) is a possible job name."""
+    api = service(request)
+    api.authorize(request, conn_id, access, *model_conn_ids)
+    if job_name is not None:
+        validation.check_job_name(job_name)
+    return api.hooks.get(conn_id)
 
 
 router = APIRouter(responses=ERRORS)
@@ -110,10 +122,7 @@ def _search(request: Request, conn_id: str, job_name: str, query: str, mode: str
             window_size: int | None, rrf_k: float, semantic_wt: float, fts_wt: float,
             return_columns: Sequence[str] | None, ef_search: int | None, filters: dict[str, Any] | None,
             ) -> Response:
-    api = service(request)
-    api.authorize(request, conn_id, "read")
-    validation.check_job_name(job_name)
-    hook = api.hooks.get(conn_id)
+    hook = hook_for(request, conn_id, "read", job_name)
     started = time.perf_counter()
     if mode == "vector":
         rows = hook.search(job_name, query, return_columns=return_columns, num_results=limit,
@@ -135,10 +144,7 @@ def _search(request: Request, conn_id: str, job_name: str, query: str, mode: str
 @router.post("/api/v1/rag", response_model=RagAnswer, tags=["rag"],
              summary="Answer a question from a project's rows (VectorizeHook.rag)")
 def rag(request: Request, body: RagBody, conn_id: str = CONN_ID) -> Response:
-    api = service(request)
-    api.authorize(request, conn_id, "read", body.chat_conn_id)
-    validation.check_job_name(body.job_name)
-    hook = api.hooks.get(conn_id)
+    hook = hook_for(request, conn_id, "read", body.job_name, body.chat_conn_id)
     answer = hook.rag(body.job_name, body.query, body.chat_model, chat_conn_id=body.chat_conn_id,
                       task=body.task, num_context=body.num_context, force_trim=body.force_trim,
                       filters=filter_grammar.from_body(body.filters), hybrid=body.hybrid,
@@ -153,9 +159,7 @@ def create_table(request: Request, body: TableBody, conn_id: str = CONN_ID) -> R
     """The same body again answers 200 and changes nothing; another configuration under the same
     ``job_name`` answers 409 naming the fields that differ. Rows already in the table are embedded by the
     project's DAG (generation), not by this request."""
-    api = service(request)
-    api.authorize(request, conn_id, "write", body.model_conn_id)
-    hook = api.hooks.get(conn_id)
+    hook = hook_for(request, conn_id, "write", None, body.model_conn_id)
     summary = hook.create_project(
         body.job_name, body.src_table, body.primary_key, body.src_columns, transformer=body.model,
         schema=body.src_schema, table_method=body.table_method, index_dist_type=body.index_dist_type,
@@ -169,11 +173,7 @@ def create_table(request: Request, body: TableBody, conn_id: str = CONN_ID) -> R
 @router.delete("/api/v1/table/{job_name}", tags=["projects"],
                summary="Drop a project: everything it made, never the source table")
 def drop_table(request: Request, job_name: str = Path(max_length=255), conn_id: str = CONN_ID) -> Response:
-    api = service(request)
-    api.authorize(request, conn_id, "write")
-    validation.check_job_name(job_name)
-    hook = api.hooks.get(conn_id)
-    summary = hook.drop_project(job_name)
+    summary = hook_for(request, conn_id, "write", job_name).drop_project(job_name)
     return json_response({"job_name": job_name, "message": f"project {job_name!r} dropped", **summary})
 
 
@@ -181,9 +181,7 @@ def drop_table(request: Request, job_name: str = Path(max_length=255), conn_id: 
             summary="Every project of the database: catalog entry, status and freshness")
 def list_projects(request: Request, status: bool = Query(True, description="add status and freshness"),
                   conn_id: str = CONN_ID) -> Response:
-    api = service(request)
-    api.authorize(request, conn_id, "read")
-    hook = api.hooks.get(conn_id)
+    hook = hook_for(request, conn_id, "read")
     entries = hook.list_projects()
     if status:
         entries = [_with_status(hook, entry) for entry in entries]
@@ -193,10 +191,7 @@ def list_projects(request: Request, status: bool = Query(True, description="add 
 @router.get("/api/v1/projects/{job_name}", tags=["projects"],
             summary="One project: catalog entry, status (exact counts) and freshness")
 def get_project(request: Request, job_name: str = Path(max_length=255), conn_id: str = CONN_ID) -> Response:
-    api = service(request)
-    api.authorize(request, conn_id, "read")
-    validation.check_job_name(job_name)
-    hook = api.hooks.get(conn_id)
+    hook = hook_for(request, conn_id, "read", job_name)
     return json_response(_with_status(hook, hook.get_project(job_name)))
 
 
@@ -212,11 +207,11 @@ def _with_status(hook: Any, entry: dict[str, Any]) -> dict[str, Any]:
 @router.get("/health", tags=["health"], summary="Database reachable, models loaded")
 def health(request: Request, conn_id: str = CONN_ID) -> Response:
     api = service(request)
-    api.authorize(request, conn_id, "read")
+    hook = hook_for(request, conn_id, "read")
     started = time.perf_counter()
     database: dict[str, Any] = {"conn_id": conn_id}
     try:
-        with api.hooks.get(conn_id).transaction() as cur:
+        with hook.transaction() as cur:
             cur.execute("SELECT current_setting('server_version'),"
                         " (SELECT extversion FROM pg_extension WHERE extname = 'vector')")
             database["server_version"], database["pgvector"] = cur.fetchone()
