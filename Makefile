@@ -50,7 +50,7 @@ bench: $(VENV)/.installed $(INFINITY_VENV)/.installed
 
 # A real Airflow 3 (scheduler, dag-processor, triggerer, api-server; metadata DB on the embedded PostgreSQL)
 # runs the example DAGs through the scheduler and prints their outcome from the REST API (scripts/deployment.py).
-.PHONY: deployment deployment-celery bench-backfill bench-api
+.PHONY: deployment deployment-celery bench-backfill bench-api bench-reload bench-writes
 deployment: $(VENV)/.installed
 	$(PY) scripts/deployment.py --executor LocalExecutor
 
@@ -64,3 +64,12 @@ bench-backfill: $(VENV)/.installed
 # The HTTP API under load: 1 / 8 / 32 clients, standalone and mounted in Airflow's api-server (bench/api.py).
 bench-api: $(VENV)/.installed
 	$(PY) -m bench.api
+
+# Full reloads (TRUNCATE / DELETE + COPY, 1 % of texts changed) then generation, vs the same reload without a
+# project plus the model on the changed texts (bench/reload.py).
+bench-reload: $(VENV)/.installed
+	$(PY) -m bench.reload
+
+# What a manual and a realtime project cost COPY, INSERT, UPDATE, DELETE and TRUNCATE of their table (bench/writes.py).
+bench-writes: $(VENV)/.installed
+	$(PY) -m bench.writes

@@ -12,7 +12,7 @@ import psycopg
 from psycopg import Cursor, sql
 from psycopg.rows import dict_row
 
-from airflow_vectorize import expressions
+from airflow_vectorize import expressions, removal
 from airflow_vectorize.exceptions import VectorizeError
 from airflow_vectorize.keys import Key
 from airflow_vectorize.naming import CHUNK_FTS_COLUMN, StorageNames
@@ -356,20 +356,22 @@ def create_storage(cur: Cursor, project: Project) -> None:
         ).format(key_table=key_table(project, project.names.queue, "PRIMARY KEY"), queue=project.names.queue)
     )
     create_errors_table(cur, project)
+    removal.create_removed_table(cur, project)
+    removal.create_triggers(cur, project)
     if project.schedule == "realtime":
         create_triggers(cur, project)
 
 
 def key_table(project: Project, table: sql.Identifier, unique: str | None) -> sql.Composable:
     """``CREATE TABLE table`` of the project's key columns (their exact types, typmods included, copied from
-    the source by CREATE TABLE AS), NOT NULL, ``unique`` (``PRIMARY KEY``, ``UNIQUE`` or None) and a foreign
-    key to the source that deletes the row with its source row."""
+    the source by CREATE TABLE AS), NOT NULL and ``unique`` (``PRIMARY KEY``, ``UNIQUE`` or None). No foreign
+    key to the source, unlike pg_vectorize: its rows follow the source's through ``airflow_vectorize.removal``."""
     key = project.key
     not_null = [sql.SQL("ALTER COLUMN {} SET NOT NULL").format(sql.Identifier(c)) for c in key.columns]
     constraints = [sql.SQL("ADD {} ({})").format(sql.SQL(unique), key.names())] if unique else []
     return sql.SQL(
         "CREATE TABLE {table} AS SELECT {keys} FROM {source} WITH NO DATA;"
-        " ALTER TABLE {table} {alterations}, ADD FOREIGN KEY ({keys}) REFERENCES {source} ({keys}) ON DELETE CASCADE"
+        " ALTER TABLE {table} {alterations}"
     ).format(table=table, keys=key.names(), source=project.names.source,
              alterations=sql.SQL(", ").join(not_null + constraints))
 
@@ -526,11 +528,14 @@ def drop_storage(cur: Cursor, project: Project, source_exists: bool) -> None:
     if source_exists:
         for trigger in (project.names.insert_trigger, project.names.update_trigger):
             cur.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trigger), project.names.source))
+        removal.drop_triggers(cur, project)
         # On the source (a chunked project's is on its chunk table, but one created before was here).
         cur.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(
             sql.Identifier(project.schema, project.names.fts_index_name)))
-    cur.execute(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(project.names.trigger_function))
-    cur.execute(sql.SQL("DROP TABLE IF EXISTS {}, {}").format(project.names.queue, project.names.errors))
+    cur.execute(sql.SQL("DROP FUNCTION IF EXISTS {}(), {}()").format(project.names.trigger_function,
+                                                                   project.names.removal_function))
+    cur.execute(sql.SQL("DROP TABLE IF EXISTS {}, {}, {}").format(project.names.queue, project.names.errors,
+                                                                 project.names.removed))
     if project.is_join:
         cur.execute(sql.SQL("DROP VIEW IF EXISTS {}; DROP TABLE IF EXISTS {}").format(project.names.view, project.names.target))
     elif source_exists:

@@ -5,7 +5,10 @@
 - ``append``: columns ``<job>_embeddings``, ``<job>_updated_at`` (and our ``<job>_text_md5``) on the source;
 - index ``<job>_hnsw_cos_idx`` / ``_l2_idx`` / ``_ip_idx``; triggers ``vectorize_insert_trigger_<job>`` and
   ``vectorize_update_trigger_<job>`` calling ``vectorize.handle_update_<job>()``;
-- ours: the queue ``vectorize._pending_<job>``, the errors table ``vectorize._errors_<job>``, the full-text
+- ours: instead of pg_vectorize's foreign keys to the source, ``vectorize_delete_trigger_<job>``,
+  ``vectorize_trunc_trigger_<job>`` and ``vectorize_rekey_trigger_<job>`` calling
+  ``vectorize.handle_removal_<job>()``, which record removed keys in ``vectorize._removed_<job>``
+  (``airflow_vectorize.removal``); the queue ``vectorize._pending_<job>``, the errors table ``vectorize._errors_<job>``, the full-text
   index ``<job>_fts_idx`` (on the source; a chunked project's on its chunk table's ``chunk_fts`` column, in
   ``vectorize``) and the NOTIFY channel ``vectorize_<job>``.
 """
@@ -105,6 +108,39 @@ class StorageNames:
         return sql.Identifier(*self.errors_name)
 
     @property
+    def removed_name(self) -> tuple[str, str]:
+        """Keys removed from the source since the last generation run (``airflow_vectorize.removal``)."""
+        return SCHEMA, f"_removed_{self.job}"
+
+    @property
+    def removed(self) -> sql.Identifier:
+        return sql.Identifier(*self.removed_name)
+
+    @property
+    def removal_function_name(self) -> tuple[str, str]:
+        return SCHEMA, f"handle_removal_{self.job}"
+
+    @property
+    def removal_function(self) -> sql.Identifier:
+        return sql.Identifier(*self.removal_function_name)
+
+    @property
+    def delete_trigger(self) -> str:
+        return f"vectorize_delete_trigger_{self.job}"
+
+    @property
+    def truncate_trigger(self) -> str:
+        return f"vectorize_trunc_trigger_{self.job}"
+
+    @property
+    def rekey_trigger(self) -> str:
+        return f"vectorize_rekey_trigger_{self.job}"
+
+    @property
+    def removal_triggers(self) -> tuple[str, str, str]:
+        return self.delete_trigger, self.truncate_trigger, self.rekey_trigger
+
+    @property
     def trigger_function_name(self) -> tuple[str, str]:
         return SCHEMA, f"handle_update_{self.job}"
 
@@ -128,7 +164,8 @@ class StorageNames:
     def storage_objects(self, realtime: bool) -> list[str]:
         """Every object the project owns, as 'schema.name' (columns as 'schema.table.column')."""
         objects = [".".join(self.index_qualified_name), ".".join(self.fts_index_qualified_name),
-                   ".".join(self.queue_name), ".".join(self.errors_name)]
+                   ".".join(self.queue_name), ".".join(self.errors_name), ".".join(self.removed_name),
+                   ".".join(self.removal_function_name) + "()", *self.removal_triggers]
         if self.is_join:
             objects[:0] = [".".join(self.target_name), ".".join(self.view_name)]
         else:

@@ -388,7 +388,7 @@ def _rows_by_best_chunk(project: Project, shape: tuple[Filter, ...], rows: int,
         "SELECT {keys}, {distance} AS d, e.chunk_no FROM {target} e{source_join} WHERE {where}{nearest}) c"
         " ORDER BY {names}, d, chunk_no) b ORDER BY d, {names} LIMIT {rows}"
     ).format(names=names.names(), keys=key.select_as("e", names), distance=_parts(project)["distance"],
-             target=project.names.target, source_join=_chunk_source_join(project, shape), where=_where(shape),
+             target=project.names.target, source_join=_chunk_source_join(project, shape), where=_chunk_where(project, shape),
              nearest=nearest, rows=sql.Literal(rows))
 
 
@@ -400,8 +400,23 @@ def _small_table(project: Project) -> sql.Composable:
         sql.Literal(project.names.target.as_string()), sql.Literal(EXACT_SCAN_MAX_PAGES * 8192))
 
 
+def source_row_exists(project: Project, alias: str = "e") -> sql.Composable:
+    """True when the source row of the embedding row ``alias`` exists, else NULL. A row removed from the source
+    keeps its vectors until the next generation run (``airflow_vectorize.removal``); a search that does not
+    join the source checks this on each row it reads instead. A scalar subquery, never turned into a join: the
+    planner keeps reading the HNSW index in distance order and probes the source's key for each row read."""
+    return sql.SQL("(SELECT true FROM {} x WHERE {})").format(project.names.source, project.key.equals("x", alias))
+
+
+def _chunk_where(project: Project, shape: tuple[Filter, ...]) -> sql.Composable:
+    """The condition on a chunk (``e``): the filters (on the joined source: ``_chunk_source_join``), or without
+    them that its source row exists."""
+    return _where(shape) if shape else sql.SQL("{} AND {}").format(source_row_exists(project), _where(shape))
+
+
 def _chunk_source_join(project: Project, shape: tuple[Filter, ...]) -> sql.Composable:
-    """The source joined to the chunks (``e``) when filters need its columns."""
+    """The source joined to the chunks (``e``) when filters need its columns (which also leaves out the chunks
+    of rows removed from the source)."""
     if not shape:
         return sql.SQL("")
     return sql.SQL(" JOIN {s} s ON {joined}").format(s=project.names.source, joined=project.key.equals("s", "e"))
@@ -412,12 +427,11 @@ def _chunked_vector_statement(project: Project, columns: tuple[str, ...], shape:
     """The ``limit`` rows nearest by their best chunk (``_rows_by_best_chunk``: among the ``chunks`` nearest
     the index serves, or every chunk), with that chunk's text; ``_small_table`` last.
 
-    The rows are chosen before the source is joined for the returned columns (the chunk table's foreign key
-    guarantees each row's source row), and it is not joined at all when only the key is returned and nothing
-    is filtered, as for an unchunked project's embeddings table."""
+    The rows are chosen among the chunks whose source row exists (``_chunk_source_join``); the source is
+    joined again for the returned columns only when they are more than the key."""
     key, names = project.key, project.key.aliases()
     similarity = sql.SQL(SIMILARITY[project.index_dist_type]).format(sql.SQL("n.d"))
-    if not shape and columns == key.columns:
+    if columns == key.columns:
         select, source = names.select_as("n", key), sql.SQL("")
     else:
         select = _column_list(columns)
@@ -443,13 +457,12 @@ def _vector_statement(
         return _chunked_vector_statement(project, columns, shape, limit, chunks)
     parts = _parts(project)
     if project.is_join and not shape and columns == project.key.columns:
-        # Only the key, which the embeddings table holds (its foreign key guarantees the source row):
-        # no join to the source.
+        # Only the key, which the embeddings table holds: the source is only probed (``source_row_exists``).
         parts["vector_from"] = sql.SQL("{} e").format(project.names.target)
-        select = project.key.names("e")
+        select, exists = project.key.names("e"), [source_row_exists(project)]
     else:
-        select = _column_list(columns)
-    where = sql.SQL(" AND ").join([*_conditions(shape), _written_guard(storage, storage_oid)])
+        select, exists = _column_list(columns), []
+    where = sql.SQL(" AND ").join([*_conditions(shape), *exists, _written_guard(storage, storage_oid)])
     return sql.SQL(
         "SELECT {select}, {similarity} AS similarity_score FROM {vector_from}"
         " WHERE {emb} IS NOT NULL AND {where} ORDER BY {distance} LIMIT {limit}"
@@ -475,7 +488,7 @@ def _full_text_matches(project: Project, shape: tuple[Filter, ...], candidates: 
         " websearch_to_tsquery('english', %(text)s) q WHERE e.{fts} @@ q AND {where}"
         " GROUP BY {group} ORDER BY r DESC, {names} LIMIT {candidates}"
     ).format(keys=key.select_as("e", names), fts=sql.Identifier(CHUNK_FTS_COLUMN), target=project.names.target,
-             source_join=_chunk_source_join(project, shape), where=_where(shape), group=key.names("e"),
+             source_join=_chunk_source_join(project, shape), where=_chunk_where(project, shape), group=key.names("e"),
              names=names.names(), candidates=sql.Literal(candidates))
 
 
@@ -488,10 +501,14 @@ def _hybrid_statement(
     nearest chunks, or (``exact``) among every chunk; ``_small_table`` is its statement's last column."""
     parts = _parts(project)
     key, names = project.key, project.key.aliases()
+    keys, where = key.select_as("s", names), _where(shape)
+    if project.is_join and not shape:  # the keys alone, from the embeddings table (see _vector_statement)
+        keys, where = key.select_as("e", names), sql.SQL("{} AND {}").format(source_row_exists(project), where)
+        parts = {**parts, "vector_from": sql.SQL("{} e").format(project.names.target)}
     semantic = sql.SQL(
         "SELECT {keys}, {distance} AS d FROM {vector_from}"
         " WHERE {emb} IS NOT NULL AND {where} ORDER BY {distance} LIMIT {candidates}"
-    ).format(keys=key.select_as("s", names), where=_where(shape), candidates=sql.Literal(candidates), **parts)
+    ).format(keys=keys, where=where, candidates=sql.Literal(candidates), **parts)
     best, chunk = parts["embeddings_join"], sql.SQL("")
     if project.is_chunked:  # each row's nearest chunk, for every fused row (full-text-only ones too)
         chunks = None if exact else candidates * CHUNKS_PER_ROW

@@ -49,6 +49,37 @@ def index_maintenance(cur: Cursor, project: Project, incoming: int, build_memory
         create_index(cur, project)
 
 
+def reconcile_removed(cur: Cursor, project: Project, build_memory: str) -> dict[str, int]:
+    """Settle the keys removed since the last run: delete the vectors of those that did not come back; for an
+    append project, write the kept vectors back into the rows that came back with the same text. Returns
+    ``{"vectors_removed": n}`` (chunks for a chunked project) or ``{"vectors_restored": n, "vectors_removed":
+    m}``. Call with the project locked."""
+    names, key = project.names, project.key
+    cur.execute(sql.SQL("SELECT count(*) FROM {}").format(names.removed))
+    pending = cur.fetchone()[0]
+    if not pending:
+        return {"vectors_removed": 0} if project.is_join else {"vectors_restored": 0, "vectors_removed": 0}
+    parts = dict(removed=names.removed, target=names.target, source=names.source, keys=key.names(),
+                 g_keys=key.names("g"), emb=sql.Identifier(names.embeddings_column),
+                 md5=sql.Identifier(names.text_md5_column), updated_at=sql.Identifier(names.updated_at_column),
+                 current=expressions.text_md5(project, "r"))
+    if project.is_join:
+        cur.execute(sql.SQL(
+            "WITH gone AS (DELETE FROM {removed} RETURNING {keys})"
+            " DELETE FROM {target} t USING (SELECT DISTINCT {keys} FROM gone) g WHERE {same}"
+            " AND NOT EXISTS (SELECT FROM {source} r WHERE {in_source})"
+        ).format(same=key.equals("t", "g"), in_source=key.equals("r", "t"), **parts))
+        return {"vectors_removed": cur.rowcount}
+    with index_maintenance(cur, project, pending, build_memory):
+        cur.execute(sql.SQL(
+            "WITH gone AS (DELETE FROM {removed} RETURNING {keys}, text_md5, embeddings, updated_at)"
+            " UPDATE {source} r SET {emb} = g.embeddings, {md5} = g.text_md5, {updated_at} = g.updated_at FROM gone g"
+            " WHERE {same} AND r.{emb} IS NULL AND g.text_md5 = {current}"
+        ).format(same=key.equals("r", "g"), **parts))
+        restored = cur.rowcount
+    return {"vectors_restored": restored, "vectors_removed": pending - restored}
+
+
 def import_from_table(
     cur: Cursor, project: Project, src: sql.Identifier, src_key: Key, src_embeddings: str, exclusive: bool
 ) -> tuple[int | None, int]:

@@ -386,7 +386,8 @@ def test_search_reads_the_index_first_pass_and_looks_further_past_deleted_chunks
     first_pass = licenses.execute(  # the nearest chunks as search orders them (by the indexed expression)
         f"SELECT id FROM vectorize._chunks_{JOB} ORDER BY embeddings::halfvec(384) <=> %s::halfvec(384) LIMIT 40",
         [vector])
-    licenses.execute("DELETE FROM licenses WHERE id = 6")  # its chunks go, dead in the index until VACUUM
+    licenses.execute("DELETE FROM licenses WHERE id = 6")  # never read again; its chunks go at the next run,
+    hook.generate_embeddings(JOB)  # dead in the index until VACUUM
 
     rows = hook.search(JOB, sentence, return_columns=["id"], num_results=5)
     shallow = hook.search(JOB, sentence, return_columns=["id"], num_results=5, ef_search=10)  # 10 of 20 chunks
@@ -431,7 +432,8 @@ def test_a_small_chunk_table_is_searched_exactly_while_it_is_small(licenses, hoo
     licenses.execute("INSERT INTO licenses SELECT id + 10, name, body FROM licenses")
     hook.generate_embeddings(JOB)
     grown = plan()
-    licenses.execute("DELETE FROM licenses WHERE id > 10")  # the chunks go with their rows
+    licenses.execute("DELETE FROM licenses WHERE id > 10")
+    hook.generate_embeddings(JOB)  # the next generation run deletes the chunks of the rows deleted
     licenses.execute(f"VACUUM vectorize._chunks_{JOB}")  # gives the emptied pages at its end back
     shrunk = plan()
 

@@ -35,11 +35,13 @@ def test_join_layout_matches_pg_vectorize(products, hook):
     ]
     assert "USING hnsw (embeddings vector_cosine_ops)" in index_definition(
         products, "vectorize", "product_search_hnsw_cos_idx")
-    fk = products.scalar(
-        "SELECT pg_get_constraintdef(oid) FROM pg_constraint"
-        " WHERE conrelid = 'vectorize._embeddings_product_search'::regclass AND contype = 'f'"
-    )
-    assert fk == "FOREIGN KEY (product_id) REFERENCES products(product_id) ON DELETE CASCADE"
+    # No foreign key to the source (a plain TRUNCATE of it must work): removal triggers instead.
+    assert products.scalar("SELECT count(*) FROM pg_constraint WHERE contype = 'f'") == 0
+    assert [r[0] for r in products.execute(
+        "SELECT tgname FROM pg_trigger WHERE tgrelid = 'products'::regclass AND NOT tgisinternal ORDER BY 1")] == [
+        "vectorize_delete_trigger_product_search", "vectorize_insert_trigger_product_search",
+        "vectorize_rekey_trigger_product_search", "vectorize_trunc_trigger_product_search",
+        "vectorize_update_trigger_product_search"]
     view_columns = [r[0] for r in products.execute(
         "SELECT column_name FROM information_schema.columns WHERE table_schema = 'vectorize'"
         " AND table_name = 'product_search_view' ORDER BY ordinal_position")]
@@ -113,11 +115,12 @@ def test_realtime_triggers_queue_inserts_and_text_changes_only(products, hook, t
     assert queued(products, "live") == [1, 101]
 
 
-def test_manual_schedule_installs_no_triggers(products, hook):
+def test_manual_schedule_installs_no_queueing_triggers(products, hook):
     hook.create_project("batch", "products", "product_id", COLUMNS, schedule="manual")
     products.execute("INSERT INTO products (product_id, name) VALUES (100, 'new')")
 
-    assert products.execute("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal") == []
+    assert products.execute("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal ORDER BY 1") == [
+        ("vectorize_delete_trigger_batch",), ("vectorize_rekey_trigger_batch",), ("vectorize_trunc_trigger_batch",)]
     assert queued(products, "batch") == []
     assert hook.get_status("batch")["pending"] == 0
 

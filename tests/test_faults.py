@@ -275,7 +275,7 @@ def test_two_concurrent_creates_one_creates_the_other_finds_it(database, workers
     assert sorted(s["created"] for s in summaries) == [False, True]
     assert summaries[0] | {"created": None} == summaries[1] | {"created": None}
     assert database.scalar("SELECT count(*) FROM vectorize.job") == 1
-    assert database.scalar("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'vectorize_%%_trigger_items'") == 2
+    assert database.scalar("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'vectorize_%%_trigger_items'") == 5
 
 
 CONCURRENT_RUNS = 4

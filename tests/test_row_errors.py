@@ -122,30 +122,3 @@ def test_bad_failure_options_change_nothing(products, hook, embedding_server, kw
     with pytest.raises(InvalidInputError, match=message):
         hook.generate_embeddings("remote", **kwargs)
     assert snapshot(products) == before
-
-
-@pytest.mark.parametrize("table_method", ["join", "append"])
-def test_delete_and_truncate_leave_nothing_stale(products, hook, table_method):
-    """DELETE cascades to embeddings, queue and errors; a plain TRUNCATE is refused by the foreign keys
-    (nothing changes); TRUNCATE ... CASCADE empties them all."""
-    hook.create_project("shop", "products", "product_id", COLUMNS, table_method=table_method)
-    hook.generate_embeddings("shop")
-    products.execute("INSERT INTO products (product_id, name) VALUES (100, 'queued')")
-    products.execute("INSERT INTO vectorize._errors_shop (product_id, error) VALUES (1, 'x')")
-    products.execute("DELETE FROM products WHERE product_id IN (1, 2, 100)")
-    status = hook.get_status("shop")
-    assert (status["total_rows"], status["embedded_rows"], status["pending"], status["failed_rows"]) == (22, 22, 0, 0)
-
-    before = snapshot(products)
-    with pytest.raises(Exception, match="cannot truncate a table referenced in a foreign key constraint"):
-        products.execute("TRUNCATE products")
-    assert snapshot(products) == before
-
-    products.execute("INSERT INTO products (product_id, name) VALUES (101, 'queued')")
-    products.execute("TRUNCATE products CASCADE")
-    status = hook.get_status("shop")
-    assert (status["total_rows"], status["embedded_rows"], status["pending"], status["failed_rows"]) == (0, 0, 0, 0)
-    if table_method == "join":
-        assert products.scalar("SELECT count(*) FROM vectorize._embeddings_shop") == 0
-    products.execute("INSERT INTO products (product_id, name) VALUES (7, 'back again')")
-    assert hook.generate_embeddings("shop")["embedded"] == 1

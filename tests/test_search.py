@@ -75,8 +75,10 @@ def test_search_uses_hnsw_index(products, hook, model, table_method):
     explained = plan(hook, lambda target: search.vector_search_query(target, vector, num_results=3),
                      enable_seqscan="off")
     assert f"Index Scan using {index}" in explained, explained
+    # A filter on the source: on 24 rows, without a foreign key to tell it that every embedding has its
+    # source row, the planner prefers sorting the filtered rows (at 100k rows it takes the index either way).
     filtered = plan(hook, lambda target: search.vector_search_query(
-        target, vector, filters={"price": {"lt": 500}}), enable_seqscan="off")
+        target, vector, filters={"price": {"lt": 500}}), enable_seqscan="off", enable_sort="off")
     assert f"Index Scan using {index}" in filtered, filtered
     join = table_method == "join"
     emb = "embeddings" if join else f"{JOB}_embeddings"
@@ -115,18 +117,18 @@ def test_search_filters(products, hook, model):
 
 
 @pytest.mark.parametrize("table_method", ["join", "append"])
-def test_key_only_search_reads_only_the_embeddings(products, hook, model, table_method):
+def test_key_only_search_never_returns_a_removed_row(products, hook, model, table_method):
     make_project(products, hook, model, table_method=table_method)
     vector = model.encode(["mobile phone"])[0]
     full = hook.search(JOB, vector, num_results=5)
     keys = hook.search(JOB, vector, return_columns=["product_id"], num_results=5)
     assert keys == [{"product_id": r["product_id"], "similarity_score": r["similarity_score"]} for r in full]
 
-    explained = plan(hook, lambda target: search.vector_search_query(target, vector, ["product_id"]))
-    assert ("on products s" in explained) == (table_method == "append"), explained  # join: no source join
-    filtered = plan(hook, lambda target: search.vector_search_query(
-        target, vector, ["product_id"], filters={"price": {"lt": 500}}))
-    assert "on products s" in filtered, filtered  # a filter needs the source
+    # A deleted row's vectors stay in a join project's table until the next generation run: the search
+    # joins the source even for the key alone, so it is never returned.
+    products.execute("DELETE FROM products WHERE product_id = %s", [keys[0]["product_id"]])
+    after = hook.search(JOB, vector, return_columns=["product_id"], num_results=5)
+    assert after == keys[1:] + after[4:] and len(after) == 5
 
 
 def test_search_rejects_bad_input(products, hook, model):

@@ -13,7 +13,18 @@ import psycopg
 from airflow.providers.postgres.hooks.postgres import PostgresHook
 from psycopg import Cursor, sql
 
-from airflow_vectorize import catalog, chunking, expressions, freshness, generation, models, rag, storage, validation
+from airflow_vectorize import (
+    catalog,
+    chunking,
+    expressions,
+    freshness,
+    generation,
+    models,
+    rag,
+    removal,
+    storage,
+    validation,
+)
 from airflow_vectorize import search as searching
 from airflow_vectorize.catalog import DEFAULT_TRANSFORMER, Project
 from airflow_vectorize.exceptions import (
@@ -27,7 +38,6 @@ from airflow_vectorize.exceptions import (
 from airflow_vectorize.models import batching
 from airflow_vectorize.models.openai_compatible import positive_int
 from airflow_vectorize.search_sessions import SessionPool
-
 
 DROP_ATTEMPTS = 3
 
@@ -328,8 +338,9 @@ class VectorizeHook(PostgresHook):
                 )
             )
             total, embedded, stale, no_text, pending = cur.fetchone()
-            chunks = (cur.execute(sql.SQL("SELECT count(*) FROM {}").format(project.names.target)).fetchone()[0]
-                      if project.is_chunked else None)
+            chunks = (cur.execute(sql.SQL("SELECT count(*) FROM {} e WHERE EXISTS (SELECT FROM {} r WHERE {})").format(
+                project.names.target, project.names.source, project.key.equals("r", "e"))).fetchone()[0]
+                if project.is_chunked else None)
             has_errors = cur.execute("SELECT to_regclass(%s) IS NOT NULL",
                                      [project.names.errors.as_string(cur)]).fetchone()[0]
             failed = (cur.execute(sql.SQL("SELECT count(*) FROM {}").format(project.names.errors)).fetchone()[0]
@@ -468,9 +479,11 @@ class VectorizeHook(PostgresHook):
             scope.check(project)
             catalog.lock_project(cur, job_name)
             catalog.create_errors_table(cur, project)  # projects created before it existed
+            removal.upgrade(cur, project)  # ... or with pg_vectorize's foreign keys
+            reconciled = storage.reconcile_removed(cur, project, self.index_build_memory)
         model = self._model(project)
         try:
-            return generation.generate(
+            summary = generation.generate(
                 self.connect,
                 project,
                 scope,
@@ -490,6 +503,7 @@ class VectorizeHook(PostgresHook):
                 f"project {job_name!r}: the database session ended during generation ({error}). The batches"
                 " committed before are kept; run again to embed the rest."
             ) from error
+        return {**summary, **reconciled}
 
     @staticmethod
     def _splitter(project: Project, model: models.EmbeddingModel) -> chunking.TextSplitter | None:

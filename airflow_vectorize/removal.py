@@ -1,0 +1,134 @@
+"""What happens to a project's vectors when source rows go away: DELETE, TRUNCATE, a key changed.
+
+pg_vectorize ties its tables to the source with foreign keys (``ON DELETE CASCADE``): a plain ``TRUNCATE`` of
+the source then fails, and a ``DELETE`` pays for deleting every vector with its row. Here the source's
+triggers only record the keys removed (``vectorize._removed_<job>``) and take them off the queue and the
+errors table, in the statement that removes them; a removed row's vectors are never read again (every read
+joins the source: search, RAG, status, the view) and the next generation run deletes them (``storage.reconcile_removed``)
+— unless the key came back meanwhile, as in a full reload (``TRUNCATE`` + ``COPY``, or ``DELETE`` +
+``INSERT``): its vectors are then kept, and embedded again only if its text changed (the stored md5).
+
+An ``append`` project's vectors live in the source rows themselves and go with them: its triggers keep each
+removed row's vector and text md5 in ``_removed_<job>``, and the next generation run writes them back into the
+rows that came back with the same text, without asking the model.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from psycopg import Cursor, sql
+
+if TYPE_CHECKING:
+    from airflow_vectorize.catalog import Project
+
+log = logging.getLogger(__name__)
+
+
+def create_removed_table(cur: Cursor, project: Project) -> None:
+    """``vectorize._removed_<job>``: the key columns (their exact types, copied from the source), and for an
+    append project the removed row's vector, text md5 and when it was embedded. No key constraint: a key may be removed twice."""
+    names = project.names
+    extra = sql.SQL("")
+    if not project.is_join:
+        extra = sql.SQL("; ALTER TABLE {removed} ADD COLUMN text_md5 uuid, ADD COLUMN embeddings vector({n}),"
+                        " ADD COLUMN updated_at timestamptz").format(
+            removed=names.removed, n=sql.Literal(project.dimensions))
+    cur.execute(sql.SQL("CREATE TABLE {removed} AS SELECT {keys} FROM {source} WITH NO DATA{extra}").format(
+        removed=names.removed, keys=project.key.names(), source=names.source, extra=extra))
+
+
+def create_triggers(cur: Cursor, project: Project) -> None:
+    """The source's DELETE (per statement, from its transition table), TRUNCATE and key-change (per row, only
+    when a key column is updated) triggers, all calling ``vectorize.handle_removal_<job>()``."""
+    names, key = project.names, project.key
+    cur.execute(sql.SQL(
+        "CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS {body};"
+        " CREATE TRIGGER {delete} AFTER DELETE ON {source} REFERENCING OLD TABLE AS vectorize_old_rows"
+        " FOR EACH STATEMENT EXECUTE FUNCTION {function}();"
+        " CREATE TRIGGER {truncate} BEFORE TRUNCATE ON {source} FOR EACH STATEMENT EXECUTE FUNCTION {function}();"
+        " CREATE TRIGGER {rekey} AFTER UPDATE OF {keys} ON {source} FOR EACH ROW WHEN ({changed})"
+        " EXECUTE FUNCTION {function}()"
+    ).format(function=names.removal_function, body=sql.Literal(_function_body(project).as_string(cur)),
+             delete=sql.Identifier(names.delete_trigger), truncate=sql.Identifier(names.truncate_trigger),
+             rekey=sql.Identifier(names.rekey_trigger), source=names.source, keys=key.names(),
+             changed=sql.SQL("({}) IS DISTINCT FROM ({})").format(key.names("old"), key.names("new"))))
+
+
+def _function_body(project: Project) -> sql.Composable:
+    names, key = project.names, project.key
+    parts = dict(removed=names.removed, queue=names.queue, errors=names.errors, keys=key.names(),
+                 o_keys=key.names("o"), old_keys=key.names("old"), new_keys=key.names("new"),
+                 in_old=key.equals("x", "o"), source=names.source, target=names.target,
+                 emb=sql.Identifier(names.embeddings_column), md5=sql.Identifier(names.text_md5_column),
+                 updated_at=sql.Identifier(names.updated_at_column), channel=sql.Literal(names.channel))
+    if project.is_join:  # the vectors stay where they are; the next generation run deletes them
+        on_truncate = sql.SQL("INSERT INTO {removed} ({keys}) SELECT {keys} FROM {target}{first_chunk};").format(
+            first_chunk=sql.SQL(" WHERE chunk_no = 0" if project.is_chunked else ""), **parts)
+        on_delete = sql.SQL("INSERT INTO {removed} ({keys}) SELECT {o_keys} FROM vectorize_old_rows o;").format(**parts)
+        on_rekey = sql.SQL("INSERT INTO {removed} ({keys}) VALUES ({old_keys});").format(**parts)
+    else:  # the vectors go with the rows: keep them (BEFORE TRUNCATE, the rows are still there)
+        on_truncate = sql.SQL(
+            "INSERT INTO {removed} ({keys}, text_md5, embeddings, updated_at) SELECT {keys}, {md5}, {emb}, {updated_at}"
+            " FROM {source}"
+            " WHERE {emb} IS NOT NULL;").format(**parts)
+        on_delete = sql.SQL(
+            "INSERT INTO {removed} ({keys}, text_md5, embeddings, updated_at) SELECT {o_keys}, o.{md5}, o.{emb}, o.{updated_at}"
+            " FROM vectorize_old_rows o WHERE o.{emb} IS NOT NULL;").format(**parts)
+        on_rekey = sql.SQL("")  # the row keeps its vector under its new key
+    requeue = sql.SQL("")
+    if project.schedule == "realtime":  # a row under a new key is embedded (or found current) by the next run
+        requeue = sql.SQL(
+            "INSERT INTO {queue} ({keys}) VALUES ({new_keys}) ON CONFLICT ({keys}) DO UPDATE"
+            " SET enqueued_at = clock_timestamp(); PERFORM pg_notify({channel}, '');").format(**parts)
+    return sql.SQL(
+        """
+        BEGIN
+          IF TG_OP = 'TRUNCATE' THEN
+            {on_truncate}
+            DELETE FROM {queue};
+            DELETE FROM {errors};
+          ELSIF TG_OP = 'DELETE' THEN
+            {on_delete}
+            IF EXISTS (SELECT FROM {queue}) THEN
+              DELETE FROM {queue} x USING vectorize_old_rows o WHERE {in_old};
+            END IF;
+            IF EXISTS (SELECT FROM {errors}) THEN
+              DELETE FROM {errors} x USING vectorize_old_rows o WHERE {in_old};
+            END IF;
+          ELSE
+            {on_rekey}
+            DELETE FROM {queue} WHERE ({keys}) = ({old_keys});
+            DELETE FROM {errors} WHERE ({keys}) = ({old_keys});
+            {requeue}
+          END IF;
+          RETURN NULL;
+        END
+        """
+    ).format(on_truncate=on_truncate, on_delete=on_delete, on_rekey=on_rekey, requeue=requeue, **parts)
+
+
+def drop_triggers(cur: Cursor, project: Project) -> None:
+    names = project.names
+    for trigger in names.removal_triggers:
+        cur.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trigger), names.source))
+
+
+def upgrade(cur: Cursor, project: Project) -> bool:
+    """Move a project created with pg_vectorize's foreign keys to the removal triggers; returns whether it
+    did. Call with the project locked (``catalog.lock_project``)."""
+    cur.execute("SELECT to_regclass(%s) IS NULL", [".".join(project.names.removed_name)])
+    if not cur.fetchone()[0]:
+        return False
+    tables = [project.names.queue, project.names.errors] + ([project.names.target] if project.is_join else [])
+    cur.execute(
+        "SELECT c.conrelid::regclass::text, c.conname FROM pg_constraint c WHERE c.contype = 'f'"
+        " AND c.confrelid = to_regclass(%s) AND c.conrelid = ANY(%s::regclass[])",
+        [project.names.source.as_string(cur), [t.as_string(cur) for t in tables]])
+    for table, constraint in cur.fetchall():
+        cur.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(sql.SQL(table), sql.Identifier(constraint)))
+    create_removed_table(cur, project)
+    create_triggers(cur, project)
+    log.info("Project %r: moved from foreign keys to removal triggers (TRUNCATE of its source now works)", project.name)
+    return True

@@ -1,0 +1,184 @@
+"""Source tables as ETL treats them (issue 31): a plain TRUNCATE, a full reload (TRUNCATE + INSERT, DELETE +
+INSERT in one transaction), DELETE and a changed key, for join, append, chunked and composite-key projects, on
+the real database and model. A reload sends the model only the rows whose text changed; vectors of keys that
+did not come back are never read and are gone after the next generation run."""
+
+from __future__ import annotations
+
+import pytest
+from psycopg import sql
+
+from airflow_vectorize.example_data import PRODUCTS
+
+# name -> (key columns, create_project arguments)
+LAYOUTS = {
+    "join": (["id"], {}),
+    "append": (["id"], {"table_method": "append"}),
+    "chunked": (["id"], {"chunk_size": 12}),
+    "composite": (["tenant", "id"], {}),
+}
+ROWS = [(pid % 3, pid, f"{name}. {description}", category) for pid, name, description, category, _ in PRODUCTS]
+QUERY = "mobile phone with a good camera"  # rows 1-3 are phones
+
+
+@pytest.fixture(params=list(LAYOUTS))
+def layout(request, database, hook):
+    """The table ``docs`` (tenant, id, body, category) with the 24 products, a realtime project ``docs`` over
+    ``body`` in the layout, every row embedded."""
+    key, arguments = LAYOUTS[request.param]
+    database.execute(sql.SQL(
+        "CREATE TABLE docs (tenant integer NOT NULL, id integer NOT NULL, body text, category text, PRIMARY KEY ({}))"
+    ).format(sql.SQL(", ").join(map(sql.Identifier, key))))
+    load(database, ROWS)
+    hook.create_project("docs", "docs", key if len(key) > 1 else key[0], ["body"], **arguments)
+    assert hook.generate_embeddings("docs")["embedded"] == 24
+    database.name, database.key = request.param, key
+    return database
+
+
+def load(db, rows) -> None:
+    with db.conn.cursor() as cur:
+        cur.executemany("INSERT INTO docs (tenant, id, body, category) VALUES (%s, %s, %s, %s)", rows)
+
+
+def stored(db) -> dict[int, tuple]:
+    """id -> what the project stores for it: (vector, updated_at), or each chunk's (chunk_no, vector)."""
+    if db.name == "append":
+        query = "SELECT id, docs_embeddings::text, docs_updated_at FROM docs WHERE docs_embeddings IS NOT NULL"
+    elif db.name == "chunked":
+        query = ("SELECT id, array_agg(chunk_no || ':' || embeddings::text ORDER BY chunk_no), max(updated_at)"
+                 " FROM vectorize._chunks_docs GROUP BY id")
+    else:
+        query = "SELECT id, embeddings::text, updated_at FROM vectorize._embeddings_docs"
+    return {row[0]: row[1:] for row in db.execute(query)}
+
+
+def found(hook, db) -> set[int]:
+    """The ids any search returns (vector and hybrid, for the query and for every row's own text)."""
+    columns = db.key
+    ids = set()
+    for query in [QUERY, *(body for _, _, body, _ in ROWS)]:
+        ids |= {row["id"] for row in hook.search("docs", query, return_columns=columns, num_results=30)}
+    ids |= {row["id"] for row in hook.hybrid_search("docs", QUERY, return_columns=columns, num_results=30)}
+    ids |= {row["id"] for row in hook.hybrid_search("docs", "phone", return_columns=columns, num_results=30)}
+    return ids
+
+
+def counts(hook) -> tuple[int, int, int, int]:
+    status = hook.get_status("docs")
+    return status["total_rows"], status["embedded_rows"], status["pending"], status["failed_rows"]
+
+
+def queue_and_errors(db) -> tuple[int, int]:
+    return (db.scalar("SELECT count(*) FROM vectorize._pending_docs"),
+            db.scalar("SELECT count(*) FROM vectorize._errors_docs"))
+
+
+def changed(rows):
+    """The rows reloaded: ids 3 and 4 gone, 5's text changed, 200 new."""
+    out = [r for r in rows if r[1] not in (3, 4)]
+    out = [(t, i, b + " Now in pink." if i == 5 else b, c) for t, i, b, c in out]
+    return [*out, (2, 200, "A brand new garden hose, 30 m, with a spray nozzle", "garden")]
+
+
+def test_truncate_works_and_a_reload_embeds_only_what_changed(layout, hook):
+    db = layout
+    before = stored(db)
+    load(db, [(1, 100, "A queued row, not embedded yet", "misc")])  # realtime: queued
+    db.execute("INSERT INTO vectorize._errors_docs (tenant, id, error) VALUES (1, 7, 'x')"
+               if db.name == "composite" else "INSERT INTO vectorize._errors_docs (id, error) VALUES (7, 'x')")
+    assert queue_and_errors(db) == (1, 1)
+
+    db.execute("TRUNCATE docs")  # a plain TRUNCATE: no foreign key refuses it
+
+    assert counts(hook) == (0, 0, 0, 0) and queue_and_errors(db) == (0, 0)
+    assert found(hook, db) == set()
+    assert db.scalar("SELECT count(*) FROM vectorize.docs_view") == 0 if db.name != "append" else True
+
+    load(db, changed(ROWS))  # the nightly reload
+    assert not found(hook, db) & {3, 4}  # keys that did not come back: never in results
+    summary = hook.generate_embeddings("docs")
+
+    assert summary["embedded"] == 2  # 5 (text changed) and 200 (new): nothing else sent to the model
+    after = stored(db)
+    assert set(after) == {i for _, i, _, _ in changed(ROWS)}  # 3 and 4 gone from the project's storage
+    unchanged = set(after) - {5, 200}
+    assert {i: after[i] for i in unchanged} == {i: before[i] for i in unchanged}  # same vectors, not rewritten
+    assert after[5][0] != before[5][0]
+    if db.name == "append":
+        assert (summary["vectors_restored"], summary["vectors_removed"]) == (21, 3)
+    elif db.name == "chunked":
+        assert summary["vectors_removed"] == sum(len(before[i][0]) for i in (3, 4))
+    else:
+        assert summary["vectors_removed"] == 2
+    assert counts(hook) == (23, 23, 0, 0) and queue_and_errors(db) == (0, 0)
+    assert {1, 2} <= found(hook, db) and not found(hook, db) & {3, 4}
+
+
+def test_delete_and_insert_in_one_transaction_embeds_only_what_changed(layout, hook):
+    db = layout
+    before = stored(db)
+    with db.conn.transaction():
+        db.execute("DELETE FROM docs")
+        load(db, changed(ROWS))
+    summary = hook.generate_embeddings("docs")
+    assert summary["embedded"] == 2
+    after = stored(db)
+    unchanged = set(after) - {5, 200}
+    assert set(after) == unchanged | {5, 200} and {i: after[i] for i in unchanged} == {i: before[i] for i in unchanged}
+    assert counts(hook) == (23, 23, 0, 0)
+
+
+def test_a_deleted_row_leaves_search_queue_and_errors_at_once_and_storage_at_the_next_run(layout, hook):
+    db = layout
+    db.execute("UPDATE docs SET body = body || ' (refurbished)' WHERE id = 1")  # queued
+    db.execute("INSERT INTO vectorize._errors_docs (tenant, id, error) VALUES (2, 2, 'x')"
+               if db.name == "composite" else "INSERT INTO vectorize._errors_docs (id, error) VALUES (2, 'x')")
+    db.execute("DELETE FROM docs WHERE id IN (1, 2, 3)")
+
+    assert queue_and_errors(db) == (0, 0)
+    assert counts(hook) == (21, 21, 0, 0)
+    assert not found(hook, db) & {1, 2, 3}
+    if db.name != "append":  # the vectors stay until the next generation run (append: gone with the rows)
+        assert {1, 2, 3} <= set(stored(db))
+    summary = hook.generate_embeddings("docs")
+    assert summary["embedded"] == 0 and not set(stored(db)) & {1, 2, 3}
+    assert summary["vectors_removed"] > 0
+
+
+def test_a_changed_key_moves_the_row(layout, hook):
+    db = layout
+    db.execute("UPDATE docs SET id = 300 WHERE id = 1")
+    assert 1 not in found(hook, db)
+    summary = hook.generate_embeddings("docs", pending_only=True)  # the realtime run: the new key was queued
+    assert summary["embedded"] == (0 if db.name == "append" else 1)  # an append row keeps its vector
+    assert 1 not in stored(db) and 300 in stored(db)
+    assert 300 in {row["id"] for row in hook.search("docs", ROWS[0][2], return_columns=db.key, num_results=3)}
+    assert counts(hook) == (24, 24, 0, 0)
+
+
+def test_a_project_made_with_foreign_keys_moves_to_the_triggers_at_its_next_run(products, hook):
+    """A project created before (pg_vectorize's foreign keys, no removal triggers): its next generation run
+    drops the foreign keys and adds the triggers; TRUNCATE then works and a reload re-embeds nothing."""
+    hook.create_project("shop", "products", "product_id", ["name", "description"])
+    hook.generate_embeddings("shop")
+    products.execute(
+        "DROP TRIGGER vectorize_delete_trigger_shop ON products; DROP TRIGGER vectorize_trunc_trigger_shop ON products;"
+        " DROP TRIGGER vectorize_rekey_trigger_shop ON products; DROP FUNCTION vectorize.handle_removal_shop();"
+        " DROP TABLE vectorize._removed_shop;"
+        " ALTER TABLE vectorize._embeddings_shop ADD FOREIGN KEY (product_id) REFERENCES products ON DELETE CASCADE;"
+        " ALTER TABLE vectorize._pending_shop ADD FOREIGN KEY (product_id) REFERENCES products ON DELETE CASCADE;"
+        " ALTER TABLE vectorize._errors_shop ADD FOREIGN KEY (product_id) REFERENCES products ON DELETE CASCADE")
+    with pytest.raises(Exception, match="cannot truncate a table referenced in a foreign key constraint"):
+        products.execute("TRUNCATE products")
+
+    assert hook.generate_embeddings("shop")["embedded"] == 0
+    assert products.scalar("SELECT count(*) FROM pg_constraint WHERE contype = 'f'"
+                           " AND confrelid = 'products'::regclass") == 0
+    rows = products.execute("SELECT * FROM products")
+    with products.conn.transaction():
+        products.execute("TRUNCATE products")
+        with products.conn.cursor() as cur:
+            cur.executemany("INSERT INTO products VALUES (%s, %s, %s, %s, %s, %s)", rows)
+    assert hook.generate_embeddings("shop")["embedded"] == 0
+    assert hook.get_status("shop")["embedded_rows"] == 24
