@@ -44,6 +44,9 @@ DEFAULT_RUNS = [
     ("vectorize_scheduled_ingestion", "2026-11-01"),
     ("vectorize_scheduled_ingestion", "2026-11-02"),
     ("vectorize_embedding_backfill", None),
+    # A nightly full refresh (TRUNCATE + COPY): the second night embeds only the rows its file changed.
+    ("vectorize_full_refresh", "2026-11-01"),
+    ("vectorize_full_refresh", "2026-11-02"),
     # Realtime (here run one after the other; deployed, the second runs on its own when rows are queued,
     # the third when the second has emitted fresh embeddings).
     ("vectorize_realtime_setup", None),

@@ -38,7 +38,7 @@ def test_every_example_is_tested(dags):
     assert set(dags) == {"vectorize_import_embeddings", "vectorize_scheduled_ingestion",
                          "vectorize_embedding_backfill", "vectorize_remote_embeddings", "vectorize_rag",
                          "vectorize_realtime_setup", "vectorize_realtime", "vectorize_realtime_consumer",
-                         "vectorize_long_documents"}
+                         "vectorize_long_documents", "vectorize_full_refresh"}
 
 
 def test_import_embeddings_example(dags, default_connection):
@@ -79,6 +79,20 @@ def test_scheduled_ingestion_embeds_each_interval_once(dags, default_connection)
     embedded = [r["tasks"]["embed_interval"]["result"]["embedded"] for r in (day1, day2, rerun)]
     assert embedded == [24, 0, 0]
     assert day1["tasks"]["phones_come_first"]["result"] in {"Pixel 9 smartphone", "iPhone 16", "Galaxy A55"}
+
+
+def test_full_refresh_embeds_only_what_the_night_changed(dags, default_connection):
+    nights = [run_dag(dags["vectorize_full_refresh"], day) for day in ("2026-11-01", "2026-11-02", "2026-11-02")]
+
+    assert {night["state"] for night in nights} == {"success"}
+    reports = [night["tasks"]["report"]["result"] for night in nights]
+    assert reports == [
+        "embedded 24 of 24 rows (0 unchanged); 0 vectors of rows no longer in the file removed",
+        "embedded 4 of 23 rows (19 unchanged); 2 vectors of rows no longer in the file removed",
+        "embedded 0 of 23 rows (23 unchanged); 0 vectors of rows no longer in the file removed",
+    ]
+    status = default_connection.execute("SELECT count(*) FROM vectorize._embeddings_catalogue_refresh")
+    assert status == [(23,)]
 
 
 def test_mapped_backfill_covers_every_row_once(dags, default_connection):
