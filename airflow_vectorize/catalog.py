@@ -15,7 +15,7 @@ from psycopg.rows import dict_row
 from airflow_vectorize import expressions, removal
 from airflow_vectorize.exceptions import VectorizeError
 from airflow_vectorize.keys import Key
-from airflow_vectorize.naming import CHUNK_FTS_COLUMN, StorageNames
+from airflow_vectorize.naming import CHUNK_FTS_COLUMN, DOCUMENT_COLUMN, StorageNames
 from airflow_vectorize.rag import ensure_prompts
 
 DEFAULT_TRANSFORMER = "sentence-transformers/all-MiniLM-L6-v2"
@@ -349,6 +349,8 @@ def create_storage(cur: Cursor, project: Project) -> None:
                      text_md5=sql.Identifier(project.names.text_md5_column))
         )
     create_index(cur, project)
+    if not project.is_chunked:
+        create_documents_table(cur, project)
     cur.execute(fts_index_statement(project))
     cur.execute(
         sql.SQL(
@@ -512,13 +514,23 @@ def chunk_documents_column() -> sql.Composable:
         sql.Identifier(CHUNK_FTS_COLUMN), expressions.chunk_fts_document())
 
 
+def create_documents_table(cur: Cursor, project: Project) -> None:
+    """An unchunked project's ``vectorize._documents_<job>``: each embedded row's full-text document
+    (``expressions.fts_document``), written with its vector (``storage.write_documents``), so that hybrid
+    search ranks matches by stored documents instead of parsing their texts, and writes to the source pay
+    for no full-text index."""
+    cur.execute(sql.SQL("{key_table}; ALTER TABLE {documents} ADD COLUMN {document} tsvector NOT NULL").format(
+        key_table=key_table(project, project.names.documents, "PRIMARY KEY"), documents=project.names.documents,
+        document=sql.Identifier(DOCUMENT_COLUMN)))
+
+
 def fts_index_statement(project: Project) -> sql.Composable:
-    """Hybrid search's full-text index ``<job>_fts_idx``: on the source's document, or on a chunked project's
+    """Hybrid search's full-text index ``<job>_fts_idx``: on the stored documents, or on a chunked project's
     chunk documents (``chunk_documents_column``) in its chunk table."""
     if project.is_chunked:
         table, indexed = project.names.target, sql.Identifier(CHUNK_FTS_COLUMN)
     else:
-        table, indexed = project.names.source, sql.SQL("({})").format(expressions.fts_document(project))
+        table, indexed = project.names.documents, sql.Identifier(DOCUMENT_COLUMN)
     return sql.SQL("CREATE INDEX {} ON {} USING gin ({})").format(
         sql.Identifier(project.names.fts_index_name), table, indexed)
 
@@ -529,13 +541,13 @@ def drop_storage(cur: Cursor, project: Project, source_exists: bool) -> None:
         for trigger in (project.names.insert_trigger, project.names.update_trigger):
             cur.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trigger), project.names.source))
         removal.drop_triggers(cur, project)
-        # On the source (a chunked project's is on its chunk table, but one created before was here).
+        # On the source: a project's created before the documents table (or a chunked project's before chunk tables).
         cur.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(
-            sql.Identifier(project.schema, project.names.fts_index_name)))
+            sql.Identifier(*project.names.source_fts_index_qualified_name)))
     cur.execute(sql.SQL("DROP FUNCTION IF EXISTS {}(), {}()").format(project.names.trigger_function,
                                                                    project.names.removal_function))
-    cur.execute(sql.SQL("DROP TABLE IF EXISTS {}, {}, {}").format(project.names.queue, project.names.errors,
-                                                                 project.names.removed))
+    cur.execute(sql.SQL("DROP TABLE IF EXISTS {}, {}, {}, {}").format(
+        project.names.queue, project.names.errors, project.names.removed, project.names.documents))
     if project.is_join:
         cur.execute(sql.SQL("DROP VIEW IF EXISTS {}; DROP TABLE IF EXISTS {}").format(project.names.view, project.names.target))
     elif source_exists:

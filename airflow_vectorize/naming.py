@@ -8,9 +8,9 @@
 - ours: instead of pg_vectorize's foreign keys to the source, ``vectorize_delete_trigger_<job>``,
   ``vectorize_trunc_trigger_<job>`` and ``vectorize_rekey_trigger_<job>`` calling
   ``vectorize.handle_removal_<job>()``, which record removed keys in ``vectorize._removed_<job>``
-  (``airflow_vectorize.removal``); the queue ``vectorize._pending_<job>``, the errors table ``vectorize._errors_<job>``, the full-text
-  index ``<job>_fts_idx`` (on the source; a chunked project's on its chunk table's ``chunk_fts`` column, in
-  ``vectorize``) and the NOTIFY channel ``vectorize_<job>``.
+  (``airflow_vectorize.removal``); the queue ``vectorize._pending_<job>``, the errors table
+  ``vectorize._errors_<job>``, the stored full-text documents ``vectorize._documents_<job>`` with their index ``<job>_fts_idx`` (a chunked project's
+  index is on its chunk table's ``chunk_fts`` column) and the NOTIFY channel ``vectorize_<job>``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from psycopg import sql
 SCHEMA = "vectorize"
 # A chunked project's chunk table: each chunk's full-text document, a stored generated column.
 CHUNK_FTS_COLUMN = "chunk_fts"
+# An unchunked project's documents table (``StorageNames.documents``): each row's full-text document.
+DOCUMENT_COLUMN = "document"
 
 
 @dataclass(frozen=True)
@@ -86,9 +88,26 @@ class StorageNames:
 
     @property
     def fts_index_qualified_name(self) -> tuple[str, str]:
-        """(schema, name) of the full-text index: on the source table (in its schema), or for a chunked
-        project on its chunk table (``CHUNK_FTS_COLUMN``)."""
-        return (SCHEMA if self.is_chunked else self.schema), self.fts_index_name
+        """(schema, name) of the full-text index: on the documents table, or for a chunked project on its
+        chunk table (``CHUNK_FTS_COLUMN``). Projects created before the documents table had it on the source
+        (``source_fts_index_qualified_name``)."""
+        return SCHEMA, self.fts_index_name
+
+    @property
+    def source_fts_index_qualified_name(self) -> tuple[str, str]:
+        """Where an unchunked project created before the documents table has its full-text index: on the
+        source's ``expressions.fts_document``."""
+        return self.schema, self.fts_index_name
+
+    @property
+    def documents_name(self) -> tuple[str, str]:
+        """An unchunked project's stored full-text documents: (key, ``DOCUMENT_COLUMN``), one per embedded row,
+        written with its vector."""
+        return SCHEMA, f"_documents_{self.job}"
+
+    @property
+    def documents(self) -> sql.Identifier:
+        return sql.Identifier(*self.documents_name)
 
     @property
     def queue_name(self) -> tuple[str, str]:
@@ -166,6 +185,8 @@ class StorageNames:
         objects = [".".join(self.index_qualified_name), ".".join(self.fts_index_qualified_name),
                    ".".join(self.queue_name), ".".join(self.errors_name), ".".join(self.removed_name),
                    ".".join(self.removal_function_name) + "()", *self.removal_triggers]
+        if not self.is_chunked:
+            objects.insert(2, ".".join(self.documents_name))
         if self.is_join:
             objects[:0] = [".".join(self.target_name), ".".join(self.view_name)]
         else:

@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 def create_removed_table(cur: Cursor, project: Project) -> None:
     """``vectorize._removed_<job>``: the key columns (their exact types, copied from the source), and for an
-    append project the removed row's vector, text md5 and when it was embedded. No key constraint: a key may be removed twice."""
+    append project the removed row's vector, text md5 and when it was embedded. No key constraint: a key may be
+    removed twice; a join project's TRUNCATE writes one row of NULLs (every key may be gone)."""
     names = project.names
     extra = sql.SQL("")
     if not project.is_join:
@@ -64,8 +65,7 @@ def _function_body(project: Project) -> sql.Composable:
                  emb=sql.Identifier(names.embeddings_column), md5=sql.Identifier(names.text_md5_column),
                  updated_at=sql.Identifier(names.updated_at_column), channel=sql.Literal(names.channel))
     if project.is_join:  # the vectors stay where they are; the next generation run deletes them
-        on_truncate = sql.SQL("INSERT INTO {removed} ({keys}) SELECT {keys} FROM {target}{first_chunk};").format(
-            first_chunk=sql.SQL(" WHERE chunk_no = 0" if project.is_chunked else ""), **parts)
+        on_truncate = sql.SQL("INSERT INTO {removed} DEFAULT VALUES;").format(**parts)  # a row of NULLs: "all"
         on_delete = sql.SQL("INSERT INTO {removed} ({keys}) SELECT {o_keys} FROM vectorize_old_rows o;").format(**parts)
         on_rekey = sql.SQL("INSERT INTO {removed} ({keys}) VALUES ({old_keys});").format(**parts)
     else:  # the vectors go with the rows: keep them (BEFORE TRUNCATE, the rows are still there)

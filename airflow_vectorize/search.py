@@ -34,7 +34,7 @@ from psycopg.types.numeric import Oid
 from airflow_vectorize import catalog, expressions, validation
 from airflow_vectorize.catalog import Project
 from airflow_vectorize.exceptions import DimensionMismatchError, InvalidInputError, VectorizeError
-from airflow_vectorize.naming import CHUNK_FTS_COLUMN
+from airflow_vectorize.naming import CHUNK_FTS_COLUMN, DOCUMENT_COLUMN
 
 if TYPE_CHECKING:
     import numpy as np
@@ -98,8 +98,9 @@ class SearchTarget:
     name and OID of the project's queue table, which is created and dropped with the project; every
     statement is guarded by them. ``exact``: a chunked project's searches compare every chunk, its chunk
     table being small (``EXACT_SCAN_MAX_PAGES``) when last seen, at the lookup or by the last search
-    (``follow``). ``chunk_documents``: its chunk table stores the chunks' full-text documents (a chunked
-    project created before they were stored does not). ``queries``: the searches without filters already
+    (``follow``). ``documents``: the project stores its full-text documents — a documents table, or a
+    chunked project's chunk table column (a project created before they were stored does not: an unchunked
+    one then parses its rows' texts, until its next generation run stores them). ``queries``: the searches without filters already
     built from this entry, by their arguments (statement, settings and every parameter but the query
     vector), so that a repeated search only checks and binds its vector; it goes with the entry when the
     hook looks the project up again.
@@ -110,7 +111,7 @@ class SearchTarget:
     storage: str
     storage_oid: Oid | None
     exact: bool = False
-    chunk_documents: bool = True
+    documents: bool = True
     queries: dict[tuple, SearchQuery] = field(default_factory=dict, compare=False, repr=False)
 
     def follow(self, search: SearchQuery) -> None:
@@ -122,7 +123,8 @@ class SearchTarget:
 def search_target(cur: Cursor, project: Project) -> SearchTarget:
     """``project`` with its searchable columns, the identity of its storage and its search path, read once."""
     storage = project.names.queue.as_string(cur)
-    small, documents = sql.SQL("false"), sql.SQL("true")
+    small = sql.SQL("false")
+    documents = sql.SQL("to_regclass({}) IS NOT NULL").format(sql.Literal(".".join(project.names.documents_name)))
     if project.is_chunked:
         small = _small_table(project)
         documents = sql.SQL("EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass({})"
@@ -469,14 +471,23 @@ def _vector_statement(
     ).format(select=select, where=where, limit=sql.Literal(limit), **parts).as_string()
 
 
-def _full_text_matches(project: Project, shape: tuple[Filter, ...], candidates: int) -> sql.Composable:
+def _full_text_matches(project: Project, shape: tuple[Filter, ...], candidates: int,
+                       documents: bool = True) -> sql.Composable:
     """The ``candidates`` rows best ranked by ``ts_rank`` for the query ``%(text)s``, best first: their keys
     (``Key.aliases``) and rank ``r``. A row is ranked by its document (``expressions.fts_document``, found
     through the source's ``<job>_fts_idx``), a chunked project's row by its best chunk's stored document
     (``chunk_fts``, indexed in the chunk table): ranking a match then reads its document instead of parsing
     its text again."""
     key, names = project.key, project.key.aliases()
-    if not project.is_chunked:
+    if not project.is_chunked and documents:
+        return sql.SQL(
+            "SELECT {keys}, ts_rank(e.{doc}, q) AS r FROM {documents} e{source_join},"
+            " websearch_to_tsquery('english', %(text)s) q"
+            " WHERE e.{doc} @@ q AND {where} ORDER BY r DESC, {names} LIMIT {candidates}"
+        ).format(keys=key.select_as("e", names), doc=sql.Identifier(DOCUMENT_COLUMN),
+                 documents=project.names.documents, source_join=_chunk_source_join(project, shape),
+                 where=_chunk_where(project, shape), names=names.names(), candidates=sql.Literal(candidates))
+    if not project.is_chunked:  # created before the documents table: parse each match's text
         return sql.SQL(
             "SELECT {keys}, ts_rank({doc}, q) AS r FROM {source} s, websearch_to_tsquery('english', %(text)s) q"
             " WHERE {doc} @@ q AND {where} ORDER BY r DESC, {names} LIMIT {candidates}"
@@ -495,7 +506,7 @@ def _full_text_matches(project: Project, shape: tuple[Filter, ...], candidates: 
 @lru_cache(maxsize=256)
 def _hybrid_statement(
     project: Project, columns: tuple[str, ...], shape: tuple[Filter, ...], limit: int, candidates: int,
-    exact: bool = False,
+    exact: bool = False, documents: bool = True,
 ) -> str:
     """A chunked project's semantic candidates are the rows nearest by their best chunk among the index's
     nearest chunks, or (``exact``) among every chunk; ``_small_table`` is its statement's last column."""
@@ -532,7 +543,7 @@ def _hybrid_statement(
         " LIMIT {limit}"
     ).format(
         semantic=semantic,
-        matches=_full_text_matches(project, shape, candidates),
+        matches=_full_text_matches(project, shape, candidates, documents),
         columns=_column_list(columns),
         source=project.names.source,
         limit=sql.Literal(limit),
@@ -633,7 +644,7 @@ def hybrid_search_query(
     The top ``candidates`` rows by vector distance and by ts_rank are fused by reciprocal rank (``rrf_k``).
     """
     project = target.project
-    if not target.chunk_documents:
+    if project.is_chunked and not target.documents:
         fix = sql.SQL("ALTER TABLE {} ADD COLUMN {}; {}").format(
             project.names.target, catalog.chunk_documents_column(), catalog.fts_index_statement(project))
         raise VectorizeError(
@@ -670,7 +681,8 @@ def hybrid_search_query(
         _guard_params(target), vector=query_vector(project, query, embed), text=query,
         semantic_weight=float(semantic_weight), full_text_weight=float(full_text_weight), rrf_k=float(rrf_k),
     )
-    statement = _hybrid_statement(project, tuple(columns), shape, num_results, candidates, bool(exact))
+    statement = _hybrid_statement(project, tuple(columns), shape, num_results, candidates, bool(exact),
+                                  target.documents)
     return SearchQuery(statement, params, settings, exact=exact)
 
 

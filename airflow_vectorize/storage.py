@@ -12,6 +12,7 @@ from airflow_vectorize.catalog import Project, create_index, drop_index_unless_b
 from airflow_vectorize.chunking import TextSplitter
 from airflow_vectorize.exceptions import InvalidInputError
 from airflow_vectorize.keys import Key
+from airflow_vectorize.naming import DOCUMENT_COLUMN
 from airflow_vectorize.validation import ImportSource
 
 # A write that brings at least this share of the project's final rows, and at least MIN rows, drops the
@@ -53,22 +54,39 @@ def reconcile_removed(cur: Cursor, project: Project, build_memory: str) -> dict[
     """Settle the keys removed since the last run: delete the vectors of those that did not come back; for an
     append project, write the kept vectors back into the rows that came back with the same text. Returns
     ``{"vectors_removed": n}`` (chunks for a chunked project) or ``{"vectors_restored": n, "vectors_removed":
-    m}``. Call with the project locked."""
+    m}``. Call with the project locked.
+
+    A join project's vectors are found by key when few keys were removed, and by comparing every stored key
+    with the source (one anti-join) after a TRUNCATE (its marker: a row of NULLs) or when many were."""
     names, key = project.names, project.key
-    cur.execute(sql.SQL("SELECT count(*) FROM {}").format(names.removed))
-    pending = cur.fetchone()[0]
+    cur.execute(sql.SQL("SELECT count(*), count(*) FILTER (WHERE {}) FROM {}").format(key.any_null(None), names.removed))
+    pending, truncated = cur.fetchone()
     if not pending:
         return {"vectors_removed": 0} if project.is_join else {"vectors_restored": 0, "vectors_removed": 0}
     parts = dict(removed=names.removed, target=names.target, source=names.source, keys=key.names(),
                  g_keys=key.names("g"), emb=sql.Identifier(names.embeddings_column),
                  md5=sql.Identifier(names.text_md5_column), updated_at=sql.Identifier(names.updated_at_column),
-                 current=expressions.text_md5(project, "r"))
+                 current=expressions.text_md5(project, "r"), in_source=key.equals("r", "t"))
+    documents = _has_documents(cur, project)
     if project.is_join:
-        cur.execute(sql.SQL(
-            "WITH gone AS (DELETE FROM {removed} RETURNING {keys})"
-            " DELETE FROM {target} t USING (SELECT DISTINCT {keys} FROM gone) g WHERE {same}"
-            " AND NOT EXISTS (SELECT FROM {source} r WHERE {in_source})"
-        ).format(same=key.equals("t", "g"), in_source=key.equals("r", "t"), **parts))
+        tables = [names.target, *([names.documents] if documents else [])]
+        if truncated or pending >= FULL_RECONCILE_SHARE * embedded_rows(cur, project):
+            cur.execute(sql.SQL("DELETE FROM {removed}").format(**parts))
+            for table in reversed(tables):  # the vectors' count last
+                cur.execute(sql.SQL("DELETE FROM {t} t WHERE NOT EXISTS (SELECT FROM {source} r WHERE {in_source})")
+                            .format(t=table, **parts))
+        else:
+            cur.execute(sql.SQL(
+                "CREATE TEMP TABLE vectorize_gone ON COMMIT DROP AS SELECT DISTINCT {keys} FROM {removed};"
+                " DELETE FROM {removed}").format(**parts))
+            for table in reversed(tables):
+                cur.execute(sql.SQL(
+                    "DELETE FROM {t} t USING vectorize_gone g WHERE {same}"
+                    " AND NOT EXISTS (SELECT FROM {source} r WHERE {in_source})"
+                ).format(t=table, same=key.equals("t", "g"), **parts))
+            removed = cur.rowcount
+            cur.execute("DROP TABLE vectorize_gone")
+            return {"vectors_removed": removed}
         return {"vectors_removed": cur.rowcount}
     with index_maintenance(cur, project, pending, build_memory):
         cur.execute(sql.SQL(
@@ -77,7 +95,59 @@ def reconcile_removed(cur: Cursor, project: Project, build_memory: str) -> dict[
             " WHERE {same} AND r.{emb} IS NULL AND g.text_md5 = {current}"
         ).format(same=key.equals("r", "g"), **parts))
         restored = cur.rowcount
+    if documents:  # of the rows that did not come back
+        cur.execute(sql.SQL("DELETE FROM {documents} t WHERE NOT EXISTS (SELECT FROM {source} r WHERE {in_source})")
+                    .format(documents=names.documents, **parts))
     return {"vectors_restored": restored, "vectors_removed": pending - restored}
+
+
+def _has_documents(cur: Cursor, project: Project) -> bool:
+    """Whether the project stores its rows' full-text documents (an unchunked project created before the
+    documents table gets it from its next generation run: ``ensure_documents``)."""
+    if project.is_chunked:
+        return False
+    cur.execute("SELECT to_regclass(%s) IS NOT NULL", [".".join(project.names.documents_name)])
+    return cur.fetchone()[0]
+
+
+def write_documents(cur: Cursor, project: Project, keys: sql.Composable, keys_key: Key | None = None) -> None:
+    """Write the full-text documents of the source rows whose keys are in the relation ``keys`` (its key
+    columns named as ``keys_key``'s, by default the project's): as the vectors of those rows are written."""
+    if not _has_documents(cur, project):  # chunked, or created before (until its next generation run)
+        return
+    key = project.key
+    cur.execute(sql.SQL(
+        "INSERT INTO {documents} ({keys}, {document}) SELECT {r_keys}, {text} FROM {source} r"
+        " WHERE EXISTS (SELECT FROM {rel} k WHERE {matched})"
+        " ON CONFLICT ({keys}) DO UPDATE SET {document} = EXCLUDED.{document}"
+    ).format(documents=project.names.documents, keys=key.names(), document=sql.Identifier(DOCUMENT_COLUMN),
+             r_keys=key.names("r"), text=expressions.fts_document(project, "r"), source=project.names.source,
+             rel=keys, matched=key.equals("r", "k", keys_key)))
+
+
+def ensure_documents(cur: Cursor, project: Project) -> bool:
+    """Give an unchunked project created before the documents table its stored documents (of every row with a
+    current vector), their index, and drop the full-text index it had on the source; returns whether it did.
+    Call with the project locked."""
+    from airflow_vectorize.catalog import create_documents_table, fts_index_statement
+
+    if project.is_chunked or _has_documents(cur, project):
+        return False
+    create_documents_table(cur, project)
+    stored_md5 = sql.Identifier("e" if project.is_join else "r", project.names.text_md5_column)
+    cur.execute(sql.SQL(
+        "INSERT INTO {documents} ({keys}, {document}) SELECT {r_keys}, {text} FROM {rows} WHERE {stored} = {current}"
+    ).format(documents=project.names.documents, keys=project.key.names(), document=sql.Identifier(DOCUMENT_COLUMN),
+             r_keys=project.key.names("r"), text=expressions.fts_document(project, "r"),
+             rows=expressions.stored_rows(project), stored=stored_md5, current=expressions.text_md5(project, "r")))
+    cur.execute(fts_index_statement(project))
+    cur.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(*project.names.source_fts_index_qualified_name)))
+    return True
+
+
+# Removed keys at least this share of the stored vectors: one anti-join of every stored key with the source
+# is cheaper than looking up each removed key.
+FULL_RECONCILE_SHARE = 0.2
 
 
 def import_from_table(
@@ -216,7 +286,9 @@ def upsert_from_staging(cur: Cursor, project: Project) -> int:
             "UPDATE {source} r SET {emb} = s.embeddings, {updated_at} = now(), {text_md5} = s.text_md5"
             " FROM vectorize_staging s WHERE {same_key}"
         ).format(same_key=project.key.equals("r", "s"), **parts))
-    return cur.rowcount
+    written = cur.rowcount
+    write_documents(cur, project, sql.Identifier("vectorize_staging"))
+    return written
 
 
 def import_chunks(cur: Cursor, project: Project, source: ImportSource, splitter: TextSplitter) -> tuple[int, int, int]:

@@ -275,7 +275,10 @@ def unique_together(cur: Cursor, table: Table, columns: tuple[str, ...]) -> bool
 
 def check_storage_free(cur: Cursor, project: Project) -> None:
     """Refuse to create over objects left behind by another tool or an earlier version."""
-    relations = [project.names.queue_name, project.names.index_qualified_name, project.names.fts_index_qualified_name]
+    relations = [project.names.queue_name, project.names.index_qualified_name, project.names.fts_index_qualified_name,
+                 project.names.source_fts_index_qualified_name, project.names.removed_name, project.names.errors_name]
+    if not project.is_chunked:
+        relations.append(project.names.documents_name)
     if project.is_join:
         relations += [project.names.target_name, project.names.view_name]
     cur.execute(

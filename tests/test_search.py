@@ -160,9 +160,38 @@ def test_search_rejects_bad_input(products, hook, model):
 
 
 @pytest.mark.parametrize("table_method", ["join", "append"])
+def test_stored_documents_rank_as_parsed_texts_did_and_old_projects_move_to_them(products, hook, model,
+                                                                                 table_method):
+    """A project made before the documents table (its full-text index on the source's text) searches by
+    parsing its matches' texts; its next generation run stores the documents, moves the index beside the
+    project, and hybrid search then answers exactly as before."""
+    from airflow_vectorize.expressions import fts_document
+    from airflow_vectorize.hooks.vectorize import VectorizeHook
+
+    make_project(products, hook, model, table_method=table_method)
+    project = hook._search_target(JOB).project
+    products.execute(sql.SQL("DROP TABLE vectorize.{}; CREATE INDEX {} ON products USING gin (({}))").format(
+        sql.Identifier(f"_documents_{JOB}"), sql.Identifier(f"{JOB}_fts_idx"), fts_document(project)))
+    old = VectorizeHook(postgres_conn_id=hook.postgres_conn_id)
+    queries = ["hydraulic disc brakes", "bluetooth battery", "phone", "kitchen knife for vegetables"]
+    before = [old.hybrid_search(JOB, q, num_results=10, return_columns=["product_id"]) for q in queries]
+    assert before[0][0]["product_id"] == 15
+
+    assert hook.generate_embeddings(JOB)["embedded"] == 0  # stores the documents, embeds nothing
+    assert products.scalar(f"SELECT count(*) FROM vectorize._documents_{JOB}") == 24
+    assert products.scalar("SELECT count(*) FROM pg_indexes WHERE indexname = %s AND schemaname = %s",
+                           [f"{JOB}_fts_idx", "public"]) == 0
+    after = [VectorizeHook(postgres_conn_id=hook.postgres_conn_id).hybrid_search(
+        JOB, q, num_results=10, return_columns=["product_id"]) for q in queries]
+    assert after == before
+
+
+@pytest.mark.parametrize("table_method", ["join", "append"])
 def test_hybrid_search(products, hook, model, table_method):
     summary = make_project(products, hook, model, table_method=table_method)
-    assert f"public.{JOB}_fts_idx" in summary["objects"]
+    # The rows' full-text documents are stored beside the project, indexed there: none on the source.
+    assert {f"vectorize.{JOB}_fts_idx", f"vectorize._documents_{JOB}"} <= set(summary["objects"])
+    assert products.scalar(f"SELECT count(*) FROM vectorize._documents_{JOB}") == 24
 
     rows = hook.hybrid_search(JOB, "hydraulic disc brakes", num_results=5)
     assert rows[0]["name"] == "Mountain bike" and rows[0]["full_text_rank"] == 1
@@ -189,7 +218,7 @@ def test_hybrid_search(products, hook, model, table_method):
     assert f"Bitmap Index Scan on {JOB}_fts_idx" in explained, explained
     assert f"Index Scan using {JOB}_hnsw_cos_idx" in explained, explained
 
-    index_exists = "SELECT count(*) FROM pg_indexes WHERE schemaname = 'public' AND indexname = %s"
+    index_exists = "SELECT count(*) FROM pg_indexes WHERE schemaname = 'vectorize' AND indexname = %s"
     assert products.scalar(index_exists, [f"{JOB}_fts_idx"]) == 1
     hook.drop_project(JOB)
     assert products.scalar(index_exists, [f"{JOB}_fts_idx"]) == 0

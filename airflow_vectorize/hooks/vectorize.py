@@ -418,6 +418,7 @@ class VectorizeHook(PostgresHook):
                     inserted, written = storage.import_from_table(
                         cur, project, source.table, source.key, source.embeddings, exclusive=rebuilt
                     )
+                    storage.write_documents(cur, project, source.table, source.key)
             if inserted is None:  # append: the validation pass counted rows that already had one
                 inserted = written - source.already_embedded
             pending_cleared = storage.clear_pending(cur, project, source.table, source.key)
@@ -480,6 +481,7 @@ class VectorizeHook(PostgresHook):
             catalog.lock_project(cur, job_name)
             catalog.create_errors_table(cur, project)  # projects created before it existed
             removal.upgrade(cur, project)  # ... or with pg_vectorize's foreign keys
+            storage.ensure_documents(cur, project)  # ... or before the stored full-text documents
             reconciled = storage.reconcile_removed(cur, project, self.index_build_memory)
         model = self._model(project)
         try:
