@@ -4,7 +4,7 @@ storage, laid out as pg_vectorize lays it out (names in ``airflow_vectorize.nami
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
 
@@ -176,7 +176,7 @@ class Project:
             chunk_overlap=params.get("chunk_overlap", 0),
             chunker=params.get("chunker", "recursive"),
             pkey_type=_tupled(params.get("pkey_type", "")),
-            dimensions=row["dimensions"] or 0,
+            dimensions=row["dimensions"] or row["removed_dimensions"] or 0,
         )
 
 
@@ -243,7 +243,10 @@ SELECT j.job_id, j.name, j.index_dist_type, j.transformer, j.params,
                                  ELSE to_regclass(format('vectorize.%%I', '_embeddings_' || j.name)) END
            AND a.attname = CASE WHEN j.params->>'table_method' = 'append'
                                 THEN j.name || '_embeddings' ELSE 'embeddings' END
-           AND NOT a.attisdropped) AS dimensions
+           AND NOT a.attisdropped) AS dimensions,
+       (SELECT a.atttypmod FROM pg_attribute a  -- an append project whose source was swapped: its removed rows'
+         WHERE a.attrelid = to_regclass(format('vectorize.%%I', '_removed_' || j.name))
+           AND a.attname = 'embeddings' AND NOT a.attisdropped) AS removed_dimensions
   FROM vectorize.job j
 """
 
@@ -307,8 +310,7 @@ def create_storage(cur: Cursor, project: Project) -> None:
     key = project.key
     emb = sql.Identifier(project.names.embeddings_column)
     vector_type = sql.SQL("vector({})").format(sql.Literal(project.dimensions))
-    parts = dict(target=project.names.target, keys=key.names(), source=project.names.source,
-                 vector_type=vector_type, view=project.names.view, joined=key.equals("e", "s"))
+    parts = dict(target=project.names.target, keys=key.names(), vector_type=vector_type)
     if project.is_chunked:
         # One row per chunk: (key, chunk number) with its character offsets in the row's text, its text
         # and vector; every chunk of a row carries the md5 of the whole text it was cut from.
@@ -322,9 +324,7 @@ def create_storage(cur: Cursor, project: Project) -> None:
                 " ADD COLUMN text_md5 uuid, ADD PRIMARY KEY ({keys}, chunk_no),"
                 " ADD COLUMN {documents},"
                 # Vectors stay in the row (a chunk's text is moved out of line first): searches read them.
-                " ALTER COLUMN embeddings SET STORAGE MAIN;"
-                " CREATE VIEW {view} AS SELECT s.*, e.chunk_no, e.chunk, e.embeddings,"
-                " e.updated_at AS embeddings_updated_at FROM {source} s JOIN {target} e ON {joined}"
+                " ALTER COLUMN embeddings SET STORAGE MAIN"
             ).format(key_table=key_table(project, project.names.target, None),
                      documents=chunk_documents_column(), **parts)
         )
@@ -334,9 +334,7 @@ def create_storage(cur: Cursor, project: Project) -> None:
                 "{key_table};"
                 " ALTER TABLE {target} ADD COLUMN embeddings {vector_type} NOT NULL,"
                 " ADD COLUMN updated_at timestamptz NOT NULL DEFAULT now(),"
-                " ADD COLUMN text_md5 uuid;"
-                " CREATE VIEW {view} AS SELECT s.*, e.embeddings, e.updated_at AS embeddings_updated_at"
-                " FROM {source} s JOIN {target} e ON {joined}"
+                " ADD COLUMN text_md5 uuid"
             ).format(key_table=key_table(project, project.names.target, "UNIQUE"), **parts)
         )
     else:
@@ -348,6 +346,8 @@ def create_storage(cur: Cursor, project: Project) -> None:
                      updated_at=sql.Identifier(project.names.updated_at_column),
                      text_md5=sql.Identifier(project.names.text_md5_column))
         )
+    if project.is_join:
+        create_view(cur, project)
     create_index(cur, project)
     if not project.is_chunked:
         create_documents_table(cur, project)
@@ -362,6 +362,65 @@ def create_storage(cur: Cursor, project: Project) -> None:
     removal.create_triggers(cur, project)
     if project.schedule == "realtime":
         create_triggers(cur, project)
+
+
+def create_view(cur: Cursor, project: Project) -> None:
+    """pg_vectorize's view ``vectorize.<job>_view``: the source's columns (as they are now) with each row's
+    vector (a chunked project's: a row per chunk, with its number and text). It reads an SQL function that
+    names the source only in its body, so the view does not depend on the source table: a DROP TABLE or a
+    rename-swap of the source is never refused because of it. PostgreSQL inlines the function: a query on
+    the view is planned as one on the join (its indexes used)."""
+    names = project.names
+    cur.execute("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = %s::regclass"
+                " AND attnum > 0 AND NOT attisdropped ORDER BY attnum", [names.source.as_string(cur)])
+    columns = cur.fetchall()
+    vectors = [("chunk_no", "integer", "e.chunk_no"), ("chunk", "text", "e.chunk")] if project.is_chunked else []
+    vectors += [("embeddings", f"vector({project.dimensions})", "e.embeddings"),
+                ("embeddings_updated_at", "timestamptz", "e.updated_at")]
+    returns = [sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(kind)) for name, kind in columns] + [
+        sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(kind)) for name, kind, _ in vectors]
+    body = sql.SQL("SELECT {columns}, {vectors} FROM {source} s JOIN {target} e ON {joined}").format(
+        columns=sql.SQL(", ").join(sql.Identifier("s", name) for name, _ in columns),
+        vectors=sql.SQL(", ").join(sql.SQL(expression) for _, _, expression in vectors),
+        source=names.source, target=names.target, joined=project.key.equals("e", "s"))
+    cur.execute(sql.SQL(
+        "CREATE FUNCTION {function}() RETURNS TABLE ({returns}) LANGUAGE sql STABLE AS {body};"
+        " CREATE VIEW {view} AS SELECT * FROM {function}()"
+    ).format(function=names.view_function, returns=sql.SQL(", ").join(returns),
+             body=sql.Literal(body.as_string(cur)), view=names.view))
+
+
+def ensure_view(cur: Cursor, project: Project) -> bool:
+    """Give a join project whose view was created on the source directly (before ``create_view``) the view
+    that does not depend on it; returns whether it did. Call with the project locked."""
+    if not project.is_join:
+        return False
+    cur.execute("SELECT to_regprocedure(%s) IS NULL", [".".join(project.names.view_function_name) + "()"])
+    if not cur.fetchone()[0]:
+        return False
+    cur.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(project.names.view))
+    create_view(cur, project)
+    return True
+
+
+def _triggers_table(cur: Cursor, project: Project) -> tuple[str, str] | None:
+    """(schema, name) of the table the project's removal triggers are on, if any."""
+    cur.execute("SELECT n.nspname::text, c.relname::text FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE t.tgfoid = to_regprocedure(%s) LIMIT 1",
+                [".".join(project.names.removal_function_name) + "()"])
+    row = cur.fetchone()
+    return None if row is None else (row[0], row[1])
+
+
+def drop_triggers(cur: Cursor, project: Project) -> None:
+    """Drop every trigger that calls one of the project's functions, on whatever table it now is (the source,
+    or a table the source was renamed to)."""
+    functions = [".".join(name) + "()" for name in (project.names.trigger_function_name,
+                                                    project.names.removal_function_name)]
+    cur.execute("SELECT tgrelid::regclass::text, tgname FROM pg_trigger"
+                " WHERE tgfoid = ANY(ARRAY[to_regprocedure(%s), to_regprocedure(%s)]) AND NOT tgisinternal", functions)
+    for table, trigger in cur.fetchall():
+        cur.execute(sql.SQL("DROP TRIGGER {} ON {}").format(sql.Identifier(trigger), sql.SQL(table)))
 
 
 def key_table(project: Project, table: sql.Identifier, unique: str | None) -> sql.Composable:
@@ -490,7 +549,7 @@ def create_triggers(cur: Cursor, project: Project) -> None:
     )
     cur.execute(
         sql.SQL(
-            "CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS {body};"
+            "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS {body};"
             " CREATE TRIGGER {insert_trigger} AFTER INSERT ON {source}"
             " REFERENCING NEW TABLE AS vectorize_new_rows"
             " FOR EACH STATEMENT EXECUTE FUNCTION {function}();"
@@ -536,21 +595,26 @@ def fts_index_statement(project: Project) -> sql.Composable:
 
 
 def drop_storage(cur: Cursor, project: Project, source_exists: bool) -> None:
-    """Remove everything ``create_storage`` made and the catalog row, never the source table."""
+    """Remove everything ``create_storage`` made and the catalog row, never the source table (nor a table it
+    was renamed to: an append project's columns are dropped from it)."""
+    if not source_exists and not project.is_join:  # renamed away: the triggers say where it went
+        moved = _triggers_table(cur, project)
+        if moved is not None:
+            project = replace(project, schema=moved[0], relation=moved[1])
+            source_exists = True
+    drop_triggers(cur, project)  # also from a table the source was renamed to
     if source_exists:
-        for trigger in (project.names.insert_trigger, project.names.update_trigger):
-            cur.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trigger), project.names.source))
-        removal.drop_triggers(cur, project)
         # On the source: a project's created before the documents table (or a chunked project's before chunk tables).
         cur.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(
             sql.Identifier(*project.names.source_fts_index_qualified_name)))
+    if project.is_join:
+        cur.execute(sql.SQL("DROP VIEW IF EXISTS {}; DROP FUNCTION IF EXISTS {}(); DROP TABLE IF EXISTS {}").format(
+            project.names.view, project.names.view_function, project.names.target))
     cur.execute(sql.SQL("DROP FUNCTION IF EXISTS {}(), {}()").format(project.names.trigger_function,
                                                                    project.names.removal_function))
     cur.execute(sql.SQL("DROP TABLE IF EXISTS {}, {}, {}, {}").format(
         project.names.queue, project.names.errors, project.names.removed, project.names.documents))
-    if project.is_join:
-        cur.execute(sql.SQL("DROP VIEW IF EXISTS {}; DROP TABLE IF EXISTS {}").format(project.names.view, project.names.target))
-    elif source_exists:
+    if not project.is_join and source_exists:
         # Dropping the columns drops the index on them.
         cur.execute(
             sql.SQL("ALTER TABLE {} DROP COLUMN IF EXISTS {}, DROP COLUMN IF EXISTS {}, DROP COLUMN IF EXISTS {}").format(

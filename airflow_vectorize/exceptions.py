@@ -22,6 +22,10 @@ class ProjectConflictError(VectorizeError):
     """A project of that name exists with a different configuration."""
 
 
+class SourceTableMissingError(ProjectConflictError):
+    """The project's source table no longer exists (dropped, or renamed away)."""
+
+
 class InvalidInputError(VectorizeError, ValueError):
     """An argument or the data it points at is unusable; nothing was written."""
 

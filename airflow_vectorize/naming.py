@@ -74,6 +74,15 @@ class StorageNames:
         return sql.Identifier(*self.view_name)
 
     @property
+    def view_function_name(self) -> tuple[str, str]:
+        """The SQL function the view reads (``catalog.create_view``)."""
+        return SCHEMA, f"{self.job}_view_rows"
+
+    @property
+    def view_function(self) -> sql.Identifier:
+        return sql.Identifier(*self.view_function_name)
+
+    @property
     def index_name(self) -> str:
         return f"{self.job}_{self.index_suffix}"
 
@@ -188,7 +197,8 @@ class StorageNames:
         if not self.is_chunked:
             objects.insert(2, ".".join(self.documents_name))
         if self.is_join:
-            objects[:0] = [".".join(self.target_name), ".".join(self.view_name)]
+            objects[:0] = [".".join(self.target_name), ".".join(self.view_name),
+                           ".".join(self.view_function_name) + "()"]
         else:
             objects[:0] = [f"{self.schema}.{self.relation}.{column}" for column in
                            (self.embeddings_column, self.updated_at_column, self.text_md5_column)]

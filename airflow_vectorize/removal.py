@@ -45,7 +45,7 @@ def create_triggers(cur: Cursor, project: Project) -> None:
     when a key column is updated) triggers, all calling ``vectorize.handle_removal_<job>()``."""
     names, key = project.names, project.key
     cur.execute(sql.SQL(
-        "CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS {body};"
+        "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS {body};"
         " CREATE TRIGGER {delete} AFTER DELETE ON {source} REFERENCING OLD TABLE AS vectorize_old_rows"
         " FOR EACH STATEMENT EXECUTE FUNCTION {function}();"
         " CREATE TRIGGER {truncate} BEFORE TRUNCATE ON {source} FOR EACH STATEMENT EXECUTE FUNCTION {function}();"
@@ -109,12 +109,6 @@ def _function_body(project: Project) -> sql.Composable:
     ).format(on_truncate=on_truncate, on_delete=on_delete, on_rekey=on_rekey, requeue=requeue, **parts)
 
 
-def drop_triggers(cur: Cursor, project: Project) -> None:
-    names = project.names
-    for trigger in names.removal_triggers:
-        cur.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trigger), names.source))
-
-
 def upgrade(cur: Cursor, project: Project) -> bool:
     """Move a project created with pg_vectorize's foreign keys to the removal triggers; returns whether it
     did. Call with the project locked (``catalog.lock_project``)."""
@@ -131,4 +125,58 @@ def upgrade(cur: Cursor, project: Project) -> bool:
     create_removed_table(cur, project)
     create_triggers(cur, project)
     log.info("Project %r: moved from foreign keys to removal triggers (TRUNCATE of its source now works)", project.name)
+    return True
+
+
+def attached(cur: Cursor, project: Project) -> bool:
+    """Whether the project's triggers are on its source table (not when another table was put in its place)."""
+    cur.execute("SELECT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND tgname = %s)",
+                [project.names.source.as_string(cur), project.names.delete_trigger])
+    return cur.fetchone()[0]
+
+
+def attach(cur: Cursor, project: Project) -> bool:
+    """Make a table now in the source's place (a rename-swap, or dropped and created again) the project's
+    source; returns whether it did (False when the project's triggers are on it already).
+
+    The table must pass the checks of ``create_project`` (key, unique, text columns) with the same key types.
+    The project's triggers move to it (from wherever the old table is now), its view is made again on its
+    columns, and what the project stores is settled as after a full reload: a join project's vectors of
+    keys the table no longer has are deleted by the next generation run (the others kept, embedded again
+    only where the text changed); an append project's vectors were columns of the old table, so the new
+    table gets empty ones. Queue entries and errors of keys it does not have are deleted; a realtime
+    project queues every row of it that needs embedding. Call with the project locked."""
+    from airflow_vectorize import catalog, generation, validation
+
+    if attached(cur, project):
+        return False
+    validation.check_project_source(cur, project, attaching=True)
+    names, key = project.names, project.key
+    catalog.drop_triggers(cur, project)
+    create_triggers(cur, project)
+    if project.schedule == "realtime":
+        catalog.create_triggers(cur, project)
+    if project.is_join:
+        cur.execute(sql.SQL("DROP VIEW IF EXISTS {}; DROP FUNCTION IF EXISTS {}()").format(
+            names.view, names.view_function))
+        catalog.create_view(cur, project)
+        cur.execute(sql.SQL("INSERT INTO {} DEFAULT VALUES").format(names.removed))  # "every key may be gone"
+    else:
+        cur.execute(sql.SQL(
+            "ALTER TABLE {source} ADD COLUMN IF NOT EXISTS {emb} vector({n}), ADD COLUMN IF NOT EXISTS {updated_at}"
+            " timestamptz, ADD COLUMN IF NOT EXISTS {md5} uuid"
+        ).format(source=names.source, emb=sql.Identifier(names.embeddings_column), n=sql.Literal(project.dimensions),
+                 updated_at=sql.Identifier(names.updated_at_column), md5=sql.Identifier(names.text_md5_column)))
+        catalog.create_index(cur, project)
+        cur.execute(sql.SQL("DELETE FROM {}").format(names.removed))  # vectors of the old table's rows: gone
+    gone = [names.queue, names.errors] + ([] if project.is_join else [names.documents])
+    for table in gone:
+        cur.execute(sql.SQL("DELETE FROM {t} x WHERE NOT EXISTS (SELECT FROM {source} r WHERE {same})").format(
+            t=table, source=names.source, same=key.equals("r", "x")))
+    if project.schedule == "realtime":
+        p = generation.row_sql(project)
+        cur.execute(sql.SQL(
+            "INSERT INTO {queue} ({keys}) SELECT {r_keys} FROM {rows} WHERE {needs} ON CONFLICT DO NOTHING"
+        ).format(queue=names.queue, keys=key.names(), r_keys=key.names("r"), rows=p["from"], needs=p["needs"]))
+    log.info("Project %r: attached to the table now named %s", project.name, names.source.as_string(cur))
     return True

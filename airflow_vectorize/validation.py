@@ -187,8 +187,11 @@ def key_spelling(primary_key: Any, role: str = "primary_key") -> str | tuple[str
     return columns[0] if len(columns) == 1 else tuple(columns)
 
 
-def check_project_source(cur: Cursor, project: Project) -> list[Column]:
-    """Check the source table, key, text columns and update column; return the key's columns."""
+def check_project_source(cur: Cursor, project: Project, attaching: bool = False) -> list[Column]:
+    """Check the source table, key, text columns and update column; return the key's columns.
+
+    ``attaching``: a table put in the source's place (``removal.attach``): an append project's columns
+    may be there already (a copy of the old table's layout), and the key must have the project's types."""
     if not isinstance(project.columns, tuple) or not project.columns:
         raise InvalidInputError("columns must name at least one text column to embed")
     if len(set(project.columns)) != len(project.columns):
@@ -249,7 +252,13 @@ def check_project_source(cur: Cursor, project: Project) -> list[Column]:
                 f"update_col {project.update_time_col!r} of {table.label} is {column.type_sql};"
                 " it must be timestamp or timestamptz"
             )
-    if not project.is_join:
+    if attaching:
+        types = [k.data_type for k in keys]
+        if tuple(types) != tuple(project.key.flat(project.pkey_type)):
+            raise InvalidInputError(
+                f"the key of {table.label} is {types}, but project {project.name!r} keeps keys of type"
+                f" {list(project.key.flat(project.pkey_type))}: the table cannot take the source's place")
+    if not project.is_join and not attaching:
         taken = [c for c in (project.names.embeddings_column, project.names.updated_at_column, project.names.text_md5_column)
                  if c in table.columns]
         if taken:

@@ -72,7 +72,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         log(f"making {args.rows} rows")
         create_rows(session, args.rows)
-        file = Path(tempfile.mkdtemp(prefix="vectorize-bench-writes-")) / "rows.copy"
+        folder = Path(tempfile.mkdtemp(prefix="vectorize-bench-writes-"))
+        folder.chmod(0o777)  # the server (another OS user here) writes and reads the file
+        file = folder / "rows.copy"
         session.execute(f"COPY rows_to_load (product_id, name, description, category, price) TO '{file}'")
         hook = session.hook()
         for suffix, schedule in VARIANTS.items():
@@ -103,6 +105,7 @@ def main(argv: list[str] | None = None) -> None:
                     seconds.setdefault((operation, suffix), []).append(took)
                     log(f"round {round_ + 1} {operation} on t_{suffix}: {took:.2f} s")
         file.unlink()
+        folder.rmdir()
     finally:
         session.stop()
     results = []

@@ -182,3 +182,79 @@ def test_a_project_made_with_foreign_keys_moves_to_the_triggers_at_its_next_run(
             cur.executemany("INSERT INTO products VALUES (%s, %s, %s, %s, %s, %s)", rows)
     assert hook.generate_embeddings("shop")["embedded"] == 0
     assert hook.get_status("shop")["embedded_rows"] == 24
+
+
+def objects_of(db, job: str = "docs") -> list[str]:
+    """What a project named ``job`` makes: triggers and functions, tables, views and indexes in ``vectorize``,
+    its indexes and (append) columns on any table."""
+    return sorted(r[0] for r in db.execute(
+        "SELECT tgname::text FROM pg_trigger WHERE tgname LIKE %(like)s"
+        " UNION ALL SELECT proname::text FROM pg_proc WHERE proname LIKE %(like)s"
+        " UNION ALL SELECT relname::text FROM pg_class WHERE relname LIKE %(like)s"
+        "  AND (relnamespace = 'vectorize'::regnamespace OR relname ~ '_(hnsw|fts)_')"
+        " UNION ALL SELECT attname::text FROM pg_attribute WHERE attname LIKE %(columns)s AND NOT attisdropped"
+        "  AND attrelid IN (SELECT oid FROM pg_class WHERE relnamespace = 'public'::regnamespace)",
+        {"like": f"%{job}%", "columns": f"{job}\\_%"}))
+
+
+def test_a_rename_swap_keeps_working_and_keeps_unchanged_vectors(layout, hook):
+    """ALTER TABLE t RENAME TO t_old; ALTER TABLE t_new RENAME TO t; DROP TABLE t_old — nothing refuses the
+    DROP; searches read the new table at once; the next generation run attaches it (the triggers move to it)
+    and embeds only its new and changed rows (an append project: every row, its vectors went with t_old)."""
+    db = layout
+    before = stored(db)
+    key = ", ".join(db.key)
+    db.execute(f"CREATE TABLE docs_new (LIKE docs INCLUDING DEFAULTS, PRIMARY KEY ({key}))")
+    load_into = "INSERT INTO docs_new (tenant, id, body, category) VALUES (%s, %s, %s, %s)"
+    with db.conn.cursor() as cur:
+        cur.executemany(load_into, changed(ROWS))
+    if db.name == "append":
+        db.execute("ALTER TABLE docs_new DROP COLUMN docs_embeddings, DROP COLUMN docs_updated_at,"
+                   " DROP COLUMN docs_text_md5")
+    with db.conn.transaction():
+        db.execute("ALTER TABLE docs RENAME TO docs_old; ALTER TABLE docs_new RENAME TO docs; DROP TABLE docs_old")
+
+    assert not found(hook, db) & {3, 4}
+    summary = hook.generate_embeddings("docs")
+    assert summary["embedded"] == (23 if db.name == "append" else 2)
+    after = stored(db)
+    assert set(after) == {i for _, i, _, _ in changed(ROWS)}
+    if db.name != "append":
+        unchanged = set(after) - {5, 200}
+        assert {i: after[i] for i in unchanged} == {i: before[i] for i in unchanged}
+    assert counts(hook) == (23, 23, 0, 0)
+    triggers = db.execute("SELECT tgrelid::regclass::text, count(*) FROM pg_trigger WHERE tgname LIKE '%docs'"
+                          " GROUP BY 1")
+    assert triggers == [("docs", 5)]  # realtime insert/update and the three removal triggers, on the new table
+    load(db, [(1, 301, "A queued row of the new table", "misc")])
+    assert hook.get_status("docs")["pending"] == 1
+    if db.name != "append":  # the view, made again on the new table
+        assert db.scalar("SELECT count(DISTINCT id) FROM vectorize.docs_view") == 23
+
+
+@pytest.mark.parametrize("cascade", ["", " CASCADE"])
+def test_a_dropped_source_gives_a_typed_error_and_the_project_drops_cleanly(layout, hook, cascade):
+    from airflow_vectorize.exceptions import ProjectConflictError, SourceTableMissingError
+
+    db = layout
+    db.execute(f"DROP TABLE docs{cascade}")  # nothing of the project refuses it
+    for call in (lambda: hook.get_status("docs"), lambda: hook.search("docs", QUERY),
+                 lambda: hook.hybrid_search("docs", QUERY), lambda: hook.generate_embeddings("docs")):
+        with pytest.raises(SourceTableMissingError, match=r"the source table public\.docs of project 'docs' no"
+                           r" longer exists \(dropped, or renamed away\)\. Put a table .*\(drop_project\('docs'\)\)"):
+            call()
+    assert issubclass(SourceTableMissingError, ProjectConflictError)  # the HTTP API answers 409
+    assert hook.drop_project("docs")["dropped"] is True
+    assert objects_of(db) == []
+
+
+def test_a_source_renamed_away_is_missing_and_the_project_drops_from_where_it_went(layout, hook):
+    from airflow_vectorize.exceptions import SourceTableMissingError
+
+    db = layout
+    db.execute("ALTER TABLE docs RENAME TO archived")
+    with pytest.raises(SourceTableMissingError):
+        hook.search("docs", QUERY)
+    assert hook.drop_project("docs")["dropped"] is True
+    assert objects_of(db) == [] and db.scalar("SELECT count(*) FROM archived") == 24
+    assert db.execute("SELECT tgname FROM pg_trigger WHERE tgrelid = 'archived'::regclass AND NOT tgisinternal") == []

@@ -33,6 +33,7 @@ from airflow_vectorize.exceptions import (
     InvalidInputError,
     ProjectConflictError,
     ProjectNotFoundError,
+    SourceTableMissingError,
     VectorizeError,
 )
 from airflow_vectorize.models import batching
@@ -262,20 +263,45 @@ class VectorizeHook(PostgresHook):
     def get_project(self, job_name: str) -> dict[str, Any]:
         """The catalog entry of ``job_name`` (job_id, name, index_dist_type, transformer, params, dimensions)."""
         with self.transaction() as cur:
-            return self._project(cur, job_name).entry()
+            return self._project(cur, job_name, source=False).entry()
 
     def list_projects(self) -> list[dict[str, Any]]:
         with self.transaction() as cur:
             return [project.entry() for project in catalog.list_projects(cur)]
 
-    def _project(self, cur: Cursor, job_name: str) -> Project:
+    def _project(self, cur: Cursor, job_name: str, source: bool = True) -> Project:
+        """The project's catalog entry; with ``source``, only while its source table exists."""
         project = catalog.find_project(cur, job_name)
         if project is None:
             raise ProjectNotFoundError(
                 f"project {job_name!r} not yet initialized: there is no such job in vectorize.job."
                 " Create it first (VectorizeHook.create_project / CreateVectorizeProjectOperator)."
             )
+        if source:
+            cur.execute("SELECT to_regclass(%s) IS NULL", [project.names.source.as_string(cur)])
+            if cur.fetchone()[0]:
+                raise SourceTableMissingError(
+                    f"the source table {project.schema}.{project.relation} of project {job_name!r} no longer"
+                    " exists (dropped, or renamed away). Put a table with its key"
+                    f" ({', '.join(project.key.columns)}) and columns ({', '.join(project.columns)}) under that"
+                    f" name and run generation (or VectorizeHook.attach_source({job_name!r})) to attach it,"
+                    f" keeping the vectors of its unchanged rows; or drop the project (drop_project({job_name!r}))."
+                )
         return project
+
+    def attach_source(self, job_name: str) -> dict[str, Any]:
+        """Make the table now named as the project's source its source, after a rename-swap (``ALTER TABLE t
+        RENAME TO t_old; ALTER TABLE t_new RENAME TO t; DROP TABLE t_old``) or a DROP and CREATE: the
+        project's triggers move to it and a join project keeps the vectors of its keys (embedded again by the
+        next generation run only where the text changed; the others' deleted by it). Generation does this
+        by itself; call it after a swap to have a realtime project queue the new table's changes at once.
+        Returns ``{"job_name", "attached"}`` (False: it was attached already)."""
+        with self.transaction() as cur:
+            catalog.lock_project(cur, job_name)
+            project = self._project(cur, job_name)
+            attached = removal.attach(cur, project)
+        self._search_cache.pop(job_name, None)
+        return {"job_name": job_name, "attached": attached}
 
     def drop_project(self, job_name: str, missing_ok: bool = False) -> dict[str, Any]:
         """Remove everything the project created, never its source table.
@@ -298,7 +324,7 @@ class VectorizeHook(PostgresHook):
             if missing_ok and catalog.find_project(cur, job_name) is None:
                 self.log.info("Vectorize project %r does not exist; nothing to drop", job_name)
                 return {"job_name": job_name, "dropped": False}
-            project = self._project(cur, job_name)
+            project = self._project(cur, job_name, source=False)
             cur.execute("SELECT to_regclass(%s) IS NOT NULL", [project.names.source.as_string(None)])
             source_exists = cur.fetchone()[0]
             embeddings = storage.embedded_rows(cur, project) if source_exists or project.is_join else 0
@@ -362,7 +388,7 @@ class VectorizeHook(PostgresHook):
         """``source`` and ``storage`` (the embeddings table; the source itself for an append project) as
         (schema, table)."""
         with self.transaction() as cur:
-            project = self._project(cur, job_name)
+            project = self._project(cur, job_name, source=False)
         return {"source": (project.schema, project.relation), "storage": project.names.target_name}
 
     def table_columns(self, schema: str, table: str) -> list[tuple[str, str]]:
@@ -481,6 +507,10 @@ class VectorizeHook(PostgresHook):
             catalog.lock_project(cur, job_name)
             catalog.create_errors_table(cur, project)  # projects created before it existed
             removal.upgrade(cur, project)  # ... or with pg_vectorize's foreign keys
+            catalog.ensure_view(cur, project)  # ... or with a view on the source
+            if removal.attach(cur, project):  # another table was put in the source's place
+                self._search_cache.pop(job_name, None)
+                project = self._project(cur, job_name)
             storage.ensure_documents(cur, project)  # ... or before the stored full-text documents
             reconciled = storage.reconcile_removed(cur, project, self.index_build_memory)
         model = self._model(project)
@@ -517,7 +547,7 @@ class VectorizeHook(PostgresHook):
     def encode(self, job_name: str, texts: Sequence[str]) -> list[list[float]]:
         """Embed ``texts`` with the project's model (pg_vectorize's ``vectorize.encode``)."""
         with self.transaction() as cur:
-            project = self._project(cur, job_name)
+            project = self._project(cur, job_name, source=False)
         return self._model(project).embed(list(texts)).tolist()
 
     @staticmethod
