@@ -40,20 +40,32 @@ def create_removed_table(cur: Cursor, project: Project) -> None:
         removed=names.removed, keys=project.key.names(), source=names.source, extra=extra))
 
 
+def tracks_keys(project: Project) -> bool:
+    """Whether a DELETE records each removed key (from the statement's transition table): for realtime
+    projects, whose runs read the queue and must not compare every stored key with the source, and append
+    projects, whose removed rows' vectors are kept. A manual join project's DELETE records only that rows
+    went (one marker row, as a TRUNCATE): capturing the deleted rows alone costs a DELETE ~1.7× (100k of 1M
+    rows, ``bench/writes.py``), and its next run compares every stored key with the source in one anti-join,
+    as cheap as the scan of the source that run does anyway."""
+    return project.schedule == "realtime" or not project.is_join
+
+
 def create_triggers(cur: Cursor, project: Project) -> None:
-    """The source's DELETE (per statement, from its transition table), TRUNCATE and key-change (per row, only
-    when a key column is updated) triggers, all calling ``vectorize.handle_removal_<job>()``."""
+    """The source's DELETE (per statement; from its transition table when ``tracks_keys``), TRUNCATE and
+    key-change (per row, only when a key column is updated) triggers, all calling
+    ``vectorize.handle_removal_<job>()``."""
     names, key = project.names, project.key
+    transition = sql.SQL(" REFERENCING OLD TABLE AS vectorize_old_rows" if tracks_keys(project) else "")
     cur.execute(sql.SQL(
         "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS {body};"
-        " CREATE TRIGGER {delete} AFTER DELETE ON {source} REFERENCING OLD TABLE AS vectorize_old_rows"
+        " CREATE TRIGGER {delete} AFTER DELETE ON {source}{transition}"
         " FOR EACH STATEMENT EXECUTE FUNCTION {function}();"
         " CREATE TRIGGER {truncate} BEFORE TRUNCATE ON {source} FOR EACH STATEMENT EXECUTE FUNCTION {function}();"
         " CREATE TRIGGER {rekey} AFTER UPDATE OF {keys} ON {source} FOR EACH ROW WHEN ({changed})"
         " EXECUTE FUNCTION {function}()"
     ).format(function=names.removal_function, body=sql.Literal(_function_body(project).as_string(cur)),
              delete=sql.Identifier(names.delete_trigger), truncate=sql.Identifier(names.truncate_trigger),
-             rekey=sql.Identifier(names.rekey_trigger), source=names.source, keys=key.names(),
+             rekey=sql.Identifier(names.rekey_trigger), source=names.source, keys=key.names(), transition=transition,
              changed=sql.SQL("({}) IS DISTINCT FROM ({})").format(key.names("old"), key.names("new"))))
 
 
@@ -64,8 +76,11 @@ def _function_body(project: Project) -> sql.Composable:
                  in_old=key.equals("x", "o"), source=names.source, target=names.target,
                  emb=sql.Identifier(names.embeddings_column), md5=sql.Identifier(names.text_md5_column),
                  updated_at=sql.Identifier(names.updated_at_column), channel=sql.Literal(names.channel))
+    marker = sql.SQL(  # a row of NULLs: "any key may be gone"
+        "IF NOT EXISTS (SELECT FROM {removed} WHERE {no_key}) THEN INSERT INTO {removed} DEFAULT VALUES; END IF;"
+    ).format(no_key=key.any_null(None), **parts)
     if project.is_join:  # the vectors stay where they are; the next generation run deletes them
-        on_truncate = sql.SQL("INSERT INTO {removed} DEFAULT VALUES;").format(**parts)  # a row of NULLs: "all"
+        on_truncate = marker
         on_delete = sql.SQL("INSERT INTO {removed} ({keys}) SELECT {o_keys} FROM vectorize_old_rows o;").format(**parts)
         on_rekey = sql.SQL("INSERT INTO {removed} ({keys}) VALUES ({old_keys});").format(**parts)
     else:  # the vectors go with the rows: keep them (BEFORE TRUNCATE, the rows are still there)
@@ -77,6 +92,19 @@ def _function_body(project: Project) -> sql.Composable:
             "INSERT INTO {removed} ({keys}, text_md5, embeddings, updated_at) SELECT {o_keys}, o.{md5}, o.{emb}, o.{updated_at}"
             " FROM vectorize_old_rows o WHERE o.{emb} IS NOT NULL;").format(**parts)
         on_rekey = sql.SQL("")  # the row keeps its vector under its new key
+    if tracks_keys(project):
+        on_delete = sql.SQL(
+            "{recorded} IF EXISTS (SELECT FROM {queue}) THEN"
+            " DELETE FROM {queue} x USING vectorize_old_rows o WHERE {in_old}; END IF;"
+            " IF EXISTS (SELECT FROM {errors}) THEN"
+            " DELETE FROM {errors} x USING vectorize_old_rows o WHERE {in_old}; END IF;").format(recorded=on_delete, **parts)
+    else:  # no transition table: entries whose row is gone
+        on_delete = sql.SQL(
+            "{marker} IF EXISTS (SELECT FROM {queue}) THEN"
+            " DELETE FROM {queue} x WHERE NOT EXISTS (SELECT FROM {source} r WHERE {in_source}); END IF;"
+            " IF EXISTS (SELECT FROM {errors}) THEN"
+            " DELETE FROM {errors} x WHERE NOT EXISTS (SELECT FROM {source} r WHERE {in_source}); END IF;"
+        ).format(marker=marker, in_source=key.equals("r", "x"), **parts)
     requeue = sql.SQL("")
     if project.schedule == "realtime":  # a row under a new key is embedded (or found current) by the next run
         requeue = sql.SQL(
@@ -91,12 +119,6 @@ def _function_body(project: Project) -> sql.Composable:
             DELETE FROM {errors};
           ELSIF TG_OP = 'DELETE' THEN
             {on_delete}
-            IF EXISTS (SELECT FROM {queue}) THEN
-              DELETE FROM {queue} x USING vectorize_old_rows o WHERE {in_old};
-            END IF;
-            IF EXISTS (SELECT FROM {errors}) THEN
-              DELETE FROM {errors} x USING vectorize_old_rows o WHERE {in_old};
-            END IF;
           ELSE
             {on_rekey}
             DELETE FROM {queue} WHERE ({keys}) = ({old_keys});

@@ -47,6 +47,13 @@ def test_join_layout_matches_pg_vectorize(products, hook):
         " AND table_name = 'product_search_view' ORDER BY ordinal_position")]
     assert view_columns == ["product_id", "name", "description", "category", "price", "updated_at",
                             "embeddings", "embeddings_updated_at"]
+    # The view reads an SQL function (no dependency on the source), which PostgreSQL inlines: a query on it
+    # is planned as one on the join.
+    products.execute("SET enable_seqscan = off")
+    plan = "\n".join(r[0] for r in products.execute(
+        "EXPLAIN SELECT name FROM vectorize.product_search_view WHERE product_id = 5"))
+    assert "Function Scan" not in plan and "products_pkey" in plan, plan
+    products.execute("RESET enable_seqscan")
     job = products.execute("SELECT name, index_dist_type, transformer, params FROM vectorize.job")
     assert job == [("product_search", "pgv_hnsw_cosine", "sentence-transformers/all-MiniLM-L6-v2", {
         "schema": "public", "relation": "products", "columns": COLUMNS, "update_time_col": None,
