@@ -390,6 +390,38 @@ def test_generation_killed_mid_way_keeps_whole_batches_and_the_retry_completes(
     assert index_exists(database)
 
 
+def test_a_reload_whose_generation_is_killed_converges_on_retry(database, hook, workers, connections, remote_model):
+    """A nightly reload (TRUNCATE + INSERT: 40 texts changed, 10 rows gone, 10 new) whose generation run is
+    SIGKILLed mid-way: the retry embeds exactly the changed and new rows the killed run had not committed,
+    the unchanged rows keep their vectors, the gone ones have none."""
+    create_items(database, KILL_ROWS)
+    hook.create_project("items", "items", "id", ["title"], transformer=REMOTE_MODEL, model_conn_id=remote_model)
+    hook.generate_embeddings("items")
+    before = dict(database.execute(f"SELECT id, embeddings::text FROM {EMBEDDINGS}"))
+    loaded_at = database.scalar(f"SELECT max(updated_at) FROM {EMBEDDINGS}")
+    with database.conn.transaction():
+        database.execute("TRUNCATE items")
+        create_items(database, KILL_ROWS - 10)
+        database.execute("UPDATE items SET title = title || ' (new edition)' WHERE id <= 40")
+        create_items(database, 10, first=KILL_ROWS + 1)
+    (worker,) = workers(1)
+
+    worker.call(connections(WORKER_APP), "generate_embeddings", job_name="items", batch_size=KILL_BATCH)
+    wait_for(lambda: database.scalar(f"SELECT count(*) FROM {EMBEDDINGS} WHERE updated_at > %s", [loaded_at])
+             >= KILL_BATCH and claiming_backend(database, WORKER_APP), "a batch committed and another one claimed")
+    worker.kill()
+    wait_for(lambda: not backends(database, WORKER_APP), "the killed worker's sessions to end")
+
+    kept = database.scalar(f"SELECT count(*) FROM {EMBEDDINGS} WHERE updated_at > %s", [loaded_at])
+    assert KILL_BATCH <= kept < 50
+    retry = hook.generate_embeddings("items")
+    assert retry["embedded"] == 50 - kept
+    after = dict(database.execute(f"SELECT id, embeddings::text FROM {EMBEDDINGS}"))
+    assert set(after) == set(range(1, KILL_ROWS - 9)) | set(range(KILL_ROWS + 1, KILL_ROWS + 11))
+    assert all(after[i] == before[i] for i in range(41, KILL_ROWS - 9))
+    assert status(hook) == (KILL_ROWS, 0, 0, 0)
+
+
 # -- sessions ended by the server ---------------------------------------------------------------------------
 INTERRUPT_ROWS = 150
 INTERRUPT_BATCH = 10
