@@ -259,6 +259,19 @@ def test_list_projects_with_status(api):
     assert "status" not in light[0] and {p["name"] for p in light} >= {"products", "products_chunked"}
 
 
+def test_a_project_whose_source_is_gone_is_listed_with_the_reason_and_answers_409(api):
+    table = new_table(api)
+    body = {"job_name": table, "src_table": table, "src_columns": ["name"], "primary_key": "product_id"}
+    assert api.client.post("/api/v1/table", params={"conn_id": "api_db"}, json=body).status_code == 200
+    api.db.execute(f"DROP TABLE {table}")
+    projects = {p["name"]: p for p in api.reader.get("/api/v1/projects", params={"conn_id": "api_db"}).json()}
+    assert projects[table]["status"] is None and "no longer exists" in projects[table]["error"]
+    assert projects["products"]["status"]["embedded_rows"] == 24  # the others as ever
+    assert_error(search(api, job_name=table, query="phone"), 409, "SourceTableMissingError",
+                 f"the source table public.{table} of project '{table}' no longer exists")
+    assert api.client.delete(f"/api/v1/table/{table}", params={"conn_id": "api_db"}).status_code == 200
+
+
 def test_health(api):
     health = api.reader.get("/health", params={"conn_id": "api_db"})
     assert health.status_code == 200, health.text

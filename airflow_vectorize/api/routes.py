@@ -39,6 +39,7 @@ from airflow_vectorize.api.schemas import (
     SearchRow,
     TableBody,
 )
+from airflow_vectorize.exceptions import SourceTableMissingError
 from airflow_vectorize.hooks.vectorize import VectorizeHook
 from airflow_vectorize.models import batching
 
@@ -196,8 +197,12 @@ def get_project(request: Request, job_name: str = Path(max_length=255), conn_id:
 
 
 def _with_status(hook: Any, entry: dict[str, Any]) -> dict[str, Any]:
+    """The entry with status and freshness; a project whose source table is gone has none, and says why."""
     name = entry["name"]
-    status, freshness = hook.get_status(name), hook.get_freshness(name)
+    try:
+        status, freshness = hook.get_status(name), hook.get_freshness(name)
+    except SourceTableMissingError as error:
+        return {**entry, "status": None, "freshness": None, "error": str(error)}
     status.pop("job_name", None)
     freshness.pop("job_name", None)
     return {**entry, "status": status, "freshness": freshness}
