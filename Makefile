@@ -50,7 +50,7 @@ bench: $(VENV)/.installed $(INFINITY_VENV)/.installed
 
 # A real Airflow 3 (scheduler, dag-processor, triggerer, api-server; metadata DB on the embedded PostgreSQL)
 # runs the example DAGs through the scheduler and prints their outcome from the REST API (scripts/deployment.py).
-.PHONY: deployment deployment-celery bench-backfill bench-api bench-reload bench-writes
+.PHONY: deployment deployment-celery bench-backfill bench-api bench-reload bench-writes bench-hybrid-documents
 deployment: $(VENV)/.installed
 	$(PY) scripts/deployment.py --executor LocalExecutor
 
@@ -73,3 +73,7 @@ bench-reload: $(VENV)/.installed
 # What a manual and a realtime project cost COPY, INSERT, UPDATE, DELETE and TRUNCATE of their table (bench/writes.py).
 bench-writes: $(VENV)/.installed
 	$(PY) -m bench.writes
+
+# Hybrid search of an unchunked project by its stored full-text documents, 1,500 PyPI READMEs (bench/hybrid_documents.py).
+bench-hybrid-documents: $(VENV)/.installed
+	$(PY) -m bench.hybrid_documents
