@@ -1,16 +1,19 @@
-"""What happens to a project's vectors when source rows go away: DELETE, TRUNCATE, a key changed.
+"""What happens to a project's vectors when source rows go away: DELETE, TRUNCATE, a key changed, a swap.
 
 pg_vectorize ties its tables to the source with foreign keys (``ON DELETE CASCADE``): a plain ``TRUNCATE`` of
 the source then fails, and a ``DELETE`` pays for deleting every vector with its row. Here the source's
-triggers only record the keys removed (``vectorize._removed_<job>``) and take them off the queue and the
-errors table, in the statement that removes them; a removed row's vectors are never read again (every read
-joins the source: search, RAG, status, the view) and the next generation run deletes them (``storage.reconcile_removed``)
-— unless the key came back meanwhile, as in a full reload (``TRUNCATE`` + ``COPY``, or ``DELETE`` +
-``INSERT``): its vectors are then kept, and embedded again only if its text changed (the stored md5).
+triggers only record what was removed in ``vectorize._removed_<job>`` (each key, or a marker row: "any key
+may be gone") and take the removed rows off the queue and the errors table, in the statement that removes
+them. A removed row's vectors are never read again (every read joins or probes the source: search, RAG,
+status, the view) and the next generation run deletes them (``storage.reconcile_removed``) — unless the key
+came back meanwhile, as in a full reload (``TRUNCATE`` + ``COPY``, or ``DELETE`` + ``INSERT``): its vectors are
+then kept, and embedded again only if its text changed (the stored md5).
 
 An ``append`` project's vectors live in the source rows themselves and go with them: its triggers keep each
 removed row's vector and text md5 in ``_removed_<job>``, and the next generation run writes them back into the
 rows that came back with the same text, without asking the model.
+
+A table put in the source's place (a rename-swap, or DROP and CREATE) is attached by ``attach``.
 """
 
 from __future__ import annotations

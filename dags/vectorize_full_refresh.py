@@ -45,13 +45,13 @@ def night_export(night: int) -> list[tuple]:
 )
 def vectorize_full_refresh():
     @task
-    def write_export(data_interval_start=None) -> str:
+    def write_export(logical_date=None) -> str:
         """Stands for the upstream system: the night's export as a CSV file."""
         import csv
         import tempfile
 
-        night = (data_interval_start - pendulum.datetime(2026, 11, 1, tz="UTC")).days
-        path = os.path.join(tempfile.gettempdir(), f"catalogue-{data_interval_start:%Y%m%d}.csv")
+        night = max(0, (logical_date - pendulum.datetime(2026, 11, 1, tz="UTC")).days)
+        path = os.path.join(tempfile.gettempdir(), f"catalogue-{logical_date:%Y%m%d}.csv")
         with open(path, "w", newline="") as file:
             csv.writer(file).writerows(night_export(night))
         return path
