@@ -18,7 +18,7 @@ from airflow_vectorize.generation import row_sql
 
 @dataclass(frozen=True)
 class Freshness:
-    """``pending``: rows queued by the realtime triggers; ``stale``: rows with text whose embedding is
+    """``pending``: rows queued by the realtime triggers (``queued``); ``stale``: rows with text whose embedding is
     missing or out of date (queued or not), except those given up on; ``lag_seconds``: age of the oldest
     queued row (0 if none); ``failed``: rows in the project's errors table."""
 
@@ -43,22 +43,46 @@ class Freshness:
         return asdict(self)
 
 
-def statement(project: Project) -> sql.Composed:
+def queued(project: Project, bulk: bool) -> sql.Composable:
+    """Rows queued for the next realtime run: the keys in the queue, plus the rows of the bulk inserts it has
+    not run for yet (``bulk``: the project has a ``_bulk_<job>`` table; one created before has none until its
+    next generation run)."""
+    keys = sql.SQL("(SELECT count(*) FROM {})").format(project.names.queue)
+    if not bulk:
+        return keys
+    return sql.SQL("({} + (SELECT coalesce(sum(rows), 0) FROM {}))").format(keys, project.names.bulk)
+
+
+def _oldest(project: Project, bulk: bool) -> sql.Composable:
+    oldest = sql.SQL("(SELECT min(enqueued_at) FROM {})").format(project.names.queue)
+    if not bulk:
+        return oldest
+    return sql.SQL("least({}, (SELECT min(enqueued_at) FROM {}))").format(oldest, project.names.bulk)
+
+
+BULK_EXISTS = "SELECT to_regclass(%s) IS NOT NULL"
+
+
+def statement(project: Project, bulk: bool) -> sql.Composed:
     p = row_sql(project)
     return sql.SQL(
-        "SELECT (SELECT count(*) FROM {queue}),"
+        "SELECT {queued}::bigint,"
         " (SELECT count(*) FROM {rows} WHERE {needs} AND {text} <> ''),"
-        " coalesce(extract(epoch FROM clock_timestamp() - (SELECT min(enqueued_at) FROM {queue})), 0)::float8,"
+        " coalesce(extract(epoch FROM clock_timestamp() - {oldest}), 0)::float8,"
         " (SELECT count(*) FROM {errors})"
-    ).format(queue=project.names.queue, rows=p["from"], needs=p["needs"], text=p["text"], errors=project.names.errors)
+    ).format(queued=queued(project, bulk), oldest=_oldest(project, bulk), rows=p["from"], needs=p["needs"],
+             text=p["text"], errors=project.names.errors)
 
 
 def measure(conn: psycopg.Connection, project: Project) -> Freshness:
-    pending, stale, lag, failed = conn.execute(statement(project)).fetchone()
+    bulk = conn.execute(BULK_EXISTS, [".".join(project.names.bulk_name)]).fetchone()[0]
+    pending, stale, lag, failed = conn.execute(statement(project, bulk)).fetchone()
     return Freshness(pending, stale, round(lag, 3), failed)
 
 
 async def ameasure(conn: psycopg.AsyncConnection, project: Project) -> Freshness:
-    cur = await conn.execute(statement(project))
+    cur = await conn.execute(BULK_EXISTS, [".".join(project.names.bulk_name)])
+    (bulk,) = await cur.fetchone()
+    cur = await conn.execute(statement(project, bulk))
     pending, stale, lag, failed = await cur.fetchone()
     return Freshness(pending, stale, round(lag, 3), failed)

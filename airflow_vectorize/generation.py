@@ -65,6 +65,11 @@ class Scope:
     partition_count: int = 1
     pending_only: bool = False
 
+    @property
+    def whole(self) -> bool:
+        """Every row of the table: no update_col interval, no hash partition (pending_only aside)."""
+        return self.since is None and self.until is None and self.partition_count == 1
+
     def check(self, project: Project) -> None:
         if (self.since is not None or self.until is not None) and project.update_time_col is None:
             raise InvalidInputError(

@@ -127,6 +127,16 @@ class StorageNames:
         return sql.Identifier(*self.queue_name)
 
     @property
+    def bulk_name(self) -> tuple[str, str]:
+        """Statements that inserted too many rows for the realtime queue to list (``catalog.BULK_ROWS``):
+        (id, rows, enqueued_at); the next realtime run scans for due rows instead of reading the queue."""
+        return SCHEMA, f"_bulk_{self.job}"
+
+    @property
+    def bulk(self) -> sql.Identifier:
+        return sql.Identifier(*self.bulk_name)
+
+    @property
     def errors_name(self) -> tuple[str, str]:
         """Rows generation could not embed: (key, error, attempts, first_seen, last_seen, text_md5)."""
         return SCHEMA, f"_errors_{self.job}"
@@ -192,7 +202,8 @@ class StorageNames:
     def storage_objects(self, realtime: bool) -> list[str]:
         """Every object the project owns, as 'schema.name' (columns as 'schema.table.column')."""
         objects = [".".join(self.index_qualified_name), ".".join(self.fts_index_qualified_name),
-                   ".".join(self.queue_name), ".".join(self.errors_name), ".".join(self.removed_name),
+                   ".".join(self.queue_name), ".".join(self.bulk_name), ".".join(self.errors_name),
+                   ".".join(self.removed_name),
                    ".".join(self.removal_function_name) + "()", *self.removal_triggers]
         if not self.is_chunked:
             objects.insert(2, ".".join(self.documents_name))

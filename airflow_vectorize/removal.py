@@ -180,6 +180,7 @@ def attach(cur: Cursor, project: Project) -> bool:
     catalog.drop_triggers(cur, project)
     create_triggers(cur, project)
     if project.schedule == "realtime":
+        catalog.ensure_bulk_table(cur, project)
         catalog.create_triggers(cur, project)
     if project.is_join:
         cur.execute(sql.SQL("DROP VIEW IF EXISTS {}; DROP FUNCTION IF EXISTS {}()").format(

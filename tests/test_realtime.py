@@ -187,3 +187,37 @@ def test_writers_emit_the_project_asset_and_the_watcher_watches_its_queue():
     assert watcher.trigger.serialize() == ("airflow_vectorize.triggers.pending.PendingRowsTrigger",
                                            {"job_name": "shop", "postgres_conn_id": "pg", "poll_interval": 5.0,
                                             "debounce": 0.5})
+
+
+def test_a_bulk_insert_is_recorded_once_and_the_realtime_run_scans_for_it(products, hook, monkeypatch):
+    """An INSERT of more than BULK_ROWS rows queues no key (that would cost a bulk load ~3× its time): one row
+    of vectorize._bulk_<job> says how many; pending counts them, the pending trigger announces them, and the
+    next realtime run embeds every row due, then forgets the bulk row."""
+    from airflow_vectorize import catalog
+    from airflow_vectorize.triggers.pending import _queue_state
+
+    monkeypatch.setattr(catalog, "BULK_ROWS", 5)  # written into the trigger when the project is created
+    hook.create_project("shop", "products", "product_id", COLUMNS)
+    hook.generate_embeddings("shop")
+    products.execute("INSERT INTO products (product_id, name, description)"
+                     " SELECT g, 'Gadget ' || g, 'a brand new gadget' FROM generate_series(100, 109) g")
+    insert_products(products, 200, 1)  # one row: its key is queued
+
+    assert products.execute("SELECT rows FROM vectorize._bulk_shop") == [(10,)]
+    assert products.scalar("SELECT count(*) FROM vectorize._pending_shop") == 1
+    assert hook.get_status("shop")["pending"] == 11
+    fresh = hook.get_freshness("shop")
+    assert fresh["pending"] == 11 and fresh["lag_seconds"] > 0
+
+    async def state():
+        import psycopg
+
+        async with await psycopg.AsyncConnection.connect(products.uri, autocommit=True) as conn:
+            return await _queue_state(conn, hook._search_target("shop").project)
+    pending, newest = asyncio.run(state())
+    assert pending == 11 and newest is not None
+
+    run = hook.generate_embeddings("shop", pending_only=True)
+    assert run["embedded"] == 11 and run["pending_only"] is False  # the bulk row made it look at every row
+    assert products.scalar("SELECT count(*) FROM vectorize._bulk_shop") == 0
+    assert hook.get_status("shop")["pending"] == 0 and hook.get_status("shop")["missing_rows"] == 0

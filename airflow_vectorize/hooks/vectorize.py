@@ -347,19 +347,20 @@ class VectorizeHook(PostgresHook):
         with self.transaction() as cur:
             project = self._project(cur, job_name)
             alias = "e" if project.is_join else "r"
+            bulk = cur.execute(freshness.BULK_EXISTS, [".".join(project.names.bulk_name)]).fetchone()[0]
             cur.execute(
                 sql.SQL(
                     "SELECT count(*), count({emb}),"
                     " count(*) FILTER (WHERE {emb} IS NOT NULL AND {md5} IS DISTINCT FROM {text_md5}),"
                     " count(*) FILTER (WHERE {text} = ''),"
-                    " (SELECT count(*) FROM {queue})"
+                    " {queued}::bigint"
                     " FROM {rows}"
                 ).format(
                     emb=sql.Identifier(alias, project.names.embeddings_column),
                     md5=expressions.text_md5(project, "r"),
                     text_md5=sql.Identifier(alias, project.names.text_md5_column),
                     text=expressions.text(project, "r"),
-                    queue=project.names.queue,
+                    queued=freshness.queued(project, bulk),
                     rows=expressions.stored_rows(project),
                 )
             )
@@ -513,6 +514,10 @@ class VectorizeHook(PostgresHook):
                 project = self._project(cur, job_name)
             storage.ensure_documents(cur, project)  # ... or before the stored full-text documents
             reconciled = storage.reconcile_removed(cur, project, self.index_build_memory)
+            catalog.ensure_bulk_table(cur, project)  # ... or before bulk inserts were recorded apart
+            bulk = [row[0] for row in cur.execute(sql.SQL("SELECT id FROM {}").format(project.names.bulk))]
+            if bulk and scope.pending_only:  # a bulk insert queued no keys: look at every row
+                scope = replace(scope, pending_only=False)
         model = self._model(project)
         try:
             summary = generation.generate(
@@ -535,6 +540,9 @@ class VectorizeHook(PostgresHook):
                 f"project {job_name!r}: the database session ended during generation ({error}). The batches"
                 " committed before are kept; run again to embed the rest."
             ) from error
+        if bulk and scope.whole:  # every row due was embedded: the bulk inserts seen are done
+            with self.transaction() as cur:
+                cur.execute(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(project.names.bulk), [bulk])
         return {**summary, **reconciled}
 
     @staticmethod

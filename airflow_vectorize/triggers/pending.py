@@ -19,7 +19,7 @@ import psycopg
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 from psycopg import sql
 
-from airflow_vectorize import catalog
+from airflow_vectorize import catalog, freshness
 from airflow_vectorize.catalog import Project
 from airflow_vectorize.hooks.vectorize import VectorizeHook
 
@@ -96,5 +96,11 @@ class PendingRowsTrigger(BaseEventTrigger):
 
 
 async def _queue_state(conn: psycopg.AsyncConnection, project: Project) -> tuple[int, datetime | None]:
-    cur = await conn.execute(sql.SQL("SELECT count(*), max(enqueued_at) FROM {}").format(project.names.queue))
+    """(rows queued, when the newest was): the queue's keys and the rows of bulk inserts (``freshness.queued``)."""
+    cur = await conn.execute(freshness.BULK_EXISTS, [".".join(project.names.bulk_name)])
+    (bulk,) = await cur.fetchone()
+    newest = sql.SQL("(SELECT max(enqueued_at) FROM {})").format(project.names.queue)
+    if bulk:
+        newest = sql.SQL("greatest({}, (SELECT max(enqueued_at) FROM {}))").format(newest, project.names.bulk)
+    cur = await conn.execute(sql.SQL("SELECT {}::bigint, {}").format(freshness.queued(project, bulk), newest))
     return await cur.fetchone()
