@@ -44,13 +44,12 @@ def create_removed_table(cur: Cursor, project: Project) -> None:
 
 
 def tracks_keys(project: Project) -> bool:
-    """Whether a DELETE records each removed key (from the statement's transition table): for realtime
-    projects, whose runs read the queue and must not compare every stored key with the source, and append
-    projects, whose removed rows' vectors are kept. A manual join project's DELETE records only that rows
-    went (one marker row, as a TRUNCATE): capturing the deleted rows alone costs a DELETE ~1.7× (100k of 1M
-    rows, ``bench/writes.py``), and its next run compares every stored key with the source in one anti-join,
-    as cheap as the scan of the source that run does anyway."""
-    return project.schedule == "realtime" or not project.is_join
+    """Whether a DELETE records each removed key (from the statement's transition table): only for append
+    projects, whose removed rows' vectors must be kept. A join project's DELETE records only that rows went
+    (one marker row, as a TRUNCATE) and removes queue entries and errors whose row is gone: capturing the
+    deleted rows alone costs a DELETE ~1.7× (100k of 1M rows), and the project's next run compares every
+    stored key with the source in one anti-join instead (``storage.reconcile_removed``)."""
+    return not project.is_join
 
 
 def create_triggers(cur: Cursor, project: Project) -> None:

@@ -3,7 +3,8 @@
 
 Three tables of the same shape and data, side by side in one run: no project, a ``manual`` project and a
 ``realtime`` project (both ``join``, the default, over ``name`` and ``description``). Each round, on each table in
-turn: ``COPY`` of ``--rows`` rows (1M) from a server-side file into the empty table, ``UPDATE`` of a column the
+turn (each table first in one round of three; autovacuum off, the bench vacuums and analyzes before each
+operation): ``COPY`` of ``--rows`` rows (1M) from a server-side file into the empty table, ``UPDATE`` of a column the
 project does not embed on ``--subset`` rows (100k), ``UPDATE`` of an embedded column on the same rows,
 ``DELETE`` of those rows, ``TRUNCATE`` of the rest, ``INSERT … SELECT`` of the ``--rows`` rows. The project's
 tables hold a vector for every key of the table (as after a generation run; no HNSW index: source writes never
@@ -79,9 +80,11 @@ def main(argv: list[str] | None = None) -> None:
         hook = session.hook()
         for suffix, schedule in VARIANTS.items():
             table = f"t_{suffix}"
+            # Autovacuum off: a worker vacuuming one table while another is timed takes the other core; the
+            # bench vacuums and analyzes every table before each operation itself.
             session.execute(f"CREATE TABLE {table} (product_id integer PRIMARY KEY, name text NOT NULL,"
                             " description text, category varchar(40), price numeric(10, 2),"
-                            " updated_at timestamptz NOT NULL DEFAULT now())")
+                            " updated_at timestamptz NOT NULL DEFAULT now()) WITH (autovacuum_enabled = false)")
             if schedule:
                 hook.create_project(table, table, "product_id", ["name", "description"], schedule=schedule)
                 session.execute(f'DROP INDEX vectorize."{table}_hnsw_cos_idx"')
@@ -89,13 +92,16 @@ def main(argv: list[str] | None = None) -> None:
                 session.execute(f"INSERT INTO vectorize._embeddings_{table} (product_id, embeddings, text_md5)"
                                 f" SELECT product_id, '{vector}', md5(name || ', ' || description)::uuid FROM rows_to_load")
                 session.execute(f"VACUUM ANALYZE vectorize._embeddings_{table}")
+                session.execute(f"ALTER TABLE vectorize._embeddings_{table} SET (autovacuum_enabled = false)")
         for round_ in range(args.rounds):
             for suffix in VARIANTS:
                 session.execute(f"TRUNCATE t_{suffix}")
                 if VARIANTS[suffix]:
                     session.execute(f"TRUNCATE vectorize._removed_t_{suffix}")
+            order = list(VARIANTS)[round_ % 3:] + list(VARIANTS)[:round_ % 3]  # each table first in turn
             for operation, (statement, _) in OPERATIONS.items():
-                for suffix, schedule in VARIANTS.items():
+                for suffix in order:
+                    schedule = VARIANTS[suffix]
                     if schedule:  # each operation pays only for its own queued keys and removed keys
                         session.execute(f"TRUNCATE vectorize._pending_t_{suffix}, vectorize._removed_t_{suffix}")
                     session.execute(f"VACUUM ANALYZE t_{suffix}")
