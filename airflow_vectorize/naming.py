@@ -7,10 +7,12 @@
   ``vectorize_update_trigger_<job>`` calling ``vectorize.handle_update_<job>()``;
 - ours: instead of pg_vectorize's foreign keys to the source, ``vectorize_delete_trigger_<job>``,
   ``vectorize_trunc_trigger_<job>`` and ``vectorize_rekey_trigger_<job>`` calling
-  ``vectorize.handle_removal_<job>()``, which record removed keys in ``vectorize._removed_<job>``
-  (``airflow_vectorize.removal``); the queue ``vectorize._pending_<job>``, the errors table
-  ``vectorize._errors_<job>``, the stored full-text documents ``vectorize._documents_<job>`` with their index ``<job>_fts_idx`` (a chunked project's
-  index is on its chunk table's ``chunk_fts`` column) and the NOTIFY channel ``vectorize_<job>``.
+  ``vectorize.handle_removal_<job>()``, which record what was removed in ``vectorize._removed_<job>``
+  (``airflow_vectorize.removal``); the queue ``vectorize._pending_<job>`` (and ``vectorize._bulk_<job>`` for
+  inserts too big to queue key by key), the errors table ``vectorize._errors_<job>``, the stored full-text
+  documents ``vectorize._documents_<job>`` with their index ``<job>_fts_idx`` (a chunked project's index is on
+  its chunk table's ``chunk_fts`` column), the view's function ``vectorize.<job>_view_rows()`` and the NOTIFY
+  channel ``vectorize_<job>``.
 """
 
 from __future__ import annotations
