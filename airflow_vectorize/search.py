@@ -103,7 +103,8 @@ class SearchTarget:
     one then parses its rows' texts, until its next generation run stores them). ``queries``: the searches without filters already
     built from this entry, by their arguments (statement, settings and every parameter but the query
     vector), so that a repeated search only checks and binds its vector; it goes with the entry when the
-    hook looks the project up again.
+    hook looks the project up again. ``removed``: the project has ``vectorize._removed_<job>``
+    (``source_row_exists``).
     """
 
     project: Project
@@ -112,6 +113,7 @@ class SearchTarget:
     storage_oid: Oid | None
     exact: bool = False
     documents: bool = True
+    removed: bool = True
     queries: dict[tuple, SearchQuery] = field(default_factory=dict, compare=False, repr=False)
 
     def follow(self, search: SearchQuery) -> None:
@@ -130,10 +132,11 @@ def search_target(cur: Cursor, project: Project) -> SearchTarget:
         documents = sql.SQL("EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass({})"
                             " AND attname = {} AND NOT attisdropped)").format(
             sql.Literal(project.names.target.as_string(cur)), sql.Literal(CHUNK_FTS_COLUMN))
-    oid, exact, stored = cur.execute(sql.SQL("SELECT to_regclass(%s)::oid, {}, {}").format(small, documents),
-                                     [storage]).fetchone()
+    oid, exact, stored, removed = cur.execute(
+        sql.SQL("SELECT to_regclass(%s)::oid, {}, {}, to_regclass(%s) IS NOT NULL").format(small, documents),
+        [storage, ".".join(project.names.removed_name)]).fetchone()
     return SearchTarget(project, searchable_columns(cur, project), storage, None if oid is None else Oid(oid),
-                        bool(exact), bool(stored))
+                        bool(exact), bool(stored), bool(removed))
 
 
 # -- input checks ----------------------------------------------------------------------------------------
@@ -378,7 +381,7 @@ def _best_chunk(project: Project, row: str) -> sql.Composable:
 
 
 def _rows_by_best_chunk(project: Project, shape: tuple[Filter, ...], rows: int,
-                        chunks: int | None = None) -> sql.Composable:
+                        chunks: int | None = None, removed: bool = True) -> sql.Composable:
     """The ``rows`` rows nearest by their best chunk, nearest first: their keys (``k``, or ``k0``, ``k1``,
     ...: ``Key.aliases``), best distance ``d`` and that chunk's ``chunk_no``; among the ``chunks`` nearest
     chunks the HNSW index serves (``chunk_order``), or (``chunks`` None: the exact path) among every chunk."""
@@ -390,7 +393,7 @@ def _rows_by_best_chunk(project: Project, shape: tuple[Filter, ...], rows: int,
         "SELECT {keys}, {distance} AS d, e.chunk_no FROM {target} e{source_join} WHERE {where}{nearest}) c"
         " ORDER BY {names}, d, chunk_no) b ORDER BY d, {names} LIMIT {rows}"
     ).format(names=names.names(), keys=key.select_as("e", names), distance=_parts(project)["distance"],
-             target=project.names.target, source_join=_chunk_source_join(project, shape), where=_chunk_where(project, shape),
+             target=project.names.target, source_join=_chunk_source_join(project, shape), where=_chunk_where(project, shape, removed),
              nearest=nearest, rows=sql.Literal(rows))
 
 
@@ -402,18 +405,32 @@ def _small_table(project: Project) -> sql.Composable:
         sql.Literal(project.names.target.as_string()), sql.Literal(EXACT_SCAN_MAX_PAGES * 8192))
 
 
-def source_row_exists(project: Project, alias: str = "e") -> sql.Composable:
-    """True when the source row of the embedding row ``alias`` exists, else NULL. A row removed from the source
-    keeps its vectors until the next generation run (``airflow_vectorize.removal``); a search that does not
-    join the source checks this on each row it reads instead. A scalar subquery, never turned into a join: the
-    planner keeps reading the HNSW index in distance order and probes the source's key for each row read."""
-    return sql.SQL("(SELECT true FROM {} x WHERE {})").format(project.names.source, project.key.equals("x", alias))
+def source_row_exists(project: Project, removed: bool, alias: str = "e") -> sql.Composable:
+    """True when the source row of the embedding row ``alias`` may be read, else NULL. A row removed from the
+    source keeps its vectors until the next generation run (``airflow_vectorize.removal``), which settles
+    what ``vectorize._removed_<job>`` holds; while that table is empty and the project's removal triggers are on
+    the source (not after a swap, until it is attached) no vector lacks its row (a removal commits its entry
+    with it: a snapshot that cannot see the entry cannot see the removal either), and one check of both per
+    search (an InitPlan) spares the per-row probe. Otherwise the source's key is probed for
+    each row read: a scalar subquery, never turned into a join, so the planner keeps reading the HNSW index in
+    distance order. ``removed``: the project has the table (one created before it has pg_vectorize's foreign
+    key instead, which guarantees the row: no check at all)."""
+    if not removed:
+        return sql.SQL("true")
+    names = project.names
+    settled = sql.SQL(  # nothing removed waits, and the triggers that record removals are on this table
+        "(SELECT NOT EXISTS (SELECT FROM {removed}) AND EXISTS (SELECT FROM pg_catalog.pg_trigger"
+        " WHERE tgrelid = to_regclass({source_name}) AND tgname = {trigger}))"
+    ).format(removed=names.removed, source_name=sql.Literal(names.source.as_string()),
+             trigger=sql.Literal(names.delete_trigger))
+    return sql.SQL("({settled} OR (SELECT true FROM {source} x WHERE {same}))").format(
+        settled=settled, source=names.source, same=project.key.equals("x", alias))
 
 
-def _chunk_where(project: Project, shape: tuple[Filter, ...]) -> sql.Composable:
+def _chunk_where(project: Project, shape: tuple[Filter, ...], removed: bool) -> sql.Composable:
     """The condition on a chunk (``e``): the filters (on the joined source: ``_chunk_source_join``), or without
     them that its source row exists."""
-    return _where(shape) if shape else sql.SQL("{} AND {}").format(source_row_exists(project), _where(shape))
+    return _where(shape) if shape else sql.SQL("{} AND {}").format(source_row_exists(project, removed), _where(shape))
 
 
 def _chunk_source_join(project: Project, shape: tuple[Filter, ...]) -> sql.Composable:
@@ -425,7 +442,7 @@ def _chunk_source_join(project: Project, shape: tuple[Filter, ...]) -> sql.Compo
 
 
 def _chunked_vector_statement(project: Project, columns: tuple[str, ...], shape: tuple[Filter, ...],
-                              limit: int, chunks: int | None) -> str:
+                              limit: int, chunks: int | None, removed: bool = True) -> str:
     """The ``limit`` rows nearest by their best chunk (``_rows_by_best_chunk``: among the ``chunks`` nearest
     the index serves, or every chunk), with that chunk's text; ``_small_table`` last.
 
@@ -443,25 +460,25 @@ def _chunked_vector_statement(project: Project, columns: tuple[str, ...], shape:
         "SELECT {select}, {similarity} AS similarity_score, t.chunk, {small} FROM ({nearest}) n"
         " JOIN {target} t ON {same_row} AND t.chunk_no = n.chunk_no{source} ORDER BY n.d, {order}"
     ).format(select=select, similarity=similarity, small=_small_table(project),
-             nearest=_rows_by_best_chunk(project, shape, limit, chunks), target=project.names.target,
+             nearest=_rows_by_best_chunk(project, shape, limit, chunks, removed), target=project.names.target,
              same_row=key.equals("t", "n", names), source=source, order=names.names("n")).as_string()
 
 
 @lru_cache(maxsize=256)
 def _vector_statement(
     project: Project, columns: tuple[str, ...], shape: tuple[Filter, ...], limit: int,
-    chunks: int | None = None, storage: str = "", storage_oid: Oid | None = None,
+    chunks: int | None = None, storage: str = "", storage_oid: Oid | None = None, removed: bool = True,
 ) -> str:
     """A chunked project's statement reads the ``chunks`` nearest chunks, or every chunk (None), and binds
     the guard (``_guard_params``); an unchunked one's has it written in (``_written_guard`` of ``storage``
     and ``storage_oid``)."""
     if project.is_chunked:
-        return _chunked_vector_statement(project, columns, shape, limit, chunks)
+        return _chunked_vector_statement(project, columns, shape, limit, chunks, removed)
     parts = _parts(project)
     if project.is_join and not shape and columns == project.key.columns:
         # Only the key, which the embeddings table holds: the source is only probed (``source_row_exists``).
         parts["vector_from"] = sql.SQL("{} e").format(project.names.target)
-        select, exists = project.key.names("e"), [source_row_exists(project)]
+        select, exists = project.key.names("e"), [source_row_exists(project, removed)]
     else:
         select, exists = _column_list(columns), []
     where = sql.SQL(" AND ").join([*_conditions(shape), *exists, _written_guard(storage, storage_oid)])
@@ -472,7 +489,7 @@ def _vector_statement(
 
 
 def _full_text_matches(project: Project, shape: tuple[Filter, ...], candidates: int,
-                       documents: bool = True) -> sql.Composable:
+                       documents: bool = True, removed: bool = True) -> sql.Composable:
     """The ``candidates`` rows best ranked by ``ts_rank`` for the query ``%(text)s``, best first: their keys
     (``Key.aliases``) and rank ``r``. A row is ranked by its document (``expressions.fts_document``, found
     through the source's ``<job>_fts_idx``), a chunked project's row by its best chunk's stored document
@@ -486,7 +503,7 @@ def _full_text_matches(project: Project, shape: tuple[Filter, ...], candidates: 
             " WHERE e.{doc} @@ q AND {where} ORDER BY r DESC, {names} LIMIT {candidates}"
         ).format(keys=key.select_as("e", names), doc=sql.Identifier(DOCUMENT_COLUMN),
                  documents=project.names.documents, source_join=_chunk_source_join(project, shape),
-                 where=_chunk_where(project, shape), names=names.names(), candidates=sql.Literal(candidates))
+                 where=_chunk_where(project, shape, removed), names=names.names(), candidates=sql.Literal(candidates))
     if not project.is_chunked:  # created before the documents table: parse each match's text
         return sql.SQL(
             "SELECT {keys}, ts_rank({doc}, q) AS r FROM {source} s, websearch_to_tsquery('english', %(text)s) q"
@@ -499,14 +516,14 @@ def _full_text_matches(project: Project, shape: tuple[Filter, ...], candidates: 
         " websearch_to_tsquery('english', %(text)s) q WHERE e.{fts} @@ q AND {where}"
         " GROUP BY {group} ORDER BY r DESC, {names} LIMIT {candidates}"
     ).format(keys=key.select_as("e", names), fts=sql.Identifier(CHUNK_FTS_COLUMN), target=project.names.target,
-             source_join=_chunk_source_join(project, shape), where=_chunk_where(project, shape), group=key.names("e"),
+             source_join=_chunk_source_join(project, shape), where=_chunk_where(project, shape, removed), group=key.names("e"),
              names=names.names(), candidates=sql.Literal(candidates))
 
 
 @lru_cache(maxsize=256)
 def _hybrid_statement(
     project: Project, columns: tuple[str, ...], shape: tuple[Filter, ...], limit: int, candidates: int,
-    exact: bool = False, documents: bool = True,
+    exact: bool = False, documents: bool = True, removed: bool = True,
 ) -> str:
     """A chunked project's semantic candidates are the rows nearest by their best chunk among the index's
     nearest chunks, or (``exact``) among every chunk; ``_small_table`` is its statement's last column."""
@@ -514,7 +531,7 @@ def _hybrid_statement(
     key, names = project.key, project.key.aliases()
     keys, where = key.select_as("s", names), _where(shape)
     if project.is_join and not shape:  # the keys alone, from the embeddings table (see _vector_statement)
-        keys, where = key.select_as("e", names), sql.SQL("{} AND {}").format(source_row_exists(project), where)
+        keys, where = key.select_as("e", names), sql.SQL("{} AND {}").format(source_row_exists(project, removed), where)
         parts = {**parts, "vector_from": sql.SQL("{} e").format(project.names.target)}
     semantic = sql.SQL(
         "SELECT {keys}, {distance} AS d FROM {vector_from}"
@@ -523,7 +540,7 @@ def _hybrid_statement(
     best, chunk = parts["embeddings_join"], sql.SQL("")
     if project.is_chunked:  # each row's nearest chunk, for every fused row (full-text-only ones too)
         chunks = None if exact else candidates * CHUNKS_PER_ROW
-        semantic = _rows_by_best_chunk(project, shape, candidates, chunks)
+        semantic = _rows_by_best_chunk(project, shape, candidates, chunks, removed)
         best = sql.SQL("LEFT JOIN {} ON true").format(_best_chunk(project, "s"))
         parts["similarity"] = sql.SQL(SIMILARITY[project.index_dist_type]).format(sql.SQL("best.d"))
         chunk = sql.SQL(", best.chunk, {}").format(_small_table(project))
@@ -543,7 +560,7 @@ def _hybrid_statement(
         " LIMIT {limit}"
     ).format(
         semantic=semantic,
-        matches=_full_text_matches(project, shape, candidates, documents),
+        matches=_full_text_matches(project, shape, candidates, documents, removed),
         columns=_column_list(columns),
         source=project.names.source,
         limit=sql.Literal(limit),
@@ -617,7 +634,7 @@ def vector_search_query(
         params.update(_guard_params(target))
     chunks = None if exact is not False else num_results * chunks_per_row
     statement = _vector_statement(project, tuple(columns), shape, num_results, chunks, target.storage,
-                                  target.storage_oid)
+                                  target.storage_oid, target.removed)
     vector = query_vector(project, query, embed)
     if key is not None:
         if len(target.queries) >= MAX_BUILT_QUERIES:
@@ -682,7 +699,7 @@ def hybrid_search_query(
         semantic_weight=float(semantic_weight), full_text_weight=float(full_text_weight), rrf_k=float(rrf_k),
     )
     statement = _hybrid_statement(project, tuple(columns), shape, num_results, candidates, bool(exact),
-                                  target.documents)
+                                  target.documents, target.removed)
     return SearchQuery(statement, params, settings, exact=exact)
 
 

@@ -69,6 +69,11 @@ def reconcile_removed(cur: Cursor, project: Project, build_memory: str) -> dict[
                  current=expressions.text_md5(project, "r"), in_source=key.equals("r", "t"))
     documents = _has_documents(cur, project)
     if project.is_join:
+        # Wait for the batches other runs are writing (a mapped backfill's partitions): one that wrote a vector
+        # for a row deleted meanwhile commits before the anti-join looks, so no vector outlives its marker
+        # (searches skip the source probe while no marker waits: ``search.source_row_exists``). Searches take
+        # no conflicting lock; writers of the embeddings wait until this transaction ends.
+        cur.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(names.target))
         tables = [names.target, *([names.documents] if documents else [])]
         if truncated or pending >= FULL_RECONCILE_SHARE * embedded_rows(cur, project):
             cur.execute(sql.SQL("DELETE FROM {removed}").format(**parts))
