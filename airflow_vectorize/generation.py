@@ -189,6 +189,7 @@ class BatchWriter:
                 " ADD COLUMN text_md5 uuid{chunk_columns}"
             ).format(keys=key.names(), source=project.names.source, chunk_columns=chunk_columns,
                      vector=sql.SQL("vector({})").format(sql.Literal(project.dimensions))))
+            self.documents = storage.has_documents(conn.cursor(), project)
             self.types = [r[0] for r in conn.execute(
                 "SELECT atttypid FROM pg_attribute WHERE attrelid = 'pg_temp.vectorize_staging'::regclass"
                 " AND attnum > 0 ORDER BY attnum")]
@@ -244,7 +245,7 @@ class BatchWriter:
                                 for chunk in row_chunks)
                         for (key, md5, chunk), vector in zip(flat, vectors):
                             copy.write_row((*values(key), vector, md5, chunk.number, chunk.start, chunk.end, chunk.text))
-                written = storage.upsert_from_staging(cur, project)
+                written = storage.upsert_from_staging(cur, project, self.documents)
                 cur.execute(sql.SQL(
                     "DELETE FROM {queue} q USING {from_} WHERE {same_key} AND {current} AND {written}"
                 ).format(queue=project.names.queue, from_=p["from"], same_key=self.key.equals("q", "r"),

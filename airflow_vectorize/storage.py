@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 from psycopg import Cursor, sql
 
-from airflow_vectorize import expressions
+from airflow_vectorize import catalog, expressions, removal
 from airflow_vectorize.catalog import Project, create_index, drop_index_unless_busy
 from airflow_vectorize.chunking import TextSplitter
 from airflow_vectorize.exceptions import InvalidInputError
@@ -64,10 +64,10 @@ def reconcile_removed(cur: Cursor, project: Project, build_memory: str) -> dict[
     if not pending:
         return {"vectors_removed": 0} if project.is_join else {"vectors_restored": 0, "vectors_removed": 0}
     parts = dict(removed=names.removed, target=names.target, source=names.source, keys=key.names(),
-                 g_keys=key.names("g"), emb=sql.Identifier(names.embeddings_column),
+                 emb=sql.Identifier(names.embeddings_column),
                  md5=sql.Identifier(names.text_md5_column), updated_at=sql.Identifier(names.updated_at_column),
                  current=expressions.text_md5(project, "r"), in_source=key.equals("r", "t"))
-    documents = _has_documents(cur, project)
+    documents = has_documents(cur, project)
     if project.is_join:
         # Wait for the batches other runs are writing (a mapped backfill's partitions): one that wrote a vector
         # for a row deleted meanwhile commits before the anti-join looks, so no vector outlives its marker
@@ -106,7 +106,7 @@ def reconcile_removed(cur: Cursor, project: Project, build_memory: str) -> dict[
     return {"vectors_restored": restored, "vectors_removed": pending - restored}
 
 
-def _has_documents(cur: Cursor, project: Project) -> bool:
+def has_documents(cur: Cursor, project: Project) -> bool:
     """Whether the project stores its rows' full-text documents (an unchunked project created before the
     documents table gets it from its next generation run: ``ensure_documents``)."""
     if project.is_chunked:
@@ -115,10 +115,12 @@ def _has_documents(cur: Cursor, project: Project) -> bool:
     return cur.fetchone()[0]
 
 
-def write_documents(cur: Cursor, project: Project, keys: sql.Composable, keys_key: Key | None = None) -> None:
+def write_documents(cur: Cursor, project: Project, keys: sql.Composable, keys_key: Key | None = None,
+                    documents: bool | None = None) -> None:
     """Write the full-text documents of the source rows whose keys are in the relation ``keys`` (its key
-    columns named as ``keys_key``'s, by default the project's): as the vectors of those rows are written."""
-    if not _has_documents(cur, project):  # chunked, or created before (until its next generation run)
+    columns named as ``keys_key``'s, by default the project's): as the vectors of those rows are written.
+    ``documents``: ``has_documents``, when the caller knows it (a generation run's batches)."""
+    if not (has_documents(cur, project) if documents is None else documents):  # chunked, or created before
         return
     key = project.key
     cur.execute(sql.SQL(
@@ -134,18 +136,16 @@ def ensure_documents(cur: Cursor, project: Project) -> bool:
     """Give an unchunked project created before the documents table its stored documents (of every row with a
     current vector), their index, and drop the full-text index it had on the source; returns whether it did.
     Call with the project locked."""
-    from airflow_vectorize.catalog import create_documents_table, fts_index_statement
-
-    if project.is_chunked or _has_documents(cur, project):
+    if project.is_chunked or has_documents(cur, project):
         return False
-    create_documents_table(cur, project)
+    catalog.create_documents_table(cur, project)
     stored_md5 = sql.Identifier("e" if project.is_join else "r", project.names.text_md5_column)
     cur.execute(sql.SQL(
         "INSERT INTO {documents} ({keys}, {document}) SELECT {r_keys}, {text} FROM {rows} WHERE {stored} = {current}"
     ).format(documents=project.names.documents, keys=project.key.names(), document=sql.Identifier(DOCUMENT_COLUMN),
              r_keys=project.key.names("r"), text=expressions.fts_document(project, "r"),
              rows=expressions.stored_rows(project), stored=stored_md5, current=expressions.text_md5(project, "r")))
-    cur.execute(fts_index_statement(project))
+    cur.execute(catalog.fts_index_statement(project))
     cur.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(*project.names.source_fts_index_qualified_name)))
     return True
 
@@ -153,6 +153,17 @@ def ensure_documents(cur: Cursor, project: Project) -> bool:
 # Removed keys at least this share of the stored vectors: one anti-join of every stored key with the source
 # is cheaper than looking up each removed key.
 FULL_RECONCILE_SHARE = 0.2
+
+
+def upgrade_layout(cur: Cursor, project: Project) -> None:
+    """Bring a project created by an earlier version to today's layout (each step a no-op when done): errors
+    table, pg_vectorize's foreign keys → removal triggers, view through its function, stored documents, bulk
+    table. Call with the project locked."""
+    catalog.create_errors_table(cur, project)
+    removal.upgrade(cur, project)
+    catalog.ensure_view(cur, project)
+    ensure_documents(cur, project)
+    catalog.ensure_bulk_table(cur, project)
 
 
 def import_from_table(
@@ -254,7 +265,7 @@ def clear_pending(cur: Cursor, project: Project, src: sql.Identifier, src_key: K
     return cur.rowcount
 
 
-def upsert_from_staging(cur: Cursor, project: Project) -> int:
+def upsert_from_staging(cur: Cursor, project: Project, documents: bool) -> int:
     """Write the rows of the session's ``vectorize_staging`` (key, embeddings, text_md5, and for a chunked
     project chunk_no, offsets and chunk); returns the source rows written.
 
@@ -292,7 +303,7 @@ def upsert_from_staging(cur: Cursor, project: Project) -> int:
             " FROM vectorize_staging s WHERE {same_key}"
         ).format(same_key=project.key.equals("r", "s"), **parts))
     written = cur.rowcount
-    write_documents(cur, project, sql.Identifier("vectorize_staging"))
+    write_documents(cur, project, sql.Identifier("vectorize_staging"), documents=documents)
     return written
 
 

@@ -506,15 +506,11 @@ class VectorizeHook(PostgresHook):
             project = self._project(cur, job_name)
             scope.check(project)
             catalog.lock_project(cur, job_name)
-            catalog.create_errors_table(cur, project)  # projects created before it existed
-            removal.upgrade(cur, project)  # ... or with pg_vectorize's foreign keys
-            catalog.ensure_view(cur, project)  # ... or with a view on the source
+            storage.upgrade_layout(cur, project)  # a project created by an earlier version
             if removal.attach(cur, project):  # another table was put in the source's place
                 self._search_cache.pop(job_name, None)
                 project = self._project(cur, job_name)
-            storage.ensure_documents(cur, project)  # ... or before the stored full-text documents
             reconciled = storage.reconcile_removed(cur, project, self.index_build_memory)
-            catalog.ensure_bulk_table(cur, project)  # ... or before bulk inserts were recorded apart
             bulk = [row[0] for row in cur.execute(sql.SQL("SELECT id FROM {}").format(project.names.bulk))]
             if bulk and scope.pending_only:  # a bulk insert queued no keys: look at every row
                 scope = replace(scope, pending_only=False)
