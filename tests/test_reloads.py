@@ -94,7 +94,8 @@ def test_truncate_works_and_a_reload_embeds_only_what_changed(layout, hook):
 
     assert counts(hook) == (0, 0, 0, 0) and queue_and_errors(db) == (0, 0)
     assert found(hook, db) == set()
-    assert db.scalar("SELECT count(*) FROM vectorize.docs_view") == 0 if db.name != "append" else True
+    if db.name != "append":  # an append project has no view
+        assert db.scalar("SELECT count(*) FROM vectorize.docs_view") == 0
 
     load(db, changed(ROWS))  # the nightly reload
     assert not found(hook, db) & {3, 4}  # keys that did not come back: never in results
