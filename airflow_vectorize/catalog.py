@@ -15,6 +15,7 @@ from psycopg.rows import dict_row
 from airflow_vectorize import expressions, removal
 from airflow_vectorize.exceptions import VectorizeError
 from airflow_vectorize.keys import Key
+from airflow_vectorize.models.encoding import Encoding
 from airflow_vectorize.naming import CHUNK_FTS_COLUMN, DOCUMENT_COLUMN, StorageNames
 from airflow_vectorize.rag import ensure_prompts
 
@@ -63,6 +64,7 @@ CONFIG_FIELDS = (
     "chunk_size",
     "chunk_overlap",
     "chunker",
+    "encoding",
 )
 
 
@@ -86,6 +88,7 @@ class Project:
     chunk_size: int | None = None  # tokens per chunk; None: one vector per row, as pg_vectorize
     chunk_overlap: int = 0
     chunker: str = "recursive"
+    encoding: Encoding = Encoding()  # query vs document prompts / input types (``models.encoding``)
     pkey_type: str | tuple[str, ...] = ""  # the key column's type, or its columns' types
     dimensions: int = 0
     job_id: int | None = None
@@ -111,6 +114,8 @@ class Project:
             params["dimensions"] = self.requested_dimensions
         if self.is_chunked:
             params.update(chunk_size=self.chunk_size, chunk_overlap=self.chunk_overlap, chunker=self.chunker)
+        if self.encoding.params():
+            params["encoding"] = self.encoding.params()
         return params
 
     def config(self) -> dict[str, Any]:
@@ -175,6 +180,7 @@ class Project:
             chunk_size=params.get("chunk_size"),
             chunk_overlap=params.get("chunk_overlap", 0),
             chunker=params.get("chunker", "recursive"),
+            encoding=Encoding.from_params(params.get("encoding")),
             pkey_type=_tupled(params.get("pkey_type", "")),
             dimensions=row["dimensions"] or row["removed_dimensions"] or 0,
         )

@@ -166,7 +166,8 @@ def create_table(request: Request, body: TableBody, conn_id: str = CONN_ID) -> R
         schema=body.src_schema, table_method=body.table_method, index_dist_type=body.index_dist_type,
         schedule=body.schedule, update_col=body.update_time_col, model_conn_id=body.model_conn_id,
         dimensions=body.dimensions, chunk_size=body.chunk_size, chunk_overlap=body.chunk_overlap,
-        chunker=body.chunker)
+        chunker=body.chunker, document_prompt=body.document_prompt, query_prompt=body.query_prompt,
+        input_types=body.input_types)
     summary = {"id": hook.get_project(body.job_name)["job_id"], **summary}
     return json_response(summary)
 

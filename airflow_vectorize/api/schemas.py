@@ -91,6 +91,9 @@ class TableBody(Strict):
     chunk_size: int | None = Field(None, ge=1, le=100_000)
     chunk_overlap: int = Field(0, ge=0, le=100_000)
     chunker: str = "recursive"
+    document_prompt: str | None = Field(None, max_length=10_000)
+    query_prompt: str | None = Field(None, max_length=10_000)
+    input_types: dict[Literal["document", "query"], str | None] | None = None
 
 
 class RagBody(Strict):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
@@ -36,8 +36,8 @@ from airflow_vectorize.exceptions import (
     SourceTableMissingError,
     VectorizeError,
 )
-from airflow_vectorize.models import batching
-from airflow_vectorize.models.openai_compatible import positive_int
+from airflow_vectorize.models import batching, encoding
+from airflow_vectorize.models.remote import positive_int
 from airflow_vectorize.search_sessions import SessionPool
 
 DROP_ATTEMPTS = 3
@@ -139,6 +139,9 @@ class VectorizeHook(PostgresHook):
         chunk_size: int | None = None,
         chunk_overlap: int = 0,
         chunker: str = "recursive",
+        query_prompt: str | None = None,
+        document_prompt: str | None = None,
+        input_types: Mapping[str, str | None] | None = None,
     ) -> dict[str, Any]:
         """Make ``schema.table`` searchable: embeddings storage, HNSW index, queue and realtime triggers.
 
@@ -154,6 +157,11 @@ class VectorizeHook(PostgresHook):
         ``chunk_size`` (tokens of the model's tokenizer) cuts each row's text into chunks of that size with
         ``chunk_overlap`` tokens shared by neighbours, one vector per chunk (``vectorize._chunks_<job>``;
         join projects only); searches still return each row once, ranked by its best chunk.
+
+        Documents and queries are encoded as the model wants them (``models.encoding``): a local model's own
+        configured prompts, Cohere's / Voyage's ``input_type`` per side. ``document_prompt`` /
+        ``query_prompt`` put a text before every document / query ("" for none); ``input_types``
+        (``{"document": ..., "query": ...}``) sets a provider's input type per side. Kept in the catalog.
 
         The same call again returns the existing project unchanged; another configuration under an
         existing name raises ProjectConflictError naming the fields that differ. With ``embed_existing``
@@ -186,42 +194,45 @@ class VectorizeHook(PostgresHook):
             chunk_overlap=chunk_overlap if chunk_size is not None else 0,
             chunker=chunker,
         )
+        choice = encoding.Choice(query_prompt, document_prompt, input_types)
         # Read-only pass first: a repeated call or bad input answers without loading the model.
         with self.transaction() as cur:
             existing = catalog.find_project(cur, job_name)
             if existing is None:
                 validation.check_project_source(cur, wanted)
         if existing is None:
-            summary = self._create_project(wanted)
+            summary = self._create_project(wanted, choice)
         else:
-            summary = self._existing_project(existing, wanted)
+            summary = self._existing_project(existing, replace(wanted, encoding=choice.over(existing.encoding)))
         if embed_existing:
             summary["initial_load"] = self.generate_embeddings(job_name)
         return summary
 
-    def _create_project(self, wanted: Project) -> dict[str, Any]:
+    def _create_project(self, wanted: Project, choice: encoding.Choice) -> dict[str, Any]:
         job_name = wanted.name
-        dims = self._model_dimensions(wanted)
+        wanted = self._with_model(wanted, choice)
         with self.transaction() as cur:
             catalog.ensure_vector_extension(cur)
             catalog.ensure_catalog(cur)
             catalog.lock_project(cur, job_name)
             existing = catalog.find_project(cur, job_name)  # a concurrent creator may have won
             if existing is not None:
-                return self._existing_project(existing, wanted)
+                return self._existing_project(existing, replace(wanted, encoding=choice.over(existing.encoding)))
             keys = validation.check_project_source(cur, wanted)
             pkey_type = keys[0].data_type if len(keys) == 1 else tuple(k.data_type for k in keys)
-            project = replace(wanted, pkey_type=pkey_type, dimensions=dims)
+            project = replace(wanted, pkey_type=pkey_type)
             validation.check_storage_free(cur, project)
             project = replace(project, job_id=catalog.insert_project(cur, project))
             catalog.create_storage(cur, project)
-        self.log.info("Created vectorize project %r (%s, %d dimensions)", job_name, project.table_method, dims)
+        self.log.info("Created vectorize project %r (%s, %d dimensions)", job_name, project.table_method,
+                      project.dimensions)
         return self._project_summary(project, created=True)
 
     @staticmethod
-    def _model_dimensions(project: Project) -> int:
-        """The vector size of the project's model: a remote one is asked once (a wrong key, model or host
-        fails here, before anything is created); a requested size must be what the model answers."""
+    def _with_model(project: Project, choice: encoding.Choice) -> Project:
+        """``project`` with what its model implies: the vector size (a remote model is asked once — a wrong
+        key, model or host fails here, before anything is created; a requested size must be what the model
+        answers) and the encoding of each side."""
         wanted = project.requested_dimensions
         model = models.embedding_model(project.transformer, project.model_conn_id, wanted, shorten=wanted is not None)
         dims = model.probe()
@@ -230,9 +241,11 @@ class VectorizeHook(PostgresHook):
                 f"dimensions={wanted} was requested, but {model.describe()} produces {dims}-dimensional"
                 " vectors and cannot shorten them; omit dimensions"
             )
+        chosen = choice.for_model(model)
         if project.is_chunked:
-            chunking.check_size(project.chunk_size, model.max_input_tokens, model.describe())
-        return dims
+            document_side = encoding.SideModel(model, chosen, "document")
+            chunking.check_size(project.chunk_size, document_side.max_input_tokens, model.describe())
+        return replace(project, dimensions=dims, encoding=chosen)
 
     def _existing_project(self, existing: Project, wanted: Project) -> dict[str, Any]:
         have, want = existing.config(), wanted.config()
@@ -548,16 +561,19 @@ class VectorizeHook(PostgresHook):
             return None
         return chunking.TextSplitter(model.tokenizer(), project.chunk_size, project.chunk_overlap)
 
-    def encode(self, job_name: str, texts: Sequence[str]) -> list[list[float]]:
-        """Embed ``texts`` with the project's model (pg_vectorize's ``vectorize.encode``)."""
+    def encode(self, job_name: str, texts: Sequence[str], side: encoding.Side = "query") -> list[list[float]]:
+        """Embed ``texts`` with the project's model (pg_vectorize's ``vectorize.encode``), as queries (its
+        use: a query vector to search with) or, with ``side="document"``, as the project's documents."""
+        if side not in encoding.SIDES:
+            raise InvalidInputError(f"side must be one of {', '.join(map(repr, encoding.SIDES))}, got {side!r}")
         with self.transaction() as cur:
             project = self._project(cur, job_name, source=False)
-        return self._model(project).embed(list(texts)).tolist()
+        return self._model(project, side).embed(list(texts)).tolist()
 
     @staticmethod
-    def _model(project: Project) -> models.EmbeddingModel:
-        """The project's model; a local one must still produce the project's vector size (a remote one's
-        answers are checked against it)."""
+    def _model(project: Project, side: encoding.Side = "document") -> models.EmbeddingModel:
+        """The project's model encoding one side (documents: generation; queries: search); a local one must
+        still produce the project's vector size (a remote one's answers are checked against it)."""
         model = models.embedding_model(project.transformer, project.model_conn_id, project.dimensions,
                                        shorten=project.requested_dimensions is not None)
         if model.dimensions != project.dimensions:
@@ -565,18 +581,17 @@ class VectorizeHook(PostgresHook):
                 f"transformer {project.transformer!r} now produces {model.dimensions} dimensions,"
                 f" but project {project.name!r} stores {project.dimensions}"
             )
-        return model
+        return encoding.SideModel(model, project.encoding, side)
 
     def _query_model(self, project: Project) -> models.EmbeddingModel:
         """The model that embeds search queries, built once per hook and project (its HTTP client is the
-        process's)."""
-        key = (project.job_id, project.transformer, project.model_conn_id, project.dimensions)
+        process's); batched with every caller of the same model and query encoding."""
+        key = (project.job_id, project.transformer, project.model_conn_id, project.dimensions, project.encoding)
         if key not in self._query_models:
-            model = self._model(project)
+            model = self._model(project, "query")
             if self.batch_queries:
-                model = batching.shared(
-                    (project.transformer, project.model_conn_id, project.dimensions, project.requested_dimensions),
-                    model)
+                model = batching.shared((project.transformer, project.model_conn_id, project.dimensions,
+                                         project.requested_dimensions, model.prompt, model.input_type), model)
             self._query_models[key] = model
         return self._query_models[key]
 

@@ -18,13 +18,15 @@ class EmbeddingModel(ABC):
     this machine's CPU, several for a remote server). ``max_input_tokens``: the longest input the model
     reads; longer ones are cut to it (None: the server decides). ``input_errors``: the errors ``embed``
     raises because of one of its inputs (not the model or the server as a whole): generation then finds
-    the offending rows and records them instead of failing the run.
+    the offending rows and records them instead of failing the run. ``input_types``: the values of the
+    provider's ``input_type`` (none: it takes none).
     """
 
     transformer: str
     concurrency: int = 1
     max_input_tokens: int | None = None
     input_errors: tuple[type[Exception], ...] = ()
+    input_types: tuple[str, ...] = ()
 
     @property
     @abstractmethod
@@ -32,8 +34,20 @@ class EmbeddingModel(ABC):
         """The size of the vectors ``embed`` returns."""
 
     @abstractmethod
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """One float32 row per text, in order."""
+    def embed(self, texts: Sequence[str], *, prompt: str | None = None, input_type: str | None = None) -> np.ndarray:
+        """One float32 row per text, in order: of ``prompt + text`` (the prompt's tokens never cut), with the
+        provider's ``input_type`` when given (``models.encoding``)."""
+
+    def default_encoding(self) -> dict[str, str]:
+        """The encoding a new project gets unless told otherwise (``models.encoding.Encoding``'s fields):
+        the prompts a local model's configuration ships, a provider's input types; none by default."""
+        return {}
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` as the model counts them; here an upper estimate (UTF-8 bytes / 3)."""
+        from airflow_vectorize.models.tokens import TokenCounter
+
+        return TokenCounter().count(text)
 
     def tokenizer(self) -> Any:
         """What counts tokens as this model does: a Hugging Face tokenizer, a tiktoken encoding, or a

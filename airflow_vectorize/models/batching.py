@@ -70,6 +70,7 @@ class BatchingModel(EmbeddingModel):
         self.concurrency = model.concurrency
         self.max_input_tokens = model.max_input_tokens
         self.input_errors = model.input_errors
+        self.input_types = model.input_types
         self.max_batch = max_batch
         self.stats = BatchStats()
         self._queue: list[_Call] = []
@@ -87,7 +88,12 @@ class BatchingModel(EmbeddingModel):
     def describe(self) -> str:
         return self.model.describe()
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
+    def count_tokens(self, text: str) -> int:
+        return self.model.count_tokens(text)
+
+    def embed(self, texts: Sequence[str], *, prompt: str | None = None, input_type: str | None = None) -> np.ndarray:
+        """``model.embed(texts)``, merged with concurrent calls (the wrapped model is one side of a project:
+        its prompt and input type are its own)."""
         call = _Call(list(texts))
         with self._cond:
             if not self._workers or self._pid != os.getpid():

@@ -93,7 +93,7 @@ class Endpoint:
         return text
 
 
-def endpoint(conn_id: str, default_url: str, *, provider: str) -> Endpoint:
+def endpoint(conn_id: str, default_url: str, *, provider: str, conn_type: str = "openai") -> Endpoint:
     """The Airflow connection ``conn_id`` as an endpoint: host (or extra ``base_url``) is the base URL,
     password the API key; extra ``headers`` are sent with every request, other extras are options."""
     from airflow.sdk import BaseHook
@@ -103,7 +103,7 @@ def endpoint(conn_id: str, default_url: str, *, provider: str) -> Endpoint:
     except Exception as error:  # AirflowNotFoundException, or the task runtime's own error type
         raise ModelConnectionError(
             f"the Airflow connection {conn_id!r} for the {provider} provider is not defined ({type(error).__name__})."
-            f" Add it in the UI or set AIRFLOW_CONN_{conn_id.upper()}='{{\"conn_type\": \"openai\","
+            f" Add it in the UI or set AIRFLOW_CONN_{conn_id.upper()}='{{\"conn_type\": \"{conn_type}\","
             f" \"host\": \"<base URL>\", \"password\": \"<API key>\"}}', or pass model_conn_id"
         ) from error
     extra = dict(conn.extra_dejson or {})

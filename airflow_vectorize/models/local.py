@@ -45,7 +45,18 @@ class LocalModel(EmbeddingModel):
     def tokenizer(self) -> Any:
         return self.model.tokenizer
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
+    def count_tokens(self, text: str) -> int:
+        return len(self.model.tokenizer.encode(text, add_special_tokens=False))
+
+    def default_encoding(self) -> dict[str, str]:
+        """The prompts the model's configuration ships, as sentence-transformers' ``encode_query`` and
+        ``encode_document`` pick them ("query"; "document", else "passage", else "corpus")."""
+        prompts = {name: text for name, text in (self.model.prompts or {}).items() if text}
+        chosen = {"query_prompt": prompts.get("query")}
+        chosen["document_prompt"] = next((prompts[n] for n in ("document", "passage", "corpus") if n in prompts), None)
+        return {name: text for name, text in chosen.items() if text}
+
+    def embed(self, texts: Sequence[str], *, prompt: str | None = None, input_type: str | None = None) -> np.ndarray:
         """The texts' vectors, in their order, encoded in batches of texts of about the same token count.
 
         A batch is padded to its longest text. sentence-transformers orders texts by characters, which
@@ -55,21 +66,21 @@ class LocalModel(EmbeddingModel):
         texts = list(texts)
         core = plain_core(self.model.tokenizer)
         if core is None or len(texts) <= ENCODE_BATCH_SIZE:
-            return self._encode(texts)
+            return self._encode(texts, prompt)
         import numpy as np
 
         tokens = np.array(count_all(core, texts, add_special_tokens=True))
         if self.model.max_seq_length:  # the model reads no more: longer texts pad alike
             tokens = np.minimum(tokens, self.model.max_seq_length)
         order = np.argsort(-tokens, kind="stable")
-        batches = [self._encode([texts[i] for i in order[start:start + ENCODE_BATCH_SIZE]])
+        batches = [self._encode([texts[i] for i in order[start:start + ENCODE_BATCH_SIZE]], prompt)
                    for start in range(0, len(texts), ENCODE_BATCH_SIZE)]
         vectors = np.empty((len(texts), batches[0].shape[1]), dtype=batches[0].dtype)
         vectors[order] = np.concatenate(batches)
         return vectors
 
-    def _encode(self, texts: list[str]) -> np.ndarray:
-        return self.model.encode(texts, batch_size=ENCODE_BATCH_SIZE, convert_to_numpy=True,
+    def _encode(self, texts: list[str], prompt: str | None) -> np.ndarray:
+        return self.model.encode(texts, prompt=prompt, batch_size=ENCODE_BATCH_SIZE, convert_to_numpy=True,
                                  show_progress_bar=False)
 
 

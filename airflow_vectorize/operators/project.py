@@ -31,10 +31,15 @@ class CreateVectorizeProjectOperator(VectorizeBaseOperator):
     :param schedule: ``realtime`` (triggers queue changed rows) or ``manual``.
     :param update_col: a timestamp column that tells when a row changed (for interval runs).
     :param embed_existing: embed the rows already in the table right away (the initial load).
+    :param document_prompt: text put before every document ("" for none; default: the model's own);
+        :param query_prompt: the same for every search query.
+    :param input_types: ``{"document": ..., "query": ...}``, the ``input_type`` of a provider that takes one
+        (Cohere, Voyage; default: its search types).
     """
 
     template_fields: Sequence[str] = (
-        "job_name", "table", "schema", "primary_key", "columns", "transformer", "update_col", "model_conn_id"
+        "job_name", "table", "schema", "primary_key", "columns", "transformer", "update_col", "model_conn_id",
+        "document_prompt", "query_prompt",
     )
 
     def __init__(
@@ -56,6 +61,9 @@ class CreateVectorizeProjectOperator(VectorizeBaseOperator):
         chunk_size: int | None = None,
         chunk_overlap: int = 0,
         chunker: str = "recursive",
+        document_prompt: str | None = None,
+        query_prompt: str | None = None,
+        input_types: dict[str, str | None] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -75,6 +83,9 @@ class CreateVectorizeProjectOperator(VectorizeBaseOperator):
         self.chunk_size = chunk_size
         self.chunk_overlap = chunk_overlap
         self.chunker = chunker
+        self.document_prompt = document_prompt
+        self.query_prompt = query_prompt
+        self.input_types = input_types
 
     def execute(self, context: Any) -> dict[str, Any]:
         summary = self.hook.create_project(
@@ -94,6 +105,9 @@ class CreateVectorizeProjectOperator(VectorizeBaseOperator):
             chunk_size=self.chunk_size,
             chunk_overlap=self.chunk_overlap,
             chunker=self.chunker,
+            document_prompt=self.document_prompt,
+            query_prompt=self.query_prompt,
+            input_types=self.input_types,
         )
         if openlineage_installed():
             tables = self.hook.project_tables(self.job_name)
