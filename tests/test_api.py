@@ -16,6 +16,7 @@ import uuid
 from dataclasses import dataclass
 
 import httpx
+import numpy as np
 import pytest
 
 from scripts.api_server import ApiServer
@@ -220,6 +221,26 @@ def test_create_table_is_idempotent_and_conflicts_name_fields(api):
     assert listed["params"]["columns"] == ["name", "description"]
     assert listed["status"]["total_rows"] == 24 and listed["status"]["embedded_rows"] == 0
     assert listed["freshness"]["stale"] == 24
+
+
+def test_create_table_keeps_the_encoding_and_searches_with_the_query_prompt(api, model):
+    table = new_table(api)
+    body = {"job_name": table, "src_table": table, "src_columns": ["name", "description"],
+            "primary_key": "product_id", "document_prompt": "passage: ", "query_prompt": "query: "}
+    assert api.client.post("/api/v1/table", params={"conn_id": "api_db"}, json=body).status_code == 200
+    listed = api.client.get("/api/v1/projects/" + table, params={"conn_id": "api_db"}).json()
+    assert listed["params"]["encoding"] == {"document_prompt": "passage: ", "query_prompt": "query: "}
+    conflict = api.client.post("/api/v1/table", params={"conn_id": "api_db"}, json={**body, "query_prompt": ""})
+    assert_error(conflict, 409, "ProjectConflictError", "encoding")
+    from airflow_vectorize.hooks.vectorize import VectorizeHook
+
+    VectorizeHook(postgres_conn_id=api.db.conn_id).generate_embeddings(table)
+    rows = api.client.get("/api/v1/search", params={"conn_id": "api_db", "job_name": table, "mode": "vector",
+                                                    "query": "something to make coffee", "limit": 3}).json()
+    vectors = {k: v.to_numpy() for k, v in api.db.execute(f"SELECT product_id, embeddings FROM vectorize._embeddings_{table}")}
+    query = model.encode(["query: something to make coffee"], normalize_embeddings=True, show_progress_bar=False)[0]
+    best = max(vectors, key=lambda k: float(query @ vectors[k] / np.linalg.norm(vectors[k])))
+    assert rows[0]["product_id"] == best
 
 
 def test_create_table_bad_input_changes_nothing(api):
