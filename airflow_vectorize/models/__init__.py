@@ -6,7 +6,7 @@
 - ``openai/<model>`` and ``ollama/<model>``: the OpenAI protocol (:mod:`.openai_compatible`) at the Airflow
   connection ``model_conn_id`` (default ``openai_default`` / ``ollama_default``); any OpenAI-compatible
   server is ``openai/<model>`` with an ``openai`` connection whose host points at it;
-- ``cohere/<model>`` (:mod:`.cohere`), ``voyage/<model>`` (:mod:`.voyage``) and
+- ``cohere/<model>`` (:mod:`.cohere`), ``voyage/<model>`` (:mod:`.voyage`) and
   ``portkey/<provider>/<model>`` (:mod:`.portkey`, the Portkey AI gateway) at their connections.
 """
 
