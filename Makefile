@@ -29,7 +29,18 @@ $(CHAT_VENV)/.installed:
 	$(CHAT_VENV)/bin/python -m pip install -q "transformers[serving]==5.23.0"
 	touch $@
 
-SERVERS := $(INFINITY_VENV)/.installed $(CHAT_VENV)/.installed
+# Portkey's open-source AI gateway (Node) in front of those servers for the portkey/<provider>/<model> tests;
+# npm installs it into .portkey/ (Node and npm from apt when missing, as in CI).
+PORTKEY_DIR ?= .portkey
+$(PORTKEY_DIR)/.installed:
+	command -v npm >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm)
+	npm install -q --prefix $(PORTKEY_DIR) --save-exact --no-audit --no-fund @portkey-ai/gateway@1.9.8
+	touch $@
+
+.PHONY: portkey
+portkey: $(PORTKEY_DIR)/.installed
+
+SERVERS := $(INFINITY_VENV)/.installed $(CHAT_VENV)/.installed $(PORTKEY_DIR)/.installed
 
 # Debian's Chromium for the Vectorize page's browser test (Playwright drives it; it cannot download browsers
 # here). Needs root, as in CI.
@@ -50,7 +61,7 @@ bench: $(VENV)/.installed $(INFINITY_VENV)/.installed
 
 # A real Airflow 3 (scheduler, dag-processor, triggerer, api-server; metadata DB on the embedded PostgreSQL)
 # runs the example DAGs through the scheduler and prints their outcome from the REST API (scripts/deployment.py).
-.PHONY: deployment deployment-celery bench-backfill bench-api bench-reload bench-writes bench-hybrid-documents
+.PHONY: deployment deployment-celery bench-backfill bench-api bench-reload bench-writes bench-hybrid-documents bench-providers
 deployment: $(VENV)/.installed
 	$(PY) scripts/deployment.py --executor LocalExecutor
 
@@ -77,3 +88,7 @@ bench-writes: $(VENV)/.installed
 # Hybrid search of an unchunked project by its stored full-text documents, 1,500 PyPI READMEs (bench/hybrid_documents.py).
 bench-hybrid-documents: $(VENV)/.installed
 	$(PY) -m bench.hybrid_documents
+
+# Each remote provider's generation (cohere, voyage, portkey, self-hosted) vs a bare client of the same requests (bench/providers.py).
+bench-providers: $(VENV)/.installed $(SERVERS)
+	$(PY) -m bench.providers
