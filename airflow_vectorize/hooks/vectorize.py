@@ -148,10 +148,11 @@ class VectorizeHook(PostgresHook):
         ``primary_key`` is a unique column, or the columns of a composite key (a list; a primary key or a
         unique index on exactly them); the project's tables key their rows by the same columns.
 
-        ``transformer`` is a local model (``sentence-transformers/<name>``, a directory) or a remote one
-        (``openai/<model>``, ``ollama/<model>``) reached through the Airflow connection ``model_conn_id``
-        (default ``openai_default`` / ``ollama_default``); a remote model is asked once for a vector to
-        learn its size, and ``dimensions`` asks it for shortened vectors (OpenAI's text-embedding-3).
+        ``transformer`` is a local model (``sentence-transformers/<name>``, a directory; with ``model_conn_id``
+        computed by a self-hosted server) or a remote one (``openai/<model>``, ``ollama/<model>``,
+        ``cohere/<model>``, ``voyage/<model>``, ``portkey/<provider>/<model>``) reached through the Airflow
+        connection ``model_conn_id`` (default ``<provider>_default``); a remote model is asked once for a
+        vector to learn its size, and ``dimensions`` asks it for shortened vectors (OpenAI's text-embedding-3).
         The catalog keeps the connection id, never what the connection holds.
 
         ``chunk_size`` (tokens of the model's tokenizer) cuts each row's text into chunks of that size with

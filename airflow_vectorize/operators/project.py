@@ -19,9 +19,10 @@ class CreateVectorizeProjectOperator(VectorizeBaseOperator):
     :param primary_key: a unique column of the table, or a list of the columns of a composite key.
     :param columns: the text columns whose values, joined with ', ', are embedded.
     :param transformer: the model: ``sentence-transformers/<name>`` or a local directory (computed on the
-        worker), ``openai/<model>`` or ``ollama/<model>`` (a remote server); it decides the vector size.
-    :param model_conn_id: the Airflow connection of a remote model (default ``openai_default`` /
-        ``ollama_default``); only its id is stored.
+        worker, or by a self-hosted server with ``model_conn_id``), ``openai/<model>``, ``ollama/<model>``,
+        ``cohere/<model>``, ``voyage/<model>`` or ``portkey/<provider>/<model>``; it decides the vector size.
+    :param model_conn_id: the Airflow connection of a remote model (default ``<provider>_default``); only
+        its id is stored.
     :param dimensions: ask a remote model for vectors of this size (OpenAI's text-embedding-3 models).
     :param chunk_size: cut each row's text into chunks of this many tokens of the model's tokenizer, one
         vector per chunk (join projects); None (the default) embeds each row whole, as pg_vectorize.
