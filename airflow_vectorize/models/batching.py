@@ -170,5 +170,12 @@ def shared(key: tuple, model: EmbeddingModel) -> BatchingModel:
 def loaded() -> dict[str, dict[str, Any]]:
     """The batched models of this process, by transformer, with their statistics."""
     with _shared_lock:
-        return {batcher.model.describe().strip("'"): {"dimensions": batcher.dimensions, **batcher.stats.as_dict()}
+        return {_name(batcher.model): {"dimensions": batcher.dimensions, **batcher.stats.as_dict()}
                 for batcher in _shared.values()}
+
+
+def _name(model: EmbeddingModel) -> str:
+    """The model's name, with the query prompt or input type its side adds (``models.encoding.SideModel``)."""
+    name = model.describe().strip("'")
+    prompt, input_type = getattr(model, "prompt", None), getattr(model, "input_type", None)
+    return name + (f" (prompt {prompt!r})" if prompt else "") + (f" (input_type {input_type!r})" if input_type else "")
