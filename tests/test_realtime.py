@@ -189,6 +189,35 @@ def test_writers_emit_the_project_asset_and_the_watcher_watches_its_queue():
                                             "debounce": 0.5})
 
 
+def test_a_large_update_queues_its_first_rows_and_records_the_rest_once(products, hook, monkeypatch):
+    """A transaction whose UPDATEs change the embedded text of more than UPDATED_ROWS rows queues the first
+    UPDATED_ROWS keys and records the rest as one bulk row (counted across its statements); other columns
+    queue nothing; one notification per transaction; the next realtime run embeds every changed row."""
+    import psycopg
+
+    from airflow_vectorize import catalog
+
+    monkeypatch.setattr(catalog, "UPDATED_ROWS", 5)  # written into the trigger when the project is created
+    hook.create_project("shop", "products", "product_id", COLUMNS)
+    hook.generate_embeddings("shop")
+    with psycopg.connect(products.uri, autocommit=True) as listener:
+        listener.execute("LISTEN vectorize_shop")
+        with psycopg.connect(products.uri) as writer:  # one transaction, two statements
+            writer.execute("UPDATE products SET description = description || ' (v2)' WHERE product_id <= 8")
+            writer.execute("UPDATE products SET name = name || ' II' WHERE product_id BETWEEN 9 AND 12")
+        products.execute("UPDATE products SET price = price + 1")  # not embedded: nothing queued, no notify
+        notified = list(listener.notifies(timeout=1.0, stop_after=5))
+    assert len(notified) == 1
+    assert products.scalar("SELECT count(*) FROM vectorize._pending_shop") == 5
+    assert products.execute("SELECT rows FROM vectorize._bulk_shop") == [(7,)]
+    assert hook.get_status("shop")["pending"] == 12
+
+    run = hook.generate_embeddings("shop", pending_only=True)
+    assert run["embedded"] == 12 and run["pending_only"] is False  # the bulk row made it look at every row
+    assert products.scalar("SELECT count(*) FROM vectorize._bulk_shop") == 0
+    assert hook.get_status("shop")["pending"] == 0 and hook.get_freshness("shop")["stale"] == 0
+
+
 def test_a_bulk_insert_is_recorded_once_and_the_realtime_run_scans_for_it(products, hook, monkeypatch):
     """An INSERT of more than BULK_ROWS rows queues no key (that would cost a bulk load ~3× its time): one row
     of vectorize._bulk_<job> says how many; pending counts them, the pending trigger announces them, and the
