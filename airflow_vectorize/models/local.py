@@ -49,7 +49,11 @@ class LocalModel(EmbeddingModel):
         return self.model.tokenizer
 
     def count_tokens(self, text: str) -> int:
-        return len(self.model.tokenizer.encode(text, add_special_tokens=False))
+        core = plain_core(self.model.tokenizer)  # the model's own tokenizer is reset by each encode
+        if core is not None:
+            return count_all(core, [text], add_special_tokens=False)[0]
+        with self._encode_lock:
+            return len(self.model.tokenizer.encode(text, add_special_tokens=False))
 
     def default_encoding(self) -> dict[str, str]:
         """The prompts the model's configuration ships, as sentence-transformers' ``encode_query`` and
