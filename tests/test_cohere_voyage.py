@@ -141,7 +141,7 @@ def test_voyage_requests_stay_within_1000_inputs_and_the_models_tokens(servers):
     ("cohere", "key", ModelAuthenticationError, "HTTP 401, the server refused the credentials: invalid api token"),
     ("cohere", "model", ModelNotFoundError, "HTTP 404 for http://127.0.0.1:{port}/v2/embed: model 'nope' not found"),
     ("voyage", "key", ModelAuthenticationError, "HTTP 401, the server refused the credentials: Provided API key is"),
-    ("voyage", "model", ModelInputRejectedError, "HTTP 400, the server rejected the request: Model nope is not"),
+    ("voyage", "model", ModelNotFoundError, "HTTP 400, the server rejected the request: Model nope is not"),
 ], ids=["cohere-key", "cohere-model", "voyage-key", "voyage-model"])
 def test_a_wrong_key_or_model_fails_create_and_creates_nothing(products, hook, servers, monkeypatch, caplog,
                                                                provider, wrong, error_type, message):

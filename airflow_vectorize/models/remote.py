@@ -93,6 +93,11 @@ class RemoteEmbeddings(EmbeddingModel):
         """The answer's vectors in input order (lists of numbers); KeyError/TypeError/ValueError when the
         answer has none."""
 
+    def request_error(self, error: ModelInputRejectedError) -> Exception:
+        """A refused request (HTTP 400/413/422) as the error it is: an input's (the default; generation then
+        isolates the row), or the request's as a whole (a provider that answers 400 for an unknown model)."""
+        return error
+
     @property
     def dimensions(self) -> int:
         return self._dimensions if self._dimensions is not None else self.probe(self.retry)
@@ -146,7 +151,11 @@ class RemoteEmbeddings(EmbeddingModel):
                  input_type: str | None) -> np.ndarray:
         import numpy as np
 
-        body = post_json(self.endpoint, self.path, self.payload(texts, input_type), model=self.model, policy=retry)
+        try:
+            body = post_json(self.endpoint, self.path, self.payload(texts, input_type), model=self.model,
+                             policy=retry)
+        except ModelInputRejectedError as error:
+            raise self.request_error(error) from error
         where = f"connection {self.endpoint.conn_id!r}, model {self.model!r}"
         try:
             found = self.vectors(body)

@@ -11,9 +11,11 @@ model embeds the text as it is (the API's ``null``).
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from typing import Any
 
+from airflow_vectorize.exceptions import ModelInputRejectedError, ModelNotFoundError
 from airflow_vectorize.models.http import endpoint
 from airflow_vectorize.models.remote import Limits, Provider, RemoteEmbeddings
 
@@ -49,6 +51,12 @@ class VoyageEmbeddings(RemoteEmbeddings):
 
     def default_encoding(self) -> dict[str, str]:
         return {"document_input_type": "document", "query_input_type": "query"}
+
+    def request_error(self, error: ModelInputRejectedError) -> Exception:
+        """Voyage answers 400 for an unknown model ("Model … is not supported"): not one input's fault."""
+        if re.search(r"\bModel \S+ is not supported", str(error)):
+            return ModelNotFoundError(f"{error}. Check the model name (voyage/<model>)")
+        return error
 
     def payload(self, texts: list[str], input_type: str | None) -> dict[str, Any]:
         payload: dict[str, Any] = {"input": texts, "model": self.model}
