@@ -16,6 +16,7 @@ from psycopg import Cursor, sql
 from airflow_vectorize import (
     catalog,
     chunking,
+    evaluation,
     expressions,
     freshness,
     generation,
@@ -756,6 +757,70 @@ class VectorizeHook(PostgresHook):
             target, query, return_columns, num_results, filters,
             semantic_weight, full_text_weight, candidates, ef_search, embed=self._embed_query(target.project),
             rrf_k=rrf_k))
+
+    # -- retrieval quality ------------------------------------------------------------------------------
+    def evaluate_retrieval(
+        self,
+        job_name: str,
+        queries: Sequence[Mapping[str, Any]],
+        k: int | Sequence[int] = (1, 5, 10),
+        mode: str = "vector",
+        filters: dict[str, Any] | None = None,
+        semantic_weight: float = 1.0,
+        full_text_weight: float = 1.0,
+        ef_search: int | None = None,
+        label: str | None = None,
+        store: bool = True,
+    ) -> dict[str, Any]:
+        """How well the project finds what ``queries`` say it should (:mod:`airflow_vectorize.evaluation`).
+
+        ``queries``: ``[{"query": text, "relevant": [key, ...]}]`` (or ``{key: grade}`` for graded
+        relevance; a composite key is a list of its values). Each runs through ``search`` (``mode="vector"``)
+        or ``hybrid_search`` (``"hybrid"``, with the weights) with ``filters`` and ``ef_search``.
+
+        :return: ``metrics`` (recall@k and precision@k for each k, ``mrr``, ``ndcg@10``, ``hit_rate``,
+            ``no_relevant``, ``latency_p50_ms``, ``latency_p95_ms``), ``worst`` (query, expected, got),
+            ``config`` and, when ``store``, the ``evaluation_id`` of its row in ``vectorize.evaluations``.
+        """
+        ks = evaluation.check_ks(k)
+        if mode not in evaluation.MODES:
+            raise InvalidInputError(f"mode must be one of {', '.join(map(repr, evaluation.MODES))}, got {mode!r}")
+        with self.transaction() as cur:
+            project = self._project(cur, job_name)
+            labelled = evaluation.parse_queries(queries, project.key.columns)
+            evaluation.check_keys_exist(cur, project, labelled)
+            rows = cur.execute(sql.SQL("SELECT count(*) FROM {}").format(project.names.source)).fetchone()[0]
+        columns = list(project.key.columns)
+
+        def search(query: str, limit: int) -> list[tuple]:
+            if mode == "hybrid":
+                found = self.hybrid_search(job_name, query, columns, limit, filters, semantic_weight,
+                                           full_text_weight, ef_search=ef_search)
+            else:
+                found = self.search(job_name, query, columns, limit, filters, ef_search=ef_search)
+            return [evaluation.text_key([row[c] for c in columns]) for row in found]
+
+        result = evaluation.evaluate(labelled, ks, search, time.perf_counter)
+        config = {"transformer": project.transformer, "chunk_size": project.chunk_size,
+                  "chunk_overlap": project.chunk_overlap, "mode": mode, "k": list(ks), "filters": filters,
+                  "semantic_weight": semantic_weight if mode == "hybrid" else None,
+                  "full_text_weight": full_text_weight if mode == "hybrid" else None,
+                  "ef_search": ef_search, "rows": rows, "encoding": project.encoding.params()}
+        summary = {"job_name": job_name, "label": label, "config": config, "queries": result["queries"],
+                   "metrics": result["metrics"], "worst": result["worst"]}
+        if store:
+            with self.transaction() as cur:
+                summary["evaluation_id"] = evaluation.store(cur, job_name, label, config, result)
+        self.log.info("Retrieval of %r on %d queries: %s", job_name, result["queries"], result["metrics"])
+        return summary
+
+    def sample_queries(self, job_name: str, n: int = 100, seed: int = 0, position: str = "any") -> list[dict[str, Any]]:
+        """``n`` labelled queries made from the project's own rows, reproducible for a seed: a sentence of 12+
+        words of a row's text (``position``: any, the ``first`` or the ``last`` one) as the query, that row as
+        the relevant one. A proxy for a baseline on day one, not a substitute for real labelled queries."""
+        with self.transaction() as cur:
+            project = self._project(cur, job_name)
+            return evaluation.sample(cur, project, n, seed, position)
 
     # -- RAG ------------------------------------------------------------------------------------------
     def rag(

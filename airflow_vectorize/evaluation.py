@@ -1,0 +1,240 @@
+"""Retrieval quality: labelled queries in, recall@k, precision@k, MRR, nDCG@10, hit rate out (issue 33).
+
+A labelled query is ``{"query": text, "relevant": [key, ...]}`` or, graded, ``{"relevant": {key: grade}}``
+(grades > 0; a list means grade 1 each). A key is a value, or a list of values for a composite key. The
+metrics, per query then averaged over the queries:
+
+- recall@k: relevant keys among the first k results ÷ relevant keys;
+- precision@k: relevant keys among the first k results ÷ k;
+- MRR: 1 ÷ the rank of the first relevant result (0 when none is returned);
+- nDCG@10: DCG of the first 10 results (gain = grade, discount log2(rank + 1)) ÷ the DCG of the ideal order;
+- hit rate: the share of queries with a relevant key among the first max(k) results; ``no_relevant``: the
+  share with none (1 − hit rate).
+
+Each evaluation is kept in ``vectorize.evaluations`` with the configuration that decides the result (model,
+chunking, mode, weights, ef_search, row count) and each query's reciprocal rank and recall, so two runs can
+be compared query by query.
+
+:func:`sample_queries` makes labelled queries from a project's own texts: a sentence of 12+ words taken from
+a row as the query, that row as the relevant one. It measures whether a row can be found by words it
+contains — a proxy, not a substitute for real questions labelled by people.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg import Cursor, sql
+
+from airflow_vectorize.catalog import Project
+from airflow_vectorize.exceptions import InvalidInputError
+
+MODES = ("vector", "hybrid")
+WORST = 10  # queries listed in ``worst``
+MIN_WORDS = 12
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+POSITIONS = ("any", "first", "last")
+
+
+@dataclass(frozen=True)
+class LabelledQuery:
+    """A query and its relevant keys (each a tuple of key values) with their grades."""
+
+    query: str
+    relevant: dict[tuple, float]
+
+
+def parse_queries(queries: Any, key_columns: Sequence[str]) -> list[LabelledQuery]:
+    """``queries`` as LabelledQuery objects; InvalidInputError naming the first bad one."""
+    if isinstance(queries, (str, bytes)) or not isinstance(queries, Sequence) or not queries:
+        raise InvalidInputError("queries must be a non-empty list of {'query': text, 'relevant': [key, ...]}")
+    parsed = []
+    for i, item in enumerate(queries):
+        where = f"queries[{i}]"
+        if not isinstance(item, Mapping) or not isinstance(item.get("query"), str) or not item["query"].strip():
+            raise InvalidInputError(f"{where} must be {{'query': a non-empty text, 'relevant': [key, ...]}},"
+                                    f" got {item!r:.200}")
+        relevant = item.get("relevant")
+        grades = relevant if isinstance(relevant, Mapping) else {_hashable(k): 1.0 for k in relevant or ()} \
+            if isinstance(relevant, Sequence) and not isinstance(relevant, str) else None
+        if not grades:
+            raise InvalidInputError(f"{where}: 'relevant' must name at least one key (a list, or {{key: grade}})")
+        found: dict[tuple, float] = {}
+        for key, grade in grades.items():
+            if isinstance(grade, bool) or not isinstance(grade, (int, float)) or not grade > 0:
+                raise InvalidInputError(f"{where}: the grade of key {key!r} must be a number > 0, got {grade!r}")
+            found[_key(key, key_columns, where)] = float(grade)
+        parsed.append(LabelledQuery(item["query"], found))
+    return parsed
+
+
+def _hashable(key: Any) -> Any:
+    return tuple(key) if isinstance(key, list) else key
+
+
+def _key(key: Any, key_columns: Sequence[str], where: str) -> tuple:
+    values = tuple(key) if isinstance(key, (list, tuple)) else (key,)
+    if len(values) != len(key_columns) or any(v is None for v in values):
+        raise InvalidInputError(f"{where}: key {key!r} must have {len(key_columns)} value(s), one per key column"
+                                f" ({', '.join(key_columns)})")
+    return text_key(values)
+
+
+def text_key(values: Sequence[Any]) -> tuple[str, ...]:
+    """A key as compared: its values' text (as PostgreSQL casts them to text), so 3 and "3" are the same row."""
+    return tuple(str(v) for v in values)
+
+
+def check_ks(k: Any) -> tuple[int, ...]:
+    ks = (k,) if isinstance(k, int) else tuple(k) if isinstance(k, Sequence) else ()
+    if not ks or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in ks):
+        raise InvalidInputError(f"k must be a positive integer or a list of them, got {k!r}")
+    return tuple(sorted(set(ks)))
+
+
+def check_keys_exist(cur: Cursor, project: Project, queries: list[LabelledQuery]) -> None:
+    """Every relevant key is a row of the source; else InvalidInputError naming up to five that are not."""
+    keys = sorted({key for q in queries for key in q.relevant}, key=repr)
+    columns = project.key.columns
+    wanted = sql.SQL(", ").join(sql.SQL("%s::text") for _ in columns)
+    rows = sql.SQL(", ").join(sql.SQL("({})").format(wanted) for _ in keys)
+    cur.execute(sql.SQL(
+        "SELECT {w_keys} FROM (VALUES {rows}) AS w ({names})"
+        " WHERE NOT EXISTS (SELECT 1 FROM {source} r WHERE {match})"
+    ).format(w_keys=sql.SQL(", ").join(sql.Identifier("w", c) for c in columns), rows=rows,
+             names=sql.SQL(", ").join(sql.Identifier(c) for c in columns), source=project.names.source,
+             match=sql.SQL(" AND ").join(sql.SQL("{}::text = {}").format(sql.Identifier("r", c), sql.Identifier("w", c))
+                                         for c in columns)),
+        [v for key in keys for v in key])
+    missing = cur.fetchall()
+    if missing:
+        shown = ", ".join(m[0] if len(m) == 1 else "(" + ", ".join(m) + ")" for m in missing[:5])
+        raise InvalidInputError(f"{len(missing)} relevant key(s) are not rows of {project.schema}.{project.relation}:"
+                                f" {shown}{' …' if len(missing) > 5 else ''}")
+
+
+# -- metrics ---------------------------------------------------------------------------------------------
+def query_metrics(got: Sequence[tuple], relevant: Mapping[tuple, float], ks: Sequence[int]) -> dict[str, float]:
+    """One query's metrics; ``got``: the returned keys, best first."""
+    hits = [key in relevant for key in got]
+    first = next((rank for rank, hit in enumerate(hits, 1) if hit), None)
+    found: dict[str, float] = {"reciprocal_rank": 1.0 / first if first else 0.0}
+    for k in ks:
+        in_top = sum(hits[:k])
+        found[f"recall@{k}"] = in_top / len(relevant)
+        found[f"precision@{k}"] = in_top / k
+    dcg = sum(relevant.get(key, 0.0) / math.log2(rank + 1) for rank, key in enumerate(got[:10], 1))
+    ideal = sum(grade / math.log2(rank + 1) for rank, grade in enumerate(sorted(relevant.values(), reverse=True)[:10], 1))
+    found["ndcg@10"] = dcg / ideal
+    found["hit"] = 1.0 if any(hits[:max(ks)]) else 0.0
+    return found
+
+
+def summary(per_query: list[dict[str, float]], ks: Sequence[int], seconds: list[float]) -> dict[str, float]:
+    """The mean of each metric over the queries, hit rate, no-relevant share and latency p50/p95 (ms)."""
+    n = len(per_query)
+    mean = {name: sum(q[name] for q in per_query) / n for name in per_query[0]}
+    metrics = {f"recall@{k}": mean[f"recall@{k}"] for k in ks}
+    metrics |= {f"precision@{k}": mean[f"precision@{k}"] for k in ks}
+    metrics |= {"mrr": mean["reciprocal_rank"], "ndcg@10": mean["ndcg@10"], "hit_rate": mean["hit"],
+                "no_relevant": 1.0 - mean["hit"], "latency_p50_ms": percentile(seconds, 50) * 1000,
+                "latency_p95_ms": percentile(seconds, 95) * 1000}
+    return {name: round(value, 6) for name, value in metrics.items()}
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile, linear between the closest ranks."""
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def evaluate(queries: list[LabelledQuery], ks: Sequence[int], search: Callable[[str, int], list[tuple]],
+             clock: Callable[[], float]) -> dict[str, Any]:
+    """Run every query through ``search(query, limit) -> keys`` and score it."""
+    per_query, seconds, answers = [], [], []
+    for q in queries:
+        started = clock()
+        got = search(q.query, max(ks))
+        seconds.append(clock() - started)
+        per_query.append(query_metrics(got, q.relevant, ks))
+        answers.append(got)
+    order = sorted(range(len(queries)), key=lambda i: (per_query[i]["reciprocal_rank"], per_query[i]["ndcg@10"]))
+    worst = [{"query": queries[i].query, "expected": [_shown(k) for k in queries[i].relevant],
+              "got": [_shown(k) for k in answers[i]], "reciprocal_rank": round(per_query[i]["reciprocal_rank"], 4)}
+             for i in order[:WORST] if per_query[i]["reciprocal_rank"] < 1.0]
+    return {"metrics": summary(per_query, ks, seconds), "queries": len(queries), "worst": worst,
+            "per_query": [{"reciprocal_rank": round(m["reciprocal_rank"], 6),
+                           f"recall@{max(ks)}": round(m[f"recall@{max(ks)}"], 6)} for m in per_query]}
+
+
+def _shown(key: tuple) -> Any:
+    return key[0] if len(key) == 1 else list(key)
+
+
+# -- kept ------------------------------------------------------------------------------------------------
+def ensure_table(cur: Cursor) -> None:
+    cur.execute(
+        "CREATE TABLE IF NOT EXISTS vectorize.evaluations (id bigserial PRIMARY KEY, job_name text NOT NULL,"
+        " evaluated_at timestamptz NOT NULL DEFAULT now(), label text, config jsonb NOT NULL,"
+        " metrics jsonb NOT NULL, per_query jsonb NOT NULL);"
+        " CREATE INDEX IF NOT EXISTS evaluations_job_idx ON vectorize.evaluations (job_name, evaluated_at)")
+
+
+def store(cur: Cursor, job_name: str, label: str | None, config: dict[str, Any], result: dict[str, Any]) -> int:
+    ensure_table(cur)
+    cur.execute("INSERT INTO vectorize.evaluations (job_name, label, config, metrics, per_query)"
+                " VALUES (%s, %s, %s, %s, %s) RETURNING id",
+                [job_name, label, json.dumps(config), json.dumps(result["metrics"]),
+                 json.dumps(result["per_query"])])
+    return cur.fetchone()[0]
+
+
+# -- sampled queries -------------------------------------------------------------------------------------
+def sentences(text: str) -> list[str]:
+    """The text's sentences of MIN_WORDS or more words, whitespace-normalised."""
+    return [s for s in SENTENCE_END.split(" ".join(text.split())) if len(s.split()) >= MIN_WORDS]
+
+
+def pick(text: str, rng: random.Random, position: str) -> str | None:
+    """One sentence of ``text``: any, the first or the last one of MIN_WORDS+ words; None when it has none."""
+    found = sentences(text)
+    if not found:
+        return None
+    return found[0] if position == "first" else found[-1] if position == "last" else rng.choice(found)
+
+
+def sample(cur: Cursor, project: Project, n: int, seed: int, position: str) -> list[dict[str, Any]]:
+    """Up to ``n`` labelled queries from the project's rows, the same for the same seed and rows: rows in the
+    order of md5(seed, key), the first ``n`` that hold a sentence of MIN_WORDS+ words."""
+    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+        raise InvalidInputError(f"n must be a positive integer, got {n!r}")
+    if position not in POSITIONS:
+        raise InvalidInputError(f"position must be one of {', '.join(map(repr, POSITIONS))}, got {position!r}")
+    from airflow_vectorize import expressions
+
+    columns = project.key.columns
+    query = sql.SQL("SELECT {keys}, {text} FROM {source} r ORDER BY md5(%s || {key_text})").format(
+        keys=project.key.names("r"), text=expressions.text(project, "r"), source=project.names.source,
+        key_text=project.key.as_text("r"))
+    found: list[dict[str, Any]] = []
+    rng = random.Random(seed)
+    with cur.connection.cursor(name="vectorize_sample_queries") as rows:
+        rows.itersize = 1000
+        rows.execute(query, [str(seed)])
+        for row in rows:
+            sentence = pick(row[-1], rng, position)
+            if sentence is not None:
+                key = row[0] if len(columns) == 1 else list(row[:len(columns)])
+                found.append({"query": sentence, "relevant": [key]})
+                if len(found) == n:
+                    break
+    return found

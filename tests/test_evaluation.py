@@ -1,0 +1,144 @@
+"""Retrieval evaluation (issue 33): metrics against hand-computed values, the hook on the real database and
+model, stored runs, sampled queries, and bad input that changes nothing."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from conftest import snapshot
+
+from airflow_vectorize.evaluation import query_metrics, text_key
+from airflow_vectorize.exceptions import InvalidInputError, ProjectNotFoundError
+
+COLUMNS = ["name", "description"]
+
+
+def keys(*values) -> list[tuple]:
+    return [text_key([v]) for v in values]
+
+
+# -- each metric by hand ------------------------------------------------------------------------------------
+def test_metrics_of_one_query_by_hand():
+    got = keys(7, 3, 9, 4, 1)
+    relevant = {text_key([3]): 1.0, text_key([4]): 1.0, text_key([8]): 1.0}  # 8 is never returned
+    m = query_metrics(got, relevant, (1, 2, 5))
+    assert m["reciprocal_rank"] == 0.5  # first relevant at rank 2
+    assert (m["recall@1"], m["recall@2"], m["recall@5"]) == (0.0, pytest.approx(1 / 3), pytest.approx(2 / 3))
+    assert (m["precision@1"], m["precision@2"], m["precision@5"]) == (0.0, 0.5, 0.4)
+    dcg = 1 / math.log2(3) + 1 / math.log2(5)  # ranks 2 and 4
+    ideal = 1 + 1 / math.log2(3) + 1 / math.log2(4)  # three relevant, ties in grade: any order is ideal
+    assert m["ndcg@10"] == pytest.approx(dcg / ideal)
+    assert m["hit"] == 1.0
+
+
+def test_a_query_with_no_relevant_result_and_graded_relevance():
+    none = query_metrics(keys(1, 2, 3), {text_key([5]): 1.0}, (1, 3))
+    assert none == {"reciprocal_rank": 0.0, "recall@1": 0.0, "precision@1": 0.0, "recall@3": 0.0,
+                    "precision@3": 0.0, "ndcg@10": 0.0, "hit": 0.0}
+    graded = query_metrics(keys(2, 1), {text_key([1]): 3.0, text_key([2]): 1.0}, (2,))
+    # DCG = 1/log2(2) + 3/log2(3); ideal = 3/log2(2) + 1/log2(3)
+    assert graded["ndcg@10"] == pytest.approx((1 + 3 / math.log2(3)) / (3 + 1 / math.log2(3)))
+    assert graded["recall@2"] == 1.0 and graded["reciprocal_rank"] == 1.0
+
+
+# -- through the hook ---------------------------------------------------------------------------------------
+@pytest.fixture
+def shop(products, hook):
+    hook.create_project("shop", "products", "product_id", COLUMNS)
+    hook.generate_embeddings("shop")
+    return hook
+
+
+def test_evaluate_retrieval_scores_the_project_s_answers_and_keeps_them(products, shop):
+    query_a, query_b = "mobile phone with a good camera", "something to make coffee"
+    top_a = [r["product_id"] for r in shop.search("shop", query_a, num_results=24)]
+    top_b = [r["product_id"] for r in shop.search("shop", query_b, num_results=24)]
+    queries = [
+        {"query": query_a, "relevant": [top_a[0]]},  # found first
+        {"query": query_b, "relevant": {str(top_b[2]): 2, top_b[-1]: 1}},  # third, and one never in the top 10
+    ]
+    result = shop.evaluate_retrieval("shop", queries, k=(1, 5, 10), label="baseline")
+    m = result["metrics"]
+    assert m["recall@1"] == pytest.approx((1 + 0) / 2)
+    assert m["recall@10"] == pytest.approx((1 + 0.5) / 2)
+    assert m["precision@5"] == pytest.approx((1 / 5 + 1 / 5) / 2)
+    assert m["mrr"] == pytest.approx((1 + 1 / 3) / 2)
+    ndcg_b = (2 / math.log2(4)) / (2 / math.log2(2) + 1 / math.log2(3))
+    assert m["ndcg@10"] == pytest.approx((1 + ndcg_b) / 2, abs=1e-6)
+    assert m["hit_rate"] == 1.0 and m["no_relevant"] == 0.0
+    assert 0 < m["latency_p50_ms"] <= m["latency_p95_ms"]
+    assert [w["query"] for w in result["worst"]] == [query_b]
+    assert result["worst"][0]["got"][2] == str(top_b[2])
+    assert result["config"]["rows"] == 24 and result["config"]["mode"] == "vector"
+
+    stored = products.execute("SELECT job_name, label, metrics->>'mrr', jsonb_array_length(per_query),"
+                              " config->>'transformer' FROM vectorize.evaluations WHERE id = %s",
+                              [result["evaluation_id"]])
+    assert stored == [("shop", "baseline", str(m["mrr"]), 2, "sentence-transformers/all-MiniLM-L6-v2")]
+
+    hybrid = shop.evaluate_retrieval("shop", queries, k=5, mode="hybrid", store=False)
+    assert "evaluation_id" not in hybrid and hybrid["config"]["mode"] == "hybrid"
+    assert set(hybrid["metrics"]) >= {"recall@5", "precision@5", "mrr", "ndcg@10", "hit_rate"}
+
+
+def test_composite_keys_are_evaluated(products, hook):
+    products.execute("CREATE TABLE pairs AS SELECT product_id % 2 AS part, product_id, name, description FROM products;"
+                     " ALTER TABLE pairs ADD PRIMARY KEY (part, product_id)")
+    hook.create_project("pairs", "pairs", ["part", "product_id"], COLUMNS)
+    hook.generate_embeddings("pairs")
+    best = hook.search("pairs", "ride to work", return_columns=["part", "product_id"], num_results=1)[0]
+    result = hook.evaluate_retrieval("pairs", [{"query": "ride to work",
+                                                "relevant": [[best["part"], best["product_id"]]]}], k=1)
+    assert result["metrics"]["recall@1"] == 1.0
+
+
+@pytest.mark.parametrize(("arguments", "error", "message"), [
+    (dict(queries=[]), InvalidInputError, "queries must be a non-empty list"),
+    (dict(queries=[{"query": "x", "relevant": [999]}]), InvalidInputError,
+     "1 relevant key(s) are not rows of public.products: 999"),
+    (dict(queries=[{"query": "x", "relevant": []}]), InvalidInputError, "queries[0]: 'relevant' must name at least"),
+    (dict(queries=[{"query": "", "relevant": [1]}]), InvalidInputError, "queries[0] must be {'query': a non-empty"),
+    (dict(queries=[{"query": "x", "relevant": {1: 0}}]), InvalidInputError, "the grade of key 1 must be a number > 0"),
+    (dict(queries=[{"query": "x", "relevant": [[1, 2]]}]), InvalidInputError, "must have 1 value(s)"),
+    (dict(k=0), InvalidInputError, "k must be a positive integer or a list of them, got 0"),
+    (dict(k=[5, -1]), InvalidInputError, "k must be a positive integer"),
+    (dict(mode="sparse"), InvalidInputError, "mode must be one of 'vector', 'hybrid', got 'sparse'"),
+    (dict(job_name="nope"), ProjectNotFoundError, "project 'nope' not yet initialized"),
+])
+def test_bad_input_is_refused_and_changes_nothing(products, shop, arguments, error, message):
+    shop.evaluate_retrieval("shop", [{"query": "phone", "relevant": [1]}], k=1)  # the table exists
+    before = snapshot(products)
+    count = products.scalar("SELECT count(*) FROM vectorize.evaluations")
+    call = {"job_name": "shop", "queries": [{"query": "phone", "relevant": [1]}], **arguments}
+    with pytest.raises(error) as raised:
+        shop.evaluate_retrieval(**call)
+    assert message in str(raised.value)
+    assert snapshot(products) == before
+    assert products.scalar("SELECT count(*) FROM vectorize.evaluations") == count
+
+
+def test_sampled_queries_are_sentences_of_their_row_and_reproducible(products, hook):
+    products.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    products.execute(
+        "INSERT INTO docs SELECT g, 'Short intro. This sentence about topic number ' || g || ' has more than twelve"
+        " words in it for sure. Another sentence on subject ' || g || ' that also holds more than twelve words"
+        " in total. End.' FROM generate_series(1, 30) g")
+    products.execute("INSERT INTO docs VALUES (31, 'Too short to sample. Nothing here.')")
+    hook.create_project("docs", "docs", "id", ["body"])
+    sampled = hook.sample_queries("docs", n=10, seed=7)
+    assert len(sampled) == 10 and sampled == hook.sample_queries("docs", n=10, seed=7)
+    assert sampled != hook.sample_queries("docs", n=10, seed=8)
+    texts = dict(products.execute("SELECT id, body FROM docs"))
+    for item in sampled:
+        (key,) = item["relevant"]
+        assert key != 31 and item["query"] in texts[key] and len(item["query"].split()) >= 12
+    firsts = hook.sample_queries("docs", n=5, seed=7, position="first")
+    assert all(q["query"].startswith("This sentence") for q in firsts)
+    assert len(hook.sample_queries("docs", n=100)) == 30  # only rows that hold a long enough sentence
+    with pytest.raises(InvalidInputError, match="position must be one of 'any', 'first', 'last', got 'middle'"):
+        hook.sample_queries("docs", n=5, position="middle")
+    with pytest.raises(InvalidInputError, match="n must be a positive integer, got 0"):
+        hook.sample_queries("docs", n=0)
+    hook.generate_embeddings("docs")
+    assert hook.evaluate_retrieval("docs", sampled, k=(1, 10), store=False)["metrics"]["recall@10"] > 0.5
