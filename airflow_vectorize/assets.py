@@ -22,6 +22,12 @@ def embeddings_asset(job_name: str, postgres_conn_id: str = VectorizeHook.defaul
     return Asset(name=uri, uri=uri, group=GROUP)
 
 
+def evaluation_asset(job_name: str, postgres_conn_id: str = VectorizeHook.default_conn_name) -> Asset:
+    """The project's retrieval evaluations; an event carries the metrics of a run that passed its gate."""
+    uri = f"{SCHEME}://{postgres_conn_id}/{job_name}/evaluation"
+    return Asset(name=uri, uri=uri, group=GROUP)
+
+
 def pending_rows_asset(job_name: str, postgres_conn_id: str = VectorizeHook.default_conn_name,
                        poll_interval: float = 30.0, debounce: float = 0.5) -> Asset:
     """The project's queue of rows to embed, watched by a ``PendingRowsTrigger``: schedule a DAG on it

@@ -148,6 +148,12 @@ def summary(per_query: list[dict[str, float]], ks: Sequence[int], seconds: list[
     return {name: round(value, 6) for name, value in metrics.items()}
 
 
+def metric_names(ks: Sequence[int]) -> list[str]:
+    """The metrics an evaluation with these ``ks`` reports."""
+    return ([f"recall@{k}" for k in ks] + [f"precision@{k}" for k in ks]
+            + ["mrr", "ndcg@10", "hit_rate", "no_relevant", "latency_p50_ms", "latency_p95_ms"])
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """The q-th percentile, linear between the closest ranks."""
     ordered = sorted(values)
@@ -185,17 +191,72 @@ def ensure_table(cur: Cursor) -> None:
     cur.execute(
         "CREATE TABLE IF NOT EXISTS vectorize.evaluations (id bigserial PRIMARY KEY, job_name text NOT NULL,"
         " evaluated_at timestamptz NOT NULL DEFAULT now(), label text, config jsonb NOT NULL,"
-        " metrics jsonb NOT NULL, per_query jsonb NOT NULL);"
+        " metrics jsonb NOT NULL, per_query jsonb NOT NULL, passed boolean);"
         " CREATE INDEX IF NOT EXISTS evaluations_job_idx ON vectorize.evaluations (job_name, evaluated_at)")
 
 
-def store(cur: Cursor, job_name: str, label: str | None, config: dict[str, Any], result: dict[str, Any]) -> int:
+def store(cur: Cursor, job_name: str, label: str | None, config: dict[str, Any], result: dict[str, Any],
+          passed: bool | None = None) -> int:
+    """Keep an evaluation; ``passed``: what a gate decided of it (None: no gate)."""
     ensure_table(cur)
-    cur.execute("INSERT INTO vectorize.evaluations (job_name, label, config, metrics, per_query)"
-                " VALUES (%s, %s, %s, %s, %s) RETURNING id",
+    cur.execute("INSERT INTO vectorize.evaluations (job_name, label, config, metrics, per_query, passed)"
+                " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
                 [job_name, label, json.dumps(config), json.dumps(result["metrics"]),
-                 json.dumps(result["per_query"])])
+                 json.dumps(result["per_query"]), passed])
     return cur.fetchone()[0]
+
+
+def last(cur: Cursor, job_name: str, label: str | None = None) -> dict[str, Any] | None:
+    """The project's latest kept evaluation (of ``label`` when given) that no gate failed, or None."""
+    cur.execute("SELECT to_regclass('vectorize.evaluations') IS NOT NULL")
+    if not cur.fetchone()[0]:
+        return None
+    cur.execute("SELECT id, evaluated_at, label, config, metrics FROM vectorize.evaluations WHERE job_name = %s"
+                " AND (%s::text IS NULL OR label = %s) AND passed IS NOT FALSE ORDER BY id DESC LIMIT 1",
+                [job_name, label, label])
+    row = cur.fetchone()
+    if row is None:
+        return None
+    return {"evaluation_id": row[0], "evaluated_at": row[1].isoformat(), "label": row[2], "config": row[3],
+            "metrics": row[4]}
+
+
+# -- the gate --------------------------------------------------------------------------------------------
+def check_thresholds(name: str, thresholds: Any, metrics: Sequence[str]) -> dict[str, float]:
+    """``thresholds`` ({metric: number}) checked against the metrics an evaluation reports."""
+    if thresholds is None:
+        return {}
+    if not isinstance(thresholds, Mapping):
+        raise InvalidInputError(f"{name} must be a mapping of metric to number, got {thresholds!r}")
+    for metric, value in thresholds.items():
+        if metric not in metrics:
+            raise InvalidInputError(f"{name}: unknown metric {metric!r}; the evaluation reports"
+                                    f" {', '.join(sorted(metrics))}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise InvalidInputError(f"{name}[{metric!r}] must be a number >= 0, got {value!r}")
+    return {metric: float(value) for metric, value in thresholds.items()}
+
+
+LOWER_IS_BETTER = ("no_relevant", "latency_p50_ms", "latency_p95_ms")
+
+
+def gate(metrics: Mapping[str, float], previous: Mapping[str, float] | None, minimum: Mapping[str, float],
+         max_drop: Mapping[str, float]) -> list[str]:
+    """What fails the gate: a metric below its ``minimum`` (above it, for the lower-is-better ones), or worse
+    than the ``previous`` run's by more than ``max_drop``. Empty: it passes."""
+    failures = []
+    for metric, bound in minimum.items():
+        worse = metrics[metric] > bound if metric in LOWER_IS_BETTER else metrics[metric] < bound
+        if worse:
+            failures.append(f"{metric} {metrics[metric]:.4f} is {'above the maximum' if metric in LOWER_IS_BETTER else 'below the minimum'} {bound:g}")
+    for metric, allowed in (max_drop.items() if previous else ()):
+        if metric not in previous:
+            continue
+        drop = (metrics[metric] - previous[metric]) if metric in LOWER_IS_BETTER else (previous[metric] - metrics[metric])
+        if drop > allowed + 1e-12:
+            failures.append(f"{metric} {metrics[metric]:.4f} is {drop:.4f} worse than the last run's"
+                            f" {previous[metric]:.4f} (allowed: {allowed:g})")
+    return failures
 
 
 # -- sampled queries -------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""A small, real product catalogue for the example DAGs, tests and benchmarks."""
+"""A small, real product catalogue for the example DAGs, tests and benchmarks, and real long texts."""
 
 from __future__ import annotations
 
@@ -29,3 +29,18 @@ PRODUCTS: list[tuple[int, str, str, str, float]] = [
     (23, "Smartwatch", "Fitness watch with GPS, heart-rate monitor and phone notifications", "wearables", 299.0),
     (24, "Robot vacuum", "Self-emptying robot vacuum cleaner that maps your home", "home", 499.0),
 ]
+
+
+def package_descriptions(count: int, sizes: tuple[int, int] = (3_000, 20_000)) -> list[tuple[str, str]]:
+    """``(package, description)`` of ``count`` installed distributions whose description (a README, real
+    text nobody here wrote) has ``sizes`` characters, spread over all of them by name."""
+    import importlib.metadata
+
+    found: dict[str, str] = {}
+    for dist in importlib.metadata.distributions():
+        metadata = dist.metadata  # the description: the body, or (importlib_metadata, as Airflow loads it) a field
+        name, body = metadata["Name"], metadata.get_payload() or metadata.get("Description") or ""
+        if name and isinstance(body, str) and sizes[0] <= len(body.strip()) <= sizes[1]:
+            found.setdefault(name.lower(), body.strip())
+    fitting = sorted(found.items())
+    return fitting[:: max(1, len(fitting) // count)][:count]

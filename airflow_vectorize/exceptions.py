@@ -69,3 +69,7 @@ class EmbeddingFailuresError(VectorizeError):
 
 class ModelResponseError(ModelError):
     """The server answered with something unusable: malformed JSON, wrong number of vectors, wrong size."""
+
+
+class RetrievalRegressionError(VectorizeError):
+    """An evaluation fell below a threshold, or dropped too far from the last run (``EvaluateRetrievalOperator``)."""

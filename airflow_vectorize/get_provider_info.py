@@ -29,6 +29,7 @@ def get_provider_info() -> dict:
                     "airflow_vectorize.operators.embeddings",
                     "airflow_vectorize.operators.search",
                     "airflow_vectorize.operators.rag",
+                    "airflow_vectorize.operators.evaluation",
                 ],
             }
         ],

@@ -16,6 +16,7 @@ import re
 import pendulum
 from airflow.sdk import dag, task
 
+from airflow_vectorize.example_data import package_descriptions
 from airflow_vectorize.operators import (
     CreateVectorizeProjectOperator,
     DropVectorizeProjectOperator,
@@ -26,23 +27,7 @@ from airflow_vectorize.operators import (
 CONN_ID = os.environ.get("VECTORIZE_CONN_ID", "postgres_default")
 JOB_NAME = "package_docs"
 DOCUMENTS = 16
-SIZES = (3_000, 20_000)  # characters
 QUERY = "{{ ti.xcom_pull(task_ids='prepare_documents')['query'] }}"
-
-
-def package_descriptions() -> list[tuple[str, str]]:
-    """``(package, description)`` of DOCUMENTS installed distributions whose description fits SIZES, spread
-    over all of them by name."""
-    import importlib.metadata
-
-    found: dict[str, str] = {}
-    for dist in importlib.metadata.distributions():
-        metadata = dist.metadata  # the description: the body, or (importlib_metadata, as Airflow loads it) a field
-        name, body = metadata["Name"], metadata.get_payload() or metadata.get("Description") or ""
-        if name and isinstance(body, str) and SIZES[0] <= len(body.strip()) <= SIZES[1]:
-            found.setdefault(name.lower(), body.strip())
-    fitting = sorted(found.items())
-    return fitting[:: max(1, len(fitting) // DOCUMENTS)][:DOCUMENTS]
 
 
 def late_sentence(documents: list[tuple[str, str]]) -> tuple[str, str]:
@@ -69,7 +54,7 @@ def vectorize_long_documents():
         """The ``package_docs`` table, and the query: a sentence from the end of one of its documents."""
         from airflow.providers.postgres.hooks.postgres import PostgresHook
 
-        documents = package_descriptions()
+        documents = package_descriptions(DOCUMENTS)
         package, sentence = late_sentence(documents)
         with PostgresHook(postgres_conn_id=CONN_ID).get_conn() as conn, conn.cursor() as cur:
             cur.execute("CREATE TABLE IF NOT EXISTS package_docs (doc_id integer PRIMARY KEY,"

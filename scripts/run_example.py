@@ -53,6 +53,7 @@ DEFAULT_RUNS = [
     ("vectorize_realtime", None),
     ("vectorize_realtime_consumer", None),
     ("vectorize_long_documents", None),
+    ("vectorize_retrieval_gate", None),  # sample queries from the rows, evaluate, fail on a regression
     ("vectorize_remote_embeddings", None),  # these two only with a model connection in the environment
     ("vectorize_rag", None),
 ]

@@ -38,7 +38,7 @@ def test_every_example_is_tested(dags):
     assert set(dags) == {"vectorize_import_embeddings", "vectorize_scheduled_ingestion",
                          "vectorize_embedding_backfill", "vectorize_remote_embeddings", "vectorize_rag",
                          "vectorize_realtime_setup", "vectorize_realtime", "vectorize_realtime_consumer",
-                         "vectorize_long_documents", "vectorize_full_refresh"}
+                         "vectorize_long_documents", "vectorize_full_refresh", "vectorize_retrieval_gate"}
 
 
 def test_import_embeddings_example(dags, default_connection):
@@ -67,6 +67,25 @@ def test_long_documents_example_finds_a_late_sentence_by_its_chunk(dags, default
         assert prepared["query"] in " ".join(found[0]["chunk"].split())  # its best chunk holds the sentence
     assert default_connection.execute(
         "SELECT to_regclass('package_docs'), to_regclass('vectorize._chunks_package_docs')") == [(None, None)]
+
+
+def test_retrieval_gate_example_passes_then_stops_a_regression(dags, default_connection):
+    run = run_dag(dags["vectorize_retrieval_gate"])
+
+    assert run["state"] == "success" and states(run) == {"success"}
+    result = run["tasks"]["evaluate"]["result"]
+    assert result["queries"] >= 30 and result["metrics"]["recall@10"] >= 0.6
+    assert result["gate"] == {"passed": True, "failures": [], "previous": None}
+    kept = default_connection.execute("SELECT passed, label FROM vectorize.evaluations")
+    assert kept == [(True, "sampled-last-sentences")]
+
+    # The same DAG when the last good run was much better: its MRR drop fails the task, downstream waits.
+    default_connection.execute("UPDATE vectorize.evaluations SET metrics = jsonb_set(metrics, '{mrr}', '1.5')")
+    failed = run_dag(dags["vectorize_retrieval_gate"])
+    assert failed["state"] == "failed" and failed["tasks"]["evaluate"]["state"] == "failed"
+    assert default_connection.execute("SELECT passed FROM vectorize.evaluations ORDER BY id") == [(True,), (False,)]
+    assert default_connection.execute(
+        "SELECT to_regclass('quality_docs'), to_regclass('vectorize._chunks_package_docs_quality')") == [(None, None)]
 
 
 def test_scheduled_ingestion_embeds_each_interval_once(dags, default_connection):

@@ -142,3 +142,41 @@ def test_sampled_queries_are_sentences_of_their_row_and_reproducible(products, h
         hook.sample_queries("docs", n=0)
     hook.generate_embeddings("docs")
     assert hook.evaluate_retrieval("docs", sampled, k=(1, 10), store=False)["metrics"]["recall@10"] > 0.5
+
+
+def test_the_gate_fails_below_a_minimum_or_on_a_drop_and_keeps_the_run(products, shop):
+    from airflow_vectorize.exceptions import RetrievalRegressionError
+
+    first = shop.search("shop", "ride to work", num_results=24)
+    good = [{"query": "ride to work", "relevant": [first[0]["product_id"]]}]
+    bad = [{"query": "ride to work", "relevant": [first[-1]["product_id"]]}]  # never in the top 10
+    passed = shop.evaluate_retrieval("shop", good, k=10, min_metrics={"recall@10": 0.9}, max_drop={"mrr": 0.1})
+    assert passed["gate"]["passed"] is True and passed["gate"]["previous"] is None
+
+    with pytest.raises(RetrievalRegressionError) as failed:
+        shop.evaluate_retrieval("shop", bad, k=10, min_metrics={"recall@10": 0.9}, max_drop={"mrr": 0.1})
+    assert "recall@10 0.0000 is below the minimum 0.9" in str(failed.value)
+    assert "mrr 0.0000 is 1.0000 worse than the last run's 1.0000 (allowed: 0.1)" in str(failed.value)
+    kept = products.execute("SELECT passed FROM vectorize.evaluations ORDER BY id")
+    assert kept == [(True,), (False,)]
+    # the next run compares with the last run that passed, not the failed one
+    again = shop.evaluate_retrieval("shop", good, k=10, max_drop={"mrr": 0.0})
+    assert again["gate"]["previous"]["evaluation_id"] == passed["evaluation_id"]
+    # a maximum for what is better low
+    with pytest.raises(RetrievalRegressionError, match="no_relevant 1.0000 is above the maximum 0.5"):
+        shop.evaluate_retrieval("shop", bad, k=10, min_metrics={"no_relevant": 0.5}, store=False)
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (dict(min_metrics={"recall@3": 0.5}), "min_metrics: unknown metric 'recall@3'; the evaluation reports"),
+    (dict(max_drop={"mrr": -0.1}), "max_drop['mrr'] must be a number >= 0, got -0.1"),
+    (dict(min_metrics=[0.5]), "min_metrics must be a mapping of metric to number"),
+])
+def test_bad_gate_thresholds_are_refused_before_any_search(products, shop, arguments, message):
+    shop.evaluate_retrieval("shop", [{"query": "phone", "relevant": [1]}], k=1)
+    before = snapshot(products)
+    count = products.scalar("SELECT count(*) FROM vectorize.evaluations")
+    with pytest.raises(InvalidInputError) as raised:
+        shop.evaluate_retrieval("shop", [{"query": "phone", "relevant": [1]}], k=(1, 10), **arguments)
+    assert message in str(raised.value)
+    assert snapshot(products) == before and products.scalar("SELECT count(*) FROM vectorize.evaluations") == count

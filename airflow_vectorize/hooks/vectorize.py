@@ -34,6 +34,7 @@ from airflow_vectorize.exceptions import (
     InvalidInputError,
     ProjectConflictError,
     ProjectNotFoundError,
+    RetrievalRegressionError,
     SourceTableMissingError,
     VectorizeError,
 )
@@ -771,6 +772,8 @@ class VectorizeHook(PostgresHook):
         ef_search: int | None = None,
         label: str | None = None,
         store: bool = True,
+        min_metrics: Mapping[str, float] | None = None,
+        max_drop: Mapping[str, float] | None = None,
     ) -> dict[str, Any]:
         """How well the project finds what ``queries`` say it should (:mod:`airflow_vectorize.evaluation`).
 
@@ -780,16 +783,24 @@ class VectorizeHook(PostgresHook):
 
         :return: ``metrics`` (recall@k and precision@k for each k, ``mrr``, ``ndcg@10``, ``hit_rate``,
             ``no_relevant``, ``latency_p50_ms``, ``latency_p95_ms``), ``worst`` (query, expected, got),
-            ``config`` and, when ``store``, the ``evaluation_id`` of its row in ``vectorize.evaluations``.
+            ``config``, ``gate`` and, when ``store``, the ``evaluation_id`` of its row in ``vectorize.evaluations``.
+
+        A gate: ``min_metrics`` ({metric: bound}; a maximum for ``no_relevant`` and the latencies) and
+        ``max_drop`` ({metric: how much worse than the last kept run of the same ``label`` that passed its
+        gate}). Failing it raises RetrievalRegressionError naming each failure; the run is kept, marked failed,
+        so the next run is compared with the last good one.
         """
         ks = evaluation.check_ks(k)
         if mode not in evaluation.MODES:
             raise InvalidInputError(f"mode must be one of {', '.join(map(repr, evaluation.MODES))}, got {mode!r}")
+        minimum = evaluation.check_thresholds("min_metrics", min_metrics, evaluation.metric_names(ks))
+        drops = evaluation.check_thresholds("max_drop", max_drop, evaluation.metric_names(ks))
         with self.transaction() as cur:
             project = self._project(cur, job_name)
             labelled = evaluation.parse_queries(queries, project.key.columns)
             evaluation.check_keys_exist(cur, project, labelled)
             rows = cur.execute(sql.SQL("SELECT count(*) FROM {}").format(project.names.source)).fetchone()[0]
+            previous = evaluation.last(cur, job_name, label) if drops else None
         columns = list(project.key.columns)
 
         def search(query: str, limit: int) -> list[tuple]:
@@ -806,12 +817,19 @@ class VectorizeHook(PostgresHook):
                   "semantic_weight": semantic_weight if mode == "hybrid" else None,
                   "full_text_weight": full_text_weight if mode == "hybrid" else None,
                   "ef_search": ef_search, "rows": rows, "encoding": project.encoding.params()}
+        failures = evaluation.gate(result["metrics"], previous and previous["metrics"], minimum, drops)
+        passed = not failures if minimum or drops else None
         summary = {"job_name": job_name, "label": label, "config": config, "queries": result["queries"],
-                   "metrics": result["metrics"], "worst": result["worst"]}
+                   "metrics": result["metrics"], "worst": result["worst"],
+                   "gate": {"passed": passed, "failures": failures, "previous": previous}}
         if store:
             with self.transaction() as cur:
-                summary["evaluation_id"] = evaluation.store(cur, job_name, label, config, result)
+                summary["evaluation_id"] = evaluation.store(cur, job_name, label, config, result, passed)
         self.log.info("Retrieval of %r on %d queries: %s", job_name, result["queries"], result["metrics"])
+        if failures:
+            kept = f" (kept as evaluation {summary['evaluation_id']})" if store else ""
+            raise RetrievalRegressionError(f"retrieval of project {job_name!r} failed its gate: "
+                                           + "; ".join(failures) + kept)
         return summary
 
     def sample_queries(self, job_name: str, n: int = 100, seed: int = 0, position: str = "any") -> list[dict[str, Any]]:

@@ -62,10 +62,15 @@ class OpenAICompatibleEmbeddings(RemoteEmbeddings):
         return payload
 
     def vectors(self, body: dict[str, Any]) -> list[Any]:
-        data = body["data"]
-        if not isinstance(data, list):
-            raise TypeError(f"'data' is {type(data).__name__}, not a list")
-        return [item["embedding"] for item in sorted(data, key=lambda item: item.get("index", 0))]
+        return data_vectors(body)
+
+
+def data_vectors(body: dict[str, Any]) -> list[Any]:
+    """The vectors of an OpenAI-shaped answer (``{"data": [{"embedding", "index"}]}``), in input order."""
+    data = body["data"]
+    if not isinstance(data, list):
+        raise TypeError(f"'data' is {type(data).__name__}, not a list")
+    return [item["embedding"] for item in sorted(data, key=lambda item: item.get("index", 0))]
 
 
 # Context windows of OpenAI's chat models (the longest matching prefix wins); other models: the connection's

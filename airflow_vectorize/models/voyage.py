@@ -17,6 +17,7 @@ from typing import Any
 
 from airflow_vectorize.exceptions import ModelInputRejectedError, ModelNotFoundError
 from airflow_vectorize.models.http import endpoint
+from airflow_vectorize.models.openai_compatible import data_vectors
 from airflow_vectorize.models.remote import Limits, Provider, RemoteEmbeddings
 
 DEFAULT_BATCH_TOKENS = 120_000
@@ -67,7 +68,4 @@ class VoyageEmbeddings(RemoteEmbeddings):
         return payload
 
     def vectors(self, body: dict[str, Any]) -> list[Any]:
-        data = body["data"]
-        if not isinstance(data, list):
-            raise TypeError(f"'data' is {type(data).__name__}, not a list")
-        return [item["embedding"] for item in sorted(data, key=lambda item: item.get("index", 0))]
+        return data_vectors(body)

@@ -1,6 +1,7 @@
 """Operators of the Vectorize provider: thin wrappers around VectorizeHook."""
 
 from airflow_vectorize.operators.embeddings import GenerateEmbeddingsOperator, ImportEmbeddingsOperator
+from airflow_vectorize.operators.evaluation import EvaluateRetrievalOperator
 from airflow_vectorize.operators.project import CreateVectorizeProjectOperator, DropVectorizeProjectOperator
 from airflow_vectorize.operators.rag import GenerateTextOperator, RAGOperator
 from airflow_vectorize.operators.search import VectorSearchOperator
@@ -8,6 +9,7 @@ from airflow_vectorize.operators.search import VectorSearchOperator
 __all__ = [
     "CreateVectorizeProjectOperator",
     "DropVectorizeProjectOperator",
+    "EvaluateRetrievalOperator",
     "GenerateEmbeddingsOperator",
     "GenerateTextOperator",
     "ImportEmbeddingsOperator",

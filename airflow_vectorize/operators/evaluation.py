@@ -1,0 +1,87 @@
+"""A regression gate for retrieval quality: evaluate a project and fail the task when it got worse."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from airflow_vectorize.assets import evaluation_asset
+from airflow_vectorize.hooks.vectorize import VectorizeHook
+from airflow_vectorize.operators._base import VectorizeBaseOperator
+
+
+class EvaluateRetrievalOperator(VectorizeBaseOperator):
+    """Evaluate a project's search on labelled queries (``VectorizeHook.evaluate_retrieval``) and gate on it.
+
+    The task fails (RetrievalRegressionError, naming each failure) when a metric is below ``min_metrics``
+    or worse than the last kept run that passed by more than ``max_drop``, so that a re-embedding or a model
+    change that hurts retrieval stops the DAG before its consumers run. The run is kept in
+    ``vectorize.evaluations`` either way. On success it emits the project's ``evaluation_asset`` with the
+    metrics in the event's ``extra`` and returns the summary to XCom.
+
+    :param job_name: the project.
+    :param queries: labelled queries ``[{"query": text, "relevant": [key, ...]}]``; None: ``sample``
+        queries made from the project's own rows (``VectorizeHook.sample_queries`` with ``seed`` and
+        ``position``) — a proxy, stable from run to run while the rows are.
+    :param k: cut-offs of recall@k and precision@k; :param mode: ``vector`` or ``hybrid``.
+    :param filters: search filters; :param ef_search: HNSW ``ef_search`` for the searches.
+    :param min_metrics: ``{metric: bound}``, e.g. ``{"recall@10": 0.8}``.
+    :param max_drop: ``{metric: allowed drop against the last good run}``, e.g. ``{"mrr": 0.02}``.
+    :param query_set: the name runs are kept and compared under (the evaluation's ``label``; runs of other
+        query sets are not compared with this one).
+    """
+
+    template_fields: Sequence[str] = ("job_name", "queries", "filters", "query_set", "min_metrics", "max_drop")
+
+    def __init__(
+        self,
+        *,
+        job_name: str,
+        queries: list[dict[str, Any]] | None = None,
+        sample: int = 100,
+        seed: int = 0,
+        position: str = "any",
+        k: int | Sequence[int] = (1, 5, 10),
+        mode: str = "vector",
+        filters: dict[str, Any] | None = None,
+        ef_search: int | None = None,
+        min_metrics: dict[str, float] | None = None,
+        max_drop: dict[str, float] | None = None,
+        query_set: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if "outlets" not in kwargs and "{{" not in job_name:
+            kwargs["outlets"] = [evaluation_asset(job_name, kwargs.get("postgres_conn_id",
+                                                                         VectorizeHook.default_conn_name))]
+        super().__init__(**kwargs)
+        self.job_name = job_name
+        self.queries = queries
+        self.sample = sample
+        self.seed = seed
+        self.position = position
+        self.k = k
+        self.mode = mode
+        self.filters = filters
+        self.ef_search = ef_search
+        self.min_metrics = min_metrics
+        self.max_drop = max_drop
+        self.query_set = query_set
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        queries = self.queries
+        if queries is None:
+            queries = self.hook.sample_queries(self.job_name, self.sample, self.seed, self.position)
+        tables = self.hook.project_tables(self.job_name)
+        try:
+            summary = self.hook.evaluate_retrieval(
+                self.job_name, queries, k=self.k, mode=self.mode, filters=self.filters, ef_search=self.ef_search,
+                label=self.query_set, min_metrics=self.min_metrics, max_drop=self.max_drop)
+        finally:  # also when the gate fails: the run was kept
+            self.capture_tables(inputs=[tables["source"], tables["storage"]],
+                                outputs=[("vectorize", "evaluations")])
+        asset = evaluation_asset(self.job_name, self.postgres_conn_id)
+        if "outlet_events" in context and any(getattr(o, "uri", None) == asset.uri for o in self.outlets):
+            context["outlet_events"][asset].extra.update(
+                {"job_name": self.job_name, "evaluation_id": summary.get("evaluation_id"), **summary["metrics"]})
+        self.log.info("Retrieval of %r: %s", self.job_name, summary["metrics"])
+        return summary
