@@ -15,9 +15,9 @@ Each evaluation is kept in ``vectorize.evaluations`` with the configuration that
 chunking, mode, weights, ef_search, row count) and each query's reciprocal rank and recall, so two runs can
 be compared query by query.
 
-:func:`sample_queries` makes labelled queries from a project's own texts: a sentence of 12+ words taken from
-a row as the query, that row as the relevant one. It measures whether a row can be found by words it
-contains — a proxy, not a substitute for real questions labelled by people.
+:func:`sample_queries` makes labelled queries from a project's own texts: a sentence of 12-60 words taken
+from a row as the query (each sentence used once), that row as the relevant one. It measures whether a row
+can be found by words it contains — a proxy, not a substitute for real questions labelled by people.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from airflow_vectorize.exceptions import InvalidInputError
 
 MODES = ("vector", "hybrid")
 WORST = 10  # queries listed in ``worst``
-MIN_WORDS = 12
+MIN_WORDS, MAX_WORDS = 12, 60  # a sampled query's words: a sentence, not a run-on block without full stops
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 POSITIONS = ("any", "first", "last")
 
@@ -261,13 +261,14 @@ def gate(metrics: Mapping[str, float], previous: Mapping[str, float] | None, min
 
 # -- sampled queries -------------------------------------------------------------------------------------
 def sentences(text: str) -> list[str]:
-    """The text's sentences of MIN_WORDS or more words, whitespace-normalised."""
-    return [s for s in SENTENCE_END.split(" ".join(text.split())) if len(s.split()) >= MIN_WORDS]
+    """The text's sentences of MIN_WORDS to MAX_WORDS words, whitespace-normalised."""
+    return [s for s in SENTENCE_END.split(" ".join(text.split())) if MIN_WORDS <= len(s.split()) <= MAX_WORDS]
 
 
-def pick(text: str, rng: random.Random, position: str) -> str | None:
-    """One sentence of ``text``: any, the first or the last one of MIN_WORDS+ words; None when it has none."""
-    found = sentences(text)
+def pick(text: str, rng: random.Random, position: str, used: set[str]) -> str | None:
+    """One sentence of ``text`` not ``used`` by another query (boilerplate shared by rows would be relevant to
+    several): any, the first or the last such; None when it has none."""
+    found = [s for s in sentences(text) if s not in used]
     if not found:
         return None
     return found[0] if position == "first" else found[-1] if position == "last" else rng.choice(found)
@@ -275,7 +276,8 @@ def pick(text: str, rng: random.Random, position: str) -> str | None:
 
 def sample(cur: Cursor, project: Project, n: int, seed: int, position: str) -> list[dict[str, Any]]:
     """Up to ``n`` labelled queries from the project's rows, the same for the same seed and rows: rows in the
-    order of md5(seed, key), the first ``n`` that hold a sentence of MIN_WORDS+ words."""
+    order of md5(seed, key), the first ``n`` that hold a sentence of MIN_WORDS-MAX_WORDS words no query
+    before took."""
     if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
         raise InvalidInputError(f"n must be a positive integer, got {n!r}")
     if position not in POSITIONS:
@@ -287,13 +289,15 @@ def sample(cur: Cursor, project: Project, n: int, seed: int, position: str) -> l
         keys=project.key.names("r"), text=expressions.text(project, "r"), source=project.names.source,
         key_text=project.key.as_text("r"))
     found: list[dict[str, Any]] = []
+    used: set[str] = set()
     rng = random.Random(seed)
     with cur.connection.cursor(name="vectorize_sample_queries") as rows:
         rows.itersize = 1000
         rows.execute(query, [str(seed)])
         for row in rows:
-            sentence = pick(row[-1], rng, position)
+            sentence = pick(row[-1], rng, position, used)
             if sentence is not None:
+                used.add(sentence)
                 key = row[0] if len(columns) == 1 else list(row[:len(columns)])
                 found.append({"query": sentence, "relevant": [key]})
                 if len(found) == n:

@@ -125,6 +125,9 @@ def test_sampled_queries_are_sentences_of_their_row_and_reproducible(products, h
         " words in it for sure. Another sentence on subject ' || g || ' that also holds more than twelve words"
         " in total. End.' FROM generate_series(1, 30) g")
     products.execute("INSERT INTO docs VALUES (31, 'Too short to sample. Nothing here.')")
+    shared = "This boilerplate sentence is shared by two of the rows and so says nothing about either one."
+    products.execute("INSERT INTO docs VALUES (32, %s), (33, %s), (34, %s)",
+                     [shared, shared, " ".join(["word"] * 61) + "."])  # 34: one run-on sentence of 62 words
     hook.create_project("docs", "docs", "id", ["body"])
     sampled = hook.sample_queries("docs", n=10, seed=7)
     assert len(sampled) == 10 and sampled == hook.sample_queries("docs", n=10, seed=7)
@@ -132,10 +135,12 @@ def test_sampled_queries_are_sentences_of_their_row_and_reproducible(products, h
     texts = dict(products.execute("SELECT id, body FROM docs"))
     for item in sampled:
         (key,) = item["relevant"]
-        assert key != 31 and item["query"] in texts[key] and len(item["query"].split()) >= 12
+        assert key not in (31, 34) and item["query"] in texts[key] and 12 <= len(item["query"].split()) <= 60
     firsts = hook.sample_queries("docs", n=5, seed=7, position="first")
     assert all(q["query"].startswith("This sentence") for q in firsts)
-    assert len(hook.sample_queries("docs", n=100)) == 30  # only rows that hold a long enough sentence
+    every = hook.sample_queries("docs", n=100)
+    assert len(every) == 31  # rows with a sentence of 12-60 words, the shared one taken once
+    assert sum(q["query"] == shared for q in every) == 1
     with pytest.raises(InvalidInputError, match="position must be one of 'any', 'first', 'last', got 'middle'"):
         hook.sample_queries("docs", n=5, position="middle")
     with pytest.raises(InvalidInputError, match="n must be a positive integer, got 0"):
