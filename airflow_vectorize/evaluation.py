@@ -22,6 +22,7 @@ can be found by words it contains — a proxy, not a substitute for real questio
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -89,6 +90,13 @@ def _key(key: Any, key_columns: Sequence[str], where: str) -> tuple:
 def text_key(values: Sequence[Any]) -> tuple[str, ...]:
     """A key as compared: its values' text (as PostgreSQL casts them to text), so 3 and "3" are the same row."""
     return tuple(str(v) for v in values)
+
+
+def fingerprint(queries: list[LabelledQuery]) -> str:
+    """What identifies a query set (texts, keys, grades, in order): two runs are compared query by query only
+    when theirs are equal."""
+    canonical = json.dumps([[q.query, sorted([list(k), g] for k, g in q.relevant.items())] for q in queries])
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def check_ks(k: Any) -> tuple[int, ...]:
@@ -219,6 +227,63 @@ def last(cur: Cursor, job_name: str, label: str | None = None) -> dict[str, Any]
         return None
     return {"evaluation_id": row[0], "evaluated_at": row[1].isoformat(), "label": row[2], "config": row[3],
             "metrics": row[4]}
+
+
+def load(cur: Cursor, evaluation_id: Any) -> dict[str, Any]:
+    """A kept evaluation by id; InvalidInputError when there is none."""
+    if isinstance(evaluation_id, bool) or not isinstance(evaluation_id, int):
+        raise InvalidInputError(f"an evaluation id must be an integer, got {evaluation_id!r}")
+    cur.execute("SELECT to_regclass('vectorize.evaluations') IS NOT NULL")
+    row = None
+    if cur.fetchone()[0]:
+        cur.execute("SELECT id, job_name, label, config, metrics, per_query FROM vectorize.evaluations WHERE id = %s",
+                    [evaluation_id])
+        row = cur.fetchone()
+    if row is None:
+        raise InvalidInputError(f"there is no evaluation {evaluation_id} in vectorize.evaluations")
+    return {"evaluation_id": row[0], "job_name": row[1], "label": row[2], "config": row[3], "metrics": row[4],
+            "per_query": row[5]}
+
+
+# -- compared --------------------------------------------------------------------------------------------
+BOOTSTRAP_SAMPLES = 2000
+
+
+def paired(a: Sequence[float], b: Sequence[float], seed: int = 0) -> dict[str, Any]:
+    """B against A on the same queries: mean difference, wins / losses / ties, the two-sided sign test's p
+    (ties dropped) and a 95 % bootstrap interval of the mean difference (queries resampled)."""
+    differences = [y - x for x, y in zip(a, b)]
+    wins, losses = sum(d > 0 for d in differences), sum(d < 0 for d in differences)
+    n = wins + losses
+    tail = sum(math.comb(n, i) for i in range(min(wins, losses) + 1)) / 2 ** n if n else 1.0
+    rng = random.Random(seed)
+    means = sorted(sum(rng.choice(differences) for _ in differences) / len(differences)
+                   for _ in range(BOOTSTRAP_SAMPLES))
+    return {"mean_difference": round(sum(differences) / len(differences), 6), "wins": wins, "losses": losses,
+            "ties": len(differences) - n, "sign_test_p": round(min(1.0, 2 * tail), 6),
+            "bootstrap_ci95": [round(percentile(means, 2.5), 6), round(percentile(means, 97.5), 6)]}
+
+
+def chart(path: str, runs: Mapping[str, Mapping[str, float]], title: str) -> str:
+    """recall@k against k for each run (name -> metrics) as a PNG at ``path``; the path."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as error:
+        raise InvalidInputError("a chart needs matplotlib: pip install matplotlib, or leave chart_path unset") from error
+    figure, axes = plt.subplots(figsize=(6, 4), dpi=100)
+    for name, metrics in runs.items():
+        ks = sorted(int(m.split("@")[1]) for m in metrics if m.startswith("recall@"))
+        axes.plot(ks, [metrics[f"recall@{k}"] for k in ks], marker="o", label=name)
+    axes.set(xlabel="k", ylabel="recall@k", title=title, ylim=(0, 1.02))
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path
 
 
 # -- the gate --------------------------------------------------------------------------------------------

@@ -185,3 +185,51 @@ def test_bad_gate_thresholds_are_refused_before_any_search(products, shop, argum
         shop.evaluate_retrieval("shop", [{"query": "phone", "relevant": [1]}], k=(1, 10), **arguments)
     assert message in str(raised.value)
     assert snapshot(products) == before and products.scalar("SELECT count(*) FROM vectorize.evaluations") == count
+
+
+def test_compare_two_projects_on_the_same_queries(products, hook, tmp_path):
+    """A project on the name alone against one on name and description: each one's metrics, B − A, the paired
+    check, a chart; then the same comparison from the two kept runs."""
+    hook.create_project("names", "products", "product_id", ["name"])
+    hook.create_project("full", "products", "product_id", COLUMNS)
+    hook.generate_embeddings("names")
+    hook.generate_embeddings("full")
+    texts = dict(products.execute("SELECT product_id, description FROM products"))
+    queries = [{"query": text, "relevant": [key]} for key, text in sorted(texts.items())]  # the description
+
+    compared = hook.compare("names", "full", queries, k=(1, 5, 10), chart_path=str(tmp_path / "recall.png"))
+    a, b = compared["a"]["metrics"], compared["b"]["metrics"]
+    assert compared["difference"]["mrr"] == pytest.approx(b["mrr"] - a["mrr"], abs=1e-6)
+    paired = compared["paired"]
+    assert paired["queries"] == 24 and paired["wins"] + paired["losses"] + paired["ties"] == 24
+    assert paired["mean_difference"] == pytest.approx(b["mrr"] - a["mrr"], abs=1e-5)
+    low, high = paired["bootstrap_ci95"]
+    assert low <= paired["mean_difference"] <= high
+    assert b["mrr"] > a["mrr"] and paired["wins"] > paired["losses"]  # the description finds its own row
+    assert 0 <= paired["sign_test_p"] < 0.05
+    assert (tmp_path / "recall.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    again = hook.compare(evaluation_ids=[compared["a"]["evaluation_id"], compared["b"]["evaluation_id"]])
+    assert again["paired"] == paired and again["difference"] == compared["difference"]
+
+
+def test_sign_test_and_bootstrap_by_hand():
+    from airflow_vectorize.evaluation import paired
+
+    result = paired([0.0] * 6 + [0.5, 1.0], [1.0] * 6 + [0.5, 0.5])  # 6 wins, 1 loss, 1 tie
+    # two-sided sign test, n = 7: 2 * P(X <= 1) = 2 * (1 + 7) / 128
+    assert (result["wins"], result["losses"], result["ties"]) == (6, 1, 1)
+    assert result["sign_test_p"] == pytest.approx(16 / 128)
+    assert result["mean_difference"] == pytest.approx((6 - 0.5) / 8)
+    assert result["bootstrap_ci95"][0] < result["mean_difference"] < result["bootstrap_ci95"][1]
+    assert paired([1.0, 0.5], [1.0, 0.5])["sign_test_p"] == 1.0
+
+
+def test_runs_of_other_queries_are_not_compared(products, shop):
+    a = shop.evaluate_retrieval("shop", [{"query": "phone", "relevant": [1]}], k=1)
+    b = shop.evaluate_retrieval("shop", [{"query": "coffee", "relevant": [10]}], k=1)
+    with pytest.raises(InvalidInputError, match=f"evaluations {a['evaluation_id']} and {b['evaluation_id']} were not"
+                                                " run on the same queries"):
+        shop.compare(evaluation_ids=[a["evaluation_id"], b["evaluation_id"]])
+    with pytest.raises(InvalidInputError, match="there is no evaluation 999"):
+        shop.compare(evaluation_ids=[a["evaluation_id"], 999])

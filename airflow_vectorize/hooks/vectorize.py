@@ -816,7 +816,8 @@ class VectorizeHook(PostgresHook):
                   "chunk_overlap": project.chunk_overlap, "mode": mode, "k": list(ks), "filters": filters,
                   "semantic_weight": semantic_weight if mode == "hybrid" else None,
                   "full_text_weight": full_text_weight if mode == "hybrid" else None,
-                  "ef_search": ef_search, "rows": rows, "encoding": project.encoding.params()}
+                  "ef_search": ef_search, "rows": rows, "encoding": project.encoding.params(),
+                  "queries": evaluation.fingerprint(labelled)}
         failures = evaluation.gate(result["metrics"], previous and previous["metrics"], minimum, drops)
         passed = not failures if minimum or drops else None
         summary = {"job_name": job_name, "label": label, "config": config, "queries": result["queries"],
@@ -831,6 +832,55 @@ class VectorizeHook(PostgresHook):
             raise RetrievalRegressionError(f"retrieval of project {job_name!r} failed its gate: "
                                            + "; ".join(failures) + kept)
         return summary
+
+    def compare(
+        self,
+        job_a: str | None = None,
+        job_b: str | None = None,
+        queries: Sequence[Mapping[str, Any]] | None = None,
+        evaluation_ids: Sequence[int] | None = None,
+        chart_path: str | None = None,
+        seed: int = 0,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """Two projects on the same ``queries`` (each evaluated and kept with ``options`` of
+        ``evaluate_retrieval``), or two kept runs (``evaluation_ids=(a, b)``, of the same query set), side by
+        side: each one's metrics, B − A for each metric, and B against A query by query on reciprocal rank
+        (``paired``: wins, losses, ties, the sign test's p, a 95 % bootstrap interval of the mean difference)
+        — "B is better" means something when the interval excludes 0. ``chart_path``: a PNG of recall@k."""
+        if evaluation_ids is not None:
+            if job_a is not None or job_b is not None or queries is not None or options:
+                raise InvalidInputError("compare either two projects on queries, or two evaluation_ids; not both")
+            if isinstance(evaluation_ids, (str, bytes)) or len(evaluation_ids) != 2:
+                raise InvalidInputError(f"evaluation_ids must be two ids, got {evaluation_ids!r}")
+            with self.transaction() as cur:
+                runs = [evaluation.load(cur, i) for i in evaluation_ids]
+            if runs[0]["config"].get("queries") != runs[1]["config"].get("queries") or \
+                    len(runs[0]["per_query"]) != len(runs[1]["per_query"]):
+                raise InvalidInputError(f"evaluations {evaluation_ids[0]} and {evaluation_ids[1]} were not run on the"
+                                        " same queries: compare projects on one query set instead")
+        else:
+            if not job_a or not job_b or queries is None:
+                raise InvalidInputError("compare needs job_a, job_b and queries (or evaluation_ids)")
+            if options.get("store") is False:
+                raise InvalidInputError("compare keeps both runs (it reads each query's result back): leave store")
+            options.setdefault("label", f"compare {job_a} vs {job_b}")
+            done = [self.evaluate_retrieval(job, queries, **options)["evaluation_id"] for job in (job_a, job_b)]
+            with self.transaction() as cur:
+                runs = [evaluation.load(cur, i) for i in done]
+        a, b = runs
+        names = [f"{run['job_name']} #{run['evaluation_id']}" for run in runs]
+        result = {
+            "a": {"job_name": a["job_name"], "evaluation_id": a["evaluation_id"], "metrics": a["metrics"]},
+            "b": {"job_name": b["job_name"], "evaluation_id": b["evaluation_id"], "metrics": b["metrics"]},
+            "difference": {m: round(b["metrics"][m] - a["metrics"][m], 6) for m in a["metrics"] if m in b["metrics"]},
+            "paired": {"metric": "reciprocal_rank", "queries": len(a["per_query"]), **evaluation.paired(
+                [q["reciprocal_rank"] for q in a["per_query"]], [q["reciprocal_rank"] for q in b["per_query"]], seed)},
+        }
+        if chart_path:
+            result["chart"] = evaluation.chart(chart_path, dict(zip(names, (a["metrics"], b["metrics"]))),
+                                               f"{names[0]} vs {names[1]}")
+        return result
 
     def sample_queries(self, job_name: str, n: int = 100, seed: int = 0, position: str = "any") -> list[dict[str, Any]]:
         """``n`` labelled queries made from the project's own rows, reproducible for a seed: a sentence of 12+
