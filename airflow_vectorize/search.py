@@ -19,6 +19,7 @@ full-text part by its best-ranked chunk, from the documents stored and indexed i
 from __future__ import annotations
 
 import math
+import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
@@ -643,6 +644,16 @@ def vector_search_query(
     return SearchQuery(statement, {**params, "vector": vector}, settings, single_pass, exact)
 
 
+# Two or more '-' in a row (spaced or not: a Markdown rule, "- - -") are NOT operators to websearch_to_tsquery,
+# and a long run of them overflows its parser's stack ("tsquery stack too small", a README's "-----" line).
+NEGATION_RUN = re.compile(r"(?:-\s*){2,}")
+
+
+def full_text_query(query: str) -> str:
+    """The query as the full-text side reads it: runs of '-' (no words to exclude) become a space."""
+    return NEGATION_RUN.sub(" ", query)
+
+
 def hybrid_search_query(
     target: SearchTarget,
     query: str,
@@ -695,7 +706,7 @@ def hybrid_search_query(
     exact = target.exact if project.is_chunked else None
     settings = scan_settings(ef_search, index_path=exact is False and not shape)
     params.update(
-        _guard_params(target), vector=query_vector(project, query, embed), text=query,
+        _guard_params(target), vector=query_vector(project, query, embed), text=full_text_query(query),
         semantic_weight=float(semantic_weight), full_text_weight=float(full_text_weight), rrf_k=float(rrf_k),
     )
     statement = _hybrid_statement(project, tuple(columns), shape, num_results, candidates, bool(exact),

@@ -503,6 +503,18 @@ def test_a_long_hybrid_query_is_refused(shop):
     assert snapshot(db) == before
 
 
+@pytest.mark.parametrize("query", [
+    "Installation " + "-" * 72 + " pip install cachetools",  # a README's rule line: found by bench/retrieval.py
+    "a " + "- " * 300 + "b",
+])
+def test_a_hybrid_query_with_runs_of_dashes_is_searched(shop, query):
+    """A run of '-' is a chain of NOT operators to websearch_to_tsquery, whose parser ran out of stack on it
+    ("tsquery stack too small"); it is read as a space."""
+    _, hook = shop
+    rows = hook.hybrid_search("shop", query, num_results=3)
+    assert len(rows) == 3
+
+
 def test_a_1_mb_text_of_distinct_words_can_be_written_to_a_source(database, hook):
     words = " ".join(f"w{i:06x}" for i in range(130_000))  # ~1 MB, every word distinct
     database.execute("CREATE TABLE docs (id int PRIMARY KEY, body text); INSERT INTO docs VALUES (1, 'apples')")
