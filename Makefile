@@ -61,7 +61,7 @@ bench: $(VENV)/.installed $(INFINITY_VENV)/.installed
 
 # A real Airflow 3 (scheduler, dag-processor, triggerer, api-server; metadata DB on the embedded PostgreSQL)
 # runs the example DAGs through the scheduler and prints their outcome from the REST API (scripts/deployment.py).
-.PHONY: deployment deployment-celery bench-backfill bench-api bench-reload bench-writes bench-hybrid-documents bench-providers
+.PHONY: deployment deployment-celery bench-backfill bench-api bench-reload bench-writes bench-hybrid-documents bench-providers bench-retrieval
 deployment: $(VENV)/.installed
 	$(PY) scripts/deployment.py --executor LocalExecutor
 
@@ -92,3 +92,7 @@ bench-hybrid-documents: $(VENV)/.installed
 # Each remote provider's generation (cohere, voyage, portkey, self-hosted) vs a bare client of the same requests (bench/providers.py).
 bench-providers: $(VENV)/.installed $(SERVERS)
 	$(PY) -m bench.providers
+
+# Retrieval quality through the product's API: unchunked vs chunked, vector vs hybrid, on real READMEs (bench/retrieval.py).
+bench-retrieval: $(VENV)/.installed
+	$(PY) -m bench.retrieval

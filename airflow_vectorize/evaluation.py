@@ -260,7 +260,7 @@ def paired(a: Sequence[float], b: Sequence[float], seed: int = 0) -> dict[str, A
     means = sorted(sum(rng.choice(differences) for _ in differences) / len(differences)
                    for _ in range(BOOTSTRAP_SAMPLES))
     return {"mean_difference": round(sum(differences) / len(differences), 6), "wins": wins, "losses": losses,
-            "ties": len(differences) - n, "sign_test_p": round(min(1.0, 2 * tail), 6),
+            "ties": len(differences) - n, "sign_test_p": float(f"{min(1.0, 2 * tail):.3g}"),
             "bootstrap_ci95": [round(percentile(means, 2.5), 6), round(percentile(means, 97.5), 6)]}
 
 
