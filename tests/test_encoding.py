@@ -79,11 +79,11 @@ def test_a_project_from_before_encodes_both_sides_alike(products, hook, model):
 def prompted_model(tmp_path):
     """The default model as a directory whose configuration ships query and document prompts (as E5 / BGE /
     nomic models do)."""
-    from airflow_vectorize.models.local import _bundled_path
+    from airflow_vectorize.models.local import bundled_path
     from airflow_vectorize.catalog import DEFAULT_TRANSFORMER
 
     folder = tmp_path / "prompted-minilm"
-    shutil.copytree(_bundled_path(DEFAULT_TRANSFORMER), folder)
+    shutil.copytree(bundled_path(DEFAULT_TRANSFORMER), folder)
     config_file = folder / "config_sentence_transformers.json"
     config = json.loads(config_file.read_text()) if config_file.exists() else {}
     config["prompts"] = {"query": QUERY, "document": DOCUMENT}

@@ -104,7 +104,7 @@ def load_model(transformer: str) -> LocalModel:
 def _load(transformer: str) -> LocalModel:
     from sentence_transformers import SentenceTransformer
 
-    location = _bundled_path(transformer) or transformer
+    location = bundled_path(transformer) or transformer
     try:
         if os.path.isdir(location):
             return LocalModel(transformer, SentenceTransformer(location, device="cpu"))
@@ -122,7 +122,7 @@ def _load(transformer: str) -> LocalModel:
         ) from error
 
 
-def _bundled_path(transformer: str) -> str | None:
+def bundled_path(transformer: str) -> str | None:
     if transformer != DEFAULT_TRANSFORMER:
         return None
     try:

@@ -49,12 +49,12 @@ class SelfHostedEmbeddings(OpenAICompatibleEmbeddings):
 def _tokenizer(transformer: str) -> Any:
     """The model's Hugging Face tokenizer from this machine (the bundled default model, or the cache); None
     when it is not here (the server has it, the worker need not)."""
-    from airflow_vectorize.models.local import _bundled_path
+    from airflow_vectorize.models.local import bundled_path
 
     try:
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(_bundled_path(transformer) or transformer, local_files_only=True)
+        return AutoTokenizer.from_pretrained(bundled_path(transformer) or transformer, local_files_only=True)
     except Exception as error:  # noqa: BLE001 - any failure means: not on this machine
         log.info("no local tokenizer for %r (%s): token counts are estimated", transformer, type(error).__name__)
         return None
