@@ -78,6 +78,16 @@ def test_retrieval_gate_example_passes_then_stops_a_regression(dags, default_con
     assert result["gate"] == {"passed": True, "failures": [], "previous": None}
     kept = default_connection.execute("SELECT passed, label FROM vectorize.evaluations")
     assert kept == [(True, "sampled-last-sentences")]
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        extras = session.scalars(select(AssetEvent.extra).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+                                 .where(AssetModel.uri == "vectorize://postgres_default/package_docs_quality/evaluation")
+                                 ).all()
+    assert {"job_name": "package_docs_quality", "task": "evaluate", "evaluation_id": result["evaluation_id"],
+            "recall@10": result["metrics"]["recall@10"], "mrr": result["metrics"]["mrr"]}.items() <= extras[-1].items()
 
     # The same DAG when the last good run was much better: its MRR drop fails the task, downstream waits.
     default_connection.execute("UPDATE vectorize.evaluations SET metrics = jsonb_set(metrics, '{mrr}', '1.5')")

@@ -39,22 +39,24 @@ class VectorizeBaseOperator(BaseOperator):
 
 
 class ProjectWriterOperator(VectorizeBaseOperator):
-    """An operator that writes a project's embeddings: it emits the project's ``embeddings_asset`` as an
-    outlet (unless ``outlets`` are given, or ``job_name`` is a template, unknown when the DAG is parsed),
-    with the task's counts as the event's ``extra``, so downstream DAGs can be scheduled on fresh
-    embeddings."""
+    """An operator that writes something of a project: it emits the project's ``asset`` (by default its
+    ``embeddings_asset``) as an outlet (unless ``outlets`` are given, or ``job_name`` is a template, unknown
+    when the DAG is parsed), with the task's figures as the event's ``extra``, so downstream DAGs can be
+    scheduled on fresh embeddings (or a passed evaluation)."""
+
+    asset = staticmethod(embeddings_asset)  # (job_name, postgres_conn_id) -> Asset
 
     def __init__(self, *, job_name: str, **kwargs: Any) -> None:
         if "outlets" not in kwargs and "{{" not in job_name:
-            kwargs["outlets"] = [embeddings_asset(job_name, kwargs.get("postgres_conn_id",
-                                                                       VectorizeHook.default_conn_name))]
+            kwargs["outlets"] = [self.asset(job_name, kwargs.get("postgres_conn_id", VectorizeHook.default_conn_name))]
         super().__init__(**kwargs)
         self.job_name = job_name
 
-    def emit(self, context: Any, summary: dict[str, Any], counts: tuple[str, ...]) -> dict[str, Any]:
-        """Put ``counts`` of the summary on the project asset's event; return the summary."""
-        asset = embeddings_asset(self.job_name, self.postgres_conn_id)
+    def emit(self, context: Any, summary: dict[str, Any], counts: tuple[str, ...] = (),
+             extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Put ``counts`` of the summary (and ``extra``) on the project asset's event; return the summary."""
+        asset = self.asset(self.job_name, self.postgres_conn_id)
         if "outlet_events" in context and any(getattr(o, "uri", None) == asset.uri for o in self.outlets):
             context["outlet_events"][asset].extra.update(
-                {"job_name": self.job_name, "task": self.task_id, **{k: summary[k] for k in counts}})
+                {"job_name": self.job_name, "task": self.task_id, **{k: summary[k] for k in counts}, **(extra or {})})
         return summary

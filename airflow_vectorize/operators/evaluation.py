@@ -6,11 +6,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from airflow_vectorize.assets import evaluation_asset
-from airflow_vectorize.hooks.vectorize import VectorizeHook
-from airflow_vectorize.operators._base import VectorizeBaseOperator
+from airflow_vectorize.operators._base import ProjectWriterOperator
 
 
-class EvaluateRetrievalOperator(VectorizeBaseOperator):
+class EvaluateRetrievalOperator(ProjectWriterOperator):
     """Evaluate a project's search on labelled queries (``VectorizeHook.evaluate_retrieval``) and gate on it.
 
     The task fails (RetrievalRegressionError, naming each failure) when a metric is below ``min_metrics``
@@ -31,6 +30,7 @@ class EvaluateRetrievalOperator(VectorizeBaseOperator):
         query sets are not compared with this one).
     """
 
+    asset = staticmethod(evaluation_asset)
     template_fields: Sequence[str] = ("job_name", "queries", "filters", "query_set", "min_metrics", "max_drop")
 
     def __init__(
@@ -50,11 +50,7 @@ class EvaluateRetrievalOperator(VectorizeBaseOperator):
         query_set: str | None = None,
         **kwargs: Any,
     ) -> None:
-        if "outlets" not in kwargs and "{{" not in job_name:
-            kwargs["outlets"] = [evaluation_asset(job_name, kwargs.get("postgres_conn_id",
-                                                                         VectorizeHook.default_conn_name))]
-        super().__init__(**kwargs)
-        self.job_name = job_name
+        super().__init__(job_name=job_name, **kwargs)
         self.queries = queries
         self.sample = sample
         self.seed = seed
@@ -79,9 +75,5 @@ class EvaluateRetrievalOperator(VectorizeBaseOperator):
         finally:  # also when the gate fails: the run was kept
             self.capture_tables(inputs=[tables["source"], tables["storage"]],
                                 outputs=[("vectorize", "evaluations")])
-        asset = evaluation_asset(self.job_name, self.postgres_conn_id)
-        if "outlet_events" in context and any(getattr(o, "uri", None) == asset.uri for o in self.outlets):
-            context["outlet_events"][asset].extra.update(
-                {"job_name": self.job_name, "evaluation_id": summary.get("evaluation_id"), **summary["metrics"]})
         self.log.info("Retrieval of %r: %s", self.job_name, summary["metrics"])
-        return summary
+        return self.emit(context, summary, ("evaluation_id",), extra=summary["metrics"])
