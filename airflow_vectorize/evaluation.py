@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 from psycopg import Cursor, sql
 
 from airflow_vectorize.catalog import Project
@@ -107,22 +108,27 @@ def check_ks(k: Any) -> tuple[int, ...]:
 
 
 def check_keys_exist(cur: Cursor, project: Project, queries: list[LabelledQuery]) -> None:
-    """Every relevant key is a row of the source; else InvalidInputError naming up to five that are not."""
+    """Every relevant key is a row of the source; else InvalidInputError naming up to five that are not.
+
+    One statement: the keys, typed by the source's row type (as ``Key.in_values`` types a composite key),
+    looked up by the key's index; a value the key's type cannot hold is refused."""
     keys = sorted({key for q in queries for key in q.relevant}, key=repr)
     columns = project.key.columns
-    wanted = sql.SQL(", ").join(sql.SQL("%s::text") for _ in columns)
-    rows = sql.SQL(", ").join(sql.SQL("({})").format(wanted) for _ in keys)
-    cur.execute(sql.SQL(
-        "SELECT {w_keys} FROM (VALUES {rows}) AS w ({names})"
-        " WHERE NOT EXISTS (SELECT 1 FROM {source} r WHERE {match})"
-    ).format(w_keys=sql.SQL(", ").join(sql.Identifier("w", c) for c in columns), rows=rows,
-             names=sql.SQL(", ").join(sql.Identifier(c) for c in columns), source=project.names.source,
-             match=sql.SQL(" AND ").join(sql.SQL("{}::text = {}").format(sql.Identifier("r", c), sql.Identifier("w", c))
-                                         for c in columns)),
-        [v for key in keys for v in key])
-    missing = cur.fetchall()
+    statement = sql.SQL(
+        "SELECT {texts} FROM {source} r WHERE ({r_keys}) IN"
+        " (SELECT {w_keys} FROM jsonb_populate_recordset(NULL::{source}, %s::jsonb) w)"
+    ).format(texts=sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier("r", c)) for c in columns),
+             source=project.names.source, r_keys=project.key.names("r"), w_keys=project.key.names("w"))
+    try:
+        with cur.connection.transaction():  # a savepoint: the caller's transaction survives a bad value
+            cur.execute(statement, [json.dumps([dict(zip(columns, key)) for key in keys])])
+    except (psycopg.errors.DataError, psycopg.errors.InvalidTextRepresentation) as error:
+        raise InvalidInputError(f"a relevant key is not a value of the key column(s) {', '.join(columns)}:"
+                                f" {error.diag.message_primary}") from error
+    found = {tuple(row) for row in cur.fetchall()}
+    missing = [key for key in keys if key not in found]
     if missing:
-        shown = ", ".join(m[0] if len(m) == 1 else "(" + ", ".join(m) + ")" for m in missing[:5])
+        shown = ", ".join(k[0] if len(k) == 1 else "(" + ", ".join(k) + ")" for k in missing[:5])
         raise InvalidInputError(f"{len(missing)} relevant key(s) are not rows of {project.schema}.{project.relation}:"
                                 f" {shown}{' …' if len(missing) > 5 else ''}")
 

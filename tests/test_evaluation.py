@@ -97,6 +97,8 @@ def test_composite_keys_are_evaluated(products, hook):
     (dict(queries=[]), InvalidInputError, "queries must be a non-empty list"),
     (dict(queries=[{"query": "x", "relevant": [999]}]), InvalidInputError,
      "1 relevant key(s) are not rows of public.products: 999"),
+    (dict(queries=[{"query": "x", "relevant": ["abc"]}]), InvalidInputError,
+     'a relevant key is not a value of the key column(s) product_id: invalid input syntax for type integer: "abc"'),
     (dict(queries=[{"query": "x", "relevant": []}]), InvalidInputError, "queries[0]: 'relevant' must name at least"),
     (dict(queries=[{"query": "", "relevant": [1]}]), InvalidInputError, "queries[0] must be {'query': a non-empty"),
     (dict(queries=[{"query": "x", "relevant": {1: 0}}]), InvalidInputError, "the grade of key 1 must be a number > 0"),
