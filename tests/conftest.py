@@ -269,7 +269,10 @@ def deployment():
     test_deployment_api.py share it; it stops after the last test that uses it."""
     from scripts.deployment import AirflowDeployment
 
-    running = _servers["deployment"] = AirflowDeployment("LocalExecutor").start()
+    # Every example DAG runs at once (``outcomes``): up to 3 chains of single tasks next to the backfill's 4
+    # mapped partitions. With fewer slots than that, a partition can wait for a slot the other DAGs hold, and
+    # whether the partitions overlap (test_backfill_maps_partitions_over_the_executor) becomes timing.
+    running = _servers["deployment"] = AirflowDeployment("LocalExecutor", parallelism=8).start()
     yield running
     if _servers.pop("deployment", None) is not None:
         running.stop()
