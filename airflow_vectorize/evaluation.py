@@ -34,6 +34,7 @@ from typing import Any
 import psycopg
 from psycopg import Cursor, sql
 
+from airflow_vectorize import validation
 from airflow_vectorize.catalog import Project
 from airflow_vectorize.exceptions import InvalidInputError
 
@@ -74,6 +75,32 @@ def parse_queries(queries: Any, key_columns: Sequence[str]) -> list[LabelledQuer
             found[_key(key, key_columns, where)] = float(grade)
         parsed.append(LabelledQuery(item["query"], found))
     return parsed
+
+
+def load_queries(cur: Cursor, project: Project, table: Any) -> list[dict[str, Any]]:
+    """Labelled queries kept in a table or view ``table`` (``"schema.name"``, or ``"name"`` in public): one
+    row per query and relevant row (qrels' layout) — a ``query`` text column, the project's key column(s)
+    under their names, and an optional ``grade`` (NULL or absent: 1). Queries in the order of their text."""
+    if not isinstance(table, str) or not table.strip():
+        raise InvalidInputError(f"queries must be labelled queries or the name of a table holding them, got {table!r}")
+    schema, _, name = table.rpartition(".")
+    held = validation.require_table(cur, schema or "public", name, kinds="rvmpf", role="queries")
+    columns = ["query", *project.key.columns]
+    for column in columns:
+        held.column(column, "queries")
+    grade = sql.Identifier("grade") if "grade" in held.columns else sql.SQL("NULL")
+    rows = cur.execute(sql.SQL("SELECT {}, {} FROM {} ORDER BY 1, {}").format(
+        sql.SQL(", ").join(map(sql.Identifier, columns)), grade, sql.Identifier(held.schema, held.name),
+        sql.SQL(", ").join(sql.Literal(i) for i in range(2, len(columns) + 1)))).fetchall()
+    queries: dict[str, dict[Any, float]] = {}
+    for query, *key, graded in rows:
+        if query is None or any(value is None for value in key):
+            raise InvalidInputError(f"queries table {held.label} has a row with a NULL query or key: {[query, *key]!r}")
+        relevant = queries.setdefault(query, {})
+        relevant[tuple(key) if len(key) > 1 else key[0]] = 1.0 if graded is None else float(graded)
+    if not queries:
+        raise InvalidInputError(f"queries table {held.label} holds no rows")
+    return [{"query": query, "relevant": relevant} for query, relevant in queries.items()]
 
 
 def _hashable(key: Any) -> Any:

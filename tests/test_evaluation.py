@@ -93,6 +93,59 @@ def test_composite_keys_are_evaluated(products, hook):
     assert result["metrics"]["recall@1"] == 1.0
 
 
+def test_queries_kept_in_a_table_one_row_per_relevant_key(products, shop):
+    """qrels' layout: (query, key, grade); the same result as the list form; a view works too."""
+    top = [r["product_id"] for r in shop.search("shop", "something to make coffee", num_results=3)]
+    products.execute("CREATE SCHEMA judged; CREATE TABLE judged.qrels (query text, product_id bigint, grade real)")
+    products.execute("INSERT INTO judged.qrels VALUES ('something to make coffee', %s, 2), ('something to make coffee',"
+                     " %s, NULL), ('mobile phone with a good camera', %s, 1)", [top[2], top[0], top[1]])
+    from_table = shop.evaluate_retrieval("shop", "judged.qrels", k=(1, 3), store=False)
+    listed = shop.evaluate_retrieval("shop", [
+        {"query": "mobile phone with a good camera", "relevant": [top[1]]},  # ORDER BY query
+        {"query": "something to make coffee", "relevant": {top[2]: 2, top[0]: 1}}], k=(1, 3), store=False)
+    assert from_table["metrics"] | {"latency_p50_ms": 0, "latency_p95_ms": 0} == \
+        listed["metrics"] | {"latency_p50_ms": 0, "latency_p95_ms": 0}
+    assert from_table["config"]["queries"] == listed["config"]["queries"]  # the same query set
+    products.execute("CREATE VIEW coffee AS SELECT query, product_id FROM judged.qrels WHERE query LIKE '%%coffee'")
+    assert shop.evaluate_retrieval("shop", "coffee", k=3, store=False)["metrics"]["recall@3"] == 1.0
+
+
+def test_composite_keys_from_a_table(products, hook):
+    products.execute("CREATE TABLE pairs AS SELECT product_id % 2 AS part, product_id, name, description FROM products;"
+                     " ALTER TABLE pairs ADD PRIMARY KEY (part, product_id)")
+    hook.create_project("pairs", "pairs", ["part", "product_id"], COLUMNS)
+    hook.generate_embeddings("pairs")
+    best = hook.search("pairs", "ride to work", return_columns=["part", "product_id"], num_results=1)[0]
+    products.execute("CREATE TABLE judged (query text, part int, product_id int)")
+    products.execute("INSERT INTO judged VALUES ('ride to work', %s, %s)", [best["part"], best["product_id"]])
+    assert hook.evaluate_retrieval("pairs", "judged", k=1, store=False)["metrics"]["recall@1"] == 1.0
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ("nowhere.qrels", 'queries table "nowhere"."qrels" does not exist'),
+    ("no_key", "queries column 'product_id' does not exist in table \"public\".\"no_key\"; its columns are: query, id"),
+    ("empty_qrels", 'queries table "public"."empty_qrels" holds no rows'),
+    ("null_key", "queries table \"public\".\"null_key\" has a row with a NULL query or key: ['x', None]"),
+    ("unknown_key", "1 relevant key(s) are not rows of public.products: 999"),
+    ("bad_grade", "the grade of key 1 must be a number > 0"),
+    ("", "queries must be labelled queries or the name of a table holding them"),
+])
+def test_a_bad_queries_table_is_refused_and_changes_nothing(products, shop, table, message):
+    products.execute("CREATE TABLE no_key (query text, id int); CREATE TABLE empty_qrels (query text, product_id int);"
+                     " CREATE TABLE null_key (query text, product_id int); INSERT INTO null_key VALUES ('x', NULL);"
+                     " CREATE TABLE unknown_key (query text, product_id int); INSERT INTO unknown_key VALUES ('x', 999);"
+                     " CREATE TABLE bad_grade (query text, product_id int, grade int);"
+                     " INSERT INTO bad_grade VALUES ('x', 1, 0)")
+    shop.evaluate_retrieval("shop", [{"query": "phone", "relevant": [1]}], k=1)  # the table exists
+    before = snapshot(products)
+    count = products.scalar("SELECT count(*) FROM vectorize.evaluations")
+    with pytest.raises(InvalidInputError) as raised:
+        shop.evaluate_retrieval("shop", table, k=1)
+    assert message in str(raised.value)
+    assert snapshot(products) == before
+    assert products.scalar("SELECT count(*) FROM vectorize.evaluations") == count
+
+
 @pytest.mark.parametrize(("arguments", "error", "message"), [
     (dict(queries=[]), InvalidInputError, "queries must be a non-empty list"),
     (dict(queries=[{"query": "x", "relevant": [999]}]), InvalidInputError,

@@ -763,7 +763,7 @@ class VectorizeHook(PostgresHook):
     def evaluate_retrieval(
         self,
         job_name: str,
-        queries: Sequence[Mapping[str, Any]],
+        queries: Sequence[Mapping[str, Any]] | str,
         k: int | Sequence[int] = (1, 5, 10),
         mode: str = "vector",
         filters: dict[str, Any] | None = None,
@@ -778,7 +778,8 @@ class VectorizeHook(PostgresHook):
         """How well the project finds what ``queries`` say it should (:mod:`airflow_vectorize.evaluation`).
 
         ``queries``: ``[{"query": text, "relevant": [key, ...]}]`` (or ``{key: grade}`` for graded
-        relevance; a composite key is a list of its values). Each runs through ``search`` (``mode="vector"``)
+        relevance; a composite key is a list of its values), or the name of a table or view holding them
+        (``evaluation.load_queries``: ``query``, the key column(s), optional ``grade``). Each runs through ``search`` (``mode="vector"``)
         or ``hybrid_search`` (``"hybrid"``, with the weights) with ``filters`` and ``ef_search``.
 
         :return: ``metrics`` (recall@k and precision@k for each k, ``mrr``, ``ndcg@10``, ``hit_rate``,
@@ -797,6 +798,8 @@ class VectorizeHook(PostgresHook):
         drops = evaluation.check_thresholds("max_drop", max_drop, evaluation.metric_names(ks))
         with self.transaction() as cur:
             project = self._project(cur, job_name)
+            if isinstance(queries, str):
+                queries = evaluation.load_queries(cur, project, queries)
             labelled = evaluation.parse_queries(queries, project.key.columns)
             evaluation.check_keys_exist(cur, project, labelled)
             rows = cur.execute(sql.SQL("SELECT count(*) FROM {}").format(project.names.source)).fetchone()[0]

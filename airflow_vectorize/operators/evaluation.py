@@ -19,7 +19,8 @@ class EvaluateRetrievalOperator(ProjectWriterOperator):
     metrics in the event's ``extra`` and returns the summary to XCom.
 
     :param job_name: the project.
-    :param queries: labelled queries ``[{"query": text, "relevant": [key, ...]}]``; None: ``sample``
+    :param queries: labelled queries ``[{"query": text, "relevant": [key, ...]}]``, or the name of a table
+        or view holding them (a ``query`` column, the key column(s), an optional ``grade``); None: ``sample``
         queries made from the project's own rows (``VectorizeHook.sample_queries`` with ``seed`` and
         ``position``) — a proxy, stable from run to run while the rows are.
     :param k: cut-offs of recall@k and precision@k; :param mode: ``vector`` or ``hybrid``.
@@ -37,7 +38,7 @@ class EvaluateRetrievalOperator(ProjectWriterOperator):
         self,
         *,
         job_name: str,
-        queries: list[dict[str, Any]] | None = None,
+        queries: list[dict[str, Any]] | str | None = None,
         sample: int = 100,
         seed: int = 0,
         position: str = "any",
