@@ -5,7 +5,8 @@ nothing, what does chunking cost in embedding throughput (man pages) and in sear
 Per corpus, one table and two projects on it: chunked (CHUNK_SIZE, CHUNK_OVERLAP) and unchunked (one vector
 a document: the whole text, which all-MiniLM-L6-v2 truncates at 256 word-pieces, as pg_vectorize does).
 
-Recall: each query sentence asked through ``VectorizeHook.search`` as a text, at the default settings.
+Recall: each third's query sentences (the relevant row: the document a sentence came from) evaluated by the
+product's ``VectorizeHook.evaluate_retrieval`` on each project (text queries through ``search``, default settings).
 
 Search time at equal recall, on the rows the splitter cuts into 3-10 chunks (the issue's condition; a
 second pair of projects on a copy of those rows, filled by importing the vectors computed for all rows),
@@ -118,7 +119,7 @@ class CorpusRun:
         self.chunks_per_row: dict[str, Any] = {}
         self.project: dict[str, Any] = {}  # the chunked project's options and size
         self.baseline_check: dict[str, Any] = {}  # the unchunked side is today's layout
-        self.text_p50: dict[str, float] = {}  # text queries (model + database), ms
+        self.text_p50: dict[str, dict[str, float]] = {}  # text queries (model + database), ms, by third
 
     def searcher(self, job: str) -> Any:
         """A hook (so a search connection) of the project's own: a connection alternating between projects
@@ -266,48 +267,50 @@ class CorpusRun:
                      "result": {k: v for k, v in result.items() if isinstance(v, (int, float, str))}},
         )]
 
-    # -- 1-3. recall@10: text queries through hook.search, as an application asks -----------------------
+    # -- 1-3. recall@10: the product's evaluate_retrieval, text queries through hook.search -----------------
     def recall(self) -> list[Measurement]:
-        jobs, queries, corpus = self.jobs, self.queries, self.corpus
-        n = len(corpus.documents)
-        found: dict[str, dict[str, dict[int, list[int]]]] = {job: {"last": {}, "first": {}} for job in jobs}
-        text_times: dict[str, list[float]] = {job: [] for job in jobs}
-        for third in ("last", "first"):
-            for i, (key, query) in enumerate(queries[third].items()):
-                for job in (jobs if i % 2 else jobs[::-1]):
-                    seconds, rows = timed(lambda job=job, query=query: self.searcher(job).search(
-                        job, query, return_columns=["id"], num_results=TOP))
-                    text_times[job].append(seconds)
-                    found[job][third][key] = [r["id"] for r in rows]
-        short = {job: sum(len(ids) < TOP for third in found[job].values() for ids in third.values())
-                 for job in jobs}
+        """Recall@1 and @10 of each third's query sentences, the relevant row the document a sentence came
+        from: ``VectorizeHook.evaluate_retrieval`` of each project on its own hook (text queries through
+        ``search`` at the default settings, as an application asks). The recall of the queries within /
+        beyond the model's first tokens: the same runs' per-query results, as kept in vectorize.evaluations."""
+        from airflow_vectorize import evaluation
 
-        def recall(job: str, third: str, keys: list[int] | None = None, top: int = TOP) -> float:
-            keys = list(queries[third]) if keys is None else keys
-            return sum(key in found[job][third][key][:top] for key in keys) / len(keys) if keys else float("nan")
+        queries, corpus, n = self.queries, self.corpus, len(self.corpus.documents)
+        sides = {"chunked": self.chunked, "unchunked": self.whole}
+        runs: dict[str, dict[str, Any]] = {}  # by f"{side}_{third}": evaluate_retrieval's summary, per_query
+        for side, job in sides.items():
+            for third in ("last", "first"):
+                labelled = [{"query": q, "relevant": [key]} for key, q in queries[third].items()]
+                run = self.searcher(job).evaluate_retrieval(job, labelled, k=(1, TOP), label=f"bench {third} third")
+                with self.session.conn.cursor() as cur:
+                    run["per_query"] = evaluation.load(cur, run["evaluation_id"])["per_query"]
+                runs[f"{side}_{third}"] = run
+
+        def recall(name: str, keys: list[int]) -> float:
+            """recall@10 of run ``name`` over the queries of documents ``keys``."""
+            third = name.rsplit("_", 1)[1]
+            hits = [q[f"recall@{TOP}"] for key, q in zip(queries[third], runs[name]["per_query"]) if key in keys]
+            return sum(hits) / len(hits) if hits else float("nan")
 
         # The queries one vector a document can read at all: those ending within its first tokens.
         tokenizer, limit = self.local.model.tokenizer, self.local.max_input_tokens
         documents = {d.key: d for d in corpus.documents}
-        readable = {third: [key for key, q in queries[third].items()
-                            if corpora.in_first_tokens(tokenizer, documents[key], q, limit)]
-                    for third in queries}
-        recalls = {f"{side}_{third}": round(recall(job, third), 4)
-                   for side, job in (("chunked", self.chunked), ("unchunked", self.whole))
-                   for third in ("last", "first")}
-        beyond = {third: [key for key in queries[third] if key not in readable[third]] for third in queries}
+        readable = {third: {key for key, q in queries[third].items()
+                            if corpora.in_first_tokens(tokenizer, documents[key], q, limit)} for third in queries}
+        beyond = {third: set(queries[third]) - readable[third] for third in queries}
+        metric = {name: {m: run["metrics"][m] for m in ("recall@1", f"recall@{TOP}", "mrr")}
+                  for name, run in runs.items()}
+        recalls = {name: round(m[f"recall@{TOP}"], 4) for name, m in metric.items()}
         by_reach = {
             f"queries_within_first_{limit}_tokens": {third: len(keys) for third, keys in readable.items()},
             f"recall_at_10_within_first_{limit}_tokens": {
-                f"{side}_{third}": round(recall(job, third, readable[third]), 4)
-                for side, job in (("chunked", self.chunked), ("unchunked", self.whole)) for third in queries},
+                name: round(recall(name, readable[name.rsplit("_", 1)[1]]), 4) for name in runs},
             f"recall_at_10_beyond_first_{limit}_tokens": {
-                f"{side}_{third}": round(recall(job, third, beyond[third]), 4)
-                for side, job in (("chunked", self.chunked), ("unchunked", self.whole)) for third in queries},
+                name: round(recall(name, beyond[name.rsplit("_", 1)[1]]), 4) for name in runs},
         }
-        log(f"  recall@10 {', '.join(f'{k}: {v:.3f}' for k, v in recalls.items())};"
-            f" searches returning < {TOP} rows: {short}")
-        self.text_p50 = {job: percentile(text_times[job], 0.5) * 1000 for job in jobs}
+        log(f"  recall@10 (evaluate_retrieval) {', '.join(f'{k}: {v:.3f}' for k, v in recalls.items())}")
+        self.text_p50 = {job: {third: runs[f"{side}_{third}"]["metrics"]["latency_p50_ms"] for third in queries}
+                         for side, job in sides.items()}
         counts = {third: len(queries[third]) for third in queries}
         words = [len(q.split()) for third in queries.values() for q in third.values()]
         common = {
@@ -320,15 +323,14 @@ class CorpusRun:
             "query_block_end_max_first_third": round(max(p[1] for p in self.picked["first"].position.values()), 4),
             "candidate_sentences_rejected": {third: q.rejected for third, q in self.picked.items()},
             "unchunked_baseline": self.baseline_check,
+            "evaluated_by": "VectorizeHook.evaluate_retrieval(job, queries, k=(1, 10)), one relevant row a query",
             "recall_at_10": recalls,
-            "recall_at_1": {f"{side}_{third}": round(recall(job, third, top=1), 4)
-                            for side, job in (("chunked", self.chunked), ("unchunked", self.whole))
-                            for third in ("last", "first")},
+            "recall_at_1": {name: round(m["recall@1"], 4) for name, m in metric.items()},
+            "mrr": {name: round(m["mrr"], 4) for name, m in metric.items()},
             **by_reach,
-            "searches_returning_fewer_than_10_rows": short,
             "query_examples": {third: [queries[third][k] for k in list(queries[third])[:3]] for third in queries},
         }
-        hits = recall(self.chunked, "last") * counts["last"]
+        hits = sum(q[f"recall@{TOP}"] for q in runs["chunked_last"]["per_query"])
         label = corpus.label
         prefix = f"chunking_{corpus.name}"
         return [
@@ -344,8 +346,8 @@ class CorpusRun:
                 key=f"{prefix}_recall_{what}",
                 title=f"Recall@10 of {third}-third sentences ({label}): chunked ÷ one vector a document{goal}",
                 ours_label=f"chunked project (chunk_size={CHUNK_SIZE}, overlap={CHUNK_OVERLAP})",
-                baseline_label=baseline_label, unit="", ours=recall(self.chunked, third),
-                baseline=recall(self.whole, third), target=target, op=">=",
+                baseline_label=baseline_label, unit="", ours=metric[f"chunked_{third}"][f"recall@{TOP}"],
+                baseline=metric[f"unchunked_{third}"][f"recall@{TOP}"], target=target, op=">=",
                 details={"queries": counts[third], "recall_at_10": recalls, **by_reach},
             ) for what, third, goal, target, baseline_label in (
                 ("gain", "last", "", 2.0, "unchunked project (the model reads a document's first 256 word-pieces)"),
