@@ -90,6 +90,7 @@ class Project:
     chunker: str = "recursive"
     encoding: Encoding = Encoding()  # query vs document prompts / input types (``models.encoding``)
     pkey_type: str | tuple[str, ...] = ""  # the key column's type, or its columns' types
+    ef_search: int | None = None  # hnsw.ef_search of searches that give none (``tune_search``); not configuration
     dimensions: int = 0
     job_id: int | None = None
 
@@ -116,6 +117,8 @@ class Project:
             params.update(chunk_size=self.chunk_size, chunk_overlap=self.chunk_overlap, chunker=self.chunker)
         if self.encoding.params():
             params["encoding"] = self.encoding.params()
+        if self.ef_search is not None:
+            params["ef_search"] = self.ef_search
         return params
 
     def config(self) -> dict[str, Any]:
@@ -182,6 +185,7 @@ class Project:
             chunker=params.get("chunker", "recursive"),
             encoding=Encoding.from_params(params.get("encoding")),
             pkey_type=_tupled(params.get("pkey_type", "")),
+            ef_search=params.get("ef_search"),
             dimensions=row["dimensions"] or row["removed_dimensions"] or 0,
         )
 
@@ -255,6 +259,16 @@ SELECT j.job_id, j.name, j.index_dist_type, j.transformer, j.params,
            AND a.attname = 'embeddings' AND NOT a.attisdropped) AS removed_dimensions
   FROM vectorize.job j
 """
+
+
+def set_ef_search(cur: Cursor, project: Project, ef_search: int | None) -> bool:
+    """Store (None: remove) the ``ef_search`` of ``project``'s searches; False when the entry is no longer that
+    project's (dropped or re-created since it was read)."""
+    cur.execute("UPDATE vectorize.job SET params = CASE WHEN %(ef)s::int IS NULL THEN params - 'ef_search'"
+                " ELSE jsonb_set(params, '{ef_search}', to_jsonb(%(ef)s::int)) END"
+                " WHERE name = %(name)s AND job_id = %(job_id)s",
+                {"ef": ef_search, "name": project.name, "job_id": project.job_id})
+    return cur.rowcount == 1
 
 
 def storable(job_name: Any) -> bool:

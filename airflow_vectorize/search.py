@@ -21,9 +21,10 @@ from __future__ import annotations
 import math
 import re
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +42,9 @@ if TYPE_CHECKING:
     import numpy as np
 
 RRF_K = 60
+# A hook looks a project's entry up again after this long (unchanged: it keeps its built searches), so that a
+# long-lived hook (the api-server's) follows what changed without a new project: an ef_search tune_search set.
+RECHECK_SECONDS = 10.0
 MAX_BUILT_QUERIES = 256  # searches kept built per project entry (SearchTarget.queries)
 DEFAULT_CANDIDATES = 40  # pgvector's default hnsw.ef_search
 ITERATIVE_SCAN = "hnsw.iterative_scan"  # pgvector >= 0.8
@@ -105,7 +109,7 @@ class SearchTarget:
     built from this entry, by their arguments (statement, settings and every parameter but the query
     vector), so that a repeated search only checks and binds its vector; it goes with the entry when the
     hook looks the project up again. ``removed``: the project has ``vectorize._removed_<job>``
-    (``source_row_exists``).
+    (``source_row_exists``). ``looked_up``: when (``time.monotonic``), for ``stale``.
     """
 
     project: Project
@@ -116,6 +120,12 @@ class SearchTarget:
     documents: bool = True
     removed: bool = True
     queries: dict[tuple, SearchQuery] = field(default_factory=dict, compare=False, repr=False)
+    looked_up: float = field(default_factory=time.monotonic, compare=False, repr=False)
+
+    @property
+    def stale(self) -> bool:
+        """Looked up more than RECHECK_SECONDS ago: settings changed elsewhere (a tuned ef_search) may apply."""
+        return time.monotonic() - self.looked_up > RECHECK_SECONDS
 
     def follow(self, search: SearchQuery) -> None:
         """Take the path the chunk table's size, as ``search`` saw it, calls for."""
@@ -588,6 +598,7 @@ def vector_search_query(
     single_pass: bool = False,
 ) -> SearchQuery:
     """Check the input, embed the query (a text, with ``embed``), and build the nearest-neighbour statement.
+    ``ef_search`` None: the project's own (``Project.ef_search``, set by ``tune_search``), else pgvector's.
 
     ``chunks_per_row``: for a chunked project, the nearest ``num_results × chunks_per_row`` chunks are read,
     or every chunk while the target says so (``SearchTarget.exact``). A search without filters whose other
@@ -604,6 +615,7 @@ def vector_search_query(
     pass no longer visible, or too few rows), the caller runs the search again without ``single_pass``
     (a chunked one: with more chunks per row, ``chunks_per_row``)."""
     project = target.project
+    ef_search = project.ef_search if ef_search is None else ef_search
     chunks_per_row = chunks_per_row if project.is_chunked else 0
     exact = target.exact if project.is_chunked else None
     key = None
@@ -642,6 +654,25 @@ def vector_search_query(
             target.queries.clear()
         target.queries[key] = SearchQuery(statement, params, settings, single_pass, exact)
     return SearchQuery(statement, {**params, "vector": vector}, settings, single_pass, exact)
+
+
+# Settings under which a search reads no index in distance order: every vector is compared (the exact answer
+# an HNSW search approximates; ``tuning``). A chunked project's exact path needs no setting (``exact_query``).
+EXACT_SETTINGS = {"enable_indexscan": "off"}
+
+
+def exact_query(target: SearchTarget, vector: Any, return_columns: Sequence[str] | None, num_results: int,
+                filters: Mapping[str, Any] | None = None) -> SearchQuery:
+    """The search ``vector_search_query`` builds, answered exactly: a chunked project's on its exact path
+    (every chunk compared at full precision), an unchunked one's with index scans off (a sequential scan and
+    a sort). Built on a copy of ``target``, so nothing is kept in its built searches; a statement of its own."""
+    exact = replace(target, exact=target.project.is_chunked, queries={})
+    search = vector_search_query(exact, vector, return_columns, num_results, filters, ef_search=None)
+    search.settings = {**search.settings, **EXACT_SETTINGS}
+    # Its own text: a plan prepared for the same statement with index scans on (psycopg prepares a statement
+    # run often; a setting changed since does not re-plan it) would read the index.
+    search.statement += " /* exact */"
+    return search
 
 
 # Two or more '-' in a row (spaced or not: a Markdown rule, "- - -") are NOT operators to websearch_to_tsquery,
@@ -704,7 +735,8 @@ def hybrid_search_query(
     columns = check_columns(project, target.columns, return_columns)
     shape, params = parse_filters(project, target.columns, filters)
     exact = target.exact if project.is_chunked else None
-    settings = scan_settings(ef_search, index_path=exact is False and not shape)
+    settings = scan_settings(project.ef_search if ef_search is None else ef_search,
+                             index_path=exact is False and not shape)
     params.update(
         _guard_params(target), vector=query_vector(project, query, embed), text=full_text_query(query),
         semantic_weight=float(semantic_weight), full_text_weight=float(full_text_weight), rrf_k=float(rrf_k),

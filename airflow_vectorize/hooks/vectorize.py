@@ -24,6 +24,7 @@ from airflow_vectorize import (
     rag,
     removal,
     storage,
+    tuning,
     validation,
 )
 from airflow_vectorize import search as searching
@@ -633,11 +634,17 @@ class VectorizeHook(PostgresHook):
         return searching.ITERATIVE_SCAN in self.search_sessions.baseline
 
     def _search_target(self, job_name: str, refresh: bool = False) -> searching.SearchTarget:
-        """The project as searches see it, looked up once per hook (``refresh`` looks again)."""
-        if refresh or job_name not in self._search_cache:
+        """The project as searches see it, looked up once per hook and again when ``refresh`` or
+        ``SearchTarget.stale``; an unchanged entry is kept (with its built searches)."""
+        cached = self._search_cache.get(job_name)
+        if refresh or cached is None or cached.stale:
             with self._session() as session, session.conn.transaction(), session.conn.cursor() as cur:
-                self._search_cache[job_name] = searching.search_target(cur, self._project(cur, job_name))
-        return self._search_cache[job_name]
+                fresh = searching.search_target(cur, self._project(cur, job_name))
+            if fresh == cached:
+                cached.looked_up = fresh.looked_up
+            else:
+                self._search_cache[job_name] = cached = fresh
+        return cached
 
     def _run_search(
         self, job_name: str, build: Callable[[searching.SearchTarget], searching.SearchQuery]
@@ -653,7 +660,7 @@ class VectorizeHook(PostgresHook):
         before a session is taken."""
         if self.search_sessions is None and (self._search_conn is None or self._search_conn.closed):
             self._search_connection()  # a new connection forgets the looked-up projects
-        target = self._search_cache.get(job_name) or self._search_target(job_name)
+        target = self._search_target(job_name)
         search = build(target)
         rerun = False
         with self._session() as session:
@@ -819,7 +826,8 @@ class VectorizeHook(PostgresHook):
                   "chunk_overlap": project.chunk_overlap, "mode": mode, "k": list(ks), "filters": filters,
                   "semantic_weight": semantic_weight if mode == "hybrid" else None,
                   "full_text_weight": full_text_weight if mode == "hybrid" else None,
-                  "ef_search": ef_search, "rows": rows, "encoding": project.encoding.params(),
+                  "ef_search": project.ef_search if ef_search is None else ef_search, "rows": rows,
+                  "encoding": project.encoding.params(),
                   "queries": evaluation.fingerprint(labelled)}
         failures = evaluation.gate(result["metrics"], previous and previous["metrics"], minimum, drops)
         passed = not failures if minimum or drops else None
@@ -884,6 +892,81 @@ class VectorizeHook(PostgresHook):
             result["chart"] = evaluation.chart(chart_path, dict(zip(names, (a["metrics"], b["metrics"]))),
                                                f"{names[0]} vs {names[1]}")
         return result
+
+    def tune_search(
+        self,
+        job_name: str,
+        target_recall: float = 0.95,
+        queries: Sequence[Any] | None = None,
+        k: int = 10,
+        filters: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+        sample: int = 100,
+        seed: int = 0,
+        store: bool = True,
+    ) -> dict[str, Any]:
+        """The smallest ``hnsw.ef_search`` at which the project's search finds ``target_recall`` of the exact
+        top-``k`` rows on ``queries`` (texts, vectors or labelled queries; None: ``sample`` of
+        ``sample_queries``), with no filter and with each of ``filters`` (the project's common ones), kept in
+        its catalog entry (``store``): ``search``, ``hybrid_search``, ``rag`` and the HTTP API then use it when
+        the caller gives none (a long-lived hook within ``search.RECHECK_SECONDS``). See
+        :mod:`airflow_vectorize.tuning`. Tune again after the table grows a lot.
+
+        :return: ``ef_search``, ``reached`` (False: no value up to 1000 reached the target; the largest is kept),
+            ``previous``, ``curves`` (per filter: recall and p50 time at each value measured), ``queries``,
+            ``rows``, ``stored``. A chunked project whose searches compare every chunk (a small chunk table)
+            has nothing to tune: ``ef_search`` None, ``reason``.
+        """
+        target = tuning.check_target(target_recall)
+        searching.check_count("k", k)
+        cases = tuning.check_filters(filters)
+        with self.transaction() as cur:
+            project = self._project(cur, job_name)
+            rows = cur.execute(sql.SQL("SELECT count(*) FROM {}").format(project.names.source)).fetchone()[0]
+        summary: dict[str, Any] = {"job_name": job_name, "target_recall": target, "k": k, "rows": rows,
+                                   "previous": project.ef_search, "stored": False}
+        if self._search_target(job_name, refresh=True).exact:
+            return {**summary, "ef_search": None, "reason": (
+                f"chunked project {job_name!r} compares every chunk while its chunk table has at most"
+                f" {searching.EXACT_SCAN_MAX_PAGES} pages: its searches are exact at any ef_search; tune it once"
+                " the table is larger")}
+        texts = tuning.query_texts(queries if queries is not None else self.sample_queries(job_name, sample, seed))
+        embed = self._embed_query(project)
+        vectors = [searching.query_vector(project, text, embed) for text in texts]
+        columns = list(project.key.columns)
+
+        def keys(found: list[dict[str, Any]]) -> list[tuple]:
+            return [tuple(row[c] for c in columns) for row in found]
+
+        curves = []
+        for case in cases:
+            exact = [keys(self._run_search(job_name, lambda t, v=vector: searching.exact_query(t, v, columns, k, case)))
+                     for vector in vectors]
+            measured = tuning.curve(lambda v, ef: keys(self.search(job_name, v, columns, k, case, ef_search=ef)),
+                                    vectors, exact, target)
+            curves.append({"filters": case, **measured})
+        chosen, reached = tuning.choose(curves)
+        summary.update(ef_search=chosen, reached=reached, queries=len(vectors), curves=curves)
+        if not reached:
+            self.log.warning("No ef_search up to %d reaches recall %.3f of the exact top-%d on %r; keeping %d",
+                             tuning.GRID[-1], target, k, job_name, chosen)
+        if store:
+            self.set_ef_search(job_name, chosen, project)
+            summary["stored"] = True
+        self.log.info("ef_search of %r: %d (recall target %.3f at top-%d, %d queries, previously %s)",
+                      job_name, chosen, target, k, len(vectors), project.ef_search)
+        return summary
+
+    def set_ef_search(self, job_name: str, ef_search: int | None, project: Project | None = None) -> None:
+        """Keep ``ef_search`` (1-1000; None: pgvector's default again) for the project's searches that give
+        none. ``project``: the entry it was chosen for (a project re-created since is not changed)."""
+        if ef_search is not None:
+            searching.scan_settings(ef_search)  # the same bounds as a search's
+        with self.transaction() as cur:
+            entry = self._project(cur, job_name)
+            if not catalog.set_ef_search(cur, project or entry, ef_search):
+                raise VectorizeError(f"project {job_name!r} was dropped or re-created while its ef_search was"
+                                     " tuned: nothing stored; tune it again")
+        self._search_cache.pop(job_name, None)
 
     def sample_queries(self, job_name: str, n: int = 100, seed: int = 0, position: str = "any") -> list[dict[str, Any]]:
         """``n`` labelled queries made from the project's own rows, reproducible for a seed: a sentence of 12+
