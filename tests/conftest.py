@@ -156,6 +156,32 @@ def create_embeddings_table(db: Database, model, table: str = "product_embedding
         )
 
 
+def unit_vectors(n: int, seed: int, dimensions: int = 384) -> "np.ndarray":
+    """Random unit vectors: the hardest data for a graph search (pgvector's default ef_search finds about half
+    of their true top-10 among a few thousand)."""
+    import numpy as np
+
+    points = np.random.default_rng(seed).normal(size=(n, dimensions))
+    return (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
+
+
+def create_points(db: Database, hook, vectors) -> None:
+    """Project ``points`` (join, manual) on table points(id, part, body), ``vectors`` imported as rows 1..n
+    (``part`` = (id - 1) % 10) under its HNSW index."""
+    db.execute("CREATE TABLE points (id int PRIMARY KEY, part int NOT NULL, body text NOT NULL);"
+               " CREATE TABLE point_vectors (id int PRIMARY KEY, embedding vector(384))")
+    with db.conn.cursor() as cur:
+        with cur.copy("COPY points (id, part, body) FROM STDIN") as copy:
+            for i in range(len(vectors)):
+                copy.write_row((i + 1, i % 10, f"point {i + 1}"))
+        with cur.copy("COPY point_vectors (id, embedding) FROM STDIN") as copy:
+            for i, vector in enumerate(vectors):
+                copy.write_row((i + 1, "[" + ",".join(map(repr, vector.tolist())) + "]"))
+    hook.create_project("points", "points", "id", ["body"], schedule="manual")
+    hook.import_embeddings("points", "point_vectors", "id", "embedding")
+    db.execute("ANALYZE points; ANALYZE vectorize._embeddings_points")
+
+
 def concurrently(call: Callable[[], Any], times: int) -> tuple[list[Any], list[BaseException]]:
     """Run ``call`` in ``times`` threads at once; (their results, the exceptions they raised)."""
     results: list[Any] = []

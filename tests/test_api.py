@@ -21,7 +21,7 @@ import pytest
 
 from scripts.api_server import ApiServer
 from scripts.server_process import free_port
-from tests.conftest import Database, create_products, fresh_database, snapshot
+from tests.conftest import Database, create_points, create_products, fresh_database, snapshot, unit_vectors
 
 WRITE_TOKEN = secrets.token_urlsafe(24)
 READ_TOKEN = secrets.token_urlsafe(24)
@@ -103,6 +103,32 @@ def test_get_search_is_hybrid_by_default(api):
         assert "embeddings" not in row and "full_text_rank" not in row
     assert rows[0]["rrf_score"] >= rows[1]["rrf_score"] >= rows[2]["rrf_score"]
     assert rows[0]["price"] == 799.0  # numeric as a JSON number
+
+
+def test_search_uses_the_project_s_tuned_ef_search(api):
+    """The server's first lookup of a project reads its ef_search (a hook of its own looks it up again within
+    search.RECHECK_SECONDS: tests/test_tuning.py); a request's ef_search still wins."""
+    from airflow_vectorize.hooks.vectorize import VectorizeHook
+
+    hook = VectorizeHook(postgres_conn_id=api.db.conn_id)
+    create_points(api.db, hook, unit_vectors(3000, seed=5))
+    try:
+        hook.set_ef_search("points", 10)
+        queries = ["point 12", "a quiet evening", "the 7th of march", "stock prices fell"]
+        for query in queries:
+            response = search(api, job_name="points", query=query, limit=10, mode="vector", return_columns="id")
+            assert [r["id"] for r in response.json()] == found_at(hook, query, 10), query
+            explicit = search(api, job_name="points", query=query, limit=10, mode="vector", return_columns="id",
+                              ef_search=400)
+            assert [r["id"] for r in explicit.json()] == found_at(hook, query, 400), query
+        assert any(found_at(hook, q, 10) != found_at(hook, q, 400) for q in queries)  # the value matters
+    finally:
+        hook.drop_project("points")
+        api.db.execute("DROP TABLE points, point_vectors")
+
+
+def found_at(hook, query: str, ef_search: int) -> list[int]:
+    return [r["id"] for r in hook.search("points", query, ["id"], 10, ef_search=ef_search)]
 
 
 def test_vector_mode_and_return_columns(api):

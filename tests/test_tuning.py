@@ -11,18 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import fresh_database, snapshot
+from conftest import create_points, fresh_database, snapshot, unit_vectors
 
 from airflow_vectorize import search as searching
 from airflow_vectorize import tuning
 from airflow_vectorize.exceptions import InvalidInputError, ProjectNotFoundError
 
 ROWS, DIMENSIONS, TOP = 4000, 384, 10
-
-
-def unit_vectors(n: int, seed: int) -> np.ndarray:
-    points = np.random.default_rng(seed).normal(size=(n, DIMENSIONS))
-    return (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
 
 
 VECTORS = unit_vectors(ROWS, seed=1)
@@ -42,23 +37,11 @@ def recall_of(found: list[list[int]], exact: list[set[int]]) -> float:
 
 @pytest.fixture(scope="module")
 def points(postgres):
-    """The project ``points`` (join, manual) on table points(id, part, body), its vectors imported."""
     from airflow_vectorize.hooks.vectorize import VectorizeHook
 
     with fresh_database(postgres) as db:
-        db.execute("CREATE TABLE points (id int PRIMARY KEY, part int NOT NULL, body text NOT NULL);"
-                   " CREATE TABLE point_vectors (id int PRIMARY KEY, embedding vector(384))")
-        with db.conn.cursor() as cur:
-            with cur.copy("COPY points (id, part, body) FROM STDIN") as copy:
-                for i in range(ROWS):
-                    copy.write_row((i + 1, i % 10, f"point {i + 1}"))
-            with cur.copy("COPY point_vectors (id, embedding) FROM STDIN") as copy:
-                for i, vector in enumerate(VECTORS):
-                    copy.write_row((i + 1, "[" + ",".join(map(repr, vector.tolist())) + "]"))
         hook = VectorizeHook(postgres_conn_id=db.conn_id)
-        hook.create_project("points", "points", "id", ["body"], schedule="manual")
-        hook.import_embeddings("points", "point_vectors", "id", "embedding")
-        db.execute("ANALYZE points; ANALYZE vectorize._embeddings_points")
+        create_points(db, hook, VECTORS)
         yield db, hook
 
 
