@@ -72,4 +72,9 @@ class ModelResponseError(ModelError):
 
 
 class RetrievalRegressionError(VectorizeError):
-    """An evaluation fell below a threshold, or dropped too far from the last run (``EvaluateRetrievalOperator``)."""
+    """An evaluation fell below a threshold, or dropped too far from the last run (``EvaluateRetrievalOperator``).
+    ``summary``: what ``evaluate_retrieval`` would have returned."""
+
+    def __init__(self, message: str, summary: dict | None = None) -> None:
+        super().__init__(message)
+        self.summary = summary or {}

@@ -97,7 +97,8 @@ def run_dag(dag, logical_date: str | None = None) -> dict:
         name = ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"
         tasks[name] = {"state": str(ti.state),
                        "result": ti.xcom_pull(task_ids=ti.task_id, map_indexes=ti.map_index)}
-    return {"dag_id": dag.dag_id, "logical_date": logical_date, "state": str(dag_run.state), "tasks": tasks}
+    return {"dag_id": dag.dag_id, "run_id": dag_run.run_id, "logical_date": logical_date, "state": str(dag_run.state),
+            "tasks": tasks}
 
 
 def print_summary(run: dict, out: TextIO | None = None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -76,6 +77,13 @@ def test_retrieval_gate_example_passes_then_stops_a_regression(dags, default_con
     result = run["tasks"]["evaluate"]["result"]
     assert result["queries"] >= 30 and result["metrics"]["recall@10"] >= 0.6
     assert result["gate"] == {"passed": True, "failures": [], "previous": None}
+    # The recall@k chart, next to the task's log.
+    from airflow.configuration import conf
+
+    logs = Path(conf.get("logging", "base_log_folder"))
+    chart = Path(result["chart"])
+    assert chart.parent == logs / "dag_id=vectorize_retrieval_gate" / f"run_id={run['run_id']}" / "task_id=evaluate"
+    assert chart.name == f"retrieval-{result['evaluation_id']}.png" and chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     kept = default_connection.execute("SELECT passed, label FROM vectorize.evaluations")
     assert kept == [(True, "sampled-last-sentences")]
     from airflow.models.asset import AssetEvent, AssetModel
@@ -94,6 +102,9 @@ def test_retrieval_gate_example_passes_then_stops_a_regression(dags, default_con
     failed = run_dag(dags["vectorize_retrieval_gate"])
     assert failed["state"] == "failed" and failed["tasks"]["evaluate"]["state"] == "failed"
     assert default_connection.execute("SELECT passed FROM vectorize.evaluations ORDER BY id") == [(True,), (False,)]
+    failed_id = default_connection.scalar("SELECT max(id) FROM vectorize.evaluations")
+    assert (logs / "dag_id=vectorize_retrieval_gate" / f"run_id={failed['run_id']}" / "task_id=evaluate"
+            / f"retrieval-{failed_id}.png").stat().st_size > chart.stat().st_size  # also drawn: two curves
     assert default_connection.execute(
         "SELECT to_regclass('quality_docs'), to_regclass('vectorize._chunks_package_docs_quality')") == [(None, None)]
 

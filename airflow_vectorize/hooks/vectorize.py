@@ -841,7 +841,7 @@ class VectorizeHook(PostgresHook):
         if failures:
             kept = f" (kept as evaluation {summary['evaluation_id']})" if store else ""
             raise RetrievalRegressionError(f"retrieval of project {job_name!r} failed its gate: "
-                                           + "; ".join(failures) + kept)
+                                           + "; ".join(failures) + kept, summary)
         return summary
 
     def compare(

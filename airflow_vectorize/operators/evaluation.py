@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from airflow_vectorize import evaluation
 from airflow_vectorize.assets import evaluation_asset
+from airflow_vectorize.exceptions import RetrievalRegressionError
 from airflow_vectorize.operators._base import ProjectWriterOperator
 
 
@@ -29,10 +33,16 @@ class EvaluateRetrievalOperator(ProjectWriterOperator):
     :param max_drop: ``{metric: allowed drop against the last good run}``, e.g. ``{"mrr": 0.02}``.
     :param query_set: the name runs are kept and compared under (the evaluation's ``label``; runs of other
         query sets are not compared with this one).
+    :param chart: draw recall@k of this run (and of the last good run it was compared with) as a PNG, also
+        when the gate fails, at ``chart_path`` or by default next to the task's log
+        (``<base_log_folder>/dag_id=…/run_id=…/task_id=…/retrieval-<evaluation_id>.png``, the directory of
+        Airflow's default log file name); its path is logged and returned as ``chart``. Needs matplotlib
+        (without it: a log line, no chart).
     """
 
     asset = staticmethod(evaluation_asset)
-    template_fields: Sequence[str] = ("job_name", "queries", "filters", "query_set", "min_metrics", "max_drop")
+    template_fields: Sequence[str] = ("job_name", "queries", "filters", "query_set", "min_metrics", "max_drop",
+                                      "chart_path")
 
     def __init__(
         self,
@@ -49,6 +59,8 @@ class EvaluateRetrievalOperator(ProjectWriterOperator):
         min_metrics: dict[str, float] | None = None,
         max_drop: dict[str, float] | None = None,
         query_set: str | None = None,
+        chart: bool = True,
+        chart_path: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(job_name=job_name, **kwargs)
@@ -63,6 +75,8 @@ class EvaluateRetrievalOperator(ProjectWriterOperator):
         self.min_metrics = min_metrics
         self.max_drop = max_drop
         self.query_set = query_set
+        self.chart = chart
+        self.chart_path = chart_path
 
     def execute(self, context: Any) -> dict[str, Any]:
         queries = self.queries
@@ -73,8 +87,39 @@ class EvaluateRetrievalOperator(ProjectWriterOperator):
             summary = self.hook.evaluate_retrieval(
                 self.job_name, queries, k=self.k, mode=self.mode, filters=self.filters, ef_search=self.ef_search,
                 label=self.query_set, min_metrics=self.min_metrics, max_drop=self.max_drop)
+        except RetrievalRegressionError as error:
+            self.draw(context, error.summary)
+            raise
         finally:  # also when the gate fails: the run was kept
             self.capture_tables(inputs=[tables["source"], tables["storage"]],
                                 outputs=[("vectorize", "evaluations")])
         self.log.info("Retrieval of %r: %s", self.job_name, summary["metrics"])
+        self.draw(context, summary)
         return self.emit(context, summary, ("evaluation_id",), extra=summary["metrics"])
+
+    def draw(self, context: Any, summary: dict[str, Any]) -> None:
+        """The recall@k chart of ``summary`` (and of the run it was compared with), when ``chart``."""
+        if not self.chart or "evaluation_id" not in summary:
+            return
+        if importlib.util.find_spec("matplotlib") is None:
+            self.log.info("No recall@k chart: matplotlib is not installed")
+            return
+        path = Path(self.chart_path) if self.chart_path else log_directory(context["ti"]) / \
+            f"retrieval-{summary['evaluation_id']}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        runs = {f"this run #{summary['evaluation_id']}": summary["metrics"]}
+        previous = summary.get("gate", {}).get("previous")
+        if previous:
+            runs[f"last good run #{previous['evaluation_id']}"] = previous["metrics"]
+        summary["chart"] = evaluation.chart(str(path), runs, f"{self.job_name}: recall@k")
+        self.log.info("Recall@k chart: %s", path)
+
+
+def log_directory(ti: Any) -> Path:
+    """Where the task's log files are, by Airflow's default ``log_filename_template``."""
+    from airflow.configuration import conf
+
+    parts = [f"dag_id={ti.dag_id}", f"run_id={ti.run_id}", f"task_id={ti.task_id}"]
+    if getattr(ti, "map_index", -1) >= 0:
+        parts.append(f"map_index={ti.map_index}")
+    return Path(conf.get("logging", "base_log_folder")).joinpath(*parts)
