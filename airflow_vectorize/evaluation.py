@@ -116,14 +116,15 @@ def _key(key: Any, key_columns: Sequence[str], where: str) -> tuple:
 
 
 def text_key(values: Sequence[Any]) -> tuple[str, ...]:
-    """A key as compared: its values' text (as PostgreSQL casts them to text), so 3 and "3" are the same row."""
+    """A key as given, before ``resolve_keys`` reads it from the source: its values' text."""
     return tuple(str(v) for v in values)
 
 
 def fingerprint(queries: list[LabelledQuery]) -> str:
     """What identifies a query set (texts, keys, grades, in order): two runs are compared query by query only
     when theirs are equal."""
-    canonical = json.dumps([[q.query, sorted([list(k), g] for k, g in q.relevant.items())] for q in queries])
+    canonical = json.dumps([[q.query, sorted([_shown(k), g] for k, g in q.relevant.items())] for q in queries],
+                           default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
@@ -134,30 +135,39 @@ def check_ks(k: Any) -> tuple[int, ...]:
     return tuple(sorted(set(ks)))
 
 
-def check_keys_exist(cur: Cursor, project: Project, queries: list[LabelledQuery]) -> None:
-    """Every relevant key is a row of the source; else InvalidInputError naming up to five that are not.
+def resolve_keys(cur: Cursor, project: Project, queries: list[LabelledQuery]) -> list[LabelledQuery]:
+    """``queries`` with each relevant key as the source row's key (its values as psycopg reads them, as a
+    search returns them: ``1.5`` and ``"1.50"`` name the same numeric key, ``True`` and ``"true"`` the same
+    boolean one); InvalidInputError naming up to five keys that are not rows of the source.
 
     One statement: the keys, typed by the source's row type (as ``Key.in_values`` types a composite key),
     looked up by the key's index; a value the key's type cannot hold is refused."""
     keys = sorted({key for q in queries for key in q.relevant}, key=repr)
     columns = project.key.columns
     statement = sql.SQL(
-        "SELECT {texts} FROM {source} r WHERE ({r_keys}) IN"
-        " (SELECT {w_keys} FROM jsonb_populate_recordset(NULL::{source}, %s::jsonb) w)"
-    ).format(texts=sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier("r", c)) for c in columns),
-             source=project.names.source, r_keys=project.key.names("r"), w_keys=project.key.names("w"))
+        "SELECT i.n, {r_keys} FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY i(doc, n)"
+        " CROSS JOIN LATERAL jsonb_populate_record(NULL::{source}, i.doc) w"
+        " JOIN {source} r ON ({r_keys}) = ({w_keys})"
+    ).format(source=project.names.source, r_keys=project.key.names("r"), w_keys=project.key.names("w"))
     try:
         with cur.connection.transaction():  # a savepoint: the caller's transaction survives a bad value
             cur.execute(statement, [json.dumps([dict(zip(columns, key)) for key in keys])])
     except (psycopg.errors.DataError, psycopg.errors.InvalidTextRepresentation) as error:
         raise InvalidInputError(f"a relevant key is not a value of the key column(s) {', '.join(columns)}:"
                                 f" {error.diag.message_primary}") from error
-    found = {tuple(row) for row in cur.fetchall()}
+    found = {keys[n - 1]: tuple(values) for n, *values in cur.fetchall()}
     missing = [key for key in keys if key not in found]
     if missing:
         shown = ", ".join(k[0] if len(k) == 1 else "(" + ", ".join(k) + ")" for k in missing[:5])
         raise InvalidInputError(f"{len(missing)} relevant key(s) are not rows of {project.schema}.{project.relation}:"
                                 f" {shown}{' …' if len(missing) > 5 else ''}")
+    resolved = []
+    for q in queries:
+        relevant: dict[tuple, float] = {}
+        for key, grade in q.relevant.items():  # two spellings of one row: its highest grade
+            relevant[found[key]] = max(grade, relevant.get(found[key], 0.0))
+        resolved.append(LabelledQuery(q.query, relevant))
+    return resolved
 
 
 # -- metrics ---------------------------------------------------------------------------------------------
@@ -224,7 +234,10 @@ def evaluate(queries: list[LabelledQuery], ks: Sequence[int], search: Callable[[
 
 
 def _shown(key: tuple) -> Any:
-    return key[0] if len(key) == 1 else list(key)
+    """A key as JSON holds it: a value (a list for a composite key); other than text, numbers and booleans,
+    as its text."""
+    values = [v if v is None or isinstance(v, (str, int, float, bool)) else str(v) for v in key]
+    return values[0] if len(values) == 1 else values
 
 
 # -- kept ------------------------------------------------------------------------------------------------

@@ -69,7 +69,7 @@ def test_evaluate_retrieval_scores_the_project_s_answers_and_keeps_them(products
     assert m["hit_rate"] == 1.0 and m["no_relevant"] == 0.0
     assert 0 < m["latency_p50_ms"] <= m["latency_p95_ms"]
     assert [w["query"] for w in result["worst"]] == [query_b]
-    assert result["worst"][0]["got"][2] == str(top_b[2])
+    assert result["worst"][0]["got"][2] == top_b[2]  # keys as the source holds them
     assert result["config"]["rows"] == 24 and result["config"]["mode"] == "vector"
 
     stored = products.execute("SELECT job_name, label, metrics->>'mrr', jsonb_array_length(per_query),"
@@ -119,6 +119,25 @@ def test_composite_keys_from_a_table(products, hook):
     products.execute("CREATE TABLE judged (query text, part int, product_id int)")
     products.execute("INSERT INTO judged VALUES ('ride to work', %s, %s)", [best["part"], best["product_id"]])
     assert hook.evaluate_retrieval("pairs", "judged", k=1, store=False)["metrics"]["recall@1"] == 1.0
+
+
+def test_keys_are_read_as_the_source_row_s_key(products, hook):
+    """A numeric and a boolean key column: the relevant keys in any spelling the column reads name its rows."""
+    products.execute("CREATE TABLE priced AS SELECT product_id % 2 = 0 AS even, price, name, description FROM products;"
+                     " ALTER TABLE priced ADD PRIMARY KEY (even, price)")
+    hook.create_project("priced", "priced", ["even", "price"], COLUMNS)
+    hook.generate_embeddings("priced")
+    best = hook.search("priced", "ride to work", return_columns=["even", "price"], num_results=1)[0]
+    price = best["price"]  # a Decimal, e.g. 1299.00
+    spellings = [[best["even"], float(price)], [str(best["even"]).lower(), str(price)],
+                 ["t" if best["even"] else "f", f"{price:.4f}"]]
+    for key in spellings:
+        result = hook.evaluate_retrieval("priced", [{"query": "ride to work", "relevant": [key]}], k=1, store=False)
+        assert result["metrics"]["recall@1"] == 1.0, key
+    both = hook.evaluate_retrieval("priced", [{"query": "ride to work", "relevant": {tuple(spellings[0]): 1,
+                                                                                  tuple(spellings[1]): 2}}],
+                                   k=1, store=False)
+    assert both["metrics"]["ndcg@10"] == 1.0  # one row, named twice: its higher grade
 
 
 @pytest.mark.parametrize(("table", "message"), [

@@ -808,7 +808,7 @@ class VectorizeHook(PostgresHook):
             if isinstance(queries, str):
                 queries = evaluation.load_queries(cur, project, queries)
             labelled = evaluation.parse_queries(queries, project.key.columns)
-            evaluation.check_keys_exist(cur, project, labelled)
+            labelled = evaluation.resolve_keys(cur, project, labelled)
             rows = cur.execute(sql.SQL("SELECT count(*) FROM {}").format(project.names.source)).fetchone()[0]
             previous = evaluation.last(cur, job_name, label) if drops else None
         columns = list(project.key.columns)
@@ -819,7 +819,7 @@ class VectorizeHook(PostgresHook):
                                            full_text_weight, ef_search=ef_search)
             else:
                 found = self.search(job_name, query, columns, limit, filters, ef_search=ef_search)
-            return [evaluation.text_key([row[c] for c in columns]) for row in found]
+            return [tuple(row[c] for c in columns) for row in found]
 
         result = evaluation.evaluate(labelled, ks, search, time.perf_counter)
         config = {"transformer": project.transformer, "chunk_size": project.chunk_size,
