@@ -1,12 +1,12 @@
 """``python -m bench.tune``: ef_search tuned per project (issue 33, point 5), ``make bench-tune``.
 
 A join project over the bench's product table (``--rows``, default 100k; clustered 384-dimension vectors,
-bench/data.py) with its vectors imported under the HNSW index. ``hook.tune_search`` picks the smallest
-ef_search reaching ``--target`` recall@10 against the exact answer on ``--queries`` query vectors, without
-and with a category filter (~1/6 of the rows). Then, on as many *other* query vectors (held out: the tuned
-value is not judged on the queries it was chosen on), ``hook.search`` at pgvector's default 40 and at the
-tuned value (the project's own, the caller giving none): recall@10 against numpy's exact top-10 and p50 time,
-the two sides alternating query by query over ``--passes`` passes. Reported, not asserted.
+bench/data.py) with its vectors imported under the HNSW index. For each of ``--targets``, ``hook.tune_search``
+picks the smallest ef_search reaching that recall@10 against the exact answer on ``--queries`` query vectors,
+without and with a category filter (~1/6 of the rows), and stores it. Then, on as many *other* query vectors
+(held out: the tuned value is not judged on the queries it was chosen on), ``hook.search`` at pgvector's
+default 40 and at the tuned value (the project's own, the caller giving none): recall@10 against numpy's exact
+top-10 and p50 time, the two sides alternating query by query over ``--passes`` passes. Reported, not asserted.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=100, help="tuning queries, and as many held out")
-    parser.add_argument("--target", type=float, default=0.95)
+    parser.add_argument("--targets", type=lambda text: [float(t) for t in text.split(",")], default=[0.95, 0.99])
     parser.add_argument("--passes", type=int, default=3)
     add_output_arguments(parser, "tune")
     args = parser.parse_args(argv)
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
         session.stop()
     meta = {"command": " ".join(["python -m bench.tune", *(argv if argv is not None else sys.argv[1:])]),
             "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "python": platform.python_version(),
-            "rows": args.rows, "queries": args.queries, "target_recall": args.target, "passes": args.passes}
+            "rows": args.rows, "queries": args.queries, "target_recalls": args.targets, "passes": args.passes}
     path = write_results(args, "tune", meta, measured)
     log(f"results: {path}")
 
@@ -63,24 +63,33 @@ def run(session: BenchSession, args: argparse.Namespace) -> dict[str, Any]:
 
     queries = session.space.sample(2 * args.queries, seed=999)
     tuning_set, held_out = queries[: args.queries], queries[args.queries:]
-    category = data.categories[0]
-    started = time.perf_counter()
-    tuned = hook.tune_search(JOB, args.target, queries=list(tuning_set), k=TOP, filters=[{"category": category}])
-    tune_seconds = time.perf_counter() - started
-    for curve in tuned["curves"]:
-        log(f"  filters {curve['filters']}: smallest ef_search reaching {args.target}: {curve['ef_search']};"
-            + "; ".join(f" {p['ef_search']}: {p['recall']:.3f} ({p['p50_ms']:.2f} ms)" for p in curve["points"]))
-    log(f"tune_search: ef_search {tuned['ef_search']} in {tune_seconds:.1f} s")
-
     scores = held_out @ data.embeddings.T  # unit vectors: cosine similarity
     exact = [set(data.product_ids[np.argsort(-row)[:TOP]].tolist()) for row in scores]
+    for vector in held_out[:5]:  # warm-up: connection, catalog lookup, pages into shared buffers
+        hook.search(JOB, vector, ["product_id"], TOP, ef_search=DEFAULT_EF)
+    results = {"held_out_queries": len(held_out), "targets": {}}
+    for target in args.targets:
+        results["targets"][str(target)] = tuned(hook, data, target, tuning_set, held_out, exact, args.passes)
+    return results
+
+
+def tuned(hook: Any, data: Any, target: float, tuning_set: Any, held_out: Any, exact: list[set[int]],
+          passes: int) -> dict[str, Any]:
+    """tune_search for ``target`` (stored), then the held-out queries at the default 40 and at the project's own."""
+    import numpy as np
+
+    started = time.perf_counter()
+    found_ef = hook.tune_search(JOB, target, queries=list(tuning_set), k=TOP,
+                                filters=[{"category": data.categories[0]}])
+    tune_seconds = time.perf_counter() - started
+    for curve in found_ef["curves"]:
+        log(f"  target {target}, filters {curve['filters']}: smallest ef_search {curve['ef_search']};"
+            + ";".join(f" {p['ef_search']}: {p['recall']:.3f} ({p['p50_ms']:.2f} ms)" for p in curve["points"]))
+    log(f"tune_search({target}): ef_search {found_ef['ef_search']} in {tune_seconds:.1f} s")
     sides = {"default_40": DEFAULT_EF, "tuned": None}  # None: the project's own (the tuned value)
     times: dict[str, list[float]] = {side: [] for side in sides}
     found: dict[str, list[list[int]]] = {side: [] for side in sides}
-    for vector in held_out[:5]:  # warm-up: connection, catalog lookup, pages into shared buffers
-        for ef in sides.values():
-            hook.search(JOB, vector, ["product_id"], TOP, ef_search=ef)
-    for run_no in range(args.passes):
+    for run_no in range(passes):
         for i, vector in enumerate(held_out):
             order = list(sides.items()) if (i + run_no) % 2 else list(sides.items())[::-1]
             for side, ef in order:
@@ -89,12 +98,12 @@ def run(session: BenchSession, args: argparse.Namespace) -> dict[str, Any]:
                 times[side].append(time.perf_counter() - started)
                 if run_no == 0:
                     found[side].append([r["product_id"] for r in rows])
-    result: dict[str, Any] = {"tune_search": {k: tuned[k] for k in ("ef_search", "reached", "curves", "rows")},
-                              "tune_seconds": round(tune_seconds, 2), "held_out_queries": len(held_out)}
+    result: dict[str, Any] = {"tune_search": {k: found_ef[k] for k in ("ef_search", "reached", "curves", "rows")},
+                              "tune_seconds": round(tune_seconds, 2)}
     for side in sides:
         recall = float(np.mean([len(set(f) & e) / TOP for f, e in zip(found[side], exact)]))
         p50 = float(np.median(times[side])) * 1000
-        result[side] = {"ef_search": DEFAULT_EF if side == "default_40" else tuned["ef_search"],
+        result[side] = {"ef_search": DEFAULT_EF if side == "default_40" else found_ef["ef_search"],
                         "recall_at_10": round(recall, 4), "p50_ms": round(p50, 3),
                         "p95_ms": round(float(np.percentile(times[side], 95)) * 1000, 3)}
         log(f"  held out, {side}: recall@10 {recall:.3f}, p50 {p50:.2f} ms")
