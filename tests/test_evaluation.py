@@ -82,15 +82,25 @@ def test_evaluate_retrieval_scores_the_project_s_answers_and_keeps_them(products
     assert set(hybrid["metrics"]) >= {"recall@5", "precision@5", "mrr", "ndcg@10", "hit_rate"}
 
 
+def keyed_project(products, hook, name: str, key_select: str, key: list[str]) -> dict:
+    """A copy of the products keyed by ``key`` (``key_select`` makes its columns), embedded; the key of its
+    best row for "ride to work"."""
+    products.execute(f"CREATE TABLE {name} AS SELECT {key_select}, name, description FROM products;"
+                     f" ALTER TABLE {name} ADD PRIMARY KEY ({', '.join(key)})")
+    hook.create_project(name, name, key, COLUMNS)
+    hook.generate_embeddings(name)
+    return hook.search(name, "ride to work", return_columns=key, num_results=1)[0]
+
+
 def test_composite_keys_are_evaluated(products, hook):
-    products.execute("CREATE TABLE pairs AS SELECT product_id % 2 AS part, product_id, name, description FROM products;"
-                     " ALTER TABLE pairs ADD PRIMARY KEY (part, product_id)")
-    hook.create_project("pairs", "pairs", ["part", "product_id"], COLUMNS)
-    hook.generate_embeddings("pairs")
-    best = hook.search("pairs", "ride to work", return_columns=["part", "product_id"], num_results=1)[0]
+    best = keyed_project(products, hook, "pairs", "product_id % 2 AS part, product_id", ["part", "product_id"])
     result = hook.evaluate_retrieval("pairs", [{"query": "ride to work",
                                                 "relevant": [[best["part"], best["product_id"]]]}], k=1)
     assert result["metrics"]["recall@1"] == 1.0
+    # ... and kept in a table: one column per key column
+    products.execute("CREATE TABLE judged (query text, part int, product_id int)")
+    products.execute("INSERT INTO judged VALUES ('ride to work', %s, %s)", [best["part"], best["product_id"]])
+    assert hook.evaluate_retrieval("pairs", "judged", k=1, store=False)["metrics"]["recall@1"] == 1.0
 
 
 def test_queries_kept_in_a_table_one_row_per_relevant_key(products, shop):
@@ -110,24 +120,9 @@ def test_queries_kept_in_a_table_one_row_per_relevant_key(products, shop):
     assert shop.evaluate_retrieval("shop", "coffee", k=3, store=False)["metrics"]["recall@3"] == 1.0
 
 
-def test_composite_keys_from_a_table(products, hook):
-    products.execute("CREATE TABLE pairs AS SELECT product_id % 2 AS part, product_id, name, description FROM products;"
-                     " ALTER TABLE pairs ADD PRIMARY KEY (part, product_id)")
-    hook.create_project("pairs", "pairs", ["part", "product_id"], COLUMNS)
-    hook.generate_embeddings("pairs")
-    best = hook.search("pairs", "ride to work", return_columns=["part", "product_id"], num_results=1)[0]
-    products.execute("CREATE TABLE judged (query text, part int, product_id int)")
-    products.execute("INSERT INTO judged VALUES ('ride to work', %s, %s)", [best["part"], best["product_id"]])
-    assert hook.evaluate_retrieval("pairs", "judged", k=1, store=False)["metrics"]["recall@1"] == 1.0
-
-
 def test_keys_are_read_as_the_source_row_s_key(products, hook):
     """A numeric and a boolean key column: the relevant keys in any spelling the column reads name its rows."""
-    products.execute("CREATE TABLE priced AS SELECT product_id % 2 = 0 AS even, price, name, description FROM products;"
-                     " ALTER TABLE priced ADD PRIMARY KEY (even, price)")
-    hook.create_project("priced", "priced", ["even", "price"], COLUMNS)
-    hook.generate_embeddings("priced")
-    best = hook.search("priced", "ride to work", return_columns=["even", "price"], num_results=1)[0]
+    best = keyed_project(products, hook, "priced", "product_id % 2 = 0 AS even, price", ["even", "price"])
     price = best["price"]  # a Decimal, e.g. 1299.00
     spellings = [[best["even"], float(price)], [str(best["even"]).lower(), str(price)],
                  ["t" if best["even"] else "f", f"{price:.4f}"]]
