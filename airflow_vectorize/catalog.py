@@ -12,7 +12,7 @@ import psycopg
 from psycopg import Cursor, sql
 from psycopg.rows import dict_row
 
-from airflow_vectorize import expressions, removal
+from airflow_vectorize import expressions, index_build, removal
 from airflow_vectorize.exceptions import VectorizeError
 from airflow_vectorize.keys import Key
 from airflow_vectorize.models.encoding import Encoding
@@ -65,6 +65,8 @@ CONFIG_FIELDS = (
     "chunk_overlap",
     "chunker",
     "encoding",
+    "hnsw_m",
+    "hnsw_ef_construction",
 )
 
 
@@ -91,6 +93,8 @@ class Project:
     encoding: Encoding = Encoding()  # query vs document prompts / input types (``models.encoding``)
     pkey_type: str | tuple[str, ...] = ""  # the key column's type, or its columns' types
     ef_search: int | None = None  # hnsw.ef_search of searches that give none (``tune_search``); not configuration
+    hnsw_m: int | None = None  # the HNSW index's m (None: pgvector's 16)
+    hnsw_ef_construction: int | None = None  # its ef_construction (None: 64, a chunked project's CHUNK_INDEX_…)
     dimensions: int = 0
     job_id: int | None = None
 
@@ -119,6 +123,10 @@ class Project:
             params["encoding"] = self.encoding.params()
         if self.ef_search is not None:
             params["ef_search"] = self.ef_search
+        if self.hnsw_m is not None:
+            params["hnsw_m"] = self.hnsw_m
+        if self.hnsw_ef_construction is not None:
+            params["hnsw_ef_construction"] = self.hnsw_ef_construction
         return params
 
     def config(self) -> dict[str, Any]:
@@ -186,6 +194,8 @@ class Project:
             encoding=Encoding.from_params(params.get("encoding")),
             pkey_type=_tupled(params.get("pkey_type", "")),
             ef_search=params.get("ef_search"),
+            hnsw_m=params.get("hnsw_m"),
+            hnsw_ef_construction=params.get("hnsw_ef_construction"),
             dimensions=row["dimensions"] or row["removed_dimensions"] or 0,
         )
 
@@ -500,27 +510,41 @@ def index_expression(project: Project, alias: str | None = None) -> sql.Composab
     return sql.SQL("({}::halfvec({}))").format(column, sql.Literal(project.dimensions))
 
 
-def create_index(cur: Cursor, project: Project) -> None:
+def index_statement(project: Project) -> sql.Composable:
+    """CREATE INDEX IF NOT EXISTS of the project's HNSW index, with its ``m`` / ``ef_construction``."""
+    options = {"m": project.hnsw_m, "ef_construction": project.hnsw_ef_construction}
+    if project.is_chunked and options["ef_construction"] is None:
+        options["ef_construction"] = CHUNK_INDEX_EF_CONSTRUCTION
+    given = [sql.SQL("{} = {}").format(sql.SQL(name), sql.Literal(value)) for name, value in options.items()
+             if value is not None]
+    return sql.SQL("CREATE INDEX IF NOT EXISTS {index} ON {target} USING hnsw ({indexed} {opclass}){options}").format(
+        index=sql.Identifier(project.names.index_name),
+        target=project.names.target,
+        indexed=index_expression(project),
+        opclass=sql.Identifier(project.distance.halfvec_opclass if project.is_chunked else project.distance.opclass),
+        options=sql.SQL(" WITH ({})").format(sql.SQL(", ").join(given)) if given else sql.SQL(""),
+    )
+
+
+def create_index(cur: Cursor, project: Project, build_cap: int | None = None) -> dict[str, Any] | None:
     """The project's HNSW index; a no-op when it exists, also when a concurrent run's build commits first
-    (IF NOT EXISTS sees only committed indexes: the later build then fails on the name, in a savepoint)."""
-    if project.is_chunked:
-        opclass = project.distance.halfvec_opclass
-        options = sql.SQL(" WITH (ef_construction = {})").format(sql.Literal(CHUNK_INDEX_EF_CONSTRUCTION))
-    else:
-        opclass, options = project.distance.opclass, sql.SQL("")
+    (IF NOT EXISTS sees only committed indexes: the later build then fails on the name, in a savepoint).
+    ``build_cap``: a build over the table's vectors, its memory sized to them within the cap
+    (``index_build.build``; returns its figures); None: on an empty table, as it is created."""
+    if build_cap is not None:
+        if cur.execute("SELECT to_regclass(%s) IS NOT NULL",
+                       [sql.Identifier(*project.names.index_qualified_name).as_string(cur)]).fetchone()[0]:
+            return None
+        rows = cur.execute(sql.SQL("SELECT count({}) FROM {}").format(
+            sql.Identifier(project.names.embeddings_column), project.names.target)).fetchone()[0]
+        return index_build.build(cur, index_statement(project), f"project {project.name!r}", rows,
+                                 project.dimensions, project.hnsw_m, project.is_chunked, build_cap)
     try:
         with cur.connection.transaction():
-            cur.execute(
-                sql.SQL("CREATE INDEX IF NOT EXISTS {index} ON {target} USING hnsw ({indexed} {opclass}){options}").format(
-                    index=sql.Identifier(project.names.index_name),
-                    target=project.names.target,
-                    indexed=index_expression(project),
-                    opclass=sql.Identifier(opclass),
-                    options=options,
-                )
-            )
+            cur.execute(index_statement(project))
     except psycopg.errors.UniqueViolation:
         pass
+    return None
 
 
 def drop_index(cur: Cursor, project: Project) -> None:

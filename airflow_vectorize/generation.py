@@ -32,7 +32,7 @@ import psycopg
 from pgvector.psycopg import register_vector
 from psycopg import sql
 
-from airflow_vectorize import expressions, storage
+from airflow_vectorize import expressions, index_build, storage
 from airflow_vectorize.catalog import Project, create_index, drop_index_unless_busy
 from airflow_vectorize.chunking import Chunk, TextSplitter
 from airflow_vectorize.exceptions import EmbeddingFailuresError, InvalidInputError, ModelResponseError
@@ -378,7 +378,7 @@ def generate(
     scope: Scope,
     encode: Callable[[list[str]], Any],
     batch_size: int = DEFAULT_BATCH_SIZE,
-    index_build_memory: str = "1GB",
+    index_build_cap: int = index_build.AUTO_CAP,
     concurrency: int = 1,
     splitter: TextSplitter | None = None,
     input_errors: tuple[type[Exception], ...] = (),
@@ -474,8 +474,7 @@ def generate(
             raise
         finally:  # build the index after a bulk load, or repair the one a killed bulk run dropped
             with control.transaction():
-                control.execute("SELECT set_config('maintenance_work_mem', %s, true)", [index_build_memory])
-                create_index(control.cursor(), project)
+                create_index(control.cursor(), project, index_build_cap)
         pending_cleared = clear_current_pending(control, project, scope) + sum(w.dequeued for w in writers)
     seconds = time.monotonic() - started
     summary = {

@@ -36,21 +36,18 @@ def rebuild_worthwhile(cur: Cursor, project: Project, incoming: int) -> bool:
 
 
 @contextmanager
-def index_maintenance(cur: Cursor, project: Project, incoming: int, build_memory: str) -> Iterator[bool]:
-    """Around a write of ``incoming`` rows: drop the index first when a rebuild is cheaper; rebuild after.
-
-    The build runs with ``maintenance_work_mem = build_memory`` for this transaction only (set_config
-    with is_local), so the session's settings are restored when the transaction ends. Yields whether the
-    index is being rebuilt.
+def index_maintenance(cur: Cursor, project: Project, incoming: int, build_cap: int) -> Iterator[bool]:
+    """Around a write of ``incoming`` rows: drop the index first when a rebuild is cheaper; rebuild after,
+    its memory sized to the vectors within ``build_cap`` (``index_build``; this transaction only). Yields
+    whether the index is being rebuilt.
     """
     rebuild = rebuild_worthwhile(cur, project, incoming) and drop_index_unless_busy(cur, project)
     yield rebuild
     if rebuild:
-        cur.execute("SELECT set_config('maintenance_work_mem', %s, true)", [build_memory])
-        create_index(cur, project)
+        create_index(cur, project, build_cap)
 
 
-def reconcile_removed(cur: Cursor, project: Project, build_memory: str) -> dict[str, int]:
+def reconcile_removed(cur: Cursor, project: Project, build_cap: int) -> dict[str, int]:
     """Settle the keys removed since the last run: delete the vectors of those that did not come back; for an
     append project, write the kept vectors back into the rows that came back with the same text. Returns
     ``{"vectors_removed": n}`` (chunks for a chunked project) or ``{"vectors_restored": n, "vectors_removed":
@@ -93,7 +90,7 @@ def reconcile_removed(cur: Cursor, project: Project, build_memory: str) -> dict[
             cur.execute("DROP TABLE vectorize_gone")
             return {"vectors_removed": removed}
         return {"vectors_removed": cur.rowcount}
-    with index_maintenance(cur, project, pending, build_memory):
+    with index_maintenance(cur, project, pending, build_cap):
         cur.execute(sql.SQL(
             "WITH gone AS (DELETE FROM {removed} RETURNING {keys}, text_md5, embeddings, updated_at)"
             " UPDATE {source} r SET {emb} = g.embeddings, {md5} = g.text_md5, {updated_at} = g.updated_at FROM gone g"

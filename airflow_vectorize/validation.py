@@ -176,6 +176,15 @@ def check_options(table_method: str, index_dist_type: str, schedule: str) -> Non
         )
 
 
+def check_index_options(m: Any, ef_construction: Any) -> None:
+    """The HNSW index's ``m`` (2-100) and ``ef_construction`` (4-1000, at least 2 × m), as pgvector takes them."""
+    for name, value, low, high in (("hnsw_m", m, 2, 100), ("hnsw_ef_construction", ef_construction, 4, 1000)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high):
+            raise InvalidInputError(f"{name} must be an integer from {low} to {high}, got {value!r}")
+    if ef_construction is not None and ef_construction < 2 * (m or 16):
+        raise InvalidInputError(f"hnsw_ef_construction ({ef_construction}) must be at least 2 × hnsw_m ({2 * (m or 16)})")
+
+
 def key_spelling(primary_key: Any, role: str = "primary_key") -> str | tuple[str, ...]:
     """A key as the catalog spells it: a column name, or a tuple of 2 or more for a composite key (a list of
     one is its column)."""

@@ -94,6 +94,8 @@ class TableBody(Strict):
     document_prompt: str | None = Field(None, max_length=10_000)
     query_prompt: str | None = Field(None, max_length=10_000)
     input_types: dict[Literal["document", "query"], str | None] | None = None
+    hnsw_m: int | None = Field(None, ge=2, le=100, description="the HNSW index's m (default 16)")
+    hnsw_ef_construction: int | None = Field(None, ge=4, le=1000, description="its ef_construction (default 64)")
 
 
 class RagBody(Strict):

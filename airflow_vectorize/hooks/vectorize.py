@@ -23,6 +23,7 @@ from airflow_vectorize import (
     models,
     rag,
     removal,
+    index_build,
     storage,
     tuning,
     validation,
@@ -54,8 +55,9 @@ class VectorizeHook(PostgresHook):
     transaction-scoped advisory lock.
 
     :param postgres_conn_id: the Airflow connection to a PostgreSQL database with pgvector available.
-    :param index_build_memory: ``maintenance_work_mem`` for HNSW builds after bulk writes (this
-        transaction only).
+    :param index_build_memory: the most ``maintenance_work_mem`` an HNSW build after a bulk write may ask for
+        (this transaction only; it asks for the graph's estimated size, :mod:`airflow_vectorize.index_build`):
+        ``"auto"`` (4 GB) or a size such as ``"16GB"``.
     :param batch_queries: search queries embedded at the same time by this process's hooks (in other
         threads) go to the model in one call (:mod:`airflow_vectorize.models.batching`); for servers.
     :param search_sessions: searches borrow a database session from this pool, shared with the hooks of
@@ -69,11 +71,12 @@ class VectorizeHook(PostgresHook):
     hook_name = "Vectorize (PostgreSQL + pgvector)"
 
     def __init__(
-        self, postgres_conn_id: str = default_conn_name, *, index_build_memory: str = "1GB",
+        self, postgres_conn_id: str = default_conn_name, *, index_build_memory: str = index_build.AUTO,
         batch_queries: bool = False, search_sessions: SessionPool | None = None, **kwargs: Any
     ) -> None:
         super().__init__(postgres_conn_id=postgres_conn_id, **kwargs)
         self.index_build_memory = index_build_memory
+        self._build_cap = index_build.parse_cap(index_build_memory)
         self.batch_queries = batch_queries
         self.search_sessions = search_sessions
         self._search_conn: psycopg.Connection | None = None
@@ -145,6 +148,8 @@ class VectorizeHook(PostgresHook):
         query_prompt: str | None = None,
         document_prompt: str | None = None,
         input_types: Mapping[str, str | None] | None = None,
+        hnsw_m: int | None = None,
+        hnsw_ef_construction: int | None = None,
     ) -> dict[str, Any]:
         """Make ``schema.table`` searchable: embeddings storage, HNSW index, queue and realtime triggers.
 
@@ -167,6 +172,9 @@ class VectorizeHook(PostgresHook):
         ``query_prompt`` put a text before every document / query ("" for none); ``input_types``
         (``{"document": ..., "query": ...}``) sets a provider's input type per side. Kept in the catalog.
 
+        ``hnsw_m`` / ``hnsw_ef_construction``: the HNSW index's ``m`` and ``ef_construction`` (default pgvector's
+        16 and 64; a chunked project's ef_construction 256), kept in the catalog and used by every rebuild.
+
         The same call again returns the existing project unchanged; another configuration under an
         existing name raises ProjectConflictError naming the fields that differ. With ``embed_existing``
         the rows already in the table are embedded right away (pg_vectorize's initial load); the summary
@@ -179,6 +187,7 @@ class VectorizeHook(PostgresHook):
         if dimensions is not None:
             positive_int(dimensions, "dimensions")
         chunking.check_options(chunk_size, chunk_overlap, chunker)
+        validation.check_index_options(hnsw_m, hnsw_ef_construction)
         if chunk_size is not None and table_method != "join":
             raise InvalidInputError("chunking (chunk_size) needs table_method='join': chunks live in their own table")
         wanted = Project(
@@ -197,6 +206,8 @@ class VectorizeHook(PostgresHook):
             chunk_size=chunk_size,
             chunk_overlap=chunk_overlap if chunk_size is not None else 0,
             chunker=chunker,
+            hnsw_m=hnsw_m,
+            hnsw_ef_construction=hnsw_ef_construction,
         )
         choice = encoding.Choice(query_prompt, document_prompt, input_types)
         # Read-only pass first: a repeated call or bad input answers without loading the model.
@@ -454,7 +465,7 @@ class VectorizeHook(PostgresHook):
                 cur, project, src_schema, src_table, src_primary_key, src_embeddings_col, src_chunk_col
             )
             source = validation.check_import_rows(cur, project, table, keys, emb, chunk)
-            with storage.index_maintenance(cur, project, source.rows, self.index_build_memory) as rebuilt:
+            with storage.index_maintenance(cur, project, source.rows, self._build_cap) as rebuilt:
                 if project.is_chunked:
                     splitter = self._splitter(project, self._model(project))
                     inserted, written, chunks = storage.import_chunks(cur, project, source, splitter)
@@ -527,7 +538,7 @@ class VectorizeHook(PostgresHook):
             if removal.attach(cur, project):  # another table was put in the source's place
                 self._search_cache.pop(job_name, None)
                 project = self._project(cur, job_name)
-            reconciled = storage.reconcile_removed(cur, project, self.index_build_memory)
+            reconciled = storage.reconcile_removed(cur, project, self._build_cap)
             bulk = [row[0] for row in cur.execute(sql.SQL("SELECT id FROM {}").format(project.names.bulk))]
             if bulk and scope.pending_only:  # a bulk insert queued no keys: look at every row
                 scope = replace(scope, pending_only=False)
@@ -539,7 +550,7 @@ class VectorizeHook(PostgresHook):
                 scope,
                 encode=model.embed,
                 batch_size=batch_size,
-                index_build_memory=self.index_build_memory,
+                index_build_cap=self._build_cap,
                 concurrency=concurrency or model.concurrency,
                 splitter=self._splitter(project, model),
                 input_errors=model.input_errors,

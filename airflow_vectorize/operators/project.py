@@ -36,6 +36,8 @@ class CreateVectorizeProjectOperator(VectorizeBaseOperator):
         :param query_prompt: the same for every search query.
     :param input_types: ``{"document": ..., "query": ...}``, the ``input_type`` of a provider that takes one
         (Cohere, Voyage; default: its search types).
+    :param hnsw_m: the HNSW index's ``m``; :param hnsw_ef_construction: its ``ef_construction`` (default
+        pgvector's).
     """
 
     template_fields: Sequence[str] = (
@@ -65,6 +67,8 @@ class CreateVectorizeProjectOperator(VectorizeBaseOperator):
         document_prompt: str | None = None,
         query_prompt: str | None = None,
         input_types: dict[str, str | None] | None = None,
+        hnsw_m: int | None = None,
+        hnsw_ef_construction: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -87,6 +91,8 @@ class CreateVectorizeProjectOperator(VectorizeBaseOperator):
         self.document_prompt = document_prompt
         self.query_prompt = query_prompt
         self.input_types = input_types
+        self.hnsw_m = hnsw_m
+        self.hnsw_ef_construction = hnsw_ef_construction
 
     def execute(self, context: Any) -> dict[str, Any]:
         summary = self.hook.create_project(
@@ -109,6 +115,8 @@ class CreateVectorizeProjectOperator(VectorizeBaseOperator):
             document_prompt=self.document_prompt,
             query_prompt=self.query_prompt,
             input_types=self.input_types,
+            hnsw_m=self.hnsw_m,
+            hnsw_ef_construction=self.hnsw_ef_construction,
         )
         if openlineage_installed():
             tables = self.hook.project_tables(self.job_name)
