@@ -61,7 +61,7 @@ bench: $(VENV)/.installed $(INFINITY_VENV)/.installed
 
 # A real Airflow 3 (scheduler, dag-processor, triggerer, api-server; metadata DB on the embedded PostgreSQL)
 # runs the example DAGs through the scheduler and prints their outcome from the REST API (scripts/deployment.py).
-.PHONY: deployment deployment-celery bench-backfill bench-api bench-reload bench-writes bench-hybrid-documents bench-providers bench-retrieval bench-tune
+.PHONY: deployment deployment-celery bench-backfill bench-api bench-reload bench-writes bench-hybrid-documents bench-providers bench-retrieval bench-tune bench-scaling
 deployment: $(VENV)/.installed
 	$(PY) scripts/deployment.py --executor LocalExecutor
 
@@ -100,3 +100,7 @@ bench-retrieval: $(VENV)/.installed
 # ef_search tuned per project at 100k rows: recall vs exact and p50 at the default 40 vs the tuned value (bench/tune.py).
 bench-tune: $(VENV)/.installed
 	$(PY) -m bench.tune
+
+# import_embeddings with the HNSW build at 100k / 300k / 1M rows: seconds per row, worker and server memory (bench/scaling.py).
+bench-scaling: $(VENV)/.installed
+	$(PY) -m bench.scaling

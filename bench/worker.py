@@ -2,7 +2,8 @@
 
 ``python -m bench.worker import <job> <src_table>`` or ``python -m bench.worker generate <job>``; the
 Airflow connection comes from the parent's environment. The import skips the HNSW build (it runs in the
-server, not in the worker), so that the worker's peak RSS is what is measured, at a cost of seconds.
+server, not in the worker), so that the worker's peak RSS is what is measured, at a cost of seconds;
+``import-indexed`` builds it (bench/scaling.py).
 """
 
 from __future__ import annotations
@@ -19,18 +20,19 @@ def main(argv: list[str]) -> None:
 
     hook = VectorizeHook(postgres_conn_id=CONN_ID)
     kind, job = argv[0], argv[1]
-    if kind == "import":
+    if kind in ("import", "import-indexed"):  # import-indexed: with the HNSW build, as a user runs it
         from bench.phases import import_phases
 
-        with import_phases(skip_index_build=True):
+        with import_phases(skip_index_build=kind == "import") as phases:
             result = hook.import_embeddings(job, argv[2], "product_id", "embedding")
-        rows = result["imported"]
+        rows, result["phases"] = result["imported"], {k: round(v, 3) for k, v in phases.items()}
     elif kind == "generate":
         result = hook.generate_embeddings(job)
         rows = result["embedded"]
     else:
         raise SystemExit(f"unknown worker kind {kind!r}")
-    print(json.dumps({"kind": kind, "job": job, "rows": rows, "peak_rss_kib": peak_rss_kib()}))
+    print(json.dumps({"kind": kind, "job": job, "rows": rows, "peak_rss_kib": peak_rss_kib(),
+                      "seconds": result.get("seconds"), "phases": result.get("phases")}))
 
 
 def peak_rss_kib() -> int:
