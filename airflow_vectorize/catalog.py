@@ -67,6 +67,7 @@ CONFIG_FIELDS = (
     "encoding",
     "hnsw_m",
     "hnsw_ef_construction",
+    "halfvec_index",
 )
 
 
@@ -95,6 +96,7 @@ class Project:
     ef_search: int | None = None  # hnsw.ef_search of searches that give none (``tune_search``); not configuration
     hnsw_m: int | None = None  # the HNSW index's m (None: pgvector's 16)
     hnsw_ef_construction: int | None = None  # its ef_construction (None: 64, a chunked project's CHUNK_INDEX_…)
+    halfvec_index: bool = False  # the index holds the vectors at half precision (a chunked project's always does)
     dimensions: int = 0
     job_id: int | None = None
 
@@ -127,6 +129,8 @@ class Project:
             params["hnsw_m"] = self.hnsw_m
         if self.hnsw_ef_construction is not None:
             params["hnsw_ef_construction"] = self.hnsw_ef_construction
+        if self.halfvec_index:
+            params["halfvec_index"] = True
         return params
 
     def config(self) -> dict[str, Any]:
@@ -147,6 +151,11 @@ class Project:
     @property
     def is_join(self) -> bool:
         return self.table_method == "join"
+
+    @property
+    def half_index(self) -> bool:
+        """Its HNSW index holds the vectors as halfvec (``index_expression``): ``halfvec_index``, or chunked."""
+        return self.halfvec_index or self.is_chunked
 
     @property
     def is_chunked(self) -> bool:
@@ -196,6 +205,7 @@ class Project:
             ef_search=params.get("ef_search"),
             hnsw_m=params.get("hnsw_m"),
             hnsw_ef_construction=params.get("hnsw_ef_construction"),
+            halfvec_index=params.get("halfvec_index", False),
             dimensions=row["dimensions"] or row["removed_dimensions"] or 0,
         )
 
@@ -505,7 +515,7 @@ def index_expression(project: Project, alias: str | None = None) -> sql.Composab
     ef_search 40 / 120 / 240 / 320 for the same share of exact top-10 rows. Searches order by this expression
     and rank and score rows by the full vectors."""
     column = sql.Identifier(*filter(None, (alias, project.names.embeddings_column)))
-    if not project.is_chunked:
+    if not project.half_index:
         return column
     return sql.SQL("({}::halfvec({}))").format(column, sql.Literal(project.dimensions))
 
@@ -521,7 +531,7 @@ def index_statement(project: Project) -> sql.Composable:
         index=sql.Identifier(project.names.index_name),
         target=project.names.target,
         indexed=index_expression(project),
-        opclass=sql.Identifier(project.distance.halfvec_opclass if project.is_chunked else project.distance.opclass),
+        opclass=sql.Identifier(project.distance.halfvec_opclass if project.half_index else project.distance.opclass),
         options=sql.SQL(" WITH ({})").format(sql.SQL(", ").join(given)) if given else sql.SQL(""),
     )
 
@@ -538,7 +548,7 @@ def create_index(cur: Cursor, project: Project, build_cap: int | None = None) ->
         rows = cur.execute(sql.SQL("SELECT count({}) FROM {}").format(
             sql.Identifier(project.names.embeddings_column), project.names.target)).fetchone()[0]
         return index_build.build(cur, index_statement(project), f"project {project.name!r}", rows,
-                                 project.dimensions, project.hnsw_m, project.is_chunked, build_cap)
+                                 project.dimensions, project.hnsw_m, project.half_index, build_cap)
     try:
         with cur.connection.transaction():
             cur.execute(index_statement(project))

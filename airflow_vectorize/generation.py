@@ -366,7 +366,7 @@ def _within_halfvec(encode: Callable[[list[str]], Any], project: Project, texts:
     vectors = encode(texts)
     if len(vectors) and float(np.abs(vectors).max()) > HALFVEC_MAX:
         raise ModelResponseError(
-            f"project {project.name!r}: the model returned values beyond ±{HALFVEC_MAX:g}, which the chunked"
+            f"project {project.name!r}: the model returned values beyond ±{HALFVEC_MAX:g}, which the"
             " project's index (halfvec, half precision) cannot hold; nothing of the batch was written"
         )
     return vectors
@@ -402,7 +402,7 @@ def generate(
     embedded = batches = 0
     failures: list[RowFailure] = []
     connect = partial(_key_text_session, connect)
-    if splitter is not None:
+    if project.half_index:
         encode = partial(_within_halfvec, encode, project)
     with ExitStack() as stack:
         control = stack.enter_context(connect())

@@ -285,9 +285,9 @@ def query_vector(project: Project, query: Any, embed: Callable[[str], Any] | Non
     values = memoryview(vector)
     if not math.isfinite(sum(values)):
         raise InvalidInputError("query vector contains NaN or infinite values")
-    if project.is_chunked and not -validation.HALFVEC_MAX <= min(values) <= max(values) <= validation.HALFVEC_MAX:
+    if project.half_index and not -validation.HALFVEC_MAX <= min(values) <= max(values) <= validation.HALFVEC_MAX:
         raise InvalidInputError(f"query vector has values beyond the range of halfvec (|x| >"
-                                f" {validation.HALFVEC_MAX:g}), in which chunked project {project.name!r} is indexed")
+                                f" {validation.HALFVEC_MAX:g}), in which project {project.name!r} is indexed")
     return vector
 
 
@@ -320,8 +320,14 @@ def _parts(project: Project) -> dict[str, sql.Composable]:
         source = sql.SQL("{s} s").format(s=project.names.source)
         outer = sql.SQL("")
     distance = sql.SQL("{} {} %(vector)s").format(emb, sql.SQL(project.distance.operator))
+    order = distance
+    if project.half_index:  # the distance its half-precision index serves; rows are scored by ``distance``
+        order = sql.SQL("{} {} %(vector)s::halfvec({})").format(
+            catalog.index_expression(project, "e" if project.is_join else "s"), sql.SQL(project.distance.operator),
+            sql.Literal(project.dimensions))
     return {
         "emb": emb,
+        "order": order,
         "vector_from": source,
         "embeddings_join": outer,
         "distance": distance,
@@ -495,7 +501,7 @@ def _vector_statement(
     where = sql.SQL(" AND ").join([*_conditions(shape), *exists, _written_guard(storage, storage_oid)])
     return sql.SQL(
         "SELECT {select}, {similarity} AS similarity_score FROM {vector_from}"
-        " WHERE {emb} IS NOT NULL AND {where} ORDER BY {distance} LIMIT {limit}"
+        " WHERE {emb} IS NOT NULL AND {where} ORDER BY {order} LIMIT {limit}"
     ).format(select=select, where=where, limit=sql.Literal(limit), **parts).as_string()
 
 
@@ -546,7 +552,7 @@ def _hybrid_statement(
         parts = {**parts, "vector_from": sql.SQL("{} e").format(project.names.target)}
     semantic = sql.SQL(
         "SELECT {keys}, {distance} AS d FROM {vector_from}"
-        " WHERE {emb} IS NOT NULL AND {where} ORDER BY {distance} LIMIT {candidates}"
+        " WHERE {emb} IS NOT NULL AND {where} ORDER BY {order} LIMIT {candidates}"
     ).format(keys=keys, where=where, candidates=sql.Literal(candidates), **parts)
     best, chunk = parts["embeddings_join"], sql.SQL("")
     if project.is_chunked:  # each row's nearest chunk, for every fused row (full-text-only ones too)

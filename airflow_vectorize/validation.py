@@ -425,11 +425,11 @@ def check_import_rows(cur: Cursor, project: Project, table: Table, keys: list[Co
             checks.append((f"values beyond the range of real (|x| > {REAL_MAX:.8g})", sql.SQL(
                 "EXISTS (SELECT FROM unnest({e}) x WHERE abs(x) > {m} AND abs(x) < 'Infinity')"
             ).format(e=e, m=sql.Literal(REAL_MAX))))
-    if chunk is not None and emb.typname != "halfvec":  # the chunk index: catalog.index_expression
+    if project.half_index and emb.typname != "halfvec":  # a half-precision index: catalog.index_expression
         # (a vector is unnested only when its norm, pgvector's vector_norm, allows such a value)
         beyond = ("" if is_array else "vector_norm({e}) > {m} AND ") + \
             "EXISTS (SELECT FROM unnest({e}{cast}) x WHERE abs(x) > {m} AND abs(x) < 'Infinity')"
-        checks.append((f"values beyond the range of halfvec, which the chunk index holds (|x| > {HALFVEC_MAX:g})",
+        checks.append((f"values beyond the range of halfvec, which the project's index holds (|x| > {HALFVEC_MAX:g})",
                        sql.SQL(beyond).format(e=e, cast=sql.SQL("" if is_array else "::real[]"),
                                               m=sql.Literal(HALFVEC_MAX))))
     dims = sql.SQL("cardinality({})").format(e) if is_array else sql.SQL("vector_dims({})").format(e)

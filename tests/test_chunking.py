@@ -231,11 +231,11 @@ def test_import_of_chunk_embeddings(licenses, hook, license_chunk_vectors):
      "1 row(s) with NULL or negative chunk numbers; e.g. keys ['4']"),
     (None, dict(src_chunk_col="v"), "src_chunk_col 'v' of \"public\".\"chunk_vectors\" is real[]; expected an integer"),
     ("UPDATE chunk_vectors SET v[3] = 70000 WHERE id = 5 AND chunk_no = 2", dict(src_chunk_col="chunk_no"),
-     "1 row(s) with values beyond the range of halfvec, which the chunk index holds (|x| > 65504); e.g. keys ['5']"),
+     "1 row(s) with values beyond the range of halfvec, which the project's index holds (|x| > 65504); e.g. keys ['5']"),
     ("ALTER TABLE chunk_vectors ALTER v TYPE vector(384) USING v::vector; UPDATE chunk_vectors SET v = ("
      "SELECT array_agg(CASE WHEN i = 7 THEN -65600 ELSE 0 END)::vector FROM generate_series(1, 384) i)"
      " WHERE id = 1 AND chunk_no = 0", dict(src_chunk_col="chunk_no"),
-     "1 row(s) with values beyond the range of halfvec, which the chunk index holds (|x| > 65504); e.g. keys ['1']"),
+     "1 row(s) with values beyond the range of halfvec, which the project's index holds (|x| > 65504); e.g. keys ['1']"),
 ], ids=["no-chunk-col", "other-chunks", "duplicate", "negative", "chunk-col-type", "beyond-halfvec",
         "beyond-halfvec-vector"])
 def test_bad_chunk_imports_change_nothing(licenses, hook, license_chunk_vectors, change, kwargs, message):
@@ -320,7 +320,7 @@ def test_chunked_searches_are_served_by_the_half_precision_index(licenses, hook,
     with pytest.raises(InvalidInputError) as error:  # a value halfvec cannot hold
         hook.search(JOB, [0.0] * 100 + [-70000.0] + [0.0] * 283)
     assert str(error.value) == ("query vector has values beyond the range of halfvec (|x| > 65504), in which"
-                                f" chunked project {JOB!r} is indexed")
+                                f" project {JOB!r} is indexed")
 
 
 def test_a_chunked_search_on_the_index_path_reads_the_index_at_any_ef_search(licenses, hook, index_path):

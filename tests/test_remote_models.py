@@ -188,7 +188,7 @@ def test_values_beyond_a_chunked_projects_index_fail_the_run_clearly(products, h
     with pytest.raises(ModelResponseError) as error:
         hook.generate_embeddings(JOB, batch_size=100)
 
-    assert str(error.value) == (f"project {JOB!r}: the model returned values beyond ±65504, which the chunked"
+    assert str(error.value) == (f"project {JOB!r}: the model returned values beyond ±65504, which the"
                                 " project's index (halfvec, half precision) cannot hold; nothing of the batch"
                                 " was written")
     assert snapshot(products) == before

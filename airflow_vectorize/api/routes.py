@@ -167,7 +167,8 @@ def create_table(request: Request, body: TableBody, conn_id: str = CONN_ID) -> R
         schedule=body.schedule, update_col=body.update_time_col, model_conn_id=body.model_conn_id,
         dimensions=body.dimensions, chunk_size=body.chunk_size, chunk_overlap=body.chunk_overlap,
         chunker=body.chunker, document_prompt=body.document_prompt, query_prompt=body.query_prompt,
-        input_types=body.input_types, hnsw_m=body.hnsw_m, hnsw_ef_construction=body.hnsw_ef_construction)
+        input_types=body.input_types, hnsw_m=body.hnsw_m, hnsw_ef_construction=body.hnsw_ef_construction,
+        halfvec_index=body.halfvec_index)
     summary = {"id": hook.get_project(body.job_name)["job_id"], **summary}
     return json_response(summary)
 

@@ -96,6 +96,7 @@ class TableBody(Strict):
     input_types: dict[Literal["document", "query"], str | None] | None = None
     hnsw_m: int | None = Field(None, ge=2, le=100, description="the HNSW index's m (default 16)")
     hnsw_ef_construction: int | None = Field(None, ge=4, le=1000, description="its ef_construction (default 64)")
+    halfvec_index: bool = Field(False, description="the index holds the vectors at half precision")
 
 
 class RagBody(Strict):

@@ -150,6 +150,7 @@ class VectorizeHook(PostgresHook):
         input_types: Mapping[str, str | None] | None = None,
         hnsw_m: int | None = None,
         hnsw_ef_construction: int | None = None,
+        halfvec_index: bool = False,
     ) -> dict[str, Any]:
         """Make ``schema.table`` searchable: embeddings storage, HNSW index, queue and realtime triggers.
 
@@ -174,6 +175,8 @@ class VectorizeHook(PostgresHook):
 
         ``hnsw_m`` / ``hnsw_ef_construction``: the HNSW index's ``m`` and ``ef_construction`` (default pgvector's
         16 and 64; a chunked project's ef_construction 256), kept in the catalog and used by every rebuild.
+        ``halfvec_index``: the index holds the vectors at half precision (``::halfvec``, half the size and
+        build memory); the table keeps them whole, and rows are scored by them. A chunked project's is always.
 
         The same call again returns the existing project unchanged; another configuration under an
         existing name raises ProjectConflictError naming the fields that differ. With ``embed_existing``
@@ -188,6 +191,8 @@ class VectorizeHook(PostgresHook):
             positive_int(dimensions, "dimensions")
         chunking.check_options(chunk_size, chunk_overlap, chunker)
         validation.check_index_options(hnsw_m, hnsw_ef_construction)
+        if not isinstance(halfvec_index, bool):
+            raise InvalidInputError(f"halfvec_index must be True or False, got {halfvec_index!r}")
         if chunk_size is not None and table_method != "join":
             raise InvalidInputError("chunking (chunk_size) needs table_method='join': chunks live in their own table")
         wanted = Project(
@@ -208,6 +213,7 @@ class VectorizeHook(PostgresHook):
             chunker=chunker,
             hnsw_m=hnsw_m,
             hnsw_ef_construction=hnsw_ef_construction,
+            halfvec_index=halfvec_index,
         )
         choice = encoding.Choice(query_prompt, document_prompt, input_types)
         # Read-only pass first: a repeated call or bad input answers without loading the model.

@@ -37,7 +37,7 @@ class CreateVectorizeProjectOperator(VectorizeBaseOperator):
     :param input_types: ``{"document": ..., "query": ...}``, the ``input_type`` of a provider that takes one
         (Cohere, Voyage; default: its search types).
     :param hnsw_m: the HNSW index's ``m``; :param hnsw_ef_construction: its ``ef_construction`` (default
-        pgvector's).
+        pgvector's); :param halfvec_index: the index holds the vectors at half precision.
     """
 
     template_fields: Sequence[str] = (
@@ -69,6 +69,7 @@ class CreateVectorizeProjectOperator(VectorizeBaseOperator):
         input_types: dict[str, str | None] | None = None,
         hnsw_m: int | None = None,
         hnsw_ef_construction: int | None = None,
+        halfvec_index: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -93,6 +94,7 @@ class CreateVectorizeProjectOperator(VectorizeBaseOperator):
         self.input_types = input_types
         self.hnsw_m = hnsw_m
         self.hnsw_ef_construction = hnsw_ef_construction
+        self.halfvec_index = halfvec_index
 
     def execute(self, context: Any) -> dict[str, Any]:
         summary = self.hook.create_project(
@@ -117,6 +119,7 @@ class CreateVectorizeProjectOperator(VectorizeBaseOperator):
             input_types=self.input_types,
             hnsw_m=self.hnsw_m,
             hnsw_ef_construction=self.hnsw_ef_construction,
+            halfvec_index=self.halfvec_index,
         )
         if openlineage_installed():
             tables = self.hook.project_tables(self.job_name)
