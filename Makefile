@@ -61,7 +61,7 @@ bench: $(VENV)/.installed $(INFINITY_VENV)/.installed
 
 # A real Airflow 3 (scheduler, dag-processor, triggerer, api-server; metadata DB on the embedded PostgreSQL)
 # runs the example DAGs through the scheduler and prints their outcome from the REST API (scripts/deployment.py).
-.PHONY: deployment deployment-celery bench-backfill bench-api bench-reload bench-writes bench-hybrid-documents bench-providers bench-retrieval bench-tune bench-scaling
+.PHONY: deployment deployment-celery bench-backfill bench-api bench-reload bench-writes bench-hybrid-documents bench-providers bench-retrieval bench-tune bench-scaling bench-halfvec
 deployment: $(VENV)/.installed
 	$(PY) scripts/deployment.py --executor LocalExecutor
 
@@ -104,3 +104,7 @@ bench-tune: $(VENV)/.installed
 # import_embeddings with the HNSW build at 100k / 300k / 1M rows: seconds per row, worker and server memory (bench/scaling.py).
 bench-scaling: $(VENV)/.installed
 	$(PY) -m bench.scaling
+
+# A half-precision HNSW index against a full one: build time, size, recall@10 at the same ef_search (bench/halfvec.py).
+bench-halfvec: $(VENV)/.installed
+	$(PY) -m bench.halfvec

@@ -369,6 +369,10 @@ CHUNKS_PER_ROW = 4
 # many chunks per asked row: usually enough (the nearest 40 of 37,812 README-section chunks covered ~15 rows).
 FIRST_PASS_CHUNKS_PER_ROW = 2
 MAX_CHUNKS_PER_ROW = 256
+# A search of a project with a half-precision index (``halfvec_index``) reads this many candidates per asked
+# row in the index's order, and ranks them by the full vectors: the half-precision order alone misses near
+# ties (100k clustered vectors at ef_search 100: recall@10 0.975 vs 0.987 with the full index).
+HALF_RERANK = 4
 # While a chunk table has at most this many pages (8 kB; ~4 chunks of 200 tokens with 384-dim vectors a page)
 # its searches compare every chunk instead of asking the HNSW index: the exact rows at any ef_search, in one
 # statement (on a small table the index's nearest chunks often cover too few rows and are asked for again).
@@ -499,6 +503,16 @@ def _vector_statement(
     else:
         select, exists = _column_list(columns), []
     where = sql.SQL(" AND ").join([*_conditions(shape), *exists, _written_guard(storage, storage_oid)])
+    if project.half_index:
+        # The index's half-precision order picks HALF_RERANK × limit candidates; the full vectors rank them.
+        return sql.SQL(
+            "SELECT {outer}, {similarity} AS similarity_score FROM (SELECT {select}, {distance} AS vectorize_d"
+            " FROM {vector_from} WHERE {emb} IS NOT NULL AND {where} ORDER BY {order} LIMIT {candidates}) n"
+            " ORDER BY n.vectorize_d LIMIT {limit}"
+        ).format(outer=sql.SQL(", ").join(sql.Identifier("n", c) for c in columns), select=select, where=where,
+                 candidates=sql.Literal(limit * HALF_RERANK), limit=sql.Literal(limit),
+                 similarity=sql.SQL(SIMILARITY[project.index_dist_type]).format(sql.SQL("n.vectorize_d")),
+                 **{k: v for k, v in parts.items() if k != "similarity"}).as_string()
     return sql.SQL(
         "SELECT {select}, {similarity} AS similarity_score FROM {vector_from}"
         " WHERE {emb} IS NOT NULL AND {where} ORDER BY {order} LIMIT {limit}"
