@@ -61,7 +61,7 @@ bench: $(VENV)/.installed $(INFINITY_VENV)/.installed
 
 # A real Airflow 3 (scheduler, dag-processor, triggerer, api-server; metadata DB on the embedded PostgreSQL)
 # runs the example DAGs through the scheduler and prints their outcome from the REST API (scripts/deployment.py).
-.PHONY: deployment deployment-celery bench-backfill bench-api bench-reload bench-writes bench-hybrid-documents bench-providers bench-retrieval bench-tune bench-scaling bench-halfvec
+.PHONY: deployment deployment-celery bench-backfill bench-api bench-reload bench-writes bench-hybrid-documents bench-providers bench-retrieval bench-tune bench-scaling bench-halfvec bench-million
 deployment: $(VENV)/.installed
 	$(PY) scripts/deployment.py --executor LocalExecutor
 
@@ -108,3 +108,7 @@ bench-scaling: $(VENV)/.installed
 # A half-precision HNSW index against a full one: build time, size, recall@10 at the same ef_search (bench/halfvec.py).
 bench-halfvec: $(VENV)/.installed
 	$(PY) -m bench.halfvec
+
+# A 1M-row project: search (hook vs raw SQL, warm and after a restart, filtered), 1 % re-import and regeneration (bench/million.py).
+bench-million: $(VENV)/.installed
+	$(PY) -m bench.million
