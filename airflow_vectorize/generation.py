@@ -474,7 +474,7 @@ def generate(
             raise
         finally:  # build the index after a bulk load, or repair the one a killed bulk run dropped
             with control.transaction():
-                create_index(control.cursor(), project, index_build_cap)
+                build = create_index(control.cursor(), project, index_build_cap)
         pending_cleared = clear_current_pending(control, project, scope) + sum(w.dequeued for w in writers)
     seconds = time.monotonic() - started
     summary = {
@@ -485,6 +485,7 @@ def generate(
         "batches": batches,
         "pending_cleared": pending_cleared,
         "index_rebuilt": rebuild,
+        **({"index_build": build} if build else {}),
         "partition": f"{scope.partition_index}/{scope.partition_count}",
         "pending_only": scope.pending_only,
         "since": None if scope.since is None else str(scope.since),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
 from psycopg import Cursor, sql
 
@@ -35,16 +37,26 @@ def rebuild_worthwhile(cur: Cursor, project: Project, incoming: int) -> bool:
     return incoming >= REBUILD_INDEX_SHARE * max(embedded_rows(cur, project), incoming)
 
 
+@dataclass
+class Rebuild:
+    """Whether a write's index is rebuilt (its truth), and that build's figures once done (``index_build``)."""
+
+    rebuilt: bool
+    build: dict[str, Any] | None = None
+
+    def __bool__(self) -> bool:
+        return self.rebuilt
+
+
 @contextmanager
-def index_maintenance(cur: Cursor, project: Project, incoming: int, build_cap: int) -> Iterator[bool]:
+def index_maintenance(cur: Cursor, project: Project, incoming: int, build_cap: int) -> Iterator[Rebuild]:
     """Around a write of ``incoming`` rows: drop the index first when a rebuild is cheaper; rebuild after,
-    its memory sized to the vectors within ``build_cap`` (``index_build``; this transaction only). Yields
-    whether the index is being rebuilt.
+    its memory sized to the vectors within ``build_cap`` (``index_build``; this transaction only).
     """
-    rebuild = rebuild_worthwhile(cur, project, incoming) and drop_index_unless_busy(cur, project)
+    rebuild = Rebuild(rebuild_worthwhile(cur, project, incoming) and drop_index_unless_busy(cur, project))
     yield rebuild
     if rebuild:
-        create_index(cur, project, build_cap)
+        rebuild.build = create_index(cur, project, build_cap)
 
 
 def reconcile_removed(cur: Cursor, project: Project, build_cap: int) -> dict[str, int]:

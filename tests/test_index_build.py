@@ -68,7 +68,9 @@ def test_a_bulk_build_sizes_its_memory_and_warns_when_the_graph_does_not_fit(dat
     sized = VectorizeHook(postgres_conn_id=database.conn_id)  # auto
     with caplog.at_level(logging.INFO, logger="airflow_vectorize.index_build"):
         create_points(database, sized, unit_vectors(ROWS, seed=4))
-    built = [r for r in caplog.records if r.name == "airflow_vectorize.index_build"]
+    summary = sized.import_embeddings("points", "point_vectors", "id", "embedding")  # a full re-import: rebuilt
+    assert summary["index_rebuilt"] and summary["index_build"]["fits"] and summary["index_build"]["memory"] == "24MB"
+    built = [r for r in caplog.records if r.name == "airflow_vectorize.index_build"][:1]
     assert [r.levelno for r in built] == [logging.INFO] and "fits" in built[0].getMessage()
     caplog.clear()
     sized.drop_project("points")

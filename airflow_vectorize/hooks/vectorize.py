@@ -477,7 +477,7 @@ class VectorizeHook(PostgresHook):
                     inserted, written, chunks = storage.import_chunks(cur, project, source, splitter)
                 else:
                     inserted, written = storage.import_from_table(
-                        cur, project, source.table, source.key, source.embeddings, exclusive=rebuilt
+                        cur, project, source.table, source.key, source.embeddings, exclusive=bool(rebuilt)
                     )
                     storage.write_documents(cur, project, source.table, source.key)
             if inserted is None:  # append: the validation pass counted rows that already had one
@@ -492,7 +492,8 @@ class VectorizeHook(PostgresHook):
             "updated": written - inserted,
             "dimensions": project.dimensions,
             "pending_cleared": pending_cleared,
-            "index_rebuilt": rebuilt,
+            "index_rebuilt": bool(rebuilt),
+            **({"index_build": rebuilt.build} if rebuilt.build else {}),
             **({"chunks": chunks} if project.is_chunked else {}),
             "seconds": round(time.monotonic() - started, 3),
         }
