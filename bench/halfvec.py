@@ -12,7 +12,6 @@ by query. Reported, not asserted.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -22,8 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.output import add_output_arguments, write_results  # noqa: E402
-from bench.session import BenchSession, log, prepare_environment  # noqa: E402
+from bench.output import add_output_arguments, run_standalone
+from bench.session import BenchSession, log
 
 TOP = 10
 SIDES = {"vector": False, "halfvec": True}
@@ -36,16 +35,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ef", type=lambda text: [int(n) for n in text.split(",")], default=[40, 100, 200])
     add_output_arguments(parser, "halfvec")
     args = parser.parse_args(argv)
-    prepare_environment()
-    session = BenchSession.start()
-    try:
-        results = run(session, args)
-    finally:
-        session.stop()
-    meta = {"command": " ".join(["python -m bench.halfvec", *(argv if argv is not None else sys.argv[1:])]),
-            "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "python": platform.python_version(),
-            "rows": args.rows, "queries": args.queries}
-    log(f"results: {write_results(args, 'halfvec', meta, results)}")
+    run_standalone("halfvec", args, argv, lambda session: run(session, args),
+                   rows=args.rows, queries=args.queries)
 
 
 def run(session: BenchSession, args: argparse.Namespace) -> dict[str, Any]:

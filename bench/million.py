@@ -20,7 +20,6 @@ Reported, not asserted.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -30,8 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.output import add_output_arguments, write_results  # noqa: E402
-from bench.session import BenchSession, log, prepare_environment  # noqa: E402
+from bench.output import add_output_arguments, run_standalone
+from bench.session import BenchSession, log
 
 JOB, TOP, DEFAULT_EF = "million", 10, 40
 
@@ -43,16 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--passes", type=int, default=3)
     add_output_arguments(parser, "million")
     args = parser.parse_args(argv)
-    prepare_environment()
-    session = BenchSession.start()
-    try:
-        results = run(session, args)
-    finally:
-        session.stop()
-    meta = {"command": " ".join(["python -m bench.million", *(argv if argv is not None else sys.argv[1:])]),
-            "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "python": platform.python_version(),
-            "rows": args.rows, "queries": args.queries, "passes": args.passes}
-    log(f"results: {write_results(args, 'million', meta, results)}")
+    run_standalone("million", args, argv, lambda session: run(session, args),
+                   rows=args.rows, queries=args.queries, passes=args.passes)
 
 
 def run(session: BenchSession, args: argparse.Namespace) -> dict[str, Any]:
@@ -93,7 +84,7 @@ def run(session: BenchSession, args: argparse.Namespace) -> dict[str, Any]:
             seconds.append(time.perf_counter() - started)
             found.append({r["product_id"] for r in rows})
         results[f"filter_keeps_{int(share * 100)}_percent"] = {
-            "rows_kept": int(len(kept)), "recall_at_10": recall(found, exact_kept),
+            "rows_kept": len(kept), "recall_at_10": recall(found, exact_kept),
             "p50_ms": round(float(np.median(seconds)) * 1000, 2)}
         log(f"  filter keeping {share:.0%}: {results[f'filter_keeps_{int(share * 100)}_percent']}")
     results.update(changes(session, data, args.rows))

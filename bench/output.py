@@ -7,6 +7,7 @@ import argparse
 import json
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,3 +28,24 @@ def write_results(args: argparse.Namespace, name: str, meta: dict[str, Any], mea
     if args.latest:
         shutil.copyfile(path, BENCH_DIR / f"latest-{name}.json")
     return path
+
+
+def run_standalone(name: str, args: argparse.Namespace, argv: list[str] | None,
+                   run: Callable[[Any], Any], **meta: Any) -> Any:
+    """A standalone bench: the embedded server for the run, then its results written (``write_results``)
+    with the command, the time and the Python version. Returns what ``run(session)`` returned."""
+    import platform
+    import sys
+
+    from bench.session import BenchSession, log, prepare_environment
+
+    prepare_environment()
+    session = BenchSession.start()
+    try:
+        results = run(session)
+    finally:
+        session.stop()
+    meta = {"command": " ".join([f"python -m bench.{name}", *(argv if argv is not None else sys.argv[1:])]),
+            "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "python": platform.python_version(), **meta}
+    log(f"results: {write_results(args, name, meta, results)}")
+    return results

@@ -14,7 +14,6 @@ Reported, not asserted.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import threading
 import time
@@ -25,8 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.output import add_output_arguments, write_results  # noqa: E402
-from bench.session import BenchSession, log, prepare_environment  # noqa: E402
+from bench.output import add_output_arguments, run_standalone
+from bench.session import BenchSession, log
 
 CHART = ROOT / "bench" / "scaling.png"
 
@@ -37,17 +36,8 @@ def main(argv: list[str] | None = None) -> None:
                         default=[100_000, 300_000, 1_000_000])
     add_output_arguments(parser, "scaling")
     args = parser.parse_args(argv)
-    prepare_environment()
-    session = BenchSession.start()
-    try:
-        results = run(session, args.sizes)
-    finally:
-        session.stop()
-    chart(results)
-    meta = {"command": " ".join(["python -m bench.scaling", *(argv if argv is not None else sys.argv[1:])]),
-            "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "python": platform.python_version(),
-            "sizes": args.sizes}
-    log(f"results: {write_results(args, 'scaling', meta, results)}")
+    results = run_standalone("scaling", args, argv, lambda session: run(session, args.sizes), sizes=args.sizes)
+    chart(results, CHART if args.latest else args.output_dir / "scaling.png")
 
 
 class ServerMemory:
@@ -121,7 +111,7 @@ def run(session: BenchSession, sizes: list[int]) -> dict[str, Any]:
     return {"sizes": rows_out}
 
 
-def chart(results: dict[str, Any]) -> None:
+def chart(results: dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -135,7 +125,7 @@ def chart(results: dict[str, Any]) -> None:
              title="import_embeddings with the HNSW build, per row")
     axes.grid(alpha=0.3)
     figure.tight_layout()
-    figure.savefig(CHART)
+    figure.savefig(path)
     plt.close(figure)
 
 

@@ -12,7 +12,6 @@ top-10 and p50 time, the two sides alternating query by query over ``--passes`` 
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -22,8 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.output import add_output_arguments, write_results  # noqa: E402
-from bench.session import BenchSession, log, prepare_environment  # noqa: E402
+from bench.output import add_output_arguments, run_standalone
+from bench.session import BenchSession, log
 
 JOB, TABLE, VECTORS, TOP, DEFAULT_EF = "tuned", "products", "product_vectors", 10, 40
 
@@ -36,17 +35,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--passes", type=int, default=3)
     add_output_arguments(parser, "tune")
     args = parser.parse_args(argv)
-    prepare_environment()
-    session = BenchSession.start()
-    try:
-        measured = run(session, args)
-    finally:
-        session.stop()
-    meta = {"command": " ".join(["python -m bench.tune", *(argv if argv is not None else sys.argv[1:])]),
-            "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "python": platform.python_version(),
-            "rows": args.rows, "queries": args.queries, "target_recalls": args.targets, "passes": args.passes}
-    path = write_results(args, "tune", meta, measured)
-    log(f"results: {path}")
+    run_standalone("tune", args, argv, lambda session: run(session, args),
+                   rows=args.rows, queries=args.queries, target_recalls=args.targets, passes=args.passes)
 
 
 def run(session: BenchSession, args: argparse.Namespace) -> dict[str, Any]:

@@ -20,10 +20,10 @@ from airflow_vectorize import (
     expressions,
     freshness,
     generation,
+    index_build,
     models,
     rag,
     removal,
-    index_build,
     storage,
     tuning,
     validation,
@@ -957,9 +957,9 @@ class VectorizeHook(PostgresHook):
 
         curves = []
         for case in cases:
-            exact = [keys(self._run_search(job_name, lambda t, v=vector: searching.exact_query(t, v, columns, k, case)))
-                     for vector in vectors]
-            measured = tuning.curve(lambda v, ef: keys(self.search(job_name, v, columns, k, case, ef_search=ef)),
+            exact = [keys(self._run_search(
+                job_name, lambda t, v=vector, f=case: searching.exact_query(t, v, columns, k, f))) for vector in vectors]
+            measured = tuning.curve(lambda v, ef, f=case: keys(self.search(job_name, v, columns, k, f, ef_search=ef)),
                                     vectors, exact, target)
             curves.append({"filters": case, **measured})
         chosen, reached = tuning.choose(curves)
