@@ -40,22 +40,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--passes", type=int, default=3)
+    parser.add_argument("--shared-buffers", default=None,
+                        help="the server's shared_buffers for the run (e.g. 3GB; default: the embedded server's 128MB)")
     add_output_arguments(parser, "million")
     args = parser.parse_args(argv)
     run_standalone("million", args, argv, lambda session: run(session, args),
-                   rows=args.rows, queries=args.queries, passes=args.passes)
+                   rows=args.rows, queries=args.queries, passes=args.passes, shared_buffers=args.shared_buffers)
 
 
 def run(session: BenchSession, args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
+    if args.shared_buffers:
+        from psycopg import sql
+
+        session.execute(sql.SQL("ALTER SYSTEM SET shared_buffers = {}").format(sql.Literal(args.shared_buffers)))
+        restart(session)
+    results_settings = {"shared_buffers": session.scalar("SHOW shared_buffers")}
+    log(f"shared_buffers {results_settings['shared_buffers']}")
     data = session.add_products("products", args.rows, seed=11)
     session.add_embeddings("vectors", data.product_ids, data.embeddings)
     hook = session.hook()
     hook.create_project(JOB, "products", "product_id", ["name", "description"], schedule="manual")
     started = time.perf_counter()
     hook.import_embeddings(JOB, "vectors", "product_id", "embedding")
-    results: dict[str, Any] = {"import_seconds": round(time.perf_counter() - started, 1)}
+    results: dict[str, Any] = {"import_seconds": round(time.perf_counter() - started, 1), **results_settings}
     log(f"{args.rows:,} rows imported in {results['import_seconds']} s")
     session.execute("ANALYZE products; ANALYZE vectorize._embeddings_million")
 
