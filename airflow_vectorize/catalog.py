@@ -536,6 +536,13 @@ def index_statement(project: Project) -> sql.Composable:
     )
 
 
+def embedded_rows(cur: Cursor, project: Project) -> int:
+    """The project's stored vectors (a chunked project's chunks)."""
+    cur.execute(sql.SQL("SELECT count({emb}) FROM {target}").format(
+        emb=sql.Identifier(project.names.embeddings_column), target=project.names.target))
+    return cur.fetchone()[0]
+
+
 def create_index(cur: Cursor, project: Project, build_cap: int | None = None) -> dict[str, Any] | None:
     """The project's HNSW index; a no-op when it exists, also when a concurrent run's build commits first
     (IF NOT EXISTS sees only committed indexes: the later build then fails on the name, in a savepoint).
@@ -545,9 +552,7 @@ def create_index(cur: Cursor, project: Project, build_cap: int | None = None) ->
         if cur.execute("SELECT to_regclass(%s) IS NOT NULL",
                        [sql.Identifier(*project.names.index_qualified_name).as_string(cur)]).fetchone()[0]:
             return None
-        rows = cur.execute(sql.SQL("SELECT count({}) FROM {}").format(
-            sql.Identifier(project.names.embeddings_column), project.names.target)).fetchone()[0]
-        return index_build.build(cur, index_statement(project), f"project {project.name!r}", rows,
+        return index_build.build(cur, index_statement(project), f"project {project.name!r}", embedded_rows(cur, project),
                                  project.dimensions, project.hnsw_m, project.half_index, build_cap)
     try:
         with cur.connection.transaction():

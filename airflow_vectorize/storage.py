@@ -24,17 +24,11 @@ REBUILD_INDEX_SHARE = 0.5
 REBUILD_INDEX_MIN_ROWS = 1000
 
 
-def embedded_rows(cur: Cursor, project: Project) -> int:
-    cur.execute(sql.SQL("SELECT count({emb}) FROM {target}").format(
-        emb=sql.Identifier(project.names.embeddings_column), target=project.names.target))
-    return cur.fetchone()[0]
-
-
 def rebuild_worthwhile(cur: Cursor, project: Project, incoming: int) -> bool:
     """Whether writing ``incoming`` rows is better done without the index, building it afterwards."""
     if incoming < REBUILD_INDEX_MIN_ROWS:
         return False
-    return incoming >= REBUILD_INDEX_SHARE * max(embedded_rows(cur, project), incoming)
+    return incoming >= REBUILD_INDEX_SHARE * max(catalog.embedded_rows(cur, project), incoming)
 
 
 @dataclass
@@ -84,7 +78,7 @@ def reconcile_removed(cur: Cursor, project: Project, build_cap: int) -> dict[str
         # no conflicting lock; writers of the embeddings wait until this transaction ends.
         cur.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(names.target))
         tables = [names.target, *([names.documents] if documents else [])]
-        if truncated or pending >= FULL_RECONCILE_SHARE * embedded_rows(cur, project):
+        if truncated or pending >= FULL_RECONCILE_SHARE * catalog.embedded_rows(cur, project):
             cur.execute(sql.SQL("DELETE FROM {removed}").format(**parts))
             for table in reversed(tables):  # the vectors' count last
                 cur.execute(sql.SQL("DELETE FROM {t} t WHERE NOT EXISTS (SELECT FROM {source} r WHERE {in_source})")

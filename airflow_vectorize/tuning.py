@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from airflow_vectorize.evaluation import percentile
 from airflow_vectorize.exceptions import InvalidInputError
 
 GRID = (10, 20, 40, 60, 80, 100, 120, 160, 200, 250, 300, 400, 500, 600, 800, 1000)  # scan_settings' range
@@ -69,16 +70,10 @@ def curve(search: Callable[[Any, int], list[tuple]], vectors: Sequence[Any], exa
             found.append(search(vector, ef))
             seconds.append(time.perf_counter() - started)
         share = recall(found, exact)
-        points.append({"ef_search": ef, "recall": round(share, 4), "p50_ms": round(_median(seconds) * 1000, 3)})
+        points.append({"ef_search": ef, "recall": round(share, 4), "p50_ms": round(percentile(seconds, 50) * 1000, 3)})
         if share >= target:
             return {"ef_search": ef, "points": points}
     return {"ef_search": None, "points": points}
-
-
-def _median(values: Sequence[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def choose(curves: Sequence[Mapping[str, Any]]) -> tuple[int, bool]:

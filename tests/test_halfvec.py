@@ -82,3 +82,8 @@ def test_recall_stays_with_the_full_precision_index(database, hook):
 
     full, half = recall("points"), recall("half_points")
     assert full > 0.5 and half >= full - 0.05, (full, half)  # at 50 queries, one miss in 500 is 0.002
+    # tune_search measures a half-precision project against the exact answer of the full vectors (numpy's)
+    tuned = hook.tune_search("half_points", 0.9, queries=list(queries), store=False)
+    last = tuned["curves"][0]["points"][-1]
+    found = [{r["id"] for r in hook.search("half_points", q, ["id"], 10, ef_search=last["ef_search"])} for q in queries]
+    assert last["recall"] == pytest.approx(float(np.mean([len(f & e) / 10 for f, e in zip(found, exact)])), abs=1e-4)

@@ -82,7 +82,7 @@ def test_a_bulk_build_sizes_its_memory_and_warns_when_the_graph_does_not_fit(dat
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "outgrew maintenance_work_mem (2MB) after" in warnings[0], warnings
     suggested = warnings[0].split("index_build_memory='")[1].split("'")[0]
-    assert index_build.parse_cap(suggested) > 2 * index_build.graph_bytes(ROWS, 384) / 2  # enough for the graph
+    assert index_build.parse_cap(suggested) > index_build.graph_bytes(ROWS, 384)  # enough for the graph
     assert database.scalar("SELECT count(*) FROM pg_indexes WHERE indexname = 'points_hnsw_cos_idx'") == 1  # built anyway
 
 

@@ -125,7 +125,7 @@ def test_tuning_with_filters_takes_the_value_every_search_needs(points):
     assert last["recall"] == pytest.approx(recall_of(found, exact_top(QUERIES[:20], part3)), abs=1e-4)
 
 
-def test_text_queries_and_sampled_queries(points):
+def test_text_and_labelled_queries(points):
     db, hook = points
     by_text = hook.tune_search("points", 0.9, queries=["point 12", {"query": "point 40", "relevant": [40]}],
                                store=False)

@@ -361,7 +361,7 @@ class VectorizeHook(PostgresHook):
             project = self._project(cur, job_name, source=False)
             cur.execute("SELECT to_regclass(%s) IS NOT NULL", [project.names.source.as_string(None)])
             source_exists = cur.fetchone()[0]
-            embeddings = storage.embedded_rows(cur, project) if source_exists or project.is_join else 0
+            embeddings = catalog.embedded_rows(cur, project) if source_exists or project.is_join else 0
             cur.execute(sql.SQL("SELECT count(*) FROM {}").format(project.names.queue))
             pending = cur.fetchone()[0]
             catalog.drop_storage(cur, project, source_exists)
