@@ -33,7 +33,7 @@ from pgvector.psycopg import register_vector
 from psycopg import sql
 
 from airflow_vectorize import expressions, index_build, storage
-from airflow_vectorize.catalog import Project, create_index, drop_index_unless_busy
+from airflow_vectorize.catalog import Project
 from airflow_vectorize.chunking import Chunk, TextSplitter
 from airflow_vectorize.exceptions import EmbeddingFailuresError, InvalidInputError, ModelResponseError
 from airflow_vectorize.validation import HALFVEC_MAX
@@ -410,10 +410,10 @@ def generate(
         to_embed, skipped, characters = count_due(control, project, scope, max_attempts)
         log.info("Project %r: %d row(s) to embed, %d without text (scope %s)", project.name, to_embed, skipped, scope)
         incoming = incoming_vectors(project, to_embed, characters)
-        rebuild = scope.partition_count == 1 and _bulk(control, project, incoming)
-        if rebuild:  # a bulk load: build the HNSW graph once at the end instead of row by row
+        rebuild = False
+        if scope.partition_count == 1:  # a bulk load: build the HNSW graph once at the end, not row by row
             with control.transaction():
-                rebuild = drop_index_unless_busy(control.cursor(), project)
+                rebuild = storage.drop_index_for_bulk_write(control.cursor(), project, incoming)
         writers = [BatchWriter(stack.enter_context(connect()), project, max_attempts)
                    for _ in range(concurrency + 1)]
         encoders = stack.enter_context(ThreadPoolExecutor(concurrency, thread_name_prefix="vectorize-encode"))
@@ -474,7 +474,7 @@ def generate(
             raise
         finally:  # build the index after a bulk load, or repair the one a killed bulk run dropped
             with control.transaction():
-                build = create_index(control.cursor(), project, index_build_cap)
+                build = storage.build_index(control.cursor(), project, index_build_cap)
         pending_cleared = clear_current_pending(control, project, scope) + sum(w.dequeued for w in writers)
     seconds = time.monotonic() - started
     summary = {
@@ -527,11 +527,6 @@ def _settle(batches: Iterable[Future]) -> None:
             batch.result().result()
         except BaseException:  # noqa: BLE001 - the first error is the one raised
             pass
-
-
-def _bulk(conn: psycopg.Connection, project: Project, incoming: int) -> bool:
-    with conn.transaction(), conn.cursor() as cur:
-        return storage.rebuild_worthwhile(cur, project, incoming)
 
 
 @dataclass(frozen=True)

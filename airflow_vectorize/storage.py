@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 from psycopg import Cursor, sql
@@ -19,8 +16,12 @@ from airflow_vectorize.validation import ImportSource
 
 # A write that brings at least this share of the project's final rows, and at least MIN rows, drops the
 # HNSW index and builds it again afterwards: a bulk build is several times faster than inserting every
-# row into the graph one by one (and leaves no dead index entries after a full re-import).
-REBUILD_INDEX_SHARE = 0.5
+# row into the graph one by one (and leaves no dead index entries after a full re-import). The share is
+# measured (bench-million, bench/imports.py): inserting into the graph costs 4 ms a row at 100k and 6.9 ms
+# at 1M (3.4 ms with shared buffers larger than the index), a build ≈ 0.34 ms per row of the whole table,
+# so a rebuild pays from ≈ 5 % of the rows (≈ 10 % when the index is in shared buffers). From 10 % it is
+# never the slower choice.
+REBUILD_INDEX_SHARE = 0.1
 REBUILD_INDEX_MIN_ROWS = 1000
 
 
@@ -31,33 +32,27 @@ def rebuild_worthwhile(cur: Cursor, project: Project, incoming: int) -> bool:
     return incoming >= REBUILD_INDEX_SHARE * max(catalog.embedded_rows(cur, project), incoming)
 
 
-@dataclass
-class Rebuild:
-    """Whether a write's index is rebuilt (its truth), and that build's figures once done (``index_build``)."""
-
-    rebuilt: bool
-    build: dict[str, Any] | None = None
-
-    def __bool__(self) -> bool:
-        return self.rebuilt
+def drop_index_for_bulk_write(cur: Cursor, project: Project, incoming: int) -> bool:
+    """Drop the HNSW index in this transaction before it writes ``incoming`` rows, when a rebuild is cheaper
+    and no other session keeps the storage busy; returns whether it was dropped. The caller builds the index
+    again after this transaction commits (``build_index``, a transaction of its own): searches of the table
+    wait only for the write, and run without the index (exactly) while it is built."""
+    return rebuild_worthwhile(cur, project, incoming) and drop_index_unless_busy(cur, project)
 
 
-@contextmanager
-def index_maintenance(cur: Cursor, project: Project, incoming: int, build_cap: int) -> Iterator[Rebuild]:
-    """Around a write of ``incoming`` rows: drop the index first when a rebuild is cheaper; rebuild after,
-    its memory sized to the vectors within ``build_cap`` (``index_build``; this transaction only).
-    """
-    rebuild = Rebuild(rebuild_worthwhile(cur, project, incoming) and drop_index_unless_busy(cur, project))
-    yield rebuild
-    if rebuild:
-        rebuild.build = create_index(cur, project, build_cap)
+def build_index(cur: Cursor, project: Project, build_cap: int) -> dict[str, Any] | None:
+    """The project's HNSW index over its vectors when it has none (after a bulk write, or the repair of one a
+    killed run dropped), its memory sized to them within ``build_cap``; its figures, or None when it existed.
+    CREATE INDEX blocks the table's writers until this transaction ends, not its readers."""
+    return create_index(cur, project, build_cap)
 
 
-def reconcile_removed(cur: Cursor, project: Project, build_cap: int) -> dict[str, int]:
+def reconcile_removed(cur: Cursor, project: Project) -> dict[str, Any]:
     """Settle the keys removed since the last run: delete the vectors of those that did not come back; for an
     append project, write the kept vectors back into the rows that came back with the same text. Returns
     ``{"vectors_removed": n}`` (chunks for a chunked project) or ``{"vectors_restored": n, "vectors_removed":
-    m}``. Call with the project locked.
+    m, "index_dropped": bool}`` (a bulk restore drops the index: ``build_index`` after the commit). Call with
+    the project locked.
 
     A join project's vectors are found by key when few keys were removed, and by comparing every stored key
     with the source (one anti-join) after a TRUNCATE (its marker: a row of NULLs) or when many were."""
@@ -96,17 +91,17 @@ def reconcile_removed(cur: Cursor, project: Project, build_cap: int) -> dict[str
             cur.execute("DROP TABLE vectorize_gone")
             return {"vectors_removed": removed}
         return {"vectors_removed": cur.rowcount}
-    with index_maintenance(cur, project, pending, build_cap):
-        cur.execute(sql.SQL(
-            "WITH gone AS (DELETE FROM {removed} RETURNING {keys}, text_md5, embeddings, updated_at)"
-            " UPDATE {source} r SET {emb} = g.embeddings, {md5} = g.text_md5, {updated_at} = g.updated_at FROM gone g"
-            " WHERE {same} AND r.{emb} IS NULL AND g.text_md5 = {current}"
-        ).format(same=key.equals("r", "g"), **parts))
-        restored = cur.rowcount
+    dropped = drop_index_for_bulk_write(cur, project, pending)
+    cur.execute(sql.SQL(
+        "WITH gone AS (DELETE FROM {removed} RETURNING {keys}, text_md5, embeddings, updated_at)"
+        " UPDATE {source} r SET {emb} = g.embeddings, {md5} = g.text_md5, {updated_at} = g.updated_at FROM gone g"
+        " WHERE {same} AND r.{emb} IS NULL AND g.text_md5 = {current}"
+    ).format(same=key.equals("r", "g"), **parts))
+    restored = cur.rowcount
     if documents:  # of the rows that did not come back
         cur.execute(sql.SQL("DELETE FROM {documents} t WHERE NOT EXISTS (SELECT FROM {source} r WHERE {in_source})")
                     .format(documents=names.documents, **parts))
-    return {"vectors_restored": restored, "vectors_removed": pending - restored}
+    return {"vectors_restored": restored, "vectors_removed": pending - restored, "index_dropped": dropped}
 
 
 def has_documents(cur: Cursor, project: Project) -> bool:
@@ -178,8 +173,8 @@ def import_from_table(
     The md5 of each row's current text is stored with its embedding, so generation treats imported
     embeddings as current until the text changes.
 
-    ``exclusive``: this transaction holds the target exclusively (index_maintenance dropped its index to
-    rebuild it). A join import may then skip ON CONFLICT's speculative insertion (~20 % of the write)
+    ``exclusive``: this transaction holds the target exclusively (``drop_index_for_bulk_write`` dropped its
+    index, to be built after the write). A join import may then skip ON CONFLICT's speculative insertion (~20 % of the write)
     and, for a bulk re-import, rewrite the table instead of updating it (see ``_rewrite_pays``).
     """
     key = project.key

@@ -1,8 +1,8 @@
 """Time the phases of ``VectorizeHook.import_embeddings`` from the outside, without changing what it runs.
 
 The hook calls ``validation.check_import_source``, ``validation.check_import_rows``,
-``storage.import_from_table``, ``storage.clear_pending`` and (through ``storage.index_maintenance``)
-``storage.create_index`` as module attributes; wrapping those attributes records how long each took.
+``storage.import_from_table``, ``storage.clear_pending`` and, after the write commits, ``storage.build_index``
+as module attributes; wrapping those attributes records how long each took.
 
 ``skip_index_build=True`` turns the HNSW build after the write into a no-op: the import then runs exactly
 as in production up to the build (the index is dropped before the write as usual), which is how the
@@ -24,7 +24,7 @@ PHASES: dict[str, tuple[Any, str]] = {
     "validate_rows": (validation, "check_import_rows"),
     "write": (storage, "import_from_table"),
     "clear_pending": (storage, "clear_pending"),
-    "index_build": (storage, "create_index"),
+    "index_build": (storage, "build_index"),
 }
 
 

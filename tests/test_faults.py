@@ -320,9 +320,9 @@ IMPORT_EXISTING = 150
 
 
 def test_import_killed_mid_way_changes_nothing_and_the_retry_imports_all(database, hook, workers, connections):
-    """An import is one transaction: a worker SIGKILLed after it wrote every row and rebuilt the index (a bulk
-    import), as it clears the queue just before committing (it waits there for a lock the test holds), leaves
-    the project exactly as it was; the retry imports every row."""
+    """An import's write is one transaction: a worker SIGKILLed after it dropped the index (a bulk import) and
+    wrote every row, as it clears the queue just before committing (it waits there for a lock the test holds),
+    leaves the project exactly as it was, index included; the retry imports every row."""
     create_items(database, IMPORT_ROWS)
     hook.create_project("items", "items", "id", ["title"], schedule="manual")
     random_vectors(database, "old_vectors", 1, IMPORT_EXISTING)

@@ -113,6 +113,57 @@ def test_bulk_import_rebuilds_the_index(database, hook):
     assert (small["updated"], small["index_rebuilt"]) == (1500, True)
 
 
+
+def test_the_index_is_rebuilt_from_a_tenth_of_the_rows(database, hook, monkeypatch):
+    """The rule measured in bench-million: a write of at least 10 % of the rows drops and rebuilds the index."""
+    from airflow_vectorize import storage
+
+    database.execute("CREATE TABLE items (id bigint PRIMARY KEY, body text);"
+                     " INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 1500) g;"
+                     " CREATE TABLE item_vectors AS SELECT id, (SELECT array_agg(random())::real[] FROM"
+                     " generate_series(1, 384) WHERE g.id > 0) AS v FROM items g")
+    hook.create_project("items", "items", "id", ["body"])
+    hook.import_embeddings("items", "item_vectors", "id", "v")
+    monkeypatch.setattr(storage, "REBUILD_INDEX_MIN_ROWS", 10)
+    database.execute("CREATE TABLE tenth AS SELECT * FROM item_vectors WHERE id <= 150;"
+                     " CREATE TABLE less AS SELECT * FROM item_vectors WHERE id <= 149")
+
+    assert hook.import_embeddings("items", "less", "id", "v")["index_rebuilt"] is False
+    assert hook.import_embeddings("items", "tenth", "id", "v")["index_rebuilt"] is True
+
+
+def test_searches_do_not_wait_for_the_rebuild(database, hook, monkeypatch):
+    """The write commits before the index is built: a search while it is being built is answered at once
+    (exactly, without the index) from the new vectors, not queued behind the build's transaction."""
+    import psycopg
+
+    from airflow_vectorize import storage
+
+    database.execute("CREATE TABLE items (id bigint PRIMARY KEY, body text);"
+                     " INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 1200) g;"
+                     " CREATE TABLE item_vectors AS SELECT id, (SELECT array_agg(random())::real[] FROM"
+                     " generate_series(1, 384) WHERE g.id > 0) AS v FROM items g")
+    hook.create_project("items", "items", "id", ["body"])
+    target = database.scalar("SELECT v FROM item_vectors WHERE id = 7")
+    seen = []
+    build = storage.build_index
+
+    def search_then_build(cur, project, build_cap):
+        with psycopg.connect(database.uri, autocommit=True) as other:
+            other.execute("SET lock_timeout = '200ms'")
+            seen.append(other.execute("SELECT id, to_regclass('vectorize.items_hnsw_cos_idx') IS NOT NULL FROM"
+                                      " vectorize._embeddings_items ORDER BY embeddings <=> %s::real[]::vector"
+                                      " LIMIT 1", [target]).fetchone())
+        return build(cur, project, build_cap)
+
+    monkeypatch.setattr(storage, "build_index", search_then_build)
+    summary = hook.import_embeddings("items", "item_vectors", "id", "v")
+
+    assert summary["index_rebuilt"] and summary["index_build"]["fits"]
+    assert seen == [(7, False)]  # the new vectors, no index yet, and no lock wait
+    assert database.scalar("SELECT to_regclass('vectorize.items_hnsw_cos_idx') IS NOT NULL")
+
+
 def bad_source(db, ddl: str) -> None:
     db.execute("CREATE TABLE bad AS SELECT product_id, embedding FROM product_embeddings; " + ddl)
 

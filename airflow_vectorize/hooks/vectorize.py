@@ -471,18 +471,19 @@ class VectorizeHook(PostgresHook):
                 cur, project, src_schema, src_table, src_primary_key, src_embeddings_col, src_chunk_col
             )
             source = validation.check_import_rows(cur, project, table, keys, emb, chunk)
-            with storage.index_maintenance(cur, project, source.rows, self._build_cap) as rebuilt:
-                if project.is_chunked:
-                    splitter = self._splitter(project, self._model(project))
-                    inserted, written, chunks = storage.import_chunks(cur, project, source, splitter)
-                else:
-                    inserted, written = storage.import_from_table(
-                        cur, project, source.table, source.key, source.embeddings, exclusive=bool(rebuilt)
-                    )
-                    storage.write_documents(cur, project, source.table, source.key)
+            rebuilt = storage.drop_index_for_bulk_write(cur, project, source.rows)
+            if project.is_chunked:
+                splitter = self._splitter(project, self._model(project))
+                inserted, written, chunks = storage.import_chunks(cur, project, source, splitter)
+            else:
+                inserted, written = storage.import_from_table(
+                    cur, project, source.table, source.key, source.embeddings, exclusive=rebuilt
+                )
+                storage.write_documents(cur, project, source.table, source.key)
             if inserted is None:  # append: the validation pass counted rows that already had one
                 inserted = written - source.already_embedded
             pending_cleared = storage.clear_pending(cur, project, source.table, source.key)
+        build = self._build_index(project)  # after the commit: searches wait for the write only
         summary = {
             "job_name": job_name,
             "table_method": project.table_method,
@@ -492,8 +493,8 @@ class VectorizeHook(PostgresHook):
             "updated": written - inserted,
             "dimensions": project.dimensions,
             "pending_cleared": pending_cleared,
-            "index_rebuilt": bool(rebuilt),
-            **({"index_build": rebuilt.build} if rebuilt.build else {}),
+            "index_rebuilt": rebuilt,
+            **({"index_build": build} if build else {}),
             **({"chunks": chunks} if project.is_chunked else {}),
             "seconds": round(time.monotonic() - started, 3),
         }
@@ -545,10 +546,12 @@ class VectorizeHook(PostgresHook):
             if removal.attach(cur, project):  # another table was put in the source's place
                 self._search_cache.pop(job_name, None)
                 project = self._project(cur, job_name)
-            reconciled = storage.reconcile_removed(cur, project, self._build_cap)
+            reconciled = storage.reconcile_removed(cur, project)
             bulk = [row[0] for row in cur.execute(sql.SQL("SELECT id FROM {}").format(project.names.bulk))]
             if bulk and scope.pending_only:  # a bulk insert queued no keys: look at every row
                 scope = replace(scope, pending_only=False)
+        if reconciled.pop("index_dropped", False):  # many rows' vectors restored: the index, before embedding
+            self._build_index(project)
         model = self._model(project)
         try:
             summary = generation.generate(
@@ -575,6 +578,11 @@ class VectorizeHook(PostgresHook):
             with self.transaction() as cur:
                 cur.execute(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(project.names.bulk), [bulk])
         return {**summary, **reconciled}
+
+    def _build_index(self, project: Project) -> dict[str, Any] | None:
+        """The project's HNSW index, built in a transaction of its own unless it exists (``storage.build_index``)."""
+        with self.transaction() as cur:
+            return storage.build_index(cur, project, self._build_cap)
 
     @staticmethod
     def _splitter(project: Project, model: models.EmbeddingModel) -> chunking.TextSplitter | None:
