@@ -12,7 +12,8 @@ The bench's products and clustered 384-dimension vectors (bench/data.py), import
   ``tune_search`` picks for 0.95 (on other queries). Filtered searches (``price`` below the value keeping 10 %
   and 1 % of the rows; iterative scans on): recall against the exact top-10 among the kept rows, and p50.
 - **Re-import** of 1 % of the rows (new vectors, same keys) and **regeneration** of 1 % (their descriptions
-  changed, embedded by the model): seconds, per changed row, and whether the index was kept or rebuilt.
+  changed, embedded by the model): seconds, per changed row, and whether the index was kept or rebuilt; then a
+  **10 % re-import** (which rebuilds the index) while another session searches: the searches' latencies.
 
 Reported, not asserted.
 """
@@ -194,6 +195,57 @@ def changes(session: BenchSession, data: Any, rows: int) -> dict[str, Any]:
                                    "ms_per_row": round(seconds / max(generated["embedded"], 1) * 1000, 3),
                                    "index_rebuilt": generated["index_rebuilt"]}
     log(f"  regeneration: {out['regenerate_1_percent']}")
+    out["reimport_10_percent"] = reimport_while_searching(session, data, rows, out["reimport_1_percent"])
+    return out
+
+
+def reimport_while_searching(session: BenchSession, data: Any, rows: int, one_percent: dict[str, Any]) -> dict[str, Any]:
+    """10 % re-imported (the rule rebuilds the index from 10 %) while another session searches in a loop:
+    the import's seconds (write, then the build after its commit) and the searches' latencies meanwhile (the
+    longest is the wait for the write's lock). Keeping the index instead is estimated from the 1 % re-import's
+    time per row (stated as an estimate: measuring it would take ≈ 10 more minutes)."""
+    import threading
+
+    import numpy as np
+
+    ids = data.product_ids[5::10]
+    session.add_embeddings("reimport_10", ids, session.space.sample(len(ids), seed=78))
+    queries = session.space.sample(50, seed=79)
+    latencies: list[tuple[float, float]] = []  # (start since the import began, seconds)
+    errors: list[str] = []
+    stop = threading.Event()
+    searcher = session.hook()
+    searcher.search(JOB, queries[0], ["product_id"], TOP)
+
+    def search_loop() -> None:
+        i = 0
+        while not stop.is_set():
+            began = time.perf_counter()
+            try:
+                searcher.search(JOB, queries[i % len(queries)], ["product_id"], TOP)
+            except Exception as error:  # noqa: BLE001 - reported
+                errors.append(f"{type(error).__name__}: {error}")
+            latencies.append((began - started, time.perf_counter() - began))
+            i += 1
+
+    started = time.perf_counter()
+    thread = threading.Thread(target=search_loop, daemon=True)
+    thread.start()
+    imported = session.hook().import_embeddings(JOB, "reimport_10", "product_id", "embedding")
+    seconds = time.perf_counter() - started
+    stop.set()
+    thread.join()
+    build = imported.get("index_build") or {}
+    during = np.asarray([t for _, t in latencies]) * 1000
+    out = {"rows": imported["imported"], "seconds": round(seconds, 1),
+           "ms_per_row": round(seconds / imported["imported"] * 1000, 3), "index_rebuilt": imported["index_rebuilt"],
+           "build_seconds": build.get("seconds"),
+           "keeping_the_index_estimated_seconds": round(one_percent["ms_per_row"] * imported["imported"] / 1000, 1),
+           "searches": len(latencies), "search_errors": len(errors), "search_error_examples": errors[:3],
+           "search_p50_ms": round(float(np.median(during)), 1) if len(during) else None,
+           "search_max_ms": round(float(during.max()), 1) if len(during) else None,
+           "search_first_ms": [round(t * 1000, 1) for _, t in latencies[:3]]}
+    log(f"  re-import 10 % while searching: {out}")
     return out
 
 
