@@ -14,6 +14,7 @@ Reported, not asserted.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 import time
@@ -34,9 +35,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=lambda text: [int(n) for n in text.split(",")],
                         default=[100_000, 300_000, 1_000_000])
+    parser.add_argument("--index-build-memory", default="auto",
+                        help="the hook's index_build_memory cap (auto: 4GB; the graph of 3M rows needs ≈ 8GB)")
     add_output_arguments(parser, "scaling")
     args = parser.parse_args(argv)
-    results = run_standalone("scaling", args, argv, lambda session: run(session, args.sizes), sizes=args.sizes)
+    os.environ["VECTORIZE_BENCH_INDEX_BUILD_MEMORY"] = args.index_build_memory  # for the workers
+    results = run_standalone("scaling", args, argv, lambda session: run(session, args.sizes), sizes=args.sizes,
+                             index_build_memory=args.index_build_memory)
     chart(results, CHART if args.latest else args.output_dir / "scaling.png")
 
 

@@ -9,6 +9,7 @@ server, not in the worker), so that the worker's peak RSS is what is measured, a
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from bench.session import CONN_ID, prepare_environment
@@ -18,7 +19,8 @@ def main(argv: list[str]) -> None:
     prepare_environment()
     from airflow_vectorize.hooks.vectorize import VectorizeHook
 
-    hook = VectorizeHook(postgres_conn_id=CONN_ID)
+    hook = VectorizeHook(postgres_conn_id=CONN_ID,
+                         index_build_memory=os.environ.get("VECTORIZE_BENCH_INDEX_BUILD_MEMORY", "auto"))
     kind, job = argv[0], argv[1]
     if kind in ("import", "import-indexed"):  # import-indexed: with the HNSW build, as a user runs it
         from bench.phases import import_phases
