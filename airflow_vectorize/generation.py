@@ -384,8 +384,12 @@ def generate(
     input_errors: tuple[type[Exception], ...] = (),
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     max_failed_share: float = DEFAULT_MAX_FAILED_SHARE,
+    rebuild_index: bool | None = None,
 ) -> dict[str, Any]:
     """Embed every row of ``project`` in ``scope`` that needs it; see the module docstring.
+
+    ``rebuild_index``: drop the HNSW index first and build it at the end (None: when the rows due are at least
+    ``storage.REBUILD_INDEX_SHARE`` of the project's; never for one partition of several).
 
     ``splitter`` (a chunked project's): each row's text is cut into chunks, one vector each.
 
@@ -413,7 +417,7 @@ def generate(
         rebuild = False
         if scope.partition_count == 1:  # a bulk load: build the HNSW graph once at the end, not row by row
             with control.transaction():
-                rebuild = storage.drop_index_for_bulk_write(control.cursor(), project, incoming)
+                rebuild = storage.drop_index_for_bulk_write(control.cursor(), project, incoming, rebuild_index)
         writers = [BatchWriter(stack.enter_context(connect()), project, max_attempts)
                    for _ in range(concurrency + 1)]
         encoders = stack.enter_context(ThreadPoolExecutor(concurrency, thread_name_prefix="vectorize-encode"))

@@ -32,12 +32,14 @@ def rebuild_worthwhile(cur: Cursor, project: Project, incoming: int) -> bool:
     return incoming >= REBUILD_INDEX_SHARE * max(catalog.embedded_rows(cur, project), incoming)
 
 
-def drop_index_for_bulk_write(cur: Cursor, project: Project, incoming: int) -> bool:
-    """Drop the HNSW index in this transaction before it writes ``incoming`` rows, when a rebuild is cheaper
-    and no other session keeps the storage busy; returns whether it was dropped. The caller builds the index
-    again after this transaction commits (``build_index``, a transaction of its own): searches of the table
-    wait only for the write, and run without the index (exactly) while it is built."""
-    return rebuild_worthwhile(cur, project, incoming) and drop_index_unless_busy(cur, project)
+def drop_index_for_bulk_write(cur: Cursor, project: Project, incoming: int, rebuild: bool | None = None) -> bool:
+    """Drop the HNSW index in this transaction before it writes ``incoming`` rows — when a rebuild is cheaper
+    (``rebuild`` None), or as ``rebuild`` says — unless another session keeps the storage busy; returns
+    whether it was dropped. The caller builds the index again after this transaction commits (``build_index``,
+    a transaction of its own): searches of the table wait only for the write, and run without the index
+    (exactly, slower) while it is built."""
+    wanted = rebuild_worthwhile(cur, project, incoming) if rebuild is None else rebuild
+    return wanted and drop_index_unless_busy(cur, project)
 
 
 def build_index(cur: Cursor, project: Project, build_cap: int) -> dict[str, Any] | None:

@@ -503,3 +503,9 @@ def check_import_rows(cur: Cursor, project: Project, table: Table, keys: list[Co
 
 def _spelled(key: Key) -> str:
     return repr(key.columns[0]) if not key.composite else repr(list(key.columns))
+
+
+def check_rebuild_index(value: object) -> None:
+    """``rebuild_index`` of a write: True, False, or None (the measured rule)."""
+    if value is not None and not isinstance(value, bool):
+        raise InvalidInputError(f"rebuild_index must be True, False or None (rebuild when it is faster), got {value!r}")

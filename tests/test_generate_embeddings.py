@@ -189,6 +189,18 @@ def test_bulk_load_builds_the_index_once(database, hook):
         "SELECT indexdef FROM pg_indexes WHERE indexname = 'items_hnsw_l2_idx'")
 
 
+def test_a_bulk_load_can_keep_the_index(database, hook):
+    """rebuild_index=False: every row goes into the graph as it is written; the index is never missing."""
+    create_items(database, 1200)
+    hook.create_project("items", "items", "id", ["title"])
+    before = database.scalar("SELECT 'vectorize.items_hnsw_cos_idx'::regclass::oid")
+
+    result = hook.generate_embeddings("items", rebuild_index=False)
+
+    assert (result["embedded"], result["index_rebuilt"]) == (1200, False) and "index_build" not in result
+    assert database.scalar("SELECT 'vectorize.items_hnsw_cos_idx'::regclass::oid") == before  # the same index
+
+
 def test_encode_uses_the_projects_model(products, hook, model):
     hook.create_project("shop", "products", "product_id", COLUMNS)
 

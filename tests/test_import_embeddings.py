@@ -130,6 +130,17 @@ def test_the_index_is_rebuilt_from_a_tenth_of_the_rows(database, hook, monkeypat
 
     assert hook.import_embeddings("items", "less", "id", "v")["index_rebuilt"] is False
     assert hook.import_embeddings("items", "tenth", "id", "v")["index_rebuilt"] is True
+    # or as the caller says
+    assert hook.import_embeddings("items", "tenth", "id", "v", rebuild_index=False)["index_rebuilt"] is False
+    assert hook.import_embeddings("items", "less", "id", "v", rebuild_index=True)["index_rebuilt"] is True
+
+    before = snapshot(database)
+    for call in (lambda: hook.import_embeddings("items", "tenth", "id", "v", rebuild_index="yes"),
+                 lambda: hook.generate_embeddings("items", rebuild_index=1)):
+        with pytest.raises(InvalidInputError, match=r"rebuild_index must be True, False or None \(rebuild when it"
+                                                    r" is faster\), got ('yes'|1)"):
+            call()
+    assert snapshot(database) == before
 
 
 def test_searches_do_not_wait_for_the_rebuild(database, hook, monkeypatch):

