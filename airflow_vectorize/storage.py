@@ -45,7 +45,11 @@ def drop_index_for_bulk_write(cur: Cursor, project: Project, incoming: int, rebu
 def build_index(cur: Cursor, project: Project, build_cap: int) -> dict[str, Any] | None:
     """The project's HNSW index over its vectors when it has none (after a bulk write, or the repair of one a
     killed run dropped), its memory sized to them within ``build_cap``; its figures, or None when it existed.
-    CREATE INDEX blocks the table's writers until this transaction ends, not its readers."""
+    CREATE INDEX blocks the table's writers until this transaction ends, not its readers. A no-op when the
+    project's storage is gone (dropped since the write committed)."""
+    cur.execute("SELECT to_regclass(%s) IS NULL", [project.names.target.as_string(cur)])
+    if cur.fetchone()[0]:
+        return None
     return create_index(cur, project, build_cap)
 
 

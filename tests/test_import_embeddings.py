@@ -175,6 +175,28 @@ def test_searches_do_not_wait_for_the_rebuild(database, hook, monkeypatch):
     assert database.scalar("SELECT to_regclass('vectorize.items_hnsw_cos_idx') IS NOT NULL")
 
 
+
+def test_a_project_dropped_between_the_write_and_the_build_is_left_dropped(database, hook, monkeypatch):
+    from airflow_vectorize import storage
+
+    database.execute("CREATE TABLE items (id bigint PRIMARY KEY, body text);"
+                     " INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 1200) g;"
+                     " CREATE TABLE item_vectors AS SELECT id, (SELECT array_agg(random())::real[] FROM"
+                     " generate_series(1, 384) WHERE g.id > 0) AS v FROM items g")
+    hook.create_project("items", "items", "id", ["body"])
+    build = storage.build_index
+
+    def drop_then_build(cur, project, build_cap):
+        hook.drop_project("items")
+        return build(cur, project, build_cap)
+
+    monkeypatch.setattr(storage, "build_index", drop_then_build)
+    summary = hook.import_embeddings("items", "item_vectors", "id", "v")
+
+    assert summary["imported"] == 1200 and summary["index_rebuilt"] and "index_build" not in summary
+    assert database.scalar("SELECT to_regclass('vectorize._embeddings_items')") is None
+
+
 def bad_source(db, ddl: str) -> None:
     db.execute("CREATE TABLE bad AS SELECT product_id, embedding FROM product_embeddings; " + ddl)
 
