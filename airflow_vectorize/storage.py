@@ -120,20 +120,29 @@ def has_documents(cur: Cursor, project: Project) -> bool:
 
 
 def write_documents(cur: Cursor, project: Project, keys: sql.Composable, keys_key: Key | None = None,
-                    documents: bool | None = None) -> None:
+                    documents: bool | None = None, bulk: bool = False) -> None:
     """Write the full-text documents of the source rows whose keys are in the relation ``keys`` (its key
     columns named as ``keys_key``'s, by default the project's): as the vectors of those rows are written.
-    ``documents``: ``has_documents``, when the caller knows it (a generation run's batches)."""
+    ``documents``: ``has_documents``, when the caller knows it (a generation run's batches). ``bulk``: many
+    rows (an import): the documents are computed by a ``CREATE TABLE AS``, which PostgreSQL may run with
+    parallel workers (an INSERT's query never is; 100k texts: 1.05 s instead of 1.9 s), then upserted."""
     if not (has_documents(cur, project) if documents is None else documents):  # chunked, or created before
         return
     key = project.key
+    parts = dict(documents=project.names.documents, keys=key.names(), document=sql.Identifier(DOCUMENT_COLUMN),
+                 r_keys=key.names("r"), text=expressions.fts_document(project, "r"), source=project.names.source,
+                 rel=keys, matched=key.equals("r", "k", keys_key), computed=sql.Identifier("vectorize_documents"))
+    select = sql.SQL("SELECT {r_keys}, {text} AS {document} FROM {source} r"
+                     " WHERE EXISTS (SELECT FROM {rel} k WHERE {matched})").format(**parts)
+    if bulk:
+        cur.execute(sql.SQL("CREATE TEMP TABLE {computed} ON COMMIT DROP AS {select}").format(select=select, **parts))
+        select = sql.SQL("SELECT {keys}, {document} FROM {computed}").format(**parts)
     cur.execute(sql.SQL(
-        "INSERT INTO {documents} ({keys}, {document}) SELECT {r_keys}, {text} FROM {source} r"
-        " WHERE EXISTS (SELECT FROM {rel} k WHERE {matched})"
+        "INSERT INTO {documents} ({keys}, {document}) {select}"
         " ON CONFLICT ({keys}) DO UPDATE SET {document} = EXCLUDED.{document}"
-    ).format(documents=project.names.documents, keys=key.names(), document=sql.Identifier(DOCUMENT_COLUMN),
-             r_keys=key.names("r"), text=expressions.fts_document(project, "r"), source=project.names.source,
-             rel=keys, matched=key.equals("r", "k", keys_key)))
+    ).format(select=select, **parts))
+    if bulk:
+        cur.execute(sql.SQL("DROP TABLE {computed}").format(**parts))
 
 
 def ensure_documents(cur: Cursor, project: Project) -> bool:

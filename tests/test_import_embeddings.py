@@ -111,6 +111,13 @@ def test_bulk_import_rebuilds_the_index(database, hook):
     assert database.scalar("SHOW maintenance_work_mem") == "64MB"  # a setting of that transaction only
     small = hook.import_embeddings("items", "item_vectors", "id", "v")  # 100 % again: rebuild again
     assert (small["updated"], small["index_rebuilt"]) == (1500, True)
+    # the stored full-text documents, computed in bulk (a CREATE TABLE AS) and upserted: one per row, current
+    database.execute("UPDATE items SET body = 'changed ' || id WHERE id <= 1000")
+    hook.import_embeddings("items", "item_vectors", "id", "v")
+    assert database.scalar("SELECT count(*) FROM vectorize._documents_items d JOIN items i USING (id)"
+                           " WHERE d.document = to_tsvector('english', i.body)") == 1500
+    matched = [r for r in hook.hybrid_search("items", "changed", num_results=20) if r["full_text_rank"] is not None]
+    assert matched and all(r["id"] <= 1000 for r in matched)  # found by the new documents only
 
 
 
