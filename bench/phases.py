@@ -1,8 +1,8 @@
 """Time the phases of ``VectorizeHook.import_embeddings`` from the outside, without changing what it runs.
 
 The hook calls ``validation.check_import_source``, ``validation.check_import_rows``,
-``storage.import_from_table``, ``storage.clear_pending`` and, after the write commits, ``storage.build_index``
-as module attributes; wrapping those attributes records how long each took.
+``storage.import_from_table``, ``storage.write_documents``, ``storage.clear_pending`` and, after the write
+commits, ``storage.build_index`` as module attributes; wrapping those attributes records how long each took.
 
 ``skip_index_build=True`` turns the HNSW build after the write into a no-op: the import then runs exactly
 as in production up to the build (the index is dropped before the write as usual), which is how the
@@ -23,6 +23,7 @@ PHASES: dict[str, tuple[Any, str]] = {
     "validate_source": (validation, "check_import_source"),
     "validate_rows": (validation, "check_import_rows"),
     "write": (storage, "import_from_table"),
+    "documents": (storage, "write_documents"),
     "clear_pending": (storage, "clear_pending"),
     "index_build": (storage, "build_index"),
 }
