@@ -204,6 +204,17 @@ def test_a_project_dropped_between_the_write_and_the_build_is_left_dropped(datab
     assert database.scalar("SELECT to_regclass('vectorize._embeddings_items')") is None
 
 
+
+def test_an_import_builds_the_index_a_killed_run_left_missing(products, hook, project):
+    products.execute("DROP INDEX vectorize.product_search_hnsw_cos_idx")  # as a run killed after its drop leaves it
+    products.execute("CREATE TABLE few AS SELECT * FROM product_embeddings WHERE product_id <= 3")
+
+    summary = hook.import_embeddings("product_search", "few", "product_id", "embedding")
+
+    assert not summary["index_rebuilt"] and summary["index_build"]["fits"]  # not dropped by it, built after it
+    assert products.scalar("SELECT to_regclass('vectorize.product_search_hnsw_cos_idx') IS NOT NULL")
+
+
 def bad_source(db, ddl: str) -> None:
     db.execute("CREATE TABLE bad AS SELECT product_id, embedding FROM product_embeddings; " + ddl)
 
