@@ -31,6 +31,14 @@ def source_vectors(db, table: str = "product_embeddings") -> dict[int, np.ndarra
         sql.SQL("SELECT product_id, embedding FROM {}").format(sql.Identifier(table)))}
 
 
+def items_with_vectors(db, rows: int) -> None:
+    """Table items(id, body) of ``rows`` rows and item_vectors(id, v): a random 384-dim real[] per item."""
+    db.execute("CREATE TABLE items (id bigint PRIMARY KEY, body text)")
+    db.execute("INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, %s) g", [rows])
+    db.execute("CREATE TABLE item_vectors AS SELECT id, (SELECT array_agg(random())::real[] FROM"
+               " generate_series(1, 384) WHERE g.id > 0) AS v FROM items g")
+
+
 @pytest.fixture
 def project(products, hook, model, request):
     table_method = getattr(request, "param", "join")
@@ -97,10 +105,7 @@ def test_pending_work_is_cleared_only_for_imported_keys(products, hook, project)
 
 
 def test_bulk_import_rebuilds_the_index(database, hook):
-    database.execute("CREATE TABLE items (id bigint PRIMARY KEY, body text);"
-                     " INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 1500) g;"
-                     " CREATE TABLE item_vectors AS SELECT id, (SELECT array_agg(random())::real[] FROM"
-                     " generate_series(1, 384) WHERE g.id > 0) AS v FROM items g")
+    items_with_vectors(database, 1500)
     hook.create_project("items", "items", "id", ["body"], index_dist_type="pgv_hnsw_ip")
 
     result = hook.import_embeddings("items", "item_vectors", "id", "v")
@@ -125,10 +130,7 @@ def test_the_index_is_rebuilt_from_a_tenth_of_the_rows(database, hook, monkeypat
     """The rule measured in bench-million: a write of at least 10 % of the rows drops and rebuilds the index."""
     from airflow_vectorize import storage
 
-    database.execute("CREATE TABLE items (id bigint PRIMARY KEY, body text);"
-                     " INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 1500) g;"
-                     " CREATE TABLE item_vectors AS SELECT id, (SELECT array_agg(random())::real[] FROM"
-                     " generate_series(1, 384) WHERE g.id > 0) AS v FROM items g")
+    items_with_vectors(database, 1500)
     hook.create_project("items", "items", "id", ["body"])
     hook.import_embeddings("items", "item_vectors", "id", "v")
     monkeypatch.setattr(storage, "REBUILD_INDEX_MIN_ROWS", 10)
@@ -157,10 +159,7 @@ def test_searches_do_not_wait_for_the_rebuild(database, hook, monkeypatch):
 
     from airflow_vectorize import storage
 
-    database.execute("CREATE TABLE items (id bigint PRIMARY KEY, body text);"
-                     " INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 1200) g;"
-                     " CREATE TABLE item_vectors AS SELECT id, (SELECT array_agg(random())::real[] FROM"
-                     " generate_series(1, 384) WHERE g.id > 0) AS v FROM items g")
+    items_with_vectors(database, 1200)
     hook.create_project("items", "items", "id", ["body"])
     target = database.scalar("SELECT v FROM item_vectors WHERE id = 7")
     seen = []
@@ -186,10 +185,7 @@ def test_searches_do_not_wait_for_the_rebuild(database, hook, monkeypatch):
 def test_a_project_dropped_between_the_write_and_the_build_is_left_dropped(database, hook, monkeypatch):
     from airflow_vectorize import storage
 
-    database.execute("CREATE TABLE items (id bigint PRIMARY KEY, body text);"
-                     " INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 1200) g;"
-                     " CREATE TABLE item_vectors AS SELECT id, (SELECT array_agg(random())::real[] FROM"
-                     " generate_series(1, 384) WHERE g.id > 0) AS v FROM items g")
+    items_with_vectors(database, 1200)
     hook.create_project("items", "items", "id", ["body"])
     build = storage.build_index
 
