@@ -685,7 +685,8 @@ def exact_query(target: SearchTarget, vector: Any, return_columns: Sequence[str]
                 filters: Mapping[str, Any] | None = None) -> SearchQuery:
     """The search ``vector_search_query`` builds, answered exactly: a chunked project's on its exact path
     (every chunk compared at full precision), an unchunked one's with index scans off (a sequential scan and
-    a sort by the full vectors, also with a half-precision index). Built on a copy of ``target``, so nothing is kept in its built searches; a statement of its own."""
+    a sort by the full vectors, also with a half-precision index). Built on a copy of ``target``, so nothing
+    is kept in its built searches; a statement of its own."""
     full = replace(target.project, halfvec_index=False)  # ordered by the full vectors, not the index's halves
     exact = replace(target, project=full, exact=full.is_chunked, queries={})
     search = vector_search_query(exact, vector, return_columns, num_results, filters, ef_search=None)

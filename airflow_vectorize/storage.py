@@ -17,8 +17,8 @@ from airflow_vectorize.validation import ImportSource
 # A write that brings at least this share of the project's final rows, and at least MIN rows, drops the
 # HNSW index and builds it again afterwards: a bulk build is several times faster than inserting every
 # row into the graph one by one (and leaves no dead index entries after a full re-import). The share is
-# measured (bench-million, bench/imports.py): inserting into the graph costs 4 ms a row at 100k and 6.9 ms
-# at 1M (3.4 ms with shared buffers larger than the index), a build ≈ 0.34 ms per row of the whole table,
+# measured (bench-million, bench/imports.py): inserting into the graph costs 4 ms a row at 100k and 6.9-7.2
+# ms at 1M (3.4 ms with shared buffers larger than the index), a build ≈ 0.34 ms per row of the whole table,
 # so a rebuild pays from ≈ 5 % of the rows (≈ 10 % when the index is in shared buffers). From 10 % it is
 # never the slower choice.
 REBUILD_INDEX_SHARE = 0.1
@@ -189,8 +189,9 @@ def import_from_table(
     embeddings as current until the text changes.
 
     ``exclusive``: this transaction holds the target exclusively (``drop_index_for_bulk_write`` dropped its
-    index, to be built after the write). A join import may then skip ON CONFLICT's speculative insertion (~20 % of the write)
-    and, for a bulk re-import, rewrite the table instead of updating it (see ``_rewrite_pays``).
+    index, to be built after the write). A join import may then skip ON CONFLICT's speculative insertion
+    (~20 % of the write) and, for a bulk re-import, rewrite the table instead of updating it (see
+    ``_rewrite_pays``).
     """
     key = project.key
     parts = dict(
