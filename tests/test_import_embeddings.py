@@ -126,6 +126,47 @@ def test_bulk_import_rebuilds_the_index(database, hook):
 
 
 
+def test_a_bulk_import_builds_the_full_text_index_again_unless_the_documents_are_in_use(database, hook):
+    """An import that rebuilds the HNSW index, of at least FTS_REBUILD_SHARE of the stored documents, writes
+    them without their GIN index and builds it again in its transaction; a smaller one keeps it, and so do one
+    that keeps the HNSW index (searches are not to wait) and one that finds another session reading the
+    documents (it does not wait: a hybrid search holding them may be waiting for the import's vectors)."""
+    import threading
+
+    import psycopg
+
+    items_with_vectors(database, 4000)
+    hook.create_project("items", "items", "id", ["body"])
+    fts_index = "SELECT to_regclass('vectorize.items_fts_idx')::oid"
+    database.execute("CREATE TABLE few AS SELECT * FROM item_vectors WHERE id <= 1000;"
+                     " CREATE TABLE half AS SELECT * FROM item_vectors WHERE id <= 2000")
+    created = database.scalar(fts_index)
+
+    hook.import_embeddings("items", "item_vectors", "id", "v")
+    rebuilt = database.scalar(fts_index)
+    assert rebuilt not in (None, created)
+    database.execute("UPDATE items SET body = 'changed ' || id WHERE id <= 1000")
+    hook.import_embeddings("items", "few", "id", "v")  # 1,000 of 5,000: inserted into the index
+    assert database.scalar(fts_index) == rebuilt
+    hook.import_embeddings("items", "half", "id", "v", rebuild_index=False)
+    assert database.scalar(fts_index) == rebuilt
+
+    with psycopg.connect(database.uri) as reader:  # a transaction that has read the documents, still open
+        reader.execute("SELECT count(*) FROM vectorize._documents_items")
+        done = threading.Event()
+        importing = threading.Thread(target=lambda: (hook.import_embeddings("items", "half", "id", "v"), done.set()))
+        importing.start()
+        importing.join(60)
+        assert done.is_set()  # it did not wait for the reader
+    assert database.scalar(fts_index) == rebuilt
+
+    assert database.scalar("SELECT indisvalid FROM pg_index WHERE indexrelid = 'vectorize.items_fts_idx'::regclass")
+    assert database.scalar("SELECT count(*) FROM vectorize._documents_items d JOIN items i USING (id)"
+                           " WHERE d.document = to_tsvector('english', i.body)") == 4000
+    matched = [r["id"] for r in hook.hybrid_search("items", "changed", num_results=20) if r["full_text_rank"]]
+    assert matched and max(matched) <= 1000  # found by the new documents only
+
+
 def test_the_index_is_rebuilt_from_a_tenth_of_the_rows(database, hook, monkeypatch):
     """The rule measured in bench-million: a write of at least 10 % of the rows drops and rebuilds the index."""
     from airflow_vectorize import storage

@@ -486,8 +486,8 @@ class VectorizeHook(PostgresHook):
                 inserted, written = storage.import_from_table(
                     cur, project, source.table, source.key, source.embeddings, exclusive=rebuilt
                 )
-                storage.write_documents(cur, project, source.table, source.key,
-                                        bulk=source.rows >= storage.REBUILD_INDEX_MIN_ROWS)
+                storage.write_documents(cur, project, source.table, source.key, incoming=source.rows,
+                                        index_dropped=rebuilt)
             if inserted is None:  # append: the validation pass counted rows that already had one
                 inserted = written - source.already_embedded
             pending_cleared = storage.clear_pending(cur, project, source.table, source.key)
