@@ -520,16 +520,17 @@ def index_expression(project: Project, alias: str | None = None) -> sql.Composab
     return sql.SQL("({}::halfvec({}))").format(column, sql.Literal(project.dimensions))
 
 
-def index_statement(project: Project) -> sql.Composable:
-    """CREATE INDEX IF NOT EXISTS of the project's HNSW index, with its ``m`` / ``ef_construction``."""
+def index_statement(project: Project, table: sql.Identifier | None = None, name: str | None = None) -> sql.Composable:
+    """CREATE INDEX IF NOT EXISTS of the project's HNSW index, with its ``m`` / ``ef_construction`` (on
+    ``table`` under ``name``: the same index of a table that is to take the project's table's place)."""
     options = {"m": project.hnsw_m, "ef_construction": project.hnsw_ef_construction}
     if project.is_chunked and options["ef_construction"] is None:
         options["ef_construction"] = CHUNK_INDEX_EF_CONSTRUCTION
     given = [sql.SQL("{} = {}").format(sql.SQL(name), sql.Literal(value)) for name, value in options.items()
              if value is not None]
     return sql.SQL("CREATE INDEX IF NOT EXISTS {index} ON {target} USING hnsw ({indexed} {opclass}){options}").format(
-        index=sql.Identifier(project.names.index_name),
-        target=project.names.target,
+        index=sql.Identifier(name or project.names.index_name),
+        target=table or project.names.target,
         indexed=index_expression(project),
         opclass=sql.Identifier(project.distance.halfvec_opclass if project.half_index else project.distance.opclass),
         options=sql.SQL(" WITH ({})").format(sql.SQL(", ").join(given)) if given else sql.SQL(""),

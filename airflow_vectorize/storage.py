@@ -215,7 +215,8 @@ def upgrade_layout(cur: Cursor, project: Project) -> None:
 
 
 def import_from_table(
-    cur: Cursor, project: Project, src: sql.Identifier, src_key: Key, src_embeddings: str, exclusive: bool
+    cur: Cursor, project: Project, src: sql.Identifier, src_key: Key, src_embeddings: str, exclusive: bool,
+    into: sql.Identifier | None = None,
 ) -> tuple[int | None, int]:
     """Write every source row's embedding, overwriting existing ones; returns (inserted, written).
 
@@ -226,11 +227,12 @@ def import_from_table(
     ``exclusive``: this transaction holds the target exclusively (``drop_index_for_bulk_write`` dropped its
     index, to be built after the write). A join import may then skip ON CONFLICT's speculative insertion
     (~20 % of the write) and, for a bulk re-import, rewrite the table instead of updating it (see
-    ``_rewrite_pays``).
+    ``_rewrite_pays``). ``into``: a join project's table that is to take the place of its embeddings table
+    (``airflow_vectorize.swap``), holding none of the imported keys: the rows are inserted there.
     """
     key = project.key
     parts = dict(
-        target=project.names.target,
+        target=into or project.names.target,
         source=project.names.source,
         src=src,
         keys=key.names(),
@@ -252,6 +254,9 @@ def import_from_table(
         "INSERT INTO {target} ({keys}, {emb}, {updated_at}, {text_md5})"
         " SELECT {r_keys}, {src_emb}::vector, now(), {md5} FROM {src} s JOIN {source} r ON {matched}"
     ).format(**parts)
+    if into is not None:
+        cur.execute(insert)
+        return None, cur.rowcount
     if exclusive:
         total, overwritten = cur.execute(sql.SQL(
             "SELECT count(*), count(*) FILTER (WHERE EXISTS (SELECT FROM {src} s WHERE {in_src}))"

@@ -319,15 +319,21 @@ IMPORT_ROWS = 600
 IMPORT_EXISTING = 150
 
 
-def test_import_killed_mid_way_changes_nothing_and_the_retry_imports_all(database, hook, workers, connections):
-    """An import's write is one transaction: a worker SIGKILLed after it dropped the index (a bulk import) and
-    wrote every row, as it clears the queue just before committing (it waits there for a lock the test holds),
-    leaves the project exactly as it was, index included; the retry imports every row."""
+@pytest.mark.parametrize("path, lock", [("new table", "ShareLock"), ("in place", "AccessExclusiveLock")])
+def test_import_killed_mid_way_changes_nothing_and_the_retry_imports_all(database, hook, workers, connections,
+                                                                        path, lock):
+    """An import's write is one transaction: a worker SIGKILLed after it wrote every row — into a new table
+    (``airflow_vectorize.swap``; the project's table held against writers) or in place (a view on the table:
+    the index dropped, the table held exclusively) — as it clears the queue just before committing (it waits
+    there for a lock the test holds), leaves the project exactly as it was, index included, and no staged
+    table; the retry imports every row."""
     create_items(database, IMPORT_ROWS)
     hook.create_project("items", "items", "id", ["title"], schedule="manual")
     random_vectors(database, "old_vectors", 1, IMPORT_EXISTING)
     random_vectors(database, "new_vectors", 1, IMPORT_ROWS)
     hook.import_embeddings("items", "old_vectors", "id", "embedding")
+    if path == "in place":
+        database.execute(f"CREATE VIEW item_keys AS SELECT id FROM {EMBEDDINGS}")
     before = snapshot(database)
     (worker,) = workers(1)
 
@@ -339,10 +345,10 @@ def test_import_killed_mid_way_changes_nothing_and_the_retry_imports_all(databas
             "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE NOT l.granted"
             f" AND l.relation = '{QUEUE}'::regclass AND a.application_name = %s", [WORKER_APP]),
             "the import to have written everything and to wait for the queue")
-        assert database.scalar(  # the rows are written: the embeddings table is the import's alone
+        assert database.scalar(  # the rows are written; the embeddings table is held by the import
             "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE l.granted"
-            f" AND l.relation = '{EMBEDDINGS}'::regclass AND l.mode = 'AccessExclusiveLock'"
-            " AND a.application_name = %s", [WORKER_APP]) == 1
+            f" AND l.relation = '{EMBEDDINGS}'::regclass AND l.mode = %s"
+            " AND a.application_name = %s", [lock, WORKER_APP]) == 1
         worker.kill()
     wait_for(lambda: not backends(database, WORKER_APP), "the killed worker's session to end")
 

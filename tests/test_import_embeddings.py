@@ -137,6 +137,8 @@ def test_a_bulk_import_builds_the_full_text_index_again_unless_the_documents_are
 
     items_with_vectors(database, 4000)
     hook.create_project("items", "items", "id", ["body"])
+    # a view on the embeddings table: its bulk imports rebuild the index in place (no swap, see test_swap)
+    database.execute("CREATE VIEW item_keys AS SELECT id FROM vectorize._embeddings_items")
     fts_index = "SELECT to_regclass('vectorize.items_fts_idx')::oid"
     database.execute("CREATE TABLE few AS SELECT * FROM item_vectors WHERE id <= 1000;"
                      " CREATE TABLE half AS SELECT * FROM item_vectors WHERE id <= 2000")

@@ -25,6 +25,7 @@ from airflow_vectorize import (
     rag,
     removal,
     storage,
+    swap,
     tuning,
     validation,
 )
@@ -478,20 +479,26 @@ class VectorizeHook(PostgresHook):
                 cur, project, src_schema, src_table, src_primary_key, src_embeddings_col, src_chunk_col
             )
             source = validation.check_import_rows(cur, project, table, keys, emb, chunk)
-            rebuilt = storage.drop_index_for_bulk_write(cur, project, source.rows, rebuild_index)
-            if project.is_chunked:
-                splitter = self._splitter(project, self._model(project))
-                inserted, written, chunks = storage.import_chunks(cur, project, source, splitter)
+            rebuild = storage.rebuild_worthwhile(cur, project, source.rows) if rebuild_index is None else rebuild_index
+            swapped = rebuild and swap.import_into_new_table(cur, project, source, self._build_cap)
+            if swapped:
+                rebuilt, (inserted, written, pending_cleared, build) = True, swapped
             else:
-                inserted, written = storage.import_from_table(
-                    cur, project, source.table, source.key, source.embeddings, exclusive=rebuilt
-                )
-                storage.write_documents(cur, project, source.table, source.key, incoming=source.rows,
-                                        index_dropped=rebuilt)
-            if inserted is None:  # append: the validation pass counted rows that already had one
-                inserted = written - source.already_embedded
-            pending_cleared = storage.clear_pending(cur, project, source.table, source.key)
-        build = self._build_index(project)  # after the commit: searches wait for the write only
+                rebuilt = storage.drop_index_for_bulk_write(cur, project, source.rows, rebuild)
+                if project.is_chunked:
+                    splitter = self._splitter(project, self._model(project))
+                    inserted, written, chunks = storage.import_chunks(cur, project, source, splitter)
+                else:
+                    inserted, written = storage.import_from_table(
+                        cur, project, source.table, source.key, source.embeddings, exclusive=rebuilt
+                    )
+                    storage.write_documents(cur, project, source.table, source.key, incoming=source.rows,
+                                            index_dropped=rebuilt)
+                if inserted is None:  # append: the validation pass counted rows that already had one
+                    inserted = written - source.already_embedded
+                pending_cleared = storage.clear_pending(cur, project, source.table, source.key)
+        if not swapped:
+            build = self._build_index(project)  # after the commit: searches wait for the write only
         summary = {
             "job_name": job_name,
             "table_method": project.table_method,
@@ -502,6 +509,7 @@ class VectorizeHook(PostgresHook):
             "dimensions": project.dimensions,
             "pending_cleared": pending_cleared,
             "index_rebuilt": rebuilt,
+            "table_swapped": bool(swapped),
             **({"index_build": build} if build else {}),
             **({"chunks": chunks} if project.is_chunked else {}),
             "seconds": round(time.monotonic() - started, 3),
