@@ -61,7 +61,7 @@ bench: $(VENV)/.installed $(INFINITY_VENV)/.installed
 
 # A real Airflow 3 (scheduler, dag-processor, triggerer, api-server; metadata DB on the embedded PostgreSQL)
 # runs the example DAGs through the scheduler and prints their outcome from the REST API (scripts/deployment.py).
-.PHONY: deployment deployment-celery bench-backfill bench-api bench-reload bench-writes bench-hybrid-documents bench-providers bench-retrieval bench-tune bench-scaling bench-halfvec bench-million
+.PHONY: deployment deployment-celery bench-backfill bench-api bench-reload bench-writes bench-hybrid-documents bench-providers bench-retrieval bench-tune bench-scaling bench-halfvec bench-million bench-swap
 deployment: $(VENV)/.installed
 	$(PY) scripts/deployment.py --executor LocalExecutor
 
@@ -112,3 +112,7 @@ bench-halfvec: $(VENV)/.installed
 # A 1M-row project: search (hook vs raw SQL, warm and after a restart, filtered), 1 % re-import and regeneration (bench/million.py).
 bench-million: $(VENV)/.installed
 	$(PY) -m bench.million
+
+# A 10 % re-import while searching, written in place and into a new table swapped in (bench/swap.py).
+bench-swap: $(VENV)/.installed
+	$(PY) -m bench.swap

@@ -80,3 +80,44 @@ def median(values: list[float]) -> float:
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+@dataclass
+class Searched:
+    """What ``while_searching`` saw: the action's result and seconds, each search's seconds, the errors."""
+
+    result: Any
+    seconds: float
+    latencies: list[float]
+    errors: list[str]
+
+
+def while_searching(search: Callable[[int], Any], action: Callable[[], Any]) -> Searched:
+    """Run ``action`` while a thread calls ``search(i)`` (i = 0, 1, ...) in a loop until it returns."""
+    import threading
+
+    latencies: list[float] = []
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        i = 0
+        while not stop.is_set():
+            began = time.perf_counter()
+            try:
+                search(i)
+            except Exception as error:  # noqa: BLE001 - reported
+                errors.append(f"{type(error).__name__}: {error}")
+            latencies.append(time.perf_counter() - began)
+            i += 1
+
+    thread = threading.Thread(target=loop, daemon=True)
+    started = time.perf_counter()
+    thread.start()
+    try:
+        result = action()
+    finally:
+        seconds = time.perf_counter() - started
+        stop.set()
+        thread.join()
+    return Searched(result, seconds, latencies, errors)

@@ -13,7 +13,8 @@ The bench's products and clustered 384-dimension vectors (bench/data.py), import
   and 1 % of the rows; iterative scans on): recall against the exact top-10 among the kept rows, and p50.
 - **Re-import** of 1 % of the rows (new vectors, same keys) and **regeneration** of 1 % (their descriptions
   changed, embedded by the model): seconds, per changed row, and whether the index was kept or rebuilt; then a
-  **10 % re-import** (which rebuilds the index) while another session searches: the searches' latencies.
+  **10 % re-import** (which rebuilds the index, in a new table swapped in: ``airflow_vectorize.swap``) while
+  another session searches: the searches' latencies.
 
 Reported, not asserted.
 """
@@ -30,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.measure import while_searching
 from bench.output import add_output_arguments, run_standalone
 from bench.session import BenchSession, log
 
@@ -59,19 +61,14 @@ def run(session: BenchSession, args: argparse.Namespace) -> dict[str, Any]:
         restart(session)
     results_settings = {"shared_buffers": session.scalar("SHOW shared_buffers")}
     log(f"shared_buffers {results_settings['shared_buffers']}")
-    data = session.add_products("products", args.rows, seed=11)
-    session.add_embeddings("vectors", data.product_ids, data.embeddings)
-    hook = session.hook()
-    hook.create_project(JOB, "products", "product_id", ["name", "description"], schedule="manual")
-    started = time.perf_counter()
-    hook.import_embeddings(JOB, "vectors", "product_id", "embedding")
-    results: dict[str, Any] = {"import_seconds": round(time.perf_counter() - started, 1), **results_settings}
+    data, seconds = product_project(session, JOB, args.rows)
+    results: dict[str, Any] = {"import_seconds": round(seconds, 1), **results_settings}
     log(f"{args.rows:,} rows imported in {results['import_seconds']} s")
     session.execute("ANALYZE products; ANALYZE vectorize._embeddings_million")
 
     queries = session.space.sample(args.queries, seed=999)
     exact = exact_top(data.embeddings, queries)
-    tuned = hook.tune_search(JOB, 0.95, queries=list(session.space.sample(100, seed=998)), store=False)
+    tuned = session.hook().tune_search(JOB, 0.95, queries=list(session.space.sample(100, seed=998)), store=False)
     results["tune_search"] = {"ef_search": tuned["ef_search"], "curve": tuned["curves"][0]["points"]}
     log(f"tune_search(0.95): ef_search {tuned['ef_search']}")
     for ef in sorted({DEFAULT_EF, tuned["ef_search"]}):
@@ -99,6 +96,18 @@ def run(session: BenchSession, args: argparse.Namespace) -> dict[str, Any]:
         log(f"  filter keeping {share:.0%}: {results[f'filter_keeps_{int(share * 100)}_percent']}")
     results.update(changes(session, data, args.rows))
     return results
+
+
+def product_project(session: BenchSession, job: str, rows: int) -> tuple[Any, float]:
+    """The bench's ``rows`` products and their vectors (table ``vectors``) imported into project ``job`` (join,
+    manual): the dataset and the import's seconds."""
+    data = session.add_products("products", rows, seed=11)
+    session.add_embeddings("vectors", data.product_ids, data.embeddings)
+    hook = session.hook()
+    hook.create_project(job, "products", "product_id", ["name", "description"], schedule="manual")
+    started = time.perf_counter()
+    hook.import_embeddings(job, "vectors", "product_id", "embedding")
+    return data, time.perf_counter() - started
 
 
 def exact_top(vectors: Any, queries: Any, ids: Any = None) -> list[set[int]]:
@@ -200,51 +209,30 @@ def changes(session: BenchSession, data: Any, rows: int) -> dict[str, Any]:
 
 
 def reimport_while_searching(session: BenchSession, data: Any, rows: int, one_percent: dict[str, Any]) -> dict[str, Any]:
-    """10 % re-imported (the rule rebuilds the index from 10 %) while another session searches in a loop:
-    the import's seconds (write, then the build after its commit) and the searches' latencies meanwhile (the
-    longest is the wait for the write's lock). Keeping the index instead is estimated from the 1 % re-import's
-    time per row (stated as an estimate: measuring it would take ≈ 10 more minutes)."""
-    import threading
-
+    """10 % re-imported (the rule rebuilds the index from 10 %: in a new table swapped in, ``swap``) while
+    another session searches in a loop: the import's seconds and the searches' latencies meanwhile. Keeping
+    the index instead is estimated from the 1 % re-import's time per row (stated as an estimate: measuring it
+    would take ≈ 10 more minutes)."""
     import numpy as np
 
     ids = data.product_ids[5::10]
     session.add_embeddings("reimport_10", ids, session.space.sample(len(ids), seed=78))
     queries = session.space.sample(50, seed=79)
-    latencies: list[tuple[float, float]] = []  # (start since the import began, seconds)
-    errors: list[str] = []
-    stop = threading.Event()
     searcher = session.hook()
     searcher.search(JOB, queries[0], ["product_id"], TOP)
-
-    def search_loop() -> None:
-        i = 0
-        while not stop.is_set():
-            began = time.perf_counter()
-            try:
-                searcher.search(JOB, queries[i % len(queries)], ["product_id"], TOP)
-            except Exception as error:  # noqa: BLE001 - reported
-                errors.append(f"{type(error).__name__}: {error}")
-            latencies.append((began - started, time.perf_counter() - began))
-            i += 1
-
-    started = time.perf_counter()
-    thread = threading.Thread(target=search_loop, daemon=True)
-    thread.start()
-    imported = session.hook().import_embeddings(JOB, "reimport_10", "product_id", "embedding")
-    seconds = time.perf_counter() - started
-    stop.set()
-    thread.join()
-    build = imported.get("index_build") or {}
-    during = np.asarray([t for _, t in latencies]) * 1000
-    out = {"rows": imported["imported"], "seconds": round(seconds, 1),
-           "ms_per_row": round(seconds / imported["imported"] * 1000, 3), "index_rebuilt": imported["index_rebuilt"],
-           "build_seconds": build.get("seconds"),
+    seen = while_searching(lambda i: searcher.search(JOB, queries[i % len(queries)], ["product_id"], TOP),
+                           lambda: session.hook().import_embeddings(JOB, "reimport_10", "product_id", "embedding"))
+    imported = seen.result
+    during = np.asarray(seen.latencies) * 1000
+    out = {"rows": imported["imported"], "seconds": round(seen.seconds, 1),
+           "ms_per_row": round(seen.seconds / imported["imported"] * 1000, 3),
+           "index_rebuilt": imported["index_rebuilt"], "table_swapped": imported["table_swapped"],
+           "build_seconds": (imported.get("index_build") or {}).get("seconds"),
            "keeping_the_index_estimated_seconds": round(one_percent["ms_per_row"] * imported["imported"] / 1000, 1),
-           "searches": len(latencies), "search_errors": len(errors), "search_error_examples": errors[:3],
+           "searches": len(during), "search_errors": len(seen.errors), "search_error_examples": seen.errors[:3],
            "search_p50_ms": round(float(np.median(during)), 1) if len(during) else None,
            "search_max_ms": round(float(during.max()), 1) if len(during) else None,
-           "search_first_ms": [round(t * 1000, 1) for _, t in latencies[:3]]}
+           "search_first_ms": [round(t, 1) for t in during[:3].tolist()]}
     log(f"  re-import 10 % while searching: {out}")
     return out
 

@@ -104,3 +104,27 @@ def test_a_table_that_stays_in_use_is_imported_in_place(database, hook, monkeypa
                            " WHERE e.embeddings = n.v::vector") == 1200
     assert database.scalar(LEFTOVERS) == 0
     assert database.scalar("SELECT current_setting('lock_timeout')") == "0"
+
+
+def test_a_composite_key_and_a_half_precision_index_are_swapped_alike(database, hook):
+    database.execute("CREATE TABLE pairs (a int, b text, body text, PRIMARY KEY (a, b));"
+                     " INSERT INTO pairs SELECT g % 50, 'k' || (g / 50), 'pair ' || g FROM generate_series(0, 1999) g;"
+                     " CREATE TABLE pair_vectors AS SELECT a, b, (SELECT array_agg(random())::real[]"
+                     "  FROM generate_series(1, 384) WHERE p.a >= 0) AS v FROM pairs p;"
+                     " CREATE TABLE new_pair_vectors AS SELECT a, b, (SELECT array_agg(-x) FROM unnest(v) x)::real[] AS v"
+                     "  FROM pair_vectors WHERE a < 30")
+    hook.create_project("pairs", "pairs", ["a", "b"], ["body"], halfvec_index=True)
+    hook.import_embeddings("pairs", "pair_vectors", ["a", "b"], "v")
+
+    summary = hook.import_embeddings("pairs", "new_pair_vectors", ["a", "b"], "v")
+
+    assert (summary["table_swapped"], summary["imported"], summary["updated"]) == (True, 1200, 1200)
+    table = "vectorize._embeddings_pairs"
+    assert database.scalar(f"SELECT count(*) FROM {table} e JOIN new_pair_vectors n USING (a, b)"
+                           " WHERE e.embeddings = n.v::vector") == 1200
+    assert "halfvec" in database.scalar("SELECT indexdef FROM pg_indexes WHERE indexname = 'pairs_hnsw_cos_idx'")
+    assert database.scalar(f"SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = '{table}'::regclass"
+                           " AND contype = 'u'") == "UNIQUE (a, b)"
+    nearest = hook.search("pairs", database.scalar("SELECT v FROM pair_vectors WHERE a = 40 AND b = 'k3'"),
+                          ["a", "b"], 1)
+    assert nearest[0] | {"similarity_score": None} == {"a": 40, "b": "k3", "similarity_score": None}

@@ -464,10 +464,13 @@ class VectorizeHook(PostgresHook):
         (see :func:`airflow_vectorize.storage.import_chunks`). ``imported``/``inserted``/``updated`` count
         rows, ``chunks`` the chunks written.
 
-        ``rebuild_index``: drop the HNSW index before the write and build it after the commit (searches wait
-        for the write, then run without the index until it is built), or keep it (each row inserted into the
-        graph: slower writes, searches as fast as ever). None: rebuild when the import brings at least
-        ``storage.REBUILD_INDEX_SHARE`` (10 %) of the project's rows, where that is the faster way.
+        ``rebuild_index``: build the HNSW index anew, or keep it (each row inserted into the graph: slower
+        writes, searches as fast as ever). None: rebuild when the import brings at least
+        ``storage.REBUILD_INDEX_SHARE`` (10 %) of the project's rows, where that is the faster way. A join
+        project with vectors is rebuilt in a new table, indexed, then swapped in (``airflow_vectorize.swap``):
+        searches read the old table and its index until the commit (``table_swapped`` in the summary);
+        otherwise the index is dropped before the write and built after its commit (searches wait for the
+        write, then run without the index until it is built).
         """
         started = time.monotonic()
         chunks = None

@@ -19,8 +19,10 @@ class ImportEmbeddingsOperator(ProjectWriterOperator):
         for a composite key).
     :param src_embeddings_col: its vector, halfvec, real[] or double precision[] column.
     :param src_chunk_col: for a chunked project, its chunk number column (0, 1, ... within a row).
-    :param rebuild_index: drop the HNSW index before the write and build it after (True), or keep it (False:
-        slower writes, searches stay fast); None rebuilds from 10 % of the project's rows.
+    :param rebuild_index: build the HNSW index anew (True: for a join project with vectors, in a new table
+        swapped in, searches keeping the old index meanwhile; otherwise dropped before the write and built
+        after it), or keep it (False: slower writes, searches stay fast); None rebuilds from 10 % of the
+        project's rows. See ``VectorizeHook.import_embeddings``.
     """
 
     template_fields: Sequence[str] = (
