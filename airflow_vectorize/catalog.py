@@ -4,6 +4,8 @@ storage, laid out as pg_vectorize lays it out (names in ``airflow_vectorize.nami
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
@@ -570,21 +572,30 @@ def drop_index(cur: Cursor, project: Project) -> None:
 DROP_INDEX_LOCK_TIMEOUT = "1s"
 
 
+@contextmanager
+def lock_timeout(cur: Cursor, timeout: str) -> Iterator[None]:
+    """A savepoint whose statements wait at most ``timeout`` for a lock (``LockNotAvailable`` otherwise): the
+    caller's transaction survives the timeout, and keeps its own ``lock_timeout`` afterwards."""
+    previous = cur.execute("SELECT current_setting('lock_timeout')").fetchone()[0]
+    try:
+        with cur.connection.transaction():
+            cur.execute("SELECT set_config('lock_timeout', %s, true)", [timeout])
+            yield
+    finally:
+        cur.execute("SELECT set_config('lock_timeout', %s, true)", [previous])
+
+
 def drop_index_unless_busy(cur: Cursor, project: Project) -> bool:
     """Drop the index before a bulk write unless another session keeps the storage in use for longer than
     DROP_INDEX_LOCK_TIMEOUT; returns whether it was dropped. DROP INDEX waits for every open transaction that
     read the table (a generation run's key stream stays open for its whole run), and that run's next batch
     queues behind the DROP: a deadlock through the client, which PostgreSQL cannot detect."""
-    previous = cur.execute("SELECT current_setting('lock_timeout')").fetchone()[0]
     try:
-        with cur.connection.transaction():  # a savepoint: the caller's transaction survives the timeout
-            cur.execute("SELECT set_config('lock_timeout', %s, true)", [DROP_INDEX_LOCK_TIMEOUT])
+        with lock_timeout(cur, DROP_INDEX_LOCK_TIMEOUT):
             drop_index(cur, project)
         return True
     except psycopg.errors.LockNotAvailable:
         return False
-    finally:
-        cur.execute("SELECT set_config('lock_timeout', %s, true)", [previous])
 
 
 # An INSERT (or COPY) of more rows than this is recorded as one bulk row instead of each key in the queue.

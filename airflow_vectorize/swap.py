@@ -88,9 +88,7 @@ def import_into_new_table(cur: Cursor, project: Project, source: ImportSource, b
 
 
 def blocker(cur: Cursor, project: Project) -> str | None:
-    """What keeps the project's embeddings table from being swapped, or None (a join project, unchunked)."""
-    if not project.is_join or project.is_chunked:
-        return "not a join project's embeddings table"
+    """What keeps a join project's (unchunked) embeddings table from being swapped, or None."""
     found = cur.execute("""
         SELECT pg_get_userbyid(c.relowner) <> current_user, c.reloptions IS NOT NULL,
                c.relpersistence <> 'p' OR c.relkind <> 'r', c.relrowsecurity, c.relreplident <> 'd',
@@ -160,11 +158,11 @@ def complete(cur: Cursor, project: Project, staged: Staged) -> None:
     """Put the staged table in the place of the project's table; ``Busy`` when it could not be taken."""
     target = project.names.target
     _take(cur, target)
-    constraint = cur.execute("SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'u'",
-                             [target.as_string(cur)]).fetchone()[0]
     new = sql.Identifier(SCHEMA, staged.table)
-    new_constraint = cur.execute("SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'u'",
-                                 [new.as_string(cur)]).fetchone()[0]
+    constraint, new_constraint = cur.execute(  # each table's unique key (``blocker``: exactly one)
+        "SELECT (SELECT conname FROM pg_constraint WHERE conrelid = %(old)s::regclass AND contype = 'u'),"
+        " (SELECT conname FROM pg_constraint WHERE conrelid = %(new)s::regclass AND contype = 'u')",
+        {"old": target.as_string(cur), "new": new.as_string(cur)}).fetchone()
     cur.execute(sql.SQL("DROP TABLE {}").format(target))
     cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(new, sql.Identifier(project.names.target_name[1])))
     cur.execute(sql.SQL("ALTER INDEX {} RENAME TO {}").format(
@@ -175,17 +173,12 @@ def complete(cur: Cursor, project: Project, staged: Staged) -> None:
 
 def _take(cur: Cursor, table: sql.Identifier) -> None:
     """ACCESS EXCLUSIVE on ``table``: up to SWAP_LOCK_ATTEMPTS tries of SWAP_LOCK_TIMEOUT each."""
-    previous = cur.execute("SELECT current_setting('lock_timeout')").fetchone()[0]
-    try:
-        for attempt in range(SWAP_LOCK_ATTEMPTS):
-            try:
-                with cur.connection.transaction():
-                    cur.execute("SELECT set_config('lock_timeout', %s, true)", [SWAP_LOCK_TIMEOUT])
-                    cur.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(table))
-                return
-            except psycopg.errors.LockNotAvailable:
-                if attempt + 1 < SWAP_LOCK_ATTEMPTS:
-                    time.sleep(SWAP_LOCK_PAUSE_SECONDS)
-        raise Busy(f"{table.as_string(cur)} stayed in use for {SWAP_LOCK_ATTEMPTS} attempts of {SWAP_LOCK_TIMEOUT}")
-    finally:
-        cur.execute("SELECT set_config('lock_timeout', %s, true)", [previous])
+    for attempt in range(SWAP_LOCK_ATTEMPTS):
+        try:
+            with catalog.lock_timeout(cur, SWAP_LOCK_TIMEOUT):
+                cur.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(table))
+            return
+        except psycopg.errors.LockNotAvailable:
+            if attempt + 1 < SWAP_LOCK_ATTEMPTS:
+                time.sleep(SWAP_LOCK_PAUSE_SECONDS)
+    raise Busy(f"{table.as_string(cur)} stayed in use for {SWAP_LOCK_ATTEMPTS} attempts of {SWAP_LOCK_TIMEOUT}")
