@@ -400,6 +400,26 @@ def test_read_token_cannot_write_and_connections_are_allow_listed(api):
                  "postgres_default")  # the default connection is not in this server's list
 
 
+def test_the_user_cache_keeps_users_for_its_time_and_never_past_the_token_s_expiry():
+    from airflow_vectorize.api.auth import UserCache
+
+    cache = UserCache(seconds=60, size=2)
+    cache.put(b"a", "alice", time.time() + 3600)
+    cache.put(b"b", "bob", time.time() - 1)  # the token expired: not kept
+    assert cache.get(b"a") == "alice" and cache.get(b"b") is None
+    cache.put(b"c", "carol", time.time() + 3600)
+    cache.put(b"d", "dave", time.time() + 3600)  # full: the oldest goes
+    assert [cache.get(k) for k in (b"a", b"c", b"d")] == [None, "carol", "dave"]
+    short = UserCache(seconds=0.2)
+    short.put(b"a", "alice", time.time() + 3600)
+    assert short.get(b"a") == "alice"
+    time.sleep(0.25)
+    assert short.get(b"a") is None
+    never = UserCache(seconds=0)
+    never.put(b"a", "alice", time.time() + 3600)
+    assert never.get(b"a") is None
+
+
 def test_the_page_is_served_behind_the_token(api):
     page = api.reader.get("/ui")
     assert page.status_code == 200 and "<title>Vectorize</title>" in page.text

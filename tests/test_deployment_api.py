@@ -5,6 +5,7 @@ page in a real browser (Debian's Chromium driven by Playwright), logged in throu
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -67,6 +68,24 @@ def test_a_viewer_may_not_use_the_connection(viewer, deployment):
     assert create.status_code == 403
     assert viewer.delete("/api/v1/table/product_catalog").status_code == 403
     assert {p["name"] for p in deployment.hook().list_projects()} == before
+
+
+def test_a_logged_out_token_is_refused_once_its_cached_user_expires(deployment, outcomes):
+    """The app keeps a token's user for VECTORIZE_API_AUTH_CACHE_SECONDS (5) instead of asking the metadata
+    database on every request: after Airflow's logout revokes the token, it is refused within that time."""
+    from airflow_vectorize.api.auth import DEFAULT_AUTH_CACHE_SECONDS
+
+    headers = {"Authorization": f"Bearer {deployment.token()}"}
+    with httpx.Client(base_url=deployment.api_url, timeout=60, headers=headers) as client:
+        assert client.get(PREFIX + "/health").status_code == 200  # the user is cached now
+        assert client.get("/api/v2/auth/logout").status_code in (302, 307)
+        revoked = time.monotonic()
+        assert client.get("/api/v2/dags", params={"limit": 1}).status_code == 403  # Airflow's own: at once
+        while (answer := client.get(PREFIX + "/health")).status_code == 200:
+            assert time.monotonic() - revoked < DEFAULT_AUTH_CACHE_SECONDS + 1, "still accepted"
+            time.sleep(0.2)
+        assert answer.status_code == 401, answer.text
+        assert "not valid (InvalidTokenError)" in answer.json()["detail"]
 
 
 def test_every_mounted_route_refuses_a_missing_or_bad_token(deployment, outcomes):

@@ -11,6 +11,9 @@ Bearer``, from ``POST /auth/token``) or the UI session's ``_token`` cookie, chec
 ``read`` needs permission to read (GET) the Airflow connection, ``write`` to edit (PUT) it, as
 ``is_authorized_connection`` decides (simple auth manager: role Op or Admin; FAB: "can read" / "can edit" on
 Connections). A model connection named in a request (``chat_conn_id``, ``model_conn_id``) is checked the same.
+A token's user is kept for ``VECTORIZE_API_AUTH_CACHE_SECONDS`` (default 5, 0: never; never past the token's
+``exp``): Airflow's check asks the metadata database whether the token was revoked (logout), a blocking query
+on every request otherwise, so a revoked token is refused at most that long after its logout.
 
 ``TokenAuth`` (standalone): bearer tokens from the environment or files; read-only tokens and tokens that may
 also write; only the connections of an allow-list.
@@ -21,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +75,11 @@ class AirflowAuth:
     mode = "airflow"
     METHODS: ClassVar[dict[str, str]] = {"read": "GET", "write": "PUT"}
 
+    def __init__(self, cache_seconds: float | None = None) -> None:
+        if cache_seconds is None:
+            cache_seconds = float(os.environ.get("VECTORIZE_API_AUTH_CACHE_SECONDS", DEFAULT_AUTH_CACHE_SECONDS))
+        self.users = UserCache(cache_seconds)
+
     async def authenticate(self, request: Request) -> Any:
         from airflow.api_fastapi.app import get_auth_manager
         from airflow.api_fastapi.auth.managers.base_auth_manager import COOKIE_NAME_JWT_TOKEN
@@ -80,10 +89,15 @@ class AirflowAuth:
         if not token:
             raise unauthorized("Not authenticated: send Airflow's JWT as 'Authorization: Bearer <token>'"
                                " (POST /auth/token), or log in to Airflow's UI")
+        key = _digest(token)
+        if (user := self.users.get(key)) is not None:
+            return user
         try:
-            return await get_auth_manager().get_user_from_token(token)
-        except InvalidTokenError as error:  # expired, bad signature, malformed
+            user = await get_auth_manager().get_user_from_token(token)
+        except InvalidTokenError as error:  # expired, bad signature, malformed, revoked
             raise unauthorized(f"Not authenticated: the token is not valid ({type(error).__name__})") from None
+        self.users.put(key, user, _expires(token))
+        return user
 
     def authorize(self, principal: Any, conn_id: str, access: Access) -> None:
         from airflow.api_fastapi.app import get_auth_manager
@@ -100,6 +114,46 @@ class AirflowAuth:
         from airflow.api_fastapi.app import get_auth_manager
 
         return get_auth_manager().get_url_login(next_url=path)
+
+
+DEFAULT_AUTH_CACHE_SECONDS = 5.0
+
+
+class UserCache:
+    """Users of tokens Airflow accepted, by the token's SHA-256, each for ``seconds`` and never past the
+    token's expiry; at most ``size`` of them (the oldest go first)."""
+
+    def __init__(self, seconds: float, size: int = 4096) -> None:
+        self.seconds, self.size = seconds, size
+        self.entries: dict[bytes, tuple[float, Any]] = {}
+
+    def get(self, key: bytes) -> Any:
+        entry = self.entries.get(key)
+        if entry is None:
+            return None
+        if entry[0] <= time.time():
+            del self.entries[key]
+            return None
+        return entry[1]
+
+    def put(self, key: bytes, user: Any, expires: float) -> None:
+        now = time.time()
+        expires = min(now + self.seconds, expires)
+        if expires <= now:
+            return
+        if len(self.entries) >= self.size:
+            self.entries = {k: e for k, e in self.entries.items() if e[0] > now}
+            while len(self.entries) >= self.size:
+                del self.entries[next(iter(self.entries))]
+        self.entries[key] = (expires, user)
+
+
+def _expires(token: str) -> float:
+    """The ``exp`` claim of a token Airflow has just validated (now when it has none: not kept)."""
+    import jwt
+
+    exp = jwt.decode(token, options={"verify_signature": False}).get("exp")
+    return float(exp) if isinstance(exp, (int, float)) else 0.0
 
 
 @dataclass(frozen=True)
