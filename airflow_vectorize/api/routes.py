@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
@@ -27,15 +27,14 @@ from airflow_vectorize.api import filters as filter_grammar
 from airflow_vectorize.api.auth import Access, Auth
 from airflow_vectorize.api.pool import Hooks
 from airflow_vectorize.api.schemas import (
+    CONN_ID_DESCRIPTION,
+    DEFAULT_CONN_ID,
     DEFAULT_WINDOW,
     ERRORS,
-    MAX_LIMIT,
-    MAX_QUERY_CHARS,
-    MAX_WINDOW,
-    Mode,
     RagAnswer,
     RagBody,
     SearchBody,
+    SearchQuery,
     SearchRow,
     TableBody,
 )
@@ -43,12 +42,10 @@ from airflow_vectorize.exceptions import SourceTableMissingError
 from airflow_vectorize.hooks.vectorize import VectorizeHook
 from airflow_vectorize.models import batching
 
-DEFAULT_CONN_ID = "postgres_default"
-CONN_ID = Query(DEFAULT_CONN_ID, max_length=250, description="the Airflow connection of the database")
+CONN_ID = Query(DEFAULT_CONN_ID, max_length=250, description=CONN_ID_DESCRIPTION)
 # Query parameters of GET /api/v1/search that are not filters (a column of one of these names can be
 # filtered on through POST).
-SEARCH_PARAMETERS = ("job_name", "query", "limit", "window_size", "rrf_k", "semantic_wt", "fts_wt", "mode",
-                     "return_columns", "ef_search", "conn_id")
+SEARCH_PARAMETERS = tuple(SearchQuery.model_fields)
 
 
 @dataclass
@@ -89,26 +86,14 @@ router = APIRouter(responses=ERRORS)
 # -- search ------------------------------------------------------------------------------------------------
 @router.get("/api/v1/search", response_model=list[SearchRow], tags=["search"],
             summary="Search a project (pg_vectorize's GET: every other query parameter is a filter)")
-def search_get(
-    request: Request,
-    job_name: str = Query(max_length=255),
-    query: str = Query(min_length=1, max_length=MAX_QUERY_CHARS),
-    limit: int = Query(10, ge=1, le=MAX_LIMIT),
-    window_size: int | None = Query(None, ge=1, le=MAX_WINDOW, description="hybrid: candidates per side"),
-    rrf_k: float = Query(60.0, ge=0, le=1e6),
-    semantic_wt: float = Query(1.0, ge=0, le=1e6),
-    fts_wt: float = Query(1.0, ge=0, le=1e6),
-    mode: Mode = Query("hybrid"),
-    return_columns: str | None = Query(None, description="comma-separated source columns"),
-    ef_search: int | None = Query(None, ge=1, le=1000),
-    conn_id: str = CONN_ID,
-) -> Response:
+def search_get(request: Request, parameters: Annotated[SearchQuery, Query()]) -> Response:
     """Hybrid search by default, as pg_vectorize's server; ``mode=vector`` for the vector search alone.
     Filters: ``column=op.value`` with op ``eq gt gte lt lte`` (``column=value``: eq)."""
+    p = parameters
     filters = filter_grammar.from_query(request.query_params.multi_items(), SEARCH_PARAMETERS)
-    columns = [c.strip() for c in return_columns.split(",")] if return_columns is not None else None
-    return _search(request, conn_id, job_name, query, mode, limit, window_size, rrf_k, semantic_wt, fts_wt,
-                   columns, ef_search, filters)
+    columns = [c.strip() for c in p.return_columns.split(",")] if p.return_columns is not None else None
+    return _search(request, p.conn_id, p.job_name, p.query, p.mode, p.limit, p.window_size, p.rrf_k,
+                   p.semantic_wt, p.fts_wt, columns, p.ef_search, filters)
 
 
 @router.post("/api/v1/search", response_model=list[SearchRow], tags=["search"],

@@ -20,6 +20,8 @@ MAX_CONTEXT = 100
 DEFAULT_WINDOW = 50  # pg_vectorize's server: 5 x its default limit
 
 Mode = Literal["hybrid", "vector"]
+DEFAULT_CONN_ID = "postgres_default"
+CONN_ID_DESCRIPTION = "the Airflow connection of the database"
 
 
 def encodable(value: Any) -> Any:
@@ -55,8 +57,8 @@ class Strict(BaseModel):
         return encodable(value)
 
 
-class SearchBody(Strict):
-    """``POST /api/v1/search``: pg_vectorize's body, plus ``mode``, ``return_columns`` and ``ef_search``."""
+class SearchParameters(BaseModel):
+    """What both searches take: pg_vectorize's parameters, plus ``mode`` and ``ef_search``."""
 
     job_name: str = Field(max_length=255)
     query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS)
@@ -67,8 +69,21 @@ class SearchBody(Strict):
     semantic_wt: float = Field(1.0, ge=0, le=1e6, description="hybrid: weight of the vector ranking")
     fts_wt: float = Field(1.0, ge=0, le=1e6, description="hybrid: weight of the full-text ranking")
     mode: Mode = Field("hybrid", description="hybrid (pg_vectorize's server) or vector")
-    return_columns: list[str] | None = Field(None, max_length=200, description="default: every source column")
     ef_search: int | None = Field(None, ge=1, le=1000, description="hnsw.ef_search for this search")
+
+
+class SearchQuery(SearchParameters):
+    """``GET /api/v1/search``'s query parameters, validated as one model (a parameter each costs FastAPI
+    several times as much per request); every other parameter is a filter."""
+
+    return_columns: str | None = Field(None, max_length=MAX_QUERY_CHARS, description="comma-separated source columns")
+    conn_id: str = Field(DEFAULT_CONN_ID, max_length=250, description=CONN_ID_DESCRIPTION)
+
+
+class SearchBody(SearchParameters, Strict):
+    """``POST /api/v1/search``: pg_vectorize's body, plus ``mode``, ``return_columns`` and ``ef_search``."""
+
+    return_columns: list[str] | None = Field(None, max_length=200, description="default: every source column")
     filters: dict[str, Any] | None = Field(None, max_length=100, description=FILTERS_DESCRIPTION)
 
 
