@@ -420,6 +420,16 @@ def test_the_user_cache_keeps_users_for_its_time_and_never_past_the_token_s_expi
     assert never.get(b"a") is None
 
 
+def test_a_cache_time_that_is_not_a_number_is_refused_by_name(monkeypatch):
+    from airflow_vectorize.api.auth import AirflowAuth
+
+    monkeypatch.setenv("VECTORIZE_API_AUTH_CACHE_SECONDS", "5s")
+    with pytest.raises(ValueError, match=r"VECTORIZE_API_AUTH_CACHE_SECONDS must be a number of seconds .* '5s'"):
+        AirflowAuth()
+    monkeypatch.setenv("VECTORIZE_API_AUTH_CACHE_SECONDS", "0.5")
+    assert AirflowAuth().users.seconds == 0.5
+
+
 def test_the_page_is_served_behind_the_token(api):
     page = api.reader.get("/ui")
     assert page.status_code == 200 and "<title>Vectorize</title>" in page.text

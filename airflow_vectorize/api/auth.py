@@ -77,7 +77,12 @@ class AirflowAuth:
 
     def __init__(self, cache_seconds: float | None = None) -> None:
         if cache_seconds is None:
-            cache_seconds = float(os.environ.get("VECTORIZE_API_AUTH_CACHE_SECONDS", DEFAULT_AUTH_CACHE_SECONDS))
+            value = os.environ.get("VECTORIZE_API_AUTH_CACHE_SECONDS", str(DEFAULT_AUTH_CACHE_SECONDS))
+            try:
+                cache_seconds = float(value)
+            except ValueError:
+                raise ValueError(f"VECTORIZE_API_AUTH_CACHE_SECONDS must be a number of seconds (0: keep no"
+                                 f" user), got {value!r}") from None
         self.users = UserCache(cache_seconds)
 
     async def authenticate(self, request: Request) -> Any:
