@@ -130,7 +130,7 @@ def stage(cur: Cursor, project: Project, source: ImportSource, build_cap: int) -
                         " (SELECT FROM {src} s WHERE {imported})").format(
         new=new, target=target, src=source.table, imported=key.equals("t", "s", source.key)))
     kept = cur.rowcount
-    before = cur.execute(sql.SQL("SELECT count(*) FROM {}").format(target)).fetchone()[0]
+    before = catalog.embedded_rows(cur, project)  # a join table: a vector in every row
     _, written = storage.import_from_table(cur, project, source.table, source.key, source.embeddings,
                                            exclusive=True, into=new)
     cur.execute(sql.SQL("ALTER TABLE {} ADD UNIQUE ({})").format(new, key.names()))
