@@ -44,13 +44,23 @@ class Freshness:
 
 
 def queued(project: Project, bulk: bool) -> sql.Composable:
-    """Rows queued for the next realtime run: the keys in the queue, plus the rows of the bulk inserts it has
+    """Rows queued for the next realtime run: the keys in the queue, plus the rows of the bulk writes it has
     not run for yet (``bulk``: the project has a ``_bulk_<job>`` table; one created before has none until its
-    next generation run)."""
+    next generation run). A bulk row without a count (a large UPDATE's) makes that the rows due that are not
+    in the queue, counted now (they include those of the other bulk rows)."""
     keys = sql.SQL("(SELECT count(*) FROM {})").format(project.names.queue)
     if not bulk:
         return keys
-    return sql.SQL("({} + (SELECT coalesce(sum(rows), 0) FROM {}))").format(keys, project.names.bulk)
+    p = row_sql(project)
+    unqueued = sql.SQL(
+        "(SELECT count(*) FROM {rows} WHERE {needs} AND {text} <> ''"
+        " AND NOT EXISTS (SELECT FROM {queue} q WHERE {queued}))"
+    ).format(rows=p["from"], needs=p["needs"], text=p["text"], queue=project.names.queue,
+             queued=project.key.equals("q", "r"))
+    return sql.SQL(
+        "({keys} + (SELECT CASE WHEN bool_or(b.rows IS NULL) THEN {unqueued} ELSE coalesce(sum(b.rows), 0) END"
+        " FROM {bulk} b))"
+    ).format(keys=keys, unqueued=unqueued, bulk=project.names.bulk)
 
 
 def _oldest(project: Project, bulk: bool) -> sql.Composable:

@@ -197,11 +197,6 @@ class StorageNames:
         return f"vectorize_update_trigger_{self.job}"
 
     @property
-    def update_statement_trigger(self) -> str:
-        """The statement trigger that closes an UPDATE: the count of its bulk row, the notification."""
-        return f"vectorize_update_stmt_{self.job}"
-
-    @property
     def channel(self) -> str:
         """The LISTEN/NOTIFY channel the realtime triggers notify when they queue rows."""
         return f"vectorize_{self.job}"
@@ -221,6 +216,5 @@ class StorageNames:
             objects[:0] = [f"{self.schema}.{self.relation}.{column}" for column in
                            (self.embeddings_column, self.updated_at_column, self.text_md5_column)]
         if realtime:
-            objects += [".".join(self.trigger_function_name) + "()", self.insert_trigger, self.update_trigger,
-                        self.update_statement_trigger]
+            objects += [".".join(self.trigger_function_name) + "()", self.insert_trigger, self.update_trigger]
         return objects

@@ -41,7 +41,7 @@ def test_join_layout_matches_pg_vectorize(products, hook):
         "SELECT tgname FROM pg_trigger WHERE tgrelid = 'products'::regclass AND NOT tgisinternal ORDER BY 1")] == [
         "vectorize_delete_trigger_product_search", "vectorize_insert_trigger_product_search",
         "vectorize_rekey_trigger_product_search", "vectorize_trunc_trigger_product_search",
-        "vectorize_update_stmt_product_search", "vectorize_update_trigger_product_search"]
+        "vectorize_update_trigger_product_search"]
     view_columns = [r[0] for r in products.execute(
         "SELECT column_name FROM information_schema.columns WHERE table_schema = 'vectorize'"
         " AND table_name = 'product_search_view' ORDER BY ordinal_position")]

@@ -100,8 +100,7 @@ def test_hostile_names_work_end_to_end(database, hook, model, names):
     assert hook.generate_embeddings(job, since="2000-01-01", until="2100-01-01")["embedded"] == 3
     triggers = [r[0] for r in database.execute("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal ORDER BY 1")]
     assert triggers == sorted([f"vectorize_{kind}_trigger_{job}"  # not cut
-                               for kind in ("delete", "insert", "rekey", "trunc", "update")]
-                              + [f"vectorize_update_stmt_{job}"])
+                               for kind in ("delete", "insert", "rekey", "trunc", "update")])
 
     found = hook.search(job, "notebook computer", num_results=1, filters={other: {"in": ["x", "y"]}},
                         return_columns=[key, columns[0]])

@@ -190,32 +190,73 @@ def test_writers_emit_the_project_asset_and_the_watcher_watches_its_queue():
 
 
 def test_a_large_update_queues_its_first_rows_and_records_the_rest_once(products, hook, monkeypatch):
-    """A transaction whose UPDATEs change the embedded text of more than UPDATED_ROWS rows queues the first
-    UPDATED_ROWS keys and records the rest as one bulk row (counted across its statements); other columns
-    queue nothing; one notification per transaction; the next realtime run embeds every changed row."""
+    """A transaction whose UPDATEs change the embedded text of UPDATED_ROWS rows or more queues the first
+    UPDATED_ROWS - 1 keys and records the rest as one bulk row without a count, after which the trigger stops
+    firing for the transaction (across its statements); every row is still updated; pending counts the rows
+    the bulk row stands for exactly, when read; other columns queue nothing; one notification per
+    transaction; the next realtime run embeds every changed row."""
     import psycopg
 
     from airflow_vectorize import catalog
+    from airflow_vectorize.triggers.pending import _queue_state
 
     monkeypatch.setattr(catalog, "UPDATED_ROWS", 5)  # written into the trigger when the project is created
     hook.create_project("shop", "products", "product_id", COLUMNS)
     hook.generate_embeddings("shop")
     with psycopg.connect(products.uri, autocommit=True) as listener:
         listener.execute("LISTEN vectorize_shop")
-        with psycopg.connect(products.uri) as writer:  # one transaction, two statements
+        with psycopg.connect(products.uri) as writer:  # one transaction, three statements
             writer.execute("UPDATE products SET description = description || ' (v2)' WHERE product_id <= 8")
             writer.execute("UPDATE products SET name = name || ' II' WHERE product_id BETWEEN 9 AND 12")
+            writer.execute("UPDATE products SET name = name || ' III' WHERE product_id = 1")  # changed again
         products.execute("UPDATE products SET price = price + 1")  # not embedded: nothing queued, no notify
         notified = list(listener.notifies(timeout=1.0, stop_after=5))
     assert len(notified) == 1
-    assert products.scalar("SELECT count(*) FROM vectorize._pending_shop") == 5
-    assert products.execute("SELECT rows FROM vectorize._bulk_shop") == [(7,)]
+    assert products.scalar("SELECT count(*) FROM products WHERE description LIKE '%(v2)'") == 8
+    assert products.scalar("SELECT count(*) FROM products WHERE name LIKE '% II'") == 4
+    assert products.scalar("SELECT name LIKE '% III' FROM products WHERE product_id = 1")
+    assert products.scalar("SELECT count(*) FROM vectorize._pending_shop") == 4
+    assert products.execute("SELECT rows FROM vectorize._bulk_shop") == [(None,)]
     assert hook.get_status("shop")["pending"] == 12
+    assert hook.get_freshness("shop")["pending"] == 12
+
+    async def state():
+        async with await psycopg.AsyncConnection.connect(products.uri, autocommit=True) as conn:
+            return await _queue_state(conn, hook._search_target("shop").project)
+    assert asyncio.run(state())[0] == 12
 
     run = hook.generate_embeddings("shop", pending_only=True)
     assert run["embedded"] == 12 and run["pending_only"] is False  # the bulk row made it look at every row
     assert products.scalar("SELECT count(*) FROM vectorize._bulk_shop") == 0
     assert hook.get_status("shop")["pending"] == 0 and hook.get_freshness("shop")["stale"] == 0
+    with psycopg.connect(products.uri) as writer:  # the setting ended with its transaction: keys are queued again
+        writer.execute("UPDATE products SET description = description || ' (v3)' WHERE product_id <= 2")
+    assert products.scalar("SELECT count(*) FROM vectorize._pending_shop") == 2
+    assert products.scalar("SELECT count(*) FROM vectorize._bulk_shop") == 0
+
+
+def test_a_realtime_project_of_an_earlier_version_gets_todays_triggers_from_its_next_run(products, hook):
+    """A realtime project made when the update trigger fired AFTER the update (beside a statement trigger,
+    and a bulk table whose rows had a count) gets the BEFORE trigger from its next generation run, once."""
+    hook.create_project("shop", "products", "product_id", COLUMNS, schedule="realtime")
+    products.execute("DROP TRIGGER vectorize_update_trigger_shop ON products;"
+                     " CREATE TRIGGER vectorize_update_trigger_shop AFTER UPDATE OF name, description ON products"
+                     " FOR EACH ROW EXECUTE FUNCTION vectorize.handle_update_shop();"
+                     " CREATE TRIGGER vectorize_update_stmt_shop AFTER UPDATE OF name, description ON products"
+                     " FOR EACH STATEMENT EXECUTE FUNCTION suppress_redundant_updates_trigger();"
+                     " ALTER TABLE vectorize._bulk_shop ALTER COLUMN rows SET NOT NULL")
+    triggers = ("SELECT tgname, tgtype & 2 = 2 FROM pg_trigger WHERE tgrelid = 'products'::regclass"
+                " AND tgname LIKE 'vectorize_update%' ORDER BY 1")
+    assert products.execute(triggers) == [("vectorize_update_stmt_shop", False),
+                                          ("vectorize_update_trigger_shop", False)]
+
+    hook.generate_embeddings("shop")
+    assert products.execute(triggers) == [("vectorize_update_trigger_shop", True)]
+    assert not products.scalar("SELECT attnotnull FROM pg_attribute WHERE attrelid = 'vectorize._bulk_shop'::regclass"
+                               " AND attname = 'rows'")
+    products.execute("UPDATE products SET description = 'a new text' WHERE product_id = 1")
+    assert products.execute("SELECT product_id FROM vectorize._pending_shop") == [(1,)]
+    assert hook.generate_embeddings("shop", pending_only=True)["embedded"] == 1
 
 
 def test_a_bulk_insert_is_recorded_once_and_the_realtime_run_scans_for_it(products, hook, monkeypatch):

@@ -229,7 +229,7 @@ def test_a_rename_swap_keeps_working_and_keeps_unchanged_vectors(layout, hook):
     triggers = db.execute("SELECT tgrelid::regclass::text, count(*) FROM pg_trigger WHERE tgname LIKE '%docs'"
                           " GROUP BY 1")
     realtime = db.name != "manual"  # realtime insert/update and the three removal triggers, on the new table
-    assert triggers == [("docs", 6 if realtime else 3)]
+    assert triggers == [("docs", 5 if realtime else 3)]
     load(db, [(1, 301, "A queued row of the new table", "misc")])
     assert hook.get_status("docs")["pending"] == (1 if realtime else 0)
     if db.name != "append":  # the view, made again on the new table
