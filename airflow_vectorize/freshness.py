@@ -43,24 +43,28 @@ class Freshness:
         return asdict(self)
 
 
-def queued(project: Project, bulk: bool) -> sql.Composable:
+def queued(project: Project, bulk: bool, unqueued: sql.Composable | None = None) -> sql.Composable:
     """Rows queued for the next realtime run: the keys in the queue, plus the rows of the bulk writes it has
     not run for yet (``bulk``: the project has a ``_bulk_<job>`` table; one created before has none until its
     next generation run). A bulk row without a count (a large UPDATE's) makes that the rows due that are not
-    in the queue, counted now (they include those of the other bulk rows)."""
+    in the queue (they include those of the other bulk rows): ``unqueued``, or counted by a scan of its own."""
     keys = sql.SQL("(SELECT count(*) FROM {})").format(project.names.queue)
     if not bulk:
         return keys
-    p = row_sql(project)
-    unqueued = sql.SQL(
-        "(SELECT count(*) FROM {rows} WHERE {needs} AND {text} <> ''"
-        " AND NOT EXISTS (SELECT FROM {queue} q WHERE {queued}))"
-    ).format(rows=p["from"], needs=p["needs"], text=p["text"], queue=project.names.queue,
-             queued=project.key.equals("q", "r"))
+    if unqueued is None:
+        p = row_sql(project)
+        unqueued = sql.SQL("(SELECT count(*) FROM {rows} WHERE {needs} AND {text} <> '' AND NOT {queued_key})").format(
+            rows=p["from"], needs=p["needs"], text=p["text"], queued_key=_queued_key(project))
     return sql.SQL(
         "({keys} + (SELECT CASE WHEN bool_or(b.rows IS NULL) THEN {unqueued} ELSE coalesce(sum(b.rows), 0) END"
         " FROM {bulk} b))"
     ).format(keys=keys, unqueued=unqueued, bulk=project.names.bulk)
+
+
+def _queued_key(project: Project) -> sql.Composable:
+    """Whether the source row ``r`` is in the queue."""
+    return sql.SQL("EXISTS (SELECT FROM {queue} q WHERE {same})").format(
+        queue=project.names.queue, same=project.key.equals("q", "r"))
 
 
 def _oldest(project: Project, bulk: bool) -> sql.Composable:
@@ -74,14 +78,20 @@ BULK_EXISTS = "SELECT to_regclass(%s) IS NOT NULL"
 
 
 def statement(project: Project, bulk: bool) -> sql.Composed:
+    """(pending, stale, lag, failed); one scan of the source counts the rows due, and those not queued (an
+    outer join, not a correlated EXISTS, so that the scan may stay parallel)."""
     p = row_sql(project)
+    rows, unqueued = p["from"], sql.SQL("NULL::bigint")
+    if bulk:
+        rows = sql.SQL("{} LEFT JOIN {} q ON {}").format(rows, project.names.queue, project.key.equals("q", "r"))
+        unqueued = sql.SQL("count(*) FILTER (WHERE {} IS NULL)").format(sql.Identifier("q", project.key.columns[0]))
     return sql.SQL(
-        "SELECT {queued}::bigint,"
-        " (SELECT count(*) FROM {rows} WHERE {needs} AND {text} <> ''),"
+        "SELECT {queued}::bigint, d.stale,"
         " coalesce(extract(epoch FROM clock_timestamp() - {oldest}), 0)::float8,"
         " (SELECT count(*) FROM {errors})"
-    ).format(queued=queued(project, bulk), oldest=_oldest(project, bulk), rows=p["from"], needs=p["needs"],
-             text=p["text"], errors=project.names.errors)
+        " FROM (SELECT count(*) AS stale, {unqueued} AS unqueued FROM {rows} WHERE {needs} AND {text} <> '') d"
+    ).format(queued=queued(project, bulk, sql.SQL("d.unqueued")), oldest=_oldest(project, bulk), rows=rows,
+             needs=p["needs"], text=p["text"], errors=project.names.errors, unqueued=unqueued)
 
 
 def measure(conn: psycopg.Connection, project: Project) -> Freshness:

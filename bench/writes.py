@@ -3,7 +3,7 @@
 
 Three tables of the same shape and data, side by side in one run: no project, a ``manual`` project and a
 ``realtime`` project (both ``join``, the default, over ``name`` and ``description``). Each round, on each table in
-turn (each table first in one round of three; autovacuum off, the bench vacuums and analyzes before each
+turn (each table first in a third of the rounds; autovacuum off, the bench vacuums and analyzes before each
 operation): ``COPY`` of ``--rows`` rows (1M) from a server-side file into the empty table, ``UPDATE`` of a column the
 project does not embed on ``--subset`` rows (100k), ``UPDATE`` of an embedded column on the same rows,
 ``DELETE`` of those rows, ``TRUNCATE`` of the rest, ``INSERT … SELECT`` of the ``--rows`` rows. The project's
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--subset", type=int, default=100_000)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=6)  # each table first in 2 of them
     add_output_arguments(parser, "writes")
     args = parser.parse_args(argv)
     prepare_environment()

@@ -201,6 +201,7 @@ def test_a_large_update_queues_its_first_rows_and_records_the_rest_once(products
     from airflow_vectorize.triggers.pending import _queue_state
 
     monkeypatch.setattr(catalog, "UPDATED_ROWS", 5)  # written into the trigger when the project is created
+    monkeypatch.setattr(catalog, "BULK_ROWS", 5)
     hook.create_project("shop", "products", "product_id", COLUMNS)
     hook.generate_embeddings("shop")
     with psycopg.connect(products.uri, autocommit=True) as listener:
@@ -217,16 +218,19 @@ def test_a_large_update_queues_its_first_rows_and_records_the_rest_once(products
     assert products.scalar("SELECT name LIKE '% III' FROM products WHERE product_id = 1")
     assert products.scalar("SELECT count(*) FROM vectorize._pending_shop") == 4
     assert products.execute("SELECT rows FROM vectorize._bulk_shop") == [(None,)]
-    assert hook.get_status("shop")["pending"] == 12
-    assert hook.get_freshness("shop")["pending"] == 12
+    products.execute("INSERT INTO products (product_id, name, description)"  # a bulk insert: counted once
+                     " SELECT g, 'Gadget ' || g, 'a brand new gadget' FROM generate_series(100, 105) g")
+    assert products.execute("SELECT rows FROM vectorize._bulk_shop ORDER BY id") == [(None,), (6,)]
+    assert hook.get_status("shop")["pending"] == 18
+    assert hook.get_freshness("shop")["pending"] == 18
 
     async def state():
         async with await psycopg.AsyncConnection.connect(products.uri, autocommit=True) as conn:
             return await _queue_state(conn, hook._search_target("shop").project)
-    assert asyncio.run(state())[0] == 12
+    assert asyncio.run(state())[0] == 18
 
     run = hook.generate_embeddings("shop", pending_only=True)
-    assert run["embedded"] == 12 and run["pending_only"] is False  # the bulk row made it look at every row
+    assert run["embedded"] == 18 and run["pending_only"] is False  # the bulk row made it look at every row
     assert products.scalar("SELECT count(*) FROM vectorize._bulk_shop") == 0
     assert hook.get_status("shop")["pending"] == 0 and hook.get_freshness("shop")["stale"] == 0
     with psycopg.connect(products.uri) as writer:  # the setting ended with its transaction: keys are queued again
@@ -236,24 +240,29 @@ def test_a_large_update_queues_its_first_rows_and_records_the_rest_once(products
 
 
 def test_a_realtime_project_of_an_earlier_version_gets_todays_triggers_from_its_next_run(products, hook):
-    """A realtime project made when the update trigger fired AFTER the update (beside a statement trigger,
-    and a bulk table whose rows had a count) gets the BEFORE trigger from its next generation run, once."""
+    """A realtime project made by an earlier version (a trigger function that queued every updated row, a
+    statement trigger beside it, a bulk table whose rows had a count) gets today's triggers from its next
+    generation run, once."""
+    from airflow_vectorize import catalog
+
     hook.create_project("shop", "products", "product_id", COLUMNS, schedule="realtime")
-    products.execute("DROP TRIGGER vectorize_update_trigger_shop ON products;"
-                     " CREATE TRIGGER vectorize_update_trigger_shop AFTER UPDATE OF name, description ON products"
-                     " FOR EACH ROW EXECUTE FUNCTION vectorize.handle_update_shop();"
+    products.execute("CREATE OR REPLACE FUNCTION vectorize.handle_update_shop() RETURNS trigger LANGUAGE plpgsql AS"
+                     " $$BEGIN INSERT INTO vectorize._pending_shop (product_id) VALUES (NEW.product_id)"
+                     " ON CONFLICT DO NOTHING; RETURN NULL; END$$;"
+                     " COMMENT ON FUNCTION vectorize.handle_update_shop() IS NULL;"
                      " CREATE TRIGGER vectorize_update_stmt_shop AFTER UPDATE OF name, description ON products"
                      " FOR EACH STATEMENT EXECUTE FUNCTION suppress_redundant_updates_trigger();"
                      " ALTER TABLE vectorize._bulk_shop ALTER COLUMN rows SET NOT NULL")
-    triggers = ("SELECT tgname, tgtype & 2 = 2 FROM pg_trigger WHERE tgrelid = 'products'::regclass"
-                " AND tgname LIKE 'vectorize_update%' ORDER BY 1")
-    assert products.execute(triggers) == [("vectorize_update_stmt_shop", False),
-                                          ("vectorize_update_trigger_shop", False)]
+    triggers = "SELECT tgname FROM pg_trigger WHERE tgrelid = 'products'::regclass AND tgname LIKE 'vectorize_update%'"
+    layout = "SELECT obj_description('vectorize.handle_update_shop()'::regprocedure, 'pg_proc')"
+    assert sorted(products.execute(triggers)) == [("vectorize_update_stmt_shop",), ("vectorize_update_trigger_shop",)]
 
     hook.generate_embeddings("shop")
-    assert products.execute(triggers) == [("vectorize_update_trigger_shop", True)]
+    assert products.execute(triggers) == [("vectorize_update_trigger_shop",)]
+    assert products.scalar(layout) == catalog.TRIGGER_LAYOUT
     assert not products.scalar("SELECT attnotnull FROM pg_attribute WHERE attrelid = 'vectorize._bulk_shop'::regclass"
                                " AND attname = 'rows'")
+    assert not catalog.upgrade_triggers(products.conn.cursor(), hook._search_target("shop").project)  # once
     products.execute("UPDATE products SET description = 'a new text' WHERE product_id = 1")
     assert products.execute("SELECT product_id FROM vectorize._pending_shop") == [(1,)]
     assert hook.generate_embeddings("shop", pending_only=True)["embedded"] == 1
