@@ -18,7 +18,7 @@ from airflow_vectorize import expressions, index_build, removal
 from airflow_vectorize.exceptions import VectorizeError
 from airflow_vectorize.keys import Key
 from airflow_vectorize.models.encoding import Encoding
-from airflow_vectorize.naming import CHUNK_FTS_COLUMN, DOCUMENT_COLUMN, StorageNames
+from airflow_vectorize.naming import CHUNK_FTS_COLUMN, DOCUMENT_COLUMN, StorageNames, quoted
 from airflow_vectorize.rag import ensure_prompts
 
 DEFAULT_TRANSFORMER = "sentence-transformers/all-MiniLM-L6-v2"
@@ -438,7 +438,7 @@ def ensure_view(cur: Cursor, project: Project) -> bool:
     that does not depend on it; returns whether it did. Call with the project locked."""
     if not project.is_join:
         return False
-    cur.execute("SELECT to_regprocedure(%s) IS NULL", [".".join(project.names.view_function_name) + "()"])
+    cur.execute("SELECT to_regprocedure(%s) IS NULL", [quoted(project.names.view_function_name) + "()"])
     if not cur.fetchone()[0]:
         return False
     cur.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(project.names.view))
@@ -450,7 +450,7 @@ def _triggers_table(cur: Cursor, project: Project) -> tuple[str, str] | None:
     """(schema, name) of the table the project's removal triggers are on, if any."""
     cur.execute("SELECT n.nspname::text, c.relname::text FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
                 " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE t.tgfoid = to_regprocedure(%s) LIMIT 1",
-                [".".join(project.names.removal_function_name) + "()"])
+                [quoted(project.names.removal_function_name) + "()"])
     row = cur.fetchone()
     return None if row is None else (row[0], row[1])
 
@@ -458,7 +458,7 @@ def _triggers_table(cur: Cursor, project: Project) -> tuple[str, str] | None:
 def drop_triggers(cur: Cursor, project: Project) -> None:
     """Drop every trigger that calls one of the project's functions, on whatever table it now is (the source,
     or a table the source was renamed to)."""
-    functions = [".".join(name) + "()" for name in (project.names.trigger_function_name,
+    functions = [quoted(name) + "()" for name in (project.names.trigger_function_name,
                                                     project.names.removal_function_name)]
     cur.execute("SELECT tgrelid::regclass::text, tgname FROM pg_trigger"
                 " WHERE tgfoid = ANY(ARRAY[to_regprocedure(%s), to_regprocedure(%s)]) AND NOT tgisinternal", functions)
@@ -698,7 +698,7 @@ def upgrade_triggers(cur: Cursor, project: Project) -> bool:
     TRIGGER_LAYOUT comment) today's; returns whether it did. Call with the project locked."""
     if project.schedule != "realtime":
         return False
-    function = ".".join(project.names.trigger_function_name) + "()"
+    function = quoted(project.names.trigger_function_name) + "()"
     cur.execute("SELECT obj_description(to_regprocedure(%s), 'pg_proc') IS DISTINCT FROM %s"
                 " AND EXISTS (SELECT FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND tgname = %s)",
                 [function, TRIGGER_LAYOUT, project.names.source.as_string(cur), project.names.update_trigger])

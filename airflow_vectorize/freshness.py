@@ -14,6 +14,7 @@ from psycopg import sql
 
 from airflow_vectorize.catalog import Project
 from airflow_vectorize.generation import row_sql
+from airflow_vectorize.naming import quoted
 
 
 @dataclass(frozen=True)
@@ -95,13 +96,13 @@ def statement(project: Project, bulk: bool) -> sql.Composed:
 
 
 def measure(conn: psycopg.Connection, project: Project) -> Freshness:
-    bulk = conn.execute(BULK_EXISTS, [".".join(project.names.bulk_name)]).fetchone()[0]
+    bulk = conn.execute(BULK_EXISTS, [quoted(project.names.bulk_name)]).fetchone()[0]
     pending, stale, lag, failed = conn.execute(statement(project, bulk)).fetchone()
     return Freshness(pending, stale, round(lag, 3), failed)
 
 
 async def ameasure(conn: psycopg.AsyncConnection, project: Project) -> Freshness:
-    cur = await conn.execute(BULK_EXISTS, [".".join(project.names.bulk_name)])
+    cur = await conn.execute(BULK_EXISTS, [quoted(project.names.bulk_name)])
     (bulk,) = await cur.fetchone()
     cur = await conn.execute(statement(project, bulk))
     pending, stale, lag, failed = await cur.fetchone()

@@ -28,6 +28,12 @@ CHUNK_FTS_COLUMN = "chunk_fts"
 DOCUMENT_COLUMN = "document"
 
 
+def quoted(name: tuple[str, ...]) -> str:
+    """``"schema"."name"``: a qualified name as text for ``to_regclass`` / ``to_regprocedure``, which fold an
+    unquoted name to lower case (a job named ``Shop`` would not be found)."""
+    return ".".join('"' + part.replace('"', '""') + '"' for part in name)
+
+
 @dataclass(frozen=True)
 class StorageNames:
     """Names (``*_name``: (schema, name) tuples or plain strings) and quoted identifiers of one project's

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 
 from psycopg import Cursor, sql
 
+from airflow_vectorize.naming import quoted
+
 if TYPE_CHECKING:
     from airflow_vectorize.catalog import Project
 
@@ -136,7 +138,7 @@ def _function_body(project: Project) -> sql.Composable:
 def upgrade(cur: Cursor, project: Project) -> bool:
     """Move a project created with pg_vectorize's foreign keys to the removal triggers; returns whether it
     did. Call with the project locked (``catalog.lock_project``)."""
-    cur.execute("SELECT to_regclass(%s) IS NULL", [".".join(project.names.removed_name)])
+    cur.execute("SELECT to_regclass(%s) IS NULL", [quoted(project.names.removed_name)])
     if not cur.fetchone()[0]:
         return False
     tables = [project.names.queue, project.names.errors] + ([project.names.target] if project.is_join else [])

@@ -36,7 +36,7 @@ from psycopg.types.numeric import Oid
 from airflow_vectorize import catalog, expressions, validation
 from airflow_vectorize.catalog import Project
 from airflow_vectorize.exceptions import DimensionMismatchError, InvalidInputError, VectorizeError
-from airflow_vectorize.naming import CHUNK_FTS_COLUMN, DOCUMENT_COLUMN
+from airflow_vectorize.naming import CHUNK_FTS_COLUMN, DOCUMENT_COLUMN, quoted
 
 if TYPE_CHECKING:
     import numpy as np
@@ -137,7 +137,7 @@ def search_target(cur: Cursor, project: Project) -> SearchTarget:
     """``project`` with its searchable columns, the identity of its storage and its search path, read once."""
     storage = project.names.queue.as_string(cur)
     small = sql.SQL("false")
-    documents = sql.SQL("to_regclass({}) IS NOT NULL").format(sql.Literal(".".join(project.names.documents_name)))
+    documents = sql.SQL("to_regclass({}) IS NOT NULL").format(sql.Literal(quoted(project.names.documents_name)))
     if project.is_chunked:
         small = _small_table(project)
         documents = sql.SQL("EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass({})"
@@ -145,7 +145,7 @@ def search_target(cur: Cursor, project: Project) -> SearchTarget:
             sql.Literal(project.names.target.as_string(cur)), sql.Literal(CHUNK_FTS_COLUMN))
     oid, exact, stored, removed = cur.execute(
         sql.SQL("SELECT to_regclass(%s)::oid, {}, {}, to_regclass(%s) IS NOT NULL").format(small, documents),
-        [storage, ".".join(project.names.removed_name)]).fetchone()
+        [storage, quoted(project.names.removed_name)]).fetchone()
     return SearchTarget(project, searchable_columns(cur, project), storage, None if oid is None else Oid(oid),
                         bool(exact), bool(stored), bool(removed))
 

@@ -12,7 +12,7 @@ from airflow_vectorize.catalog import Project, create_index, drop_index_unless_b
 from airflow_vectorize.chunking import TextSplitter
 from airflow_vectorize.exceptions import InvalidInputError
 from airflow_vectorize.keys import Key
-from airflow_vectorize.naming import DOCUMENT_COLUMN
+from airflow_vectorize.naming import DOCUMENT_COLUMN, quoted
 from airflow_vectorize.validation import ImportSource
 
 # A write that brings at least this share of the project's final rows, and at least MIN rows, drops the
@@ -116,7 +116,7 @@ def has_documents(cur: Cursor, project: Project) -> bool:
     documents table gets it from its next generation run: ``ensure_documents``)."""
     if project.is_chunked:
         return False
-    cur.execute("SELECT to_regclass(%s) IS NOT NULL", [".".join(project.names.documents_name)])
+    cur.execute("SELECT to_regclass(%s) IS NOT NULL", [quoted(project.names.documents_name)])
     return cur.fetchone()[0]
 
 

@@ -70,6 +70,8 @@ NAME_SETS = {
     "quotes-semicolons-spaces-chunked": dict(
         job="quotes", schema='a "schema"; --', table="it's a \"table\"; DROP TABLE x; --", key='id "quoted"',
         columns=["na;me", "de scription'"], other="cat egory", update_col="changed at", chunk_size=64),
+    "capitals": dict(job="Shop_Items", schema="Sales", table="Products", key="ProductId",
+                     columns=["Name", "Description"], other="Category", update_col="UpdatedAt"),
     "unicode-63-bytes": dict(job="j" * 38, schema="схема", table=N63, key=K63, columns=["prodüct 名前", C63],
                              other="カテゴリ", update_col="ü" * 31 + "x"),
 }
@@ -77,8 +79,9 @@ NAME_SETS = {
 
 @pytest.mark.parametrize("names", NAME_SETS.values(), ids=NAME_SETS.keys())
 def test_hostile_names_work_end_to_end(database, hook, model, names):
-    """Create, generate (with since/until on the update column), realtime queue, search, hybrid search,
-    import and drop on a source whose every name is hostile; the drop leaves the source as it was."""
+    """Create, generate (with since/until on the update column), realtime queue (an insert and an update),
+    search, hybrid search, import and drop on a source whose every name is hostile (capitals too: a name
+    looked up as text must be quoted); the drop leaves the source as it was."""
     job, key, columns, other = names["job"], names["key"], names["columns"], names["other"]
     source = sql.Identifier(names["schema"], names["table"])
     database.execute(sql.SQL(
@@ -107,9 +110,11 @@ def test_hostile_names_work_end_to_end(database, hook, model, names):
     assert [(r[key], r[columns[0]]) for r in found] == [(1, "laptop")]
     assert [r[key] for r in hook.hybrid_search(job, "apples", num_results=1, filters={key: {"gte": 2}})] == [2]
 
-    database.execute(insert, (4, "phone", "a mobile phone", "w"))  # queued by the realtime trigger
-    assert hook.get_status(job)["pending"] == 1
-    assert hook.generate_embeddings(job, pending_only=True)["embedded"] == 1
+    database.execute(insert, (4, "phone", "a mobile phone", "w"))  # queued by the realtime triggers
+    database.execute(sql.SQL("UPDATE {} SET {} = 'a green apple' WHERE {} = 2").format(
+        source, sql.Identifier(columns[1]), sql.Identifier(key)))
+    assert hook.get_status(job)["pending"] == 2 and hook.get_freshness(job)["pending"] == 2
+    assert hook.generate_embeddings(job, pending_only=True)["embedded"] == 2
 
     vectors = sql.Identifier(names["schema"], 'emb "vectors"; --')
     database.execute(sql.SQL("CREATE TABLE {} ({} int, {} real[], {} int)").format(
@@ -123,6 +128,8 @@ def test_hostile_names_work_end_to_end(database, hook, model, names):
 
     assert hook.drop_project(job)["dropped"] is True
     database.execute(sql.SQL("DROP TABLE {}; DELETE FROM {} WHERE {} = 4").format(vectors, source, sql.Identifier(key)))
+    database.execute(sql.SQL("UPDATE {} SET {} = 'fresh green apples' WHERE {} = 2").format(
+        source, sql.Identifier(columns[1]), sql.Identifier(key)))
     assert outside_catalog(database) == before
 
 

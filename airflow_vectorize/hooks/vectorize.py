@@ -43,6 +43,7 @@ from airflow_vectorize.exceptions import (
 )
 from airflow_vectorize.models import batching, encoding
 from airflow_vectorize.models.remote import positive_int
+from airflow_vectorize.naming import quoted
 from airflow_vectorize.search_sessions import SessionPool
 
 DROP_ATTEMPTS = 3
@@ -382,7 +383,7 @@ class VectorizeHook(PostgresHook):
         with self.transaction() as cur:
             project = self._project(cur, job_name)
             alias = "e" if project.is_join else "r"
-            bulk = cur.execute(freshness.BULK_EXISTS, [".".join(project.names.bulk_name)]).fetchone()[0]
+            bulk = cur.execute(freshness.BULK_EXISTS, [quoted(project.names.bulk_name)]).fetchone()[0]
             cur.execute(
                 sql.SQL(
                     "SELECT count(*), count({emb}),"

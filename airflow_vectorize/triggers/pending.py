@@ -22,6 +22,7 @@ from psycopg import sql
 from airflow_vectorize import catalog, freshness
 from airflow_vectorize.catalog import Project
 from airflow_vectorize.hooks.vectorize import VectorizeHook
+from airflow_vectorize.naming import quoted
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ class PendingRowsTrigger(BaseEventTrigger):
 
 async def _queue_state(conn: psycopg.AsyncConnection, project: Project) -> tuple[int, datetime | None]:
     """(rows queued, when the newest was): the queue's keys and the rows of bulk inserts (``freshness.queued``)."""
-    cur = await conn.execute(freshness.BULK_EXISTS, [".".join(project.names.bulk_name)])
+    cur = await conn.execute(freshness.BULK_EXISTS, [quoted(project.names.bulk_name)])
     (bulk,) = await cur.fetchone()
     newest = sql.SQL("(SELECT max(enqueued_at) FROM {})").format(project.names.queue)
     if bulk:
