@@ -45,9 +45,9 @@ class CountingModel:
         self.texts = 0
         embed = LocalModel.embed
 
-        def counted(model: Any, texts: Any) -> Any:
+        def counted(model: Any, texts: Any, **options: Any) -> Any:
             self.texts += len(texts)
-            return embed(model, texts)
+            return embed(model, texts, **options)
 
         LocalModel.embed = counted
 
