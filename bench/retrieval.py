@@ -80,8 +80,8 @@ def bench_corpus(name: str, count: int) -> Case:
                 f"{name}_whole", f"{name}_chunked", info)
 
 
-def run_case(session: BenchSession, case: Case) -> list[dict[str, Any]]:
-    """The case's table and projects, then its two comparisons."""
+def run_case(session: BenchSession, case: Case, chart: Path) -> list[dict[str, Any]]:
+    """The case's table and projects, then its two comparisons (the first drawn at ``chart``)."""
     from psycopg import sql
 
     table = sql.Identifier(case.name)
@@ -106,8 +106,8 @@ def run_case(session: BenchSession, case: Case) -> list[dict[str, Any]]:
     case.info.update(documents=len(case.rows), queries=len(queries),
                      chunks=hook.get_status(case.chunked)["chunks"])
     log(f"{case.name}: {len(queries)} queries")
-    chunking = hook.compare(case.whole, case.chunked, queries, k=KS, chart_path=str(CHARTS[case.name]))
-    chunking["chart"] = str(CHARTS[case.name].relative_to(ROOT))
+    chunking = hook.compare(case.whole, case.chunked, queries, k=KS, chart_path=str(chart))
+    chunking["chart"] = str(chart.relative_to(ROOT) if chart.is_relative_to(ROOT) else chart)
     hybrid_run = hook.evaluate_retrieval(case.chunked, queries, k=KS, mode="hybrid",
                                          label=f"compare {case.whole} vs {case.chunked}")["evaluation_id"]
     hybrid = hook.compare(evaluation_ids=[chunking["b"]["evaluation_id"], hybrid_run])
@@ -128,6 +128,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--corpora takes {', '.join(CORPORA)} or several of them")
     prepare_environment()
 
+    # The charts beside the README with --latest, else beside the results.
+    charts = {name: CHARTS[name] if args.latest else args.output_dir / CHARTS[name].name for name in names}
+    args.output_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     session = BenchSession.start()
     results, info = [], {}
@@ -136,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
             case = (installed_readmes(args.documents, args.seed) if name == "readmes"
                     else bench_corpus(name, args.corpus_documents))
             log(f"{name}: {len(case.rows)} {case.label}")
-            results += run_case(session, case)
+            results += run_case(session, case, charts[name])
             info[name] = {"label": case.label, **case.info}
     finally:
         session.stop()
@@ -144,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
             "machine": platform.machine(), "python": sys.version.split()[0]}
     path = write_results(args, "retrieval", meta, results)
     print(report(results))
-    log(f"results: {path}; charts: {', '.join(str(CHARTS[n].relative_to(ROOT)) for n in names)}")
+    log(f"results: {path}; charts: {', '.join(map(str, charts.values()))}")
 
 
 def report(results: list[dict[str, Any]]) -> str:
