@@ -14,8 +14,9 @@ model: one vector a document (unchunked) and chunks of 200 tokens (24 shared):
   of ``bench/chunking.py``, whose recall@10 of them at the same size these runs repeat.
 
 Per corpus, ``hook.compare`` puts the two projects side by side (recall@1/3/5/10, MRR, nDCG@10, the paired
-sign test and bootstrap interval) and draws its recall@k chart (``bench/retrieval-recall*.png``, or beside the results with ``--no-latest``); a second
-comparison, chunked vector vs chunked hybrid, on the same queries. Reported, not asserted.
+sign test and bootstrap interval) and draws its recall@k chart (``bench/retrieval-recall*.png``, or beside the
+results with ``--no-latest``); a second comparison, chunked vector vs chunked hybrid, on the same queries.
+Reported, not asserted.
 """
 
 from __future__ import annotations
