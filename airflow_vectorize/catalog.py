@@ -611,6 +611,8 @@ BULK_ROWS = 10_000
 UPDATED_ROWS = 1_000
 # The comment on a project's trigger function that says it is today's (``upgrade_triggers``).
 TRIGGER_LAYOUT = "airflow-vectorize realtime queue, layout 3"
+# The statement trigger that closed an UPDATE of a realtime project of layout 2.
+LEGACY_UPDATE_STATEMENT_TRIGGER = "vectorize_update_stmt_{job}"
 
 
 def create_triggers(cur: Cursor, project: Project) -> None:
@@ -696,7 +698,8 @@ def create_triggers(cur: Cursor, project: Project) -> None:
 
 def upgrade_triggers(cur: Cursor, project: Project) -> bool:
     """Give a realtime project whose triggers an earlier version made (its trigger function without today's
-    TRIGGER_LAYOUT comment) today's; returns whether it did. Call with the project locked."""
+    TRIGGER_LAYOUT comment) today's; returns whether it did. Call with the project locked, after
+    ``ensure_bulk_table`` (today's function writes bulk rows without a count)."""
     if project.schedule != "realtime":
         return False
     function = quoted(project.names.trigger_function_name) + "()"
@@ -705,16 +708,12 @@ def upgrade_triggers(cur: Cursor, project: Project) -> bool:
                 [function, TRIGGER_LAYOUT, project.names.source.as_string(cur), project.names.update_trigger])
     if not cur.fetchone()[0]:
         return False
-    ensure_bulk_table(cur, project)
     for trigger in (project.names.insert_trigger, project.names.update_trigger, LEGACY_UPDATE_STATEMENT_TRIGGER.format(
             job=project.name)):
         cur.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trigger), project.names.source))
     create_triggers(cur, project)
     return True
 
-
-# The statement trigger that closed an UPDATE of a realtime project of layout 2.
-LEGACY_UPDATE_STATEMENT_TRIGGER = "vectorize_update_stmt_{job}"
 
 
 def chunk_documents_column() -> sql.Composable:

@@ -31,6 +31,7 @@ from airflow_vectorize.api.schemas import (
     DEFAULT_CONN_ID,
     DEFAULT_WINDOW,
     ERRORS,
+    MAX_CONN_ID,
     RagAnswer,
     RagBody,
     SearchBody,
@@ -42,7 +43,7 @@ from airflow_vectorize.exceptions import SourceTableMissingError
 from airflow_vectorize.hooks.vectorize import VectorizeHook
 from airflow_vectorize.models import batching
 
-CONN_ID = Query(DEFAULT_CONN_ID, max_length=250, description=CONN_ID_DESCRIPTION)
+CONN_ID = Query(DEFAULT_CONN_ID, max_length=MAX_CONN_ID, description=CONN_ID_DESCRIPTION)
 # Query parameters of GET /api/v1/search that are not filters (a column of one of these names can be
 # filtered on through POST).
 SEARCH_PARAMETERS = tuple(SearchQuery.model_fields)

@@ -22,6 +22,7 @@ DEFAULT_WINDOW = 50  # pg_vectorize's server: 5 x its default limit
 Mode = Literal["hybrid", "vector"]
 DEFAULT_CONN_ID = "postgres_default"
 CONN_ID_DESCRIPTION = "the Airflow connection of the database"
+MAX_CONN_ID = 250  # Airflow's conn_id column
 
 
 def encodable(value: Any) -> Any:
@@ -77,7 +78,7 @@ class SearchQuery(SearchParameters):
     several times as much per request); every other parameter is a filter."""
 
     return_columns: str | None = Field(None, max_length=MAX_QUERY_CHARS, description="comma-separated source columns")
-    conn_id: str = Field(DEFAULT_CONN_ID, max_length=250, description=CONN_ID_DESCRIPTION)
+    conn_id: str = Field(DEFAULT_CONN_ID, max_length=MAX_CONN_ID, description=CONN_ID_DESCRIPTION)
 
 
 class SearchBody(SearchParameters, Strict):
@@ -101,7 +102,7 @@ class TableBody(Strict):
     table_method: Literal["join", "append"] = "join"
     index_dist_type: str = "pgv_hnsw_cosine"
     schedule: str = "realtime"
-    model_conn_id: str | None = Field(None, max_length=250)
+    model_conn_id: str | None = Field(None, max_length=MAX_CONN_ID)
     dimensions: int | None = Field(None, ge=1, le=16_000)
     chunk_size: int | None = Field(None, ge=1, le=100_000)
     chunk_overlap: int = Field(0, ge=0, le=100_000)
@@ -120,7 +121,7 @@ class RagBody(Strict):
     job_name: str = Field(max_length=255)
     query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS)
     chat_model: str = Field(max_length=1000, description="openai/<model> or ollama/<model>")
-    chat_conn_id: str | None = Field(None, max_length=250)
+    chat_conn_id: str | None = Field(None, max_length=MAX_CONN_ID)
     task: str = Field("question_answer", max_length=255, description="a prompt of vectorize.prompts")
     num_context: int = Field(2, ge=1, le=MAX_CONTEXT)
     force_trim: bool = False
