@@ -160,6 +160,33 @@ def test_a_changed_key_moves_the_row(layout, hook):
     assert counts(hook) == (24, 24, 0, 0)
 
 
+def test_an_append_reload_restores_without_the_index_and_builds_it_once(database, hook):
+    """A reload of an append project restores the kept vectors of 1,198 of 1,200 rows: the index is dropped
+    for that write, the two changed rows are embedded without it, and generation builds it once at the end."""
+    db = database
+    db.execute("CREATE TABLE items (id bigint PRIMARY KEY, body text)")
+    db.execute("INSERT INTO items SELECT g, 'item number ' || g FROM generate_series(1, 1200) g")
+    db.execute("CREATE TABLE item_vectors AS SELECT id, (SELECT array_agg(random())::real[] FROM"
+               " generate_series(1, 384) WHERE g.id > 0) AS v FROM items g")
+    hook.create_project("items", "items", "id", ["body"], table_method="append")
+    hook.import_embeddings("items", "item_vectors", "id", "v")
+    kept = dict(db.execute("SELECT id, items_embeddings::text FROM items WHERE id > 2"))
+    with db.conn.transaction():
+        db.execute("TRUNCATE items")
+        db.execute("INSERT INTO items SELECT g, CASE WHEN g <= 2 THEN 'a red garden hose ' || g"
+                   " ELSE 'item number ' || g END FROM generate_series(1, 1200) g")
+
+    summary = hook.generate_embeddings("items")
+
+    assert (summary["vectors_restored"], summary["embedded"]) == (1198, 2)
+    assert summary["index_rebuilt"] and summary["index_build"]["fits"]  # built by the run, after embedding
+    assert db.scalar("SELECT array_agg(i.indisvalid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+                     " JOIN pg_am a ON a.oid = c.relam WHERE i.indrelid = 'items'::regclass AND a.amname = 'hnsw'") == [True]
+    assert dict(db.execute("SELECT id, items_embeddings::text FROM items WHERE id > 2")) == kept
+    top = hook.search("items", "a red garden hose 1", return_columns=["id"], num_results=1)
+    assert top[0]["id"] == 1
+
+
 def test_a_project_made_with_foreign_keys_moves_to_the_triggers_at_its_next_run(products, hook):
     """A project created before (pg_vectorize's foreign keys, no removal triggers): its next generation run
     drops the foreign keys and adds the triggers; TRUNCATE then works and a reload re-embeds nothing."""
