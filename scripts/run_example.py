@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 ROOT = Path(__file__).resolve().parent.parent
 DAGS = ROOT / "dags"
@@ -57,7 +57,7 @@ DEFAULT_RUNS = [
     ("vectorize_remote_embeddings", None),  # these two only with a model connection in the environment
     ("vectorize_rag", None),
 ]
-SHOWN_CHARS = 160  # of an answer, or of a text in a search result row
+SHOWN_CHARS = 160  # of an answer, or of any text in a result (a chunk, a query)
 # DAG id -> (the environment variable naming its connection id, default id, what else to set)
 NEEDS_CONNECTION = {
     "vectorize_remote_embeddings": ("VECTORIZE_MODEL_CONN_ID", "openai_default",
@@ -116,13 +116,22 @@ def print_summary(run: dict, out: TextIO | None = None) -> None:
                 answer = answer if len(answer) <= SHOWN_CHARS else answer[:SHOWN_CHARS] + "…"
                 print(f"    Q: {a['query']}\n    A: {answer!r}\n       context rows {ids}, usage {a['usage']}",
                       file=out)
-        elif isinstance(result, list):  # search results: one line a row, long texts (a chunk) cut short
+        elif isinstance(result, list):  # search results: one line a row
             for row in result:
-                row = {k: v[:SHOWN_CHARS] + "…" if isinstance(v, str) and len(v) > SHOWN_CHARS else v
-                       for k, v in row.items()} if isinstance(row, dict) else row
-                print("    " + json.dumps(row, default=str, ensure_ascii=False), file=out)
+                print("    " + json.dumps(shortened(row), default=str, ensure_ascii=False), file=out)
         elif result is not None:
-            print("    " + json.dumps(result, default=str, ensure_ascii=False), file=out)
+            print("    " + json.dumps(shortened(result), default=str, ensure_ascii=False), file=out)
+
+
+def shortened(value: Any) -> Any:
+    """``value`` with every text longer than SHOWN_CHARS (a chunk, a query of the retrieval gate) cut short."""
+    if isinstance(value, str):
+        return value[:SHOWN_CHARS] + "…" if len(value) > SHOWN_CHARS else value
+    if isinstance(value, dict):
+        return {k: shortened(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [shortened(v) for v in value]
+    return value
 
 
 def failed_tasks(run: dict) -> list[str]:

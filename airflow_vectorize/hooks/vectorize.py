@@ -575,12 +575,15 @@ class VectorizeHook(PostgresHook):
             bulk = [row[0] for row in cur.execute(sql.SQL("SELECT id FROM {}").format(project.names.bulk))]
             if bulk and scope.pending_only:  # a bulk insert queued no keys: look at every row
                 scope = replace(scope, pending_only=False)
-        # Many of an append project's vectors restored without the index: one build after the rows due are
-        # embedded too (generate's last step), not a build now and then each of them inserted into the graph.
-        # A partition of several builds it first: the others would wait for its build.
+        # Many of an append project's vectors restored without the index: the run embeds the rows due without it
+        # too and builds it once at the end, instead of a build now and each of them inserted into the graph.
+        # A partition of several builds it first: the other partitions' writes would wait for its build.
         restored_without_index = reconciled.pop("index_dropped", False)
-        if restored_without_index and scope.partition_count > 1:
-            self._build_index(project)
+        if restored_without_index:
+            if scope.partition_count > 1:
+                self._build_index(project)
+            else:
+                rebuild_index = True
         model = self._model(project)
         try:
             summary = generation.generate(
@@ -607,8 +610,6 @@ class VectorizeHook(PostgresHook):
         if bulk and scope.whole:  # every row due was embedded: the bulk inserts seen are done
             with self.transaction() as cur:
                 cur.execute(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(project.names.bulk), [bulk])
-        if restored_without_index and scope.partition_count == 1:
-            summary["index_rebuilt"] = True
         return {**summary, **reconciled}
 
     def _build_index(self, project: Project) -> dict[str, Any] | None:
