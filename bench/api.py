@@ -330,6 +330,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                        Target("mounted", deployment.api_url + "/vectorize", deployment.token(),
                               api_server.process.pid)]
             postmaster = int((deployment.postgres.data_dir / "postmaster.pid").read_text().split()[0])
+            deadline = time.monotonic() + 120  # the standalone server's warm-up must not run under a measurement
+            while targets[0].health()["warm_up"]["state"] == "running" and time.monotonic() < deadline:
+                time.sleep(0.5)
             one_at_a_time = baseline(deployment, targets, args.baseline_queries)
             ceiling = model_ceiling()
             start_rss = {t.name: rss(t.pid) for t in targets}

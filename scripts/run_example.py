@@ -262,8 +262,9 @@ HTTP_QUERY = "mobile phone with a good camera"
 
 
 def http_search() -> dict:
-    """Start the standalone API (``python -m airflow_vectorize.api``) on a local port with a new token, and
-    search a project the DAGs left (product_catalog, else the first) as an application would."""
+    """Start the standalone API (``python -m airflow_vectorize.api``) on a local port with a new token, wait
+    for its warm-up (as a load balancer's readiness check would), and search a project the DAGs left
+    (product_catalog, else the first) as an application would."""
     import secrets
 
     import httpx
@@ -275,6 +276,10 @@ def http_search() -> dict:
     try:
         api.wait(120)
         with httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {token}"}, timeout=120) as client:
+            deadline = time.monotonic() + 120
+            while (warm := client.get("/health").json()["warm_up"])["state"] == "running" \
+                    and time.monotonic() < deadline:
+                time.sleep(0.2)
             projects = [p["name"] for p in client.get("/api/v1/projects", params={"status": False}).json()]
             if not projects:
                 return {"error": "no project left to search"}
@@ -284,7 +289,7 @@ def http_search() -> dict:
             response = client.get("/api/v1/search", params=params)
             seconds = time.monotonic() - started
         return {"url": f"{api.url}/api/v1/search", "params": params, "status": response.status_code,
-                "rows": response.json(), "seconds": seconds}
+                "rows": response.json(), "seconds": seconds, "warm_up": warm}
     finally:
         api.stop()
 
@@ -296,7 +301,11 @@ def print_http_search(http: dict, out: TextIO) -> None:
         return
     query = "&".join(f"{k}={v}" for k, v in http["params"].items()).replace(" ", "+")
     print(f"- curl -H 'Authorization: Bearer $TOKEN' '{http['url']}?{query}'", file=out)
-    print(f"  HTTP {http['status']} in {http['seconds'] * 1000:.0f} ms (hybrid search, the default):", file=out)
+    warm = http["warm_up"]
+    warmed = (f"after the server's warm-up: {len(warm['searched'])} project(s) searched in {warm['seconds']:.1f} s"
+              if warm["state"] == "done" else f"the server's warm-up: {warm['state']}")
+    print(f"  HTTP {http['status']} in {http['seconds'] * 1000:.0f} ms (hybrid search, the default; {warmed}):",
+          file=out)
     for row in http["rows"] if isinstance(http["rows"], list) else [http["rows"]]:
         print("    " + json.dumps(row, default=str, ensure_ascii=False), file=out)
 

@@ -329,6 +329,30 @@ def test_health(api):
     assert down.status_code == 503 and down.json()["database"]["reachable"] is False
 
 
+def test_the_standalone_server_warms_up_as_it_starts(api):
+    """One search in each project of the connections it serves, so the first request finds the model loaded;
+    a connection it cannot read is reported, not fatal."""
+    deadline = time.monotonic() + 120
+    while (warm := api.reader.get("/health", params={"conn_id": "api_db"}).json()["warm_up"])["state"] != "done":
+        assert warm["state"] == "running" and time.monotonic() < deadline, warm
+        time.sleep(0.2)
+    assert {"api_db/products", "api_db/products_chunked"} <= set(warm["searched"]) and not warm["skipped"]
+    assert any(error.startswith("down: ") for error in warm["errors"]), warm["errors"]
+    health = api.reader.get("/health", params={"conn_id": "api_db"}).json()
+    assert any(name.startswith("sentence-transformers/all-MiniLM-L6-v2") for name in health["models"])
+
+
+def test_warm_up_is_on_unless_turned_off_and_searches_only_models_computed_here():
+    from airflow_vectorize.api import warm_up
+
+    assert warm_up.enabled({}) and warm_up.enabled({"VECTORIZE_API_WARM_UP": "1"})
+    assert not any(warm_up.enabled({"VECTORIZE_API_WARM_UP": v}) for v in ("0", "false", "No", " off "))
+    local = {"transformer": "sentence-transformers/all-MiniLM-L6-v2", "params": {}}
+    assert warm_up.computed_here(local)
+    assert not warm_up.computed_here({**local, "params": {"model_conn_id": "tei"}})  # a self-hosted server's
+    assert not warm_up.computed_here({"transformer": "openai/text-embedding-3-small", "params": {}})
+
+
 # -- RAG ---------------------------------------------------------------------------------------------------
 def rag(api: Api, **body) -> httpx.Response:
     return api.client.post("/api/v1/rag", params={"conn_id": "api_db"},

@@ -3,7 +3,8 @@
 Configuration (environment): ``VECTORIZE_API_TOKENS`` / ``VECTORIZE_API_READ_TOKENS`` (or ``*_FILE``) — the
 bearer tokens, required; ``VECTORIZE_API_CONN_IDS`` — the Airflow connections it serves (default
 ``postgres_default``), themselves from ``AIRFLOW_CONN_<ID>`` variables or Airflow's secrets backend;
-``VECTORIZE_API_POOL_SIZE`` — database sessions per connection and process (default 8). Stateless: run as many
+``VECTORIZE_API_POOL_SIZE`` — database sessions per connection and process (default 8);
+``VECTORIZE_API_WARM_UP=0`` — no warm-up at start (``airflow_vectorize.api.warm_up``). Stateless: run as many
 replicas as needed behind a load balancer (``--workers`` processes each).
 """
 

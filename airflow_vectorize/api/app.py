@@ -4,18 +4,21 @@
   (``airflow_vectorize.plugins``), with Airflow's authentication and authorization;
 - ``standalone_app()``: the same app on its own (``python -m airflow_vectorize.api``, or
   ``uvicorn --factory airflow_vectorize.api.app:standalone_app``), with bearer tokens from the environment;
-  it refuses to start without them.
+  it refuses to start without them. As it starts, it warms up (``warm_up``: the local models loaded, one
+  search in each project of the connections it serves).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
 
 from airflow_vectorize import __version__
-from airflow_vectorize.api import errors, page
+from airflow_vectorize.api import errors, page, warm_up
 from airflow_vectorize.api.auth import AirflowAuth, Auth, Authenticate, TokenAuth
 from airflow_vectorize.api.pool import Hooks
 from airflow_vectorize.api.routes import Service, router
@@ -29,8 +32,17 @@ Every route takes `conn_id`, the Airflow connection of the database (default `po
 standalone. Errors answer `{"detail": message, "type": exception}`."""
 
 
-def create_app(auth: Auth, hooks: Hooks | None = None) -> FastAPI:
-    app = FastAPI(title="airflow-vectorize API", version=__version__, description=DESCRIPTION)
+def create_app(auth: Auth, hooks: Hooks | None = None, warm: Iterable[str] = ()) -> FastAPI:
+    """The app; ``warm``: the connections whose projects it warms up as it starts (``warm_up``)."""
+    warm = sorted(warm)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if warm:
+            app.state.vectorize.warm_up.start(app.state.vectorize.hooks, warm)
+        yield
+
+    app = FastAPI(title="airflow-vectorize API", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.vectorize = Service(auth, hooks or Hooks(pool_size()))
     errors.install(app)
     app.include_router(router)
@@ -46,8 +58,10 @@ def airflow_app() -> FastAPI:
 
 
 def standalone_app() -> FastAPI:
-    """The app on its own; ``ValueError`` without tokens (see ``TokenAuth.from_environment``)."""
-    return create_app(TokenAuth.from_environment())
+    """The app on its own; ``ValueError`` without tokens (see ``TokenAuth.from_environment``). It warms up the
+    connections it serves unless ``VECTORIZE_API_WARM_UP=0``."""
+    auth = TokenAuth.from_environment()
+    return create_app(auth, warm=auth.conn_ids if warm_up.enabled() else ())
 
 
 def pool_size() -> int:

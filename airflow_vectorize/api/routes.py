@@ -39,6 +39,7 @@ from airflow_vectorize.api.schemas import (
     SearchRow,
     TableBody,
 )
+from airflow_vectorize.api.warm_up import WarmUp
 from airflow_vectorize.exceptions import SourceTableMissingError
 from airflow_vectorize.hooks.vectorize import VectorizeHook
 from airflow_vectorize.models import batching
@@ -51,11 +52,12 @@ SEARCH_PARAMETERS = tuple(SearchQuery.model_fields)
 
 @dataclass
 class Service:
-    """What the routes share: the authentication, the hooks, the start time."""
+    """What the routes share: the authentication, the hooks, the start time, the warm-up."""
 
     auth: Auth
     hooks: Hooks
     started: float = field(default_factory=time.monotonic)
+    warm_up: WarmUp = field(default_factory=WarmUp)
 
     def authorize(self, request: Request, conn_id: str, access: Access, *model_conn_ids: str | None) -> None:
         """The caller may use ``conn_id`` (and the model connections it names) for ``access``."""
@@ -197,7 +199,7 @@ def _with_status(hook: Any, entry: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- health ------------------------------------------------------------------------------------------------
-@router.get("/health", tags=["health"], summary="Database reachable, models loaded")
+@router.get("/health", tags=["health"], summary="Database reachable, models loaded, warm-up")
 def health(request: Request, conn_id: str = CONN_ID) -> Response:
     api = service(request)
     hook = hook_for(request, conn_id, "read")
@@ -213,7 +215,7 @@ def health(request: Request, conn_id: str = CONN_ID) -> Response:
         database.update(reachable=False, error=f"{type(error).__name__}: {str(error).strip()}")
     body = {"status": "ok" if database["reachable"] else "unavailable", "database": database,
             "models": batching.loaded(), "search_sessions": api.hooks.stats(), "auth": api.auth.mode,
-            "uptime_seconds": round(time.monotonic() - api.started, 1)}
+            "warm_up": api.warm_up.as_dict(), "uptime_seconds": round(time.monotonic() - api.started, 1)}
     return json_response(body, status_code=200 if database["reachable"] else 503)
 
 
