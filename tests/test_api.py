@@ -342,6 +342,38 @@ def test_the_standalone_server_warms_up_as_it_starts(api):
     assert any(name.startswith("sentence-transformers/all-MiniLM-L6-v2") for name in health["models"])
 
 
+def test_warm_up_of_a_connection_goes_on_while_another_database_does_not_answer(products, hook, monkeypatch):
+    """A thread per connection: a database that accepts connections and never answers holds up no other; the
+    warm-up is done (with its error) once that connection fails."""
+    import socket
+    import threading
+
+    from airflow_vectorize.api.pool import Hooks
+    from airflow_vectorize.api.warm_up import WarmUp
+
+    hook.create_project("shop", "products", "product_id", ["name", "description"])
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    threading.Thread(target=lambda: accepted.append(listener.accept()[0]), daemon=True).start()
+    monkeypatch.setenv("AIRFLOW_CONN_SILENT", f"postgresql://postgres@127.0.0.1:{listener.getsockname()[1]}/postgres")
+    hooks, warm = Hooks(2), WarmUp()
+    try:
+        warm.start(hooks, ["silent", products.conn_id])
+        deadline = time.monotonic() + 60
+        while f"{products.conn_id}/shop" not in warm.searched:
+            assert time.monotonic() < deadline and not warm.errors, warm
+            time.sleep(0.1)
+        assert warm.state == "running" and accepted  # the silent database still holds its thread
+        for sock in (*accepted, listener):
+            sock.close()
+        while warm.state != "done":
+            assert time.monotonic() < deadline, warm
+            time.sleep(0.1)
+        assert [error.split(":")[0] for error in warm.errors] == ["silent"]
+    finally:
+        hooks.close()
+
+
 def test_warm_up_is_on_unless_turned_off_and_searches_only_models_computed_here():
     from airflow_vectorize.api import warm_up
 

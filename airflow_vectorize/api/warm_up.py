@@ -2,8 +2,8 @@
 in the server, so that no application's first request waits while the model loads (all-MiniLM-L6-v2: ≈ 5 s
 on 2 cores) and the search sessions are open and their statements built.
 
-It runs in a thread of its own: the server answers at once (a search that comes first waits for the model
-as before) and ``GET /health`` says how far it got (``warm_up``). A project whose model is remote (a
+It runs in threads of its own, one per connection: the server answers at once (a search that comes first
+waits for the model as before) and ``GET /health`` says how far it got (``warm_up``). A project whose model is remote (a
 provider's, or a self-hosted server's) is not searched: a search would send its provider a request.
 ``VECTORIZE_API_WARM_UP=0`` turns it off.
 """
@@ -38,23 +38,35 @@ class WarmUp:
     errors: list[str] = field(default_factory=list)
     seconds: float | None = None
 
-    def start(self, hooks: Hooks, conn_ids: Iterable[str]) -> threading.Thread:
-        self.state = "running"
-        thread = threading.Thread(target=self._run, args=(hooks, sorted(conn_ids)), name="vectorize-warm-up",
-                                  daemon=True)
-        thread.start()
-        return thread
+    def start(self, hooks: Hooks, conn_ids: Iterable[str]) -> list[threading.Thread]:
+        """A thread per connection (one whose database does not answer holds up no other); ``state`` is done
+        when the last one ends."""
+        conn_ids = sorted(conn_ids)
+        self.state, started, left, lock = "running", time.monotonic(), len(conn_ids), threading.Lock()
 
-    def _run(self, hooks: Hooks, conn_ids: list[str]) -> None:
-        started = time.monotonic()
-        try:
-            for conn_id in conn_ids:
+        def run(conn_id: str) -> None:
+            nonlocal left
+            try:
                 self._warm(hooks, conn_id)
-        finally:
-            self.seconds = round(time.monotonic() - started, 3)
-            self.state = "done"
-            log.info("Warm-up done in %.1f s: %d project(s) searched, %d skipped (remote model), %d error(s)",
-                     self.seconds, len(self.searched), len(self.skipped), len(self.errors))
+            finally:
+                with lock:
+                    left -= 1
+                    if not left:
+                        self._done(started)
+
+        threads = [threading.Thread(target=run, args=(conn_id,), name=f"vectorize-warm-up-{conn_id}", daemon=True)
+                   for conn_id in conn_ids]
+        if not threads:
+            self._done(started)
+        for thread in threads:
+            thread.start()
+        return threads
+
+    def _done(self, started: float) -> None:
+        self.seconds = round(time.monotonic() - started, 3)
+        self.state = "done"
+        log.info("Warm-up done in %.1f s: %d project(s) searched, %d skipped (remote model), %d error(s)",
+                 self.seconds, len(self.searched), len(self.skipped), len(self.errors))
 
     def _warm(self, hooks: Hooks, conn_id: str) -> None:
         try:
