@@ -329,15 +329,16 @@ def test_health(api):
     assert down.status_code == 503 and down.json()["database"]["reachable"] is False
 
 
-def test_the_standalone_server_warms_up_as_it_starts(api):
+def test_the_standalone_server_warms_up_as_it_starts(api, embedding_server_session):
     """One search in each project of the connections it serves, so the first request finds the model loaded;
-    a connection it cannot read is reported, not fatal."""
+    a connection it cannot read is reported (never with its secret), not fatal."""
     deadline = time.monotonic() + 120
     while (warm := api.reader.get("/health", params={"conn_id": "api_db"}).json()["warm_up"])["state"] != "done":
         assert warm["state"] == "running" and time.monotonic() < deadline, warm
         time.sleep(0.2)
     assert {"api_db/products", "api_db/products_chunked"} <= set(warm["searched"]) and not warm["skipped"]
     assert any(error.startswith("down: ") for error in warm["errors"]), warm["errors"]
+    assert embedding_server_session.api_key not in str(warm)  # "chat" is an OpenAI connection, not a database
     health = api.reader.get("/health", params={"conn_id": "api_db"}).json()
     assert any(name.startswith("sentence-transformers/all-MiniLM-L6-v2") for name in health["models"])
 

@@ -4,8 +4,8 @@
   (``airflow_vectorize.plugins``), with Airflow's authentication and authorization;
 - ``standalone_app()``: the same app on its own (``python -m airflow_vectorize.api``, or
   ``uvicorn --factory airflow_vectorize.api.app:standalone_app``), with bearer tokens from the environment;
-  it refuses to start without them. As it starts, it warms up (``warm_up``: the local models loaded, one
-  search in each project of the connections it serves).
+  it refuses to start without them. As it starts, it warms up (``warm_up``: one search in each project of the
+  connections it serves whose model it computes, so the model is loaded before the first request).
 """
 
 from __future__ import annotations
