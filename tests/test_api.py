@@ -375,6 +375,36 @@ def test_warm_up_of_a_connection_goes_on_while_another_database_does_not_answer(
         hooks.close()
 
 
+def test_the_app_warms_up_as_it_starts_and_closes_its_search_sessions_as_it_stops(products, hook):
+    """The app's lifespan, in this process: started, it warms up (a search session opens); stopped, the idle
+    sessions are closed — the database sees them go while the process lives on."""
+    from fastapi.testclient import TestClient
+
+    from airflow_vectorize.api.app import create_app
+    from airflow_vectorize.api.auth import TokenAuth
+    from airflow_vectorize.api.pool import Hooks
+
+    hook.create_project("shop", "products", "product_id", ["name", "description"])
+    token, hooks = secrets.token_urlsafe(24), Hooks(2)
+    app = create_app(TokenAuth({token: False}, frozenset({products.conn_id})), hooks, warm=[products.conn_id])
+    sessions = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid() AND backend_type = 'client backend'")
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 60
+        while app.state.vectorize.warm_up.state != "done":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert app.state.vectorize.warm_up.searched == [f"{products.conn_id}/shop"]
+        health = client.get("/health", params={"conn_id": products.conn_id},
+                            headers={"Authorization": f"Bearer {token}"}).json()
+        assert health["search_sessions"][products.conn_id]["sessions"] == 1 and products.scalar(sessions) == 1
+    assert hooks.stats()[products.conn_id]["sessions"] == 0
+    deadline = time.monotonic() + 10
+    while products.scalar(sessions):  # the backend ends as the session's connection closes
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
 def test_warm_up_is_on_unless_turned_off_and_searches_only_models_computed_here():
     from airflow_vectorize.api import warm_up
 

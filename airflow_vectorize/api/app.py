@@ -38,9 +38,12 @@ def create_app(auth: Auth, hooks: Hooks | None = None, warm: Iterable[str] = ())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        """Warm up as the server starts; close the idle search sessions as it stops (a mounted app's own
+        lifespan never runs: its sessions end with the process)."""
         if warm:
             app.state.vectorize.warm_up.start(app.state.vectorize.hooks, warm)
         yield
+        app.state.vectorize.hooks.close()
 
     app = FastAPI(title="airflow-vectorize API", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.vectorize = Service(auth, hooks or Hooks(pool_size()))
