@@ -627,9 +627,8 @@ def create_triggers(cur: Cursor, project: Project) -> None:
     setting); the next one writes a bulk row without a count (``freshness.queued`` counts the rows it stands
     for when read) and sets the setting to ``bulk``, and the calls for the rest return at once (an UPDATE of
     100k texts of 1M rows: 1.3-1.5× its time without a project in ``make bench-writes``; 2.2× when each row
-    was counted). The
-    notification (channel ``vectorize_<job>``, empty payload) is delivered at commit, once per transaction
-    however many rows it queued: it wakes ``PendingRowsTrigger``.
+    was counted). The notification (channel ``vectorize_<job>``, empty payload) is delivered at commit, once
+    per transaction however many rows it queued: it wakes ``PendingRowsTrigger``.
     """
     key = project.key
     counter = sql.Literal(f"vectorize.changed_{project.name}")
@@ -713,7 +712,6 @@ def upgrade_triggers(cur: Cursor, project: Project) -> bool:
         cur.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trigger), project.names.source))
     create_triggers(cur, project)
     return True
-
 
 
 def chunk_documents_column() -> sql.Composable:

@@ -54,18 +54,15 @@ def queued(project: Project, bulk: bool, unqueued: sql.Composable | None = None)
         return keys
     if unqueued is None:
         p = row_sql(project)
-        unqueued = sql.SQL("(SELECT count(*) FROM {rows} WHERE {needs} AND {text} <> '' AND NOT {queued_key})").format(
-            rows=p["from"], needs=p["needs"], text=p["text"], queued_key=_queued_key(project))
+        unqueued = sql.SQL(
+            "(SELECT count(*) FROM {rows} WHERE {needs} AND {text} <> ''"
+            " AND NOT EXISTS (SELECT FROM {queue} q WHERE {queued}))"
+        ).format(rows=p["from"], needs=p["needs"], text=p["text"], queue=project.names.queue,
+                 queued=project.key.equals("q", "r"))
     return sql.SQL(
         "({keys} + (SELECT CASE WHEN bool_or(b.rows IS NULL) THEN {unqueued} ELSE coalesce(sum(b.rows), 0) END"
         " FROM {bulk} b))"
     ).format(keys=keys, unqueued=unqueued, bulk=project.names.bulk)
-
-
-def _queued_key(project: Project) -> sql.Composable:
-    """Whether the source row ``r`` is in the queue."""
-    return sql.SQL("EXISTS (SELECT FROM {queue} q WHERE {same})").format(
-        queue=project.names.queue, same=project.key.equals("q", "r"))
 
 
 def _oldest(project: Project, bulk: bool) -> sql.Composable:

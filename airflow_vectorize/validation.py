@@ -20,7 +20,7 @@ from airflow_vectorize.catalog import (
 )
 from airflow_vectorize.exceptions import DimensionMismatchError, InvalidInputError
 from airflow_vectorize.keys import Key
-from airflow_vectorize.naming import SCHEMA
+from airflow_vectorize.naming import SCHEMA, quoted
 
 JOB_NAME_PATTERN = re.compile(r"[A-Za-z0-9_]+")
 SAMPLE_SIZE = 5
@@ -67,7 +67,7 @@ class Table:
 
     @property
     def label(self) -> str:
-        return ".".join('"' + part.replace('"', '""') + '"' for part in (self.schema, self.name))
+        return quoted((self.schema, self.name))
 
     def column(self, name: str, role: str) -> Column:
         if name not in self.columns:

@@ -187,9 +187,8 @@ def report(results: list[dict[str, Any]]) -> str:
              "|---|---:|---:|---:|---:|---|---|"]
     for r in results:
         d = r["details"]
-        sent = d["texts_sent_to_model"]
-        sent = sent if isinstance(sent, int) else "/".join(map(str, sorted(set(sent))))
-        rounds = ", ".join(f"{x:.2f}" for x in d.get("round_ratios", []))
+        sent = "/".join(map(str, sorted(set(d["texts_sent_to_model"]))))
+        rounds = ", ".join(f"{x:.2f}" for x in d["round_ratios"])
         lines.append(f"| {r['key']} | {sent} / {d['changed_rows']} | {d['reload_s']:.2f} +"
                      f" {d['generation_s']:.2f} | {d['baseline_reload_s']:.2f} + {d['baseline_embed_s']:.2f} |"
                      f" {r['ratio']:.2f} ({r['status']}) | {rounds} | {r['target_text']} |")

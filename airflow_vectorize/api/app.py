@@ -34,7 +34,7 @@ standalone. Errors answer `{"detail": message, "type": exception}`."""
 
 def create_app(auth: Auth, hooks: Hooks | None = None, warm: Iterable[str] = ()) -> FastAPI:
     """The app; ``warm``: the connections whose projects it warms up as it starts (``warm_up``)."""
-    warm = sorted(warm)
+    warm = list(warm)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

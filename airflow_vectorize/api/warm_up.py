@@ -98,7 +98,7 @@ class WarmUp:
 
 def computed_here(project: dict[str, Any]) -> bool:
     """Whether the model of a project (its catalog entry) runs in this process."""
-    return models.provider_name(project["transformer"]) is None and project["params"].get("model_conn_id") is None
+    return models.model_conn_id(project["transformer"], project["params"].get("model_conn_id")) is None
 
 
 def enabled(env: dict[str, str] | None = None) -> bool:
