@@ -9,9 +9,10 @@ Pipeline, per batch: claim the keys (transaction-scoped advisory locks, so concu
 same row) and re-read their current text in a writer transaction -> encode -> binary COPY into a staging
 table -> one set-based upsert -> dequeue -> commit. Writer connections take turns so the database work
 of one batch overlaps the encoding of the next (with a remote model, several batches are in flight
-at once: ``concurrency``). Keys come from a server-side cursor ordered by text length, so batches pad
-little (a local model then orders a batch's texts by tokens: ``LocalModel.embed``). A killed run keeps its
-committed batches; its retry starts where it stopped.
+at once: ``concurrency``). Keys come from one scan that counts the rows due and keeps their keys in a
+cursor WITH HOLD (``DueKeys``), ordered by text length, so batches pad little (a local model then orders a
+batch's texts by tokens: ``LocalModel.embed``). A killed run keeps its committed batches; its retry starts
+where it stopped.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def row_sql(project: Project, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> dict[
     text_md5 = expressions.text_md5(project, "r")
     failed = sql.SQL(
         "EXISTS (SELECT 1 FROM {errors} x WHERE {same_key} AND x.attempts >= {attempts}"
-        " AND x.text_md5 = {current})"
+        " AND x.text_md5 IS NOT DISTINCT FROM {current})"
     ).format(errors=project.names.errors, same_key=project.key.equals("x", "r"),
              attempts=sql.Literal(max_attempts), current=text_md5)
     return {
@@ -299,32 +300,51 @@ class BatchWriter:
             transaction.__exit__(RuntimeError, RuntimeError("rolled back"), None)
 
 
-def stream_keys(conn: psycopg.Connection, project: Project, scope: Scope, batch_size: int,
-                max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> Iterator[list[Any]]:
-    """Keys of the rows due, shortest text first, from a server-side cursor, ``batch_size`` at a time."""
-    p = row_sql(project, max_attempts)
-    condition, params = scope.condition(project)
-    with conn.transaction(), conn.cursor(name="vectorize_due_keys") as cur:
-        cur.itersize = batch_size * 4
-        cur.execute(sql.SQL(
-            "SELECT {key} FROM {from_} WHERE {needs} AND {text} <> '' AND {scope} ORDER BY length({text})"
-        ).format(key=p["key"], from_=p["from"], needs=p["needs"], text=p["text"], scope=condition), params)
-        while batch := [project.key.value(row) for row in cur.fetchmany(batch_size)]:
-            yield batch
+@dataclass(frozen=True)
+class Due:
+    """What a run has to do: the rows to embed, the rows due that have no text at all, and the characters of
+    the texts to embed."""
+
+    rows: int = 0
+    without_text: int = 0
+    characters: int = 0
 
 
-def count_due(conn: psycopg.Connection, project: Project, scope: Scope,
-              max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> tuple[int, int, int]:
-    """(rows to embed, rows due but without any text, characters of the texts to embed) in the scope; the
-    characters only for a chunked project (``incoming_vectors``), 0 otherwise."""
-    p = row_sql(project, max_attempts)
-    condition, params = scope.condition(project)
-    characters = sql.SQL("coalesce(sum(length({})), 0)").format(p["text"]) if project.is_chunked else sql.SQL("0")
-    return conn.execute(sql.SQL(
-        "SELECT count(*) FILTER (WHERE {text} <> ''), count(*) FILTER (WHERE {text} = ''), {characters}"
-        " FROM {from_} WHERE {needs} AND {scope}"
-    ).format(text=p["text"], characters=characters, from_=p["from"], needs=p["needs"], scope=condition),
-        params).fetchone()
+class DueKeys:
+    """The rows due in a scope, counted (``due``), and their keys, shortest text first, ``batch_size`` at a
+    time, from one scan.
+
+    The scan fills a cursor WITH HOLD: ``conn`` is in autocommit, so the server keeps the cursor's rows once the
+    scan's own transaction has committed. Reading them then holds no snapshot, which would hold VACUUM back
+    for a whole backfill, and no lock, which would keep a bulk run from dropping the index after the count.
+    Every row carries the counts (window aggregates over the rows due); rows without text come last (length
+    0) and are left out of the batches."""
+
+    def __init__(self, conn: psycopg.Connection, project: Project, scope: Scope, batch_size: int,
+                 max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> None:
+        p = row_sql(project, max_attempts)
+        condition, params = scope.condition(project)
+        names = project.key.aliases()
+        self.key, self.batch_size, self.length_at = names, batch_size, len(names.columns)
+        self.cursor = conn.cursor(name="vectorize_due_keys", withhold=True)
+        self.cursor.execute(sql.SQL(
+            "SELECT {names}, n, count(*) FILTER (WHERE n > 0) OVER (), count(*) FILTER (WHERE n = 0) OVER (),"
+            " sum(n) OVER () FROM (SELECT {keys}, length({text}) AS n FROM {from_} WHERE {needs} AND {scope}"
+            " OFFSET 0) d ORDER BY n = 0, n"
+        ).format(names=names.names("d"), keys=project.key.select_as("r", names), text=p["text"], from_=p["from"],
+                 needs=p["needs"], scope=condition), params)
+        self.first = self.cursor.fetchmany(batch_size)
+        self.due = Due(*self.first[0][self.length_at + 1:]) if self.first else Due()
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        rows, self.first = self.first, []
+        while rows:
+            if keys := [self.key.value(row) for row in rows if row[self.length_at]]:
+                yield keys
+            rows = self.cursor.fetchmany(self.batch_size)
+
+    def close(self) -> None:
+        self.cursor.close()
 
 
 def incoming_vectors(project: Project, rows: int, characters: int) -> int:
@@ -411,9 +431,10 @@ def generate(
     with ExitStack() as stack:
         control = stack.enter_context(connect())
         streamer = stack.enter_context(connect())
-        to_embed, skipped, characters = count_due(control, project, scope, max_attempts)
+        due_keys = stack.enter_context(closing(DueKeys(streamer, project, scope, batch_size, max_attempts)))
+        to_embed, skipped = due_keys.due.rows, due_keys.due.without_text
         log.info("Project %r: %d row(s) to embed, %d without text (scope %s)", project.name, to_embed, skipped, scope)
-        incoming = incoming_vectors(project, to_embed, characters)
+        incoming = incoming_vectors(project, to_embed, due_keys.due.characters)
         rebuild = False
         if scope.partition_count == 1:  # a bulk load: build the HNSW graph once at the end, not row by row
             with control.transaction():
@@ -457,8 +478,7 @@ def generate(
                 _log_progress(project, scope, embedded, to_embed, now - started)
 
         try:
-            for keys in stack.enter_context(closing(stream_keys(streamer, project, scope, batch_size,
-                                                                max_attempts))):
+            for keys in due_keys:
                 if not free:  # every writer holds a batch: the oldest must be committed first
                     oldest = next(iter(in_flight))
                     written(in_flight.pop(oldest).result().result())

@@ -178,6 +178,29 @@ def test_a_killed_run_keeps_its_batches_and_the_retry_resumes(database, hook, mo
     assert database.scalar('SELECT count(*) FROM vectorize."_embeddings_items"') == 1200
 
 
+def test_a_run_reads_its_keys_without_holding_a_snapshot(database, hook, model):
+    """The rows due are counted and their keys kept by one scan that has committed before the first batch is
+    encoded: the session reading them holds no snapshot, which would keep VACUUM from removing dead rows
+    anywhere in the database for as long as a backfill lasts (a writer holds one for its batch only)."""
+    create_items(database, 1200)
+    hook.create_project("items", "items", "id", ["title"], schedule="manual")
+    with hook.transaction() as cur:
+        project = catalog.find_project(cur, "items")
+    seen = []
+
+    def encode_and_look(texts):
+        seen.append(database.execute(
+            "SELECT state, backend_xmin FROM pg_stat_activity WHERE datname = current_database()"
+            " AND query LIKE %s", ["%vectorize_due_keys%"]))
+        return model.encode(texts)
+
+    summary = generation.generate(hook.connect, project, generation.Scope(), encode_and_look, batch_size=200,
+                                  rebuild_index=False)
+
+    assert (summary["embedded"], summary["batches"]) == (1200, 6)
+    assert seen == [[("idle", None)]] * 6
+
+
 def test_bulk_load_builds_the_index_once(database, hook):
     create_items(database, 1200)
     hook.create_project("items", "items", "id", ["title"], index_dist_type="pgv_hnsw_l2")
