@@ -4,6 +4,7 @@ storage, laid out as pg_vectorize lays it out (names in ``airflow_vectorize.nami
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -20,6 +21,8 @@ from airflow_vectorize.keys import Key
 from airflow_vectorize.models.encoding import Encoding
 from airflow_vectorize.naming import CHUNK_FTS_COLUMN, DOCUMENT_COLUMN, StorageNames, quoted
 from airflow_vectorize.rag import ensure_prompts
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TRANSFORMER = "sentence-transformers/all-MiniLM-L6-v2"
 TABLE_METHODS = ("join", "append")
@@ -363,11 +366,11 @@ def create_storage(cur: Cursor, project: Project) -> None:
                 " ADD COLUMN end_offset integer NOT NULL, ADD COLUMN chunk text NOT NULL,"
                 " ADD COLUMN embeddings {vector_type} NOT NULL,"
                 " ADD COLUMN updated_at timestamptz NOT NULL DEFAULT now(),"
-                " ADD COLUMN text_md5 uuid, ADD PRIMARY KEY ({keys}, chunk_no),"
+                " ADD COLUMN text_md5 uuid, ADD {key_index},"
                 " ADD COLUMN {documents},"
                 # Vectors stay in the row (a chunk's text is moved out of line first): searches read them.
                 " ALTER COLUMN embeddings SET STORAGE MAIN"
-            ).format(key_table=key_table(project, project.names.target, None),
+            ).format(key_table=key_table(project, project.names.target, None), key_index=key_index(project),
                      documents=chunk_documents_column(), **parts)
         )
     elif project.is_join:
@@ -376,8 +379,8 @@ def create_storage(cur: Cursor, project: Project) -> None:
                 "{key_table};"
                 " ALTER TABLE {target} ADD COLUMN embeddings {vector_type} NOT NULL,"
                 " ADD COLUMN updated_at timestamptz NOT NULL DEFAULT now(),"
-                " ADD COLUMN text_md5 uuid"
-            ).format(key_table=key_table(project, project.names.target, "UNIQUE"), **parts)
+                " ADD COLUMN text_md5 uuid, ADD {key_index}"
+            ).format(key_table=key_table(project, project.names.target, None), key_index=key_index(project), **parts)
         )
     else:
         cur.execute(
@@ -478,6 +481,30 @@ def key_table(project: Project, table: sql.Identifier, unique: str | None) -> sq
         " ALTER TABLE {table} {alterations}"
     ).format(table=table, keys=key.names(), source=project.names.source,
              alterations=sql.SQL(", ").join(not_null + constraints))
+
+
+def key_index(project: Project) -> sql.Composable:
+    """A join project's key on its vectors table (pg_vectorize's ``<pk> unique``; a chunked project's: key and
+    chunk number), which also carries each row's ``text_md5`` (INCLUDE): the scans for rows due (generation,
+    ``get_status``, freshness) then read the stored md5s from the index instead of the table of vectors."""
+    if project.is_chunked:
+        return sql.SQL("PRIMARY KEY ({}, chunk_no) INCLUDE (text_md5)").format(project.key.names())
+    return sql.SQL("UNIQUE ({}) INCLUDE (text_md5)").format(project.key.names())
+
+
+def ensure_key_index(cur: Cursor, project: Project) -> None:
+    """Give the key of a join project created before its ``text_md5`` (``key_index``): the constraint is made
+    again under its name (its index built anew, the vectors table locked meanwhile); a no-op when done."""
+    if not project.is_join:
+        return
+    cur.execute(
+        "SELECT c.conname FROM pg_constraint c JOIN pg_index i ON i.indexrelid = c.conindid"
+        " WHERE c.conrelid = %s::regclass AND c.contype = %s AND i.indnatts = i.indnkeyatts",
+        [project.names.target.as_string(cur), "p" if project.is_chunked else "u"])
+    for (constraint,) in cur.fetchall():
+        cur.execute(sql.SQL("ALTER TABLE {table} DROP CONSTRAINT {name}, ADD CONSTRAINT {name} {key}").format(
+            table=project.names.target, name=sql.Identifier(constraint), key=key_index(project)))
+        log.info("Project %r: its key index now carries the md5 of each embedded text", project.name)
 
 
 def ensure_bulk_table(cur: Cursor, project: Project) -> None:

@@ -133,7 +133,7 @@ def stage(cur: Cursor, project: Project, source: ImportSource, build_cap: int) -
     before = catalog.embedded_rows(cur, project)  # a join table: a vector in every row
     _, written = storage.import_from_table(cur, project, source.table, source.key, source.embeddings,
                                            exclusive=True, into=new)
-    cur.execute(sql.SQL("ALTER TABLE {} ADD UNIQUE ({})").format(new, key.names()))
+    cur.execute(sql.SQL("ALTER TABLE {} ADD {}").format(new, catalog.key_index(project)))
     cur.execute(sql.SQL("ANALYZE {}").format(new))
     build = index_build.build(cur, catalog.index_statement(project, new, index), f"project {project.name!r}",
                               kept + written, project.dimensions, project.hnsw_m, project.half_index, build_cap)

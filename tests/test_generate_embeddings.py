@@ -201,6 +201,36 @@ def test_a_run_reads_its_keys_without_holding_a_snapshot(database, hook, model):
     assert seen == [[("idle", None)]] * 6
 
 
+@pytest.mark.parametrize(("options", "table", "key"), [
+    ({}, "_embeddings_shop", "UNIQUE (product_id)"),
+    ({"chunk_size": 64}, "_chunks_shop", "PRIMARY KEY (product_id, chunk_no)"),
+], ids=["join", "chunked"])
+def test_the_key_index_carries_the_md5_and_an_older_project_gets_it_at_its_next_run(products, hook, options,
+                                                                                        table, key):
+    """A join project's key on its vectors table carries each row's text md5 (INCLUDE), which the scans for rows
+    due read from the index; a project created before, whose key has none, gets it from its next generation
+    run under the same constraint name, its vectors untouched."""
+    hook.create_project("shop", "products", "product_id", COLUMNS, **options)
+    hook.generate_embeddings("shop")
+    target = f'vectorize."{table}"'
+    keys = f"FROM pg_constraint WHERE conrelid = '{target}'::regclass AND contype IN ('u', 'p')"
+    constraint = f"SELECT conname, pg_get_constraintdef(oid) {keys}"
+    name = products.scalar(f"SELECT conname {keys}")
+    assert products.execute(constraint) == [(name, f"{key} INCLUDE (text_md5)")]
+    products.execute(f'ALTER TABLE {target} DROP CONSTRAINT "{name}", ADD CONSTRAINT "{name}" {key}')
+    vectors = f"SELECT md5(string_agg(embeddings::text, ',' ORDER BY 1)), count(*) FROM {target}"
+    before = products.execute(vectors)
+
+    assert hook.generate_embeddings("shop")["embedded"] == 0
+
+    assert products.execute(constraint) == [(name, f"{key} INCLUDE (text_md5)")]
+    assert products.execute(vectors) == before
+    index = f"SELECT conindid {keys}"
+    upgraded = products.scalar(index)
+    assert hook.generate_embeddings("shop")["embedded"] == 0
+    assert products.scalar(index) == upgraded  # made once
+
+
 def test_bulk_load_builds_the_index_once(database, hook):
     create_items(database, 1200)
     hook.create_project("items", "items", "id", ["title"], index_dist_type="pgv_hnsw_l2")

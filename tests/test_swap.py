@@ -124,7 +124,7 @@ def test_a_composite_key_and_a_half_precision_index_are_swapped_alike(database, 
                            " WHERE e.embeddings = n.v::vector") == 1200
     assert "halfvec" in database.scalar("SELECT indexdef FROM pg_indexes WHERE indexname = 'pairs_hnsw_cos_idx'")
     assert database.scalar(f"SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = '{table}'::regclass"
-                           " AND contype = 'u'") == "UNIQUE (a, b)"
+                           " AND contype = 'u'") == "UNIQUE (a, b) INCLUDE (text_md5)"
     nearest = hook.search("pairs", database.scalar("SELECT v FROM pair_vectors WHERE a = 40 AND b = 'k3'"),
                           ["a", "b"], 1)
     assert nearest[0] | {"similarity_score": None} == {"a": 40, "b": "k3", "similarity_score": None}
