@@ -107,6 +107,9 @@ def row_sql(project: Project, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> dict[
     embedding, and not a row that failed ``max_attempts`` times with the same text (``failed``)."""
     stored_md5 = sql.Identifier("e" if project.is_join else "r", project.names.text_md5_column)
     text_md5 = expressions.text_md5(project, "r")
+    # IS NOT DISTINCT FROM, not '=': an '=' would be a hash key of the anti-join with the errors table, and every
+    # row's md5 computed for it as well as for the comparison with the stored one; as a join filter, only the
+    # rows in the errors table compute it there.
     failed = sql.SQL(
         "EXISTS (SELECT 1 FROM {errors} x WHERE {same_key} AND x.attempts >= {attempts}"
         " AND x.text_md5 IS NOT DISTINCT FROM {current})"
