@@ -383,16 +383,20 @@ class VectorizeHook(PostgresHook):
         with self.transaction() as cur:
             project = self._project(cur, job_name)
             alias = "e" if project.is_join else "r"
+            # A join project's stored row always holds its vector (NOT NULL): its key says it is there, and the
+            # scan reads the key index, which carries the md5 (``catalog.key_index``), not the vectors.
+            stored = sql.Identifier("e", project.key.columns[0]) if project.is_join \
+                else sql.Identifier("r", project.names.embeddings_column)
             bulk = cur.execute(freshness.BULK_EXISTS, [quoted(project.names.bulk_name)]).fetchone()[0]
             cur.execute(
                 sql.SQL(
-                    "SELECT count(*), count({emb}),"
-                    " count(*) FILTER (WHERE {emb} IS NOT NULL AND {md5} IS DISTINCT FROM {text_md5}),"
+                    "SELECT count(*), count({stored}),"
+                    " count(*) FILTER (WHERE {stored} IS NOT NULL AND {md5} IS DISTINCT FROM {text_md5}),"
                     " count(*) FILTER (WHERE {text} = ''),"
                     " {queued}::bigint"
                     " FROM {rows}"
                 ).format(
-                    emb=sql.Identifier(alias, project.names.embeddings_column),
+                    stored=stored,
                     md5=expressions.text_md5(project, "r"),
                     text_md5=sql.Identifier(alias, project.names.text_md5_column),
                     text=expressions.text(project, "r"),
