@@ -327,8 +327,8 @@ class DueKeys:
                  max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> None:
         p = row_sql(project, max_attempts)
         condition, params = scope.condition(project)
-        names = project.key.aliases()
-        self.key, self.batch_size, self.length_at = names, batch_size, len(names.columns)
+        self.names = names = project.key.aliases()  # the key's columns in the cursor's rows
+        self.batch_size, self.length_at = batch_size, len(names.columns)
         self.cursor = conn.cursor(name="vectorize_due_keys", withhold=True)
         self.cursor.execute(sql.SQL(
             "SELECT {names}, n, count(*) FILTER (WHERE n > 0) OVER (), count(*) FILTER (WHERE n = 0) OVER (),"
@@ -342,7 +342,7 @@ class DueKeys:
     def __iter__(self) -> Iterator[list[Any]]:
         rows, self.first = self.first, []
         while rows:
-            if keys := [self.key.value(row) for row in rows if row[self.length_at]]:
+            if keys := [self.names.value(row) for row in rows if row[self.length_at]]:
                 yield keys
             rows = self.cursor.fetchmany(self.batch_size)
 
