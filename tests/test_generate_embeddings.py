@@ -189,10 +189,11 @@ def test_a_run_reads_its_keys_without_holding_a_snapshot(database, hook, model):
     seen = []
 
     def encode_and_look(texts):
+        vectors = model.encode(texts)  # meanwhile the run reads its next keys, then waits for this batch
         seen.append(database.execute(
             "SELECT state, backend_xmin FROM pg_stat_activity WHERE datname = current_database()"
             " AND query LIKE %s", ["%vectorize_due_keys%"]))
-        return model.encode(texts)
+        return vectors
 
     summary = generation.generate(hook.connect, project, generation.Scope(), encode_and_look, batch_size=200,
                                   rebuild_index=False)
