@@ -621,8 +621,8 @@ def lock_timeout(cur: Cursor, timeout: str) -> Iterator[None]:
 def drop_index_unless_busy(cur: Cursor, project: Project) -> bool:
     """Drop the index before a bulk write unless another session keeps the storage in use for longer than
     DROP_INDEX_LOCK_TIMEOUT; returns whether it was dropped. DROP INDEX waits for every open transaction that
-    read the table (a generation run's key stream stays open for its whole run), and that run's next batch
-    queues behind the DROP: a deadlock through the client, which PostgreSQL cannot detect."""
+    read the table (another run's batch, from its claim to its commit), and every statement on the table,
+    searches included, queues behind it meanwhile."""
     try:
         with lock_timeout(cur, DROP_INDEX_LOCK_TIMEOUT):
             drop_index(cur, project)
