@@ -449,10 +449,18 @@ def ensure_view(cur: Cursor, project: Project) -> bool:
     return True
 
 
+def source_is_partitioned(cur: Cursor, project: Project) -> bool:
+    """Whether the project's source is a partitioned table (see ``storage.reconcile_removed``)."""
+    cur.execute("SELECT EXISTS (SELECT FROM pg_class WHERE oid = to_regclass(%s) AND relkind = 'p')",
+                [project.names.source.as_string(cur)])
+    return cur.fetchone()[0]
+
+
 def _triggers_table(cur: Cursor, project: Project) -> tuple[str, str] | None:
     """(schema, name) of the table the project's removal triggers are on, if any."""
     cur.execute("SELECT n.nspname::text, c.relname::text FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
-                " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE t.tgfoid = to_regprocedure(%s) LIMIT 1",
+                " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE t.tgfoid = to_regprocedure(%s) AND t.tgparentid = 0"
+                " LIMIT 1",
                 [quoted(project.names.removal_function_name) + "()"])
     row = cur.fetchone()
     return None if row is None else (row[0], row[1])
@@ -464,7 +472,8 @@ def drop_triggers(cur: Cursor, project: Project) -> None:
     functions = [quoted(name) + "()" for name in (project.names.trigger_function_name,
                                                   project.names.removal_function_name)]
     cur.execute("SELECT tgrelid::regclass::text, tgname FROM pg_trigger"
-                " WHERE tgfoid = ANY(ARRAY[to_regprocedure(%s), to_regprocedure(%s)]) AND NOT tgisinternal", functions)
+                " WHERE tgfoid = ANY(ARRAY[to_regprocedure(%s), to_regprocedure(%s)]) AND NOT tgisinternal"
+                " AND tgparentid = 0", functions)  # a partition's clone goes with its partitioned table's trigger
     for table, trigger in cur.fetchall():
         cur.execute(sql.SQL("DROP TRIGGER {} ON {}").format(sql.Identifier(trigger), sql.SQL(table)))
 
@@ -645,7 +654,8 @@ LEGACY_UPDATE_STATEMENT_TRIGGER = "vectorize_update_stmt_{job}"
 def create_triggers(cur: Cursor, project: Project) -> None:
     """Queue the keys of inserted rows, and of rows whose embedded columns changed, and NOTIFY.
 
-    Inserts are handled per statement (one set-based insert from the transition table); a statement of more
+    Inserts are handled per statement (one set-based insert from the transition table; per row, as updates,
+    on a partitioned table); a statement of more
     than BULK_ROWS rows is recorded as one row of ``vectorize._bulk_<job>`` (how many) instead: queueing each
     key would cost a bulk load ~3× its time; the next realtime run scans for due rows, as a bulk load's
     embedding needs anyway. Updates use a row trigger limited to the embedded columns (PostgreSQL allows no
@@ -700,13 +710,15 @@ def create_triggers(cur: Cursor, project: Project) -> None:
     changed = sql.SQL(" OR ").join(
         sql.SQL("OLD.{c} IS DISTINCT FROM NEW.{c}").format(c=sql.Identifier(c)) for c in project.columns
     )
+    # A partitioned table's statement triggers fire only for statements naming it, not for an INSERT or COPY
+    # into one of its partitions; its row triggers are on every partition, those to come included.
+    inserts = sql.SQL("FOR EACH ROW" if source_is_partitioned(cur, project)
+                      else "REFERENCING NEW TABLE AS vectorize_new_rows FOR EACH STATEMENT")
     cur.execute(
         sql.SQL(
             "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS {body};"
             " COMMENT ON FUNCTION {function}() IS {layout};"
-            " CREATE TRIGGER {insert_trigger} AFTER INSERT ON {source}"
-            " REFERENCING NEW TABLE AS vectorize_new_rows"
-            " FOR EACH STATEMENT EXECUTE FUNCTION {function}();"
+            " CREATE TRIGGER {insert_trigger} AFTER INSERT ON {source} {inserts} EXECUTE FUNCTION {function}();"
             " CREATE TRIGGER {update_trigger} AFTER UPDATE OF {columns} ON {source}"
             " FOR EACH ROW WHEN ({changed}) EXECUTE FUNCTION {function}()"
         ).format(
@@ -718,20 +730,26 @@ def create_triggers(cur: Cursor, project: Project) -> None:
             source=project.names.source,
             columns=sql.SQL(", ").join(sql.Identifier(c) for c in project.columns),
             changed=changed,
+            inserts=inserts,
         )
     )
 
 
 def upgrade_triggers(cur: Cursor, project: Project) -> bool:
     """Give a realtime project whose triggers an earlier version made (its trigger function without today's
-    TRIGGER_LAYOUT comment) today's; returns whether it did. Call with the project locked, after
+    TRIGGER_LAYOUT comment, or a partitioned source's insert trigger per statement) today's; returns whether
+    it did. Call with the project locked, after
     ``ensure_bulk_table`` (today's function writes bulk rows without a count)."""
     if project.schedule != "realtime":
         return False
     function = quoted(project.names.trigger_function_name) + "()"
-    cur.execute("SELECT obj_description(to_regprocedure(%s), 'pg_proc') IS DISTINCT FROM %s"
-                " AND EXISTS (SELECT FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND tgname = %s)",
-                [function, TRIGGER_LAYOUT, project.names.source.as_string(cur), project.names.update_trigger])
+    source = project.names.source.as_string(cur)
+    cur.execute("SELECT (obj_description(to_regprocedure(%s), 'pg_proc') IS DISTINCT FROM %s"
+                " AND EXISTS (SELECT FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND tgname = %s))"
+                # an insert trigger per statement on a partitioned table (made before it was per row there)
+                " OR EXISTS (SELECT FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid WHERE c.relkind = 'p'"
+                " AND t.tgrelid = to_regclass(%s) AND t.tgname = %s AND t.tgtype & 1 = 0)",
+                [function, TRIGGER_LAYOUT, source, project.names.update_trigger, source, project.names.insert_trigger])
     if not cur.fetchone()[0]:
         return False
     for trigger in (project.names.insert_trigger, project.names.update_trigger, LEGACY_UPDATE_STATEMENT_TRIGGER.format(

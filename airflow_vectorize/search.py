@@ -432,16 +432,19 @@ def source_row_exists(project: Project, removed: bool, alias: str = "e") -> sql.
     what ``vectorize._removed_<job>`` holds; while that table is empty and the project's removal triggers are on
     the source (not after a swap, until it is attached) no vector lacks its row (a removal commits its entry
     with it: a snapshot that cannot see the entry cannot see the removal either), and one check of both per
-    search (an InitPlan) spares the per-row probe. Otherwise the source's key is probed for
+    search (an InitPlan) spares the per-row probe (never for a partitioned source: rows may leave it without a
+    trace). Otherwise the source's key is probed for
     each row read: a scalar subquery, never turned into a join, so the planner keeps reading the HNSW index in
     distance order. ``removed``: the project has the table (one created before it has pg_vectorize's foreign
     key instead, which guarantees the row: no check at all)."""
     if not removed:
         return sql.SQL("true")
     names = project.names
-    settled = sql.SQL(  # nothing removed waits, and the triggers that record removals are on this table
-        "(SELECT NOT EXISTS (SELECT FROM {removed}) AND EXISTS (SELECT FROM pg_catalog.pg_trigger"
-        " WHERE tgrelid = to_regclass({source_name}) AND tgname = {trigger}))"
+    settled = sql.SQL(  # nothing removed waits, and the triggers that record removals are on this table, which
+        # is not partitioned (a partition's TRUNCATE, DETACH or DROP fires none of them)
+        "(SELECT NOT EXISTS (SELECT FROM {removed}) AND EXISTS (SELECT FROM pg_catalog.pg_trigger t"
+        " JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid"
+        " WHERE t.tgrelid = to_regclass({source_name}) AND t.tgname = {trigger} AND c.relkind = 'r'))"
     ).format(removed=names.removed, source_name=sql.Literal(names.source.as_string()),
              trigger=sql.Literal(names.delete_trigger))
     return sql.SQL("({settled} OR (SELECT true FROM {source} x WHERE {same}))").format(

@@ -62,11 +62,21 @@ def reconcile_removed(cur: Cursor, project: Project) -> dict[str, Any]:
     the project locked.
 
     A join project's vectors are found by key when few keys were removed, and by comparing every stored key
-    with the source (one anti-join) after a TRUNCATE (its marker: a row of NULLs) or when many were."""
+    with the source (one anti-join) after a TRUNCATE (its marker: a row of NULLs) or when many were.
+
+    A partitioned source is compared with every run: a partition truncated, detached or dropped, or a DELETE
+    naming a partition, fires none of the partitioned table's statement triggers, so rows may have gone
+    without a trace. Its queue and errors entries of keys no longer in the source go too."""
     names, key = project.names, project.key
+    partitioned = catalog.source_is_partitioned(cur, project)
+    if partitioned:
+        for table in (names.queue, names.errors):
+            cur.execute(sql.SQL("DELETE FROM {} x WHERE NOT EXISTS (SELECT FROM {} r WHERE {})").format(
+                table, names.source, key.equals("r", "x")))
     cur.execute(sql.SQL("SELECT count(*), count(*) FILTER (WHERE {}) FROM {}").format(key.any_null(None), names.removed))
     pending, truncated = cur.fetchone()
-    if not pending:
+    truncated = truncated or partitioned
+    if not pending and not partitioned:
         return {"vectors_removed": 0} if project.is_join else {"vectors_restored": 0, "vectors_removed": 0}
     parts = dict(removed=names.removed, target=names.target, source=names.source, keys=key.names(),
                  emb=sql.Identifier(names.embeddings_column),
@@ -98,6 +108,11 @@ def reconcile_removed(cur: Cursor, project: Project) -> dict[str, Any]:
             cur.execute("DROP TABLE vectorize_gone")
             return {"vectors_removed": removed}
         return {"vectors_removed": cur.rowcount}
+    if not pending:  # a partitioned source's run: only stored documents may have lost their rows
+        if documents:
+            cur.execute(sql.SQL("DELETE FROM {documents} t WHERE NOT EXISTS (SELECT FROM {source} r WHERE {in_source})")
+                        .format(documents=names.documents, **parts))
+        return {"vectors_restored": 0, "vectors_removed": 0}
     dropped = drop_index_for_bulk_write(cur, project, pending)
     cur.execute(sql.SQL(
         "WITH gone AS (DELETE FROM {removed} RETURNING {keys}, text_md5, embeddings, updated_at)"

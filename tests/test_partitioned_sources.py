@@ -1,0 +1,134 @@
+"""A partitioned source table, on the real database and model: rows written straight into a partition are
+queued for a realtime run; a partition truncated, detached or deleted from directly (which fires none of the
+partitioned table's statement triggers) leaves no row in search results, and its vectors, queue entries and
+errors are gone after the next generation run; the project drops clean."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import snapshot
+from test_drop_project import without_catalog
+
+LAYOUTS = {
+    "join": {},
+    "append": {"table_method": "append"},
+    "chunked": {"chunk_size": 12},
+}
+TOPICS = ["cats", "dogs", "trains", "rivers"]
+NOVEMBER = range(1, 41)  # ids 1-40 in November, 41-80 in December
+DECEMBER = range(41, 81)
+
+
+def create_docs(db) -> None:
+    """``docs`` partitioned by month (key: id, day), 80 rows, 40 in each of November and December."""
+    db.execute("CREATE TABLE docs (id integer, day date NOT NULL, body text, PRIMARY KEY (id, day))"
+               " PARTITION BY RANGE (day)")
+    db.execute("CREATE TABLE docs_11 PARTITION OF docs FOR VALUES FROM ('2026-11-01') TO ('2026-12-01')")
+    db.execute("CREATE TABLE docs_12 PARTITION OF docs FOR VALUES FROM ('2026-12-01') TO ('2027-01-01')")
+    db.execute(
+        "INSERT INTO docs SELECT i, CASE WHEN i <= 40 THEN date '2026-11-10' ELSE date '2026-12-10' END,"
+        " 'note ' || i || ' about ' || (%s::text[])[1 + i %% 4] || ' and their habits' FROM generate_series(1, 80) i",
+        [TOPICS])
+
+
+@pytest.fixture(params=list(LAYOUTS))
+def docs(request, database, hook):
+    """``docs`` (``create_docs``) with a realtime project over ``body`` in the layout, every row embedded."""
+    create_docs(database)
+    hook.create_project("docs", "docs", ["id", "day"], ["body"], **LAYOUTS[request.param])
+    assert hook.generate_embeddings("docs")["embedded"] == 80
+    database.layout = request.param
+    return database
+
+
+def stored_ids(db) -> set[int]:
+    if db.layout == "append":
+        return {r[0] for r in db.execute("SELECT id FROM docs WHERE docs_embeddings IS NOT NULL")}
+    table = "_chunks_docs" if db.layout == "chunked" else "_embeddings_docs"
+    return {r[0] for r in db.execute(f"SELECT DISTINCT id FROM vectorize.{table}")}
+
+
+def found(hook) -> set[int]:
+    """The ids key-only searches return (vector and hybrid), for every topic."""
+    ids = set()
+    for topic in TOPICS:
+        ids |= {r["id"] for r in hook.search("docs", topic, return_columns=["id", "day"], num_results=100)}
+        ids |= {r["id"] for r in hook.hybrid_search("docs", topic, return_columns=["id", "day"], num_results=100)}
+    return ids
+
+
+def queued_ids(db) -> set[int]:
+    return {r[0] for r in db.execute("SELECT id FROM vectorize._pending_docs")}
+
+
+def test_rows_written_into_a_partition_are_queued(docs, hook):
+    docs.execute("INSERT INTO docs_12 VALUES (500, '2026-12-20', 'a note about trains written to the partition')")
+    docs.execute("UPDATE docs_11 SET body = 'a note about rivers, changed in the partition' WHERE id = 7")
+    assert queued_ids(docs) == {500, 7}
+    assert hook.get_status("docs")["pending"] == 2
+    run = hook.generate_embeddings("docs", pending_only=True)
+    assert run["embedded"] == 2
+    assert queued_ids(docs) == set()
+    assert 500 in stored_ids(docs)
+
+
+@pytest.mark.parametrize("removal", ["truncate", "detach", "delete"])
+def test_rows_gone_with_a_partition_are_never_found_and_their_vectors_go_at_the_next_run(docs, hook, removal):
+    docs.execute("UPDATE docs SET body = body || ' (revised)' WHERE id IN (3, 45)")  # queued, one in each month
+    docs.execute("INSERT INTO vectorize._errors_docs (id, day, error, text_md5, attempts)"
+                 " VALUES (46, '2026-12-10', 'a failure kept', NULL, 1)")
+    if removal == "truncate":
+        docs.execute("TRUNCATE docs_12")
+    elif removal == "detach":
+        docs.execute("ALTER TABLE docs DETACH PARTITION docs_12")
+    else:
+        docs.execute("DELETE FROM docs_12 WHERE id > 40")
+    status = hook.get_status("docs")
+    assert (status["total_rows"], status["embedded_rows"]) == (40, 40)
+    assert found(hook) == set(NOVEMBER)  # the vectors are still stored, but never returned
+    if docs.layout != "append":  # an append project's vectors are in the rows
+        assert set(DECEMBER) <= stored_ids(docs)
+
+    run = hook.generate_embeddings("docs")
+    assert run["embedded"] == 1  # row 3's new text
+    assert stored_ids(docs) == set(NOVEMBER)
+    assert queued_ids(docs) == set()
+    assert docs.scalar("SELECT count(*) FROM vectorize._errors_docs") == 0
+    status = hook.get_status("docs")
+    assert (status["total_rows"], status["embedded_rows"], status["pending"], status["failed_rows"]) == (40, 40, 0, 0)
+    assert found(hook) == set(NOVEMBER)
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_a_partitioned_source_drops_clean(database, hook, layout):
+    create_docs(database)
+    before = without_catalog(snapshot(database))
+    hook.create_project("docs", "docs", ["id", "day"], ["body"], **LAYOUTS[layout])
+    hook.generate_embeddings("docs")
+    database.execute("CREATE TABLE docs_01 PARTITION OF docs FOR VALUES FROM ('2027-01-01') TO ('2027-02-01')")
+    database.execute("INSERT INTO docs_01 VALUES (500, '2027-01-05', 'a note about trains in January')")
+    assert {r[0] for r in database.execute("SELECT tgrelid::regclass::text FROM pg_trigger WHERE NOT tgisinternal")} \
+        == {"docs", "docs_11", "docs_12", "docs_01"}  # the row triggers, cloned on every partition
+
+    assert hook.drop_project("docs")["dropped"] is True
+    assert database.execute("SELECT tgrelid::regclass::text, tgname FROM pg_trigger WHERE NOT tgisinternal") == []
+    database.execute("DROP TABLE docs_01")
+    assert without_catalog(snapshot(database)) == before
+
+
+def test_an_older_partitioned_project_gets_its_row_insert_trigger_at_its_next_run(docs, hook):
+    """A realtime project made before inserts were queued per row on a partitioned table had a statement
+    trigger, which an INSERT into a partition does not fire."""
+    function = docs.scalar("SELECT tgfoid::regproc::text FROM pg_trigger WHERE tgname = 'vectorize_insert_trigger_docs'"
+                           " AND tgrelid = 'docs'::regclass")
+    docs.execute("DROP TRIGGER vectorize_insert_trigger_docs ON docs")
+    docs.execute(f"CREATE TRIGGER vectorize_insert_trigger_docs AFTER INSERT ON docs REFERENCING NEW TABLE AS"
+                 f" vectorize_new_rows FOR EACH STATEMENT EXECUTE FUNCTION {function}()")
+    docs.execute("INSERT INTO docs_12 VALUES (500, '2026-12-20', 'a note about trains written to the partition')")
+    assert queued_ids(docs) == set()  # what an older project missed
+
+    assert hook.generate_embeddings("docs")["embedded"] == 1  # found by its md5, and the trigger made anew
+    assert docs.scalar("SELECT tgtype & 1 FROM pg_trigger WHERE tgname = 'vectorize_insert_trigger_docs'"
+                       " AND tgrelid = 'docs'::regclass") == 1
+    docs.execute("INSERT INTO docs_12 VALUES (501, '2026-12-21', 'another note about trains')")
+    assert queued_ids(docs) == {501}
