@@ -45,7 +45,9 @@ def test_prompts_are_used_on_their_side_and_kept(products, hook, model):
     assert np.allclose(hook.encode("asym", ["x"], side="document")[0], encode(model, [DOCUMENT + "x"])[0], atol=1e-5)
     # search ranks by the query-side vector: its similarities are those of encode(QUERY + query)
     q = encode(model, [QUERY + query])[0]
-    for row in hook.search("asym", query, num_results=5):
+    rows = hook.search("asym", query, num_results=5)
+    assert len(rows) == 5
+    for row in rows:
         v = vectors[row["product_id"]]
         assert row["similarity_score"] == pytest.approx(float(q @ v / np.linalg.norm(q) / np.linalg.norm(v)), abs=1e-4)
     best = max(vectors, key=lambda k: float(q @ vectors[k] / np.linalg.norm(vectors[k])))

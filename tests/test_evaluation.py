@@ -206,7 +206,7 @@ def test_sampled_queries_are_sentences_of_their_row_and_reproducible(products, h
         (key,) = item["relevant"]
         assert key not in (31, 34) and item["query"] in texts[key] and 12 <= len(item["query"].split()) <= 60
     firsts = hook.sample_queries("docs", n=5, seed=7, position="first")
-    assert all(q["query"].startswith("This sentence") for q in firsts)
+    assert len(firsts) == 5 and all(q["query"].startswith("This sentence") for q in firsts)
     every = hook.sample_queries("docs", n=100)
     assert len(every) == 31  # rows with a sentence of 12-60 words, the shared one taken once
     assert sum(q["query"] == shared for q in every) == 1
@@ -237,8 +237,10 @@ def test_the_gate_fails_below_a_minimum_or_on_a_drop_and_keeps_the_run(products,
     again = shop.evaluate_retrieval("shop", good, k=10, max_drop={"mrr": 0.0})
     assert again["gate"]["previous"]["evaluation_id"] == passed["evaluation_id"]
     # a maximum for what is better low
+    count = products.scalar("SELECT count(*) FROM vectorize.evaluations")
     with pytest.raises(RetrievalRegressionError, match="no_relevant 1.0000 is above the maximum 0.5"):
         shop.evaluate_retrieval("shop", bad, k=10, min_metrics={"no_relevant": 0.5}, store=False)
+    assert products.scalar("SELECT count(*) FROM vectorize.evaluations") == count  # store=False: not kept
 
 
 @pytest.mark.parametrize(("arguments", "message"), [

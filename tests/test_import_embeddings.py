@@ -7,6 +7,7 @@ import pytest
 from conftest import create_embeddings_table, product_texts, snapshot
 from psycopg import sql
 
+from airflow_vectorize import index_build
 from airflow_vectorize.exceptions import DimensionMismatchError, InvalidInputError, ProjectNotFoundError
 
 COLUMNS = ["name", "description"]
@@ -113,7 +114,15 @@ def test_bulk_import_rebuilds_the_index(database, hook):
     assert (result["imported"], result["index_rebuilt"]) == (1500, True)
     assert "USING hnsw (embeddings vector_ip_ops)" in database.scalar(
         "SELECT indexdef FROM pg_indexes WHERE indexname = 'items_hnsw_ip_idx'")
-    assert database.scalar("SHOW maintenance_work_mem") == "64MB"  # a setting of that transaction only
+    # a build's maintenance_work_mem, sized for its rows (100,000: past the session's 64MB), is its
+    # transaction's only
+    memory = "SELECT pg_size_bytes(current_setting('maintenance_work_mem'))"
+    with database.conn.transaction(), database.conn.cursor() as cur:
+        index_build.build(cur, sql.SQL("CREATE INDEX ON items (body)"), "items", 100_000, 384, None, False,
+                          index_build.AUTO_CAP)
+        assert cur.execute(memory).fetchone()[0] // 1024 == \
+            index_build.build_memory(100_000, 384, None, False, index_build.AUTO_CAP) // 1024
+    assert database.scalar("SHOW maintenance_work_mem") == "64MB"
     small = hook.import_embeddings("items", "item_vectors", "id", "v")  # 100 % again: rebuild again
     assert (small["updated"], small["index_rebuilt"]) == (1500, True)
     # the stored full-text documents, computed in bulk (a CREATE TABLE AS) and upserted: one per row, current
@@ -311,6 +320,7 @@ def test_several_problems_are_reported_together(products, hook, project):
                          " INSERT INTO bad SELECT 999, embedding FROM bad WHERE product_id = 1;"
                          " INSERT INTO bad SELECT * FROM bad WHERE product_id = 2")
 
+    before = snapshot(products)
     with pytest.raises(InvalidInputError) as error:
         hook.import_embeddings("product_search", "bad", "product_id", "embedding")
 
@@ -318,6 +328,7 @@ def test_several_problems_are_reported_together(products, hook, project):
     assert "keys not found in the project's table; e.g. keys ['999']" in message
     assert "1 row(s) with NULL embeddings" in message and "1 duplicate key value(s); e.g. keys ['2']" in message
     assert message.endswith("Nothing was written.")
+    assert snapshot(products) == before
 
 
 def test_bulk_reimport_rewrites_and_keeps_untouched_rows(database, hook):

@@ -5,7 +5,10 @@ did not come back are never read and are gone after the next generation run."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
+from conftest import snapshot
 from psycopg import sql
 
 from airflow_vectorize.example_data import PRODUCTS
@@ -267,11 +270,13 @@ def test_a_dropped_source_gives_a_typed_error_and_the_project_drops_cleanly(layo
 
     db = layout
     db.execute(f"DROP TABLE docs{cascade}")  # nothing of the project refuses it
+    before = snapshot(db)
     for call in (lambda: hook.get_status("docs"), lambda: hook.search("docs", QUERY),
                  lambda: hook.hybrid_search("docs", QUERY), lambda: hook.generate_embeddings("docs")):
         with pytest.raises(SourceTableMissingError, match=r"the source table public\.docs of project 'docs' no"
                            r" longer exists \(dropped, or renamed away\)\. Put a table .*\(drop_project\('docs'\)\)"):
             call()
+    assert snapshot(db) == before
     assert issubclass(SourceTableMissingError, ProjectConflictError)  # the HTTP API answers 409
     assert hook.drop_project("docs")["dropped"] is True
     assert objects_of(db) == []
@@ -282,7 +287,11 @@ def test_a_source_renamed_away_is_missing_and_the_project_drops_from_where_it_we
 
     db = layout
     db.execute("ALTER TABLE docs RENAME TO archived")
-    with pytest.raises(SourceTableMissingError):
+    missing = ("the source table public.docs of project 'docs' no longer exists (dropped, or renamed away)."
+               f" Put a table with its key ({', '.join(db.key)}) and columns (body) under that name and run"
+               " generation (or VectorizeHook.attach_source('docs')) to attach it, keeping the vectors of its"
+               " unchanged rows; or drop the project (drop_project('docs')).")
+    with pytest.raises(SourceTableMissingError, match=f"^{re.escape(missing)}$"):
         hook.search("docs", QUERY)
     assert hook.drop_project("docs")["dropped"] is True
     assert objects_of(db) == [] and db.scalar("SELECT count(*) FROM archived") == 24

@@ -154,7 +154,7 @@ def test_search_rejects_bad_input(products, hook, model):
         hook.hybrid_search(JOB, [0.1] * 384)
     with pytest.raises(ProjectNotFoundError, match="'nope' not yet initialized"):
         hook.search("nope", "phone")
-    with pytest.raises(ProjectNotFoundError):
+    with pytest.raises(ProjectNotFoundError, match="'nope' not yet initialized"):
         hook.hybrid_search("nope", "phone")
     assert snapshot(products) == before
 

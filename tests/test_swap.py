@@ -9,7 +9,7 @@ import logging
 import psycopg
 from test_import_embeddings import items_with_vectors
 
-from airflow_vectorize import swap
+from airflow_vectorize import catalog, swap
 from airflow_vectorize.hooks.vectorize import VectorizeHook
 
 TABLE = "vectorize._embeddings_items"
@@ -103,7 +103,14 @@ def test_a_table_that_stays_in_use_is_imported_in_place(database, hook, monkeypa
     assert database.scalar(f"SELECT count(*) FROM {TABLE} e JOIN negated n USING (id)"
                            " WHERE e.embeddings = n.v::vector") == 1200
     assert database.scalar(LEFTOVERS) == 0
-    assert database.scalar("SELECT current_setting('lock_timeout')") == "0"
+    # the swap's lock_timeout is its savepoint's only: the caller's transaction keeps its own, the session too
+    with database.conn.transaction(), database.conn.cursor() as cur:
+        cur.execute("SET LOCAL lock_timeout = '5s'")
+        with catalog.lock_timeout(cur, "100ms"):
+            assert cur.execute("SHOW lock_timeout").fetchone()[0] == "100ms"
+            cur.execute(f"LOCK TABLE {TABLE} IN ACCESS EXCLUSIVE MODE")
+        assert cur.execute("SHOW lock_timeout").fetchone()[0] == "5s"
+    assert database.scalar("SHOW lock_timeout") == "0"
 
 
 def test_a_composite_key_and_a_half_precision_index_are_swapped_alike(database, hook):
