@@ -57,19 +57,30 @@ def tracks_keys(project: Project) -> bool:
 def create_triggers(cur: Cursor, project: Project) -> None:
     """The source's DELETE (per statement; from its transition table when ``tracks_keys``), TRUNCATE and
     key-change (per row, only when a key column is updated) triggers, all calling
-    ``vectorize.handle_removal_<job>()``."""
+    ``vectorize.handle_removal_<job>()``.
+
+    On a partitioned source the DELETE trigger is a row trigger: PostgreSQL puts those on every partition
+    (those to come too) and fires them for a DELETE naming a partition, which fires none of the partitioned
+    table's statement triggers. A join project's writes its marker once a transaction; an append project's
+    keeps each row's vector. The queue entries and errors of the deleted rows go at the next run
+    (``storage.reconcile_removed``)."""
+    from airflow_vectorize import catalog
+
     names, key = project.names, project.key
-    transition = sql.SQL(" REFERENCING OLD TABLE AS vectorize_old_rows" if tracks_keys(project) else "")
+    if catalog.source_is_partitioned(cur, project):
+        deletes = sql.SQL(" FOR EACH ROW")
+    else:
+        deletes = sql.SQL("{} FOR EACH STATEMENT").format(
+            sql.SQL(" REFERENCING OLD TABLE AS vectorize_old_rows" if tracks_keys(project) else ""))
     cur.execute(sql.SQL(
         "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS {body};"
-        " CREATE TRIGGER {delete} AFTER DELETE ON {source}{transition}"
-        " FOR EACH STATEMENT EXECUTE FUNCTION {function}();"
+        " CREATE TRIGGER {delete} AFTER DELETE ON {source}{deletes} EXECUTE FUNCTION {function}();"
         " CREATE TRIGGER {truncate} BEFORE TRUNCATE ON {source} FOR EACH STATEMENT EXECUTE FUNCTION {function}();"
         " CREATE TRIGGER {rekey} AFTER UPDATE OF {keys} ON {source} FOR EACH ROW WHEN ({changed})"
         " EXECUTE FUNCTION {function}()"
     ).format(function=names.removal_function, body=sql.Literal(_function_body(project).as_string(cur)),
              delete=sql.Identifier(names.delete_trigger), truncate=sql.Identifier(names.truncate_trigger),
-             rekey=sql.Identifier(names.rekey_trigger), source=names.source, keys=key.names(), transition=transition,
+             rekey=sql.Identifier(names.rekey_trigger), source=names.source, keys=key.names(), deletes=deletes,
              changed=sql.SQL("({}) IS DISTINCT FROM ({})").format(key.names("old"), key.names("new"))))
 
 
@@ -83,6 +94,15 @@ def _function_body(project: Project) -> sql.Composable:
     marker = sql.SQL(  # a row of NULLs: "any key may be gone"
         "IF NOT EXISTS (SELECT FROM {removed} WHERE {no_key}) THEN INSERT INTO {removed} DEFAULT VALUES; END IF;"
     ).format(no_key=key.any_null(None), **parts)
+    marked = sql.Literal(f"vectorize.removed_{project.name}")
+    if project.is_join:  # a partitioned source's row trigger: the marker once a transaction
+        on_row_delete = sql.SQL(
+            "IF current_setting({marked}, true) IS DISTINCT FROM 'yes' THEN"
+            " PERFORM set_config({marked}, 'yes', true); {marker} END IF;").format(marked=marked, marker=marker)
+    else:
+        on_row_delete = sql.SQL(
+            "IF OLD.{emb} IS NOT NULL THEN INSERT INTO {removed} ({keys}, text_md5, embeddings, updated_at)"
+            " VALUES ({old_keys}, OLD.{md5}, OLD.{emb}, OLD.{updated_at}); END IF;").format(**parts)
     if project.is_join:  # the vectors stay where they are; the next generation run deletes them
         on_truncate = marker
         on_delete = sql.SQL("INSERT INTO {removed} ({keys}) SELECT {o_keys} FROM vectorize_old_rows o;").format(**parts)
@@ -117,7 +137,9 @@ def _function_body(project: Project) -> sql.Composable:
     return sql.SQL(
         """
         BEGIN
-          IF TG_OP = 'TRUNCATE' THEN
+          IF TG_OP = 'DELETE' AND TG_LEVEL = 'ROW' THEN
+            {on_row_delete}
+          ELSIF TG_OP = 'TRUNCATE' THEN
             {on_truncate}
             DELETE FROM {queue};
             DELETE FROM {errors};
@@ -132,7 +154,8 @@ def _function_body(project: Project) -> sql.Composable:
           RETURN NULL;
         END
         """
-    ).format(on_truncate=on_truncate, on_delete=on_delete, on_rekey=on_rekey, requeue=requeue, **parts)
+    ).format(on_truncate=on_truncate, on_delete=on_delete, on_rekey=on_rekey, requeue=requeue,
+             on_row_delete=on_row_delete, **parts)
 
 
 def upgrade(cur: Cursor, project: Project) -> bool:
@@ -151,6 +174,35 @@ def upgrade(cur: Cursor, project: Project) -> bool:
     create_removed_table(cur, project)
     create_triggers(cur, project)
     log.info("Project %r: moved from foreign keys to removal triggers (TRUNCATE of its source now works)", project.name)
+    return True
+
+
+def partitions_changed(cur: Cursor, project: Project) -> bool:
+    """Whether a partitioned source's leaf partitions (each one's oid and file) differ from those the last
+    settled run saw: a partition truncated (it gets a new file), detached or dropped takes rows away without
+    firing any trigger. Records today's for the next run, as the comment of ``vectorize._removed_<job>``."""
+    cur.execute("SELECT 'partitions ' || coalesce(md5(string_agg(relid::oid::text || ':' || pg_relation_filenode(relid),"
+                " ',' ORDER BY relid::oid)), '') FROM pg_partition_tree(to_regclass(%s)) WHERE isleaf",
+                [project.names.source.as_string(cur)])
+    now = cur.fetchone()[0]
+    cur.execute("SELECT obj_description(to_regclass(%s), 'pg_class')", [quoted(project.names.removed_name)])
+    if cur.fetchone()[0] == now:
+        return False
+    cur.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(project.names.removed, sql.Literal(now)))
+    return True
+
+
+def upgrade_partitioned(cur: Cursor, project: Project) -> bool:
+    """Give a partitioned source's project whose DELETE trigger is a statement trigger (made before it was a
+    row trigger there) today's removal triggers; returns whether it did. Call with the project locked."""
+    cur.execute("SELECT EXISTS (SELECT FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid WHERE c.relkind = 'p'"
+                " AND t.tgrelid = to_regclass(%s) AND t.tgname = %s AND t.tgtype & 1 = 0)",
+                [project.names.source.as_string(cur), project.names.delete_trigger])
+    if not cur.fetchone()[0]:
+        return False
+    for trigger in project.names.removal_triggers:
+        cur.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trigger), project.names.source))
+    create_triggers(cur, project)
     return True
 
 

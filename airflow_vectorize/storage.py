@@ -64,9 +64,10 @@ def reconcile_removed(cur: Cursor, project: Project) -> dict[str, Any]:
     A join project's vectors are found by key when few keys were removed, and by comparing every stored key
     with the source (one anti-join) after a TRUNCATE (its marker: a row of NULLs) or when many were.
 
-    A partitioned source is compared with every run: a partition truncated, detached or dropped, or a DELETE
-    naming a partition, fires none of the partitioned table's statement triggers, so rows may have gone
-    without a trace. Its queue and errors entries of keys no longer in the source go too."""
+    A partitioned source is compared when its partitions changed since the last run (``removal.
+    partitions_changed``: a partition truncated, detached or dropped fires none of its triggers); a DELETE
+    there fires a row trigger, which records it as on any table. Each run also deletes its queue entries and
+    errors of keys no longer in it (the row trigger leaves them)."""
     names, key = project.names, project.key
     partitioned = catalog.source_is_partitioned(cur, project)
     if partitioned:
@@ -75,8 +76,8 @@ def reconcile_removed(cur: Cursor, project: Project) -> dict[str, Any]:
                 table, names.source, key.equals("r", "x")))
     cur.execute(sql.SQL("SELECT count(*), count(*) FILTER (WHERE {}) FROM {}").format(key.any_null(None), names.removed))
     pending, truncated = cur.fetchone()
-    truncated = truncated or partitioned
-    if not pending and not partitioned:
+    truncated = truncated or (partitioned and removal.partitions_changed(cur, project))
+    if not pending and not truncated:
         return {"vectors_removed": 0} if project.is_join else {"vectors_restored": 0, "vectors_removed": 0}
     parts = dict(removed=names.removed, target=names.target, source=names.source, keys=key.names(),
                  emb=sql.Identifier(names.embeddings_column),
@@ -108,7 +109,7 @@ def reconcile_removed(cur: Cursor, project: Project) -> dict[str, Any]:
             cur.execute("DROP TABLE vectorize_gone")
             return {"vectors_removed": removed}
         return {"vectors_removed": cur.rowcount}
-    if not pending:  # a partitioned source's run: only stored documents may have lost their rows
+    if not pending:  # a partitioned source's partitions changed: only stored documents may have lost their rows
         if documents:
             cur.execute(sql.SQL("DELETE FROM {documents} t WHERE NOT EXISTS (SELECT FROM {source} r WHERE {in_source})")
                         .format(documents=names.documents, **parts))
@@ -224,6 +225,7 @@ def upgrade_layout(cur: Cursor, project: Project) -> None:
     table, realtime triggers, the md5 in a join project's key index. Call with the project locked."""
     catalog.create_errors_table(cur, project)
     removal.upgrade(cur, project)
+    removal.upgrade_partitioned(cur, project)
     catalog.ensure_view(cur, project)
     ensure_documents(cur, project)
     catalog.ensure_bulk_table(cur, project)

@@ -1,7 +1,8 @@
 """A partitioned source table, on the real database and model: rows written straight into a partition are
 queued for a realtime run; a partition truncated, detached or deleted from directly (which fires none of the
 partitioned table's statement triggers) leaves no row in search results, and its vectors, queue entries and
-errors are gone after the next generation run; the project drops clean."""
+errors are gone after the next generation run, which compares the stored keys with the source only when
+something says rows went; the project drops clean; older projects get today's triggers."""
 
 from __future__ import annotations
 
@@ -132,3 +133,47 @@ def test_an_older_partitioned_project_gets_its_row_insert_trigger_at_its_next_ru
                        " AND tgrelid = 'docs'::regclass") == 1
     docs.execute("INSERT INTO docs_12 VALUES (501, '2026-12-21', 'another note about trains')")
     assert queued_ids(docs) == {501}
+
+
+def test_a_run_compares_the_stored_keys_only_when_rows_may_have_gone_without_a_trace(docs, hook):
+    """A row deleted behind the project's back (its triggers off) keeps its vector until a run has a reason to
+    compare: a DELETE naming a partition (its row trigger), or a partition truncated, detached or dropped."""
+    if docs.layout == "append":
+        pytest.skip("an append project's vectors are in the rows")
+
+    def behind_its_back(key: int) -> None:
+        docs.execute("SET session_replication_role = replica")  # no trigger fires
+        docs.execute("DELETE FROM docs_11 WHERE id = %s", [key])
+        docs.execute("RESET session_replication_role")
+
+    behind_its_back(1)
+    hook.generate_embeddings("docs")
+    assert 1 in stored_ids(docs)  # nothing said rows went: the run did not compare
+
+    docs.execute("DELETE FROM docs_12 WHERE id = 80")
+    hook.generate_embeddings("docs")
+    assert stored_ids(docs) == set(range(2, 80))
+    behind_its_back(2)
+    docs.execute("DELETE FROM docs_11 WHERE id = 2")  # gone already: a row trigger fires for no row
+    hook.generate_embeddings("docs")
+    assert 2 in stored_ids(docs)
+    docs.execute("TRUNCATE docs_12")
+    hook.generate_embeddings("docs")
+    assert stored_ids(docs) == set(range(3, 41))
+
+
+def test_an_older_partitioned_project_gets_its_row_delete_trigger_at_its_next_run(docs, hook):
+    """A project made before a partitioned source's DELETE trigger was a row trigger had a statement trigger,
+    which a DELETE naming a partition does not fire."""
+    function = docs.scalar("SELECT tgfoid::regproc::text FROM pg_trigger WHERE tgname = 'vectorize_delete_trigger_docs'"
+                           " AND tgrelid = 'docs'::regclass")
+    docs.execute("DROP TRIGGER vectorize_delete_trigger_docs ON docs")
+    docs.execute(f"CREATE TRIGGER vectorize_delete_trigger_docs AFTER DELETE ON docs FOR EACH STATEMENT"
+                 f" EXECUTE FUNCTION {function}()")
+    hook.generate_embeddings("docs")
+    assert docs.scalar("SELECT tgtype & 1 FROM pg_trigger WHERE tgname = 'vectorize_delete_trigger_docs'"
+                       " AND tgrelid = 'docs'::regclass") == 1
+    docs.execute("DELETE FROM docs_12 WHERE id = 80")
+    assert docs.scalar("SELECT count(*) FROM vectorize._removed_docs") == 1  # a marker, or the row's vector
+    hook.generate_embeddings("docs")
+    assert stored_ids(docs) == set(range(1, 80))
