@@ -61,7 +61,7 @@ bench: $(VENV)/.installed $(INFINITY_VENV)/.installed
 
 # A real Airflow 3 (scheduler, dag-processor, triggerer, api-server; metadata DB on the embedded PostgreSQL)
 # runs the example DAGs through the scheduler and prints their outcome from the REST API (scripts/deployment.py).
-.PHONY: deployment deployment-celery bench-backfill bench-api bench-reload bench-writes bench-hybrid-documents bench-providers bench-retrieval bench-tune bench-scaling bench-halfvec bench-million bench-swap bench-due-rows bench-huge-pages
+.PHONY: deployment deployment-celery bench-backfill bench-api bench-reload bench-writes bench-hybrid-documents bench-providers bench-retrieval bench-tune bench-scaling bench-halfvec bench-million bench-swap bench-due-rows bench-huge-pages bench-partitioned
 deployment: $(VENV)/.installed
 	$(PY) scripts/deployment.py --executor LocalExecutor
 
@@ -124,3 +124,7 @@ bench-due-rows: $(VENV)/.installed
 # A parallel HNSW build with its graph on huge pages vs ordinary pages, 100k and 1M rows; needs root (bench/huge_pages.py).
 bench-huge-pages: $(VENV)/.installed
 	$(PY) -m bench.huge_pages
+
+# A realtime run of a queued row on a partitioned source vs the same rows in a plain table (bench/partitioned.py).
+bench-partitioned: $(VENV)/.installed
+	$(PY) -m bench.partitioned

@@ -70,9 +70,9 @@ def reconcile_removed(cur: Cursor, project: Project) -> dict[str, Any]:
     errors of keys no longer in it (the row trigger leaves them)."""
     names, key = project.names, project.key
     partitioned = catalog.source_is_partitioned(cur, project)
-    if partitioned:
-        for table in (names.queue, names.errors):
-            cur.execute(sql.SQL("DELETE FROM {} x WHERE NOT EXISTS (SELECT FROM {} r WHERE {})").format(
+    if partitioned:  # each entry's row probed by its key (a scalar subquery: the planner would rather scan
+        for table in (names.queue, names.errors):  # every partition for a join)
+            cur.execute(sql.SQL("DELETE FROM {} x WHERE (SELECT true FROM {} r WHERE {} LIMIT 1) IS NULL").format(
                 table, names.source, key.equals("r", "x")))
     cur.execute(sql.SQL("SELECT count(*), count(*) FILTER (WHERE {}) FROM {}").format(key.any_null(None), names.removed))
     pending, truncated = cur.fetchone()
