@@ -61,20 +61,26 @@ def create_triggers(cur: Cursor, project: Project) -> None:
 
     On a partitioned source the DELETE trigger is a row trigger: PostgreSQL puts those on every partition
     (those to come too) and fires them for a DELETE naming a partition, which fires none of the partitioned
-    table's statement triggers. A join project's writes its marker once a transaction; an append project's
-    keeps each row's vector. The queue entries and errors of the deleted rows go at the next run
+    table's statement triggers. It fires BEFORE each row, so that its WHEN condition sees what the calls
+    before it did: a join project's is called once a transaction (it writes the marker and sets a
+    transaction-local setting the condition reads); an append project's for each row with a vector (it keeps
+    the vector). The queue entries and errors of the deleted rows go at the next run
     (``storage.reconcile_removed``)."""
     from airflow_vectorize import catalog
 
     names, key = project.names, project.key
-    if catalog.source_is_partitioned(cur, project):
-        deletes = sql.SQL(" FOR EACH ROW")
+    if not catalog.source_is_partitioned(cur, project):
+        deletes = sql.SQL("AFTER DELETE ON {}{} FOR EACH STATEMENT").format(
+            names.source, sql.SQL(" REFERENCING OLD TABLE AS vectorize_old_rows" if tracks_keys(project) else ""))
+    elif project.is_join:
+        deletes = sql.SQL("BEFORE DELETE ON {} FOR EACH ROW WHEN (current_setting({}, true) IS DISTINCT FROM 'yes')"
+                          ).format(names.source, _marked(project))
     else:
-        deletes = sql.SQL("{} FOR EACH STATEMENT").format(
-            sql.SQL(" REFERENCING OLD TABLE AS vectorize_old_rows" if tracks_keys(project) else ""))
+        deletes = sql.SQL("BEFORE DELETE ON {} FOR EACH ROW WHEN (OLD.{} IS NOT NULL)").format(
+            names.source, sql.Identifier(names.embeddings_column))
     cur.execute(sql.SQL(
         "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS {body};"
-        " CREATE TRIGGER {delete} AFTER DELETE ON {source}{deletes} EXECUTE FUNCTION {function}();"
+        " CREATE TRIGGER {delete} {deletes} EXECUTE FUNCTION {function}();"
         " CREATE TRIGGER {truncate} BEFORE TRUNCATE ON {source} FOR EACH STATEMENT EXECUTE FUNCTION {function}();"
         " CREATE TRIGGER {rekey} AFTER UPDATE OF {keys} ON {source} FOR EACH ROW WHEN ({changed})"
         " EXECUTE FUNCTION {function}()"
@@ -82,6 +88,11 @@ def create_triggers(cur: Cursor, project: Project) -> None:
              delete=sql.Identifier(names.delete_trigger), truncate=sql.Identifier(names.truncate_trigger),
              rekey=sql.Identifier(names.rekey_trigger), source=names.source, keys=key.names(), deletes=deletes,
              changed=sql.SQL("({}) IS DISTINCT FROM ({})").format(key.names("old"), key.names("new"))))
+
+
+def _marked(project: Project) -> sql.Literal:
+    """The transaction-local setting that says a join project's marker is written (a partitioned source)."""
+    return sql.Literal(f"vectorize.removed_{project.name}")
 
 
 def _function_body(project: Project) -> sql.Composable:
@@ -94,15 +105,13 @@ def _function_body(project: Project) -> sql.Composable:
     marker = sql.SQL(  # a row of NULLs: "any key may be gone"
         "IF NOT EXISTS (SELECT FROM {removed} WHERE {no_key}) THEN INSERT INTO {removed} DEFAULT VALUES; END IF;"
     ).format(no_key=key.any_null(None), **parts)
-    marked = sql.Literal(f"vectorize.removed_{project.name}")
-    if project.is_join:  # a partitioned source's row trigger: the marker once a transaction
-        on_row_delete = sql.SQL(
-            "IF current_setting({marked}, true) IS DISTINCT FROM 'yes' THEN"
-            " PERFORM set_config({marked}, 'yes', true); {marker} END IF;").format(marked=marked, marker=marker)
+    if project.is_join:  # a partitioned source's row trigger (see create_triggers): the marker
+        on_row_delete = sql.SQL("PERFORM set_config({marked}, 'yes', true); {marker}").format(
+            marked=_marked(project), marker=marker)
     else:
         on_row_delete = sql.SQL(
-            "IF OLD.{emb} IS NOT NULL THEN INSERT INTO {removed} ({keys}, text_md5, embeddings, updated_at)"
-            " VALUES ({old_keys}, OLD.{md5}, OLD.{emb}, OLD.{updated_at}); END IF;").format(**parts)
+            "INSERT INTO {removed} ({keys}, text_md5, embeddings, updated_at)"
+            " VALUES ({old_keys}, OLD.{md5}, OLD.{emb}, OLD.{updated_at});").format(**parts)
     if project.is_join:  # the vectors stay where they are; the next generation run deletes them
         on_truncate = marker
         on_delete = sql.SQL("INSERT INTO {removed} ({keys}) SELECT {o_keys} FROM vectorize_old_rows o;").format(**parts)
@@ -139,6 +148,7 @@ def _function_body(project: Project) -> sql.Composable:
         BEGIN
           IF TG_OP = 'DELETE' AND TG_LEVEL = 'ROW' THEN
             {on_row_delete}
+            RETURN OLD;
           ELSIF TG_OP = 'TRUNCATE' THEN
             {on_truncate}
             DELETE FROM {queue};
@@ -193,10 +203,11 @@ def partitions_changed(cur: Cursor, project: Project) -> bool:
 
 
 def upgrade_partitioned(cur: Cursor, project: Project) -> bool:
-    """Give a partitioned source's project whose DELETE trigger is a statement trigger (made before it was a
-    row trigger there) today's removal triggers; returns whether it did. Call with the project locked."""
+    """Give a partitioned source's project whose DELETE trigger is not a BEFORE row trigger (a statement
+    trigger, made before it was one there) today's removal triggers; returns whether it did. Call with the
+    project locked."""
     cur.execute("SELECT EXISTS (SELECT FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid WHERE c.relkind = 'p'"
-                " AND t.tgrelid = to_regclass(%s) AND t.tgname = %s AND t.tgtype & 1 = 0)",
+                " AND t.tgrelid = to_regclass(%s) AND t.tgname = %s AND t.tgtype & 3 <> 3)",  # ROW 1, BEFORE 2
                 [project.names.source.as_string(cur), project.names.delete_trigger])
     if not cur.fetchone()[0]:
         return False

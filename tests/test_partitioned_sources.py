@@ -177,3 +177,21 @@ def test_an_older_partitioned_project_gets_its_row_delete_trigger_at_its_next_ru
     assert docs.scalar("SELECT count(*) FROM vectorize._removed_docs") == 1  # a marker, or the row's vector
     hook.generate_embeddings("docs")
     assert stored_ids(docs) == set(range(1, 80))
+
+
+def test_rows_deleted_from_a_partition_and_loaded_again_keep_their_vectors(docs, hook):
+    """A reload of a partition (DELETE naming it, then INSERT of the same rows, one transaction) sends the
+    model only the row whose text changed: a join project keeps the vectors, an append project's row trigger
+    kept them and the run writes them back."""
+    with docs.conn.transaction():
+        docs.execute("CREATE TEMP TABLE december AS SELECT id, day, body FROM docs_12")
+        docs.execute("DELETE FROM docs_12")
+        docs.execute("INSERT INTO docs SELECT id, day, CASE WHEN id = 50 THEN body || ' (revised)' ELSE body END"
+                     " FROM december")
+    assert docs.scalar("SELECT count(*) FROM docs") == 80
+    run = hook.generate_embeddings("docs")
+    assert run["embedded"] == 1
+    if docs.layout == "append":
+        assert run["vectors_restored"] == 39
+    assert stored_ids(docs) == set(range(1, 81))
+    assert found(hook) == set(range(1, 81))
