@@ -7,7 +7,8 @@ space: the model is not what is measured). Then ``--rounds`` rounds, the sides t
 rows' texts changed (queued by the triggers), then ``generate_embeddings(pending_only=True)``, timed. Reported:
 median and each round per side, and partitioned − plain. What a partitioned source adds to a realtime run is
 what its rows cost to find by their keys: the planner would scan every partition for them (``generation.by_key``,
-``nested_loops``). Reported, not asserted.
+``nested_loops``). Then a third of the rows deleted from a partitioned table with no project, a realtime join
+project and an append project (``deletes``). Reported, not asserted.
 """
 
 from __future__ import annotations
@@ -87,6 +88,47 @@ def run(session: BenchSession, args: argparse.Namespace) -> dict[str, Any]:
               for side, s in seconds.items()}
     result["partitioned_minus_plain_ms"] = round(result["partitioned"]["median_ms"] - result["plain"]["median_ms"], 1)
     log(f"realtime run of {args.queued} queued row(s), {args.rows:,} rows: {result}")
+    return {"realtime_run": result, "delete": deletes(session, args)}
+
+
+def deletes(session: BenchSession, args: argparse.Namespace) -> dict[str, Any]:
+    """A third of the rows deleted from a partitioned table with no project, a realtime join project and an
+    append project (rows without vectors: the trigger's condition skips them), ``--rounds`` // 2 rounds, the
+    order turning; medians and ratios to no project."""
+    from psycopg import sql
+
+    sides = {"none": None, "join": {}, "append": {"table_method": "append"}}
+    span = -(-DAYS // args.partitions)
+    hook = session.hook()
+    for side, arguments in sides.items():
+        table = sql.Identifier(f"deletes_{side}")
+        session.execute(sql.SQL("CREATE TABLE {} (id integer, day date NOT NULL, body text, PRIMARY KEY (id, day))"
+                                " PARTITION BY RANGE (day)").format(table))
+        for p in range(args.partitions):
+            session.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
+                sql.Identifier(f"deletes_{side}_{p}"), table, sql.Literal(_day(p * span)),
+                sql.Literal(_day((p + 1) * span))))
+        if arguments is not None:
+            hook.create_project(f"deletes_{side}", f"deletes_{side}", ["id", "day"], ["body"], schedule="realtime",
+                                **arguments)
+    seconds: dict[str, list[float]] = {side: [] for side in sides}
+    for round_ in range(max(1, args.rounds // 2)):
+        for side in list(sides) if round_ % 2 == 0 else list(sides)[::-1]:
+            table = sql.Identifier(f"deletes_{side}")
+            session.execute(sql.SQL("TRUNCATE {}").format(table))
+            if side != "none":
+                session.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier("vectorize", f"_bulk_deletes_{side}")))
+            session.execute(sql.SQL("INSERT INTO {} SELECT i, %s::date + (i %% %s), 'a note, number ' || i"
+                                    " FROM generate_series(1, %s) i").format(table), [_day(0), DAYS, args.rows])
+            session.execute(sql.SQL("VACUUM (ANALYZE) {}").format(table))
+            session.settle()
+            started = time.perf_counter()
+            session.execute(sql.SQL("DELETE FROM {} WHERE id % 3 = 0").format(table))
+            seconds[side].append(round(time.perf_counter() - started, 4))
+    base = statistics.median(seconds["none"])
+    result = {side: {"median_s": round(statistics.median(s), 4), "ratio": round(statistics.median(s) / base, 2),
+                     "all_seconds": s} for side, s in seconds.items()}
+    log(f"DELETE of a third of {args.rows:,} rows: {result}")
     return result
 
 
