@@ -125,6 +125,6 @@ bench-due-rows: $(VENV)/.installed
 bench-huge-pages: $(VENV)/.installed
 	$(PY) -m bench.huge_pages
 
-# A realtime run of a queued row on a partitioned source vs the same rows in a plain table (bench/partitioned.py).
+# A realtime run of a queued row on a partitioned source vs a plain table, and a DELETE of a third of its rows (bench/partitioned.py).
 bench-partitioned: $(VENV)/.installed
 	$(PY) -m bench.partitioned
