@@ -355,28 +355,30 @@ def nested_loops(conn: psycopg.Connection, on: bool) -> psycopg.Connection:
     """``conn``, whose statements are planned with nested loops only when ``on`` (a partitioned source): a
     writer's statements read a batch's rows by their keys, and on a partitioned table the planner would scan
     every partition for each batch instead (see ``by_key``), a cost that grows with the table."""
-    if on:
-        conn.execute("SET enable_hashjoin = off")
-        conn.execute("SET enable_mergejoin = off")
+    for join in NESTED_LOOPS_ONLY if on else ():
+        conn.execute(f"SET {join} = off")
     return conn
+
+
+NESTED_LOOPS_ONLY = ("enable_hashjoin", "enable_mergejoin")
 
 
 @contextmanager
 def by_key(conn: psycopg.Connection, queued: bool) -> Iterator[None]:
-    """Plan the statements run within (on ``conn``, in autocommit) with nested loops only when ``queued`` (a realtime run's scope: the
-    queued keys, few next to the table), so that the rows are read by their key. On a partitioned source the
-    planner would scan every partition instead (it prices each key's probe into every partition's index, not
-    the one that run-time pruning leaves): 50 ms on 300k rows in 10 partitions, for a queue of one key."""
+    """Plan the statements run within (on ``conn``, in autocommit) with nested loops only when ``queued`` (a
+    realtime run's scope: the queued keys, few next to the table), so that the rows are read by their key. On a
+    partitioned source the planner would scan every partition instead (it prices each key's probe into every
+    partition's index, not the one that run-time pruning leaves): 50 ms on 300k rows in 10 partitions, for a
+    queue of one key."""
     if not queued:
         yield
         return
-    conn.execute("SET enable_hashjoin = off")
-    conn.execute("SET enable_mergejoin = off")
+    nested_loops(conn, True)
     try:
         yield
     finally:
-        conn.execute("RESET enable_hashjoin")
-        conn.execute("RESET enable_mergejoin")
+        for join in NESTED_LOOPS_ONLY:
+            conn.execute(f"RESET {join}")
 
 
 def incoming_vectors(project: Project, rows: int, characters: int) -> int:

@@ -109,18 +109,15 @@ def reconcile_removed(cur: Cursor, project: Project) -> dict[str, Any]:
             cur.execute("DROP TABLE vectorize_gone")
             return {"vectors_removed": removed}
         return {"vectors_removed": cur.rowcount}
-    if not pending:  # a partitioned source's partitions changed: only stored documents may have lost their rows
-        if documents:
-            cur.execute(sql.SQL("DELETE FROM {documents} t WHERE NOT EXISTS (SELECT FROM {source} r WHERE {in_source})")
-                        .format(documents=names.documents, **parts))
-        return {"vectors_restored": 0, "vectors_removed": 0}
-    dropped = drop_index_for_bulk_write(cur, project, pending)
-    cur.execute(sql.SQL(
-        "WITH gone AS (DELETE FROM {removed} RETURNING {keys}, text_md5, embeddings, updated_at)"
-        " UPDATE {source} r SET {emb} = g.embeddings, {md5} = g.text_md5, {updated_at} = g.updated_at FROM gone g"
-        " WHERE {same} AND r.{emb} IS NULL AND g.text_md5 = {current}"
-    ).format(same=key.equals("r", "g"), **parts))
-    restored = cur.rowcount
+    restored, dropped = 0, False
+    if pending:  # none when only a partitioned source's partitions changed
+        dropped = drop_index_for_bulk_write(cur, project, pending)
+        cur.execute(sql.SQL(
+            "WITH gone AS (DELETE FROM {removed} RETURNING {keys}, text_md5, embeddings, updated_at)"
+            " UPDATE {source} r SET {emb} = g.embeddings, {md5} = g.text_md5, {updated_at} = g.updated_at FROM gone g"
+            " WHERE {same} AND r.{emb} IS NULL AND g.text_md5 = {current}"
+        ).format(same=key.equals("r", "g"), **parts))
+        restored = cur.rowcount
     if documents:  # of the rows that did not come back
         cur.execute(sql.SQL("DELETE FROM {documents} t WHERE NOT EXISTS (SELECT FROM {source} r WHERE {in_source})")
                     .format(documents=names.documents, **parts))
