@@ -449,6 +449,15 @@ def ensure_view(cur: Cursor, project: Project) -> bool:
     return True
 
 
+def source_columns(project: Project, searching: bool = False) -> list[str]:
+    """The user's source columns the project reads: its key, and (not for a search) its text and update columns.
+    An append project's own columns are not among them: a table swapped in gets them when it is attached."""
+    if searching:
+        return list(project.key.columns)
+    update = [] if project.update_time_col is None else [project.update_time_col]
+    return [*project.key.columns, *project.columns, *update]
+
+
 def source_is_partitioned(cur: Cursor, project: Project) -> bool:
     """Whether the project's source is a partitioned table (see ``storage.reconcile_removed``)."""
     cur.execute("SELECT EXISTS (SELECT FROM pg_class WHERE oid = to_regclass(%s) AND relkind = 'p')",

@@ -26,6 +26,11 @@ class SourceTableMissingError(ProjectConflictError):
     """The project's source table no longer exists (dropped, or renamed away)."""
 
 
+class SourceColumnsMissingError(ProjectConflictError):
+    """A column the project reads (key, text, update column, an append project's own) is gone from its source
+    table: renamed or dropped."""
+
+
 class InvalidInputError(VectorizeError, ValueError):
     """An argument or the data it points at is unusable; nothing was written."""
 

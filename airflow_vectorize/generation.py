@@ -127,6 +127,16 @@ def row_sql(project: Project, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> dict[
     }
 
 
+def queue_due_rows(cur: psycopg.Cursor, project: Project) -> int:
+    """Queue every source row that needs embedding (one scan of the source); returns how many were new."""
+    p = row_sql(project)
+    cur.execute(sql.SQL(
+        "INSERT INTO {queue} ({keys}) SELECT {r_keys} FROM {rows} WHERE {needs} ON CONFLICT DO NOTHING"
+    ).format(queue=project.names.queue, keys=project.key.names(), r_keys=p["key"], rows=p["from"],
+             needs=p["needs"]))
+    return cur.rowcount
+
+
 @dataclass(frozen=True)
 class RowFailure:
     """A row the model could not embed: its key, the error, the md5 of the text that failed."""

@@ -264,9 +264,30 @@ def attach(cur: Cursor, project: Project) -> bool:
         cur.execute(sql.SQL("DELETE FROM {t} x WHERE NOT EXISTS (SELECT FROM {source} r WHERE {same})").format(
             t=table, source=names.source, same=key.equals("r", "x")))
     if project.schedule == "realtime":
-        p = generation.row_sql(project)
-        cur.execute(sql.SQL(
-            "INSERT INTO {queue} ({keys}) SELECT {r_keys} FROM {rows} WHERE {needs} ON CONFLICT DO NOTHING"
-        ).format(queue=names.queue, keys=key.names(), r_keys=key.names("r"), rows=p["from"], needs=p["needs"]))
+        generation.queue_due_rows(cur, project)
     log.info("Project %r: attached to the table now named %s", project.name, names.source.as_string(cur))
+    return True
+
+
+def restore_realtime_triggers(cur: Cursor, project: Project) -> bool:
+    """Put back a realtime project's insert or update trigger that is missing from its source (dropped to
+    change the type of an embedded column, which PostgreSQL refuses while the update trigger depends on it),
+    and queue every row that needs embedding: changes made meanwhile were not queued. Returns whether it did.
+    A table put in the source's place is ``attach``'s. Call with the project locked."""
+    from airflow_vectorize import catalog, generation
+
+    if project.schedule != "realtime" or not attached(cur, project):
+        return False
+    names = project.names
+    triggers = [names.insert_trigger, names.update_trigger]
+    cur.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND tgname = ANY(%s)",
+                [names.source.as_string(cur), triggers])
+    if cur.fetchone()[0] == len(triggers):
+        return False
+    for trigger in triggers:
+        cur.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trigger), names.source))
+    catalog.create_triggers(cur, project)
+    queued = generation.queue_due_rows(cur, project)
+    log.warning("Project %r: its realtime triggers were missing from %s; put back, and %d rows that need"
+                " embedding queued", project.name, names.source.as_string(cur), queued)
     return True

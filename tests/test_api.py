@@ -319,6 +319,19 @@ def test_a_project_whose_source_is_gone_is_listed_with_the_reason_and_answers_40
     assert api.client.delete(f"/api/v1/table/{table}", params={"conn_id": "api_db"}).status_code == 200
 
 
+def test_a_project_whose_source_columns_are_gone_is_listed_with_the_reason_and_answers_409(api):
+    table = new_table(api)
+    body = {"job_name": table, "src_table": table, "src_columns": ["name"], "primary_key": "product_id"}
+    assert api.client.post("/api/v1/table", params={"conn_id": "api_db"}, json=body).status_code == 200
+    api.db.execute(f"ALTER TABLE {table} RENAME COLUMN name TO title")
+    projects = {p["name"]: p for p in api.reader.get("/api/v1/projects", params={"conn_id": "api_db"}).json()}
+    assert projects[table]["status"] is None and "has no column 'name' any more" in projects[table]["error"]
+    api.db.execute(f"ALTER TABLE {table} RENAME COLUMN product_id TO id")
+    assert_error(search(api, job_name=table, query="phone"), 409, "SourceColumnsMissingError",
+                 f"the source table public.{table} of project '{table}' has no column 'product_id' any more")
+    assert api.client.delete(f"/api/v1/table/{table}", params={"conn_id": "api_db"}).status_code == 200
+
+
 def test_health(api):
     health = api.reader.get("/health", params={"conn_id": "api_db"})
     assert health.status_code == 200, health.text

@@ -296,3 +296,73 @@ def test_a_source_renamed_away_is_missing_and_the_project_drops_from_where_it_we
     assert hook.drop_project("docs")["dropped"] is True
     assert objects_of(db) == [] and db.scalar("SELECT count(*) FROM archived") == 24
     assert db.execute("SELECT tgname FROM pg_trigger WHERE tgrelid = 'archived'::regclass AND NOT tgisinternal") == []
+
+
+def test_a_renamed_column_gives_a_typed_error_changes_nothing_and_renaming_it_back_resumes(layout, hook):
+    """A text or key column renamed (or dropped): every call that reads it raises SourceColumnsMissingError
+    naming it; searches keep working while their key is there; drop_project always succeeds."""
+    import psycopg
+
+    from airflow_vectorize.exceptions import ProjectConflictError, SourceColumnsMissingError
+
+    db = layout
+    db.execute("ALTER TABLE docs RENAME COLUMN body TO description")
+    before = snapshot(db)
+    reads = [*db.key, "body"]
+    missing = ("the source table public.docs of project 'docs' has no column 'body' any more (renamed or dropped);"
+               f" the project reads {', '.join(map(repr, reads))}. Rename it back (ALTER TABLE ... RENAME COLUMN"
+               " <new name> TO <old name>), or drop the project (drop_project('docs')) and create it again on the"
+               " table's new columns.")
+    for call in (lambda: hook.get_status("docs"), lambda: hook.get_freshness("docs"),
+                 lambda: hook.generate_embeddings("docs"), lambda: hook.attach_source("docs")):
+        with pytest.raises(SourceColumnsMissingError, match=f"^{re.escape(missing)}$"):
+            call()
+    assert snapshot(db) == before
+    assert issubclass(SourceColumnsMissingError, ProjectConflictError)  # the HTTP API answers 409
+    assert 1 in {row["id"] for row in hook.search("docs", QUERY, return_columns=db.key)}  # key and vectors there
+
+    db.execute("ALTER TABLE docs RENAME COLUMN description TO body")
+    assert hook.generate_embeddings("docs")["embedded"] == 0 and counts(hook) == (24, 24, 0, 0)
+
+    db.execute("ALTER TABLE docs RENAME COLUMN id TO doc_id")
+    for call in (lambda: hook.search("docs", QUERY), lambda: hook.hybrid_search("docs", QUERY),
+                 lambda: hook.get_status("docs")):
+        with pytest.raises(SourceColumnsMissingError, match=r"^the source table public\.docs of project 'docs'"
+                           r" has no column 'id' any more \(renamed or dropped\)"):
+            call()
+    if db.name != "manual":  # README: the realtime trigger function names the key; writes fail until renamed back
+        with pytest.raises(psycopg.errors.UndefinedColumn, match="function vectorize.handle_update_docs"):
+            db.execute("INSERT INTO docs (tenant, doc_id, body) VALUES (1, 300, 'Written after the rename')")
+    assert hook.drop_project("docs")["dropped"] is True
+    assert objects_of(db) == [] and db.scalar("SELECT count(*) FROM docs") == 24
+
+
+def test_an_embedded_column_changes_type_with_the_update_trigger_dropped_and_put_back(layout, hook):
+    """PostgreSQL refuses to change the type of a column a realtime project's update trigger depends on; the
+    README's recipe: drop the trigger in the ALTER's transaction, then attach_source (or the next generation
+    run) puts it back and queues the rows changed meanwhile."""
+    import psycopg
+
+    db = layout
+    alter = "ALTER TABLE docs ALTER COLUMN body TYPE varchar(500)"
+    if db.name == "manual":  # no update trigger: nothing refuses it
+        db.execute(alter)
+        assert hook.attach_source("docs")["attached"] is False
+        assert hook.generate_embeddings("docs")["embedded"] == 0
+        return
+    with pytest.raises(psycopg.errors.FeatureNotSupported, match="trigger vectorize_update_trigger_docs on table"
+                       " docs depends on column \"body\""):
+        db.execute(alter)
+    with db.conn.transaction():
+        db.execute("DROP TRIGGER vectorize_update_trigger_docs ON docs")
+        db.execute(alter)
+    db.execute("UPDATE docs SET body = body || ' Now in pink.' WHERE id = 5")  # not queued: no trigger
+    assert hook.get_status("docs")["pending"] == 0
+
+    assert hook.attach_source("docs")["attached"] is True
+    assert hook.get_status("docs")["pending"] == 1
+    assert hook.generate_embeddings("docs", pending_only=True)["embedded"] == 1
+    db.execute("UPDATE docs SET body = body || ' And blue.' WHERE id = 6")  # queued again
+    assert hook.get_status("docs")["pending"] == 1 and hook.attach_source("docs")["attached"] is False
+    assert db.scalar("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'docs'::regclass"
+                     " AND attname = 'body'") == "character varying(500)"

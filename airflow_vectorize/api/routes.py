@@ -40,7 +40,7 @@ from airflow_vectorize.api.schemas import (
     TableBody,
 )
 from airflow_vectorize.api.warm_up import WarmUp
-from airflow_vectorize.exceptions import SourceTableMissingError
+from airflow_vectorize.exceptions import SourceColumnsMissingError, SourceTableMissingError
 from airflow_vectorize.hooks.vectorize import VectorizeHook
 from airflow_vectorize.models import batching
 
@@ -187,11 +187,12 @@ def get_project(request: Request, job_name: str = Path(max_length=255), conn_id:
 
 
 def _with_status(hook: Any, entry: dict[str, Any]) -> dict[str, Any]:
-    """The entry with status and freshness; a project whose source table is gone has none, and says why."""
+    """The entry with status and freshness; a project whose source table or columns are gone has none, and
+    says why."""
     name = entry["name"]
     try:
         status, freshness = hook.get_status(name), hook.get_freshness(name)
-    except SourceTableMissingError as error:
+    except (SourceTableMissingError, SourceColumnsMissingError) as error:
         return {**entry, "status": None, "freshness": None, "error": str(error)}
     status.pop("job_name", None)
     freshness.pop("job_name", None)

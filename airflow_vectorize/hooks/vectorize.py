@@ -38,6 +38,7 @@ from airflow_vectorize.exceptions import (
     ProjectConflictError,
     ProjectNotFoundError,
     RetrievalRegressionError,
+    SourceColumnsMissingError,
     SourceTableMissingError,
     VectorizeError,
 )
@@ -305,8 +306,9 @@ class VectorizeHook(PostgresHook):
         with self.transaction() as cur:
             return [project.entry() for project in catalog.list_projects(cur)]
 
-    def _project(self, cur: Cursor, job_name: str, source: bool = True) -> Project:
-        """The project's catalog entry; with ``source``, only while its source table exists."""
+    def _project(self, cur: Cursor, job_name: str, source: bool = True, searching: bool = False) -> Project:
+        """The project's catalog entry; with ``source``, only while its source table exists with the columns
+        the project reads (a search: its key, and an append project's vector column)."""
         project = catalog.find_project(cur, job_name)
         if project is None:
             raise ProjectNotFoundError(
@@ -314,14 +316,26 @@ class VectorizeHook(PostgresHook):
                 " Create it first (VectorizeHook.create_project / CreateVectorizeProjectOperator)."
             )
         if source:
-            cur.execute("SELECT to_regclass(%s) IS NULL", [project.names.source.as_string(cur)])
-            if cur.fetchone()[0]:
+            needed = catalog.source_columns(project, searching)
+            cur.execute("SELECT rel IS NULL, ARRAY(SELECT c FROM unnest(%s::text[]) c WHERE NOT EXISTS (SELECT FROM"
+                        " pg_attribute WHERE attrelid = rel AND attname = c AND attnum > 0 AND NOT attisdropped))"
+                        " FROM to_regclass(%s) rel", [needed, project.names.source.as_string(cur)])
+            gone, missing = cur.fetchone()
+            if gone:
                 raise SourceTableMissingError(
                     f"the source table {project.schema}.{project.relation} of project {job_name!r} no longer"
                     " exists (dropped, or renamed away). Put a table with its key"
                     f" ({', '.join(project.key.columns)}) and columns ({', '.join(project.columns)}) under that"
                     f" name and run generation (or VectorizeHook.attach_source({job_name!r})) to attach it,"
                     f" keeping the vectors of its unchanged rows; or drop the project (drop_project({job_name!r}))."
+                )
+            if missing:
+                raise SourceColumnsMissingError(
+                    f"the source table {project.schema}.{project.relation} of project {job_name!r} has no column"
+                    f" {', '.join(map(repr, missing))} any more (renamed or dropped); the project reads"
+                    f" {', '.join(map(repr, needed))}. Rename it back (ALTER TABLE ... RENAME COLUMN <new name> TO"
+                    f" <old name>), or drop the project (drop_project({job_name!r})) and create it again on the"
+                    " table's new columns."
                 )
         return project
 
@@ -331,11 +345,12 @@ class VectorizeHook(PostgresHook):
         project's triggers move to it and a join project keeps the vectors of its keys (embedded again by the
         next generation run only where the text changed; the others' deleted by it). Generation does this
         by itself; call it after a swap to have a realtime project queue the new table's changes at once.
-        Returns ``{"job_name", "attached"}`` (False: it was attached already)."""
+        It also puts back a realtime trigger dropped from the source (README: "Changing the source's
+        columns"). Returns ``{"job_name", "attached"}`` (False: nothing was missing)."""
         with self.transaction() as cur:
             catalog.lock_project(cur, job_name)
             project = self._project(cur, job_name)
-            attached = removal.attach(cur, project)
+            attached = removal.attach(cur, project) or removal.restore_realtime_triggers(cur, project)
         self._search_cache.pop(job_name, None)
         return {"job_name": job_name, "attached": attached}
 
@@ -702,7 +717,7 @@ class VectorizeHook(PostgresHook):
         cached = self._search_cache.get(job_name)
         if refresh or cached is None or cached.stale:
             with self._session() as session, session.conn.transaction(), session.conn.cursor() as cur:
-                fresh = searching.search_target(cur, self._project(cur, job_name))
+                fresh = searching.search_target(cur, self._project(cur, job_name, searching=True))
             if fresh == cached:
                 cached.looked_up = fresh.looked_up
             else:
