@@ -219,6 +219,17 @@ def check_project_source(cur: Cursor, project: Project, attaching: bool = False)
             " storage; make a project of a table in another schema"
         )
     table = require_table(cur, project.schema, project.relation, kinds="rp", role="source")
+    if table.kind == "r":
+        cur.execute("SELECT array_agg(inhrelid::regclass::text ORDER BY inhrelid) FROM pg_inherits"
+                    " WHERE inhparent = to_regclass(%s)", [table.label])
+        children = cur.fetchone()[0]
+        if children:
+            raise InvalidInputError(
+                f"source {table.label} has child tables through INHERITS ({', '.join(children)}): their rows are"
+                " read through it, but their writes fire none of its triggers, so the project would miss their"
+                " inserts, changes and deletes. Make a project of each table, or use declarative partitioning"
+                " (PARTITION BY), which projects support"
+            )
     keys = [table.column(name, "primary_key") for name in project.key.columns]
     neighbours = KEY_NEIGHBOUR_COLUMNS + (JOIN_KEY_NEIGHBOUR_COLUMNS if project.is_join else ()) + (
         CHUNK_COLUMNS if project.is_chunked else ())

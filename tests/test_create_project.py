@@ -205,6 +205,20 @@ def test_append_refuses_existing_columns(products, hook):
     assert snapshot(products) == before
 
 
+def test_a_table_with_inheritance_children_is_refused(products, hook):
+    """Rows of a table that INHERITS the source are read through it, but their writes fire none of the source's
+    triggers; declarative partitions do (tests/test_partitioned_sources.py)."""
+    products.execute("CREATE TABLE products_archive (PRIMARY KEY (product_id)) INHERITS (products)")
+    before = snapshot(products)
+
+    with pytest.raises(InvalidInputError, match=r'^source "public"."products" has child tables through INHERITS'
+                       r" \(products_archive\): their rows .* use declarative partitioning \(PARTITION BY\)"):
+        hook.create_project("product_search", "products", "product_id", COLUMNS)
+
+    assert snapshot(products) == before
+    assert hook.create_project("archive_search", "products_archive", "product_id", COLUMNS)["created"]  # a child
+
+
 def test_leftover_objects_are_refused(products, hook):
     products.execute("CREATE SCHEMA vectorize; CREATE TABLE vectorize._embeddings_product_search (x int)")
     before = snapshot(products)
