@@ -436,16 +436,39 @@ def create_view(cur: Cursor, project: Project) -> None:
              body=sql.Literal(body.as_string(cur)), view=names.view))
 
 
+_VIEW_COLUMNS = """
+SELECT p.oid IS NULL,
+       ARRAY(SELECT x.n || ':' || x.t FROM unnest(p.proargnames, p.proallargtypes::oid[]::text[], p.proargmodes::text[])
+               WITH ORDINALITY AS x(n, t, m, o) WHERE x.m = 't' ORDER BY x.o),
+       ARRAY(SELECT attname || ':' || atttypid::oid::text FROM pg_attribute WHERE attrelid = to_regclass(%s)
+               AND attnum > 0 AND NOT attisdropped ORDER BY attnum)
+FROM (SELECT to_regprocedure(%s) AS oid) f LEFT JOIN pg_proc p ON p.oid = f.oid
+"""
+
+
 def ensure_view(cur: Cursor, project: Project) -> bool:
-    """Give a join project whose view was created on the source directly (before ``create_view``) the view
-    that does not depend on it; returns whether it did. Call with the project locked."""
+    """Make a join project's view again when it is not today's (made on the source directly, before
+    ``create_view``) or its columns are not the source's any more (a column added, dropped, renamed or
+    retyped since: a query of the view fails on a column that is gone until then); returns whether it did.
+    A view that the user made on it keeps it as it is, with a warning. Call with the project locked."""
     if not project.is_join:
         return False
-    cur.execute("SELECT to_regprocedure(%s) IS NULL", [quoted(project.names.view_function_name) + "()"])
-    if not cur.fetchone()[0]:
+    names = project.names
+    cur.execute(_VIEW_COLUMNS, [names.source.as_string(cur), quoted(names.view_function_name) + "()"])
+    missing, declared, source = cur.fetchone()
+    vectors = 4 if project.is_chunked else 2  # (chunk_no, chunk,) embeddings, embeddings_updated_at
+    if not missing and declared[:-vectors] == source:
         return False
-    cur.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(project.names.view))
-    create_view(cur, project)
+    try:
+        with cur.connection.transaction():  # a savepoint
+            cur.execute(sql.SQL("DROP VIEW IF EXISTS {}; DROP FUNCTION IF EXISTS {}()").format(
+                names.view, names.view_function))
+            create_view(cur, project)
+    except (psycopg.errors.DependentObjectsStillExist, psycopg.errors.InvalidFunctionDefinition) as error:
+        # other objects read it, or a column added to the source has the name of one of the view's own
+        log.warning("Project %r: its view %s does not have the source's columns any more, and cannot be made"
+                    " again: %s", project.name, names.view.as_string(cur), error.diag.message_detail or error)
+        return False
     return True
 
 

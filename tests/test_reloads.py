@@ -366,3 +366,37 @@ def test_an_embedded_column_changes_type_with_the_update_trigger_dropped_and_put
     assert hook.get_status("docs")["pending"] == 1 and hook.attach_source("docs")["attached"] is False
     assert db.scalar("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'docs'::regclass"
                      " AND attname = 'body'") == "character varying(500)"
+
+
+def test_the_view_takes_the_source_columns_again_at_the_next_run(layout, hook, caplog):
+    """pg_vectorize's view lists the source's columns as they were when it was made: a column dropped or renamed
+    since makes it fail until the next generation run (or attach_source) makes it again on today's columns."""
+    import logging
+
+    import psycopg
+
+    db = layout
+    db.execute("ALTER TABLE docs DROP COLUMN category, ADD COLUMN tags text")
+    if db.name == "append":  # no view: its columns are in the source
+        assert hook.generate_embeddings("docs")["embedded"] == 0
+        return
+    with pytest.raises(psycopg.errors.UndefinedColumn, match="column s.category does not exist"):
+        db.execute("SELECT count(*) FROM vectorize.docs_view")
+
+    if db.name == "manual":
+        assert hook.attach_source("docs")["attached"] is False
+    else:
+        assert hook.generate_embeddings("docs")["embedded"] == 0
+    columns = [name for (name,) in db.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = 'vectorize.docs_view'::regclass AND attnum > 0"
+        " ORDER BY attnum")]
+    chunk = ["chunk_no", "chunk"] if db.name == "chunked" else []
+    assert columns == ["tenant", "id", "body", "tags", *chunk, "embeddings", "embeddings_updated_at"]
+    assert db.scalar("SELECT count(DISTINCT id) FROM vectorize.docs_view") == 24
+
+    db.execute("CREATE VIEW mine AS SELECT id FROM vectorize.docs_view")  # the user's: the view stays as it is
+    db.execute("ALTER TABLE docs DROP COLUMN tags")
+    with caplog.at_level(logging.WARNING):
+        assert hook.generate_embeddings("docs")["embedded"] == 0
+    assert "its view \"vectorize\".\"docs_view\" does not have the source's columns any more" in caplog.text
+    assert hook.get_status("docs")["embedded_rows"] == 24

@@ -345,12 +345,14 @@ class VectorizeHook(PostgresHook):
         project's triggers move to it and a join project keeps the vectors of its keys (embedded again by the
         next generation run only where the text changed; the others' deleted by it). Generation does this
         by itself; call it after a swap to have a realtime project queue the new table's changes at once.
-        It also puts back a realtime trigger dropped from the source (README: "Changing the source's
-        columns"). Returns ``{"job_name", "attached"}`` (False: nothing was missing)."""
+        It also puts back a realtime trigger dropped from the source and makes the view again on the source's
+        columns (README: "Changing the source's columns"), as each generation run does. Returns
+        ``{"job_name", "attached"}`` (False: no trigger was missing)."""
         with self.transaction() as cur:
             catalog.lock_project(cur, job_name)
             project = self._project(cur, job_name)
             attached = removal.attach(cur, project) or removal.restore_realtime_triggers(cur, project)
+            catalog.ensure_view(cur, project)
         self._search_cache.pop(job_name, None)
         return {"job_name": job_name, "attached": attached}
 
