@@ -767,6 +767,22 @@ def create_triggers(cur: Cursor, project: Project) -> None:
     )
 
 
+def drop_realtime_triggers(cur: Cursor, project: Project) -> None:
+    """Drop a realtime project's insert and update triggers and their function (a partition's clones go with
+    them)."""
+    for trigger in (project.names.insert_trigger, project.names.update_trigger):
+        cur.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trigger), project.names.source))
+    cur.execute(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(project.names.trigger_function))
+
+
+def alter_params(cur: Cursor, project: Project, altered: Project) -> None:
+    """Write ``altered``'s columns, update column and schedule into ``project``'s catalog row (its other
+    keys, pg_vectorize's included, as they are)."""
+    cur.execute("UPDATE vectorize.job SET params = params || jsonb_build_object('columns', %s::jsonb,"
+                " 'update_time_col', %s::text, 'schedule', %s::text) WHERE job_id = %s",
+                [json.dumps(list(altered.columns)), altered.update_time_col, altered.schedule, project.job_id])
+
+
 def upgrade_triggers(cur: Cursor, project: Project) -> bool:
     """Give a realtime project whose triggers an earlier version made (its trigger function without today's
     TRIGGER_LAYOUT comment, or a partitioned source's insert trigger per statement) today's; returns whether

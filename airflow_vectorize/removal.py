@@ -54,6 +54,13 @@ def tracks_keys(project: Project) -> bool:
     return not project.is_join
 
 
+def replace_function(cur: Cursor, project: Project) -> None:
+    """Write ``vectorize.handle_removal_<job>()`` again for the project as it is configured now (a realtime
+    project's queues the new key of a row whose key changed)."""
+    cur.execute(sql.SQL("CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS {}").format(
+        project.names.removal_function, sql.Literal(_function_body(project).as_string(cur))))
+
+
 def create_triggers(cur: Cursor, project: Project) -> None:
     """The source's DELETE (per statement; from its transition table when ``tracks_keys``), TRUNCATE and
     key-change (per row, only when a key column is updated) triggers, all calling

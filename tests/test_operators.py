@@ -8,6 +8,7 @@ from importlib.metadata import entry_points
 from conftest import create_embeddings_table
 
 from airflow_vectorize.operators import (
+    AlterVectorizeProjectOperator,
     CreateVectorizeProjectOperator,
     DropVectorizeProjectOperator,
     ImportEmbeddingsOperator,
@@ -21,11 +22,13 @@ def test_operators_run_the_project_lifecycle(products, model):
                                             primary_key="product_id", columns=["name", "description"], **conn)
     load = ImportEmbeddingsOperator(task_id="import", job_name="product_search", src_table="product_embeddings",
                                     src_primary_key="product_id", src_embeddings_col="embedding", **conn)
+    pause = AlterVectorizeProjectOperator(task_id="pause", job_name="product_search", schedule="manual", **conn)
     drop = DropVectorizeProjectOperator(task_id="drop", job_name="product_search", **conn)
 
-    results = [op.execute(context={}) for op in (create, load, drop)]
+    results = [op.execute(context={}) for op in (create, load, pause, drop)]
 
-    assert [results[0]["created"], results[1]["imported"], results[2]["dropped"]] == [True, 24, True]
+    assert [results[0]["created"], results[1]["imported"], results[3]["dropped"]] == [True, 24, True]
+    assert results[2]["changed"] == {"schedule": ["realtime", "manual"]}
     assert len(json.dumps(results)) < 3000  # XCom-safe: JSON, small, no vectors
 
 
@@ -35,6 +38,7 @@ def test_template_fields_cover_names_tables_and_columns():
     assert {"job_name", "src_table", "src_schema", "src_primary_key", "src_embeddings_col"} <= set(
         ImportEmbeddingsOperator.template_fields)
     assert DropVectorizeProjectOperator.template_fields == ("job_name",)
+    assert set(AlterVectorizeProjectOperator.template_fields) == {"job_name", "schedule", "columns", "update_col"}
 
 
 def test_templates_render_from_the_context():

@@ -48,6 +48,7 @@ from airflow_vectorize.naming import quoted
 from airflow_vectorize.search_sessions import SessionPool
 
 DROP_ATTEMPTS = 3
+KEEP: Any = object()  # alter_project: leave this setting as it is
 
 
 class VectorizeHook(PostgresHook):
@@ -355,6 +356,62 @@ class VectorizeHook(PostgresHook):
             catalog.ensure_view(cur, project)
         self._search_cache.pop(job_name, None)
         return {"job_name": job_name, "attached": attached}
+
+    def alter_project(
+        self, job_name: str, *, schedule: str | None = None, columns: Sequence[str] | None = None,
+        update_col: str | None = KEEP,
+    ) -> dict[str, Any]:
+        """Change a project without dropping it: its vectors stay, and are searched, until embedded again.
+
+        ``schedule``: ``realtime`` ↔ ``manual`` (pause and resume the triggers that queue changes). Going
+        realtime, the next realtime run looks at every row (changes made meanwhile were not queued); going
+        manual, the queue is emptied (a manual run finds the rows due by their text's md5).
+        ``columns``: the text columns to embed. Each row's text, and so its md5, is then made of them: the next
+        generation run embeds again the rows whose text changed, and only those (after a column's rename,
+        the same columns under their new names change nothing, and the project reads them again; see
+        ``SourceColumnsMissingError``). ``update_col``: another timestamp column, or None for none.
+
+        The model, vector size, table method, key, chunking and index cannot change in place: create another
+        project, embed it, point searches at it and drop this one. Returns ``{"job_name", "changed":
+        {field: [before, after]}}`` (empty when nothing differs).
+        """
+        if schedule is None and columns is None and update_col is KEEP:
+            raise InvalidInputError("nothing to alter: give schedule, columns and/or update_col")
+        if columns is not None and (isinstance(columns, str) or not all(isinstance(c, str) for c in columns)):
+            raise InvalidInputError(f"columns must be a list of column names, got {columns!r}")
+        with self.transaction() as cur:
+            catalog.lock_project(cur, job_name)
+            project = self._project(cur, job_name, source=False)
+            if schedule is not None:
+                validation.check_options(project.table_method, project.index_dist_type, schedule)
+            altered = replace(
+                project, schedule=schedule or project.schedule,
+                columns=project.columns if columns is None else tuple(columns),
+                update_time_col=project.update_time_col if update_col is KEEP else update_col)
+            changed = {field: [before, after] for field, before, after in (
+                ("schedule", project.schedule, altered.schedule),
+                ("columns", list(project.columns), list(altered.columns)),
+                ("update_col", project.update_time_col, altered.update_time_col)) if before != after}
+            if not changed:
+                return {"job_name": job_name, "changed": {}}
+            validation.check_project_source(cur, altered, attaching=True)
+            catalog.alter_params(cur, project, altered)
+            if project.schedule == "realtime":
+                catalog.drop_realtime_triggers(cur, project)
+            if altered.schedule == "realtime":
+                catalog.ensure_bulk_table(cur, altered)
+                catalog.create_triggers(cur, altered)
+                if "schedule" in changed or "columns" in changed:  # the next realtime run looks at every row
+                    cur.execute(sql.SQL("INSERT INTO {} (rows) VALUES (NULL)").format(altered.names.bulk))
+                    cur.execute("SELECT pg_notify(%s, '')", [altered.names.channel])
+            elif "schedule" in changed:
+                cur.execute(sql.SQL("DELETE FROM {}; DELETE FROM {}").format(altered.names.queue, altered.names.bulk))
+            if "schedule" in changed:
+                removal.replace_function(cur, altered)
+            catalog.ensure_view(cur, altered)
+        self._search_cache.pop(job_name, None)
+        self.log.info("Altered vectorize project %r: %s", job_name, changed)
+        return {"job_name": job_name, "changed": changed}
 
     def drop_project(self, job_name: str, missing_ok: bool = False) -> dict[str, Any]:
         """Remove everything the project created, never its source table.

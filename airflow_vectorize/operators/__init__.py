@@ -2,11 +2,16 @@
 
 from airflow_vectorize.operators.embeddings import GenerateEmbeddingsOperator, ImportEmbeddingsOperator
 from airflow_vectorize.operators.evaluation import EvaluateRetrievalOperator
-from airflow_vectorize.operators.project import CreateVectorizeProjectOperator, DropVectorizeProjectOperator
+from airflow_vectorize.operators.project import (
+    AlterVectorizeProjectOperator,
+    CreateVectorizeProjectOperator,
+    DropVectorizeProjectOperator,
+)
 from airflow_vectorize.operators.rag import GenerateTextOperator, RAGOperator
 from airflow_vectorize.operators.search import VectorSearchOperator
 
 __all__ = [
+    "AlterVectorizeProjectOperator",
     "CreateVectorizeProjectOperator",
     "DropVectorizeProjectOperator",
     "EvaluateRetrievalOperator",

@@ -7,6 +7,7 @@ from typing import Any
 
 from airflow_vectorize.catalog import DEFAULT_TRANSFORMER
 from airflow_vectorize.exceptions import ProjectNotFoundError
+from airflow_vectorize.hooks.vectorize import KEEP
 from airflow_vectorize.lineage import openlineage_installed
 from airflow_vectorize.operators._base import VectorizeBaseOperator
 
@@ -125,6 +126,33 @@ class CreateVectorizeProjectOperator(VectorizeBaseOperator):
             tables = self.hook.project_tables(self.job_name)
             self.capture_tables(inputs=[tables["source"]], outputs=[tables["storage"]])
         return summary
+
+
+class AlterVectorizeProjectOperator(VectorizeBaseOperator):
+    """Change a project in place, its vectors kept (``VectorizeHook.alter_project``): pause or resume realtime
+    queueing, embed other columns (only rows whose text changed are embedded again by the next run), follow
+    columns renamed in the source, or set the update column.
+
+    :param job_name: the project to alter.
+    :param schedule: ``realtime`` or ``manual``; None leaves it.
+    :param columns: the text columns to embed; None leaves them.
+    :param update_col: a timestamp column, or None for none; left as it is when not given.
+    """
+
+    template_fields: Sequence[str] = ("job_name", "schedule", "columns", "update_col")
+
+    def __init__(self, *, job_name: str, schedule: str | None = None, columns: Sequence[str] | None = None,
+                 update_col: str | None = KEEP, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.job_name = job_name
+        self.schedule = schedule
+        self.columns = columns
+        self.update_col = update_col
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        return self.hook.alter_project(self.job_name, schedule=self.schedule,
+                                       columns=None if self.columns is None else list(self.columns),
+                                       update_col=self.update_col)
 
 
 class DropVectorizeProjectOperator(VectorizeBaseOperator):
