@@ -297,6 +297,31 @@ def test_delete_table_then_404(api):
                  "ProjectNotFoundError", table)
 
 
+def test_alter_pauses_and_resumes_a_project_and_refuses_bad_input_with_its_message(api):
+    table = new_table(api)
+    body = {"job_name": table, "src_table": table, "src_columns": ["name"], "primary_key": "product_id"}
+    assert api.client.post("/api/v1/table", params={"conn_id": "api_db"}, json=body).status_code == 200
+    url, params = f"/api/v1/table/{table}", {"conn_id": "api_db"}
+    paused = api.client.patch(url, params=params, json={"schedule": "manual"})
+    assert paused.status_code == 200, paused.text
+    assert paused.json() == {"job_name": table, "changed": {"schedule": ["realtime", "manual"]}}
+    altered = api.client.patch(url, params=params, json={"src_columns": ["name", "description"],
+                                                         "update_time_col": "updated_at"}).json()
+    assert altered["changed"] == {"columns": [["name"], ["name", "description"]], "update_col": [None, "updated_at"]}
+    assert api.client.patch(url, params=params, json={"update_time_col": None}).json()["changed"] == {
+        "update_col": ["updated_at", None]}
+    before = snapshot(api.db)
+    assert_error(api.client.patch(url, params=params, json={"src_columns": ["colour"]}), 400, "InvalidInputError",
+                 "text column 'colour' does not exist")
+    assert_error(api.client.patch(url, params=params, json={"schedule": "hourly"}), 400, "InvalidInputError",
+                 "schedule 'hourly' is not supported")
+    assert_error(api.client.patch(url, params=params, json={"model": "openai/x"}), 422, "RequestValidationError")
+    assert_error(api.client.patch("/api/v1/table/nope", params=params, json={"schedule": "manual"}), 404,
+                 "ProjectNotFoundError")
+    assert snapshot(api.db) == before
+    assert api.client.delete(url, params=params).status_code == 200
+
+
 def test_list_projects_with_status(api):
     projects = {p["name"]: p for p in api.reader.get("/api/v1/projects", params={"conn_id": "api_db"}).json()}
     assert projects["products"]["status"]["embedded_rows"] == 24
@@ -474,12 +499,12 @@ def every_route(api: Api) -> list[tuple[str, str]]:
 
 def test_every_route_refuses_a_missing_or_bad_token(api):
     routes = every_route(api)
-    assert len(routes) == 9  # the 8 of the OpenAPI document and the page
+    assert len(routes) == 10  # the 9 of the OpenAPI document and the page
     for method, path in routes:
         for client, headers in ((api.anonymous, {}), (api.anonymous, {"Authorization": "Bearer not-a-token"}),
                                 (api.anonymous, {"Authorization": f"Basic {WRITE_TOKEN}"})):
             response = client.request(method, path, params={"conn_id": "api_db"}, headers=headers,
-                                      json={"job_name": "products"} if method == "POST" else None)
+                                      json={"job_name": "products"} if method in ("POST", "PATCH") else None)
             assert response.status_code == 401, (method, path, headers, response.text)
             assert response.headers["www-authenticate"] == "Bearer"
     assert api.db.scalar("SELECT count(*) FROM vectorize.job WHERE name = 'products'") == 1
@@ -492,6 +517,8 @@ def test_read_token_cannot_write_and_connections_are_allow_listed(api):
     assert_error(api.reader.post("/api/v1/table", params={"conn_id": "api_db"}, json=body), 403, "Forbidden",
                  "read-only")
     assert_error(api.reader.delete("/api/v1/table/products", params={"conn_id": "api_db"}), 403, "Forbidden")
+    assert_error(api.reader.patch("/api/v1/table/products", params={"conn_id": "api_db"},
+                                  json={"schedule": "manual"}), 403, "Forbidden")
     assert snapshot(api.db) == before
     assert search(api, job_name="products", query="x").status_code == 200
     assert_error(api.client.get(SEARCH, params={"job_name": "products", "query": "x", "conn_id": "other"}), 403,

@@ -4,7 +4,7 @@ Every request is authenticated before anything else (``Authenticate``, an ASGI m
 credentials, before the body is read); each route then asks ``authorize`` for the connection it uses:
 
 - ``read``: search, RAG, the project list and details, health, the page;
-- ``write``: ``POST /api/v1/table`` (create a project) and ``DELETE /api/v1/table/{job_name}``.
+- ``write``: ``POST /api/v1/table`` (create a project), ``PATCH`` (alter) and ``DELETE /api/v1/table/{job_name}``.
 
 ``AirflowAuth`` (mounted in Airflow's api-server): the JWT that Airflow's REST API takes (``Authorization:
 Bearer``, from ``POST /auth/token``) or the UI session's ``_token`` cookie, checked by Airflow's auth manager;

@@ -28,6 +28,7 @@ from airflow_vectorize.api.auth import Access, Auth
 from airflow_vectorize.api.pool import Hooks
 from airflow_vectorize.api.schemas import (
     CONN_ID_DESCRIPTION,
+    AlterBody,
     DEFAULT_CONN_ID,
     DEFAULT_WINDOW,
     ERRORS,
@@ -41,7 +42,7 @@ from airflow_vectorize.api.schemas import (
 )
 from airflow_vectorize.api.warm_up import WarmUp
 from airflow_vectorize.exceptions import SourceColumnsMissingError, SourceTableMissingError
-from airflow_vectorize.hooks.vectorize import VectorizeHook
+from airflow_vectorize.hooks.vectorize import KEEP, VectorizeHook
 from airflow_vectorize.models import batching
 
 CONN_ID = Query(DEFAULT_CONN_ID, max_length=MAX_CONN_ID, description=CONN_ID_DESCRIPTION)
@@ -159,6 +160,19 @@ def create_table(request: Request, body: TableBody, conn_id: str = CONN_ID) -> R
         halfvec_index=body.halfvec_index)
     summary = {"id": hook.get_project(body.job_name)["job_id"], **summary}
     return json_response(summary)
+
+
+@router.patch("/api/v1/table/{job_name}", tags=["projects"],
+              summary="Alter a project in place, its vectors kept: schedule, text columns, update column")
+def alter_table(request: Request, body: AlterBody, job_name: str = Path(max_length=255),
+                conn_id: str = CONN_ID) -> Response:
+    """``VectorizeHook.alter_project``: ``{"changed": {field: [before, after]}}``. Pause (``"schedule":
+    "manual"``) and resume realtime queueing, embed other columns (the next run embeds only the rows whose
+    text changed), follow columns renamed in the source."""
+    hook = hook_for(request, conn_id, "write", job_name)
+    update_col = body.update_time_col if "update_time_col" in body.model_fields_set else KEEP
+    return json_response(hook.alter_project(job_name, schedule=body.schedule, columns=body.src_columns,
+                                            update_col=update_col))
 
 
 @router.delete("/api/v1/table/{job_name}", tags=["projects"],

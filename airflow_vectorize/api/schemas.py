@@ -115,6 +115,15 @@ class TableBody(Strict):
     halfvec_index: bool = Field(False, description="the index holds the vectors at half precision")
 
 
+class AlterBody(Strict):
+    """``PATCH /api/v1/table/{job_name}``: the arguments of ``alter_project``, named as in ``TableBody``; a field
+    left out stays as it is (``update_time_col: null`` removes the update column)."""
+
+    schedule: str | None = Field(None, max_length=255, description="realtime or manual")
+    src_columns: list[str] | None = Field(None, max_length=100, description="the text columns to embed")
+    update_time_col: str | None = Field(None, max_length=255)
+
+
 class RagBody(Strict):
     """``POST /api/v1/rag``: the arguments of ``VectorizeHook.rag``."""
 
