@@ -28,11 +28,11 @@ from airflow_vectorize.api.auth import Access, Auth
 from airflow_vectorize.api.pool import Hooks
 from airflow_vectorize.api.schemas import (
     CONN_ID_DESCRIPTION,
-    AlterBody,
     DEFAULT_CONN_ID,
     DEFAULT_WINDOW,
     ERRORS,
     MAX_CONN_ID,
+    AlterBody,
     RagAnswer,
     RagBody,
     SearchBody,
