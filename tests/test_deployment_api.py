@@ -93,11 +93,12 @@ def test_every_mounted_route_refuses_a_missing_or_bad_token(deployment, outcomes
     with httpx.Client(base_url=deployment.api_url + PREFIX, timeout=60) as anonymous:
         paths = anonymous.get("/openapi.json").json()["paths"]
         routes = [(m.upper(), p.replace("{job_name}", "product_catalog")) for p, ms in paths.items() for m in ms]
-        assert len(routes) == 8
+        assert len(routes) == 9
         for method, path in routes:
             for headers in ({}, {"Authorization": "Bearer not.a.jwt"}):
                 response = anonymous.request(method, path, headers=headers,
-                                             json={"job_name": "product_catalog"} if method == "POST" else None)
+                                             json={"job_name": "product_catalog"} if method in ("POST", "PATCH")
+                                             else None)
                 assert response.status_code == 401, (method, path, headers, response.text)
         # The page sends a browser without a session to Airflow's login, and back.
         page = anonymous.get("/ui", follow_redirects=False)

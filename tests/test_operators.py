@@ -41,6 +41,14 @@ def test_template_fields_cover_names_tables_and_columns():
     assert set(AlterVectorizeProjectOperator.template_fields) == {"job_name", "schedule", "columns", "update_col"}
 
 
+def test_alter_s_default_serializes_the_same_at_every_parse():
+    """A template field's default that printed its memory address would make every parse a new DAG version."""
+    from airflow.serialization.helpers import serialize_template_field
+
+    op = AlterVectorizeProjectOperator(task_id="pause", job_name="shop", schedule="manual")
+    assert serialize_template_field(op.update_col, "update_col") == "KEEP"
+
+
 def test_templates_render_from_the_context():
     op = ImportEmbeddingsOperator(task_id="import", job_name="shop_{{ params.env }}", src_table="emb_{{ ds_nodash }}",
                                   src_primary_key="id", src_embeddings_col="v")

@@ -48,7 +48,17 @@ from airflow_vectorize.naming import quoted
 from airflow_vectorize.search_sessions import SessionPool
 
 DROP_ATTEMPTS = 3
-KEEP: Any = object()  # alter_project: leave this setting as it is
+
+
+class _Keep:
+    """``alter_project``'s "leave this setting as it is"; its fixed text keeps a DAG's serialized form (a
+    template field's default) the same from one parse to the next."""
+
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+KEEP: Any = _Keep()
 
 
 class VectorizeHook(PostgresHook):
