@@ -195,3 +195,21 @@ def test_rows_deleted_from_a_partition_and_loaded_again_keep_their_vectors(docs,
         assert run["vectors_restored"] == 39
     assert stored_ids(docs) == set(range(1, 81))
     assert found(hook) == set(range(1, 81))
+
+
+def test_realtime_paused_and_resumed_on_a_partitioned_source(docs, hook):
+    """alter_project's triggers on a partitioned table: dropped from every partition, and put back on every
+    partition (a partition made meanwhile included)."""
+    clones = "SELECT count(*) FROM pg_trigger WHERE tgname = 'vectorize_insert_trigger_docs'"
+    assert docs.scalar(clones) == 3  # the parent's and its two partitions' clones
+    hook.alter_project("docs", schedule="manual")
+    assert docs.scalar(clones) == 0
+    docs.execute("CREATE TABLE docs_01 PARTITION OF docs FOR VALUES FROM ('2027-01-01') TO ('2027-02-01')")
+    docs.execute("INSERT INTO docs_01 VALUES (600, '2027-01-05', 'a note about dogs, written while paused')")
+    assert queued_ids(docs) == set() and hook.get_status("docs")["pending"] == 0
+    hook.alter_project("docs", schedule="realtime")
+    assert docs.scalar(clones) == 4
+    assert hook.get_status("docs")["pending"] == 1  # the row written while paused
+    assert hook.generate_embeddings("docs", pending_only=True)["embedded"] == 1
+    docs.execute("INSERT INTO docs_01 VALUES (601, '2027-01-06', 'a note about cats, queued')")
+    assert queued_ids(docs) == {601}
