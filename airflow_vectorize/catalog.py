@@ -15,7 +15,7 @@ import psycopg
 from psycopg import Cursor, sql
 from psycopg.rows import dict_row
 
-from airflow_vectorize import expressions, index_build, removal
+from airflow_vectorize import expressions, grants, index_build, removal
 from airflow_vectorize.exceptions import VectorizeError
 from airflow_vectorize.keys import Key
 from airflow_vectorize.models.encoding import Encoding
@@ -450,7 +450,8 @@ def ensure_view(cur: Cursor, project: Project) -> bool:
     """Make a join project's view again when it is not today's (made on the source directly, before
     ``create_view``) or its columns are not the source's any more (a column added, dropped, renamed or
     retyped since: a query of the view fails on a column that is gone until then); returns whether it did.
-    A view that the user made on it keeps it as it is, with a warning. Call with the project locked."""
+    The privileges given on it stay. A view that the user made on it keeps it as it is, with a warning. Call
+    with the project locked."""
     if not project.is_join:
         return False
     names = project.names
@@ -461,9 +462,11 @@ def ensure_view(cur: Cursor, project: Project) -> bool:
         return False
     try:
         with cur.connection.transaction():  # a savepoint
+            granted = grants.privileges(cur, names.view)
             cur.execute(sql.SQL("DROP VIEW IF EXISTS {}; DROP FUNCTION IF EXISTS {}()").format(
                 names.view, names.view_function))
             create_view(cur, project)
+            grants.restore(cur, granted, names.view)
     except (psycopg.errors.DependentObjectsStillExist, psycopg.errors.InvalidFunctionDefinition) as error:
         # other objects read it, or a column added to the source has the name of one of the view's own
         log.warning("Project %r: its view %s does not have the source's columns any more, and cannot be made"

@@ -33,7 +33,7 @@ from typing import Any
 import psycopg
 from psycopg import Cursor, sql
 
-from airflow_vectorize import catalog, index_build, storage
+from airflow_vectorize import catalog, grants, index_build, storage
 from airflow_vectorize.catalog import Project
 from airflow_vectorize.naming import SCHEMA
 from airflow_vectorize.validation import ImportSource
@@ -137,21 +137,8 @@ def stage(cur: Cursor, project: Project, source: ImportSource, build_cap: int) -
     cur.execute(sql.SQL("ANALYZE {}").format(new))
     build = index_build.build(cur, catalog.index_statement(project, new, index), f"project {project.name!r}",
                               kept + written, project.dimensions, project.hnsw_m, project.half_index, build_cap)
-    _copy_grants(cur, project, new)
+    grants.restore(cur, grants.privileges(cur, project.names.target), new)
     return Staged(table, index, written, written - (before - kept), build)
-
-
-def _copy_grants(cur: Cursor, project: Project, new: sql.Identifier) -> None:
-    """GRANT on ``new`` what was granted on the project's table to others than its owner (``blocker`` has
-    checked every privilege is one GRANT takes)."""
-    grants = cur.execute(
-        "SELECT g.privilege_type, g.grantee = 0, pg_get_userbyid(g.grantee), g.is_grantable"
-        " FROM pg_class c, aclexplode(c.relacl) g WHERE c.oid = %s::regclass AND g.grantee <> c.relowner",
-        [project.names.target.as_string(cur)]).fetchall()
-    for privilege, public, grantee, grantable in grants:
-        cur.execute(sql.SQL("GRANT {} ON {} TO {}{}").format(
-            sql.SQL(privilege), new, sql.SQL("PUBLIC") if public else sql.Identifier(grantee),
-            sql.SQL(" WITH GRANT OPTION") if grantable else sql.SQL("")))
 
 
 def complete(cur: Cursor, project: Project, staged: Staged) -> None:

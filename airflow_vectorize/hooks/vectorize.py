@@ -20,6 +20,7 @@ from airflow_vectorize import (
     expressions,
     freshness,
     generation,
+    grants,
     index_build,
     models,
     rag,
@@ -422,6 +423,34 @@ class VectorizeHook(PostgresHook):
         self._search_cache.pop(job_name, None)
         self.log.info("Altered vectorize project %r: %s", job_name, changed)
         return {"job_name": job_name, "changed": changed}
+
+    def grant_search(self, job_name: str, role: str) -> dict[str, Any]:
+        """Let ``role`` (an application's or a read replica's user) search the project and read its status:
+        SELECT on the catalog, the project's tables and view, and on the source when this role may grant it,
+        USAGE on the ``vectorize`` schema; nothing it could write (``airflow_vectorize.grants``). Returns
+        ``{"job_name", "role", "granted": [relations], "source_granted"}``; when the source was not granted,
+        its owner grants ``SELECT`` on it."""
+        validation.check_identifier(role, "role")
+        with self.transaction() as cur:
+            catalog.lock_project(cur, job_name)
+            project = self._project(cur, job_name, source=False)
+            cur.execute("SELECT to_regrole(%s) IS NULL", [quoted((role,))])
+            if cur.fetchone()[0]:
+                raise InvalidInputError(f"role {role!r} does not exist")
+            granted = grants.grant_search(cur, project, role)
+        return {"job_name": job_name, "role": role, **granted}
+
+    def revoke_search(self, job_name: str, role: str) -> dict[str, Any]:
+        """Take back what ``grant_search`` granted on the project's tables and view (the catalog, the schema and
+        the source stay: other projects may need them). Returns ``{"job_name", "role", "revoked": [...]}``."""
+        validation.check_identifier(role, "role")
+        with self.transaction() as cur:
+            catalog.lock_project(cur, job_name)
+            project = self._project(cur, job_name, source=False)
+            cur.execute("SELECT to_regrole(%s) IS NULL", [quoted((role,))])
+            if cur.fetchone()[0]:
+                raise InvalidInputError(f"role {role!r} does not exist")
+            return {"job_name": job_name, "role": role, "revoked": grants.revoke_search(cur, project, role)}
 
     def drop_project(self, job_name: str, missing_ok: bool = False) -> dict[str, Any]:
         """Remove everything the project created, never its source table.

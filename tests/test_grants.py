@@ -1,0 +1,79 @@
+"""grant_search / revoke_search: a role that only searches (an application's user) reads a project and nothing
+it was not given, and keeps it when the project makes its view again; on the real database and model."""
+
+from __future__ import annotations
+
+import os
+
+import psycopg
+import pytest
+from conftest import snapshot
+
+from airflow_vectorize.exceptions import InvalidInputError, ProjectNotFoundError
+from airflow_vectorize.hooks.vectorize import VectorizeHook
+
+QUERY = "mobile phone with a good camera"
+
+
+@pytest.fixture
+def reader(products):
+    """A login role with no privileges, and a hook that connects as it (connection ``<db>_reader``)."""
+    role = f"reader_{products.name}"
+    products.execute(f'CREATE ROLE "{role}" LOGIN')
+    conn_id = f"{products.name}_reader"
+    os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = products.uri.replace("postgres:@", f"{role}:@")
+    try:
+        yield role, VectorizeHook(conn_id)
+    finally:
+        os.environ.pop(f"AIRFLOW_CONN_{conn_id.upper()}", None)
+        products.execute(f'DROP OWNED BY "{role}"; DROP ROLE "{role}"')
+
+
+def test_a_granted_role_searches_and_reads_status_but_writes_nothing(products, hook, reader):
+    role, as_reader = reader
+    for job, arguments in {"joined": {}, "appended": {"table_method": "append"}, "chunked": {"chunk_size": 12}}.items():
+        hook.create_project(job, "products", "product_id", ["name", "description"], **arguments)
+        hook.generate_embeddings(job)
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        as_reader.search("joined", QUERY)
+
+    for job in ("joined", "appended"):
+        granted = hook.grant_search(job, role)
+        assert granted["source_granted"] is True and '"public"."products"' in granted["granted"]
+        assert as_reader.search(job, QUERY)[0]["product_id"] in {1, 2, 3}
+        assert as_reader.hybrid_search(job, "camera")[0]["product_id"] in {1, 2, 3}
+        assert as_reader.get_status(job)["embedded_rows"] == 24
+        assert as_reader.get_freshness(job)["pending"] == 0
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            as_reader.generate_embeddings(job)
+    assert {p["name"] for p in as_reader.list_projects()} == {"joined", "appended", "chunked"}
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):  # not granted
+        as_reader.search("chunked", QUERY)
+    with psycopg.connect(products.uri.replace("postgres:@", f"{role}:@"), autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM vectorize.joined_view").fetchone()[0] == 24
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("DELETE FROM vectorize._embeddings_joined")
+
+    products.execute("ALTER TABLE products ADD COLUMN colour text")
+    hook.generate_embeddings("joined")  # makes the view again on the source's columns: the grant stays
+    with psycopg.connect(products.uri.replace("postgres:@", f"{role}:@"), autocommit=True) as conn:
+        assert conn.execute("SELECT count(colour) FROM vectorize.joined_view").fetchone()[0] == 0
+
+    revoked = hook.revoke_search("joined", role)["revoked"]
+    assert '"vectorize"."_embeddings_joined"' in revoked and '"public"."products"' not in revoked
+    as_reader = VectorizeHook(as_reader.postgres_conn_id)  # a new hook: no cached search statement
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        as_reader.search("joined", QUERY)
+    assert as_reader.search("appended", QUERY)  # still granted
+
+
+def test_bad_grants_change_nothing(products, hook):
+    hook.create_project("joined", "products", "product_id", ["name"])
+    before = snapshot(products)
+    with pytest.raises(InvalidInputError, match="^role 'nobody_here' does not exist$"):
+        hook.grant_search("joined", "nobody_here")
+    with pytest.raises(ProjectNotFoundError, match="project 'other' not yet initialized"):
+        hook.grant_search("other", "postgres")
+    with pytest.raises(InvalidInputError, match="role '' must be a non-empty name|role must be a non-empty name"):
+        hook.revoke_search("joined", "")
+    assert snapshot(products) == before
