@@ -430,19 +430,18 @@ class VectorizeHook(PostgresHook):
         USAGE on the ``vectorize`` schema; nothing it could write (``airflow_vectorize.grants``). Returns
         ``{"job_name", "role", "granted": [relations], "source_granted"}``; when the source was not granted,
         its owner grants ``SELECT`` on it."""
-        validation.check_identifier(role, "role")
-        with self.transaction() as cur:
-            catalog.lock_project(cur, job_name)
-            project = self._project(cur, job_name, source=False)
-            cur.execute("SELECT to_regrole(%s) IS NULL", [quoted((role,))])
-            if cur.fetchone()[0]:
-                raise InvalidInputError(f"role {role!r} does not exist")
-            granted = grants.grant_search(cur, project, role)
-        return {"job_name": job_name, "role": role, **granted}
+        with self._granting(job_name, role) as (cur, project):
+            return {"job_name": job_name, "role": role, **grants.grant_search(cur, project, role)}
 
     def revoke_search(self, job_name: str, role: str) -> dict[str, Any]:
         """Take back what ``grant_search`` granted on the project's tables and view (the catalog, the schema and
         the source stay: other projects may need them). Returns ``{"job_name", "role", "revoked": [...]}``."""
+        with self._granting(job_name, role) as (cur, project):
+            return {"job_name": job_name, "role": role, "revoked": grants.revoke_search(cur, project, role)}
+
+    @contextmanager
+    def _granting(self, job_name: str, role: str) -> Iterator[tuple[Cursor, Project]]:
+        """A transaction with the project locked, once ``role`` is known to exist."""
         validation.check_identifier(role, "role")
         with self.transaction() as cur:
             catalog.lock_project(cur, job_name)
@@ -450,7 +449,7 @@ class VectorizeHook(PostgresHook):
             cur.execute("SELECT to_regrole(%s) IS NULL", [quoted((role,))])
             if cur.fetchone()[0]:
                 raise InvalidInputError(f"role {role!r} does not exist")
-            return {"job_name": job_name, "role": role, "revoked": grants.revoke_search(cur, project, role)}
+            yield cur, project
 
     def drop_project(self, job_name: str, missing_ok: bool = False) -> dict[str, Any]:
         """Remove everything the project created, never its source table.
