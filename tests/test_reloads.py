@@ -311,8 +311,8 @@ def test_a_renamed_column_gives_a_typed_error_changes_nothing_and_renaming_it_ba
     reads = [*db.key, "body"]
     missing = ("the source table public.docs of project 'docs' has no column 'body' any more (renamed or dropped);"
                f" the project reads {', '.join(map(repr, reads))}. Rename it back (ALTER TABLE ... RENAME COLUMN"
-               " <new name> TO <old name>), or drop the project (drop_project('docs')) and create it again on the"
-               " table's new columns.")
+               " <new name> TO <old name>), give the project a text or update column's new name"
+               " (alter_project('docs', columns=[...], update_col=...)), or drop the project (drop_project('docs')).")
     for call in (lambda: hook.get_status("docs"), lambda: hook.get_freshness("docs"),
                  lambda: hook.generate_embeddings("docs"), lambda: hook.attach_source("docs")):
         with pytest.raises(SourceColumnsMissingError, match=f"^{re.escape(missing)}$"):

@@ -320,7 +320,7 @@ class VectorizeHook(PostgresHook):
 
     def _project(self, cur: Cursor, job_name: str, source: bool = True, searching: bool = False) -> Project:
         """The project's catalog entry; with ``source``, only while its source table exists with the columns
-        the project reads (a search: its key, and an append project's vector column)."""
+        the project reads (a search: its key)."""
         project = catalog.find_project(cur, job_name)
         if project is None:
             raise ProjectNotFoundError(
@@ -346,8 +346,9 @@ class VectorizeHook(PostgresHook):
                     f"the source table {project.schema}.{project.relation} of project {job_name!r} has no column"
                     f" {', '.join(map(repr, missing))} any more (renamed or dropped); the project reads"
                     f" {', '.join(map(repr, needed))}. Rename it back (ALTER TABLE ... RENAME COLUMN <new name> TO"
-                    f" <old name>), or drop the project (drop_project({job_name!r})) and create it again on the"
-                    " table's new columns."
+                    f" <old name>), give the project a text or update column's new name"
+                    f" (alter_project({job_name!r}, columns=[...], update_col=...)), or drop the project"
+                    f" (drop_project({job_name!r}))."
                 )
         return project
 
