@@ -18,6 +18,11 @@ class DatabaseConnectionError(VectorizeError):
     committed before is kept, and running the call again resumes."""
 
 
+class DatabasePermissionError(VectorizeError):
+    """The database role of the connection lacks a privilege the call needs (PostgreSQL's "permission denied");
+    nothing was written."""
+
+
 class ProjectConflictError(VectorizeError):
     """A project of that name exists with a different configuration."""
 

@@ -9,7 +9,8 @@ import psycopg
 import pytest
 from conftest import snapshot
 
-from airflow_vectorize.exceptions import InvalidInputError, ProjectNotFoundError
+from airflow_vectorize.api.errors import status_of
+from airflow_vectorize.exceptions import DatabasePermissionError, InvalidInputError, ProjectNotFoundError
 from airflow_vectorize.hooks.vectorize import VectorizeHook
 
 QUERY = "mobile phone with a good camera"
@@ -34,8 +35,12 @@ def test_a_granted_role_searches_and_reads_status_but_writes_nothing(products, h
     for job, arguments in {"joined": {}, "appended": {"table_method": "append"}, "chunked": {"chunk_size": 12}}.items():
         hook.create_project(job, "products", "product_id", ["name", "description"], **arguments)
         hook.generate_embeddings(job)
-    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+    with pytest.raises(DatabasePermissionError, match=r"^the database role of connection '.*_reader' lacks a"
+                       r" privilege this call needs \(permission denied for .*\); nothing was written\..*"
+                       r"grant_search\(job_name, role\)") as denied:
         as_reader.search("joined", QUERY)
+    assert isinstance(denied.value.__cause__, psycopg.errors.InsufficientPrivilege)
+    assert status_of(denied.value) == 503  # the HTTP API's answer: the server's role, not the client, lacks it
 
     for job in ("joined", "appended"):
         granted = hook.grant_search(job, role)
@@ -44,10 +49,10 @@ def test_a_granted_role_searches_and_reads_status_but_writes_nothing(products, h
         assert as_reader.hybrid_search(job, "camera")[0]["product_id"] in {1, 2, 3}
         assert as_reader.get_status(job)["embedded_rows"] == 24
         assert as_reader.get_freshness(job)["pending"] == 0
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        with pytest.raises(DatabasePermissionError):
             as_reader.generate_embeddings(job)
     assert {p["name"] for p in as_reader.list_projects()} == {"joined", "appended", "chunked"}
-    with pytest.raises(psycopg.errors.InsufficientPrivilege):  # not granted
+    with pytest.raises(DatabasePermissionError, match="permission denied for table _chunks_chunked"):  # not granted
         as_reader.search("chunked", QUERY)
     with psycopg.connect(products.uri.replace("postgres:@", f"{role}:@"), autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM vectorize.joined_view").fetchone()[0] == 24
@@ -62,7 +67,7 @@ def test_a_granted_role_searches_and_reads_status_but_writes_nothing(products, h
     revoked = hook.revoke_search("joined", role)["revoked"]
     assert '"vectorize"."_embeddings_joined"' in revoked and '"public"."products"' not in revoked
     as_reader = VectorizeHook(as_reader.postgres_conn_id)  # a new hook: no cached search statement
-    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+    with pytest.raises(DatabasePermissionError):
         as_reader.search("joined", QUERY)
     assert as_reader.search("appended", QUERY)  # still granted
 

@@ -9,6 +9,8 @@ ModelTimeoutError                                504
 every other ModelError (refused key, unknown     502
 model, server errors past retries, bad answers)
 DatabaseConnectionError, database unreachable    503
+DatabasePermissionError (the connection's role   503
+lacks a privilege: ``grant_search``)
 =============================================  ======
 
 Messages are the project's own: they name the project, the connection and the model, never a key. A request
@@ -29,6 +31,7 @@ from fastapi.responses import JSONResponse, Response
 
 from airflow_vectorize.exceptions import (
     DatabaseConnectionError,
+    DatabasePermissionError,
     InvalidInputError,
     ModelConnectionError,
     ModelError,
@@ -48,6 +51,7 @@ STATUS: list[tuple[type[BaseException], int]] = [  # the first match wins: subcl
     (ModelTimeoutError, 504),
     (ModelError, 502),
     (DatabaseConnectionError, 503),
+    (DatabasePermissionError, 503),
 ]
 
 

@@ -34,6 +34,7 @@ from airflow_vectorize import search as searching
 from airflow_vectorize.catalog import DEFAULT_TRANSFORMER, Project
 from airflow_vectorize.exceptions import (
     DatabaseConnectionError,
+    DatabasePermissionError,
     DimensionMismatchError,
     InvalidInputError,
     ProjectConflictError,
@@ -133,6 +134,8 @@ class VectorizeHook(PostgresHook):
         try:
             with self.connect() as conn, conn.transaction(), conn.cursor() as cur:
                 yield cur
+        except psycopg.errors.InsufficientPrivilege as error:
+            raise self._permission_error(error) from error
         except psycopg.OperationalError as error:
             if not _session_ended(error):
                 raise
@@ -140,6 +143,14 @@ class VectorizeHook(PostgresHook):
                 f"the database connection failed or ended before the transaction committed ({error}); nothing of it was"
                 " written: run the call again"
             ) from error
+
+    def _permission_error(self, error: psycopg.errors.InsufficientPrivilege) -> DatabasePermissionError:
+        return DatabasePermissionError(
+            f"the database role of connection {self.postgres_conn_id!r} lacks a privilege this call needs"
+            f" ({error.diag.message_primary}); nothing was written. A role that searches and reads status gets"
+            " what it needs from the project's owner: VectorizeHook.grant_search(job_name, role); creating,"
+            " generating, importing, altering and dropping a project take the role that owns it."
+        )
 
     # -- projects ----------------------------------------------------------------------------------
     def create_project(
@@ -791,13 +802,16 @@ class VectorizeHook(PostgresHook):
     @contextmanager
     def _session(self) -> Iterator[searching.SearchSession]:
         """A search session for one statement: borrowed from ``search_sessions``, or the hook's own."""
-        if self.search_sessions is not None:
-            with self.search_sessions.borrow() as session:
-                yield session
-            return
-        if self._search_conn is None or self._search_conn.closed:
-            self._search_connection()
-        yield self._search_session
+        try:
+            if self.search_sessions is not None:
+                with self.search_sessions.borrow() as session:
+                    yield session
+                return
+            if self._search_conn is None or self._search_conn.closed:
+                self._search_connection()
+            yield self._search_session
+        except psycopg.errors.InsufficientPrivilege as error:
+            raise self._permission_error(error) from error
 
     def _iterative_scans(self) -> bool:
         """Whether the search sessions scan HNSW indexes iteratively (pgvector >= 0.8)."""
