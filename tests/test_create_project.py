@@ -219,6 +219,23 @@ def test_a_table_with_inheritance_children_is_refused(products, hook):
     assert hook.create_project("archive_search", "products_archive", "product_id", COLUMNS)["created"]  # a child
 
 
+def test_a_child_table_attached_to_a_source_later_stops_its_runs_until_detached(products, hook):
+    from airflow_vectorize.exceptions import ProjectConflictError
+
+    hook.create_project("product_search", "products", "product_id", COLUMNS)
+    hook.generate_embeddings("product_search")
+    products.execute("CREATE TABLE products_archive (LIKE products); ALTER TABLE products_archive INHERIT products")
+    before = snapshot(products)
+    for call in (hook.generate_embeddings, hook.get_status):
+        with pytest.raises(ProjectConflictError, match=r"has child tables through INHERITS now \(products_archive\)"
+                           r".* Detach them \(ALTER TABLE <child> NO INHERIT <table>\), or drop the project\.$"):
+            call("product_search")
+    assert snapshot(products) == before
+    assert hook.search("product_search", "phone")  # searches keep answering
+    products.execute("ALTER TABLE products_archive NO INHERIT products")
+    assert hook.get_status("product_search")["embedded_rows"] == 24
+
+
 def test_leftover_objects_are_refused(products, hook):
     products.execute("CREATE SCHEMA vectorize; CREATE TABLE vectorize._embeddings_product_search (x int)")
     before = snapshot(products)

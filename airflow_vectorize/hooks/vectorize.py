@@ -341,9 +341,11 @@ class VectorizeHook(PostgresHook):
         if source:
             needed = catalog.source_columns(project, searching)
             cur.execute("SELECT rel IS NULL, ARRAY(SELECT c FROM unnest(%s::text[]) c WHERE NOT EXISTS (SELECT FROM"
-                        " pg_attribute WHERE attrelid = rel AND attname = c AND attnum > 0 AND NOT attisdropped))"
-                        " FROM to_regclass(%s) rel", [needed, project.names.source.as_string(cur)])
-            gone, missing = cur.fetchone()
+                        " pg_attribute WHERE attrelid = rel AND attname = c AND attnum > 0 AND NOT attisdropped)),"
+                        " ARRAY(SELECT inhrelid::regclass::text FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent"
+                        "  WHERE i.inhparent = rel AND p.relkind = 'r' AND NOT %s ORDER BY 1)"
+                        " FROM to_regclass(%s) rel", [needed, searching, project.names.source.as_string(cur)])
+            gone, missing, children = cur.fetchone()
             if gone:
                 raise SourceTableMissingError(
                     f"the source table {project.schema}.{project.relation} of project {job_name!r} no longer"
@@ -351,6 +353,13 @@ class VectorizeHook(PostgresHook):
                     f" ({', '.join(project.key.columns)}) and columns ({', '.join(project.columns)}) under that"
                     f" name and run generation (or VectorizeHook.attach_source({job_name!r})) to attach it,"
                     f" keeping the vectors of its unchanged rows; or drop the project (drop_project({job_name!r}))."
+                )
+            if children:  # create_project refuses them (validation.check_project_source); attached since
+                raise ProjectConflictError(
+                    f"the source table {project.schema}.{project.relation} of project {job_name!r} has child tables"
+                    f" through INHERITS now ({', '.join(children)}): their rows are read through it, but their"
+                    " writes fire none of its triggers, so the project would miss their inserts, changes and"
+                    " deletes. Detach them (ALTER TABLE <child> NO INHERIT <table>), or drop the project."
                 )
             if missing:
                 raise SourceColumnsMissingError(
