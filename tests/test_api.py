@@ -351,6 +351,11 @@ def test_a_project_whose_source_columns_are_gone_is_listed_with_the_reason_and_a
     api.db.execute(f"ALTER TABLE {table} RENAME COLUMN name TO title")
     projects = {p["name"]: p for p in api.reader.get("/api/v1/projects", params={"conn_id": "api_db"}).json()}
     assert projects[table]["status"] is None and "has no column 'name' any more" in projects[table]["error"]
+    api.db.execute(f"ALTER TABLE {table} RENAME COLUMN title TO name; CREATE TABLE {table}_child () INHERITS ({table})")
+    projects = {p["name"]: p for p in api.reader.get("/api/v1/projects", params={"conn_id": "api_db"}).json()}
+    assert projects[table]["status"] is None and "has child tables through INHERITS now" in projects[table]["error"]
+    assert projects["products"]["status"]["embedded_rows"] == 24  # the others as ever
+    api.db.execute(f"DROP TABLE {table}_child")
     api.db.execute(f"ALTER TABLE {table} RENAME COLUMN product_id TO id")
     assert_error(search(api, job_name=table, query="phone"), 409, "SourceColumnsMissingError",
                  f"the source table public.{table} of project '{table}' has no column 'product_id' any more")

@@ -41,7 +41,7 @@ from airflow_vectorize.api.schemas import (
     TableBody,
 )
 from airflow_vectorize.api.warm_up import WarmUp
-from airflow_vectorize.exceptions import SourceColumnsMissingError, SourceTableMissingError
+from airflow_vectorize.exceptions import DatabasePermissionError, ProjectConflictError
 from airflow_vectorize.hooks.vectorize import KEEP, VectorizeHook
 from airflow_vectorize.models import batching
 
@@ -201,12 +201,12 @@ def get_project(request: Request, job_name: str = Path(max_length=255), conn_id:
 
 
 def _with_status(hook: Any, entry: dict[str, Any]) -> dict[str, Any]:
-    """The entry with status and freshness; a project whose source table or columns are gone has none, and
-    says why."""
+    """The entry with status and freshness; a project that cannot give them (its source table or columns gone,
+    child tables attached, a role not granted it) has none, and says why: the others are still listed."""
     name = entry["name"]
     try:
         status, freshness = hook.get_status(name), hook.get_freshness(name)
-    except (SourceTableMissingError, SourceColumnsMissingError) as error:
+    except (ProjectConflictError, DatabasePermissionError) as error:
         return {**entry, "status": None, "freshness": None, "error": str(error)}
     status.pop("job_name", None)
     freshness.pop("job_name", None)
