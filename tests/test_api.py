@@ -298,9 +298,7 @@ def test_delete_table_then_404(api):
 
 
 def test_alter_pauses_and_resumes_a_project_and_refuses_bad_input_with_its_message(api):
-    table = new_table(api)
-    body = {"job_name": table, "src_table": table, "src_columns": ["name"], "primary_key": "product_id"}
-    assert api.client.post("/api/v1/table", params={"conn_id": "api_db"}, json=body).status_code == 200
+    table = project_of_new_table(api)
     url, params = f"/api/v1/table/{table}", {"conn_id": "api_db"}
     paused = api.client.patch(url, params=params, json={"schedule": "manual"})
     assert paused.status_code == 200, paused.text
@@ -331,12 +329,22 @@ def test_list_projects_with_status(api):
     assert "status" not in light[0] and {p["name"] for p in light} >= {"products", "products_chunked"}
 
 
-def test_a_project_whose_source_is_gone_is_listed_with_the_reason_and_answers_409(api):
+def project_of_new_table(api) -> str:
+    """A new table of the products and a project of the same name over ``name``; returns the name."""
     table = new_table(api)
     body = {"job_name": table, "src_table": table, "src_columns": ["name"], "primary_key": "product_id"}
     assert api.client.post("/api/v1/table", params={"conn_id": "api_db"}, json=body).status_code == 200
+    return table
+
+
+def listed(api) -> dict[str, dict]:
+    return {p["name"]: p for p in api.reader.get("/api/v1/projects", params={"conn_id": "api_db"}).json()}
+
+
+def test_a_project_whose_source_is_gone_is_listed_with_the_reason_and_answers_409(api):
+    table = project_of_new_table(api)
     api.db.execute(f"DROP TABLE {table}")
-    projects = {p["name"]: p for p in api.reader.get("/api/v1/projects", params={"conn_id": "api_db"}).json()}
+    projects = listed(api)
     assert projects[table]["status"] is None and "no longer exists" in projects[table]["error"]
     assert projects["products"]["status"]["embedded_rows"] == 24  # the others as ever
     assert_error(search(api, job_name=table, query="phone"), 409, "SourceTableMissingError",
@@ -344,19 +352,15 @@ def test_a_project_whose_source_is_gone_is_listed_with_the_reason_and_answers_40
     assert api.client.delete(f"/api/v1/table/{table}", params={"conn_id": "api_db"}).status_code == 200
 
 
-def test_a_project_whose_source_columns_are_gone_is_listed_with_the_reason_and_answers_409(api):
-    table = new_table(api)
-    body = {"job_name": table, "src_table": table, "src_columns": ["name"], "primary_key": "product_id"}
-    assert api.client.post("/api/v1/table", params={"conn_id": "api_db"}, json=body).status_code == 200
+def test_a_project_whose_source_columns_changed_is_listed_with_the_reason_and_answers_409(api):
+    table = project_of_new_table(api)
     api.db.execute(f"ALTER TABLE {table} RENAME COLUMN name TO title")
-    projects = {p["name"]: p for p in api.reader.get("/api/v1/projects", params={"conn_id": "api_db"}).json()}
-    assert projects[table]["status"] is None and "has no column 'name' any more" in projects[table]["error"]
+    assert "has no column 'name' any more" in listed(api)[table]["error"]
     api.db.execute(f"ALTER TABLE {table} RENAME COLUMN title TO name; CREATE TABLE {table}_child () INHERITS ({table})")
-    projects = {p["name"]: p for p in api.reader.get("/api/v1/projects", params={"conn_id": "api_db"}).json()}
+    projects = listed(api)
     assert projects[table]["status"] is None and "has child tables through INHERITS now" in projects[table]["error"]
     assert projects["products"]["status"]["embedded_rows"] == 24  # the others as ever
-    api.db.execute(f"DROP TABLE {table}_child")
-    api.db.execute(f"ALTER TABLE {table} RENAME COLUMN product_id TO id")
+    api.db.execute(f"DROP TABLE {table}_child; ALTER TABLE {table} RENAME COLUMN product_id TO id")
     assert_error(search(api, job_name=table, query="phone"), 409, "SourceColumnsMissingError",
                  f"the source table public.{table} of project '{table}' has no column 'product_id' any more")
     assert api.client.delete(f"/api/v1/table/{table}", params={"conn_id": "api_db"}).status_code == 200
