@@ -803,9 +803,9 @@ def upgrade_triggers(cur: Cursor, project: Project) -> bool:
                 [function, TRIGGER_LAYOUT, source, project.names.update_trigger, source, project.names.insert_trigger])
     if not cur.fetchone()[0]:
         return False
-    for trigger in (project.names.insert_trigger, project.names.update_trigger, LEGACY_UPDATE_STATEMENT_TRIGGER.format(
-            job=project.name)):
-        cur.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trigger), project.names.source))
+    legacy = LEGACY_UPDATE_STATEMENT_TRIGGER.format(job=project.name)
+    cur.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(legacy), project.names.source))
+    drop_realtime_triggers(cur, project)
     create_triggers(cur, project)
     return True
 

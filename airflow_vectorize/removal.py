@@ -291,8 +291,7 @@ def restore_realtime_triggers(cur: Cursor, project: Project) -> bool:
                 [names.source.as_string(cur), triggers])
     if cur.fetchone()[0] == len(triggers):
         return False
-    for trigger in triggers:
-        cur.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trigger), names.source))
+    catalog.drop_realtime_triggers(cur, project)  # the one left, if any
     catalog.create_triggers(cur, project)
     queued = generation.queue_due_rows(cur, project)
     log.warning("Project %r: its realtime triggers were missing from %s; put back, and %d rows that need"

@@ -428,18 +428,19 @@ class VectorizeHook(PostgresHook):
                 return {"job_name": job_name, "changed": {}}
             validation.check_project_source(cur, altered, attaching=True)
             catalog.alter_params(cur, project, altered)
-            if project.schedule == "realtime":
-                catalog.drop_realtime_triggers(cur, project)
-            if altered.schedule == "realtime":
+            if ("schedule" in changed or "columns" in changed) and project.schedule == "realtime":
+                catalog.drop_realtime_triggers(cur, project)  # their WHEN names the columns
+            if ("schedule" in changed or "columns" in changed) and altered.schedule == "realtime":
                 catalog.ensure_bulk_table(cur, altered)
                 catalog.create_triggers(cur, altered)
-                if "schedule" in changed or "columns" in changed:  # the next realtime run looks at every row
-                    cur.execute(sql.SQL("INSERT INTO {} (rows) VALUES (NULL)").format(altered.names.bulk))
-                    cur.execute("SELECT pg_notify(%s, '')", [altered.names.channel])
-            elif "schedule" in changed:
-                cur.execute(sql.SQL("DELETE FROM {}; DELETE FROM {}").format(altered.names.queue, altered.names.bulk))
+                # the next realtime run looks at every row: those changed while paused, those of new text
+                cur.execute(sql.SQL("INSERT INTO {} (rows) VALUES (NULL)").format(altered.names.bulk))
+                cur.execute("SELECT pg_notify(%s, '')", [altered.names.channel])
             if "schedule" in changed:
                 removal.replace_function(cur, altered)
+                if altered.schedule == "manual":
+                    cur.execute(sql.SQL("DELETE FROM {}; DELETE FROM {}").format(altered.names.queue,
+                                                                                  altered.names.bulk))
             catalog.ensure_view(cur, altered)
         self._search_cache.pop(job_name, None)
         self.log.info("Altered vectorize project %r: %s", job_name, changed)
