@@ -599,15 +599,18 @@ def index_expression(project: Project, alias: str | None = None) -> sql.Composab
     return sql.SQL("({}::halfvec({}))").format(column, sql.Literal(project.dimensions))
 
 
-def index_statement(project: Project, table: sql.Identifier | None = None, name: str | None = None) -> sql.Composable:
+def index_statement(project: Project, table: sql.Identifier | None = None, name: str | None = None,
+                    concurrently: bool = False) -> sql.Composable:
     """CREATE INDEX IF NOT EXISTS of the project's HNSW index, with its ``m`` / ``ef_construction`` (on
-    ``table`` under ``name``: the same index of a table that is to take the project's table's place)."""
+    ``table`` under ``name``: the same index of a table that is to take the project's table's place);
+    ``concurrently``: CREATE INDEX CONCURRENTLY, which fails on a name already taken."""
     options = {"m": project.hnsw_m, "ef_construction": project.hnsw_ef_construction}
     if project.is_chunked and options["ef_construction"] is None:
         options["ef_construction"] = CHUNK_INDEX_EF_CONSTRUCTION
     given = [sql.SQL("{} = {}").format(sql.SQL(name), sql.Literal(value)) for name, value in options.items()
              if value is not None]
-    return sql.SQL("CREATE INDEX IF NOT EXISTS {index} ON {target} USING hnsw ({indexed} {opclass}){options}").format(
+    create = "CREATE INDEX CONCURRENTLY" if concurrently else "CREATE INDEX IF NOT EXISTS"
+    return sql.SQL(create + " {index} ON {target} USING hnsw ({indexed} {opclass}){options}").format(
         index=sql.Identifier(name or project.names.index_name),
         target=table or project.names.target,
         indexed=index_expression(project),
@@ -784,6 +787,16 @@ def alter_params(cur: Cursor, project: Project, altered: Project) -> None:
     cur.execute("UPDATE vectorize.job SET params = params || jsonb_build_object('columns', %s::jsonb,"
                 " 'update_time_col', %s::text, 'schedule', %s::text) WHERE job_id = %s",
                 [json.dumps(list(altered.columns)), altered.update_time_col, altered.schedule, project.job_id])
+
+
+INDEX_PARAMS = ("hnsw_m", "hnsw_ef_construction", "halfvec_index")
+
+
+def set_index_params(cur: Cursor, project: Project, altered: Project) -> None:
+    """Write ``altered``'s HNSW settings (``INDEX_PARAMS``) into ``project``'s catalog row."""
+    given = {key: value for key, value in altered.params().items() if key in INDEX_PARAMS}
+    cur.execute("UPDATE vectorize.job SET params = (params - %s::text[]) || %s::jsonb WHERE job_id = %s",
+                [list(INDEX_PARAMS), json.dumps(given), project.job_id])
 
 
 def upgrade_triggers(cur: Cursor, project: Project) -> bool:

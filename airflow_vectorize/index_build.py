@@ -71,40 +71,60 @@ def spelled(size: int) -> str:
 
 
 def build(cur: Cursor, create: sql.Composable, label: str, rows: int, dimensions: int, m: int | None,
-          half: bool, cap: int) -> dict[str, Any]:
+          half: bool, cap: int, discard: sql.Composable | None = None) -> dict[str, Any]:
     """Run ``create`` (a CREATE INDEX) with ``maintenance_work_mem`` sized for ``rows`` (this transaction only),
     in a savepoint; again without parallel workers if their shared memory cannot be had. Logs a warning
     naming the memory that would have held the graph when pgvector reports that it did not fit.
 
+    ``discard``: ``create`` is a CREATE INDEX CONCURRENTLY, run on an autocommit connection with the settings
+    given to the session until it ends (then reset); ``discard`` (a DROP INDEX CONCURRENTLY IF EXISTS)
+    removes the invalid index a failed build leaves, before the build without workers and before an error
+    is raised.
+
     :return: ``memory`` (the setting used), ``estimated`` (the graph's estimate), ``fits`` (no NOTICE),
         ``parallel_fallback``, ``seconds``.
     """
+    local = discard is None
     current = cur.execute("SELECT pg_size_bytes(current_setting('maintenance_work_mem'))").fetchone()[0]
     memory = max(current, build_memory(rows, dimensions, m, half, cap))
-    cur.execute("SELECT set_config('maintenance_work_mem', %s, true)", [kilobytes(memory)])
+    cur.execute("SELECT set_config('maintenance_work_mem', %s, %s)", [kilobytes(memory), local])
     notices: list[str] = []
 
     def keep(diagnostic: psycopg.errors.Diagnostic) -> None:
         if diagnostic.message_primary:
             notices.append(diagnostic.message_primary)
 
+    def run() -> None:
+        if local:
+            with cur.connection.transaction():
+                cur.execute(create)
+            return
+        try:
+            cur.execute(create)
+        except psycopg.errors.DuplicateTable:  # the name is another's: nothing of ours to discard
+            raise
+        except BaseException:
+            if not cur.connection.closed:
+                cur.execute(discard)
+            raise
+
     started, fallback = time.monotonic(), False
     cur.connection.add_notice_handler(keep)
     try:
         try:
-            with cur.connection.transaction():
-                cur.execute(create)
+            run()
         except psycopg.errors.UniqueViolation:  # a concurrent run's build committed first (IF NOT EXISTS
             pass  # sees only committed indexes)
         except (psycopg.errors.DiskFull, psycopg.errors.OutOfMemory) as error:  # DSM of a parallel build
             log.warning("The parallel build of %s could not get its shared memory (%s); building it again"
                         " without parallel workers", label, error.diag.message_primary)
             fallback = True
-            cur.execute("SELECT set_config('max_parallel_maintenance_workers', '0', true)")
-            with cur.connection.transaction():
-                cur.execute(create)
+            cur.execute("SELECT set_config('max_parallel_maintenance_workers', '0', %s)", [local])
+            run()
     finally:
         cur.connection.remove_notice_handler(keep)
+        if not local and not cur.connection.closed:
+            cur.execute("RESET maintenance_work_mem; RESET max_parallel_maintenance_workers")
     outgrown = next((int(found.group(1)) for n in notices if (found := NO_LONGER_FITS.search(n))), None)
     if outgrown is not None:
         needed = spelled(int(memory * rows / max(outgrown, 1) * MARGIN))

@@ -99,6 +99,11 @@ class StorageNames:
         return (SCHEMA if self.is_join else self.schema), self.index_name
 
     @property
+    def rebuilt_index_name(self) -> str:
+        """The index that ``index_rebuild`` builds beside ``index_name`` and then names so."""
+        return f"{self.index_name}_rebuild"
+
+    @property
     def fts_index_name(self) -> str:
         """The full-text GIN index of hybrid search."""
         return f"{self.job}_fts_idx"

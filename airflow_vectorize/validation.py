@@ -176,13 +176,16 @@ def check_options(table_method: str, index_dist_type: str, schedule: str) -> Non
         )
 
 
-def check_index_options(m: Any, ef_construction: Any) -> None:
-    """The HNSW index's ``m`` (2-100) and ``ef_construction`` (4-1000, at least 2 × m), as pgvector takes them."""
+def check_index_options(m: Any, ef_construction: Any, default_ef: int = 64) -> None:
+    """The HNSW index's ``m`` (2-100) and ``ef_construction`` (4-1000, at least 2 × m), as pgvector takes them;
+    ``default_ef``: the ef_construction the index gets when None (pgvector's 64, a chunked project's 256)."""
     for name, value, low, high in (("hnsw_m", m, 2, 100), ("hnsw_ef_construction", ef_construction, 4, 1000)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high):
             raise InvalidInputError(f"{name} must be an integer from {low} to {high}, got {value!r}")
-    if ef_construction is not None and ef_construction < 2 * (m or 16):
-        raise InvalidInputError(f"hnsw_ef_construction ({ef_construction}) must be at least 2 × hnsw_m ({2 * (m or 16)})")
+    ef = default_ef if ef_construction is None else ef_construction
+    if ef < 2 * (m or 16):
+        given = f"{ef}" if ef_construction is not None else f"{ef}, the default"
+        raise InvalidInputError(f"hnsw_ef_construction ({given}) must be at least 2 × hnsw_m ({2 * (m or 16)})")
 
 
 def key_spelling(primary_key: Any, role: str = "primary_key") -> str | tuple[str, ...]:

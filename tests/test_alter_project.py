@@ -1,14 +1,23 @@
-"""alter_project: a project's schedule (pause and resume realtime), text columns and update column changed in
-place, its vectors kept, on the real database and model."""
+"""alter_project: a project's schedule (pause and resume realtime), text columns, update column and HNSW index
+changed in place, its vectors kept, on the real database and model."""
 
 from __future__ import annotations
 
+import logging
 import re
+import threading
 
+import psycopg
 import pytest
 from conftest import snapshot
 
-from airflow_vectorize.exceptions import InvalidInputError, ProjectNotFoundError, SourceColumnsMissingError
+from airflow_vectorize import index_rebuild
+from airflow_vectorize.exceptions import (
+    InvalidInputError,
+    ProjectConflictError,
+    ProjectNotFoundError,
+    SourceColumnsMissingError,
+)
 
 LAYOUTS = {"join": {}, "append": {"table_method": "append"}, "chunked": {"chunk_size": 12}}
 COLUMNS = ["name", "description"]
@@ -110,8 +119,92 @@ def test_update_col_is_set_and_removed(products, hook):
     assert hook.get_project("shop")["params"]["update_time_col"] is None
 
 
+def index_definition(db) -> list[str]:
+    """The project's HNSW index definitions (the rebuilt one's too, while it exists), names schema-free."""
+    return [definition for (definition,) in db.execute(
+        "SELECT indexdef FROM pg_indexes WHERE indexname LIKE 'shop_hnsw%%' ORDER BY indexname")]
+
+
+def test_the_index_is_built_again_with_other_settings_its_vectors_kept(project, hook):
+    db = project
+    before, found = stored(db), [r["product_id"] for r in hook.search("shop", "mobile phone", num_results=5)]
+    half = db.layout == "chunked"  # a chunked project's index is always half-precision
+    assert "m='" not in index_definition(db)[0]
+
+    summary = hook.alter_project("shop", hnsw_m=8, hnsw_ef_construction=40)
+    assert summary["changed"] == {"hnsw_m": [None, 8], "hnsw_ef_construction": [None, 40]}
+    assert summary["index"]["rebuilt"] is True and summary["index"]["fits"] is True
+    (definition,) = index_definition(db)  # the rebuilt index took the old one's name; nothing else is left
+    assert "USING hnsw" in definition and "WITH (m='8', ef_construction='40')" in definition
+    assert ("halfvec" in definition) is half
+    assert {k: v for k, v in hook.get_project("shop")["params"].items() if k.startswith("hnsw")} == {
+        "hnsw_m": 8, "hnsw_ef_construction": 40}
+    assert stored(db) == before  # no vector written again
+    assert [r["product_id"] for r in hook.search("shop", "mobile phone", num_results=5)] == found
+    assert hook.alter_project("shop", hnsw_m=8) == {"job_name": "shop", "changed": {}}
+
+    if not half:
+        summary = hook.alter_project("shop", halfvec_index=True, hnsw_m=None, hnsw_ef_construction=None)
+        assert summary["changed"] == {"halfvec_index": [False, True], "hnsw_m": [8, None],
+                                      "hnsw_ef_construction": [40, None]}
+        (definition,) = index_definition(db)
+        assert "halfvec(384)" in definition and "halfvec_cosine_ops" in definition and "WITH" not in definition
+        assert hook.get_project("shop")["params"]["halfvec_index"] is True
+        assert {r["product_id"] for r in hook.search("shop", "mobile phone", num_results=5)} == set(found)
+        assert hook.alter_project("shop", halfvec_index=False)["index"]["rebuilt"]
+        assert "halfvec" not in index_definition(db)[0] and "halfvec_index" not in hook.get_project("shop")["params"]
+    db.execute("UPDATE products SET description = 'Refurbished.' WHERE product_id = 1")
+    assert hook.generate_embeddings("shop")["embedded"] == 1  # generation writes through the new index
+
+
+def test_the_rebuilt_index_waits_for_searches_holding_the_table(products, hook, database, caplog, monkeypatch):
+    """The swap waits SWAP_LOCK_TIMEOUT at a time for a transaction that read the table, then takes it."""
+    hook.create_project("shop", "products", "product_id", COLUMNS, embed_existing=True)
+    monkeypatch.setattr(index_rebuild, "SWAP_LOCK_TIMEOUT", "200ms")
+    reader = psycopg.connect(database.uri, autocommit=True)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM vectorize._embeddings_shop")  # holds the table until it ends
+    timer = threading.Timer(1.0, reader.commit)
+    timer.start()
+    try:
+        with caplog.at_level(logging.INFO, logger="airflow_vectorize.index_rebuild"):
+            assert hook.alter_project("shop", hnsw_m=12)["index"]["rebuilt"]
+    finally:
+        timer.join()
+        reader.close()
+    assert "the table was busy for 200ms; swapping the rebuilt index in again (attempt 2 of 30)" in caplog.text
+    assert "m='12'" in index_definition(products)[0]
+
+
+def test_a_killed_rebuilds_index_is_dropped_and_a_running_one_refused(products, hook, database):
+    hook.create_project("shop", "products", "product_id", COLUMNS, embed_existing=True)
+    products.execute("CREATE INDEX shop_hnsw_cos_idx_rebuild ON vectorize._embeddings_shop"
+                     " USING hnsw (embeddings vector_cosine_ops) WITH (m = 4)")  # as a killed rebuild leaves it
+    assert hook.alter_project("shop", hnsw_m=6)["index"]["rebuilt"]
+    assert index_definition(products) == [("CREATE INDEX shop_hnsw_cos_idx ON vectorize._embeddings_shop"
+                                           " USING hnsw (embeddings vector_cosine_ops) WITH (m='6')")]
+
+    other = psycopg.connect(database.uri, autocommit=True)
+    other.execute("SELECT pg_advisory_lock(hashtextextended('vectorize-index:shop', 0))")  # a rebuild running
+    before = snapshot(products)
+    try:
+        with pytest.raises(ProjectConflictError, match="another session is rebuilding its index; alter it again"):
+            hook.alter_project("shop", hnsw_m=8)
+    finally:
+        other.close()
+    assert snapshot(products) == before
+
+    products.execute("CREATE TABLE elsewhere (v vector(3)); CREATE INDEX shop_hnsw_cos_idx_rebuild ON elsewhere (v)"
+                     "; ALTER TABLE elsewhere SET SCHEMA vectorize")
+    before = snapshot(products)
+    with pytest.raises(ProjectConflictError, match=re.escape(
+            "vectorize.shop_hnsw_cos_idx_rebuild exists and is not an index of the project's table")):
+        hook.alter_project("shop", hnsw_m=8)
+    assert snapshot(products) == before
+
+
 BAD = [
-    ({}, InvalidInputError, "nothing to alter: give schedule, columns and/or update_col"),
+    ({}, InvalidInputError, "nothing to alter: give schedule, columns, update_col and/or the index's hnsw_m"),
     ({"schedule": "hourly"}, InvalidInputError, "schedule 'hourly' is not supported"),
     ({"columns": "name"}, InvalidInputError, "columns must be a list of column names, got 'name'"),
     ({"columns": []}, InvalidInputError, "columns must name at least one text column to embed"),
@@ -119,6 +212,11 @@ BAD = [
     ({"columns": ["name", "price"]}, InvalidInputError, "column 'price' of \"public\".\"products\" is numeric"),
     ({"update_col": "name"}, InvalidInputError, "update_col 'name' of \"public\".\"products\" is text"),
     ({"schedule": "manual", "columns": ["nope"]}, InvalidInputError, "text column 'nope' does not exist"),
+    ({"hnsw_m": 1}, InvalidInputError, "hnsw_m"),
+    ({"schedule": "manual", "hnsw_ef_construction": 20}, InvalidInputError,
+     "hnsw_ef_construction (20) must be at least 2 × hnsw_m (32)"),
+    ({"hnsw_m": 40}, InvalidInputError, "hnsw_ef_construction (64, the default) must be at least 2 × hnsw_m (80)"),
+    ({"halfvec_index": "yes"}, InvalidInputError, "halfvec_index must be True or False, got 'yes'"),
 ]
 
 

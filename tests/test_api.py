@@ -308,7 +308,14 @@ def test_alter_pauses_and_resumes_a_project_and_refuses_bad_input_with_its_messa
     assert altered["changed"] == {"columns": [["name"], ["name", "description"]], "update_col": [None, "updated_at"]}
     assert api.client.patch(url, params=params, json={"update_time_col": None}).json()["changed"] == {
         "update_col": ["updated_at", None]}
+    reindexed = api.client.patch(url, params=params, json={"hnsw_m": 8, "halfvec_index": True}).json()
+    assert reindexed["changed"] == {"hnsw_m": [None, 8], "halfvec_index": [False, True]}
+    assert reindexed["index"]["rebuilt"]
+    assert api.client.patch(url, params=params, json={"hnsw_m": None}).json()["changed"] == {"hnsw_m": [8, None]}
     before = snapshot(api.db)
+    assert_error(api.client.patch(url, params=params, json={"hnsw_m": 40}), 400, "InvalidInputError",
+                 "hnsw_ef_construction (64, the default) must be at least 2 × hnsw_m (80)")
+    assert_error(api.client.patch(url, params=params, json={"hnsw_m": 1}), 422, "RequestValidationError")
     assert_error(api.client.patch(url, params=params, json={"src_columns": ["colour"]}), 400, "InvalidInputError",
                  "text column 'colour' does not exist")
     assert_error(api.client.patch(url, params=params, json={"schedule": "hourly"}), 400, "InvalidInputError",

@@ -23,12 +23,14 @@ def test_operators_run_the_project_lifecycle(products, model):
     load = ImportEmbeddingsOperator(task_id="import", job_name="product_search", src_table="product_embeddings",
                                     src_primary_key="product_id", src_embeddings_col="embedding", **conn)
     pause = AlterVectorizeProjectOperator(task_id="pause", job_name="product_search", schedule="manual", **conn)
+    reindex = AlterVectorizeProjectOperator(task_id="reindex", job_name="product_search", halfvec_index=True, **conn)
     drop = DropVectorizeProjectOperator(task_id="drop", job_name="product_search", **conn)
 
-    results = [op.execute(context={}) for op in (create, load, pause, drop)]
+    results = [op.execute(context={}) for op in (create, load, pause, reindex, drop)]
 
-    assert [results[0]["created"], results[1]["imported"], results[3]["dropped"]] == [True, 24, True]
+    assert [results[0]["created"], results[1]["imported"], results[4]["dropped"]] == [True, 24, True]
     assert results[2]["changed"] == {"schedule": ["realtime", "manual"]}
+    assert results[3]["changed"] == {"halfvec_index": [False, True]} and results[3]["index"]["rebuilt"]
     assert len(json.dumps(results)) < 3000  # XCom-safe: JSON, small, no vectors
 
 

@@ -213,3 +213,19 @@ def test_realtime_paused_and_resumed_on_a_partitioned_source(docs, hook):
     assert hook.generate_embeddings("docs", pending_only=True)["embedded"] == 1
     docs.execute("INSERT INTO docs_01 VALUES (601, '2027-01-06', 'a note about cats, queued')")
     assert queued_ids(docs) == {601}
+
+
+def test_the_index_is_built_again_on_a_partitioned_source(docs, hook):
+    """alter_project's index settings: an append project's index is on the partitioned source, which cannot
+    build concurrently (one transaction instead); a join project's is on its own table."""
+    before = stored_ids(docs), found(hook)
+    summary = hook.alter_project("docs", hnsw_m=8)
+    assert summary["changed"] == {"hnsw_m": [None, 8]} and summary["index"]["rebuilt"]
+    indexes = docs.execute("SELECT tablename, indexname, indexdef FROM pg_indexes WHERE indexdef LIKE '%%USING hnsw%%'"
+                           " ORDER BY 1")
+    tables = ["docs", "docs_11", "docs_12"] if docs.layout == "append" else [
+        "_chunks_docs" if docs.layout == "chunked" else "_embeddings_docs"]
+    assert [table for table, _, _ in indexes] == tables  # one each: the parent's and its partitions'
+    assert all("m='8'" in definition for _, _, definition in indexes)
+    assert indexes[0][1] == "docs_hnsw_cos_idx"
+    assert (stored_ids(docs), found(hook)) == before

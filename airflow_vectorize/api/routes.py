@@ -168,11 +168,15 @@ def alter_table(request: Request, body: AlterBody, job_name: str = Path(max_leng
                 conn_id: str = CONN_ID) -> Response:
     """``VectorizeHook.alter_project``: ``{"changed": {field: [before, after]}}``. Pause (``"schedule":
     "manual"``) and resume realtime queueing, embed other columns (the next run embeds only the rows whose
-    text changed), follow columns renamed in the source."""
+    text changed), follow columns renamed in the source, build the index again with other settings (the
+    answer comes when it is built, with its figures under ``index``)."""
     hook = hook_for(request, conn_id, "write", job_name)
-    update_col = body.update_time_col if "update_time_col" in body.model_fields_set else KEEP
-    return json_response(hook.alter_project(job_name, schedule=body.schedule, columns=body.src_columns,
-                                            update_col=update_col))
+    given = {name: getattr(body, field) if field in body.model_fields_set else KEEP for name, field in (
+        ("update_col", "update_time_col"), ("hnsw_m", "hnsw_m"), ("hnsw_ef_construction", "hnsw_ef_construction"),
+        ("halfvec_index", "halfvec_index"))}
+    if given["halfvec_index"] is None:
+        given["halfvec_index"] = KEEP
+    return json_response(hook.alter_project(job_name, schedule=body.schedule, columns=body.src_columns, **given))
 
 
 @router.delete("/api/v1/table/{job_name}", tags=["projects"],

@@ -122,6 +122,9 @@ class AlterBody(Strict):
     schedule: str | None = Field(None, max_length=255, description="realtime or manual")
     src_columns: list[str] | None = Field(None, max_length=100, description="the text columns to embed")
     update_time_col: str | None = Field(None, max_length=255)
+    hnsw_m: int | None = Field(None, ge=2, le=100, description="the HNSW index's m (null: 16), built again")
+    hnsw_ef_construction: int | None = Field(None, ge=4, le=1000, description="its ef_construction (null: the default)")
+    halfvec_index: bool | None = Field(None, description="the index holds the vectors at half precision")
 
 
 class RagBody(Strict):

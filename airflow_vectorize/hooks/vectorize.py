@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -22,6 +22,7 @@ from airflow_vectorize import (
     generation,
     grants,
     index_build,
+    index_rebuild,
     models,
     rag,
     removal,
@@ -131,8 +132,14 @@ class VectorizeHook(PostgresHook):
         """A cursor inside one transaction on a fresh connection, closed afterwards. A session that ends
         meanwhile (terminated, server restarted, network) raises ``DatabaseConnectionError``: nothing of the
         transaction was committed."""
+        with self._cursor(in_transaction=True) as cur:
+            yield cur
+
+    @contextmanager
+    def _cursor(self, in_transaction: bool) -> Iterator[Cursor]:
+        """A cursor on a fresh connection, in one transaction or autocommit (``transaction``'s errors)."""
         try:
-            with self.connect() as conn, conn.transaction(), conn.cursor() as cur:
+            with self.connect() as conn, conn.transaction() if in_transaction else nullcontext(), conn.cursor() as cur:
                 yield cur
         except psycopg.errors.InsufficientPrivilege as error:
             raise self._permission_error(error) from error
@@ -216,7 +223,8 @@ class VectorizeHook(PostgresHook):
         if dimensions is not None:
             positive_int(dimensions, "dimensions")
         chunking.check_options(chunk_size, chunk_overlap, chunker)
-        validation.check_index_options(hnsw_m, hnsw_ef_construction)
+        validation.check_index_options(hnsw_m, hnsw_ef_construction,
+                                       64 if chunk_size is None else catalog.CHUNK_INDEX_EF_CONSTRUCTION)
         if not isinstance(halfvec_index, bool):
             raise InvalidInputError(f"halfvec_index must be True or False, got {halfvec_index!r}")
         if chunk_size is not None and table_method != "join":
@@ -391,7 +399,8 @@ class VectorizeHook(PostgresHook):
 
     def alter_project(
         self, job_name: str, *, schedule: str | None = None, columns: Sequence[str] | None = None,
-        update_col: str | None = KEEP,
+        update_col: str | None = KEEP, hnsw_m: int | None = KEEP, hnsw_ef_construction: int | None = KEEP,
+        halfvec_index: bool = KEEP,
     ) -> dict[str, Any]:
         """Change a project without dropping it: its vectors stay, and are searched, until embedded again.
 
@@ -403,12 +412,21 @@ class VectorizeHook(PostgresHook):
         the same columns under their new names change nothing, and the project reads them again; see
         ``SourceColumnsMissingError``). ``update_col``: another timestamp column, or None for none.
 
-        The model, vector size, table method, key, chunking and index cannot change in place: create another
+        ``hnsw_m``, ``hnsw_ef_construction`` (None: pgvector's default) and ``halfvec_index``: the HNSW index
+        is built again with them beside the old one, concurrently, and takes its place when built
+        (``index_rebuild``); searches use the old one meanwhile, and the call lasts as long as the build. The
+        other changes are committed first.
+
+        The model, vector size, table method, key and chunking cannot change in place: create another
         project, embed it, point searches at it and drop this one. Returns ``{"job_name", "changed":
-        {field: [before, after]}}`` (empty when nothing differs).
+        {field: [before, after]}}`` (empty when nothing differs), with the build's figures under ``index``
+        when the index was built again (``index_build``).
         """
-        if schedule is None and columns is None and update_col is KEEP:
-            raise InvalidInputError("nothing to alter: give schedule, columns and/or update_col")
+        index = {name: value for name, value in (("hnsw_m", hnsw_m), ("hnsw_ef_construction", hnsw_ef_construction),
+                                                 ("halfvec_index", halfvec_index)) if value is not KEEP}
+        if schedule is None and columns is None and update_col is KEEP and not index:
+            raise InvalidInputError("nothing to alter: give schedule, columns, update_col and/or the index's hnsw_m,"
+                                    " hnsw_ef_construction, halfvec_index")
         if columns is not None and (isinstance(columns, str) or not all(isinstance(c, str) for c in columns)):
             raise InvalidInputError(f"columns must be a list of column names, got {columns!r}")
         with self.transaction() as cur:
@@ -420,31 +438,58 @@ class VectorizeHook(PostgresHook):
                 project, schedule=schedule or project.schedule,
                 columns=project.columns if columns is None else tuple(columns),
                 update_time_col=project.update_time_col if update_col is KEEP else update_col)
+            reindexed = index_rebuild.altered(project, index)
             changed = {field: [before, after] for field, before, after in (
                 ("schedule", project.schedule, altered.schedule),
                 ("columns", list(project.columns), list(altered.columns)),
-                ("update_col", project.update_time_col, altered.update_time_col)) if before != after}
-            if not changed:
-                return {"job_name": job_name, "changed": {}}
-            validation.check_project_source(cur, altered, attaching=True)
-            catalog.alter_params(cur, project, altered)
-            if ("schedule" in changed or "columns" in changed) and project.schedule == "realtime":
-                catalog.drop_realtime_triggers(cur, project)  # their WHEN names the columns
-            if ("schedule" in changed or "columns" in changed) and altered.schedule == "realtime":
-                catalog.ensure_bulk_table(cur, altered)
-                catalog.create_triggers(cur, altered)
-                # the next realtime run looks at every row: those changed while paused, those of new text
-                cur.execute(sql.SQL("INSERT INTO {} (rows) VALUES (NULL)").format(altered.names.bulk))
-                cur.execute("SELECT pg_notify(%s, '')", [altered.names.channel])
-            if "schedule" in changed:
-                removal.replace_function(cur, altered)
-                if altered.schedule == "manual":
-                    cur.execute(sql.SQL("DELETE FROM {}; DELETE FROM {}").format(altered.names.queue,
-                                                                                  altered.names.bulk))
-            catalog.ensure_view(cur, altered)
+                ("update_col", project.update_time_col, altered.update_time_col),
+                *((name, getattr(project, name), getattr(reindexed, name)) for name in index)) if before != after}
+            if changed.keys() - index.keys():
+                self._alter_in_place(cur, project, altered, changed)
+        if changed.keys() - index.keys():
+            self._search_cache.pop(job_name, None)
+            self.log.info("Altered vectorize project %r: %s", job_name, changed)
+        return self._altered_index(job_name, index, changed)
+
+    @staticmethod
+    def _alter_in_place(cur: Cursor, project: Project, altered: Project, changed: dict[str, list]) -> None:
+        """``alter_project``'s changes but the index's, in its transaction."""
+        validation.check_project_source(cur, altered, attaching=True)
+        catalog.alter_params(cur, project, altered)
+        if ("schedule" in changed or "columns" in changed) and project.schedule == "realtime":
+            catalog.drop_realtime_triggers(cur, project)  # their WHEN names the columns
+        if ("schedule" in changed or "columns" in changed) and altered.schedule == "realtime":
+            catalog.ensure_bulk_table(cur, altered)
+            catalog.create_triggers(cur, altered)
+            # the next realtime run looks at every row: those changed while paused, those of new text
+            cur.execute(sql.SQL("INSERT INTO {} (rows) VALUES (NULL)").format(altered.names.bulk))
+            cur.execute("SELECT pg_notify(%s, '')", [altered.names.channel])
+        if "schedule" in changed:
+            removal.replace_function(cur, altered)
+            if altered.schedule == "manual":
+                cur.execute(sql.SQL("DELETE FROM {}; DELETE FROM {}").format(altered.names.queue,
+                                                                              altered.names.bulk))
+        catalog.ensure_view(cur, altered)
+
+    def _altered_index(self, job_name: str, index: dict[str, Any], changed: dict[str, list]) -> dict[str, Any]:
+        """The rest of ``alter_project`` once its transaction committed: the index built again when a setting of
+        it (``index``) changed (``index_rebuild``, on a session of its own)."""
+        summary: dict[str, Any] = {"job_name": job_name, "changed": changed}
+        if not changed.keys() & index.keys():
+            return summary
+        with self._cursor(in_transaction=False) as cur:
+            if not index_rebuild.rebuild_lock(cur, job_name):
+                raise ProjectConflictError(f"project {job_name!r}: another session is rebuilding its index; alter"
+                                           " it again when that is done")
+            project = self._project(cur, job_name, source=False)
+            wanted = index_rebuild.altered(project, index)
+            summary["index"] = index_rebuild.rebuild(cur, project, wanted, self._build_cap)
         self._search_cache.pop(job_name, None)
-        self.log.info("Altered vectorize project %r: %s", job_name, changed)
-        return {"job_name": job_name, "changed": changed}
+        self.log.info("Rebuilt the HNSW index of vectorize project %r: %s", job_name, summary["index"])
+        if project.ef_search is not None:
+            self.log.warning("Project %r searches with ef_search %d, tuned on the old index: run tune_search again",
+                             job_name, project.ef_search)
+        return summary
 
     def grant_search(self, job_name: str, role: str) -> dict[str, Any]:
         """Let ``role`` (an application's or a read replica's user) search the project and read its status:

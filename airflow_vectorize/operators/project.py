@@ -131,28 +131,37 @@ class CreateVectorizeProjectOperator(VectorizeBaseOperator):
 class AlterVectorizeProjectOperator(VectorizeBaseOperator):
     """Change a project in place, its vectors kept (``VectorizeHook.alter_project``): pause or resume realtime
     queueing, embed other columns (only rows whose text changed are embedded again by the next run), follow
-    columns renamed in the source, or set the update column.
+    columns renamed in the source, set the update column, or build the HNSW index again with other settings
+    (beside the old one, which searches use until it is built).
 
     :param job_name: the project to alter.
     :param schedule: ``realtime`` or ``manual``; None leaves it.
     :param columns: the text columns to embed; None leaves them.
     :param update_col: a timestamp column, or None for none; left as it is when not given.
+    :param hnsw_m: the index's ``m`` (None: pgvector's 16); left as it is when not given.
+    :param hnsw_ef_construction: its ``ef_construction`` (None: the default); left as it is when not given.
+    :param halfvec_index: the index holds half-precision vectors; left as it is when not given.
     """
 
     template_fields: Sequence[str] = ("job_name", "schedule", "columns", "update_col")
 
     def __init__(self, *, job_name: str, schedule: str | None = None, columns: Sequence[str] | None = None,
-                 update_col: str | None = KEEP, **kwargs: Any) -> None:
+                 update_col: str | None = KEEP, hnsw_m: int | None = KEEP, hnsw_ef_construction: int | None = KEEP,
+                 halfvec_index: bool = KEEP, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.job_name = job_name
         self.schedule = schedule
         self.columns = columns
         self.update_col = update_col
+        self.hnsw_m = hnsw_m
+        self.hnsw_ef_construction = hnsw_ef_construction
+        self.halfvec_index = halfvec_index
 
     def execute(self, context: Any) -> dict[str, Any]:
         return self.hook.alter_project(self.job_name, schedule=self.schedule,
                                        columns=None if self.columns is None else list(self.columns),
-                                       update_col=self.update_col)
+                                       update_col=self.update_col, hnsw_m=self.hnsw_m,
+                                       hnsw_ef_construction=self.hnsw_ef_construction, halfvec_index=self.halfvec_index)
 
 
 class DropVectorizeProjectOperator(VectorizeBaseOperator):

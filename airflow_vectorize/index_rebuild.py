@@ -1,0 +1,129 @@
+"""A project's HNSW index rebuilt in place with other settings (``alter_project``'s ``hnsw_m``,
+``hnsw_ef_construction``, ``halfvec_index``), its vectors kept and searched throughout.
+
+The new index is built beside the old one (``StorageNames.rebuilt_index_name``) with CREATE INDEX
+CONCURRENTLY, its memory sized as every build's (``index_build``); searches use the old index and writes to the
+table go on (into both) meanwhile. Then one short transaction, with the project locked, drops the old index,
+gives the new one its name and writes the settings into the catalog; it waits at most SWAP_LOCK_TIMEOUT for
+the table at each of its first SWAP_ATTEMPTS - 1 attempts, so that the searches queued behind it wait no
+longer. The project's lock is not held during the build: a run waiting for it while the build waits for that
+run's snapshot would deadlock. A partitioned table (an append project's partitioned source) cannot build
+concurrently: its index is built in the swap's transaction, which blocks the source's writers, not its readers.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import Any
+
+import psycopg
+from psycopg import Cursor, sql
+
+from airflow_vectorize import catalog, index_build, validation
+from airflow_vectorize.catalog import Project
+from airflow_vectorize.exceptions import InvalidInputError, ProjectConflictError
+
+log = logging.getLogger(__name__)
+
+SWAP_LOCK_TIMEOUT = "1s"
+SWAP_ATTEMPTS = 30
+# pgvector's HNSW indexes take vectors of at most this many dimensions (halfvec: 4000)
+MAX_DIMENSIONS = {False: 2000, True: 4000}
+
+
+def settings(project: Project) -> dict[str, Any]:
+    """The project's index settings (``catalog.INDEX_PARAMS``)."""
+    return {name: getattr(project, name) for name in catalog.INDEX_PARAMS}
+
+
+def rebuild_lock(cur: Cursor, job_name: str) -> bool:
+    """Take the project's rebuild lock for the session (released when it ends); False: another session holds it.
+    Only rebuilds take it, never waiting: nothing that waits for it can block their CREATE INDEX CONCURRENTLY."""
+    return cur.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))",
+                       [f"vectorize-index:{job_name}"]).fetchone()[0]
+
+
+def altered(project: Project, settings: dict[str, Any]) -> Project:
+    """``project`` with the index ``settings`` given (``hnsw_m``, ``hnsw_ef_construction``, ``halfvec_index``),
+    checked as ``create_project`` checks them and against the project's vectors."""
+    wanted = replace(project, **settings)
+    validation.check_index_options(wanted.hnsw_m, wanted.hnsw_ef_construction,
+                                   catalog.CHUNK_INDEX_EF_CONSTRUCTION if project.is_chunked else 64)
+    if not isinstance(wanted.halfvec_index, bool):
+        raise InvalidInputError(f"halfvec_index must be True or False, got {wanted.halfvec_index!r}")
+    if project.is_chunked and settings.get("halfvec_index") is False:
+        raise InvalidInputError(f"project {project.name!r} is chunked: its index always holds half-precision vectors")
+    if wanted.dimensions > MAX_DIMENSIONS[wanted.half_index]:
+        raise InvalidInputError(
+            f"project {project.name!r} has {wanted.dimensions}-dimensional vectors; an HNSW index of"
+            f" {'halfvec' if wanted.half_index else 'vector'} holds at most {MAX_DIMENSIONS[wanted.half_index]}")
+    return wanted
+
+
+def rebuild(cur: Cursor, project: Project, wanted: Project, build_cap: int) -> dict[str, Any]:
+    """Give ``project`` the index ``wanted`` describes, on ``cur``'s autocommit connection, which holds the
+    project's rebuild lock (``rebuild_lock``). Returns ``rebuilt`` (False: the project had no index, a bulk
+    write's build being due; the next build takes the settings) and the build's figures (``index_build``)."""
+    schema, name = project.names.index_qualified_name
+    current, building = sql.Identifier(schema, name), sql.Identifier(schema, project.names.rebuilt_index_name)
+    target = project.names.target.as_string(cur)
+    exists, partitioned, leftover = cur.execute(
+        "SELECT to_regclass(%s) IS NOT NULL, (SELECT relkind = 'p' FROM pg_class WHERE oid = to_regclass(%s)),"
+        " (SELECT bool_and(coalesce(i.indrelid = to_regclass(%s), false)) FROM pg_class c"
+        "  LEFT JOIN pg_index i ON i.indexrelid = c.oid WHERE c.oid = to_regclass(%s))",
+        [current.as_string(cur), target, target, building.as_string(cur)]).fetchone()
+    if leftover is False:
+        raise ProjectConflictError(
+            f"project {project.name!r}: {schema}.{project.names.rebuilt_index_name} exists and is not an index of the"
+            " project's table;"
+            " rename or drop it to rebuild the project's index")
+    if leftover:  # a killed rebuild's (no other rebuild runs: this session holds the lock)
+        cur.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(building))
+    if not exists:
+        with cur.connection.transaction():
+            _swap(cur, project, wanted, None)
+        return {"rebuilt": False}
+    label = f"project {project.name!r}"
+    rows = catalog.embedded_rows(cur, project)
+    if partitioned:
+        with cur.connection.transaction():
+            summary = index_build.build(cur, catalog.index_statement(wanted, name=project.names.rebuilt_index_name),
+                                        label, rows, wanted.dimensions, wanted.hnsw_m, wanted.half_index, build_cap)
+            _swap(cur, project, wanted, building)
+        return {"rebuilt": True, **summary}
+    summary = index_build.build(
+        cur, catalog.index_statement(wanted, name=project.names.rebuilt_index_name, concurrently=True), label,
+        rows, wanted.dimensions, wanted.hnsw_m, wanted.half_index, build_cap,
+        discard=sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(building))
+    try:
+        for attempt in range(1, SWAP_ATTEMPTS + 1):
+            try:
+                with cur.connection.transaction():
+                    if attempt < SWAP_ATTEMPTS:
+                        cur.execute("SELECT set_config('lock_timeout', %s, true)", [SWAP_LOCK_TIMEOUT])
+                    _swap(cur, project, wanted, building)
+                break
+            except psycopg.errors.LockNotAvailable:
+                log.info("%s: the table was busy for %s; swapping the rebuilt index in again (attempt %d of %d)",
+                         label, SWAP_LOCK_TIMEOUT, attempt + 1, SWAP_ATTEMPTS)
+    except BaseException:
+        if not cur.connection.closed:
+            cur.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(building))
+        raise
+    return {"rebuilt": True, **summary}
+
+
+def _swap(cur: Cursor, project: Project, wanted: Project, building: sql.Identifier | None) -> None:
+    """In the caller's transaction, with the project locked: check that it is still ``project``, then put the
+    ``building`` index in the old one's place (None: there is none) and write ``wanted``'s settings."""
+    catalog.lock_project(cur, project.name)
+    now = catalog.find_project(cur, project.name)
+    if now is None or now.job_id != project.job_id or settings(now) != settings(project):
+        raise ProjectConflictError(f"project {project.name!r} was dropped or changed while its index was rebuilt;"
+                                   " nothing was changed, alter it again")
+    if building is not None:
+        catalog.drop_index(cur, project)
+        cur.execute(sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+            building, sql.Identifier(project.names.index_name)))
+    catalog.set_index_params(cur, project, wanted)
