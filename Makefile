@@ -61,7 +61,7 @@ bench: $(VENV)/.installed $(INFINITY_VENV)/.installed
 
 # A real Airflow 3 (scheduler, dag-processor, triggerer, api-server; metadata DB on the embedded PostgreSQL)
 # runs the example DAGs through the scheduler and prints their outcome from the REST API (scripts/deployment.py).
-.PHONY: deployment deployment-celery bench-backfill bench-api bench-reload bench-writes bench-hybrid-documents bench-providers bench-retrieval bench-tune bench-scaling bench-halfvec bench-million bench-swap bench-due-rows bench-huge-pages bench-partitioned
+.PHONY: deployment deployment-celery bench-backfill bench-api bench-reload bench-writes bench-hybrid-documents bench-providers bench-retrieval bench-tune bench-scaling bench-halfvec bench-million bench-swap bench-reindex bench-due-rows bench-huge-pages bench-partitioned
 deployment: $(VENV)/.installed
 	$(PY) scripts/deployment.py --executor LocalExecutor
 
@@ -116,6 +116,10 @@ bench-million: $(VENV)/.installed
 # A 10 % re-import while searching, written in place and into a new table swapped in (bench/swap.py).
 bench-swap: $(VENV)/.installed
 	$(PY) -m bench.swap
+
+# An HNSW index built again with other settings while searching: concurrently then swapped vs dropped and built (bench/reindex.py).
+bench-reindex: $(VENV)/.installed
+	$(PY) -m bench.reindex
 
 # Finding the rows due (a generation run's scan, get_freshness) at 100k and 1M rows vs every text's md5 (bench/due_rows.py).
 bench-due-rows: $(VENV)/.installed
