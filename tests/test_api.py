@@ -724,6 +724,47 @@ def test_the_page_signs_in_with_a_token_and_asks(api, chat_server, embedding_ser
             browser.close()
 
 
+@pytest.mark.skipif(not os.path.exists("/usr/bin/chromium"), reason="Debian's chromium is not installed")
+def test_the_page_pauses_and_resumes_realtime_and_shows_why_a_project_has_no_counts(api):
+    """In a real browser: Pause and Resume change the project's schedule (a read token gets the API's 403); a
+    project whose source column is gone shows the message in place of its counts."""
+    from playwright.sync_api import expect, sync_playwright
+
+    table = project_of_new_table(api)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        try:
+            for token in (READ_TOKEN, WRITE_TOKEN):
+                context = browser.new_context()
+                context.add_cookies([{"name": "vectorize_token", "value": token, "url": api.server.url}])
+                page = context.new_page()
+                page.goto(f"{api.server.url}/ui?conn_id=api_db")
+                row = page.locator(f"#projects tr[data-project='{table}']")
+                expect(row.locator("td").nth(3)).to_have_text("realtime", timeout=30_000)
+                row.get_by_role("button", name="Pause").click()
+                if token == READ_TOKEN:
+                    expect(page.locator("#projects-error")).to_contain_text("403", timeout=30_000)
+                    expect(row.locator("td").nth(3)).to_have_text("realtime")
+                    context.close()
+                    continue
+                expect(row.locator("td").nth(3)).to_have_text("manual", timeout=30_000)
+                assert listed(api)[table]["params"]["schedule"] == "manual"
+                row.get_by_role("button", name="Resume").click()
+                expect(row.locator("td").nth(3)).to_have_text("realtime", timeout=30_000)
+                assert listed(api)[table]["params"]["schedule"] == "realtime"
+
+                api.db.execute(f"ALTER TABLE {table} RENAME COLUMN name TO title")
+                page.locator("#refresh").click()
+                expect(row.locator("td.error")).to_contain_text("has no column 'name' any more", timeout=30_000)
+                expect(page.locator("#projects tr[data-project='products'] td").nth(5)).to_have_text("24")
+                context.close()
+        finally:
+            browser.close()
+    assert api.client.delete(f"/api/v1/table/{table}", params={"conn_id": "api_db"}).status_code == 200
+
+
 @pytest.mark.parametrize(("variables", "message"), [
     ({}, "refusing to start without authentication: set VECTORIZE_API_TOKENS"),
     ({"VECTORIZE_API_TOKENS": "short"}, "tokens must have at least 16 characters"),
