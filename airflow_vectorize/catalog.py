@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -663,6 +664,20 @@ def lock_timeout(cur: Cursor, timeout: str) -> Iterator[None]:
             yield
     finally:
         cur.execute("SELECT set_config('lock_timeout', %s, true)", [previous])
+
+
+def take_exclusively(cur: Cursor, table: sql.Composable, attempts: int, timeout: str, pause: float) -> bool:
+    """ACCESS EXCLUSIVE on ``table`` until the transaction ends: up to ``attempts`` tries of ``timeout`` each,
+    ``pause`` seconds apart, so that the searches queued behind a try run meanwhile; False when it stayed in use."""
+    for attempt in range(attempts):
+        try:
+            with lock_timeout(cur, timeout):
+                cur.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(table))
+            return True
+        except psycopg.errors.LockNotAvailable:
+            if attempt + 1 < attempts:
+                time.sleep(pause)
+    return False
 
 
 def drop_index_unless_busy(cur: Cursor, project: Project) -> bool:

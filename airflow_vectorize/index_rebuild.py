@@ -4,11 +4,12 @@
 The new index is built beside the old one (``StorageNames.rebuilt_index_name``) with CREATE INDEX
 CONCURRENTLY, its memory sized as every build's (``index_build``); searches use the old index and writes to the
 table go on (into both) meanwhile. Then one short transaction, with the project locked, drops the old index,
-gives the new one its name and writes the settings into the catalog; it waits at most SWAP_LOCK_TIMEOUT for
-the table at each of its first SWAP_ATTEMPTS - 1 attempts, so that the searches queued behind it wait no
-longer. The project's lock is not held during the build: a run waiting for it while the build waits for that
-run's snapshot would deadlock. A partitioned table (an append project's partitioned source) cannot build
-concurrently: its index is built in the swap's transaction, which blocks the source's writers, not its readers.
+gives the new one its name and writes the settings into the catalog; it tries SWAP_LOCK_ATTEMPTS times to take
+the table for at most SWAP_LOCK_TIMEOUT, so that the searches queued behind it wait no longer, then waits for
+it. The project's lock is not held during the build: a run waiting for it while the build waits for that
+run's snapshot would deadlock; ``drop_project``, which would wait for the build, is refused meanwhile. A
+partitioned table (an append project's partitioned source) cannot build concurrently: its index is built in
+the swap's transaction, which blocks the source's writers, not its readers.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import logging
 from dataclasses import replace
 from typing import Any
 
-import psycopg
 from psycopg import Cursor, sql
 
 from airflow_vectorize import catalog, index_build, validation
@@ -26,8 +26,8 @@ from airflow_vectorize.exceptions import InvalidInputError, ProjectConflictError
 
 log = logging.getLogger(__name__)
 
-SWAP_LOCK_TIMEOUT = "1s"
-SWAP_ATTEMPTS = 30
+# taking the table for the swap: as an import into a new table does (``swap``), then as long as it takes
+SWAP_LOCK_TIMEOUT, SWAP_LOCK_ATTEMPTS, SWAP_LOCK_PAUSE_SECONDS = "1s", 30, 0.2
 # pgvector's HNSW indexes take vectors of at most this many dimensions (halfvec: 4000)
 MAX_DIMENSIONS = {False: 2000, True: 4000}
 
@@ -42,6 +42,13 @@ def rebuild_lock(cur: Cursor, job_name: str) -> bool:
     Only rebuilds take it, never waiting: nothing that waits for it can block their CREATE INDEX CONCURRENTLY."""
     return cur.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))",
                        [f"vectorize-index:{job_name}"]).fetchone()[0]
+
+
+def rebuilding(cur: Cursor, job_name: str) -> bool:
+    """Whether a rebuild of the project's index runs; if not, none can start until this transaction ends (for
+    ``drop_project``, which would otherwise wait for the build while the build waits for its snapshot)."""
+    return not cur.execute("SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))",
+                           [f"vectorize-index:{job_name}"]).fetchone()[0]
 
 
 def altered(project: Project, settings: dict[str, Any]) -> Project:
@@ -78,8 +85,9 @@ def rebuild(cur: Cursor, project: Project, wanted: Project, build_cap: int) -> d
             f"project {project.name!r}: {schema}.{project.names.rebuilt_index_name} exists and is not an index of the"
             " project's table;"
             " rename or drop it to rebuild the project's index")
+    discard = sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(building)
     if leftover:  # a killed rebuild's (no other rebuild runs: this session holds the lock)
-        cur.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(building))
+        cur.execute(discard)
     if not exists:
         with cur.connection.transaction():
             _swap(cur, project, wanted, None)
@@ -94,22 +102,13 @@ def rebuild(cur: Cursor, project: Project, wanted: Project, build_cap: int) -> d
         return {"rebuilt": True, **summary}
     summary = index_build.build(
         cur, catalog.index_statement(wanted, name=project.names.rebuilt_index_name, concurrently=True), label,
-        rows, wanted.dimensions, wanted.hnsw_m, wanted.half_index, build_cap,
-        discard=sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(building))
+        rows, wanted.dimensions, wanted.hnsw_m, wanted.half_index, build_cap, discard=discard)
     try:
-        for attempt in range(1, SWAP_ATTEMPTS + 1):
-            try:
-                with cur.connection.transaction():
-                    if attempt < SWAP_ATTEMPTS:
-                        cur.execute("SELECT set_config('lock_timeout', %s, true)", [SWAP_LOCK_TIMEOUT])
-                    _swap(cur, project, wanted, building)
-                break
-            except psycopg.errors.LockNotAvailable:
-                log.info("%s: the table was busy for %s; swapping the rebuilt index in again (attempt %d of %d)",
-                         label, SWAP_LOCK_TIMEOUT, attempt + 1, SWAP_ATTEMPTS)
+        with cur.connection.transaction():
+            _swap(cur, project, wanted, building)
     except BaseException:
         if not cur.connection.closed:
-            cur.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(building))
+            cur.execute(discard)
         raise
     return {"rebuilt": True, **summary}
 
@@ -123,6 +122,11 @@ def _swap(cur: Cursor, project: Project, wanted: Project, building: sql.Identifi
         raise ProjectConflictError(f"project {project.name!r} was dropped or changed while its index was rebuilt;"
                                    " nothing was changed, alter it again")
     if building is not None:
+        target = project.names.target
+        if not catalog.take_exclusively(cur, target, SWAP_LOCK_ATTEMPTS, SWAP_LOCK_TIMEOUT, SWAP_LOCK_PAUSE_SECONDS):
+            log.warning("%s stayed in use for %d attempts of %s; the rebuilt index waits for it to take the old"
+                        " one's place", target.as_string(cur), SWAP_LOCK_ATTEMPTS, SWAP_LOCK_TIMEOUT)
+            cur.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(target))
         catalog.drop_index(cur, project)
         cur.execute(sql.SQL("ALTER INDEX {} RENAME TO {}").format(
             building, sql.Identifier(project.names.index_name)))

@@ -26,14 +26,12 @@ the commit and reads the table only after it finds it empty.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
 from psycopg import Cursor, sql
 
-from airflow_vectorize import catalog, grants, index_build, storage
+from airflow_vectorize import catalog, grants, index_build, index_rebuild, storage
 from airflow_vectorize.catalog import Project
 from airflow_vectorize.naming import SCHEMA
 from airflow_vectorize.validation import ImportSource
@@ -70,7 +68,7 @@ def import_into_new_table(cur: Cursor, project: Project, source: ImportSource, b
     if project.is_chunked or not project.is_join or not cur.execute(
             sql.SQL("SELECT EXISTS (SELECT FROM {})").format(project.names.target)).fetchone()[0]:
         return None
-    reason = blocker(cur, project)
+    reason = "its index is being rebuilt" if index_rebuild.rebuilding(cur, project.name) else blocker(cur, project)
     if reason:
         log.info("Importing into %s in place (its index rebuilt after the write), not into a new table: %s",
                  project.names.target.as_string(cur), reason)
@@ -160,12 +158,5 @@ def complete(cur: Cursor, project: Project, staged: Staged) -> None:
 
 def _take(cur: Cursor, table: sql.Identifier) -> None:
     """ACCESS EXCLUSIVE on ``table``: up to SWAP_LOCK_ATTEMPTS tries of SWAP_LOCK_TIMEOUT each."""
-    for attempt in range(SWAP_LOCK_ATTEMPTS):
-        try:
-            with catalog.lock_timeout(cur, SWAP_LOCK_TIMEOUT):
-                cur.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(table))
-            return
-        except psycopg.errors.LockNotAvailable:
-            if attempt + 1 < SWAP_LOCK_ATTEMPTS:
-                time.sleep(SWAP_LOCK_PAUSE_SECONDS)
-    raise Busy(f"{table.as_string(cur)} stayed in use for {SWAP_LOCK_ATTEMPTS} attempts of {SWAP_LOCK_TIMEOUT}")
+    if not catalog.take_exclusively(cur, table, SWAP_LOCK_ATTEMPTS, SWAP_LOCK_TIMEOUT, SWAP_LOCK_PAUSE_SECONDS):
+        raise Busy(f"{table.as_string(cur)} stayed in use for {SWAP_LOCK_ATTEMPTS} attempts of {SWAP_LOCK_TIMEOUT}")

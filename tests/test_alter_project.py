@@ -3,9 +3,9 @@ changed in place, its vectors kept, on the real database and model."""
 
 from __future__ import annotations
 
-import logging
 import re
 import threading
+import time
 
 import psycopg
 import pytest
@@ -157,23 +157,35 @@ def test_the_index_is_built_again_with_other_settings_its_vectors_kept(project, 
     assert hook.generate_embeddings("shop")["embedded"] == 1  # generation writes through the new index
 
 
-def test_the_rebuilt_index_waits_for_searches_holding_the_table(products, hook, database, caplog, monkeypatch):
-    """The swap waits SWAP_LOCK_TIMEOUT at a time for a transaction that read the table, then takes it."""
+def test_searches_do_not_queue_behind_the_swap_while_the_table_is_busy(products, hook, database, monkeypatch):
+    """The swap tries to take the table SWAP_LOCK_TIMEOUT at a time: a search that comes while a transaction
+    holds the table runs between two tries, not after that transaction; the swap then takes the table."""
     hook.create_project("shop", "products", "product_id", COLUMNS, embed_existing=True)
     monkeypatch.setattr(index_rebuild, "SWAP_LOCK_TIMEOUT", "200ms")
-    reader = psycopg.connect(database.uri, autocommit=True)
-    reader.execute("BEGIN")
+    assert hook.search("shop", "mobile phone", num_results=3)
+    reader = psycopg.connect(database.uri)
     reader.execute("SELECT count(*) FROM vectorize._embeddings_shop")  # holds the table until it ends
-    timer = threading.Timer(1.0, reader.commit)
-    timer.start()
+    outcome: dict[str, dict] = {}
+    rebuild = threading.Thread(target=lambda: outcome.update(alter=hook.alter_project("shop", hnsw_m=12)))
+    rebuild.start()
     try:
-        with caplog.at_level(logging.INFO, logger="airflow_vectorize.index_rebuild"):
-            assert hook.alter_project("shop", hnsw_m=12)["index"]["rebuilt"]
+        for _ in range(200):  # until the rebuilt index is built and waits for the table
+            if products.scalar("SELECT EXISTS (SELECT FROM pg_locks WHERE NOT granted AND mode = 'AccessExclusiveLock'"
+                               " AND relation = 'vectorize._embeddings_shop'::regclass)"):
+                break
+            time.sleep(0.02)
+        found: list = []
+        search = threading.Thread(target=lambda: found.extend(hook.search("shop", "mobile phone", num_results=3)))
+        search.start()
+        search.join(1.5)  # not behind the swap's wait: the transaction holding the table goes on until the end
+        assert len(found) == 3
+        time.sleep(1)
+        assert rebuild.is_alive() and "m='12'" not in index_definition(products)[0]  # still waiting
     finally:
-        timer.join()
+        reader.commit()
+        rebuild.join(60)
         reader.close()
-    assert "the table was busy for 200ms; swapping the rebuilt index in again (attempt 2 of 30)" in caplog.text
-    assert "m='12'" in index_definition(products)[0]
+    assert outcome["alter"]["index"]["rebuilt"] and "m='12'" in index_definition(products)[0]
 
 
 def test_a_killed_rebuilds_index_is_dropped_and_a_running_one_refused(products, hook, database):
@@ -188,7 +200,7 @@ def test_a_killed_rebuilds_index_is_dropped_and_a_running_one_refused(products, 
     other.execute("SELECT pg_advisory_lock(hashtextextended('vectorize-index:shop', 0))")  # a rebuild running
     before = snapshot(products)
     try:
-        with pytest.raises(ProjectConflictError, match="another session is rebuilding its index; alter it again"):
+        with pytest.raises(ProjectConflictError, match="another session is rebuilding its index or dropping the project; alter it again"):
             hook.alter_project("shop", hnsw_m=8)
     finally:
         other.close()
@@ -230,3 +242,40 @@ def test_bad_input_changes_nothing(products, hook, arguments, error_type, messag
     with pytest.raises(ProjectNotFoundError, match="project 'other' not yet initialized"):
         hook.alter_project("other", schedule="manual")
     assert snapshot(products) == before
+
+
+def test_a_drop_is_refused_while_the_index_is_rebuilt(products, hook, database):
+    """A drop would wait for the rebuild's CREATE INDEX CONCURRENTLY, which waits for the snapshots older than
+    it: refused, nothing changed; the rebuild completes, and the drop goes through afterwards."""
+    hook.create_project("shop", "products", "product_id", COLUMNS, embed_existing=True)
+    older = psycopg.connect(database.uri)
+    older.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    older.execute("SELECT 1")  # a snapshot the build waits for
+    outcome: dict[str, BaseException | dict] = {}
+
+    def alter() -> None:
+        try:
+            outcome["alter"] = hook.alter_project("shop", hnsw_m=8)
+        except Exception as error:  # noqa: BLE001 - checked below
+            outcome["alter"] = error
+
+    rebuild = threading.Thread(target=alter)
+    rebuild.start()
+    try:
+        for _ in range(200):  # until the build runs
+            if products.scalar("SELECT to_regclass('vectorize.shop_hnsw_cos_idx_rebuild') IS NOT NULL"):
+                break
+            time.sleep(0.05)
+        before = snapshot(products)
+        release = threading.Timer(3.0, older.commit)  # a drop that waited would go on after it
+        release.start()
+        with pytest.raises(ProjectConflictError, match="project 'shop': its index is being rebuilt"):
+            hook.drop_project("shop")
+        assert snapshot(products) == before
+    finally:
+        release.join()
+        rebuild.join(60)
+        older.close()
+    assert outcome["alter"]["index"]["rebuilt"], outcome
+    assert hook.drop_project("shop")["dropped"]
+    assert products.scalar("SELECT count(*) FROM pg_class WHERE relname LIKE 'shop%%'") == 0

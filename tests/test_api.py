@@ -58,6 +58,9 @@ def api(postgres, model, embedding_server_session, chat_server):
              "chat": {"conn_type": "openai", "host": embedding_server_session.url,
                       "password": embedding_server_session.api_key,
                       "extra": {"max_retries": 1, "retry_initial_delay": 0.05, "timeout": 3}},
+             # the page's RAG box asks without max_tokens: the tiny chat model may take longer than 3 s
+             "chat_patient": {"conn_type": "openai", "host": embedding_server_session.url,
+                              "password": embedding_server_session.api_key, "extra": {"timeout": 60}},
              "nowhere": {"conn_type": "openai", "host": f"http://127.0.0.1:{free_port()}/v1",
                          "password": "sk-nowhere", "extra": {"max_retries": 0, "timeout": 2}}},
             tokens=[WRITE_TOKEN], read_tokens=[READ_TOKEN], env={"VECTORIZE_API_POOL_SIZE": "4"},
@@ -714,7 +717,7 @@ def test_the_page_signs_in_with_a_token_and_asks(api, chat_server, embedding_ser
             page.locator("#rag-project").select_option("products")
             page.locator("#rag-query").fill("Which phone has a good camera?")
             page.locator("#rag-model").fill(f"openai/{chat_server.model}")
-            page.locator("#rag-conn").fill("chat")
+            page.locator("#rag-conn").fill("chat_patient")
             page.locator("#rag-button").click()
             expect(page.locator("#rag-answer")).to_be_visible(timeout=60_000)
             first = page.locator("#rag-context-rows tbody tr").first

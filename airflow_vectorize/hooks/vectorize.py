@@ -479,11 +479,17 @@ class VectorizeHook(PostgresHook):
             return summary
         with self._cursor(in_transaction=False) as cur:
             if not index_rebuild.rebuild_lock(cur, job_name):
-                raise ProjectConflictError(f"project {job_name!r}: another session is rebuilding its index; alter"
-                                           " it again when that is done")
+                raise ProjectConflictError(f"project {job_name!r}: another session is rebuilding its index or dropping"
+                                           " the project; alter it again when that is done")
             project = self._project(cur, job_name, source=False)
             wanted = index_rebuild.altered(project, index)
-            summary["index"] = index_rebuild.rebuild(cur, project, wanted, self._build_cap)
+            try:
+                summary["index"] = index_rebuild.rebuild(cur, project, wanted, self._build_cap)
+            except psycopg.errors.DeadlockDetected as error:  # the build waited for a session that waited for it
+                raise ProjectConflictError(
+                    f"project {job_name!r}: the rebuild of its index waited for another session that waited for it"
+                    " (an import into a new table, say); PostgreSQL cancelled the rebuild, which was undone: alter it"
+                    " again") from error
         self._search_cache.pop(job_name, None)
         self.log.info("Rebuilt the HNSW index of vectorize project %r: %s", job_name, summary["index"])
         if project.ef_search is not None:
@@ -536,6 +542,9 @@ class VectorizeHook(PostgresHook):
     def _drop_project(self, job_name: str, missing_ok: bool) -> dict[str, Any]:
         with self.transaction() as cur:
             catalog.lock_project(cur, job_name)
+            if index_rebuild.rebuilding(cur, job_name):  # waiting for it could deadlock its build
+                raise ProjectConflictError(f"project {job_name!r}: its index is being rebuilt (alter_project); drop it"
+                                           " when that is done")
             if missing_ok and catalog.find_project(cur, job_name) is None:
                 self.log.info("Vectorize project %r does not exist; nothing to drop", job_name)
                 return {"job_name": job_name, "dropped": False}
