@@ -324,17 +324,44 @@ def test_a_renamed_column_gives_a_typed_error_changes_nothing_and_renaming_it_ba
     db.execute("ALTER TABLE docs RENAME COLUMN description TO body")
     assert hook.generate_embeddings("docs")["embedded"] == 0 and counts(hook) == (24, 24, 0, 0)
 
+    other = type(hook)(postgres_conn_id=hook.postgres_conn_id)  # another process's hook, its searches built
+    assert 1 in {row["id"] for row in other.search("docs", QUERY, return_columns=db.key)}
+    vectors = stored_vectors(db)
     db.execute("ALTER TABLE docs RENAME COLUMN id TO doc_id")
+    key = [{"id": "doc_id"}.get(column, column) for column in db.key]
     for call in (lambda: hook.search("docs", QUERY), lambda: hook.hybrid_search("docs", QUERY),
                  lambda: hook.get_status("docs")):
         with pytest.raises(SourceColumnsMissingError, match=r"^the source table public\.docs of project 'docs'"
-                           r" has no column 'id' any more \(renamed or dropped\)"):
+                           r" has no column 'id' any more \(renamed or dropped\); .* Its key columns are now "
+                           + re.escape(", ".join(map(repr, key))) + r": the next generation run, or"
+                           r" attach_source\('docs'\), follows them\."):
             call()
-    if db.name != "manual":  # README: the realtime trigger function names the key; writes fail until renamed back
+    if db.name != "manual":  # README: the realtime trigger function names the key; writes fail until followed
         with pytest.raises(psycopg.errors.UndefinedColumn, match="function vectorize.handle_update_docs"):
             db.execute("INSERT INTO docs (tenant, doc_id, body) VALUES (1, 300, 'Written after the rename')")
+
+    hook.attach_source("docs")  # follows the rename (as the next generation run would)
+    assert hook.get_project("docs")["params"]["primary_key"] == (key[0] if len(key) == 1 else key)
+    assert stored_vectors(db) == vectors and counts(hook) == (24, 24, 0, 0)  # nothing to embed again
+    assert 1 in {row["doc_id"] for row in other.hybrid_search("docs", QUERY)}  # its statement named "id": again
+    assert 1 in {row["doc_id"] for row in other.search("docs", QUERY, return_columns=key)}
+    db.execute("INSERT INTO docs (tenant, doc_id, body) VALUES (1, 300, 'A kettle that whistles')")
+    assert hook.generate_embeddings("docs")["embedded"] == 1
+    assert [row["doc_id"] for row in hook.search("docs", "whistling kettle", return_columns=key, num_results=1)] == [300]
+    db.execute("DELETE FROM docs WHERE doc_id = 300")
+    assert 300 not in {row["doc_id"] for row in hook.search("docs", "whistling kettle", return_columns=key)}
     assert hook.drop_project("docs")["dropped"] is True
     assert objects_of(db) == [] and db.scalar("SELECT count(*) FROM docs") == 24
+
+
+def stored_vectors(db) -> list[tuple]:
+    """Every vector the project stores, as text, in order (its rows' or chunks')."""
+    if db.name == "append":
+        query = "SELECT docs_embeddings::text FROM docs WHERE docs_embeddings IS NOT NULL ORDER BY 1"
+    else:
+        table = "_chunks_docs" if db.name == "chunked" else "_embeddings_docs"
+        query = f"SELECT embeddings::text FROM vectorize.{table} ORDER BY 1"
+    return db.execute(query)
 
 
 def test_an_embedded_column_changes_type_with_the_update_trigger_dropped_and_put_back(layout, hook):

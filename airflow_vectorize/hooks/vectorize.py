@@ -23,6 +23,7 @@ from airflow_vectorize import (
     grants,
     index_build,
     index_rebuild,
+    key_rename,
     models,
     rag,
     removal,
@@ -370,15 +371,25 @@ class VectorizeHook(PostgresHook):
                     " deletes. Detach them (ALTER TABLE <child> NO INHERIT <table>), or drop the project."
                 )
             if missing:
+                key_now = key_rename.current_names(cur, project) if set(missing) & set(project.key.columns) else None
+                followed = "" if key_now is None else (
+                    f" Its key columns are now {', '.join(map(repr, key_now))}: the next generation run, or"
+                    f" attach_source({job_name!r}), follows them.")
                 raise SourceColumnsMissingError(
                     f"the source table {project.schema}.{project.relation} of project {job_name!r} has no column"
                     f" {', '.join(map(repr, missing))} any more (renamed or dropped); the project reads"
-                    f" {', '.join(map(repr, needed))}. Rename it back (ALTER TABLE ... RENAME COLUMN <new name> TO"
-                    f" <old name>), give the project a text or update column's new name"
+                    f" {', '.join(map(repr, needed))}.{followed} Rename it back (ALTER TABLE ... RENAME COLUMN <new"
+                    f" name> TO <old name>), give the project a text or update column's new name"
                     f" (alter_project({job_name!r}, columns=[...], update_col=...)), or drop the project"
                     f" (drop_project({job_name!r}))."
                 )
         return project
+
+    def _follow_key_rename(self, cur: Cursor, job_name: str) -> None:
+        """Follow the source's key columns renamed under the project (``key_rename``); call it locked."""
+        project = catalog.find_project(cur, job_name)
+        if project is not None and key_rename.follow(cur, project) is not None:
+            self._search_cache.pop(job_name, None)
 
     def attach_source(self, job_name: str) -> dict[str, Any]:
         """Make the table now named as the project's source its source, after a rename-swap (``ALTER TABLE t
@@ -391,6 +402,7 @@ class VectorizeHook(PostgresHook):
         ``{"job_name", "attached"}`` (False: no trigger was missing)."""
         with self.transaction() as cur:
             catalog.lock_project(cur, job_name)
+            self._follow_key_rename(cur, job_name)
             project = self._project(cur, job_name)
             attached = removal.attach(cur, project) or removal.restore_realtime_triggers(cur, project)
             catalog.ensure_view(cur, project)
@@ -756,9 +768,10 @@ class VectorizeHook(PostgresHook):
         validation.check_rebuild_index(rebuild_index)
         scope = generation.Scope(since, until, partition_index, partition_count, bool(pending_only))
         with self.transaction() as cur:
+            catalog.lock_project(cur, job_name)
+            self._follow_key_rename(cur, job_name)
             project = self._project(cur, job_name)
             scope.check(project)
-            catalog.lock_project(cur, job_name)
             storage.upgrade_layout(cur, project)  # a project created by an earlier version
             if removal.attach(cur, project):  # another table was put in the source's place
                 self._search_cache.pop(job_name, None)
@@ -906,7 +919,9 @@ class VectorizeHook(PostgresHook):
         """Build and run a search from the cached entry. Every statement carries a guard that returns no
         rows once the entry is stale (project dropped or re-created; a changed layout fails instead): an
         empty result is checked against a fresh lookup, and run again if the project changed. A source
-        column whose type changed under a prepared statement gets a new connection and a rerun.
+        column whose type changed under a prepared statement gets a new connection and a rerun; one renamed
+        (a key followed by ``key_rename``) a rerun from a fresh lookup, and so does a search that names a
+        column the entry does not know (added or renamed since it was looked up).
 
         The usual call (open connection, cached entry, rows found) costs one statement: the entry's
         built searches are reused (``SearchTarget.queries``) and settings such as ``hnsw.ef_search`` are
@@ -915,14 +930,22 @@ class VectorizeHook(PostgresHook):
         if self.search_sessions is None and (self._search_conn is None or self._search_conn.closed):
             self._search_connection()  # a new connection forgets the looked-up projects
         target = self._search_target(job_name)
-        search = build(target)
+        try:
+            search = build(target)
+        except InvalidInputError:  # a column unknown when the entry was looked up may be there now
+            fresh = self._search_target(job_name, refresh=True)
+            if fresh is target:
+                raise
+            target, search = fresh, build(fresh)
         rerun = False
         with self._session() as session:
             try:
                 rows = searching.run(session.conn, search, session)
                 target.follow(search)
-            except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):  # storage changed since
+            except psycopg.errors.UndefinedTable:  # storage changed since
                 rows = []
+            except psycopg.errors.UndefinedColumn:  # a column renamed since: look again, run again
+                rows, rerun = [], True
             except psycopg.errors.FeatureNotSupported:  # "cached plan must not change result type"
                 session.conn.close()  # its prepared statements go with it
                 rows, rerun = [], True
@@ -941,6 +964,8 @@ class VectorizeHook(PostgresHook):
                         fresh.follow(search)
                     except psycopg.errors.UndefinedTable as error:  # dropped while this search waited for it
                         dropped = error
+                    except psycopg.errors.UndefinedColumn:  # an append project's vectors, gone with its table
+                        rows = []  # (a swap that the next run attaches)
                 if dropped is not None:
                     self._search_target(job_name, refresh=True)  # ProjectNotFoundError once it is gone
                     raise dropped
