@@ -112,6 +112,7 @@ def test_m_and_ef_construction_per_project(products, hook):
     (dict(hnsw_m="16"), "hnsw_m must be an integer from 2 to 100, got '16'"),
     (dict(hnsw_ef_construction=3), "hnsw_ef_construction must be an integer from 4 to 1000, got 3"),
     (dict(hnsw_m=32, hnsw_ef_construction=40), "hnsw_ef_construction (40) must be at least 2 × hnsw_m (64)"),
+    (dict(hnsw_m=40), "hnsw_ef_construction (64, the default) must be at least 2 × hnsw_m (80)"),  # pgvector's own
 ])
 def test_bad_index_options_are_refused_and_change_nothing(products, hook, arguments, message):
     before = snapshot(products)

@@ -347,7 +347,8 @@ def test_a_renamed_column_gives_a_typed_error_changes_nothing_and_renaming_it_ba
     assert 1 in {row["doc_id"] for row in other.search("docs", QUERY, return_columns=key)}
     db.execute("INSERT INTO docs (tenant, doc_id, body) VALUES (1, 300, 'A kettle that whistles')")
     assert hook.generate_embeddings("docs")["embedded"] == 1
-    assert [row["doc_id"] for row in hook.search("docs", "whistling kettle", return_columns=key, num_results=1)] == [300]
+    found_first = hook.search("docs", "whistling kettle", return_columns=key, num_results=1)
+    assert [row["doc_id"] for row in found_first] == [300]
     db.execute("DELETE FROM docs WHERE doc_id = 300")
     assert 300 not in {row["doc_id"] for row in hook.search("docs", "whistling kettle", return_columns=key)}
     assert hook.drop_project("docs")["dropped"] is True
