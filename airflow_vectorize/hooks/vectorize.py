@@ -554,13 +554,13 @@ class VectorizeHook(PostgresHook):
     def _drop_project(self, job_name: str, missing_ok: bool) -> dict[str, Any]:
         with self.transaction() as cur:
             catalog.lock_project(cur, job_name)
-            if index_rebuild.rebuilding(cur, job_name):  # waiting for it could deadlock its build
-                raise ProjectConflictError(f"project {job_name!r}: its index is being rebuilt (alter_project); drop it"
-                                           " when that is done")
             if missing_ok and catalog.find_project(cur, job_name) is None:
                 self.log.info("Vectorize project %r does not exist; nothing to drop", job_name)
                 return {"job_name": job_name, "dropped": False}
             project = self._project(cur, job_name, source=False)
+            if index_rebuild.rebuilding(cur, job_name):  # waiting for it could deadlock its build
+                raise ProjectConflictError(f"project {job_name!r}: its index is being rebuilt (alter_project); drop it"
+                                           " when that is done")
             cur.execute("SELECT to_regclass(%s) IS NOT NULL", [project.names.source.as_string(None)])
             source_exists = cur.fetchone()[0]
             embeddings = catalog.embedded_rows(cur, project) if source_exists or project.is_join else 0
