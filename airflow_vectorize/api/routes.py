@@ -171,12 +171,14 @@ def alter_table(request: Request, body: AlterBody, job_name: str = Path(max_leng
     text changed), follow columns renamed in the source, build the index again with other settings (the
     answer comes when it is built, with its figures under ``index``)."""
     hook = hook_for(request, conn_id, "write", job_name)
-    given = {name: getattr(body, field) if field in body.model_fields_set else KEEP for name, field in (
-        ("update_col", "update_time_col"), ("hnsw_m", "hnsw_m"), ("hnsw_ef_construction", "hnsw_ef_construction"),
-        ("halfvec_index", "halfvec_index"))}
-    if given["halfvec_index"] is None:
-        given["halfvec_index"] = KEEP
-    return json_response(hook.alter_project(job_name, schedule=body.schedule, columns=body.src_columns, **given))
+
+    def given(field: str) -> Any:  # a field left out stays as it is; null is a value for these
+        return getattr(body, field) if field in body.model_fields_set else KEEP
+
+    return json_response(hook.alter_project(
+        job_name, schedule=body.schedule, columns=body.src_columns, update_col=given("update_time_col"),
+        hnsw_m=given("hnsw_m"), hnsw_ef_construction=given("hnsw_ef_construction"),
+        halfvec_index=KEEP if body.halfvec_index is None else body.halfvec_index))
 
 
 @router.delete("/api/v1/table/{job_name}", tags=["projects"],

@@ -140,7 +140,8 @@ class VectorizeHook(PostgresHook):
     def _cursor(self, in_transaction: bool) -> Iterator[Cursor]:
         """A cursor on a fresh connection, in one transaction or autocommit (``transaction``'s errors)."""
         try:
-            with self.connect() as conn, conn.transaction() if in_transaction else nullcontext(), conn.cursor() as cur:
+            with self.connect() as conn, conn.transaction() if in_transaction else nullcontext(), \
+                    conn.cursor() as cur:
                 yield cur
         except psycopg.errors.InsufficientPrivilege as error:
             raise self._permission_error(error) from error
