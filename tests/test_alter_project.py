@@ -157,6 +157,16 @@ def test_the_index_is_built_again_with_other_settings_its_vectors_kept(project, 
     assert hook.generate_embeddings("shop")["embedded"] == 1  # generation writes through the new index
 
 
+def test_a_project_without_its_index_takes_the_settings_for_its_next_build(products, hook):
+    """No index to rebuild (a killed bulk write's): the settings are written, and the next run builds with them."""
+    hook.create_project("shop", "products", "product_id", COLUMNS, embed_existing=True)
+    products.execute("DROP INDEX vectorize.shop_hnsw_cos_idx")
+    assert hook.alter_project("shop", hnsw_m=8)["index"] == {"rebuilt": False}
+    assert index_definition(products) == [] and hook.get_project("shop")["params"]["hnsw_m"] == 8
+    hook.generate_embeddings("shop")
+    assert "WITH (m='8')" in index_definition(products)[0]
+
+
 def test_searches_do_not_queue_behind_the_swap_while_the_table_is_busy(products, hook, database, monkeypatch):
     """The swap tries to take the table SWAP_LOCK_TIMEOUT at a time: a search that comes while a transaction
     holds the table runs between two tries, not after that transaction; the swap then takes the table."""
