@@ -23,10 +23,10 @@ from airflow_vectorize import (
     grants,
     index_build,
     index_rebuild,
-    key_rename,
     models,
     rag,
     removal,
+    source_renames,
     storage,
     swap,
     tuning,
@@ -372,10 +372,10 @@ class VectorizeHook(PostgresHook):
                     " deletes. Detach them (ALTER TABLE <child> NO INHERIT <table>), or drop the project."
                 )
             if missing:
-                key_now = key_rename.current_names(cur, project) if set(missing) & set(project.key.columns) else None
-                followed = "" if key_now is None else (
-                    f" Its key columns are now {', '.join(map(repr, key_now))}: the next generation run, or"
-                    f" attach_source({job_name!r}), follows them.")
+                now = source_renames.renamed(cur, project)
+                followed = "" if now is None else (
+                    f" The source says {source_renames.described(project, now)}: the next generation run, or"
+                    f" attach_source({job_name!r}), follows it.")
                 raise SourceColumnsMissingError(
                     f"the source table {project.schema}.{project.relation} of project {job_name!r} has no column"
                     f" {', '.join(map(repr, missing))} any more (renamed or dropped); the project reads"
@@ -386,10 +386,11 @@ class VectorizeHook(PostgresHook):
                 )
         return project
 
-    def _follow_key_rename(self, cur: Cursor, job_name: str) -> None:
-        """Follow the source's key columns renamed under the project (``key_rename``); call it locked."""
+    def _follow_renames(self, cur: Cursor, job_name: str) -> None:
+        """Follow the source's key and embedded columns renamed under the project (``source_renames``); call it
+        with the project locked."""
         project = catalog.find_project(cur, job_name)
-        if project is not None and key_rename.follow(cur, project) is not None:
+        if project is not None and source_renames.follow(cur, project) is not None:
             self._search_cache.pop(job_name, None)
 
     def attach_source(self, job_name: str) -> dict[str, Any]:
@@ -403,7 +404,7 @@ class VectorizeHook(PostgresHook):
         ``{"job_name", "attached"}`` (False: no trigger was missing)."""
         with self.transaction() as cur:
             catalog.lock_project(cur, job_name)
-            self._follow_key_rename(cur, job_name)
+            self._follow_renames(cur, job_name)
             project = self._project(cur, job_name)
             attached = removal.attach(cur, project) or removal.restore_realtime_triggers(cur, project)
             catalog.ensure_view(cur, project)
@@ -770,7 +771,7 @@ class VectorizeHook(PostgresHook):
         scope = generation.Scope(since, until, partition_index, partition_count, bool(pending_only))
         with self.transaction() as cur:
             catalog.lock_project(cur, job_name)
-            self._follow_key_rename(cur, job_name)
+            self._follow_renames(cur, job_name)
             project = self._project(cur, job_name)
             scope.check(project)
             storage.upgrade_layout(cur, project)  # a project created by an earlier version
@@ -921,7 +922,7 @@ class VectorizeHook(PostgresHook):
         rows once the entry is stale (project dropped or re-created; a changed layout fails instead): an
         empty result is checked against a fresh lookup, and run again if the project changed. A source
         column whose type changed under a prepared statement gets a new connection and a rerun; one renamed
-        (a key followed by ``key_rename``) a rerun from a fresh lookup, and so does a search that names a
+        (a key followed by ``source_renames``) a rerun from a fresh lookup, and so does a search that names a
         column the entry does not know (added or renamed since it was looked up).
 
         The usual call (open connection, cached entry, rows found) costs one statement: the entry's
