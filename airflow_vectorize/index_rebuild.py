@@ -9,7 +9,8 @@ the table for at most SWAP_LOCK_TIMEOUT, so that the searches queued behind it w
 it. The project's lock is not held during the build: a run waiting for it while the build waits for that
 run's snapshot would deadlock; ``drop_project``, which would wait for the build, is refused meanwhile. A
 partitioned table (an append project's partitioned source) cannot build concurrently: its index is built in
-the swap's transaction, which blocks the source's writers, not its readers.
+the swap's transaction, which blocks the source's writers, not its readers. A rebuild stopped between its
+build and its swap leaves the new index, which the next rebuild, generation run or ``attach_source`` drops.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import logging
 from dataclasses import replace
 from typing import Any
 
+import psycopg
 from psycopg import Cursor, sql
 
 from airflow_vectorize import catalog, index_build, validation
@@ -49,6 +51,27 @@ def rebuilding(cur: Cursor, job_name: str) -> bool:
     ``drop_project``, which would otherwise wait for the build while the build waits for its snapshot)."""
     return not cur.execute("SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))",
                            [f"vectorize-index:{job_name}"]).fetchone()[0]
+
+
+def discard_leftover(cur: Cursor, project: Project) -> bool:
+    """Drop the index a killed rebuild left on the project's table (``<index>_rebuild``: every write keeps it up
+    to date until it goes), unless a rebuild runs or the table stays in use for DROP_INDEX_LOCK_TIMEOUT; returns
+    whether it did. Call with the project locked; the table stays locked until the transaction ends."""
+    building = sql.Identifier(project.names.index_qualified_name[0], project.names.rebuilt_index_name)
+    if not cur.execute("SELECT EXISTS (SELECT FROM pg_index WHERE indexrelid = to_regclass(%s)"
+                       " AND indrelid = to_regclass(%s))",
+                       [building.as_string(cur), project.names.target.as_string(cur)]).fetchone()[0]:
+        return False
+    if rebuilding(cur, project.name):
+        return False
+    try:
+        with catalog.lock_timeout(cur, catalog.DROP_INDEX_LOCK_TIMEOUT):
+            cur.execute(sql.SQL("DROP INDEX {}").format(building))
+    except psycopg.errors.LockNotAvailable:
+        return False
+    log.warning("Project %r: dropped %s, which a rebuild of its index left when it was stopped", project.name,
+                building.as_string(cur))
+    return True
 
 
 def altered(project: Project, settings: dict[str, Any]) -> Project:

@@ -225,6 +225,22 @@ def test_a_killed_rebuilds_index_is_dropped_and_a_running_one_refused(products, 
     assert snapshot(products) == before
 
 
+@pytest.mark.parametrize("call", ["generate_embeddings", "attach_source"])
+def test_a_stopped_rebuilds_index_is_dropped_by_the_next_run_unless_a_rebuild_runs(products, hook, database, call):
+    """An index a stopped rebuild left is kept up to date by every write: the next generation run (or
+    attach_source) drops it, but not while a rebuild runs (it may be that rebuild's)."""
+    hook.create_project("shop", "products", "product_id", COLUMNS, embed_existing=True)
+    products.execute("CREATE INDEX shop_hnsw_cos_idx_rebuild ON vectorize._embeddings_shop"
+                     " USING hnsw (embeddings vector_cosine_ops) WITH (m = 4)")
+    with psycopg.connect(database.uri, autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(hashtextextended('vectorize-index:shop', 0))")  # a rebuild running
+        getattr(hook, call)("shop")
+        assert len(index_definition(products)) == 2
+    getattr(hook, call)("shop")
+    assert index_definition(products) == [("CREATE INDEX shop_hnsw_cos_idx ON vectorize._embeddings_shop"
+                                           " USING hnsw (embeddings vector_cosine_ops)")]
+
+
 BAD = [
     ({}, InvalidInputError, "nothing to alter: give schedule, columns, update_col and/or the index's hnsw_m"),
     ({"schedule": "hourly"}, InvalidInputError, "schedule 'hourly' is not supported"),

@@ -408,6 +408,7 @@ class VectorizeHook(PostgresHook):
             project = self._project(cur, job_name)
             attached = removal.attach(cur, project) or removal.restore_realtime_triggers(cur, project)
             catalog.ensure_view(cur, project)
+            index_rebuild.discard_leftover(cur, project)
         self._search_cache.pop(job_name, None)
         return {"job_name": job_name, "attached": attached}
 
@@ -775,6 +776,7 @@ class VectorizeHook(PostgresHook):
             project = self._project(cur, job_name)
             scope.check(project)
             storage.upgrade_layout(cur, project)  # a project created by an earlier version
+            index_rebuild.discard_leftover(cur, project)
             if removal.attach(cur, project):  # another table was put in the source's place
                 self._search_cache.pop(job_name, None)
                 project = self._project(cur, job_name)
