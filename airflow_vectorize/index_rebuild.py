@@ -47,8 +47,9 @@ def rebuild_lock(cur: Cursor, job_name: str) -> bool:
 
 
 def rebuilding(cur: Cursor, job_name: str) -> bool:
-    """Whether a rebuild of the project's index runs; if not, none can start until this transaction ends (for
-    ``drop_project``, which would otherwise wait for the build while the build waits for its snapshot)."""
+    """Whether a rebuild of the project's index runs; if not, none can start until this transaction ends. For
+    what would wait for a running build while the build waits for its snapshot: ``drop_project``, an import
+    into a new table, ``discard_leftover``."""
     return not cur.execute("SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))",
                            [f"vectorize-index:{job_name}"]).fetchone()[0]
 
@@ -74,15 +75,15 @@ def discard_leftover(cur: Cursor, project: Project) -> bool:
     return True
 
 
-def altered(project: Project, settings: dict[str, Any]) -> Project:
-    """``project`` with the index ``settings`` given (``hnsw_m``, ``hnsw_ef_construction``, ``halfvec_index``),
+def altered(project: Project, given: dict[str, Any]) -> Project:
+    """``project`` with the index settings ``given`` (``hnsw_m``, ``hnsw_ef_construction``, ``halfvec_index``),
     checked as ``create_project`` checks them and against the project's vectors."""
-    wanted = replace(project, **settings)
+    wanted = replace(project, **given)
     validation.check_index_options(wanted.hnsw_m, wanted.hnsw_ef_construction,
                                    catalog.CHUNK_INDEX_EF_CONSTRUCTION if project.is_chunked else 64)
     if not isinstance(wanted.halfvec_index, bool):
         raise InvalidInputError(f"halfvec_index must be True or False, got {wanted.halfvec_index!r}")
-    if project.is_chunked and settings.get("halfvec_index") is False:
+    if project.is_chunked and given.get("halfvec_index") is False:
         raise InvalidInputError(f"project {project.name!r} is chunked: its index always holds half-precision vectors")
     if wanted.dimensions > MAX_DIMENSIONS[wanted.half_index]:
         raise InvalidInputError(
@@ -106,8 +107,7 @@ def rebuild(cur: Cursor, project: Project, wanted: Project, build_cap: int) -> d
     if leftover is False:
         raise ProjectConflictError(
             f"project {project.name!r}: {schema}.{project.names.rebuilt_index_name} exists and is not an index of the"
-            " project's table;"
-            " rename or drop it to rebuild the project's index")
+            " project's table; rename or drop it to rebuild the project's index")
     discard = sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(building)
     if leftover:  # a killed rebuild's (no other rebuild runs: this session holds the lock)
         cur.execute(discard)
