@@ -796,22 +796,16 @@ def drop_realtime_triggers(cur: Cursor, project: Project) -> None:
     cur.execute(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(project.names.trigger_function))
 
 
-def alter_params(cur: Cursor, project: Project, altered: Project) -> None:
-    """Write ``altered``'s columns, update column and schedule into ``project``'s catalog row (its other
-    keys, pg_vectorize's included, as they are)."""
-    cur.execute("UPDATE vectorize.job SET params = params || jsonb_build_object('columns', %s::jsonb,"
-                " 'update_time_col', %s::text, 'schedule', %s::text) WHERE job_id = %s",
-                [json.dumps(list(altered.columns)), altered.update_time_col, altered.schedule, project.job_id])
+ALTERED_PARAMS = ("columns", "update_time_col", "schedule")  # alter_project's in-place changes
+INDEX_PARAMS = ("hnsw_m", "hnsw_ef_construction", "halfvec_index")  # its index settings (``index_rebuild``)
 
 
-INDEX_PARAMS = ("hnsw_m", "hnsw_ef_construction", "halfvec_index")
-
-
-def set_index_params(cur: Cursor, project: Project, altered: Project) -> None:
-    """Write ``altered``'s HNSW settings (``INDEX_PARAMS``) into ``project``'s catalog row."""
-    given = {key: value for key, value in altered.params().items() if key in INDEX_PARAMS}
+def write_params(cur: Cursor, project: Project, altered: Project, keys: tuple[str, ...]) -> None:
+    """Write ``altered``'s ``keys`` of ``params`` into ``project``'s catalog row (one that ``altered`` leaves out,
+    a default, goes); its other keys, pg_vectorize's included, stay as they are."""
+    given = {key: value for key, value in altered.params().items() if key in keys}
     cur.execute("UPDATE vectorize.job SET params = (params - %s::text[]) || %s::jsonb WHERE job_id = %s",
-                [list(INDEX_PARAMS), json.dumps(given), project.job_id])
+                [list(keys), json.dumps(given), project.job_id])
 
 
 def upgrade_triggers(cur: Cursor, project: Project) -> bool:

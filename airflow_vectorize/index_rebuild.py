@@ -42,8 +42,7 @@ def settings(project: Project) -> dict[str, Any]:
 def rebuild_lock(cur: Cursor, job_name: str) -> bool:
     """Take the project's rebuild lock for the session (released when it ends); False: another session holds it.
     Only rebuilds take it, never waiting: nothing that waits for it can block their CREATE INDEX CONCURRENTLY."""
-    return cur.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))",
-                       [f"vectorize-index:{job_name}"]).fetchone()[0]
+    return cur.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", [_lock_key(job_name)]).fetchone()[0]
 
 
 def rebuilding(cur: Cursor, job_name: str) -> bool:
@@ -51,7 +50,12 @@ def rebuilding(cur: Cursor, job_name: str) -> bool:
     what would wait for a running build while the build waits for its snapshot: ``drop_project``, an import
     into a new table, ``discard_leftover``."""
     return not cur.execute("SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))",
-                           [f"vectorize-index:{job_name}"]).fetchone()[0]
+                           [_lock_key(job_name)]).fetchone()[0]
+
+
+def _lock_key(job_name: str) -> str:
+    """The advisory lock of a project's index rebuilds (another than ``catalog.lock_project``'s)."""
+    return f"vectorize-index:{job_name}"
 
 
 def discard_leftover(cur: Cursor, project: Project) -> bool:
@@ -153,4 +157,4 @@ def _swap(cur: Cursor, project: Project, wanted: Project, building: sql.Identifi
         catalog.drop_index(cur, project)
         cur.execute(sql.SQL("ALTER INDEX {} RENAME TO {}").format(
             building, sql.Identifier(project.names.index_name)))
-    catalog.set_index_params(cur, project, wanted)
+    catalog.write_params(cur, project, wanted, catalog.INDEX_PARAMS)

@@ -12,7 +12,6 @@ project's tables, writes the catalog, and makes the trigger functions, realtime 
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import replace
 
@@ -24,26 +23,22 @@ from airflow_vectorize.catalog import Project
 log = logging.getLogger(__name__)
 
 
-def _trigger_columns(cur: Cursor, project: Project, trigger: str, count: int) -> tuple[str, ...] | None:
-    """The names now of the columns ``trigger`` on the source is defined on, in its order (None: no such
-    trigger on the source, e.g. a paused project's, or another table in the source's place)."""
-    names = cur.execute(
-        "SELECT array_agg(a.attname::text ORDER BY k.ord) FROM pg_trigger t,"
-        " unnest(t.tgattr::int2[]) WITH ORDINALITY k(attnum, ord)"
-        " JOIN pg_attribute a ON a.attnum = k.attnum WHERE a.attrelid = t.tgrelid"
-        " AND t.tgrelid = to_regclass(%s) AND t.tgname = %s",
-        [project.names.source.as_string(cur), trigger]).fetchone()[0]
-    return tuple(names) if names and len(names) == count else None
-
-
 def renamed(cur: Cursor, project: Project) -> Project | None:
     """``project`` with its key and embedded columns as the source names them now, or None when none of them
-    was renamed (or nothing proves it)."""
-    key = _trigger_columns(cur, project, project.names.rekey_trigger, len(project.key.columns))
-    columns = _trigger_columns(cur, project, project.names.update_trigger, len(project.columns))
-    now = replace(project, primary_key=project.primary_key if key is None else key[0] if len(key) == 1 else key,
-                  columns=project.columns if columns is None else columns)
-    return None if (now.key.columns, now.columns) == (project.key.columns, project.columns) else now
+    was renamed (or nothing proves it: no such trigger on the source, e.g. a paused project's update trigger,
+    or another table in the source's place)."""
+    names = project.names
+    now = dict(cur.execute(
+        "SELECT t.tgname::text, array_agg(a.attname::text ORDER BY k.ord) FROM pg_trigger t,"
+        " unnest(t.tgattr::int2[]) WITH ORDINALITY k(attnum, ord)"
+        " JOIN pg_attribute a ON a.attnum = k.attnum WHERE a.attrelid = t.tgrelid"
+        " AND t.tgrelid = to_regclass(%s) AND t.tgname = ANY(%s) GROUP BY t.tgname",
+        [names.source.as_string(cur), [names.rekey_trigger, names.update_trigger]]).fetchall())
+    key = tuple(now.get(names.rekey_trigger) or project.key.columns)
+    columns = tuple(now.get(names.update_trigger) or project.columns)
+    if (key, columns) == (project.key.columns, project.columns):
+        return None
+    return replace(project, primary_key=key[0] if len(key) == 1 else key, columns=columns)
 
 
 def described(project: Project, now: Project) -> str:
@@ -62,18 +57,16 @@ def follow(cur: Cursor, project: Project) -> Project | None:
     tables = [project.names.queue, project.names.errors, project.names.removed, project.names.documents]
     if project.is_join:
         tables.append(project.names.target)
-    for table in tables:
-        existing = cur.execute(
-            "SELECT array_agg(attname::text) FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0"
-            " AND NOT attisdropped", [table.as_string(cur)]).fetchone()[0] or []
-        for old, new in zip(project.key.columns, now.key.columns):
-            if old != new and old in existing:
-                cur.execute(sql.SQL("ALTER TABLE {} RENAME COLUMN {} TO {}").format(
-                    table, sql.Identifier(old), sql.Identifier(new)))
-    params = now.params()
-    cur.execute("UPDATE vectorize.job SET params = params || jsonb_build_object('primary_key', %s::jsonb,"
-                " 'columns', %s::jsonb) WHERE job_id = %s",
-                [json.dumps(params["primary_key"]), json.dumps(params["columns"]), project.job_id])
+    renames = dict(zip(project.key.columns, now.key.columns))
+    for schema, table, old in cur.execute(  # the project's tables that have a renamed key column (as they exist)
+            "SELECT n.nspname::text, c.relname::text, a.attname::text FROM pg_attribute a"
+            " JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE a.attrelid = ANY(ARRAY(SELECT to_regclass(t) FROM unnest(%s::text[]) t))"
+            " AND a.attname = ANY(%s) AND a.attnum > 0 AND NOT a.attisdropped",
+            [[t.as_string(cur) for t in tables], [o for o, n in renames.items() if o != n]]).fetchall():
+        cur.execute(sql.SQL("ALTER TABLE {} RENAME COLUMN {} TO {}").format(
+            sql.Identifier(schema, table), sql.Identifier(old), sql.Identifier(renames[old])))
+    catalog.write_params(cur, project, now, ("primary_key", "columns"))
     removal.replace_function(cur, now)
     triggers = [project.names.insert_trigger, project.names.update_trigger]
     if project.schedule == "realtime" and cur.execute(  # one missing: removal.restore_realtime_triggers's

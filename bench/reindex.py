@@ -97,7 +97,7 @@ def forget_m(hook: Any) -> None:
 
     with hook.transaction() as cur:
         project = catalog.find_project(cur, JOB)
-        catalog.set_index_params(cur, project, replace(project, hnsw_m=None))
+        catalog.write_params(cur, project, replace(project, hnsw_m=None), catalog.INDEX_PARAMS)
 
 
 def drop_and_build(hook: Any, m: int) -> None:
@@ -107,7 +107,7 @@ def drop_and_build(hook: Any, m: int) -> None:
     with hook.transaction() as cur:
         project = catalog.find_project(cur, JOB)
         catalog.drop_index(cur, project)
-        catalog.set_index_params(cur, project, replace(project, hnsw_m=m))
+        catalog.write_params(cur, project, replace(project, hnsw_m=m), catalog.INDEX_PARAMS)
         catalog.create_index(cur, replace(project, hnsw_m=m), hook._build_cap)
 
 

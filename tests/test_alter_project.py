@@ -187,7 +187,7 @@ def test_searches_do_not_queue_behind_the_swap_while_the_table_is_busy(products,
         found: list = []
         search = threading.Thread(target=lambda: found.extend(hook.search("shop", "mobile phone", num_results=3)))
         search.start()
-        search.join(1.5)  # not behind the swap's wait: the transaction holding the table goes on until the end
+        search.join(30)  # not behind the swap's wait: the transaction holding the table goes on until the end
         assert len(found) == 3
         time.sleep(1)
         assert rebuild.is_alive() and "m='12'" not in index_definition(products)[0]  # still waiting

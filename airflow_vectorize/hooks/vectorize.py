@@ -470,7 +470,7 @@ class VectorizeHook(PostgresHook):
     def _alter_in_place(cur: Cursor, project: Project, altered: Project, changed: dict[str, list]) -> None:
         """``alter_project``'s changes but the index's, in its transaction."""
         validation.check_project_source(cur, altered, attaching=True)
-        catalog.alter_params(cur, project, altered)
+        catalog.write_params(cur, project, altered, catalog.ALTERED_PARAMS)
         if ("schedule" in changed or "columns" in changed) and project.schedule == "realtime":
             catalog.drop_realtime_triggers(cur, project)  # their WHEN names the columns
         if ("schedule" in changed or "columns" in changed) and altered.schedule == "realtime":
