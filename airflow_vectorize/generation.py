@@ -204,9 +204,13 @@ class BatchWriter:
             ).format(keys=key.names(), source=project.names.source, chunk_columns=chunk_columns,
                      vector=sql.SQL("vector({})").format(sql.Literal(project.dimensions))))
             self.documents = storage.has_documents(conn.cursor(), project)
+            # How COPY writes each column: strings and enums (char(n), citext, an enum) as text, whose binary
+            # form theirs is (psycopg has no binary dumper for most of them); a domain as its base type.
             self.types = [r[0] for r in conn.execute(
-                "SELECT atttypid FROM pg_attribute WHERE attrelid = 'pg_temp.vectorize_staging'::regclass"
-                " AND attnum > 0 ORDER BY attnum")]
+                "SELECT CASE WHEN t.typcategory IN ('S', 'E') THEN 'text'::regtype::oid"
+                " ELSE coalesce(nullif(t.typbasetype, 0), t.oid) END"
+                " FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid"
+                " WHERE a.attrelid = 'pg_temp.vectorize_staging'::regclass AND a.attnum > 0 ORDER BY a.attnum")]
         self.transaction: psycopg.Transaction | None = None
         self.dequeued = 0
 

@@ -199,6 +199,18 @@ def key_spelling(primary_key: Any, role: str = "primary_key") -> str | tuple[str
     return columns[0] if len(columns) == 1 else tuple(columns)
 
 
+# What a key column may be: a single value that psycopg reads and writes (a generation run COPYs keys in
+# binary) and a btree compares. By pg_type.typcategory: boolean, date/time, enum, network address, numeric
+# (not money), string, timespan; of the user-defined ones, uuid.
+KEY_CATEGORIES = frozenset("BDEINST")
+
+
+def key_type_supported(column: Column) -> bool:
+    if column.category == "U":
+        return column.typname == "uuid"
+    return column.category in KEY_CATEGORIES and column.typname != "money"
+
+
 def check_project_source(cur: Cursor, project: Project, attaching: bool = False) -> list[Column]:
     """Check the source table, key, text columns and update column; return the key's columns.
 
@@ -261,6 +273,21 @@ def check_project_source(cur: Cursor, project: Project, attaching: bool = False)
             f"primary_key {list(project.primary_key)} of {table.label} is not unique: it needs a primary key or"
             " a unique index on exactly these columns"
         )
+    nullable = [k.name for k in keys if not k.not_null]
+    if nullable:
+        raise InvalidInputError(
+            f"primary_key column(s) {nullable} of {table.label} allow NULL: a row with a NULL key cannot be told"
+            " apart from another, nor kept in the project's tables, whose keys are NOT NULL (as pg_vectorize's)."
+            f" Make them NOT NULL (ALTER TABLE {table.label} ALTER COLUMN {nullable[0]} SET NOT NULL; it fails"
+            " while a row has a NULL key), or choose a primary key"
+        )
+    for key in keys:
+        if not key_type_supported(key):
+            raise InvalidInputError(
+                f"primary_key {key.name!r} of {table.label} is {key.type_sql}: a key must be a single value of a"
+                " plain type (integer, numeric, text, char, varchar, enum, uuid, date, timestamp, inet, ...), not"
+                " an array, a document, a range, a composite, a geometric type or money"
+            )
     for name in project.columns:
         column = table.column(name, "text")
         if column.category != "S":
