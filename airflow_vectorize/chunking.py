@@ -86,6 +86,8 @@ class TextSplitter:
             pieces, offsets = self._chunker(text, offsets=True, overlap=self.overlap)
         finally:
             self._counts.clear()
+        if not pieces:  # only whitespace, which semchunk drops: one chunk of it, as an unchunked project embeds it
+            return [Chunk(0, 0, len(text), text)]
         return [Chunk(i, start, end, piece) for i, (piece, (start, end)) in enumerate(zip(pieces, offsets))]
 
     def split_all(self, texts: Sequence[str]) -> list[list[Chunk]]:

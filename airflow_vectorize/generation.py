@@ -121,6 +121,7 @@ def row_sql(project: Project, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> dict[
             stored=stored_md5, current=text_md5, failed=failed),
         "failed": failed,
         "current": sql.SQL("{stored} = {current}").format(stored=stored_md5, current=text_md5),
+        "stored": stored_md5,
         "text": expressions.text(project, "r"),
         "md5": text_md5,
         "key": project.key.names("r"),
@@ -335,7 +336,8 @@ class DueKeys:
     scan's own transaction has committed. Reading them then holds no snapshot, which would hold VACUUM back
     for a whole backfill, and no lock, which would keep a bulk run from dropping the index after the count.
     Every row carries the counts (window aggregates over the rows due); rows without text come last (length
-    0) and are left out of the batches."""
+    0) and are left out of the batches; those that still have a stored embedding (their text was cleared
+    since) are listed in ``emptied``."""
 
     def __init__(self, conn: psycopg.Connection, project: Project, scope: Scope, batch_size: int,
                  max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> None:
@@ -343,22 +345,24 @@ class DueKeys:
         condition, params = scope.condition(project)
         self.names = names = project.key.aliases()  # the key's columns in the cursor's rows
         self.batch_size, self.length_at = batch_size, len(names.columns)
+        self.emptied: list[Any] = []
         self.cursor = conn.cursor(name="vectorize_due_keys", withhold=True)
         with by_key(conn, scope.pending_only):
             self.cursor.execute(sql.SQL(
-                "SELECT {names}, n, count(*) FILTER (WHERE n > 0) OVER (), count(*) FILTER (WHERE n = 0) OVER (),"
-                " sum(n) OVER () FROM (SELECT {keys}, length({text}) AS n FROM {from_} WHERE {needs} AND {scope}"
-                " OFFSET 0) d ORDER BY n = 0, n"
+                "SELECT {names}, n, stored, count(*) FILTER (WHERE n > 0) OVER (),"
+                " count(*) FILTER (WHERE n = 0) OVER (), sum(n) OVER () FROM (SELECT {keys}, length({text}) AS n,"
+                " {stored} IS NOT NULL AS stored FROM {from_} WHERE {needs} AND {scope} OFFSET 0) d ORDER BY n = 0, n"
             ).format(names=names.names("d"), keys=project.key.select_as("r", names), text=p["text"],
-                     from_=p["from"], needs=p["needs"], scope=condition), params)
+                     stored=p["stored"], from_=p["from"], needs=p["needs"], scope=condition), params)
         self.first = self.cursor.fetchmany(batch_size)
-        self.due = Due(*self.first[0][self.length_at + 1:]) if self.first else Due()
+        self.due = Due(*self.first[0][self.length_at + 2:]) if self.first else Due()
 
     def __iter__(self) -> Iterator[list[Any]]:
         rows, self.first = self.first, []
         while rows:
             if keys := [self.names.value(row) for row in rows if row[self.length_at]]:
                 yield keys
+            self.emptied += [self.names.value(row) for row in rows if not row[self.length_at] and row[self.length_at + 1]]
             rows = self.cursor.fetchmany(self.batch_size)
 
     def close(self) -> None:
@@ -548,6 +552,8 @@ def generate(
         finally:  # build the index after a bulk load, or repair the one a killed bulk run dropped
             with control.transaction():
                 build = storage.build_index(control.cursor(), project, index_build_cap)
+        with control.transaction():
+            emptied = storage.remove_without_text(control.cursor(), project, due_keys.emptied)
         pending_cleared = clear_current_pending(control, project, scope) + sum(w.dequeued for w in writers)
     seconds = time.monotonic() - started
     summary = {
@@ -555,6 +561,7 @@ def generate(
         "embedded": embedded,
         "failed": len(failures),
         "skipped": skipped,
+        "vectors_emptied": emptied,
         "batches": batches,
         "pending_cleared": pending_cleared,
         "index_rebuilt": rebuild,

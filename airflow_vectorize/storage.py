@@ -124,6 +124,35 @@ def reconcile_removed(cur: Cursor, project: Project) -> dict[str, Any]:
     return {"vectors_restored": restored, "vectors_removed": pending - restored, "index_dropped": dropped}
 
 
+def remove_without_text(cur: Cursor, project: Project, keys: list[Any]) -> int:
+    """Remove the stored embedding (chunks, full-text document) of the rows ``keys`` whose text is empty now:
+    a row with nothing to embed is not found by the text it had. Returns the rows whose embedding went."""
+    if not keys:
+        return 0
+    names, key = project.names, project.key
+    parts = dict(source=names.source, listed=key.in_values("r", names.source), same=key.equals("t", "r"),
+                 empty=sql.SQL("{} = ''").format(expressions.text(project, "r")))
+    tables = [names.documents] if has_documents(cur, project) else []
+    if project.is_join:
+        tables.append(names.target)
+    else:
+        md5 = sql.Identifier(names.text_md5_column)
+        cur.execute(sql.SQL(
+            "UPDATE {source} r SET {emb} = NULL, {md5} = NULL, {updated_at} = NULL WHERE {listed} AND {empty}"
+            " AND r.{md5} IS NOT NULL"
+        ).format(emb=sql.Identifier(names.embeddings_column), md5=md5,
+                 updated_at=sql.Identifier(names.updated_at_column), **parts), [key.bind(keys)])
+        removed = cur.rowcount
+    for table in tables:
+        cur.execute(sql.SQL("DELETE FROM {table} t USING {source} r WHERE {same} AND {listed} AND {empty}"
+                            " RETURNING {row}").format(
+            table=table, row=sql.SQL("t.chunk_no = 0" if project.is_chunked and table == names.target else "true"),
+            **parts), [key.bind(keys)])
+        if table == names.target:
+            removed = sum(1 for (first,) in cur.fetchall() if first)
+    return removed
+
+
 def has_documents(cur: Cursor, project: Project) -> bool:
     """Whether the project stores its rows' full-text documents (an unchunked project created before the
     documents table gets it from its next generation run: ``ensure_documents``)."""

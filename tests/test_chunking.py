@@ -155,6 +155,21 @@ def test_a_changed_row_replaces_its_chunks_and_others_stay(licenses, hook):
     assert hook.get_status(JOB)["pending"] == 0
 
 
+def test_a_text_of_whitespace_is_one_chunk(licenses, hook):
+    """As an unchunked project embeds it. Before, the splitter made no chunk of it: the row was read again by
+    every run, counted nowhere, stayed queued and kept a freshness sensor waiting for good."""
+    hook.create_project(JOB, "licenses", "id", ["body"], chunk_size=200, embed_existing=True)
+    licenses.execute("UPDATE licenses SET body = E' \\t ' WHERE id = 2")
+
+    run = hook.generate_embeddings(JOB, pending_only=True)
+
+    assert (run["embedded"], run["pending_cleared"]) == (1, 1)
+    assert licenses.execute(f"SELECT chunk_no, start_offset, end_offset, chunk FROM vectorize._chunks_{JOB}"
+                            " WHERE id = 2") == [(0, 0, 3, " \t ")]
+    assert (hook.get_freshness(JOB)["stale"], hook.get_status(JOB)["pending"]) == (0, 0)
+    assert hook.generate_embeddings(JOB)["batches"] == 0
+
+
 def test_drop_removes_the_chunks(licenses, hook):
     hook.create_project(JOB, "licenses", "id", ["body"], chunk_size=200)
     hook.generate_embeddings(JOB)

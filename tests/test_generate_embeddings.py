@@ -76,6 +76,28 @@ def test_only_text_changes_are_embedded_again(products, hook, table_method):
     assert {k for k in after if after[k][1] != before[k][1]} == {1, 7}
 
 
+@pytest.mark.parametrize("table_method, chunk_size", [("join", None), ("append", None), ("join", 50)])
+def test_a_row_whose_text_is_cleared_loses_its_vector(products, hook, table_method, chunk_size):
+    """Before, its vector and full-text document stayed: it was still found by the text it no longer has, and
+    get_status counted it stale for good while get_freshness did not."""
+    hook.create_project("shop", "products", "product_id", COLUMNS, table_method=table_method, chunk_size=chunk_size,
+                        embed_existing=True)
+    query = product_texts(products)[1]
+    assert hook.search("shop", query, num_results=1)[0]["product_id"] == 1
+    products.execute("UPDATE products SET name = '', description = NULL WHERE product_id IN (1, 2)")
+
+    run = hook.generate_embeddings("shop", pending_only=True)
+
+    assert (run["embedded"], run["skipped"], run["vectors_emptied"], run["pending_cleared"]) == (0, 2, 2, 2)
+    assert not {1, 2} & {r["product_id"] for r in hook.search("shop", query, num_results=24)}
+    assert not {1, 2} & {r["product_id"] for r in hook.hybrid_search("shop", query, num_results=24)}
+    status = hook.get_status("shop")
+    assert (status["embedded_rows"], status["missing_rows"], status["stale_rows"], status["no_text_rows"]) == (22, 2, 0, 2)
+    assert (hook.get_freshness("shop")["stale"], hook.generate_embeddings("shop")["vectors_emptied"]) == (0, 0)
+    products.execute("UPDATE products SET name = 'Pixel 9' WHERE product_id = 1")  # text again: embedded again
+    assert hook.generate_embeddings("shop", pending_only=True)["embedded"] == 1
+
+
 def test_realtime_queue_drains(products, hook):
     hook.create_project("shop", "products", "product_id", COLUMNS, embed_existing=True)
     products.execute("INSERT INTO products (product_id, name) VALUES (100, 'Foldable phone'), (101, '')")
