@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from pgvector.psycopg import register_vector
 from psycopg import Cursor, sql
+from psycopg.adapt import Loader
+from psycopg.types.datetime import DateLoader, TimestampLoader, TimestamptzLoader
 from psycopg.types.numeric import Oid
 
 from airflow_vectorize import catalog, expressions, validation
@@ -841,10 +843,26 @@ def _fetch(cur: Cursor, search: SearchQuery, names: dict[str, tuple[str, ...]] |
     return [dict(zip(columns, row)) for row in rows]
 
 
+def _as_text_beyond_python(loader: type[Loader]) -> type[Loader]:
+    """``loader``, giving PostgreSQL's own text for a value Python's datetime cannot hold ('infinity',
+    '-infinity', a year beyond 9999) instead of failing the whole search."""
+
+    class Loading(loader):
+        def load(self, data: Any) -> Any:
+            try:
+                return super().load(data)
+            except psycopg.DataError:
+                return bytes(data).decode()
+
+    return Loading
+
+
 def prepare_connection(conn: psycopg.Connection) -> SearchSession:
-    """Once per search connection: pgvector's types, and iterative HNSW scans (pgvector >= 0.8), which keep
-    scanning until LIMIT rows pass the filters, in exact order."""
+    """Once per search connection: pgvector's types, dates and times beyond Python's as text, and iterative
+    HNSW scans (pgvector >= 0.8), which keep scanning until LIMIT rows pass the filters, in exact order."""
     register_vector(conn)
+    for name, loader in (("date", DateLoader), ("timestamp", TimestampLoader), ("timestamptz", TimestamptzLoader)):
+        conn.adapters.register_loader(name, _as_text_beyond_python(loader))
     iterative = conn.execute(
         "SELECT set_config('hnsw.iterative_scan', 'strict_order', false) FROM pg_extension"
         " WHERE extname = 'vector' AND string_to_array(extversion, '.')::int[] >= '{0,8}'"

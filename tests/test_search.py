@@ -116,6 +116,24 @@ def test_search_filters(products, hook, model):
     assert len(hook.search(JOB, query, filters={"category": {"ne": None}}, num_results=24)) == 23
 
 
+def test_dates_beyond_pythons_come_back_as_postgresql_writes_them(products, hook, model):
+    """Before, one row holding 'infinity' failed every search whose answer held it, with "a filter value does
+    not fit its column" (no filter given): psycopg cannot read it into a datetime."""
+    make_project(products, hook, model)
+    products.execute("ALTER TABLE products ADD COLUMN sold date, ADD COLUMN season tstzrange,"
+                     " ADD COLUMN seen timestamp[]")
+    products.execute("UPDATE products SET updated_at = 'infinity', sold = '-infinity',"
+                     " season = '[2024-01-01 00:00:00+00,infinity)', seen = ARRAY['20000-01-01'::timestamp]"
+                     " WHERE product_id = 1")
+
+    found = hook.search(JOB, product_texts(products)[1], num_results=1)[0]
+
+    assert (found["product_id"], found["updated_at"], found["sold"], found["seen"]) == (
+        1, "infinity", "-infinity", ["20000-01-01 00:00:00"])
+    assert found["season"].upper == "infinity"
+    assert hook.search(JOB, "phone", filters={"updated_at": {"gt": "2030-01-01"}})[0]["product_id"] == 1
+
+
 @pytest.mark.parametrize("table_method", ["join", "append"])
 def test_key_only_search_never_returns_a_removed_row(products, hook, model, table_method):
     make_project(products, hook, model, table_method=table_method)
