@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from importlib.metadata import entry_points
 
-from conftest import create_embeddings_table
+import pytest
+from conftest import create_embeddings_table, snapshot
 
+from airflow_vectorize.exceptions import InvalidInputError
 from airflow_vectorize.operators import (
     AlterVectorizeProjectOperator,
     CreateVectorizeProjectOperator,
@@ -32,6 +35,21 @@ def test_operators_run_the_project_lifecycle(products, model):
     assert results[2]["changed"] == {"schedule": ["realtime", "manual"]}
     assert results[3]["changed"] == {"halfvec_index": [False, True]} and results[3]["index"]["rebuilt"]
     assert len(json.dumps(results)) < 3000  # XCom-safe: JSON, small, no vectors
+
+
+def test_columns_given_as_one_string_are_refused_as_the_hook_refuses_them(products):
+    """Before, the operators split "name" into ['n', 'a', 'm', 'e']: a create of a project of other columns,
+    or an alter that said it changed nothing."""
+    conn = {"postgres_conn_id": products.conn_id}
+    CreateVectorizeProjectOperator(task_id="c", job_name="shop", table="products", primary_key="product_id",
+                                   columns=("name",), schedule="manual", **conn).execute(context={})
+    before = snapshot(products)
+    for op in (CreateVectorizeProjectOperator(task_id="c2", job_name="other", table="products",
+                                              primary_key="product_id", columns="name", **conn),
+               AlterVectorizeProjectOperator(task_id="a", job_name="shop", columns="description", **conn)):
+        with pytest.raises(InvalidInputError, match=re.escape("columns must be a list of column names, got")):
+            op.execute(context={})
+    assert snapshot(products) == before
 
 
 def test_template_fields_cover_names_tables_and_columns():

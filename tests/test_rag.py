@@ -68,6 +68,22 @@ def test_rag_retrieves_with_the_projects_filters_and_hybrid_search(shop, hook, c
     assert [c["record_id"] for c in hybrid["context"]] == [row["product_id"] for row in expected]
 
 
+@pytest.mark.parametrize("call, error, message", [
+    (dict(job_name="nope"), "ProjectNotFoundError", "project 'nope' not yet initialized"),
+    (dict(task="summarise"), "InvalidInputError", "task 'summarise' has no prompt template"),
+    (dict(filters={"colour": "red"}), "InvalidInputError", "colour"),
+])
+def test_the_callers_mistake_is_named_before_a_missing_chat_connection(shop, hook, call, error, message):
+    """Before, the chat connection was looked up first: an unknown project, task or filter column was
+    answered 'connection not found' (503 over HTTP) wherever the chat model was not set up."""
+    with pytest.raises(Exception, match=message) as raised:
+        hook.rag(**{"job_name": JOB, "query": QUERY, "chat_model": "openai/any", "chat_conn_id": "missing_chat",
+                    **call})
+    assert type(raised.value).__name__ == error
+    with pytest.raises(ModelConnectionError, match="missing_chat"):
+        hook.rag(JOB, QUERY, chat_model="openai/any", chat_conn_id="missing_chat")
+
+
 def test_prompt_templates_live_in_vectorize_prompts(shop, hook, chat):
     model, server = chat
     with pytest.raises(InvalidInputError, match="task 'summarize' has no prompt template in vectorize.prompts;"

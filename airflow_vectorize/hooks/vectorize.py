@@ -1288,7 +1288,6 @@ class VectorizeHook(PostgresHook):
             raise InvalidInputError(f"query must be a non-empty text, got {query!r}")
         searching.check_count("num_context", num_context)
         _check_generation_options(max_tokens, temperature)
-        model = self._chat_model(chat_model, chat_conn_id)
         with self.transaction() as cur:  # its own transaction: kept when the task is unknown
             rag.ensure_prompts(cur)
         with self.transaction() as cur:
@@ -1297,6 +1296,9 @@ class VectorizeHook(PostgresHook):
         columns = list(dict.fromkeys([*project.key.columns, *project.columns]))
         retrieve = self.hybrid_search if hybrid else self.search
         rows = retrieve(job_name, query, return_columns=columns, num_results=num_context, filters=filters)
+        # The chat model's connection after the caller's input is known good: a bad project, task or filter
+        # is the caller's error (400/404) even where the chat model is not set up (503).
+        model = self._chat_model(chat_model, chat_conn_id)
         documents = []
         for row in rows:  # a chunked project's context is each row's best chunk
             content = row["chunk"] if project.is_chunked else ", ".join(
