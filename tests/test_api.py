@@ -508,6 +508,26 @@ def test_rag_model_failures_name_connection_and_model(api, chat_server, embeddin
     assert_error(rag(api, chat_model="cohere/command", chat_conn_id="chat"), 400, "InvalidInputError", "cohere")
 
 
+def test_a_database_connection_is_no_model_connection(api, chat_server, embedding_server_session):
+    """A connection of another type than a model's (here the served database's, whose password is the
+    database's) named as chat or model connection is refused by name and type: it is never sent anywhere."""
+    embedding_server_session.reset()
+    table = new_table(api)
+    before = snapshot(api.db)
+    response = rag(api, chat_model=f"openai/{chat_server.model}", chat_conn_id="api_db", max_tokens=4)
+    assert_error(response, 400, "InvalidInputError", "connection 'api_db' is of type 'postgres', not a model"
+                 " connection", "type 'openai'")
+    body = {"job_name": table, "src_table": table, "src_columns": ["name"], "primary_key": "product_id",
+            "model": "openai/text-embedding-3-small", "model_conn_id": "api_db"}
+    created = api.client.post("/api/v1/table", params={"conn_id": "api_db"}, json=body)
+    assert_error(created, 400, "InvalidInputError", "'api_db' is of type 'postgres'")
+    assert_error(api.client.post("/api/v1/table", params={"conn_id": "api_db"},
+                                 json={**body, "model": "cohere/embed-english-v3.0"}),
+                 400, "InvalidInputError", "'api_db' is of type 'postgres'", "type 'cohere'")
+    assert embedding_server_session.requests == []
+    assert snapshot(api.db) == before
+
+
 # -- authentication and authorization ----------------------------------------------------------------------
 def every_route(api: Api) -> list[tuple[str, str]]:
     """(method, path) of every route in the OpenAPI document (path parameters filled in)."""

@@ -234,3 +234,32 @@ def test_the_key_appears_in_no_log_error_result_or_catalog(products, hook, embed
     assert "slow down; retry 1 of 3" in caplog.text
     assert key not in caplog.text and key not in str(summary) and key not in str(rows) and key not in str(entry)
     assert key not in str(products.execute("SELECT * FROM vectorize.job"))
+
+
+def test_only_model_connections_are_model_endpoints(monkeypatch):
+    """A database's connection (or any type but a model's) is refused by name and type, its password never
+    read as a key; only a connection of the provider's own type without a host means the provider's default
+    URL: a Unix-socket PostgreSQL connection (no host) never becomes an api.openai.com endpoint."""
+    from airflow_vectorize.models import chat_model, embedding_model
+    from airflow_vectorize.models.http import endpoint
+
+    monkeypatch.setenv("AIRFLOW_CONN_SOCKET_DB", "postgresql://app:db-password@/appdb?host=/var/run/postgresql")
+    monkeypatch.setenv("AIRFLOW_CONN_SSH_BOX", '{"conn_type": "ssh", "host": "box", "password": "ssh-password"}')
+    monkeypatch.setenv("AIRFLOW_CONN_COHERE_NO_HOST", '{"conn_type": "cohere", "password": "co-key-123"}')
+    for conn_id, conn_type in (("socket_db", "postgres"), ("ssh_box", "ssh")):
+        for make in (lambda c: chat_model("openai/gpt-4o-mini", c), lambda c: embedding_model("openai/x", c, 8),
+                     lambda c: embedding_model("voyage/voyage-3.5", c, 8),
+                     lambda c: embedding_model("sentence-transformers/all-MiniLM-L6-v2", c, 384),
+                     lambda c: endpoint(c, "https://api.openai.com/v1", provider="openai")):
+            with pytest.raises(InvalidInputError, match=f"connection '{conn_id}' is of type '{conn_type}', not a"
+                               " model connection") as raised:
+                make(conn_id)
+            assert "db-password" not in str(raised.value) and "ssh-password" not in str(raised.value)
+    with pytest.raises(InvalidInputError, match="'cohere_no_host' \\(type 'cohere'\\) has no host: only an?"
+                       " 'openai' connection without one reaches the openai provider's https://api.openai.com/v1"):
+        embedding_model("openai/x", "cohere_no_host", 8)
+    assert endpoint("cohere_no_host", "https://api.cohere.com", provider="cohere",
+                    conn_type="cohere").base_url == "https://api.cohere.com"  # its own provider's default
+    monkeypatch.setenv("AIRFLOW_CONN_OPENAI_KEY_ONLY", '{"conn_type": "openai", "password": "sk-1234"}')
+    assert endpoint("openai_key_only", "https://api.openai.com/v1", provider="openai").base_url \
+        == "https://api.openai.com/v1"

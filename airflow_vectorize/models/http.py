@@ -93,9 +93,20 @@ class Endpoint:
         return text
 
 
+# The connection types a model connection may have: the types of the providers' connections (openai: OpenAI,
+# Ollama and any OpenAI-compatible server; cohere, voyage, portkey). Any other (a database's, an SSH host's...)
+# is refused: its password is no model's key, and must never be sent as one.
+MODEL_CONN_TYPES = ("openai", "cohere", "voyage", "portkey")
+
+
 def endpoint(conn_id: str, default_url: str, *, provider: str, conn_type: str = "openai") -> Endpoint:
     """The Airflow connection ``conn_id`` as an endpoint: host (or extra ``base_url``) is the base URL,
-    password the API key; extra ``headers`` are sent with every request, other extras are options."""
+    password the API key; extra ``headers`` are sent with every request, other extras are options.
+
+    The connection must be of a model connection type (``MODEL_CONN_TYPES``), else InvalidInputError (naming
+    the connection and its type, never a secret); only a connection of the provider's own type (``conn_type``)
+    without a host means the provider's ``default_url``: any other needs its host.
+    """
     from airflow.sdk import BaseHook
 
     try:
@@ -106,11 +117,23 @@ def endpoint(conn_id: str, default_url: str, *, provider: str, conn_type: str = 
             f" Add it in the UI or set AIRFLOW_CONN_{conn_id.upper()}='{{\"conn_type\": \"{conn_type}\","
             f" \"host\": \"<base URL>\", \"password\": \"<API key>\"}}', or pass model_conn_id"
         ) from error
+    if conn.conn_type not in MODEL_CONN_TYPES:
+        raise InvalidInputError(
+            f"the Airflow connection {conn_id!r} is of type {conn.conn_type!r}, not a model connection: the"
+            f" {provider} provider takes a connection of type {conn_type!r} (model connection types:"
+            f" {', '.join(MODEL_CONN_TYPES)}), whose password is the model's API key and host its base URL"
+        )
     extra = dict(conn.extra_dejson or {})
     client_kwargs = extra.pop("openai_client_kwargs", None) or {}  # apache-airflow-providers-openai's spelling
     headers = {str(k): str(v) for k, v in (extra.pop("headers", None) or client_kwargs.get("default_headers")
                                            or {}).items()}
     url = extra.pop("base_url", None) or client_kwargs.get("base_url") or conn.host
+    if not url and default_url and conn.conn_type != conn_type:
+        raise InvalidInputError(
+            f"the Airflow connection {conn_id!r} (type {conn.conn_type!r}) has no host: only a {conn_type!r}"
+            f" connection without one reaches the {provider} provider's {default_url}; set the host to the base"
+            f" URL of the server it is meant for"
+        )
     return Endpoint(
         conn_id=conn_id,
         base_url=_base_url(url, conn.port, conn.schema) if url else default_url,
