@@ -3,12 +3,14 @@ HTTP client: pg_vectorize's routes and ours, its filter grammar, error codes, ho
 concurrent clients. The server starts once for the module, on its own database of the session's PostgreSQL;
 its connections: ``api_db`` (the data), ``chat`` (the real chat server, through the recording and, on request,
 misbehaving server), ``down`` (a database nobody listens for), ``nowhere`` (a chat server nobody listens for).
-The same app mounted in Airflow's api-server is tested in ``test_api_airflow.py``.
+``openai_default`` is defined in its environment but not served (not in ``VECTORIZE_API_CONN_IDS``). The same
+app mounted in Airflow's api-server is tested in ``test_deployment_api.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import time
@@ -63,7 +65,12 @@ def api(postgres, model, embedding_server_session, chat_server):
                               "password": embedding_server_session.api_key, "extra": {"timeout": 60}},
              "nowhere": {"conn_type": "openai", "host": f"http://127.0.0.1:{free_port()}/v1",
                          "password": "sk-nowhere", "extra": {"max_retries": 0, "timeout": 2}}},
-            tokens=[WRITE_TOKEN], read_tokens=[READ_TOKEN], env={"VECTORIZE_API_POOL_SIZE": "4"},
+            tokens=[WRITE_TOKEN], read_tokens=[READ_TOKEN], env={
+                "VECTORIZE_API_POOL_SIZE": "4",
+                # defined (as a secrets backend would have it), not served: not in VECTORIZE_API_CONN_IDS
+                "AIRFLOW_CONN_OPENAI_DEFAULT": json.dumps({
+                    "conn_type": "openai", "host": embedding_server_session.url,
+                    "password": embedding_server_session.api_key, "extra": {"max_retries": 0}})},
         ).start()
         try:
             server.wait(120)
@@ -529,6 +536,36 @@ def test_a_database_connection_is_no_model_connection(api, chat_server, embeddin
 
 
 # -- authentication and authorization ----------------------------------------------------------------------
+def test_a_default_model_connection_is_authorized_as_a_named_one(api, chat_server, embedding_server_session):
+    """openai_default is defined in the server's environment but not served: a request that would use it —
+    naming it, or leaving chat_conn_id / model_conn_id out — is refused alike, before anything reaches it."""
+    embedding_server_session.reset()
+    table = new_table(api)
+    before = snapshot(api.db)
+    model = f"openai/{chat_server.model}"
+    for named in ({"chat_conn_id": "openai_default"}, {}):
+        for client in (api.client, api.reader):
+            response = client.post("/api/v1/rag", params={"conn_id": "api_db"}, json={
+                "job_name": "products", "query": "Which phone has a good camera?", "chat_model": model,
+                "max_tokens": 4, **named})
+            assert_error(response, 403, "Forbidden", "'openai_default' is not served here")
+    body = {"job_name": table, "src_table": table, "src_columns": ["name"], "primary_key": "product_id",
+            "model": "openai/text-embedding-3-small", "dimensions": 8}
+    for named in ({"model_conn_id": "openai_default"}, {}):
+        created = api.client.post("/api/v1/table", params={"conn_id": "api_db"}, json={**body, **named})
+        assert_error(created, 403, "Forbidden", "'openai_default' is not served here")
+    ollama = api.client.post("/api/v1/table", params={"conn_id": "api_db"}, json={**body, "model": "ollama/x"})
+    assert_error(ollama, 403, "Forbidden", "'ollama_default' is not served here")  # each provider's default
+    assert embedding_server_session.requests == []
+    assert snapshot(api.db) == before
+    # a served one is used as ever; a local model needs none
+    assert rag(api, chat_model=model, chat_conn_id="chat_patient", max_tokens=4).status_code == 200
+    local = api.client.post("/api/v1/table", params={"conn_id": "api_db"},
+                            json={**body, "model": "sentence-transformers/all-MiniLM-L6-v2", "dimensions": None})
+    assert local.status_code == 200, local.text
+    assert api.client.delete(f"/api/v1/table/{table}", params={"conn_id": "api_db"}).status_code == 200
+
+
 def every_route(api: Api) -> list[tuple[str, str]]:
     """(method, path) of every route in the OpenAPI document (path parameters filled in)."""
     paths = api.anonymous.get("/openapi.json").json()["paths"]

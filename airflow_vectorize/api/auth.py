@@ -10,13 +10,14 @@ credentials, before the body is read); each route then asks ``authorize`` for th
 Bearer``, from ``POST /auth/token``) or the UI session's ``_token`` cookie, checked by Airflow's auth manager;
 ``read`` needs permission to read (GET) the Airflow connection, ``write`` to edit (PUT) it, as
 ``is_authorized_connection`` decides (simple auth manager: role Op or Admin; FAB: "can read" / "can edit" on
-Connections). A model connection named in a request (``chat_conn_id``, ``model_conn_id``) is checked the same.
+Connections). The model connection a request uses (the ``chat_conn_id`` / ``model_conn_id`` it names, or
+left out the provider's default, ``openai_default``...) is checked the same (``read``).
 A token's user is kept for ``VECTORIZE_API_AUTH_CACHE_SECONDS`` (default 5, 0: never; never past the token's
 ``exp``): Airflow's check asks the metadata database whether the token was revoked (logout), a blocking query
 on every request otherwise, so a revoked token is refused at most that long after its logout.
 
 ``TokenAuth`` (standalone): bearer tokens from the environment or files; read-only tokens and tokens that may
-also write; only the connections of an allow-list.
+also write; only the connections of an allow-list (databases and model connections, defaults included).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
 
-from airflow_vectorize import validation
+from airflow_vectorize import models, validation
 from airflow_vectorize.api import filters as filter_grammar
 from airflow_vectorize.api.auth import Access, Auth
 from airflow_vectorize.api.pool import Hooks
@@ -60,28 +60,30 @@ class Service:
     started: float = field(default_factory=time.monotonic)
     warm_up: WarmUp = field(default_factory=WarmUp)
 
-    def authorize(self, request: Request, conn_id: str, access: Access, *model_conn_ids: str | None) -> None:
-        """The caller may use ``conn_id`` (and the model connections it names) for ``access``."""
-        principal = request.state.principal
-        self.auth.authorize(principal, conn_id, access)
-        for model_conn_id in model_conn_ids:
-            if model_conn_id is not None:
-                self.auth.authorize(principal, model_conn_id, "read")
+    def authorize(self, request: Request, conn_id: str, access: Access) -> None:
+        """The caller may use ``conn_id`` for ``access``."""
+        self.auth.authorize(request.state.principal, conn_id, access)
 
 
 def service(request: Request) -> Service:
     return request.app.state.vectorize
 
 
-def hook_for(request: Request, conn_id: str, access: Access, job_name: str | None = None,
-             *model_conn_ids: str | None) -> VectorizeHook:
-    """This thread's hook of ``conn_id``, once the caller may use it (and ``model_conn_ids``) for ``access``
-    and ``job_name`` (if given) is a possible job name."""
+def hook_for(request: Request, conn_id: str, access: Access, job_name: str | None = None) -> VectorizeHook:
+    """This thread's hook of ``conn_id``, once the caller may use it for ``access`` and ``job_name`` (if
+    given) is a possible job name."""
     api = service(request)
-    api.authorize(request, conn_id, access, *model_conn_ids)
+    api.authorize(request, conn_id, access)
     if job_name is not None:
         validation.check_job_name(job_name)
     return api.hooks.get(conn_id)
+
+
+def authorize_model(request: Request, model_conn_id: str | None) -> None:
+    """The caller may read the model connection a request uses — the one it names, or the provider's default
+    it would use otherwise (``openai_default``...): the same check either way. None: a model computed here."""
+    if model_conn_id is not None:
+        service(request).authorize(request, model_conn_id, "read")
 
 
 router = APIRouter(responses=ERRORS)
@@ -134,7 +136,8 @@ def _search(request: Request, conn_id: str, job_name: str, query: str, mode: str
 @router.post("/api/v1/rag", response_model=RagAnswer, tags=["rag"],
              summary="Answer a question from a project's rows (VectorizeHook.rag)")
 def rag(request: Request, body: RagBody, conn_id: str = CONN_ID) -> Response:
-    hook = hook_for(request, conn_id, "read", body.job_name, body.chat_conn_id)
+    hook = hook_for(request, conn_id, "read", body.job_name)
+    authorize_model(request, models.chat_conn_id(body.chat_model, body.chat_conn_id))
     answer = hook.rag(body.job_name, body.query, body.chat_model, chat_conn_id=body.chat_conn_id,
                       task=body.task, num_context=body.num_context, force_trim=body.force_trim,
                       filters=filter_grammar.from_body(body.filters), hybrid=body.hybrid,
@@ -149,7 +152,8 @@ def create_table(request: Request, body: TableBody, conn_id: str = CONN_ID) -> R
     """The same body again answers 200 and changes nothing; another configuration under the same
     ``job_name`` answers 409 naming the fields that differ. Rows already in the table are embedded by the
     project's DAG (generation), not by this request."""
-    hook = hook_for(request, conn_id, "write", None, body.model_conn_id)
+    hook = hook_for(request, conn_id, "write")
+    authorize_model(request, models.model_conn_id(body.model, body.model_conn_id))
     summary = hook.create_project(
         body.job_name, body.src_table, body.primary_key, body.src_columns, transformer=body.model,
         schema=body.src_schema, table_method=body.table_method, index_dist_type=body.index_dist_type,

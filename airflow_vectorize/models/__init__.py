@@ -34,7 +34,7 @@ SUPPORTED = (
     " 'ollama/<model>', 'cohere/<model>', 'voyage/<model>' and 'portkey/<provider>/<model>'"
 )
 
-__all__ = ["ChatModel", "EmbeddingModel", "chat_model", "embedding_model", "model_conn_id"]
+__all__ = ["ChatModel", "EmbeddingModel", "chat_conn_id", "chat_model", "embedding_model", "model_conn_id"]
 
 
 def provider_name(transformer: str) -> str | None:
@@ -89,15 +89,20 @@ def embedding_model(transformer: str, conn_id: str | None = None, dimensions: in
 def chat_model(name: str, conn_id: str | None = None) -> ChatModel:
     """A client of the chat model ``name`` (``openai/<model>``, ``ollama/<model>``,
     ``portkey/<provider>/<model>``) at its connection."""
+    return _module(provider_name(name)).chat(name, chat_conn_id(name, conn_id))
+
+
+def chat_conn_id(name: str, conn_id: str | None) -> str:
+    """The connection the chat model ``name`` uses: ``conn_id`` or its provider's default (what an API
+    checks the caller may use); InvalidInputError when ``name`` is not a remote chat model."""
     provider = provider_name(name)
-    module = _module(provider) if provider is not None else None
-    if module is None or not hasattr(module, "chat"):
+    if provider is None or not hasattr(_module(provider), "chat"):
         raise InvalidInputError(
             f"chat_model {name!r} is not a remote chat model: use 'openai/<model>' (OpenAI, or any"
             " OpenAI-compatible server through an 'openai' connection whose host points at it),"
             " 'ollama/<model>' or 'portkey/<provider>/<model>'"
         )
-    return module.chat(name, model_conn_id(name, conn_id))
+    return model_conn_id(name, conn_id)
 
 
 def _module(provider: str):
