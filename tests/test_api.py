@@ -183,6 +183,52 @@ def test_unknown_project_is_404(api):
                  "ProjectNotFoundError")
 
 
+def embedded_project_of_new_table(api: Api, *alterations: str) -> str:
+    """A new table of the products changed by ``alterations`` (SQL, ``{t}`` the table), and a project of the
+    same name over name and description, embedded; returns the name."""
+    from airflow_vectorize.hooks.vectorize import VectorizeHook
+
+    table = new_table(api)
+    for statement in alterations:
+        api.db.execute(statement.format(t=table))
+    VectorizeHook(postgres_conn_id=api.db.conn_id).create_project(
+        table, table, "product_id", ["name", "description"], embed_existing=True)
+    return table
+
+
+def strict_json(text: str):
+    """``text`` read as JSON (RFC 8259): NaN, Infinity and -Infinity are not JSON."""
+    def refuse(constant: str):
+        raise AssertionError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_nan_and_infinity_are_answered_as_null(api):
+    """Floats and numerics may hold NaN and ±Infinity (arrays of them too): JSON has no such numbers, so the
+    answer has null for them, and stays JSON a browser can read."""
+    table = embedded_project_of_new_table(
+        api, "ALTER TABLE {t} ADD COLUMN rating double precision, ADD COLUMN scores float8[]",
+        "UPDATE {t} SET rating = product_id / 4.0, scores = ARRAY[product_id, 'NaN', '-Infinity']::float8[]",
+        "UPDATE {t} SET rating = 'NaN', price = 'NaN' WHERE product_id = 1",
+        "UPDATE {t} SET rating = 'Infinity' WHERE product_id = 2")
+    try:
+        for mode in ("vector", "hybrid"):
+            for response in (search(api, job_name=table, query="phone", limit=24, mode=mode,
+                                    return_columns="product_id,price,rating,scores"),
+                             api.client.post(SEARCH, params={"conn_id": "api_db"}, json={
+                                 "job_name": table, "query": "phone", "limit": 24, "mode": mode,
+                                 "return_columns": ["product_id", "price", "rating", "scores"]})):
+                assert response.status_code == 200, response.text
+                rows = {row["product_id"]: row for row in strict_json(response.text)}
+                assert len(rows) == 24, mode
+                assert rows[1]["rating"] is None and rows[1]["price"] is None and rows[2]["rating"] is None
+                assert rows[3]["rating"] == 0.75 and rows[3]["price"] == 449.0
+                assert rows[3]["scores"] == [3.0, None, None]
+    finally:
+        assert api.client.delete(f"/api/v1/table/{table}", params={"conn_id": "api_db"}).status_code == 200
+
+
 # -- pg_vectorize's filter grammar (GET) ----------------------------------------------------------------------
 @pytest.mark.parametrize(("value", "expected"), [
     ("gt.1099", {6, 15}),  # 1899, 1299

@@ -13,6 +13,7 @@ import base64
 import datetime
 import decimal
 import json
+import math
 import time
 import uuid
 from collections.abc import Sequence
@@ -247,9 +248,27 @@ def health(request: Request, conn_id: str = CONN_ID) -> Response:
 # -- answers -----------------------------------------------------------------------------------------------
 def json_response(content: Any, status_code: int = 200) -> Response:
     """``content`` as JSON: what PostgreSQL's values become in pg_vectorize's answers (numbers for numerics,
-    ISO 8601 for times, text for UUIDs, base64 for bytes)."""
-    return Response(json.dumps(content, default=_jsonable, ensure_ascii=False, separators=(",", ":")),
-                    status_code=status_code, media_type="application/json")
+    ISO 8601 for times, text for UUIDs, base64 for bytes); NaN and ±Infinity (float and numeric values may
+    hold them) are null, as JSON has no such numbers."""
+    try:
+        text = json.dumps(content, default=_jsonable, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError:  # a non-finite number somewhere: rare, so looked for only then
+        text = json.dumps(_finite(content), default=_jsonable, ensure_ascii=False, separators=(",", ":"),
+                          allow_nan=False)
+    return Response(text, status_code=status_code, media_type="application/json")
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN and ±Infinity (also inside what ``_jsonable`` makes) as None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (str, int)):
+        return value
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return _finite(_jsonable(value))
 
 
 def _jsonable(value: Any) -> Any:
