@@ -459,13 +459,19 @@ def check_import_rows(cur: Cursor, project: Project, table: Table, keys: list[Co
         checks.append(("NULL or negative chunk numbers", sql.SQL("{c} IS NULL OR {c} < 0").format(
             c=sql.Identifier("s", chunk.name))))
     if is_array:
-        checks.append(("NULL elements in embeddings", sql.SQL("array_position({}, NULL) IS NOT NULL").format(e)))
+        checks.append(("arrays of more than one dimension", sql.SQL("array_ndims({}) > 1").format(e)))
+        checks.append(("NULL elements in embeddings", sql.SQL(  # array_position reads one dimension only
+            "CASE WHEN array_ndims({e}) = 1 THEN array_position({e}, NULL) IS NOT NULL END").format(e=e)))
         checks.append(("NaN or infinite values", sql.SQL(
             "{}::float8[] && '{{NaN,Infinity,-Infinity}}'::float8[]").format(e)))
         if emb.element == "float8":  # finite, but infinite once stored as real
             checks.append((f"values beyond the range of real (|x| > {REAL_MAX:.8g})", sql.SQL(
                 "EXISTS (SELECT FROM unnest({e}) x WHERE abs(x) > {m} AND abs(x) < 'Infinity')"
             ).format(e=e, m=sql.Literal(REAL_MAX))))
+    if project.index_dist_type == "pgv_hnsw_cosine":  # no cosine distance: never found, yet counted as embedded
+        zero = "NOT EXISTS (SELECT FROM unnest({e}) x WHERE x <> 0)" if is_array else (
+            "l2_norm({e}) = 0" if emb.typname == "halfvec" else "vector_norm({e}) = 0")
+        checks.append(("zero vectors, which have no cosine distance", sql.SQL(zero).format(e=e)))
     if project.half_index and emb.typname != "halfvec":  # a half-precision index: catalog.index_expression
         # (a vector is unnested only when its norm, pgvector's vector_norm, allows such a value)
         beyond = ("" if is_array else "vector_norm({e}) > {m} AND ") + \
@@ -474,10 +480,8 @@ def check_import_rows(cur: Cursor, project: Project, table: Table, keys: list[Co
                        sql.SQL(beyond).format(e=e, cast=sql.SQL("" if is_array else "::real[]"),
                                               m=sql.Literal(HALFVEC_MAX))))
     dims = sql.SQL("cardinality({})").format(e) if is_array else sql.SQL("vector_dims({})").format(e)
-    if is_array or emb.typmod <= 0:
-        multi_dim = sql.SQL("array_ndims({}) <> 1 OR ").format(e) if is_array else sql.SQL("")
-        checks.append(("dimension mismatch", sql.SQL("{m}{d} <> {n}").format(
-            m=multi_dim, d=dims, n=sql.Literal(project.dimensions))))
+    if is_array or emb.typmod <= 0:  # (an array of more than one dimension has its own check above)
+        checks.append(("dimension mismatch", sql.SQL("{d} <> {n}").format(d=dims, n=sql.Literal(project.dimensions))))
 
     items = [sql.SQL("count(*) AS total")]
     for i, (_, condition) in enumerate(checks):

@@ -229,6 +229,29 @@ def test_nan_and_infinity_are_answered_as_null(api):
         assert api.client.delete(f"/api/v1/table/{table}", params={"conn_id": "api_db"}).status_code == 200
 
 
+def test_a_source_column_named_fts_rank_is_refused_in_hybrid_answers(api):
+    """Hybrid answers name the full-text rank fts_rank, as pg_vectorize's server: a source column of that name
+    asked for is refused by name (not silently replaced by the rank); a vector search returns it."""
+    table = embedded_project_of_new_table(api, "ALTER TABLE {t} ADD COLUMN fts_rank text",
+                                          "UPDATE {t} SET fts_rank = 'source-' || product_id")
+    try:
+        before = snapshot(api.db)
+        message = "return_columns: 'fts_rank' is the name of a key that hybrid search answers add"
+        assert_error(search(api, job_name=table, query="phone", return_columns="product_id,fts_rank"), 400,
+                     "InvalidInputError", message, "mode=vector")
+        assert_error(api.client.post(SEARCH, params={"conn_id": "api_db"}, json={
+            "job_name": table, "query": "phone", "return_columns": ["product_id", "fts_rank"]}),
+            400, "InvalidInputError", message)
+        vector = search(api, job_name=table, query="phone", mode="vector", return_columns="product_id,fts_rank")
+        assert all(row["fts_rank"] == f"source-{row['product_id']}" for row in vector.json()), vector.text
+        rows = search(api, job_name=table, query="phone", limit=24).json()  # every column: the rank's
+        assert all(row["fts_rank"] is None or isinstance(row["fts_rank"], int) for row in rows)
+        assert any(isinstance(row["fts_rank"], int) for row in rows)
+        assert snapshot(api.db) == before
+    finally:
+        assert api.client.delete(f"/api/v1/table/{table}", params={"conn_id": "api_db"}).status_code == 200
+
+
 # -- pg_vectorize's filter grammar (GET) ----------------------------------------------------------------------
 @pytest.mark.parametrize(("value", "expected"), [
     ("gt.1099", {6, 15}),  # 1899, 1299

@@ -294,6 +294,13 @@ BAD_IMPORTS = [
     ({}, "INSERT INTO bad SELECT 999, embedding FROM bad WHERE product_id = 1", InvalidInputError,
      "1 row(s) with keys not found in the project's table; e.g. keys ['999']"),
     ({}, "INSERT INTO bad VALUES (NULL, NULL)", InvalidInputError, "1 row(s) with NULL keys"),
+    ({}, "UPDATE bad SET embedding = ARRAY[embedding] WHERE product_id = 10", InvalidInputError,  # was untyped
+     "1 row(s) with arrays of more than one dimension; e.g. keys ['10']"),
+    ({}, "UPDATE bad SET embedding = array_fill(0::real, ARRAY[384]) WHERE product_id = 11", InvalidInputError,
+     "1 row(s) with zero vectors, which have no cosine distance; e.g. keys ['11']"),  # were never found
+    ({}, "ALTER TABLE bad ALTER embedding TYPE vector(384) USING embedding::vector;"
+         " UPDATE bad SET embedding = array_fill(0::real, ARRAY[384])::vector WHERE product_id = 12", InvalidInputError,
+     "1 row(s) with zero vectors, which have no cosine distance; e.g. keys ['12']"),
 ]
 
 

@@ -42,7 +42,7 @@ from airflow_vectorize.api.schemas import (
     TableBody,
 )
 from airflow_vectorize.api.warm_up import WarmUp
-from airflow_vectorize.exceptions import DatabasePermissionError, ProjectConflictError
+from airflow_vectorize.exceptions import DatabasePermissionError, InvalidInputError, ProjectConflictError
 from airflow_vectorize.hooks.vectorize import KEEP, VectorizeHook
 from airflow_vectorize.models import batching
 
@@ -50,6 +50,7 @@ CONN_ID = Query(DEFAULT_CONN_ID, max_length=MAX_CONN_ID, description=CONN_ID_DES
 # Query parameters of GET /api/v1/search that are not filters (a column of one of these names can be
 # filtered on through POST).
 SEARCH_PARAMETERS = tuple(SearchQuery.model_fields)
+HYBRID_RANK = "fts_rank"  # what the API calls the hook's full_text_rank, as pg_vectorize's server
 
 
 @dataclass
@@ -121,12 +122,17 @@ def _search(request: Request, conn_id: str, job_name: str, query: str, mode: str
         rows = hook.search(job_name, query, return_columns=return_columns, num_results=limit,
                            filters=filters, ef_search=ef_search)
     else:
+        if return_columns is not None and HYBRID_RANK in return_columns:
+            raise InvalidInputError(
+                f"return_columns: {HYBRID_RANK!r} is the name of a key that hybrid search answers add (rrf_score,"
+                f" semantic_rank, {HYBRID_RANK}, similarity_score); rename that column of the source, or search"
+                " with mode=vector")
         rows = hook.hybrid_search(
             job_name, query, return_columns=return_columns, num_results=limit, filters=filters,
             semantic_weight=semantic_wt, full_text_weight=fts_wt, ef_search=ef_search, rrf_k=rrf_k,
             candidates=window_size if window_size is not None else max(limit, DEFAULT_WINDOW))
-        for row in rows:  # pg_vectorize's server names it fts_rank
-            row["fts_rank"] = row.pop("full_text_rank")
+        for row in rows:  # pg_vectorize's server names it fts_rank (a source column of that name is left out)
+            row[HYBRID_RANK] = row.pop("full_text_rank")
     response = json_response(rows)
     # The time inside the hook (query embedding and statement), for clients and the bench to tell it from HTTP's
     response.headers["Server-Timing"] = f"search;dur={(time.perf_counter() - started) * 1000:.2f}"
