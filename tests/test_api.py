@@ -252,6 +252,28 @@ def test_a_source_column_named_fts_rank_is_refused_in_hybrid_answers(api):
         assert api.client.delete(f"/api/v1/table/{table}", params={"conn_id": "api_db"}).status_code == 200
 
 
+def test_a_window_size_below_limit_is_searched(api):
+    """pg_vectorize's server takes window_size rows per side and cuts the fused list at limit; the hook needs
+    as many candidates per side as rows, so a window_size below limit takes limit (the same answer)."""
+    base = {"job_name": "products", "query": "laptop battery"}
+    small = search(api, **base, limit=10, window_size=5)
+    assert small.status_code == 200, small.text
+    assert small.json() == search(api, **base, limit=10, window_size=10).json() and len(small.json()) == 10
+    posted = api.client.post(SEARCH, params={"conn_id": "api_db"}, json={**base, "limit": 3, "window_size": 2})
+    assert posted.status_code == 200 and len(posted.json()) == 3, posted.text
+    assert search(api, **base, limit=3, window_size=0).status_code == 422  # window_size >= 1, by name
+    assert "window_size" in search(api, **base, limit=3, window_size=0).text
+
+
+def test_alter_without_a_field_names_the_api_s_fields(api):
+    before = snapshot(api.db)
+    for body in ({}, {"schedule": None, "src_columns": None, "halfvec_index": None}):
+        response = api.client.patch("/api/v1/table/products", params={"conn_id": "api_db"}, json=body)
+        assert_error(response, 400, "InvalidInputError", "nothing to alter: give schedule, src_columns,"
+                     " update_time_col and/or the index's hnsw_m, hnsw_ef_construction, halfvec_index")
+    assert snapshot(api.db) == before
+
+
 # -- pg_vectorize's filter grammar (GET) ----------------------------------------------------------------------
 @pytest.mark.parametrize(("value", "expected"), [
     ("gt.1099", {6, 15}),  # 1899, 1299

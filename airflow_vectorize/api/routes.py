@@ -127,10 +127,12 @@ def _search(request: Request, conn_id: str, job_name: str, query: str, mode: str
                 f"return_columns: {HYBRID_RANK!r} is the name of a key that hybrid search answers add (rrf_score,"
                 f" semantic_rank, {HYBRID_RANK}, similarity_score); rename that column of the source, or search"
                 " with mode=vector")
+        # pg_vectorize takes window_size rows per side and cuts the fused list at limit; the hook takes at
+        # least as many candidates per side as rows, so a window_size below limit takes limit.
         rows = hook.hybrid_search(
             job_name, query, return_columns=return_columns, num_results=limit, filters=filters,
             semantic_weight=semantic_wt, full_text_weight=fts_wt, ef_search=ef_search, rrf_k=rrf_k,
-            candidates=window_size if window_size is not None else max(limit, DEFAULT_WINDOW))
+            candidates=max(limit, DEFAULT_WINDOW if window_size is None else window_size))
         for row in rows:  # pg_vectorize's server names it fts_rank (a source column of that name is left out)
             row[HYBRID_RANK] = row.pop("full_text_rank")
     response = json_response(rows)
@@ -186,6 +188,11 @@ def alter_table(request: Request, body: AlterBody, job_name: str = Path(max_leng
     def given(field: str) -> Any:  # a field left out stays as it is; null is a value for these
         return getattr(body, field) if field in body.model_fields_set else KEEP
 
+    if (body.schedule is None and body.src_columns is None and body.halfvec_index is None
+            and all(given(f) is KEEP for f in ("update_time_col", "hnsw_m", "hnsw_ef_construction"))):
+        # the hook's message would name its arguments (columns, update_col)
+        raise InvalidInputError("nothing to alter: give schedule, src_columns, update_time_col and/or the index's"
+                                " hnsw_m, hnsw_ef_construction, halfvec_index")
     return json_response(hook.alter_project(
         job_name, schedule=body.schedule, columns=body.src_columns, update_col=given("update_time_col"),
         hnsw_m=given("hnsw_m"), hnsw_ef_construction=given("hnsw_ef_construction"),
