@@ -259,6 +259,19 @@ def test_search_operator(products, hook, model):
     assert {"job_name", "query", "filters", "return_columns"} <= set(VectorSearchOperator.template_fields)
     assert math.isfinite(rows[0]["rrf_score"])
 
+    # Strict JSON, and no number a float would change (before: NaN reached XCom, and a numeric key came back
+    # as 1.2345678901234567e+19, which names no row).
+    products.execute("ALTER TABLE products ADD COLUMN rating float8, ADD COLUMN code numeric")
+    products.execute("UPDATE products SET rating = 'NaN', code = 12345678901234567890.12345 WHERE product_id = 1")
+    products.execute("UPDATE products SET rating = '-Infinity', code = 'NaN' WHERE product_id = 2")
+    operator = VectorSearchOperator(task_id="search", job_name=JOB, query="iPhone", num_results=24,
+                                    postgres_conn_id=products.conn_id)
+    rows = {row["product_id"]: row for row in operator.execute(context={})}
+    json.dumps(list(rows.values()), allow_nan=False)
+    assert (rows[1]["rating"], rows[1]["code"], rows[2]["rating"], rows[2]["code"]) == (
+        None, "12345678901234567890.12345", None, None)
+    assert rows[3]["price"] == float(products.scalar("SELECT price FROM products WHERE product_id = 3"))
+
 
 def test_a_recreated_project_is_searched_as_it_now_is(products, hook, model):
     make_project(products, hook, model)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import math
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
@@ -56,11 +57,17 @@ class VectorSearchOperator(VectorizeBaseOperator):
 
 
 def to_json(value: Any) -> Any:
-    """A JSON-serialisable form of a database value (Decimal -> float, dates and times -> ISO strings)."""
-    if value is None or isinstance(value, (bool, int, float, str)):
+    """A JSON-serialisable form of a database value (Decimal -> float, or its text where a float would change
+    it, e.g. a numeric key; NaN and ±Infinity -> None, as strict JSON has none; dates and times -> ISO strings)."""
+    if value is None or isinstance(value, (bool, int, str)):
         return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
     if isinstance(value, Decimal):
-        return float(value)
+        if not value.is_finite():
+            return None
+        number = float(value)
+        return number if Decimal(repr(number)) == value else str(value)
     if isinstance(value, (datetime.date, datetime.time)):
         return value.isoformat()
     if isinstance(value, datetime.timedelta):
