@@ -274,6 +274,28 @@ def test_alter_without_a_field_names_the_api_s_fields(api):
     assert snapshot(api.db) == before
 
 
+def test_create_table_of_a_missing_table_schema_or_update_column_is_404(api):
+    """As pg_vectorize's server ("schema, table or column NOT FOUND"), with the project's own message; other
+    refusals stay 400."""
+    table = new_table(api)
+    body = {"job_name": table, "src_table": table, "src_columns": ["name"], "primary_key": "product_id",
+            "update_time_col": "updated_at"}
+    before = snapshot(api.db)
+
+    def create(**changes) -> httpx.Response:
+        return api.client.post("/api/v1/table", params={"conn_id": "api_db"}, json={**body, **changes})
+
+    assert_error(create(src_table="nosuch"), 404, "SourceNotFoundError", 'source table "public"."nosuch" does not exist')
+    assert_error(create(src_schema="nosuch"), 404, "SourceNotFoundError", f'source table "nosuch"."{table}" does not exist')
+    assert_error(create(update_time_col="nosuch"), 404, "SourceNotFoundError",
+                 f"update_col column 'nosuch' does not exist in table \"public\".\"{table}\"")
+    assert_error(create(update_time_col="name"), 400, "InvalidInputError", "it must be timestamp")
+    assert_error(create(src_columns=["colour"]), 400, "InvalidInputError", "text column 'colour' does not exist")
+    assert_error(create(job_name="bad name", src_table="nosuch"), 400, "InvalidInputError", "[A-Za-z0-9_]+")
+    assert_error(create(src_table="no\x00such"), 400, "InvalidInputError", "NUL")
+    assert snapshot(api.db) == before
+
+
 # -- pg_vectorize's filter grammar (GET) ----------------------------------------------------------------------
 @pytest.mark.parametrize(("value", "expected"), [
     ("gt.1099", {6, 15}),  # 1899, 1299
