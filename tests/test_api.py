@@ -296,6 +296,48 @@ def test_create_table_of_a_missing_table_schema_or_update_column_is_404(api):
     assert snapshot(api.db) == before
 
 
+def test_a_search_deadlocked_by_a_concurrent_change_is_a_409_without_sql(api):
+    """A search holding the embeddings table while it waits for the source, and a change of the project holding
+    the source while it waits for the embeddings table (DELETE or POST /api/v1/table racing searches):
+    PostgreSQL ends the search's statement. The hook runs a search that lost a deadlock once more; when that
+    loses one too, the answer is a conflict to retry, PostgreSQL's text (statement, processes) in the log."""
+    import threading
+
+    import psycopg
+
+    table = project_of_new_table(api)
+    source, embeddings = f"public.{table}", f"vectorize._embeddings_{table}"
+    answers: list[httpx.Response] = []
+    with psycopg.connect(api.db.uri) as change:
+
+        def wait_until_the_search_waits_for(relation: str) -> None:
+            deadline = time.monotonic() + 30
+            while not change.execute("SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = %s::regclass"
+                                     " AND pid <> pg_backend_pid()", [relation]).fetchone()[0]:
+                assert time.monotonic() < deadline and searching.is_alive(), answers
+                time.sleep(0.05)
+
+        change.execute(f"LOCK TABLE {source} IN ACCESS EXCLUSIVE MODE")
+        searching = threading.Thread(target=lambda: answers.append(
+            search(api, job_name=table, query="phone", mode="vector")))
+        searching.start()
+        for attempt in range(2):  # the search, then the hook's second run of it
+            wait_until_the_search_waits_for(source)  # holding the embeddings table
+            change.execute("SAVEPOINT cycle")
+            change.execute(f"LOCK TABLE {embeddings} IN ACCESS EXCLUSIVE MODE")  # the cycle: the search loses
+            if attempt == 0:
+                wait_until_the_search_waits_for(embeddings)  # its second run
+                change.execute("ROLLBACK TO SAVEPOINT cycle")
+        change.rollback()
+    searching.join()
+    assert_error(answers[0], 409, "LockConflictError", "conflicted with another one changing the same project",
+                 "a deadlock", "send it again")
+    assert not any(word in answers[0].json()["detail"] for word in ("LINE", "SELECT", "Process", "relation"))
+    assert answers[0].headers["retry-after"] == "1"
+    assert search(api, job_name=table, query="phone", mode="vector").status_code == 200
+    assert api.client.delete(f"/api/v1/table/{table}", params={"conn_id": "api_db"}).status_code == 200
+
+
 # -- pg_vectorize's filter grammar (GET) ----------------------------------------------------------------------
 @pytest.mark.parametrize(("value", "expected"), [
     ("gt.1099", {6, 15}),  # 1899, 1299

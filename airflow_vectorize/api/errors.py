@@ -1,7 +1,8 @@
 """The project's exceptions as HTTP answers, in one place: ``{"detail": message, "type": exception name}``.
 
 =============================================  ======
-ProjectNotFoundError, an unknown connection      404
+ProjectNotFoundError, an unknown connection,     404
+a missing source (``POST /api/v1/table``)
 InvalidInputError (and DimensionMismatchError)   400
 ProjectConflictError                             409
 ModelConnectionError (unreachable, missing)      503
@@ -11,6 +12,8 @@ model, server errors past retries, bad answers)
 DatabaseConnectionError, database unreachable    503
 DatabasePermissionError (the connection's role   503
 lacks a privilege: ``grant_search``)
+a deadlock or lock timeout with a concurrent     409
+request (``LockConflictError``, ``Retry-After``)
 =============================================  ======
 
 Messages are the project's own: they name the project, the connection and the model, never a key. A request
@@ -67,6 +70,15 @@ def answer(status: int, detail: str, kind: str, headers: dict[str, str] | None =
     return JSONResponse({"detail": detail, "type": kind}, status_code=status, headers=headers)
 
 
+LOCK_CONFLICTS = {"40P01": "a deadlock", "40001": "a serialization failure", "55P03": "a lock not available"}
+
+
+def lock_conflict(error: psycopg.Error) -> str | None:
+    """What conflict ``error`` is (a deadlock, a serialization failure, a lock timeout), None for any other:
+    a conflict with a concurrent transaction, which the same request may win when sent again."""
+    return LOCK_CONFLICTS.get(error.sqlstate or "")
+
+
 def status_of(error: BaseException) -> int:
     for kind, status in STATUS:
         if isinstance(error, kind):
@@ -97,6 +109,14 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(psycopg.OperationalError)
     async def database_unreachable(request: Request, error: psycopg.OperationalError) -> JSONResponse:
+        if conflict := lock_conflict(error):
+            # A deadlock or lock timeout with another request changing the same project (POST / DELETE
+            # /api/v1/table while it is searched): PostgreSQL rolled this statement back; the request may be
+            # sent again. PostgreSQL's text (the statement, processes, relations) stays in the log.
+            log.warning("%s %s: database: %s", request.method, request.url.path, error)
+            return answer(409, f"the request conflicted with another one changing the same project ({conflict},"
+                               " PostgreSQL rolled this request's statement back); send it again",
+                          "LockConflictError", {"Retry-After": "1"})
         # Connecting failed (refused, authentication, no such database): the hook raises it as is.
         log.warning("%s %s: database: %s", request.method, request.url.path, error)
         return answer(503, f"the database is unavailable: {str(error).strip()}", "DatabaseConnectionError")
