@@ -384,6 +384,36 @@ def test_filter_grammar_errors(api):
                  "does not fit its column")  # a number against a text column
 
 
+def test_a_filter_value_of_another_type_than_its_column_is_refused_naming_column_type_and_value(api):
+    """PostgreSQL's refusal (a text value for an integer, boolean or timestamp column, a number against a text
+    column) is answered with its first line, and the column, its type and the value: not its statement."""
+    before = snapshot(api.db)
+    cases = [
+        ({"stock": {"eq": "abc"}}, "column 'stock' (integer) eq 'abc'", 'invalid input syntax for type integer: "abc"'),
+        ({"category": {"gt": 5}, "stock": {"gt": 1}}, "column 'category' (character varying(40)) gt 5",
+         "operator does not exist: character varying > "),
+        ({"in_stock": {"eq": "maybe"}, "price": {"gt": 1}}, "column 'in_stock' (boolean) eq 'maybe'",
+         'invalid input syntax for type boolean: "maybe"'),
+        ({"updated_at": "yesterday-ish"}, "column 'updated_at' (timestamp with time zone) eq 'yesterday-ish'",
+         "invalid input syntax for type timestamp with time zone"),
+    ]
+    for filters, named, problem in cases:
+        for mode in ("vector", "hybrid"):
+            response = api.client.post(SEARCH, params={"conn_id": "api_db"}, json={
+                "job_name": "products", "query": "phone", "mode": mode, "filters": filters})
+            assert_error(response, 400, "InvalidInputError", "a filter value does not fit its column: " + named,
+                         problem)
+            detail = response.json()["detail"]
+            assert not any(word in detail for word in ("LINE", "HINT", "SELECT", "^")), detail
+            assert detail.count("column '") == 1, detail  # the filter at fault, not the others
+    got = search(api, job_name="products", query="x", category="gt.5")  # pg_vectorize's grammar, GET
+    assert_error(got, 400, "InvalidInputError", "column 'category' (character varying(40)) gt 5")
+    assert "LINE" not in got.text
+    assert_error(rag(api, chat_model="openai/x", chat_conn_id="chat", filters={"stock": "eq.abc"}), 400,
+                 "InvalidInputError", "column 'stock' (integer) eq 'abc'")
+    assert snapshot(api.db) == before
+
+
 # -- projects: create, re-create, conflict, drop --------------------------------------------------------------
 def new_table(api: Api) -> str:
     table = f"t_{uuid.uuid4().hex[:8]}"

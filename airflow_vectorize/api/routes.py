@@ -16,7 +16,8 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -120,6 +121,18 @@ def _search(request: Request, conn_id: str, job_name: str, query: str, mode: str
             ) -> Response:
     hook = hook_for(request, conn_id, "read", job_name)
     started = time.perf_counter()
+    with filter_errors(hook, job_name, filters):
+        rows = _rows(hook, job_name, query, mode, limit, window_size, rrf_k, semantic_wt, fts_wt, return_columns,
+                     ef_search, filters)
+    response = json_response(rows)
+    # The time inside the hook (query embedding and statement), for clients and the bench to tell it from HTTP's
+    response.headers["Server-Timing"] = f"search;dur={(time.perf_counter() - started) * 1000:.2f}"
+    return response
+
+
+def _rows(hook: VectorizeHook, job_name: str, query: str, mode: str, limit: int, window_size: int | None,
+          rrf_k: float, semantic_wt: float, fts_wt: float, return_columns: Sequence[str] | None,
+          ef_search: int | None, filters: dict[str, Any] | None) -> list[dict[str, Any]]:
     if mode == "vector":
         rows = hook.search(job_name, query, return_columns=return_columns, num_results=limit,
                            filters=filters, ef_search=ef_search)
@@ -137,10 +150,54 @@ def _search(request: Request, conn_id: str, job_name: str, query: str, mode: str
             candidates=max(limit, DEFAULT_WINDOW if window_size is None else window_size))
         for row in rows:  # pg_vectorize's server names it fts_rank (a source column of that name is left out)
             row[HYBRID_RANK] = row.pop("full_text_rank")
-    response = json_response(rows)
-    # The time inside the hook (query embedding and statement), for clients and the bench to tell it from HTTP's
-    response.headers["Server-Timing"] = f"search;dur={(time.perf_counter() - started) * 1000:.2f}"
-    return response
+    return rows
+
+
+@contextmanager
+def filter_errors(hook: VectorizeHook, job_name: str, filters: dict[str, Any] | None) -> Iterator[None]:
+    """A filter value PostgreSQL could not compare with its column (``invalid input syntax for type integer``,
+    ``operator does not exist: text > integer``, out of range) is refused naming the column, its type and the
+    value, with PostgreSQL's first line only: the hook's message carries PostgreSQL's whole text (the
+    statement's ``LINE 1:`` and a ``HINT``)."""
+    try:
+        yield
+    except InvalidInputError as error:
+        cause = error.__cause__
+        if not (filters and str(error).startswith(MISMATCH) and isinstance(cause, psycopg.Error)
+                and cause.diag.message_primary):
+            raise
+        raise InvalidInputError(_filter_mismatch(hook, job_name, filters, cause.diag.message_primary)) from error
+
+
+MISMATCH = "a filter value does not fit its column"  # the hook's message, PostgreSQL's text after it
+OPERATOR_SIGNS = {"eq": "=", "ne": "<>", "gt": ">", "gte": ">=", "lt": "<", "lte": "<=", "in": "="}
+
+
+def _filter_mismatch(hook: VectorizeHook, job_name: str, filters: dict[str, Any], problem: str) -> str:
+    """The message for ``problem`` (PostgreSQL's first line): the filters it can be about, each with its
+    column's type and its value (those whose value or operator and type it names, else every filter)."""
+    given = [(column, op, value) for column, spec in filters.items()
+             for op, value in (spec.items() if isinstance(spec, dict) else [("eq", spec)])]
+    try:
+        params = hook.get_project(job_name)["params"]
+        with hook.transaction() as cur:
+            table = validation.describe_table(cur, params["schema"], params["relation"])
+        columns = table.columns if table else {}
+    except Exception:  # noqa: BLE001 - the types are a help; without them the message names the filters
+        columns = {}
+
+    def about(column: str, op: str, value: Any) -> bool:
+        values = value if isinstance(value, list) else [value]
+        if any(f'"{item}"' in problem for item in values if not isinstance(item, bool)):
+            return True  # invalid input syntax for type integer: "abc"; value "100000" is out of range
+        # operator does not exist: character varying > integer
+        return column in columns and f": {columns[column].data_type} {OPERATOR_SIGNS.get(op, op)} " in problem
+
+    suspects = [f for f in given if about(*f)] or given
+    described = "; ".join(
+        f"column {column!r} ({columns[column].type_sql if column in columns else 'type unknown'}) {op} {value!r}"
+        for column, op, value in suspects)
+    return f"{MISMATCH}: {described}: {problem}"
 
 
 # -- RAG ---------------------------------------------------------------------------------------------------
@@ -149,10 +206,12 @@ def _search(request: Request, conn_id: str, job_name: str, query: str, mode: str
 def rag(request: Request, body: RagBody, conn_id: str = CONN_ID) -> Response:
     hook = hook_for(request, conn_id, "read", body.job_name)
     authorize_model(request, models.chat_conn_id(body.chat_model, body.chat_conn_id))
-    answer = hook.rag(body.job_name, body.query, body.chat_model, chat_conn_id=body.chat_conn_id,
-                      task=body.task, num_context=body.num_context, force_trim=body.force_trim,
-                      filters=filter_grammar.from_body(body.filters), hybrid=body.hybrid,
-                      max_tokens=body.max_tokens, temperature=body.temperature)
+    filters = filter_grammar.from_body(body.filters)
+    with filter_errors(hook, body.job_name, filters):
+        answer = hook.rag(body.job_name, body.query, body.chat_model, chat_conn_id=body.chat_conn_id,
+                          task=body.task, num_context=body.num_context, force_trim=body.force_trim,
+                          filters=filters, hybrid=body.hybrid, max_tokens=body.max_tokens,
+                          temperature=body.temperature)
     return json_response(answer)
 
 
