@@ -164,15 +164,17 @@ def _function_body(project: Project) -> sql.Composable:
             {on_delete}
           ELSE
             {on_rekey}
-            DELETE FROM {queue} WHERE ({keys}) = ({old_keys});
-            DELETE FROM {errors} WHERE ({keys}) = ({old_keys});
+            IF NOT EXISTS (SELECT FROM {source} r WHERE {old_in_source}) THEN  -- not another row's key now
+              DELETE FROM {queue} WHERE ({keys}) = ({old_keys});
+              DELETE FROM {errors} WHERE ({keys}) = ({old_keys});
+            END IF;
             {requeue}
           END IF;
           RETURN NULL;
         END
         """
     ).format(on_truncate=on_truncate, on_delete=on_delete, on_rekey=on_rekey, requeue=requeue,
-             on_row_delete=on_row_delete, **parts)
+             on_row_delete=on_row_delete, old_in_source=key.equals("r", "old"), **parts)
 
 
 def upgrade(cur: Cursor, project: Project) -> bool:

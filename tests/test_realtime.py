@@ -114,6 +114,27 @@ def test_pending_only_generation_embeds_the_queue_not_the_table(products, hook):
     assert hook.get_freshness("shop")["stale"] == 24
 
 
+@pytest.mark.parametrize("order", ["ASC", "DESC"])
+def test_keys_shifted_in_one_statement_stay_queued(database, hook, order):
+    """A deferrable key lets one UPDATE give a row the key another row just left. Before, the trigger of the
+    row that left key 2 took key 2 off the queue after the trigger of the row that took it had queued it:
+    key 2's vector (of the other row's text) stayed stale, unqueued, for realtime runs."""
+    database.execute("CREATE TABLE shifts (id integer, body text, CONSTRAINT shifts_pk PRIMARY KEY (id) DEFERRABLE)")
+    database.execute("INSERT INTO shifts VALUES (1, 'a red kettle'), (2, 'a green lamp'), (3, 'a blue chair')")
+    hook.create_project("shifts", "shifts", "id", ["body"], embed_existing=True)
+    database.execute("CLUSTER shifts USING shifts_pk" if order == "ASC" else
+                     "CREATE INDEX shifts_desc ON shifts (id DESC); CLUSTER shifts USING shifts_desc")
+
+    database.execute("UPDATE shifts SET id = id + 1")  # rows read in the table's order: 1 first, or 3 first
+
+    assert sorted(database.execute("SELECT id FROM vectorize._pending_shifts")) == [(2,), (3,), (4,)]
+    run = hook.generate_embeddings("shifts", pending_only=True)
+    assert (run["embedded"], run["vectors_removed"]) == (3, 1)  # key 1 is no row now
+    status = hook.get_status("shifts")
+    assert (status["embedded_rows"], status["stale_rows"], status["pending"]) == (3, 0, 0)
+    assert hook.search("shifts", "kettle", num_results=1)[0]["id"] == 2
+
+
 def test_freshness_trigger_fires_once_the_queue_is_embedded(products, hook):
     hook.create_project("shop", "products", "product_id", COLUMNS)
     insert_products(products, 100, 2)
