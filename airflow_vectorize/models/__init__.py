@@ -89,7 +89,8 @@ def embedding_model(transformer: str, conn_id: str | None = None, dimensions: in
 def chat_model(name: str, conn_id: str | None = None) -> ChatModel:
     """A client of the chat model ``name`` (``openai/<model>``, ``ollama/<model>``,
     ``portkey/<provider>/<model>``) at its connection."""
-    return _module(provider_name(name)).chat(name, chat_conn_id(name, conn_id))
+    conn_id = chat_conn_id(name, conn_id)  # InvalidInputError unless a remote chat model
+    return _module(provider_name(name)).chat(name, conn_id)
 
 
 def chat_conn_id(name: str, conn_id: str | None) -> str:
