@@ -16,8 +16,10 @@ FULL_TEXT_CHARS = 100_000
 
 
 def text(project: Project, alias: str) -> sql.Composable:
-    """The text to embed: the columns joined with ', ', NULL columns skipped ('' when all are NULL)."""
-    parts = sql.SQL(", ").join(sql.Identifier(alias, column) for column in project.columns)
+    """The text to embed: the columns joined with ', ', NULL and empty columns skipped ('' when none has
+    text: a row then has nothing to embed, and no separator is left dangling)."""
+    parts = sql.SQL(", ").join(sql.SQL("nullif({}, '')").format(sql.Identifier(alias, column))
+                               for column in project.columns)
     return sql.SQL("concat_ws(', ', {})").format(parts)
 
 

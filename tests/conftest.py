@@ -136,10 +136,10 @@ def products(database: Database) -> Database:
 
 
 def product_texts(db: Database, columns: tuple[str, ...] = ("name", "description")) -> dict[int, str]:
-    """product_id -> the text a project over ``columns`` embeds (joined with ', ', NULLs skipped)."""
+    """product_id -> the text a project over ``columns`` embeds (joined with ', ', NULL and '' skipped)."""
     rows = db.execute(sql.SQL("SELECT product_id, {} FROM products").format(
         sql.SQL(", ").join(sql.Identifier(c) for c in columns)))
-    return {row[0]: ", ".join(v for v in row[1:] if v is not None) for row in rows}
+    return {row[0]: ", ".join(v for v in row[1:] if v) for row in rows}
 
 
 def create_embeddings_table(db: Database, model, table: str = "product_embeddings",

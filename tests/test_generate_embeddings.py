@@ -40,21 +40,23 @@ def create_items(db, rows: int) -> None:
 @pytest.mark.parametrize("table_method", ["join", "append"])
 def test_embeddings_are_the_models_encoding_of_the_text(products, hook, model, table_method):
     products.execute("UPDATE products SET description = NULL WHERE product_id = 3")
-    products.execute("INSERT INTO products (product_id, name, description) VALUES (50, '', NULL)")
+    products.execute("UPDATE products SET description = '' WHERE product_id = 4")
+    products.execute("INSERT INTO products (product_id, name, description) VALUES (50, '', NULL), (51, '', '')")
     hook.create_project("shop", "products", "product_id", COLUMNS, table_method=table_method)
 
     result = hook.generate_embeddings("shop", batch_size=8)
 
-    assert (result["embedded"], result["skipped"], result["batches"]) == (24, 1, 3)
+    assert (result["embedded"], result["skipped"], result["batches"]) == (24, 2, 3)
     texts = product_texts(products)
     assert texts[3] == "Galaxy A55"  # NULL column skipped, no dangling separator
+    assert texts[4] == "Galaxy Tab S9"  # nor an empty one's: the vectors below are of these texts
     got = stored(products, table_method=table_method)
     assert set(got) == set(range(1, 25))
     ids = sorted(got)
     expected = model.encode([texts[i] for i in ids])
     np.testing.assert_allclose(np.stack([got[i][0] for i in ids]), expected, atol=1e-5)
     status = hook.get_status("shop")
-    assert (status["embedded_rows"], status["missing_rows"], status["no_text_rows"], status["pending"]) == (24, 1, 1, 0)
+    assert (status["embedded_rows"], status["missing_rows"], status["no_text_rows"], status["pending"]) == (24, 2, 2, 0)
     assert hook.generate_embeddings("shop")["embedded"] == 0  # nothing left to do
 
 
@@ -84,7 +86,8 @@ def test_a_row_whose_text_is_cleared_loses_its_vector(products, hook, table_meth
                         embed_existing=True)
     query = product_texts(products)[1]
     assert hook.search("shop", query, num_results=1)[0]["product_id"] == 1
-    products.execute("UPDATE products SET name = '', description = NULL WHERE product_id IN (1, 2)")
+    products.execute("UPDATE products SET name = '', description = NULL WHERE product_id = 1")
+    products.execute("UPDATE products SET name = '', description = '' WHERE product_id = 2")  # was ', ': embedded
 
     run = hook.generate_embeddings("shop", pending_only=True)
 

@@ -1302,7 +1302,7 @@ class VectorizeHook(PostgresHook):
         documents = []
         for row in rows:  # a chunked project's context is each row's best chunk
             content = row["chunk"] if project.is_chunked else ", ".join(
-                str(row[c]) for c in project.columns if row[c] is not None)
+                str(row[c]) for c in project.columns if row[c] not in (None, ""))
             record_id = project.key.from_mapping(row)  # a composite key as a list (JSON, XCom)
             documents.append(rag.ContextDocument(list(record_id) if project.key.composite else record_id, content,
                                                  model.tokens.count(content),
