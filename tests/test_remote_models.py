@@ -260,6 +260,11 @@ def test_only_model_connections_are_model_endpoints(monkeypatch):
         embedding_model("openai/x", "cohere_no_host", 8)
     assert endpoint("cohere_no_host", "https://api.cohere.com", provider="cohere",
                     conn_type="cohere").base_url == "https://api.cohere.com"  # its own provider's default
+    monkeypatch.setenv("AIRFLOW_CONN_GPU_BOX", "http://:key-9@gpu-box:7997")  # Airflow's HTTP connection, as a URI
+    monkeypatch.setenv("AIRFLOW_CONN_HTTP_NO_HOST", '{"conn_type": "http", "password": "key-9"}')
+    assert endpoint("gpu_box", "https://api.openai.com/v1", provider="openai").base_url == "http://gpu-box:7997"
+    with pytest.raises(InvalidInputError, match="'http_no_host' \\(type 'http'\\) has no host"):
+        embedding_model("openai/x", "http_no_host", 8)
     monkeypatch.setenv("AIRFLOW_CONN_OPENAI_KEY_ONLY", '{"conn_type": "openai", "password": "sk-1234"}')
     assert endpoint("openai_key_only", "https://api.openai.com/v1", provider="openai").base_url \
         == "https://api.openai.com/v1"

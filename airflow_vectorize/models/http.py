@@ -94,9 +94,10 @@ class Endpoint:
 
 
 # The connection types a model connection may have: the types of the providers' connections (openai: OpenAI,
-# Ollama and any OpenAI-compatible server; cohere, voyage, portkey). Any other (a database's, an SSH host's...)
-# is refused: its password is no model's key, and must never be sent as one.
-MODEL_CONN_TYPES = ("openai", "cohere", "voyage", "portkey")
+# Ollama and any OpenAI-compatible server; cohere, voyage, portkey), and Airflow's HTTP connection (a server
+# written as http://host:port; its host is then required). Any other (a database's, an SSH host's...) is
+# refused: its password is no model's key, and must never be sent as one.
+MODEL_CONN_TYPES = ("openai", "cohere", "voyage", "portkey", "http")
 
 
 def endpoint(conn_id: str, default_url: str, *, provider: str, conn_type: str = "openai") -> Endpoint:
@@ -128,6 +129,8 @@ def endpoint(conn_id: str, default_url: str, *, provider: str, conn_type: str = 
     headers = {str(k): str(v) for k, v in (extra.pop("headers", None) or client_kwargs.get("default_headers")
                                            or {}).items()}
     url = extra.pop("base_url", None) or client_kwargs.get("base_url") or conn.host
+    if url and conn.conn_type == "http" and "://" not in url:  # as Airflow's HttpHook: its schema is the scheme
+        url = f"{conn.schema if conn.schema in ('http', 'https') else 'http'}://{url}{f':{conn.port}' if conn.port else ''}"
     if not url and default_url and conn.conn_type != conn_type:
         raise InvalidInputError(
             f"the Airflow connection {conn_id!r} (type {conn.conn_type!r}) has no host: only a {conn_type!r}"
