@@ -829,8 +829,9 @@ def _fetch(cur: Cursor, search: SearchQuery, names: dict[str, tuple[str, ...]] |
     names by statement, read once."""
     try:
         rows = cur.execute(search.statement, search.params).fetchall()
-    except (psycopg.errors.DataError, psycopg.errors.UndefinedFunction) as error:
-        raise InvalidInputError(f"a filter value does not fit its column: {error}".strip()) from error
+    except (psycopg.errors.DataError, psycopg.errors.UndefinedFunction) as error:  # PostgreSQL's first line: not
+        problem = error.diag.message_primary or str(error)  # the statement's text its LINE 1 quotes, nor a HINT
+        raise InvalidInputError(f"a filter value does not fit its column: {problem}".strip()) from error
     columns = None if names is None else names.get(search.statement)
     if columns is None:
         columns = tuple(column.name for column in cur.description)[:None if search.exact is None else -1]
