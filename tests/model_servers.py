@@ -96,6 +96,8 @@ class EmbeddingServer:
             return
         if kind == "bad_json":
             return self._send_raw(handler, 200, b'{"object": "list", "data": [{"embedd')
+        if kind == "error_200":  # an error answered with HTTP 200 (some proxies)
+            return self._send(handler, 200, {"error": {"message": action[1]}})
         if received.path.endswith("/chat/completions"):
             return self._forward_chat(handler, received)
         texts = received.body.get("input", [])
@@ -116,6 +118,11 @@ class EmbeddingServer:
                  "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode() if as_base64 else v.tolist()}
                 for i, v in enumerate(vectors)]
         data.reverse()  # servers may answer out of order: the index says where each belongs
+        if kind == "indexes":  # indexes that do not say it: each half of the batch numbered from 0, one index
+            half = (len(data) + 1) // 2  # twice, or numbers as text (which sort "10" before "2")
+            for i, item in enumerate(data):
+                item["index"] = {"halves": i % half, "repeated": max(item["index"], 1),
+                                 "text": str(item["index"])}[action[1]]
         self._send(handler, 200, {"object": "list", "data": data, "model": "MiniLM",
                                   "usage": {"prompt_tokens": 0, "total_tokens": 0}})
 

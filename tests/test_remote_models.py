@@ -165,6 +165,12 @@ def test_persistent_failure_names_everything_and_keeps_committed_batches(product
 @pytest.mark.parametrize("fault, message", [
     (("wrong_dims", 3), "the server answered vectors of 3 dimensions, expected 384; nothing was written"),
     (("wrong_count",), "the server answered 23 embedding(s) for 24 input(s); nothing was written"),
+    # Before, these were sorted by index and written: rows got other rows' vectors, without an error.
+    (("indexes", "halves"), "the items' 'index' values are not 0..23, each once: [0, 1, 2,"),
+    (("indexes", "repeated"), "the items' 'index' values are not 0..23, each once: [23, 22,"),
+    (("indexes", "text"), "the items' 'index' values are not 0..23, each once: ['23', '22',"),
+    (("error_200", "Rate limit reached for requests"),  # was "cannot be read (KeyError: 'data')"
+     "the answer is an error, not embeddings: Rate limit reached for requests"),
 ])
 def test_wrong_answers_write_nothing(products, hook, embedding_server, fault, message):
     create(hook)

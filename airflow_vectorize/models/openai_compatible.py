@@ -66,11 +66,23 @@ class OpenAICompatibleEmbeddings(RemoteEmbeddings):
 
 
 def data_vectors(body: dict[str, Any]) -> list[Any]:
-    """The vectors of an OpenAI-shaped answer (``{"data": [{"embedding", "index"}]}``), in input order."""
+    """The vectors of an OpenAI-shaped answer (``{"data": [{"embedding", "index"}]}``), in input order: each
+    item's ``index`` says which input it is (0..n-1, each once); without any, the order given."""
+    if "data" not in body and "error" in body:  # an error answered with HTTP 200
+        error = body["error"]
+        raise ValueError(f"the answer is an error, not embeddings: {(error.get('message') if isinstance(error, dict) else None) or error!s:.500}")
     data = body["data"]
     if not isinstance(data, list):
         raise TypeError(f"'data' is {type(data).__name__}, not a list")
-    return [item["embedding"] for item in sorted(data, key=lambda item: item.get("index", 0))]
+    if all("index" not in item for item in data):
+        return [item["embedding"] for item in data]
+    indexes = [item.get("index") for item in data]
+    if any(type(i) is not int for i in indexes) or sorted(indexes) != list(range(len(data))):
+        raise ValueError(f"the items' 'index' values are not 0..{len(data) - 1}, each once: {indexes[:20]}")
+    ordered: list[Any] = [None] * len(data)
+    for item in data:
+        ordered[item["index"]] = item["embedding"]
+    return ordered
 
 
 # Context windows of OpenAI's chat models (the longest matching prefix wins); other models: the connection's
