@@ -37,6 +37,7 @@ from psycopg import Cursor, sql
 from airflow_vectorize import validation
 from airflow_vectorize.catalog import Project
 from airflow_vectorize.exceptions import InvalidInputError
+from airflow_vectorize.keys import base_row
 
 MODES = ("vector", "hybrid")
 WORST = 10  # queries listed in ``worst``
@@ -70,8 +71,8 @@ def parse_queries(queries: Any, key_columns: Sequence[str]) -> list[LabelledQuer
             raise InvalidInputError(f"{where}: 'relevant' must name at least one key (a list, or {{key: grade}})")
         found: dict[tuple, float] = {}
         for key, grade in grades.items():
-            if isinstance(grade, bool) or not isinstance(grade, (int, float)) or not grade > 0:
-                raise InvalidInputError(f"{where}: the grade of key {key!r} must be a number > 0, got {grade!r}")
+            if isinstance(grade, bool) or not isinstance(grade, (int, float)) or not 0 < grade < math.inf:
+                raise InvalidInputError(f"{where}: the grade of key {key!r} must be a finite number > 0, got {grade!r}")
             found[_key(key, key_columns, where)] = float(grade)
         parsed.append(LabelledQuery(item["query"], found))
     return parsed
@@ -97,10 +98,21 @@ def load_queries(cur: Cursor, project: Project, table: Any) -> list[dict[str, An
         if query is None or any(value is None for value in key):
             raise InvalidInputError(f"queries table {held.label} has a row with a NULL query or key: {[query, *key]!r}")
         relevant = queries.setdefault(query, {})
-        relevant[tuple(key) if len(key) > 1 else key[0]] = 1.0 if graded is None else float(graded)
+        relevant[tuple(key) if len(key) > 1 else key[0]] = 1.0 if graded is None else _grade(held.label, graded)
     if not queries:
         raise InvalidInputError(f"queries table {held.label} holds no rows")
     return [{"query": query, "relevant": relevant} for query, relevant in queries.items()]
+
+
+def _grade(table: str, value: Any) -> float:
+    """A ``grade`` of a queries table: a finite number > 0."""
+    try:
+        grade = float(value)
+    except (TypeError, ValueError):
+        grade = math.nan
+    if not 0 < grade < math.inf:
+        raise InvalidInputError(f"queries table {table}: column grade must hold finite numbers > 0, got {value!r}")
+    return grade
 
 
 def _hashable(key: Any) -> Any:
@@ -146,9 +158,10 @@ def resolve_keys(cur: Cursor, project: Project, queries: list[LabelledQuery]) ->
     columns = project.key.columns
     statement = sql.SQL(
         "SELECT i.n, {r_keys} FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY i(doc, n)"
-        " CROSS JOIN LATERAL jsonb_populate_record(NULL::{source}, i.doc) w"
+        " CROSS JOIN LATERAL jsonb_populate_record({base}, i.doc) w"
         " JOIN {source} r ON ({r_keys}) = ({w_keys})"
-    ).format(source=project.names.source, r_keys=project.key.names("r"), w_keys=project.key.names("w"))
+    ).format(source=project.names.source, base=base_row(project.names.source), r_keys=project.key.names("r"),
+             w_keys=project.key.names("w"))
     try:
         with cur.connection.transaction():  # a savepoint: the caller's transaction survives a bad value
             cur.execute(statement, [json.dumps([dict(zip(columns, key)) for key in keys])])
@@ -343,8 +356,8 @@ def check_thresholds(name: str, thresholds: Any, metrics: Sequence[str]) -> dict
         if metric not in metrics:
             raise InvalidInputError(f"{name}: unknown metric {metric!r}; the evaluation reports"
                                     f" {', '.join(sorted(metrics))}")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise InvalidInputError(f"{name}[{metric!r}] must be a number >= 0, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+            raise InvalidInputError(f"{name}[{metric!r}] must be a finite number >= 0, got {value!r}")
     return {metric: float(value) for metric, value in thresholds.items()}
 
 

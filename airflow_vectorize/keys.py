@@ -3,8 +3,9 @@ the SQL that names, compares and binds it.
 
 In Python a key value is the column's value for a one-column key and a tuple for a composite one. A list
 of one-column keys is bound as an array (``= ANY(%s)``, typed by psycopg); a list of composite keys as
-JSON read into the source table's own row type (``jsonb_populate_recordset(NULL::<source>, %s)``), so that
-every column gets exactly its type whatever it is (an array per column would be typed from the Python
+JSON read into the source table's own row type (``jsonb_populate_recordset(<a row of the source>, %s)``), so
+that every column gets exactly its type whatever it is (the other columns take that row's values: NULL would
+break a NOT NULL domain) (an array per column would be typed from the Python
 values: ``text`` for a ``varchar`` or an enum).
 """
 
@@ -62,8 +63,8 @@ class Key:
         ``source``: the source table, whose row type gives a composite key's columns their types."""
         if not self.composite:
             return sql.SQL("{} = ANY(%s)").format(_column(alias, self.columns[0]))
-        return sql.SQL("({}) IN (SELECT {} FROM jsonb_populate_recordset(NULL::{}, %s::jsonb) x)").format(
-            self.names(alias), self.names("x"), source)
+        return sql.SQL("({}) IN (SELECT {} FROM jsonb_populate_recordset({}, %s::jsonb) x)").format(
+            self.names(alias), self.names("x"), base_row(source))
 
     def bind(self, keys: Iterable[Any]) -> Any:
         """The value of ``in_values``'s placeholder for ``keys``."""
@@ -86,3 +87,9 @@ class Key:
 
 def _column(alias: str | None, column: str) -> sql.Identifier:
     return sql.Identifier(alias, column) if alias else sql.Identifier(column)
+
+
+def base_row(source: sql.Composable) -> sql.Composable:
+    """A row of ``source`` (NULL of its type when it has none) for ``jsonb_populate_record(set)`` to take the
+    columns a key leaves out from: NULL::<source> would give them NULL, which a NOT NULL domain refuses."""
+    return sql.SQL("coalesce((SELECT b FROM {} b LIMIT 1), NULL::{})").format(source, source)

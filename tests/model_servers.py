@@ -42,7 +42,8 @@ class Behaviour:
 class EmbeddingServer:
     """``POST /v1/embeddings`` on 127.0.0.1 with the real model's vectors, and scripted faults.
 
-    Faults: ("status", code, retry_after or None, message), ("slow", seconds), ("drop",), ("bad_json",),
+    Faults: ("status", code, retry_after or None, message), ("slow", seconds), ("trickle", seconds: the answer
+    a piece at a time), ("drop",), ("bad_json",),
     ("wrong_dims", n), ("wrong_count",), ("scaled", factor). ``requests`` records every request;
     ``in_flight_peak`` the most requests answered at once.
     """
@@ -123,8 +124,10 @@ class EmbeddingServer:
             for i, item in enumerate(data):
                 item["index"] = {"halves": i % half, "repeated": max(item["index"], 1),
                                  "text": str(item["index"])}[action[1]]
-        self._send(handler, 200, {"object": "list", "data": data, "model": "MiniLM",
-                                  "usage": {"prompt_tokens": 0, "total_tokens": 0}})
+        answer = {"object": "list", "data": data, "model": "MiniLM", "usage": {"prompt_tokens": 0, "total_tokens": 0}}
+        if kind == "trickle":  # headers at once, then the body a piece at a time over action[1] seconds
+            return self._send_raw(handler, 200, json.dumps(answer).encode(), pieces=40, over=action[1])
+        self._send(handler, 200, answer)
 
     def _forward_chat(self, handler: BaseHTTPRequestHandler, received: Received) -> None:
         """Chat requests go to the real chat server (``chat_upstream``), its answer comes back unchanged."""
@@ -143,7 +146,8 @@ class EmbeddingServer:
         EmbeddingServer._send_raw(handler, status, json.dumps(body).encode(), headers)
 
     @staticmethod
-    def _send_raw(handler, status: int, payload: bytes, headers: dict | None = None) -> None:
+    def _send_raw(handler, status: int, payload: bytes, headers: dict | None = None, pieces: int = 1,
+                  over: float = 0.0) -> None:
         handler.sent_status = status
         handler.send_response(status)
         handler.send_header("Content-Type", "application/json")
@@ -151,8 +155,13 @@ class EmbeddingServer:
         for name, value in (headers or {}).items():
             handler.send_header(name, value)
         handler.end_headers()
+        size = -(-len(payload) // pieces)
         try:
-            handler.wfile.write(payload)
+            for start in range(0, len(payload), size):
+                handler.wfile.write(payload[start:start + size])
+                if pieces > 1:
+                    handler.wfile.flush()
+                    time.sleep(over / pieces)
         except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
             pass
 

@@ -141,7 +141,9 @@ def test_keys_are_read_as_the_source_row_s_key(products, hook):
     ("empty_qrels", 'queries table "public"."empty_qrels" holds no rows'),
     ("null_key", "queries table \"public\".\"null_key\" has a row with a NULL query or key: ['x', None]"),
     ("unknown_key", "1 relevant key(s) are not rows of public.products: 999"),
-    ("bad_grade", "the grade of key 1 must be a number > 0"),
+    ("bad_grade", 'queries table "public"."bad_grade": column grade must hold finite numbers > 0, got 0'),
+    ("text_grade", 'queries table "public"."text_grade": column grade must hold finite numbers > 0, got \'high\''),
+    ("infinite_grade", "column grade must hold finite numbers > 0, got inf"),  # was a NaN nDCG, then untyped
     ("", "queries must be labelled queries or the name of a table holding them"),
 ])
 def test_a_bad_queries_table_is_refused_and_changes_nothing(products, shop, table, message):
@@ -149,7 +151,11 @@ def test_a_bad_queries_table_is_refused_and_changes_nothing(products, shop, tabl
                      " CREATE TABLE null_key (query text, product_id int); INSERT INTO null_key VALUES ('x', NULL);"
                      " CREATE TABLE unknown_key (query text, product_id int); INSERT INTO unknown_key VALUES ('x', 999);"
                      " CREATE TABLE bad_grade (query text, product_id int, grade int);"
-                     " INSERT INTO bad_grade VALUES ('x', 1, 0)")
+                     " INSERT INTO bad_grade VALUES ('x', 1, 0);"
+                     " CREATE TABLE text_grade (query text, product_id int, grade text);"  # was a bare ValueError
+                     " INSERT INTO text_grade VALUES ('x', 1, 'high');"
+                     " CREATE TABLE infinite_grade (query text, product_id int, grade float8);"
+                     " INSERT INTO infinite_grade VALUES ('x', 1, 'Infinity')")
     shop.evaluate_retrieval("shop", [{"query": "phone", "relevant": [1]}], k=1)  # the table exists
     before = snapshot(products)
     count = products.scalar("SELECT count(*) FROM vectorize.evaluations")
@@ -168,7 +174,9 @@ def test_a_bad_queries_table_is_refused_and_changes_nothing(products, shop, tabl
      'a relevant key is not a value of the key column(s) product_id: invalid input syntax for type integer: "abc"'),
     (dict(queries=[{"query": "x", "relevant": []}]), InvalidInputError, "queries[0]: 'relevant' must name at least"),
     (dict(queries=[{"query": "", "relevant": [1]}]), InvalidInputError, "queries[0] must be {'query': a non-empty"),
-    (dict(queries=[{"query": "x", "relevant": {1: 0}}]), InvalidInputError, "the grade of key 1 must be a number > 0"),
+    (dict(queries=[{"query": "x", "relevant": {1: 0}}]), InvalidInputError, "the grade of key 1 must be a finite number > 0"),
+    (dict(queries=[{"query": "x", "relevant": {1: float("inf")}}]), InvalidInputError,
+     "the grade of key 1 must be a finite number > 0, got inf"),
     (dict(queries=[{"query": "x", "relevant": [[1, 2]]}]), InvalidInputError, "must have 1 value(s)"),
     (dict(k=0), InvalidInputError, "k must be a positive integer or a list of them, got 0"),
     (dict(k=[5, -1]), InvalidInputError, "k must be a positive integer"),
@@ -245,7 +253,8 @@ def test_the_gate_fails_below_a_minimum_or_on_a_drop_and_keeps_the_run(products,
 
 @pytest.mark.parametrize(("arguments", "message"), [
     (dict(min_metrics={"recall@3": 0.5}), "min_metrics: unknown metric 'recall@3'; the evaluation reports"),
-    (dict(max_drop={"mrr": -0.1}), "max_drop['mrr'] must be a number >= 0, got -0.1"),
+    (dict(max_drop={"mrr": -0.1}), "max_drop['mrr'] must be a finite number >= 0, got -0.1"),
+    (dict(min_metrics={"mrr": float("nan")}), "min_metrics['mrr'] must be a finite number >= 0, got nan"),  # was: no gate
     (dict(min_metrics=[0.5]), "min_metrics must be a mapping of metric to number"),
 ])
 def test_bad_gate_thresholds_are_refused_before_any_search(products, shop, arguments, message):
@@ -282,6 +291,33 @@ def test_compare_two_projects_on_the_same_queries(products, hook, tmp_path):
 
     again = hook.compare(evaluation_ids=[compared["a"]["evaluation_id"], compared["b"]["evaluation_id"]])
     assert again["paired"] == paired and again["difference"] == compared["difference"]
+
+
+def test_a_refused_compare_keeps_no_run(products, hook):
+    """Before, A's run was kept when B was unknown, or refused the queries (another key type here)."""
+    hook.create_project("names", "products", "product_id", ["name"], embed_existing=True)
+    products.execute("CREATE TABLE by_name (name text PRIMARY KEY, description text)")
+    products.execute("INSERT INTO by_name SELECT name, description FROM products")
+    hook.create_project("by_name", "by_name", "name", ["description"], embed_existing=True)
+    hook.evaluate_retrieval("names", [{"query": "phone", "relevant": [1]}], k=1)  # the table exists
+    before = snapshot(products)
+    for job_b, error in (("nope", ProjectNotFoundError), ("by_name", InvalidInputError)):
+        with pytest.raises(error):
+            hook.compare("names", job_b, [{"query": "phone", "relevant": [1]}])
+        assert snapshot(products) == before, job_b
+
+
+def test_keys_resolve_on_a_source_with_a_not_null_domain_column(products, hook):
+    """The keys are read into the source's row type from one of its rows: from NULL, a NOT NULL domain column
+    failed the whole evaluation (and a composite key's batches) with an untyped error."""
+    products.execute("CREATE DOMAIN label AS text NOT NULL; ALTER TABLE products ADD COLUMN tag label DEFAULT 'x';"
+                     " CREATE UNIQUE INDEX ON products (product_id, name)")
+    hook.create_project("tagged", "products", ["product_id", "name"], COLUMNS, embed_existing=True)
+    products.execute("UPDATE products SET description = description || '!' WHERE product_id = 1")
+    assert hook.generate_embeddings("tagged", pending_only=True)["embedded"] == 1
+    name = products.scalar("SELECT name FROM products WHERE product_id = 1")
+    result = hook.evaluate_retrieval("tagged", [{"query": name, "relevant": [[1, name]]}], k=1, store=False)
+    assert result["metrics"]["recall@1"] == 1.0
 
 
 def test_sign_test_and_bootstrap_by_hand():

@@ -4,6 +4,7 @@ request (429 + Retry-After, 500, slow answers, 401, 404, malformed JSON, wrong s
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 import pytest
@@ -142,6 +143,17 @@ def test_slow_answers_dropped_connections_and_malformed_json_are_retried(product
 
     assert hook.generate_embeddings(JOB, batch_size=100, concurrency=1)["embedded"] == 24
     assert len(embedding_server.requests) == 4
+
+
+def test_the_timeout_bounds_a_whole_attempt(products, hook, embedding_server):
+    """An answer trickled over 6 s, each piece well within the 2 s timeout, is timed out at 2 s and retried
+    (before, httpx's timeout, which bounds each read, let it through after 6 s)."""
+    create(hook)
+    embedding_server.reset(faults=[("trickle", 6)])
+
+    started = time.monotonic()
+    assert hook.generate_embeddings(JOB, batch_size=100, concurrency=1)["embedded"] == 24
+    assert len(embedding_server.requests) == 2 and time.monotonic() - started < 5
 
 
 def test_persistent_failure_names_everything_and_keeps_committed_batches(products, hook, embedding_server, caplog):

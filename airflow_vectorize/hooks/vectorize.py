@@ -39,6 +39,7 @@ from airflow_vectorize.exceptions import (
     DatabasePermissionError,
     DimensionMismatchError,
     InvalidInputError,
+    ModelConnectionError,
     ProjectConflictError,
     ProjectNotFoundError,
     RetrievalRegressionError,
@@ -1159,9 +1160,18 @@ class VectorizeHook(PostgresHook):
             if options.get("store") is False:
                 raise InvalidInputError("compare keeps both runs (it reads each query's result back): leave store")
             options.setdefault("label", f"compare {job_a} vs {job_b}")
-            done = [self.evaluate_retrieval(job, queries, **options)["evaluation_id"] for job in (job_a, job_b)]
+            with self.transaction() as cur:  # both exist before either is evaluated
+                for job in (job_a, job_b):
+                    self._project(cur, job, source=False)
+            first = self.evaluate_retrieval(job_a, queries, **options)["evaluation_id"]
+            try:
+                second = self.evaluate_retrieval(job_b, queries, **options)["evaluation_id"]
+            except BaseException:  # a refused compare keeps nothing
+                with self.transaction() as cur:
+                    cur.execute("DELETE FROM vectorize.evaluations WHERE id = %s", [first])
+                raise
             with self.transaction() as cur:
-                runs = [evaluation.load(cur, i) for i in done]
+                runs = [evaluation.load(cur, i) for i in (first, second)]
         a, b = runs
         names = [f"{run['job_name']} #{run['evaluation_id']}" for run in runs]
         result = {
@@ -1288,6 +1298,10 @@ class VectorizeHook(PostgresHook):
             raise InvalidInputError(f"query must be a non-empty text, got {query!r}")
         searching.check_count("num_context", num_context)
         _check_generation_options(max_tokens, temperature)
+        try:  # the model's name is checked now; a connection that is not set up is reported after the input
+            model: models.ChatModel | ModelConnectionError = self._chat_model(chat_model, chat_conn_id)
+        except ModelConnectionError as error:
+            model = error
         with self.transaction() as cur:  # its own transaction: kept when the task is unknown
             rag.ensure_prompts(cur)
         with self.transaction() as cur:
@@ -1296,9 +1310,8 @@ class VectorizeHook(PostgresHook):
         columns = list(dict.fromkeys([*project.key.columns, *project.columns]))
         retrieve = self.hybrid_search if hybrid else self.search
         rows = retrieve(job_name, query, return_columns=columns, num_results=num_context, filters=filters)
-        # The chat model's connection after the caller's input is known good: a bad project, task or filter
-        # is the caller's error (400/404) even where the chat model is not set up (503).
-        model = self._chat_model(chat_model, chat_conn_id)
+        if isinstance(model, ModelConnectionError):  # a bad project, task or filter was the caller's error (400,
+            raise model  # 404) even where the chat model is not set up (503)
         documents = []
         for row in rows:  # a chunked project's context is each row's best chunk
             content = row["chunk"] if project.is_chunked else ", ".join(

@@ -185,7 +185,7 @@ def post_json(
     for attempt in range(policy.max_retries + 1):
         retry_after = None
         try:
-            response = client().post(url, json=payload, headers=headers, timeout=policy.timeout)
+            response = _post_within(url, payload, headers, policy.timeout)
         except httpx.TimeoutException as error:
             failure = f"no answer within {policy.timeout:g} s ({type(error).__name__})"
             final = ModelTimeoutError
@@ -206,6 +206,22 @@ def post_json(
         log.warning("%s: %s; retry %d of %d in %.1f s", where, failure, attempt + 1, policy.max_retries, delay)
         time.sleep(delay)
     raise AssertionError("unreachable")
+
+
+def _post_within(url: str, payload: dict[str, Any], headers: dict[str, str], timeout: float):
+    """The answer to a POST, read whole within ``timeout`` seconds: httpx's timeout bounds each read, and a
+    server that trickles its answer a byte at a time would never reach it."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    with client().stream("POST", url, json=payload, headers=headers, timeout=timeout) as streamed:
+        body = bytearray()
+        for chunk in streamed.iter_bytes():  # decoded (gzip...): the answer below has no encoding
+            body += chunk
+            if time.monotonic() > deadline:
+                raise httpx.ReadTimeout(f"the answer took over {timeout:g} s", request=streamed.request)
+    return httpx.Response(streamed.status_code, content=bytes(body), request=streamed.request,
+                          headers=[(k, v) for k, v in streamed.headers.items() if k.lower() != "content-encoding"])
 
 
 def _json_object(response) -> dict[str, Any] | None:
