@@ -750,7 +750,7 @@ def hybrid_search_query(
         )
     check_count("num_results", num_results)
     candidates = max(num_results, DEFAULT_CANDIDATES) if candidates is None else candidates
-    check_count("candidates", candidates, minimum=num_results)
+    check_count("candidates", candidates)  # fewer than num_results: at most 2 × candidates rows (pg_vectorize's)
     weights = (semantic_weight, full_text_weight)
     if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
                for w in weights) or not any(weights):

@@ -142,12 +142,12 @@ def _rows(hook: VectorizeHook, job_name: str, query: str, mode: str, limit: int,
                 f"return_columns: {HYBRID_RANK!r} is the name of a key that hybrid search answers add (rrf_score,"
                 f" semantic_rank, {HYBRID_RANK}, similarity_score); rename that column of the source, or search"
                 " with mode=vector")
-        # pg_vectorize takes window_size rows per side and cuts the fused list at limit; the hook takes at
-        # least as many candidates per side as rows, so a window_size below limit takes limit.
+        # pg_vectorize takes window_size rows per side and cuts the fused list at limit (a window_size below
+        # limit gives at most 2 × window_size rows); left out: DEFAULT_WINDOW, or limit when that is more.
         rows = hook.hybrid_search(
             job_name, query, return_columns=return_columns, num_results=limit, filters=filters,
             semantic_weight=semantic_wt, full_text_weight=fts_wt, ef_search=ef_search, rrf_k=rrf_k,
-            candidates=max(limit, DEFAULT_WINDOW if window_size is None else window_size))
+            candidates=max(limit, DEFAULT_WINDOW) if window_size is None else window_size)
         for row in rows:  # pg_vectorize's server names it fts_rank (a source column of that name is left out)
             row[HYBRID_RANK] = row.pop("full_text_rank")
     return rows

@@ -1037,7 +1037,8 @@ class VectorizeHook(PostgresHook):
     ) -> list[dict[str, Any]]:
         """Vector and full-text search fused by reciprocal rank (``rrf_k``, default 60), best first.
 
-        The top ``candidates`` rows (default max(num_results, 40)) by vector distance and by ``ts_rank``
+        The top ``candidates`` rows (default max(num_results, 40); fewer than ``num_results`` give at most
+        2 × ``candidates`` rows, as pg_vectorize's ``window_size``) by vector distance and by ``ts_rank``
         (``websearch_to_tsquery('english', query)`` over the project's columns, served by its
         ``<job>_fts_idx`` GIN index) are fused: ``rrf_score = semantic_weight / (rrf_k + semantic_rank) +
         full_text_weight / (rrf_k + full_text_rank)``. Each row carries ``rrf_score``, ``semantic_rank`` and
