@@ -9,7 +9,6 @@ import time
 import numpy as np
 import pytest
 from conftest import product_texts, set_model_connection, snapshot
-from scripts.server_process import free_port
 
 from airflow_vectorize.exceptions import (
     InvalidInputError,
@@ -19,6 +18,7 @@ from airflow_vectorize.exceptions import (
     ModelRequestError,
     ModelResponseError,
 )
+from scripts.server_process import free_port
 
 MODEL = "openai/MiniLM"
 COLUMNS = ["name", "description"]
@@ -163,8 +163,8 @@ def test_persistent_failure_names_everything_and_keeps_committed_batches(product
     with caplog.at_level(logging.DEBUG), pytest.raises(ModelRequestError) as error:
         hook.generate_embeddings(JOB, batch_size=5, concurrency=1)
 
-    assert ("connection 'flaky' (http://127.0.0.1:{}/v1), model 'MiniLM': failed after 4 attempt(s); last error:"
-            " HTTP 500: GPU on fire".format(embedding_server.port)) in str(error.value)
+    assert (f"connection 'flaky' (http://127.0.0.1:{embedding_server.port}/v1), model 'MiniLM': failed after 4 attempt(s); last error:"
+            " HTTP 500: GPU on fire") in str(error.value)
     assert embedded_count(products) == 10  # the two batches answered before the outage stay committed
     done = set(embedding_server.inputs())
 
