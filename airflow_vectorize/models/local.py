@@ -114,7 +114,7 @@ def _load(transformer: str) -> LocalModel:
             if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
                 raise
             return LocalModel(transformer, SentenceTransformer(location, device="cpu"))
-    except Exception as error:
+    except Exception as error:  # every loading failure gets the same actionable message
         raise InvalidInputError(
             f"cannot load transformer {transformer!r}: {type(error).__name__}: {error}. Provide it as a"
             " local model directory, put it in the Hugging Face cache (HF_HOME) of every worker, or install"
