@@ -859,14 +859,23 @@ def fts_index_statement(project: Project) -> sql.Composable:
         sql.Identifier(project.names.fts_index_name), table, indexed)
 
 
+def append_home(cur: Cursor, project: Project) -> Project | None:
+    """An append project pointed at the table that holds its columns: the source, or the table its triggers are
+    on (the source renamed away, or swapped out by a rename-swap); None when no table holds them."""
+    for place in ((project.schema, project.relation), _triggers_table(cur, project)):
+        if place is not None and cur.execute(
+                "SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attname = %s"
+                " AND NOT attisdropped)", [quoted(place), project.names.embeddings_column]).fetchone()[0]:
+            return replace(project, schema=place[0], relation=place[1])
+    return None
+
+
 def drop_storage(cur: Cursor, project: Project, source_exists: bool) -> None:
     """Remove everything ``create_storage`` made and the catalog row, never the source table (nor a table it
-    was renamed to: an append project's columns are dropped from it)."""
-    if not source_exists and not project.is_join:  # renamed away: the triggers say where it went
-        moved = _triggers_table(cur, project)
-        if moved is not None:
-            project = replace(project, schema=moved[0], relation=moved[1])
-            source_exists = True
+    was renamed to, or swapped out to: an append project's columns are dropped from the one holding them)."""
+    if not project.is_join:
+        home = append_home(cur, project)
+        project, source_exists = (home, True) if home is not None else (project, False)
     drop_triggers(cur, project)  # also from a table the source was renamed to
     if source_exists:
         # On the source: a project's created before the documents table (or a chunked project's before chunk tables).

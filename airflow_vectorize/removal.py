@@ -153,6 +153,9 @@ def _function_body(project: Project) -> sql.Composable:
     return sql.SQL(
         """
         BEGIN
+          IF TG_LEVEL = 'STATEMENT' AND to_regclass({source_name}) IS DISTINCT FROM TG_RELID THEN
+            RETURN NULL;  -- a table that was the source (renamed away, swapped out): none of the project's
+          END IF;  -- business, and its statements must not fail on the source's name
           IF TG_OP = 'DELETE' AND TG_LEVEL = 'ROW' THEN
             {on_row_delete}
             RETURN OLD;
@@ -164,9 +167,10 @@ def _function_body(project: Project) -> sql.Composable:
             {on_delete}
           ELSE
             {on_rekey}
-            IF NOT EXISTS (SELECT FROM {source} r WHERE {old_in_source}) THEN  -- not another row's key now
-              DELETE FROM {queue} WHERE ({keys}) = ({old_keys});
-              DELETE FROM {errors} WHERE ({keys}) = ({old_keys});
+            IF to_regclass({source_name}) IS DISTINCT FROM TG_RELID THEN  -- a partition's row, a table swapped out
+              {dequeue_old}
+            ELSIF NOT EXISTS (SELECT FROM {source} r WHERE {old_in_source}) THEN  -- not another row's key now
+              {dequeue_old}
             END IF;
             {requeue}
           END IF;
@@ -174,7 +178,10 @@ def _function_body(project: Project) -> sql.Composable:
         END
         """
     ).format(on_truncate=on_truncate, on_delete=on_delete, on_rekey=on_rekey, requeue=requeue,
-             on_row_delete=on_row_delete, old_in_source=key.equals("r", "old"), **parts)
+             on_row_delete=on_row_delete, old_in_source=key.equals("r", "old"), dequeue_old=sql.SQL(
+                 "DELETE FROM {queue} WHERE ({keys}) = ({old_keys}); DELETE FROM {errors} WHERE ({keys}) = ({old_keys});"
+             ).format(**parts),
+             source_name=sql.Literal(quoted((project.schema, project.relation))), **parts)
 
 
 def upgrade(cur: Cursor, project: Project) -> bool:

@@ -298,6 +298,36 @@ def test_a_source_renamed_away_is_missing_and_the_project_drops_from_where_it_we
     assert db.execute("SELECT tgname FROM pg_trigger WHERE tgrelid = 'archived'::regclass AND NOT tgisinternal") == []
 
 
+@pytest.mark.parametrize("swapped", [True, False], ids=["swapped out", "renamed away"])
+def test_a_table_that_left_the_sources_name_stays_the_applications(layout, hook, swapped):
+    """Before, the project's triggers, still on it, named the source: a key UPDATE, a DELETE (join, a queue
+    waiting) or a TRUNCATE (append) of it failed; an append project's get_status failed untyped after a swap,
+    and its drop_project failed (its columns looked for on the new table)."""
+    from airflow_vectorize.exceptions import SourceTableMissingError
+
+    db = layout
+    hook.generate_embeddings("docs")
+    db.execute("UPDATE docs SET body = body || '!' WHERE id = 5")  # a queue waiting (realtime layouts)
+    db.execute("ALTER TABLE docs RENAME TO docs_old")
+    if swapped:
+        db.execute(f"CREATE TABLE docs (LIKE docs_old INCLUDING DEFAULTS, PRIMARY KEY ({', '.join(db.key)}))")
+        if db.name == "append":
+            db.execute("ALTER TABLE docs DROP COLUMN docs_embeddings, DROP COLUMN docs_updated_at,"
+                       " DROP COLUMN docs_text_md5")
+        load(db, ROWS)
+    db.execute("UPDATE docs_old SET id = id + 1000 WHERE id = 1; DELETE FROM docs_old WHERE id = 2;"
+               " TRUNCATE docs_old")  # the application's table now: nothing of the project refuses these
+
+    if swapped and db.name == "append":
+        with pytest.raises(SourceTableMissingError, match="the table now named public.docs is not the source of"
+                           " append project 'docs' .* Run generation .*attach_source"):
+            hook.get_status("docs")
+    elif swapped:
+        assert hook.get_status("docs")["total_rows"] == 24
+    assert hook.drop_project("docs")["dropped"] is True
+    assert objects_of(db) == []
+
+
 def test_a_renamed_column_gives_a_typed_error_changes_nothing_and_renaming_it_back_resumes(layout, hook):
     """A text or key column renamed (or dropped): every call that reads it raises SourceColumnsMissingError
     naming it; searches keep working while their key is there; drop_project always succeeds."""

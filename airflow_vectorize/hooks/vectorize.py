@@ -340,9 +340,11 @@ class VectorizeHook(PostgresHook):
         with self.transaction() as cur:
             return [project.entry() for project in catalog.list_projects(cur)]
 
-    def _project(self, cur: Cursor, job_name: str, source: bool = True, searching: bool = False) -> Project:
+    def _project(self, cur: Cursor, job_name: str, source: bool = True, searching: bool = False,
+                 attaching: bool = False) -> Project:
         """The project's catalog entry; with ``source``, only while its source table exists with the columns
-        the project reads (a search: its key)."""
+        the project reads (a search: its key), and for an append project, unless ``searching`` or ``attaching``
+        (generation, attach_source), while that table is the one holding its columns."""
         project = catalog.find_project(cur, job_name)
         if project is None:
             raise ProjectNotFoundError(
@@ -351,12 +353,22 @@ class VectorizeHook(PostgresHook):
             )
         if source:
             needed = catalog.source_columns(project, searching)
-            cur.execute("SELECT rel IS NULL, ARRAY(SELECT c FROM unnest(%s::text[]) c WHERE NOT EXISTS (SELECT FROM"
-                        " pg_attribute WHERE attrelid = rel AND attname = c AND attnum > 0 AND NOT attisdropped)),"
+            # An append project's own column, in the source (a search of a swapped-in table finds nothing instead)
+            own = [] if project.is_join or searching or attaching else [project.names.embeddings_column]
+            absent = ("ARRAY(SELECT c FROM unnest(%s::text[]) c WHERE NOT EXISTS (SELECT FROM pg_attribute"
+                      " WHERE attrelid = rel AND attname = c AND attnum > 0 AND NOT attisdropped))")
+            cur.execute(f"SELECT rel IS NULL, {absent}, {absent},"
                         " ARRAY(SELECT inhrelid::regclass::text FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent"
                         "  WHERE i.inhparent = rel AND p.relkind = 'r' AND NOT %s ORDER BY 1)"
-                        " FROM to_regclass(%s) rel", [needed, searching, project.names.source.as_string(cur)])
-            gone, missing, children = cur.fetchone()
+                        " FROM to_regclass(%s) rel", [needed, own, searching, project.names.source.as_string(cur)])
+            gone, missing, replaced, children = cur.fetchone()
+            if replaced and not gone:  # another table under the source's name: a rename-swap, DROP and CREATE
+                raise SourceTableMissingError(
+                    f"the table now named {project.schema}.{project.relation} is not the source of append project"
+                    f" {job_name!r} (it has no {replaced[0]!r} column): another table took its name. Run generation"
+                    f" (or VectorizeHook.attach_source({job_name!r})) to attach it, keeping the vectors of its"
+                    f" unchanged rows; or drop the project (drop_project({job_name!r}))."
+                )
             if gone:
                 raise SourceTableMissingError(
                     f"the source table {project.schema}.{project.relation} of project {job_name!r} no longer"
@@ -406,7 +418,7 @@ class VectorizeHook(PostgresHook):
         with self.transaction() as cur:
             catalog.lock_project(cur, job_name)
             self._follow_renames(cur, job_name)
-            project = self._project(cur, job_name)
+            project = self._project(cur, job_name, attaching=True)
             attached = removal.attach(cur, project) or removal.restore_realtime_triggers(cur, project)
             catalog.ensure_view(cur, project)
             index_rebuild.discard_leftover(cur, project)
@@ -567,7 +579,8 @@ class VectorizeHook(PostgresHook):
                                            " when that is done")
             cur.execute("SELECT to_regclass(%s) IS NOT NULL", [project.names.source.as_string(None)])
             source_exists = cur.fetchone()[0]
-            embeddings = catalog.embedded_rows(cur, project) if source_exists or project.is_join else 0
+            home = project if project.is_join else catalog.append_home(cur, project)  # swapped out, renamed away
+            embeddings = catalog.embedded_rows(cur, home) if home is not None else 0
             cur.execute(sql.SQL("SELECT count(*) FROM {}").format(project.names.queue))
             pending = cur.fetchone()[0]
             catalog.drop_storage(cur, project, source_exists)
@@ -774,7 +787,7 @@ class VectorizeHook(PostgresHook):
         with self.transaction() as cur:
             catalog.lock_project(cur, job_name)
             self._follow_renames(cur, job_name)
-            project = self._project(cur, job_name)
+            project = self._project(cur, job_name, attaching=True)
             scope.check(project)
             storage.upgrade_layout(cur, project)  # a project created by an earlier version
             index_rebuild.discard_leftover(cur, project)
