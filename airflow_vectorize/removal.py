@@ -61,6 +61,19 @@ def replace_function(cur: Cursor, project: Project) -> None:
         project.names.removal_function, sql.Literal(_function_body(project).as_string(cur))))
 
 
+def refresh_function(cur: Cursor, project: Project) -> bool:
+    """Write ``vectorize.handle_removal_<job>()`` again when it is not today's (a project made by an earlier
+    version); returns whether it did. One catalog read when it is."""
+    body = _function_body(project).as_string(cur)
+    cur.execute("SELECT prosrc FROM pg_proc WHERE oid = to_regprocedure(%s)",
+                [quoted(project.names.removal_function_name) + "()"])
+    row = cur.fetchone()
+    if row is None or row[0] == body:
+        return False
+    replace_function(cur, project)
+    return True
+
+
 def create_triggers(cur: Cursor, project: Project) -> None:
     """The source's DELETE (per statement; from its transition table when ``tracks_keys``), TRUNCATE and
     key-change (per row, only when a key column is updated) triggers, all calling

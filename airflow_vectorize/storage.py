@@ -248,11 +248,12 @@ FULL_RECONCILE_SHARE = 0.2
 def upgrade_layout(cur: Cursor, project: Project) -> None:
     """Bring a project created by an earlier version to today's layout (each step a no-op when done): errors
     table, pg_vectorize's foreign keys → removal triggers, view through its function, stored documents, bulk
-    table, realtime triggers (and those dropped from the source), the md5 in a join project's key index. Call
-    with the project locked."""
+    table, today's removal function, realtime triggers (and those dropped from the source), the md5 in a join
+    project's key index. Call with the project locked."""
     catalog.create_errors_table(cur, project)
     removal.upgrade(cur, project)
     removal.upgrade_partitioned(cur, project)
+    removal.refresh_function(cur, project)
     catalog.ensure_view(cur, project)
     ensure_documents(cur, project)
     catalog.ensure_bulk_table(cur, project)

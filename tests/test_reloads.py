@@ -468,3 +468,17 @@ def test_the_view_takes_the_source_columns_again_at_the_next_run(layout, hook, c
         assert hook.generate_embeddings("docs")["embedded"] == 0
     assert "its view \"vectorize\".\"docs_view\" does not have the source's columns any more" in caplog.text
     assert hook.get_status("docs")["embedded_rows"] == 24
+
+
+def test_a_removal_function_of_an_earlier_version_is_written_again_by_the_next_run(products, hook):
+    """A project keeps its trigger function until something writes it again: an earlier version's (without
+    today's guards for a table that left the source's name) is replaced by the next generation run."""
+    hook.create_project("shop", "products", "product_id", ["name"], schedule="manual")
+    source = "SELECT prosrc FROM pg_proc WHERE oid = 'vectorize.handle_removal_shop()'::regprocedure"
+    today = products.scalar(source)
+    products.execute("CREATE OR REPLACE FUNCTION vectorize.handle_removal_shop() RETURNS trigger LANGUAGE plpgsql"
+                     " AS 'BEGIN RETURN NULL; END'")
+
+    hook.generate_embeddings("shop")
+
+    assert products.scalar(source) == today and "TG_RELID" in today
