@@ -890,13 +890,18 @@ def drop_storage(cur: Cursor, project: Project, source_exists: bool) -> None:
         project.names.queue, project.names.bulk, project.names.errors, project.names.removed,
         project.names.documents))
     if not project.is_join and source_exists:
-        # Dropping the columns drops the index on them.
-        cur.execute(
-            sql.SQL("ALTER TABLE {} DROP COLUMN IF EXISTS {}, DROP COLUMN IF EXISTS {}, DROP COLUMN IF EXISTS {}").format(
-                project.names.source,
-                sql.Identifier(project.names.embeddings_column),
-                sql.Identifier(project.names.updated_at_column),
-                sql.Identifier(project.names.text_md5_column),
-            )
-        )
+        drop_append_columns(cur, project)
     cur.execute("DELETE FROM vectorize.job WHERE name = %s", [project.name])
+
+
+def drop_append_columns(cur: Cursor, project: Project) -> None:
+    """Drop an append project's columns from its source (``project``'s schema and relation), and with them
+    the index on them."""
+    cur.execute(
+        sql.SQL("ALTER TABLE {} DROP COLUMN IF EXISTS {}, DROP COLUMN IF EXISTS {}, DROP COLUMN IF EXISTS {}").format(
+            project.names.source,
+            sql.Identifier(project.names.embeddings_column),
+            sql.Identifier(project.names.updated_at_column),
+            sql.Identifier(project.names.text_md5_column),
+        )
+    )

@@ -262,7 +262,7 @@ def attach(cur: Cursor, project: Project) -> bool:
     columns, and what the project stores is settled as after a full reload: a join project's vectors of
     keys the table no longer has are deleted by the next generation run (the others kept, embedded again
     only where the text changed); an append project's vectors were columns of the old table, so the new
-    table gets empty ones. Queue entries and errors of keys it does not have are deleted; a realtime
+    table gets empty ones (and the old table, if kept, loses them and their index). Queue entries and errors of keys it does not have are deleted; a realtime
     project queues every row of it that needs embedding. Call with the project locked."""
     from airflow_vectorize import catalog, generation, validation
 
@@ -270,6 +270,10 @@ def attach(cur: Cursor, project: Project) -> bool:
         return False
     validation.check_project_source(cur, project, attaching=True)
     names, key = project.names, project.key
+    old = None if project.is_join else catalog.append_home(cur, project)
+    if old is not None and (old.schema, old.relation) != (project.schema, project.relation):
+        # The table swapped out keeps no column of the project, nor the index, whose name the new one takes
+        catalog.drop_append_columns(cur, old)
     catalog.drop_triggers(cur, project)
     create_triggers(cur, project)
     if project.schedule == "realtime":

@@ -328,6 +328,32 @@ def test_a_table_that_left_the_sources_name_stays_the_applications(layout, hook,
     assert objects_of(db) == []
 
 
+def test_a_swap_that_keeps_the_old_table_attaches_with_the_projects_index(layout, hook):
+    """Before, an append project's old table kept its columns and their index, whose name the new table's
+    index needs: the new table got none (every search an exact scan), and after drop_project the leftovers
+    made create_project refuse the name."""
+    db = layout
+    db.execute("ALTER TABLE docs RENAME TO docs_old")
+    db.execute(f"CREATE TABLE docs (LIKE docs_old INCLUDING DEFAULTS, PRIMARY KEY ({', '.join(db.key)}))")
+    if db.name == "append":
+        db.execute("ALTER TABLE docs DROP COLUMN docs_embeddings, DROP COLUMN docs_updated_at, DROP COLUMN docs_text_md5")
+    load(db, ROWS)
+
+    assert hook.attach_source("docs")["attached"] is True
+    hook.generate_embeddings("docs")
+
+    storage = "docs" if db.name == "append" else "vectorize._chunks_docs" if db.name == "chunked" \
+        else "vectorize._embeddings_docs"
+    index = "public.docs_hnsw_cos_idx" if db.name == "append" else "vectorize.docs_hnsw_cos_idx"
+    assert db.scalar("SELECT indrelid::regclass::text FROM pg_index WHERE indexrelid = to_regclass(%s)", [index]) \
+        == storage
+    assert counts(hook) == (24, 24, 0, 0)
+    assert db.execute("SELECT attname FROM pg_attribute WHERE attrelid = 'docs_old'::regclass AND attname LIKE"
+                      " 'docs\\_%%' AND NOT attisdropped") == []  # the old table is the application's
+    assert db.execute("SELECT tgname FROM pg_trigger WHERE tgrelid = 'docs_old'::regclass AND NOT tgisinternal") == []
+    assert hook.drop_project("docs")["dropped"] is True and objects_of(db) == []
+
+
 def test_a_renamed_column_gives_a_typed_error_changes_nothing_and_renaming_it_back_resumes(layout, hook):
     """A text or key column renamed (or dropped): every call that reads it raises SourceColumnsMissingError
     naming it; searches keep working while their key is there; drop_project always succeeds."""
