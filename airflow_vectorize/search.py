@@ -745,8 +745,8 @@ def hybrid_search_query(
     if len(query.encode()) > MAX_FULL_TEXT_QUERY_BYTES:
         raise InvalidInputError(
             f"hybrid_search query is {len(query.encode())} bytes; its full-text part takes at most"
-            f" {MAX_FULL_TEXT_QUERY_BYTES} bytes (PostgreSQL's tsquery parser fails on longer ones). search()"
-            " takes long texts: the model reads their beginning"
+            f" {MAX_FULL_TEXT_QUERY_BYTES} bytes (PostgreSQL's tsquery parser fails on longer ones). A vector"
+            " search (search(); mode=vector over HTTP) takes long texts: the model reads their beginning"
         )
     check_count("num_results", num_results)
     candidates = max(num_results, DEFAULT_CANDIDATES) if candidates is None else candidates

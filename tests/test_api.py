@@ -381,6 +381,9 @@ def test_filter_grammar_errors(api):
     assert_error(api.client.get(SEARCH, params=[("conn_id", "api_db"), ("job_name", "products"), ("query", "x"),
                                                 ("price", "gt.1"), ("price", "lt.9")]),
                  400, "InvalidInputError", "given twice")
+    assert_error(api.client.get(SEARCH, params=[("conn_id", "api_db"), ("job_name", "products"), ("query", "x"),
+                                                ("limit", "1"), ("limit", "2")]),  # before: the last one won
+                 400, "InvalidInputError", "parameter 'limit' is given twice; give it once")
     assert_error(search(api, job_name="products", query="x", category="gt.5"), 400, "InvalidInputError",
                  "does not fit its column")  # a number against a text column
 

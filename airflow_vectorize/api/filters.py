@@ -67,11 +67,16 @@ def _number(text: str) -> int | float | None:
 
 
 def from_query(params: Iterable[tuple[str, str]], reserved: Iterable[str]) -> dict[str, Any]:
-    """The filters among a query string's ``params``: every parameter not in ``reserved``."""
+    """The filters among a query string's ``params``: every parameter not in ``reserved``. A parameter given
+    twice is refused, a filter's or a reserved one's (``limit=1&limit=2``: no value silently wins)."""
     reserved = set(reserved)
     filters: dict[str, Any] = {}
+    seen: set[str] = set()
     for column, text in params:
         if column in reserved:
+            if column in seen:
+                raise InvalidInputError(f"parameter {column!r} is given twice; give it once")
+            seen.add(column)
             continue
         if column in filters:
             raise InvalidInputError(f"filter column {column!r} is given twice; give each column once"
