@@ -65,7 +65,8 @@ class SearchParameters(BaseModel):
     query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS)
     limit: int = Field(10, ge=1, le=MAX_LIMIT, description="rows returned")
     window_size: int | None = Field(None, ge=1, le=MAX_WINDOW, description=(
-        "hybrid: candidates taken from each side before fusing (default 50); at least limit are taken"))
+        "hybrid: rows taken from each side before fusing (default 50, or limit when more); below limit,"
+        " at most 2 x window_size rows come back, as pg_vectorize's"))
     rrf_k: float = Field(60.0, ge=0, le=1e6, description="hybrid: the k of reciprocal rank fusion")
     semantic_wt: float = Field(1.0, ge=0, le=1e6, description="hybrid: weight of the vector ranking")
     fts_wt: float = Field(1.0, ge=0, le=1e6, description="hybrid: weight of the full-text ranking")
