@@ -40,6 +40,11 @@ class InvalidInputError(VectorizeError, ValueError):
     """An argument or the data it points at is unusable; nothing was written."""
 
 
+class SourceNotFoundError(InvalidInputError):
+    """A table named as a source does not exist, or a source's update column (HTTP 404, as pg_vectorize's
+    server answers "schema, table or column NOT FOUND")."""
+
+
 class DimensionMismatchError(InvalidInputError):
     """Embeddings whose dimension differs from the project's vector size."""
 

@@ -18,7 +18,7 @@ from airflow_vectorize.catalog import (
     Project,
     key_columns,
 )
-from airflow_vectorize.exceptions import DimensionMismatchError, InvalidInputError
+from airflow_vectorize.exceptions import DimensionMismatchError, InvalidInputError, SourceNotFoundError
 from airflow_vectorize.keys import Key
 from airflow_vectorize.naming import SCHEMA, quoted
 
@@ -69,9 +69,9 @@ class Table:
     def label(self) -> str:
         return quoted((self.schema, self.name))
 
-    def column(self, name: str, role: str) -> Column:
+    def column(self, name: str, role: str, missing: type[InvalidInputError] = InvalidInputError) -> Column:
         if name not in self.columns:
-            raise InvalidInputError(
+            raise missing(
                 f"{role} column {name!r} does not exist in table {self.label};"
                 f" its columns are: {', '.join(self.columns)}"
             )
@@ -122,7 +122,7 @@ def describe_table(cur: Cursor, schema: str, name: str) -> Table | None:
 def require_table(cur: Cursor, schema: str, name: str, *, kinds: str, role: str) -> Table:
     table = describe_table(cur, schema, name)
     if table is None:
-        raise InvalidInputError(f'{role} table "{schema}"."{name}" does not exist')
+        raise SourceNotFoundError(f'{role} table "{schema}"."{name}" does not exist')
     if table.kind not in kinds:
         raise InvalidInputError(f"{role} {table.label} is not a table (relkind {table.kind!r})")
     return table
@@ -296,7 +296,7 @@ def check_project_source(cur: Cursor, project: Project, attaching: bool = False)
                 " (text, varchar, char)"
             )
     if project.update_time_col is not None:
-        column = table.column(project.update_time_col, "update_col")
+        column = table.column(project.update_time_col, "update_col", missing=SourceNotFoundError)
         if column.typname not in TIMESTAMP_TYPES:
             raise InvalidInputError(
                 f"update_col {project.update_time_col!r} of {table.label} is {column.type_sql};"

@@ -2,7 +2,7 @@
 
 =============================================  ======
 ProjectNotFoundError, an unknown connection,     404
-a missing source (``POST /api/v1/table``)
+SourceNotFoundError (a missing table, update col)
 InvalidInputError (and DimensionMismatchError)   400
 ProjectConflictError                             409
 ModelConnectionError (unreachable, missing)      503
@@ -41,6 +41,7 @@ from airflow_vectorize.exceptions import (
     ModelTimeoutError,
     ProjectConflictError,
     ProjectNotFoundError,
+    SourceNotFoundError,
     VectorizeError,
 )
 
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 
 STATUS: list[tuple[type[BaseException], int]] = [  # the first match wins: subclasses first
     (ProjectNotFoundError, 404),
+    (SourceNotFoundError, 404),
     (InvalidInputError, 400),
     (ProjectConflictError, 409),
     (ModelConnectionError, 503),

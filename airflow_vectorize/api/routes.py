@@ -28,7 +28,6 @@ from fastapi.responses import Response
 from airflow_vectorize import models, validation
 from airflow_vectorize.api import filters as filter_grammar
 from airflow_vectorize.api.auth import Access, Auth
-from airflow_vectorize.api.errors import ApiError
 from airflow_vectorize.api.pool import Hooks
 from airflow_vectorize.api.schemas import (
     CONN_ID_DESCRIPTION,
@@ -224,36 +223,16 @@ def create_table(request: Request, body: TableBody, conn_id: str = CONN_ID) -> R
     project's DAG (generation), not by this request."""
     hook = hook_for(request, conn_id, "write")
     authorize_model(request, models.model_conn_id(body.model, body.model_conn_id))
-    try:
-        summary = hook.create_project(
-            body.job_name, body.src_table, body.primary_key, body.src_columns, transformer=body.model,
-            schema=body.src_schema, table_method=body.table_method, index_dist_type=body.index_dist_type,
-            schedule=body.schedule, update_col=body.update_time_col, model_conn_id=body.model_conn_id,
-            dimensions=body.dimensions, chunk_size=body.chunk_size, chunk_overlap=body.chunk_overlap,
-            chunker=body.chunker, document_prompt=body.document_prompt, query_prompt=body.query_prompt,
-            input_types=body.input_types, hnsw_m=body.hnsw_m, hnsw_ef_construction=body.hnsw_ef_construction,
-            halfvec_index=body.halfvec_index)
-    except InvalidInputError as error:
-        _not_found(hook, body, error)
-        raise
+    summary = hook.create_project(
+        body.job_name, body.src_table, body.primary_key, body.src_columns, transformer=body.model,
+        schema=body.src_schema, table_method=body.table_method, index_dist_type=body.index_dist_type,
+        schedule=body.schedule, update_col=body.update_time_col, model_conn_id=body.model_conn_id,
+        dimensions=body.dimensions, chunk_size=body.chunk_size, chunk_overlap=body.chunk_overlap,
+        chunker=body.chunker, document_prompt=body.document_prompt, query_prompt=body.query_prompt,
+        input_types=body.input_types, hnsw_m=body.hnsw_m, hnsw_ef_construction=body.hnsw_ef_construction,
+        halfvec_index=body.halfvec_index)
     summary = {"id": hook.get_project(body.job_name)["job_id"], **summary}
     return json_response(summary)
-
-
-def _not_found(hook: VectorizeHook, body: TableBody, error: InvalidInputError) -> None:
-    """Raise 404 when ``create_project`` refused ``body`` because its source table (schema or table) or its
-    update column does not exist, as pg_vectorize's server answers ("schema, table or column NOT FOUND"), with
-    the project's own message; any other refusal stays a 400."""
-    try:
-        with hook.transaction() as cur:
-            table = validation.require_table(cur, body.src_schema, body.src_table, kinds="rpvmf", role="source")
-        if body.update_time_col is not None:
-            table.column(body.update_time_col, "update_col")
-    except InvalidInputError as missing:
-        if str(missing) == str(error):  # the refusal was that (not something checked before it)
-            raise ApiError(404, str(error), "SourceNotFoundError") from error
-    except psycopg.Error:  # a name PostgreSQL cannot even look up (a NUL): the hook's refusal stands
-        pass
 
 
 @router.patch("/api/v1/table/{job_name}", tags=["projects"],
