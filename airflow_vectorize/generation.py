@@ -439,7 +439,7 @@ def _within_halfvec(encode: Callable[[list[str]], Any], project: Project, texts:
     if len(vectors) and float(np.abs(vectors).max()) > HALFVEC_MAX:
         raise ModelResponseError(
             f"project {project.name!r}: the model returned values beyond ±{HALFVEC_MAX:g}, which the"
-            " project's index (halfvec, half precision) cannot hold; nothing of the batch was written"
+            " project's index (halfvec, half precision) cannot hold"
         )
     return vectors
 
@@ -505,6 +505,10 @@ def generate(
                 if failed.is_set():
                     raise BatchCancelled("an earlier batch failed")
                 encoded = encode_rows(rows, encode, splitter, input_errors)
+            except ModelResponseError as error:  # the model layer cannot know nothing was written
+                failed.set()
+                writer.rollback()
+                raise ModelResponseError(f"{error}; nothing of this batch was written") from error
             except BaseException:
                 failed.set()
                 writer.rollback()

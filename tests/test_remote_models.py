@@ -175,8 +175,8 @@ def test_persistent_failure_names_everything_and_keeps_committed_batches(product
 
 
 @pytest.mark.parametrize("fault, message", [
-    (("wrong_dims", 3), "the server answered vectors of 3 dimensions, expected 384; nothing was written"),
-    (("wrong_count",), "the server answered 23 embedding(s) for 24 input(s); nothing was written"),
+    (("wrong_dims", 3), "the server answered vectors of 3 dimensions, expected 384; nothing of this batch was written"),
+    (("wrong_count",), "the server answered 23 embedding(s) for 24 input(s); nothing of this batch was written"),
     # Before, these were sorted by index and written: rows got other rows' vectors, without an error.
     (("indexes", "halves"), "the items' 'index' values are not 0..23, each once: [0, 1, 2,"),
     (("indexes", "repeated"), "the items' 'index' values are not 0..23, each once: [23, 22,"),
@@ -195,6 +195,18 @@ def test_wrong_answers_write_nothing(products, hook, embedding_server, fault, me
     assert embedded_count(products) == 0
 
 
+def test_a_wrong_answer_to_a_query_says_nothing_of_writes(products, hook, embedding_server):
+    """A search writes nothing: its error names the connection and the fault, not a batch left unwritten."""
+    create(hook)
+    embedding_server.reset(faults=[("wrong_dims", 3)])
+
+    with pytest.raises(ModelResponseError) as error:
+        hook.search(JOB, "phone")
+
+    assert str(error.value) == ("connection 'flaky', model 'MiniLM': the server answered vectors of 3 dimensions,"
+                                " expected 384")
+
+
 def test_values_beyond_a_chunked_projects_index_fail_the_run_clearly(products, hook, embedding_server):
     """A chunked project's index holds its vectors at half precision: a model answering values beyond ±65504
     fails the run with a ModelResponseError, and writes nothing (the same answer fits an unchunked project)."""
@@ -207,7 +219,7 @@ def test_values_beyond_a_chunked_projects_index_fail_the_run_clearly(products, h
         hook.generate_embeddings(JOB, batch_size=100)
 
     assert str(error.value) == (f"project {JOB!r}: the model returned values beyond ±65504, which the"
-                                " project's index (halfvec, half precision) cannot hold; nothing of the batch"
+                                " project's index (halfvec, half precision) cannot hold; nothing of this batch"
                                 " was written")
     assert snapshot(products) == before
     assert hook.generate_embeddings("whole")["embedded"] == 24

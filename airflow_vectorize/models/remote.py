@@ -163,25 +163,22 @@ class RemoteEmbeddings(EmbeddingModel):
                 raise TypeError(f"expected a list of embeddings, got {type(found).__name__}")
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
             raise ModelResponseError(
-                f"{where}: the server's embeddings cannot be read ({type(error).__name__}: {error}); nothing"
-                " was written for this batch"
+                f"{where}: the server's embeddings cannot be read ({type(error).__name__}: {error})"
             ) from error
         if len(found) != len(texts):
             raise ModelResponseError(
-                f"{where}: the server answered {len(found)} embedding(s) for {len(texts)} input(s); nothing was"
-                " written for this batch"
+                f"{where}: the server answered {len(found)} embedding(s) for {len(texts)} input(s)"
             )
         try:
             vectors = np.stack([as_vector(value) for value in found])
         except (TypeError, ValueError) as error:
             raise ModelResponseError(
-                f"{where}: the server's embeddings cannot be read ({type(error).__name__}: {error}); nothing"
-                " was written for this batch"
+                f"{where}: the server's embeddings cannot be read ({type(error).__name__}: {error})"
             ) from error
         if expected is not None and vectors.shape[1] != expected:
             raise ModelResponseError(
                 f"{where}: the server answered vectors of {vectors.shape[1]} dimensions, expected"
-                f" {expected}; nothing was written for this batch"
+                f" {expected}"
             )
         if not np.isfinite(vectors).all():
             raise ModelResponseError(f"{where}: the server answered NaN or infinite values")
