@@ -504,9 +504,10 @@ def test_alter_pauses_and_resumes_a_project_and_refuses_bad_input_with_its_messa
     assert paused.json() == {"job_name": table, "changed": {"schedule": ["realtime", "manual"]}}
     altered = api.client.patch(url, params=params, json={"src_columns": ["name", "description"],
                                                          "update_time_col": "updated_at"}).json()
-    assert altered["changed"] == {"columns": [["name"], ["name", "description"]], "update_col": [None, "updated_at"]}
+    assert altered["changed"] == {"src_columns": [["name"], ["name", "description"]],  # the body's names
+                                  "update_time_col": [None, "updated_at"]}
     assert api.client.patch(url, params=params, json={"update_time_col": None}).json()["changed"] == {
-        "update_col": ["updated_at", None]}
+        "update_time_col": ["updated_at", None]}
     reindexed = api.client.patch(url, params=params, json={"hnsw_m": 8, "halfvec_index": True}).json()
     assert reindexed["changed"] == {"hnsw_m": [None, 8], "halfvec_index": [False, True]}
     assert reindexed["index"]["rebuilt"]

@@ -235,14 +235,17 @@ def create_table(request: Request, body: TableBody, conn_id: str = CONN_ID) -> R
     return json_response(summary)
 
 
+ALTER_FIELDS = {"columns": "src_columns", "update_col": "update_time_col"}  # the hook's names → the body's
+
+
 @router.patch("/api/v1/table/{job_name}", tags=["projects"],
               summary="Alter a project in place, its vectors kept: schedule, text columns, update column")
 def alter_table(request: Request, body: AlterBody, job_name: str = Path(max_length=255),
                 conn_id: str = CONN_ID) -> Response:
-    """``VectorizeHook.alter_project``: ``{"changed": {field: [before, after]}}``. Pause (``"schedule":
-    "manual"``) and resume realtime queueing, embed other columns (the next run embeds only the rows whose
-    text changed), follow columns renamed in the source, build the index again with other settings (the
-    answer comes when it is built, with its figures under ``index``)."""
+    """``VectorizeHook.alter_project``: ``{"changed": {field: [before, after]}}``, fields named as in the body.
+    Pause (``"schedule": "manual"``) and resume realtime queueing, embed other columns (the next run embeds
+    only the rows whose text changed), follow columns renamed in the source, build the index again with other
+    settings (the answer comes when it is built, with its figures under ``index``)."""
     hook = hook_for(request, conn_id, "write", job_name)
 
     def given(field: str) -> Any:  # a field left out stays as it is; null is a value for these
@@ -253,10 +256,12 @@ def alter_table(request: Request, body: AlterBody, job_name: str = Path(max_leng
         # the hook's message would name its arguments (columns, update_col)
         raise InvalidInputError("nothing to alter: give schedule, src_columns, update_time_col and/or the index's"
                                 " hnsw_m, hnsw_ef_construction, halfvec_index")
-    return json_response(hook.alter_project(
+    answer = hook.alter_project(
         job_name, schedule=body.schedule, columns=body.src_columns, update_col=given("update_time_col"),
         hnsw_m=given("hnsw_m"), hnsw_ef_construction=given("hnsw_ef_construction"),
-        halfvec_index=KEEP if body.halfvec_index is None else body.halfvec_index))
+        halfvec_index=KEEP if body.halfvec_index is None else body.halfvec_index)
+    answer["changed"] = {ALTER_FIELDS.get(name, name): change for name, change in answer["changed"].items()}
+    return json_response(answer)
 
 
 @router.delete("/api/v1/table/{job_name}", tags=["projects"],
