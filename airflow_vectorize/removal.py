@@ -216,18 +216,25 @@ def upgrade(cur: Cursor, project: Project) -> bool:
     return True
 
 
+# A partitioned source's leaf partitions now (each one's oid and file), when they differ from those the last
+# settled run saw (the comment of ``vectorize._removed_<job>``); no row for any other source. Bound: the source
+# (twice), then the removed table.
+PARTITIONS_CHANGED = (
+    "SELECT f.seen FROM (SELECT 'partitions ' || coalesce(md5(string_agg(relid::oid::text || ':' ||"
+    " pg_relation_filenode(relid), ',' ORDER BY relid::oid)), '') AS seen FROM pg_partition_tree(to_regclass(%s))"
+    " WHERE isleaf) f WHERE EXISTS (SELECT FROM pg_class WHERE oid = to_regclass(%s) AND relkind = 'p')"
+    " AND f.seen IS DISTINCT FROM obj_description(to_regclass(%s), 'pg_class')")
+
+
 def partitions_changed(cur: Cursor, project: Project) -> bool:
-    """Whether a partitioned source's leaf partitions (each one's oid and file) differ from those the last
-    settled run saw: a partition truncated (it gets a new file), detached or dropped takes rows away without
-    firing any trigger. Records today's for the next run, as the comment of ``vectorize._removed_<job>``."""
-    cur.execute("SELECT 'partitions ' || coalesce(md5(string_agg(relid::oid::text || ':' || pg_relation_filenode(relid),"
-                " ',' ORDER BY relid::oid)), '') FROM pg_partition_tree(to_regclass(%s)) WHERE isleaf",
-                [project.names.source.as_string(cur)])
-    now = cur.fetchone()[0]
-    cur.execute("SELECT obj_description(to_regclass(%s), 'pg_class')", [quoted(project.names.removed_name)])
-    if cur.fetchone()[0] == now:
+    """Whether a partitioned source's leaf partitions differ from those the last settled run saw
+    (``PARTITIONS_CHANGED``): a partition truncated (it gets a new file), detached or dropped takes rows away,
+    and one attached brings rows, without firing any trigger. Records today's for the next run."""
+    source = project.names.source.as_string(cur)
+    cur.execute(PARTITIONS_CHANGED, [source, source, quoted(project.names.removed_name)])
+    if (now := cur.fetchone()) is None:
         return False
-    cur.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(project.names.removed, sql.Literal(now)))
+    cur.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(project.names.removed, sql.Literal(now[0])))
     return True
 
 

@@ -58,15 +58,15 @@ def reconcile_removed(cur: Cursor, project: Project) -> dict[str, Any]:
     """Settle the keys removed since the last run: delete the vectors of those that did not come back; for an
     append project, write the kept vectors back into the rows that came back with the same text. Returns
     ``{"vectors_removed": n}`` (chunks for a chunked project) or ``{"vectors_restored": n, "vectors_removed":
-    m, "index_dropped": bool}`` (a bulk restore drops the index: ``build_index`` after the commit). Call with
-    the project locked.
+    m, "index_dropped": bool}`` (a bulk restore drops the index: ``build_index`` after the commit), with
+    ``"partitions_changed": True`` when a partitioned source's partitions did. Call with the project locked.
 
     A join project's vectors are found by key when few keys were removed, and by comparing every stored key
     with the source (one anti-join) after a TRUNCATE (its marker: a row of NULLs) or when many were.
 
     A partitioned source is compared when its partitions changed since the last run (``removal.
-    partitions_changed``: a partition truncated, detached or dropped fires none of its triggers); a DELETE
-    there fires a row trigger, which records it as on any table. Each run also deletes its queue entries and
+    partitions_changed``: a partition truncated, detached, dropped or attached fires none of its triggers); a
+    DELETE there fires a row trigger, which records it as on any table. Each run also deletes its queue entries and
     errors of keys no longer in it (the row trigger leaves them)."""
     names, key = project.names, project.key
     partitioned = catalog.source_is_partitioned(cur, project)
@@ -76,9 +76,17 @@ def reconcile_removed(cur: Cursor, project: Project) -> dict[str, Any]:
                 table, names.source, key.equals("r", "x")))
     cur.execute(sql.SQL("SELECT count(*), count(*) FILTER (WHERE {}) FROM {}").format(key.any_null(None), names.removed))
     pending, truncated = cur.fetchone()
-    truncated = truncated or (partitioned and removal.partitions_changed(cur, project))
+    if partitioned and removal.partitions_changed(cur, project):
+        return {**_settle_removed(cur, project, pending, True), "partitions_changed": True}
     if not pending and not truncated:
         return {"vectors_removed": 0} if project.is_join else {"vectors_restored": 0, "vectors_removed": 0}
+    return _settle_removed(cur, project, pending, truncated)
+
+
+def _settle_removed(cur: Cursor, project: Project, pending: int, compare_all: bool) -> dict[str, Any]:
+    """``reconcile_removed``'s writes: ``pending`` keys recorded removed; ``compare_all``: every stored key is
+    compared with the source (after a TRUNCATE, or partitions changed)."""
+    names, key = project.names, project.key
     parts = dict(removed=names.removed, target=names.target, source=names.source, keys=key.names(),
                  emb=sql.Identifier(names.embeddings_column),
                  md5=sql.Identifier(names.text_md5_column), updated_at=sql.Identifier(names.updated_at_column),
@@ -91,7 +99,7 @@ def reconcile_removed(cur: Cursor, project: Project) -> dict[str, Any]:
         # no conflicting lock; writers of the embeddings wait until this transaction ends.
         cur.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(names.target))
         tables = [names.target, *([names.documents] if documents else [])]
-        if truncated or pending >= FULL_RECONCILE_SHARE * catalog.embedded_rows(cur, project):
+        if compare_all or pending >= FULL_RECONCILE_SHARE * catalog.embedded_rows(cur, project):
             cur.execute(sql.SQL("DELETE FROM {removed}").format(**parts))
             for table in reversed(tables):  # the vectors' count last
                 cur.execute(sql.SQL("DELETE FROM {t} t WHERE NOT EXISTS (SELECT FROM {source} r WHERE {in_source})")

@@ -9,6 +9,9 @@ from __future__ import annotations
 import pytest
 from conftest import snapshot
 from test_drop_project import without_catalog
+from test_realtime import collect
+
+from airflow_vectorize.triggers import PendingRowsTrigger
 
 LAYOUTS = {
     "join": {},
@@ -195,6 +198,26 @@ def test_rows_deleted_from_a_partition_and_loaded_again_keep_their_vectors(docs,
         assert run["vectors_restored"] == 39
     assert stored_ids(docs) == set(range(1, 81))
     assert found(hook) == set(range(1, 81))
+
+
+def test_a_partition_attached_is_seen_by_the_watcher_and_embedded_by_the_next_realtime_run(docs, hook):
+    """ATTACH PARTITION fires no trigger and queues no row: the watcher sees the partitions change at its next
+    poll, and realtime runs look at every row until one has embedded the attached rows."""
+    docs.execute("CREATE TABLE docs_01 (LIKE docs)")  # an append project's columns too, as ATTACH needs
+    docs.execute("INSERT INTO docs_01 (id, day, body) SELECT i, date '2027-01-10', 'a January note about trains'"
+                 " FROM generate_series(81, 90) i")
+    trigger = PendingRowsTrigger("docs", docs.conn_id, poll_interval=0.3, debounce=0)
+
+    events = collect(trigger, 1.8, [(0.5, lambda: docs.execute(
+        "ALTER TABLE docs ATTACH PARTITION docs_01 FOR VALUES FROM ('2027-01-01') TO ('2027-02-01')"))])
+
+    assert [payload for _, payload in events] == [{"job_name": "docs", "pending": 0, "partitions_changed": True}]
+    assert 0.5 < events[0][0] < 1.2
+    assert queued_ids(docs) == set()
+    assert hook.generate_embeddings("docs", pending_only=True)["embedded"] == 10
+    assert set(range(81, 91)) <= stored_ids(docs) and set(range(81, 91)) <= found(hook)
+    assert docs.scalar("SELECT count(*) FROM vectorize._bulk_docs") == 0  # done: the next runs read the queue
+    assert hook.get_status("docs")["pending"] == 0
 
 
 def test_realtime_paused_and_resumed_on_a_partitioned_source(docs, hook):

@@ -795,6 +795,9 @@ class VectorizeHook(PostgresHook):
                 self._search_cache.pop(job_name, None)
                 project = self._project(cur, job_name)
             reconciled = storage.reconcile_removed(cur, project)
+            if reconciled.pop("partitions_changed", False) and project.schedule == "realtime":
+                # a partition attached queued no keys: realtime runs look at every row until one has embedded them
+                cur.execute(sql.SQL("INSERT INTO {} (rows) VALUES (NULL)").format(project.names.bulk))
             bulk = [row[0] for row in cur.execute(sql.SQL("SELECT id FROM {}").format(project.names.bulk))]
             if bulk and scope.pending_only:  # a bulk insert queued no keys: look at every row
                 scope = replace(scope, pending_only=False)

@@ -19,7 +19,7 @@ import psycopg
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 from psycopg import sql
 
-from airflow_vectorize import catalog, freshness
+from airflow_vectorize import catalog, freshness, removal
 from airflow_vectorize.catalog import Project
 from airflow_vectorize.hooks.vectorize import VectorizeHook
 from airflow_vectorize.naming import quoted
@@ -31,8 +31,10 @@ class PendingRowsTrigger(BaseEventTrigger):
     """Fire ``{"job_name", "pending"}`` whenever rows are queued for the project ``job_name``.
 
     Fires once at start when rows are already queued; then on every (debounced) notification that finds
-    rows queued, and on a poll (or a reconnect) that finds rows queued after the last event. Survives a lost connection
-    (reconnects with backoff) and waits for a project that does not exist yet.
+    rows queued, and on a poll (or a reconnect) that finds rows queued after the last event. Fires
+    ``{"job_name", "pending", "partitions_changed": True}`` on a poll that finds a partitioned source's
+    partitions changed since the last run (a partition attached brings rows no trigger queued). Survives a
+    lost connection (reconnects with backoff) and waits for a project that does not exist yet.
 
     :param job_name: the project (created with ``schedule="realtime"``).
     :param postgres_conn_id: the Airflow connection to its database.
@@ -55,6 +57,7 @@ class PendingRowsTrigger(BaseEventTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         announced: datetime | None = None  # the newest enqueued_at an event has covered
+        partitions_announced: str | None = None  # the partitions an event said changed (none yet)
         backoff = 1.0
         while True:
             try:
@@ -65,7 +68,12 @@ class PendingRowsTrigger(BaseEventTrigger):
                     backoff, notified = 1.0, False
                     while True:
                         pending, newest = await _queue_state(conn, project)
-                        if pending and (notified or announced is None or newest > announced):
+                        partitions = await _partitions_changed(conn, project)
+                        if partitions is not None and partitions != partitions_announced:
+                            partitions_announced, announced = partitions, newest
+                            yield TriggerEvent({"job_name": self.job_name, "pending": pending,
+                                                "partitions_changed": True})
+                        elif pending and (notified or announced is None or newest > announced):
                             announced = newest
                             yield TriggerEvent({"job_name": self.job_name, "pending": pending})
                         notified = await self._wait(conn)
@@ -105,3 +113,12 @@ async def _queue_state(conn: psycopg.AsyncConnection, project: Project) -> tuple
         newest = sql.SQL("greatest({}, (SELECT max(enqueued_at) FROM {}))").format(newest, project.names.bulk)
     cur = await conn.execute(sql.SQL("SELECT {}::bigint, {}").format(freshness.queued(project, bulk), newest))
     return await cur.fetchone()
+
+
+async def _partitions_changed(conn: psycopg.AsyncConnection, project: Project) -> str | None:
+    """A partitioned source's partitions, when they changed since the last run (``removal.PARTITIONS_CHANGED``):
+    a partition attached brings rows no trigger queued."""
+    source = project.names.source.as_string(conn)
+    cur = await conn.execute(removal.PARTITIONS_CHANGED, [source, source, quoted(project.names.removed_name)])
+    row = await cur.fetchone()
+    return None if row is None else row[0]
