@@ -35,6 +35,17 @@ def states(run: dict) -> set[str]:
     return {info["state"] for info in run["tasks"].values()}
 
 
+def asset_extras(uri: str) -> list[dict]:
+    """The extras of the events of the Asset ``uri``, oldest first, in Airflow's metadata database."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        return session.scalars(select(AssetEvent.extra).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+                               .where(AssetModel.uri == uri).order_by(AssetEvent.id)).all()
+
+
 def test_every_example_is_tested(dags):
     assert set(dags) == {"vectorize_import_embeddings", "vectorize_scheduled_ingestion",
                          "vectorize_embedding_backfill", "vectorize_remote_embeddings", "vectorize_rag",
@@ -142,6 +153,11 @@ def test_mapped_backfill_covers_every_row_once(dags, default_connection):
     parts = [info["result"]["embedded"] for task, info in run["tasks"].items() if task.startswith("embed_partition[")]
     assert len(parts) == 4 and sum(parts) == 1000 and all(parts)
     assert run["tasks"]["check_complete"]["result"]["missing_rows"] == 0
+    # Mapped tasks declare and emit the project's Asset too (Airflow's partial() passes outlets=[]).
+    assert [a.uri for a in dags["vectorize_embedding_backfill"].task_dict["embed_partition"].partial_kwargs["outlets"]] \
+        == ["vectorize://postgres_default/product_archive"]
+    events = asset_extras("vectorize://postgres_default/product_archive")
+    assert sorted(e["partition"] for e in events if e.get("task") == "embed_partition") == ["0/4", "1/4", "2/4", "3/4"]
 
 
 def test_remote_embeddings_example(dags, default_connection, infinity):
@@ -169,10 +185,6 @@ def test_rag_example(dags, default_connection, chat):
 
 
 def test_realtime_examples_embed_the_queue_and_emit_the_asset(dags, default_connection):
-    from airflow.models.asset import AssetEvent, AssetModel
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
     (watched,) = dags["vectorize_realtime"].timetable.asset_condition.objects
     assert (watched.uri, type(watched.watchers[0].trigger).__name__) == (
         "vectorize://postgres_default/live_products/pending", "PendingRowsTrigger")
@@ -184,9 +196,7 @@ def test_realtime_examples_embed_the_queue_and_emit_the_asset(dags, default_conn
     assert {setup["state"], realtime["state"], consumer["state"]} == {"success"}
     embedded = realtime["tasks"]["embed_pending"]["result"]
     assert (embedded["embedded"], embedded["pending_only"], embedded["pending_cleared"]) == (3, True, 3)
-    with create_session() as session:
-        extras = session.scalars(select(AssetEvent.extra).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
-                                 .where(AssetModel.uri == "vectorize://postgres_default/live_products")).all()
+    extras = asset_extras("vectorize://postgres_default/live_products")
     assert {"job_name": "live_products", "task": "embed_pending", "embedded": 3, "failed": 0, "skipped": 0,
             "partition": "0/1"}.items() <= extras[-1].items()
     assert consumer["tasks"]["wait_until_fresh"]["result"]["pending"] == 0

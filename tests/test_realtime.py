@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import pytest
+from airflow.sdk import DAG, task
 from airflow.sdk.exceptions import TaskDeferred
 
 from airflow_vectorize.assets import embeddings_asset, pending_rows_asset
@@ -202,6 +203,19 @@ def test_writers_emit_the_project_asset_and_the_watcher_watches_its_queue():
     assert [a.uri for a in generate.outlets] == ["vectorize://pg/shop"]
     assert [a.uri for a in load.outlets] == ["vectorize://postgres_default/shop"]
     assert templated.outlets == []
+    with DAG("writers", schedule=None, default_args={"postgres_conn_id": "warehouse"}):
+        defaulted = GenerateEmbeddingsOperator(task_id="embed3", job_name="shop")  # before: postgres_default's
+        mapped = ImportEmbeddingsOperator.partial(task_id="load2", job_name="shop", src_primary_key="k",
+                                                  src_embeddings_col="e").expand(src_table=["a", "b"])
+
+        @task
+        def project_name() -> str:
+            return "shop"
+
+        from_xcom = GenerateEmbeddingsOperator(task_id="embed4", job_name=project_name())  # before: TypeError
+    assert [a.uri for a in defaulted.outlets] == ["vectorize://warehouse/shop"]
+    assert [a.uri for a in mapped.partial_kwargs["outlets"]] == ["vectorize://warehouse/shop"]  # before: []
+    assert from_xcom.outlets == []  # unknown when parsed, as a template
     pending = pending_rows_asset("shop", "pg", poll_interval=5)
     assert pending.uri == "vectorize://pg/shop/pending" != embeddings_asset("shop", "pg").uri
     (watcher,) = pending.watchers

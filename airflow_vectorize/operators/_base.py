@@ -40,17 +40,26 @@ class VectorizeBaseOperator(BaseOperator):
 
 class ProjectWriterOperator(VectorizeBaseOperator):
     """An operator that writes something of a project: it emits the project's ``asset`` (by default its
-    ``embeddings_asset``) as an outlet (unless ``outlets`` are given, or ``job_name`` is a template, unknown
-    when the DAG is parsed), with the task's figures as the event's ``extra``, so downstream DAGs can be
-    scheduled on fresh embeddings (or a passed evaluation)."""
+    ``embeddings_asset``) as an outlet (unless ``outlets`` are given, or ``job_name`` is a template or an
+    upstream task's XCom, unknown when the DAG is parsed), with the task's figures as the event's ``extra``, so
+    downstream DAGs can be scheduled on fresh embeddings (or a passed evaluation). Its connection is the task's
+    ``postgres_conn_id``, from ``default_args`` too; mapped tasks (``partial().expand()``) declare it as well."""
 
     asset = staticmethod(embeddings_asset)  # (job_name, postgres_conn_id) -> Asset
 
     def __init__(self, *, job_name: str, **kwargs: Any) -> None:
-        if "outlets" not in kwargs and "{{" not in job_name:
-            kwargs["outlets"] = [self.asset(job_name, kwargs.get("postgres_conn_id", VectorizeHook.default_conn_name))]
-        super().__init__(**kwargs)
+        super().__init__(**kwargs)  # postgres_conn_id from default_args is known only after this
         self.job_name = job_name
+        if not self.outlets and _known(job_name):
+            self.outlets = [self.asset(job_name, self.postgres_conn_id)]
+
+    @classmethod
+    def partial(cls, **kwargs: Any) -> Any:
+        """``BaseOperator.partial``, with the project's asset declared: a mapped task's outlets are those given
+        here (Airflow passes ``outlets=[]`` when none are)."""
+        if not kwargs.get("outlets") and _known(job_name := kwargs.get("job_name")):
+            kwargs["outlets"] = [cls.asset(job_name, kwargs.get("postgres_conn_id") or _dag_default_conn_id(kwargs))]
+        return super().partial(**kwargs)
 
     def emit(self, context: Any, summary: dict[str, Any], counts: tuple[str, ...] = (),
              extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -60,3 +69,22 @@ class ProjectWriterOperator(VectorizeBaseOperator):
             context["outlet_events"][asset].extra.update(
                 {"job_name": self.job_name, "task": self.task_id, **{k: summary[k] for k in counts}, **(extra or {})})
         return summary
+
+
+def _known(job_name: Any) -> bool:
+    """Whether a project name is known when the DAG is parsed (not a template, nor an XComArg)."""
+    return isinstance(job_name, str) and "{{" not in job_name
+
+
+def _dag_default_conn_id(kwargs: dict[str, Any]) -> str:
+    """The ``postgres_conn_id`` a mapped task gets from ``default_args``: its own, its DAG's (the DAG given or
+    the one being defined), or the hook's default."""
+    own = kwargs.get("default_args") or {}
+    if "postgres_conn_id" in own:
+        return own["postgres_conn_id"]
+    dag = kwargs.get("dag")
+    if dag is None:
+        from airflow.sdk.definitions._internal.contextmanager import DagContext
+
+        dag = DagContext.get_current()
+    return (getattr(dag, "default_args", None) or {}).get("postgres_conn_id", VectorizeHook.default_conn_name)
