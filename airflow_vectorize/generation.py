@@ -71,10 +71,30 @@ class Scope:
         """Every row of the table: no update_col interval, no hash partition (pending_only aside)."""
         return self.since is None and self.until is None and self.partition_count == 1
 
-    def check(self, project: Project) -> None:
+    def check(self, cur: psycopg.Cursor, project: Project) -> None:
+        """Refuse a scope that cannot be run: since/until without an update_col, or that are not timestamps
+        (read by PostgreSQL, as the run reads them), or an empty interval; a partition out of range."""
         if (self.since is not None or self.until is not None) and project.update_time_col is None:
             raise InvalidInputError(
                 f"since/until need an update_col, but project {project.name!r} was created without one"
+            )
+        for name, value in (("since", self.since), ("until", self.until)):
+            if value is None:
+                continue
+            try:
+                with cur.connection.transaction():  # a savepoint: the caller's transaction goes on
+                    cur.execute("SELECT %s::timestamptz::text", [value])
+            except psycopg.errors.DataError as error:
+                hint = (" (a rendered '{{ data_interval_start }}' is 'None' in a DAG run without a data interval)"
+                        if str(value) == "None" else "")
+                raise InvalidInputError(f"{name} must be a timestamp, got {value!r}: {error.diag.message_primary}"
+                                        f"{hint}") from error
+        if self.since is not None and self.until is not None and cur.execute(
+                "SELECT %s::timestamptz >= %s::timestamptz", [self.since, self.until]).fetchone()[0]:
+            raise InvalidInputError(
+                f"since must be before until: [{self.since}, {self.until}) holds no time, so the run would embed"
+                " nothing. A DAG run's data interval is empty with Airflow 3's cron schedules (\"@daily\"):"
+                " schedule with CronDataIntervalTimetable for intervals"
             )
         if not isinstance(self.partition_count, int) or self.partition_count < 1:
             raise InvalidInputError(f"partition_count must be a positive integer, got {self.partition_count!r}")
@@ -146,6 +166,7 @@ class RowFailure:
     error: str
     text_md5: Any
     attempts: int = 0  # after this run's attempt (1: the first failure of this text)
+    first_seen: datetime | None = None  # when this text first failed
 
 
 @dataclass
@@ -295,17 +316,17 @@ class BatchWriter:
             " attempts = CASE WHEN {errors}.text_md5 IS NOT DISTINCT FROM excluded.text_md5"
             " THEN {errors}.attempts + 1 ELSE 1 END,"
             " first_seen = CASE WHEN {errors}.text_md5 IS NOT DISTINCT FROM excluded.text_md5"
-            " THEN {errors}.first_seen ELSE clock_timestamp() END RETURNING attempts"
+            " THEN {errors}.first_seen ELSE clock_timestamp() END RETURNING attempts, first_seen"
         ).format(errors=project.names.errors, pk=key.names(), values=sql.SQL(", ").join([sql.Placeholder()] * len(key.columns))),
             [(*key.flat(f.key), f.error, f.text_md5) for f in failures], returning=True)
-        attempts = []
+        recorded = []
         while True:
-            attempts.append(cur.fetchone()[0])
+            recorded.append(cur.fetchone())
             if not cur.nextset():
                 break
         cur.execute(sql.SQL("DELETE FROM {} WHERE {}").format(project.names.queue, listed),
                     [key.bind(f.key for f in failures)])
-        return [replace(f, attempts=n) for f, n in zip(failures, attempts)]
+        return [replace(f, attempts=n, first_seen=seen) for f, (n, seen) in zip(failures, recorded)]
 
     def commit(self) -> None:
         if self.transaction is not None:
@@ -457,6 +478,7 @@ def generate(
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     max_failed_share: float = DEFAULT_MAX_FAILED_SHARE,
     rebuild_index: bool | None = None,
+    failures_since: datetime | None = None,
 ) -> dict[str, Any]:
     """Embed every row of ``project`` in ``scope`` that needs it; see the module docstring.
 
@@ -468,7 +490,8 @@ def generate(
     A row the model refuses (one of its ``input_errors``) is recorded in the project's errors table and
     skipped; the rest of its batch is written. It is tried again by later runs until it failed
     ``max_attempts`` times with the same text (a changed text starts again). The run raises
-    ``EmbeddingFailuresError`` at the end when more than ``max_failed_share`` of the rows it tried failed.
+    ``EmbeddingFailuresError`` at the end when more than ``max_failed_share`` of the rows it tried failed
+    for the first time (or first at or after ``failures_since``; see ``_report_failures``).
 
     ``concurrency`` batches are encoded at once (1 for a local model; several for a remote one, whose
     requests then overlap); each has its own writer connection, plus one being claimed, and batches are
@@ -581,15 +604,18 @@ def generate(
     _log_progress(project, scope, embedded, to_embed, seconds, finished=True)
     log.info("Embedding run finished: %s", summary)
     if failures:
-        _report_failures(project, failures, embedded, max_failed_share)
+        _report_failures(project, failures, embedded, max_failed_share, failures_since)
     return summary
 
 
-def _report_failures(project: Project, failures: list[RowFailure], embedded: int, max_share: float) -> None:
+def _report_failures(project: Project, failures: list[RowFailure], embedded: int, max_share: float,
+                     failures_since: datetime | None = None) -> None:
     """Warn about rows that could not be embedded; raise when the rows failing for the first time (with
-    this text) are more than ``max_share`` of the rows tried — known failures retried only warn, so a
-    scheduled run does not fail again and again for the same rows."""
-    new = sum(1 for f in failures if f.attempts == 1)
+    this text, or first at or after ``failures_since``) are more than ``max_share`` of the rows tried —
+    failures known from before only warn, so a scheduled run does not fail again and again for the same rows,
+    while a retry of a failed task (``failures_since``: its DAG run's start) fails as its first try did."""
+    new = sum(1 for f in failures if f.attempts == 1 or (
+        failures_since is not None and f.first_seen is not None and f.first_seen >= failures_since))
     share = new / (len(failures) + embedded)
     examples = "; ".join(f"{f.key!r}: {f.error}" for f in failures[:3])
     message = (f"project {project.name!r}: {len(failures)} row(s) could not be embedded ({new} for the first"

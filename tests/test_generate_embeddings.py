@@ -312,6 +312,30 @@ BAD_RUNS = [
 ]
 
 
+BAD_INTERVALS = [
+    # Before: a raw psycopg InvalidDatetimeFormat (a run without a data interval renders 'None')
+    (dict(since="None", until="None"), "since must be a timestamp, got 'None': invalid input syntax for type"
+     " timestamp with time zone: \"None\" (a rendered '{{ data_interval_start }}' is 'None' in a DAG run without"),
+    (dict(until="the day after"), "until must be a timestamp, got 'the day after': invalid input syntax"),
+    # Before: these ran and embedded nothing, silently
+    (dict(since=DAY, until=DAY), "since must be before until: [2026-11-01 00:00:00+00:00, 2026-11-01 00:00:00+00:00)"
+     " holds no time, so the run would embed nothing. A DAG run's data interval is empty with Airflow 3's"),
+    (dict(since="2026-11-02", until="2026-11-01"), "since must be before until: [2026-11-02, 2026-11-01)"),
+]
+
+
+@pytest.mark.parametrize("interval, message", BAD_INTERVALS, ids=[m[:20] for _, m in BAD_INTERVALS])
+def test_intervals_that_are_no_timestamps_or_empty_are_refused(products, hook, interval, message):
+    hook.create_project("shop", "products", "product_id", COLUMNS, update_col="updated_at")
+    before = snapshot(products)
+
+    with pytest.raises(InvalidInputError) as error:
+        hook.generate_embeddings("shop", **interval)
+
+    assert message in str(error.value)
+    assert snapshot(products) == before
+
+
 @pytest.mark.parametrize("override, error_type, message", BAD_RUNS, ids=[m[:25] for *_, m in BAD_RUNS])
 def test_bad_runs_are_rejected_and_change_nothing(products, hook, override, error_type, message):
     hook.create_project("shop", "products", "product_id", COLUMNS)

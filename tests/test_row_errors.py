@@ -5,11 +5,14 @@ misbehaving HTTP server (it refuses over-long inputs with HTTP 400, as OpenAI do
 from __future__ import annotations
 
 import re
+from datetime import datetime
+from types import SimpleNamespace
 
 import pytest
 from conftest import snapshot
 
 from airflow_vectorize.exceptions import EmbeddingFailuresError, InvalidInputError
+from airflow_vectorize.operators import GenerateEmbeddingsOperator
 
 MODEL = "openai/MiniLM"
 COLUMNS = ["name", "description"]
@@ -111,8 +114,28 @@ def test_too_many_failures_fail_the_run_but_keep_what_was_embedded(products, hoo
     assert hook.generate_embeddings("remote", max_failed_share=0.5)["failed"] == 2
 
 
+def test_a_retry_of_the_task_fails_as_its_first_try_did(products, hook, embedding_server):
+    """Airflow retries a failed task in the same DAG run: the rows its first try failed are not 'known' to
+    the retry, which fails too (before, it passed with 100 % of its rows failing). The next DAG run only warns."""
+    products.execute("UPDATE products SET description = %s WHERE product_id <= 5", [LONG])
+    create(hook)
+    embedding_server.reset(max_input_bytes=150)
+    task = GenerateEmbeddingsOperator(task_id="embed", postgres_conn_id=products.conn_id, job_name="remote")
+    run = SimpleNamespace(start_date=products.scalar("SELECT clock_timestamp()"))
+
+    with pytest.raises(EmbeddingFailuresError, match=r"5 row\(s\) could not be embedded \(5 for the first time: 21%"):
+        task.execute({"dag_run": run})
+    with pytest.raises(EmbeddingFailuresError, match=r"\(5 for the first time: 100% of the rows tried\)"):
+        task.execute({"dag_run": run})  # the retry
+
+    next_run = SimpleNamespace(start_date=products.scalar("SELECT clock_timestamp()"))
+    assert task.execute({"dag_run": next_run})["failed"] == 5  # known failures: a warning only
+    assert {attempts for attempts, _ in errors(products).values()} == {3}
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"max_attempts": 0}, "max_attempts must be a positive integer"),
+    ({"failures_since": datetime(2026, 12, 1)}, "failures_since must be a datetime with a time zone, got"),
     ({"max_failed_share": 1.5}, r"max_failed_share must be a number in \[0, 1\], got 1.5"),
     ({"max_failed_share": "0.1"}, r"max_failed_share must be a number in \[0, 1\], got '0.1'"),
 ])

@@ -755,6 +755,7 @@ class VectorizeHook(PostgresHook):
         max_attempts: int = generation.DEFAULT_MAX_ATTEMPTS,
         max_failed_share: float = generation.DEFAULT_MAX_FAILED_SHARE,
         rebuild_index: bool | None = None,
+        failures_since: datetime | None = None,
     ) -> dict[str, Any]:
         """Embed the project's rows that need it (new, text changed, queued); see ``generation``.
 
@@ -769,7 +770,11 @@ class VectorizeHook(PostgresHook):
         :param max_attempts: a row the model refused this many times with the same text is skipped (it
             stays in ``vectorize._errors_<job>``) until its text changes.
         :param max_failed_share: the run fails (``EmbeddingFailuresError``, after writing every row it
-            could) when more than this share of the rows it tried could not be embedded.
+            could) when more than this share of the rows it tried could not be embedded for the first time
+            with their text: rows that failed in earlier runs only warn.
+        :param failures_since: rows that first failed at or after this instant (the database's clock) count as
+            failing for the first time too; ``GenerateEmbeddingsOperator`` passes its DAG run's start, so that
+            Airflow's retry of a failed task fails again instead of passing over the same rows.
         :param rebuild_index: drop the HNSW index first and build it at the end, or keep it (see
             ``import_embeddings``); None: when the rows due are at least 10 % of the project's. One partition
             of several never drops it.
@@ -783,12 +788,14 @@ class VectorizeHook(PostgresHook):
                 or not 0 <= max_failed_share <= 1:
             raise InvalidInputError(f"max_failed_share must be a number in [0, 1], got {max_failed_share!r}")
         validation.check_rebuild_index(rebuild_index)
+        if failures_since is not None and (not isinstance(failures_since, datetime) or failures_since.tzinfo is None):
+            raise InvalidInputError(f"failures_since must be a datetime with a time zone, got {failures_since!r}")
         scope = generation.Scope(since, until, partition_index, partition_count, bool(pending_only))
         with self.transaction() as cur:
             catalog.lock_project(cur, job_name)
             self._follow_renames(cur, job_name)
             project = self._project(cur, job_name, attaching=True)
-            scope.check(project)
+            scope.check(cur, project)
             storage.upgrade_layout(cur, project)  # a project created by an earlier version
             index_rebuild.discard_leftover(cur, project)
             if removal.attach(cur, project):  # another table was put in the source's place
@@ -825,6 +832,7 @@ class VectorizeHook(PostgresHook):
                 max_attempts=max_attempts,
                 max_failed_share=max_failed_share,
                 rebuild_index=rebuild_index,
+                failures_since=failures_since,
             )
         except psycopg.OperationalError as error:
             if not _session_ended(error):

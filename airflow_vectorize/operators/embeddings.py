@@ -85,7 +85,9 @@ class GenerateEmbeddingsOperator(ProjectWriterOperator):
         ``pending_rows_asset``: reads the queue, not the whole table).
     :param max_attempts: rows the model refused this often with the same text are skipped until it changes.
     :param max_failed_share: fail the task when more than this share of the rows tried could not be
-        embedded (they are recorded in ``vectorize._errors_<job>``; the others are written either way).
+        embedded for the first time in this DAG run — in any try of the task, so a retry fails as the first try
+        did; rows that failed in earlier DAG runs only warn (they are recorded in ``vectorize._errors_<job>``;
+        the others are written either way).
     :param rebuild_index: as ``ImportEmbeddingsOperator``'s (a partition of several never drops the index).
     """
 
@@ -132,8 +134,15 @@ class GenerateEmbeddingsOperator(ProjectWriterOperator):
             max_attempts=self.max_attempts,
             max_failed_share=self.max_failed_share,
             rebuild_index=self.rebuild_index,
+            failures_since=_run_start(context),
         )
         if openlineage_installed():
             tables = self.hook.project_tables(self.job_name)
             self.capture_tables(inputs=[tables["source"]], outputs=[tables["storage"]])
         return self.emit(context, summary, ("embedded", "failed", "skipped", "partition"))
+
+
+def _run_start(context: Any) -> Any:
+    """The DAG run's start: rows first failing since count as new failures, in this try and in its retries."""
+    dag_run = context.get("dag_run") if hasattr(context, "get") else None
+    return getattr(dag_run, "start_date", None)
