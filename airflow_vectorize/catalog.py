@@ -140,7 +140,13 @@ class Project:
         return params
 
     def config(self) -> dict[str, Any]:
-        return {field: getattr(self, field) for field in CONFIG_FIELDS}
+        """The configuration ``create_project`` compares, the index's options as they take effect: pgvector's
+        defaults stated (``hnsw_m=16``) are the same as left out."""
+        config = {field: getattr(self, field) for field in CONFIG_FIELDS}
+        config["hnsw_m"] = 16 if self.hnsw_m is None else self.hnsw_m
+        if self.hnsw_ef_construction is None:
+            config["hnsw_ef_construction"] = CHUNK_INDEX_EF_CONSTRUCTION if self.is_chunked else 64
+        return config
 
     def entry(self) -> dict[str, Any]:
         """The catalog row as a JSON-serialisable dict (plus the vector size)."""

@@ -85,9 +85,15 @@ def test_same_call_is_a_no_op(products, hook):
     before = snapshot(products)
 
     again = hook.create_project("product_search", "products", "product_id", COLUMNS)
+    # pgvector's index defaults stated are the same call (before: a conflict, "existing None, requested 16")
+    stated = hook.create_project("product_search", "products", "product_id", COLUMNS, hnsw_m=16,
+                                 hnsw_ef_construction=64)
 
     assert again["created"] is False and again["objects"] == first["objects"]
+    assert stated["created"] is False
     assert snapshot(products) == before
+    with pytest.raises(ProjectConflictError, match=r"hnsw_m: existing 16, requested 8"):
+        hook.create_project("product_search", "products", "product_id", COLUMNS, hnsw_m=8)
 
 
 def test_other_config_is_a_conflict_naming_the_fields(products, hook):

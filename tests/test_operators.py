@@ -15,6 +15,7 @@ from airflow_vectorize.operators import (
     CreateVectorizeProjectOperator,
     DropVectorizeProjectOperator,
     ImportEmbeddingsOperator,
+    VectorSearchOperator,
 )
 
 
@@ -49,6 +50,9 @@ def test_columns_given_as_one_string_are_refused_as_the_hook_refuses_them(produc
                AlterVectorizeProjectOperator(task_id="a", job_name="shop", columns="description", **conn)):
         with pytest.raises(InvalidInputError, match=re.escape("columns must be a list of column names, got")):
             op.execute(context={})
+    search = VectorSearchOperator(task_id="s", job_name="shop", query="phone", return_columns="name", **conn)
+    with pytest.raises(InvalidInputError, match=re.escape("return_columns must be a list of column names, got 'name'")):
+        search.execute(context={})  # before: "unknown: n, a, m, e"
     assert snapshot(products) == before
 
 
@@ -81,3 +85,13 @@ def test_registered_as_an_airflow_provider():
     info = entry.load()()
     assert info["package-name"] == "airflow-vectorize"
     assert info["hooks"][0]["python-modules"] == ["airflow_vectorize.hooks.vectorize"]
+
+
+def test_index_build_memory_reaches_the_hook_and_a_bad_size_fails_at_parse():
+    """Before, no operator took it, though the README and the build's warning tell users to set it."""
+    op = ImportEmbeddingsOperator(task_id="load", job_name="shop", src_table="t", src_primary_key="k",
+                                  src_embeddings_col="e", index_build_memory="8GB")
+    assert op.hook._build_cap == 8 * 1024**3
+    with pytest.raises(InvalidInputError, match="index_build_memory must be 'auto' or a size such as '512MB'"):
+        CreateVectorizeProjectOperator(task_id="c", job_name="shop", table="t", primary_key="k", columns=["a"],
+                                       index_build_memory="lots")

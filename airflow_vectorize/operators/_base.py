@@ -7,6 +7,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
+from airflow_vectorize import index_build
 from airflow_vectorize.assets import embeddings_asset
 from airflow_vectorize.hooks.vectorize import VectorizeHook
 from airflow_vectorize.lineage import Table, TaskTables, openlineage_installed, operator_lineage
@@ -16,16 +17,21 @@ class VectorizeBaseOperator(BaseOperator):
     """Base for operators that call one VectorizeHook method and return its summary to XCom.
 
     :param postgres_conn_id: the Airflow connection to PostgreSQL with pgvector.
+    :param index_build_memory: the most ``maintenance_work_mem`` an HNSW build of this task may ask for
+        (``VectorizeHook``'s: ``"auto"``, 4 GB, or a size such as ``"16GB"``).
     """
 
-    def __init__(self, *, postgres_conn_id: str = VectorizeHook.default_conn_name, **kwargs: Any) -> None:
+    def __init__(self, *, postgres_conn_id: str = VectorizeHook.default_conn_name,
+                 index_build_memory: str = index_build.AUTO, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.postgres_conn_id = postgres_conn_id
+        self.index_build_memory = index_build_memory
+        index_build.parse_cap(index_build_memory)  # a bad size fails the DAG file, not the run
         self.tables: TaskTables | None = None
 
     @cached_property
     def hook(self) -> VectorizeHook:
-        return VectorizeHook(postgres_conn_id=self.postgres_conn_id)
+        return VectorizeHook(postgres_conn_id=self.postgres_conn_id, index_build_memory=self.index_build_memory)
 
     def capture_tables(self, inputs: list[Table] = (), outputs: list[Table] = (), dropped: list[Table] = ()) -> None:
         """Note the tables this task read, wrote and dropped, with their columns, for OpenLineage (only
@@ -88,3 +94,9 @@ def _dag_default_conn_id(kwargs: dict[str, Any]) -> str:
 
         dag = DagContext.get_current()
     return (getattr(dag, "default_args", None) or {}).get("postgres_conn_id", VectorizeHook.default_conn_name)
+
+
+def listed(columns: Any) -> Any:
+    """A rendered tuple of columns as a list; anything else as it is, for the hook to judge (a string is not
+    split into its letters)."""
+    return list(columns) if isinstance(columns, tuple) else columns

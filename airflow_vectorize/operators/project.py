@@ -9,7 +9,7 @@ from airflow_vectorize.catalog import DEFAULT_TRANSFORMER
 from airflow_vectorize.exceptions import ProjectNotFoundError
 from airflow_vectorize.hooks.vectorize import KEEP
 from airflow_vectorize.lineage import openlineage_installed
-from airflow_vectorize.operators._base import VectorizeBaseOperator
+from airflow_vectorize.operators._base import VectorizeBaseOperator, listed
 
 
 class CreateVectorizeProjectOperator(VectorizeBaseOperator):
@@ -102,7 +102,7 @@ class CreateVectorizeProjectOperator(VectorizeBaseOperator):
             job_name=self.job_name,
             table=self.table,
             primary_key=self.primary_key,
-            columns=_listed(self.columns),
+            columns=listed(self.columns),
             transformer=self.transformer,
             schema=self.schema,
             table_method=self.table_method,
@@ -159,7 +159,7 @@ class AlterVectorizeProjectOperator(VectorizeBaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         return self.hook.alter_project(self.job_name, schedule=self.schedule,
-                                       columns=_listed(self.columns),
+                                       columns=listed(self.columns),
                                        update_col=self.update_col, hnsw_m=self.hnsw_m,
                                        hnsw_ef_construction=self.hnsw_ef_construction, halfvec_index=self.halfvec_index)
 
@@ -191,9 +191,3 @@ class DropVectorizeProjectOperator(VectorizeBaseOperator):
         if tables and tables["storage"] == tables["source"]:  # append: the source loses its columns
             self.capture_tables(outputs=[tables["source"]])
         return summary
-
-
-def _listed(columns: Any) -> Any:
-    """A rendered tuple of columns as a list; anything else as it is, for the hook to judge (a string is not
-    split into its letters)."""
-    return list(columns) if isinstance(columns, tuple) else columns

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
-from airflow_vectorize.operators._base import VectorizeBaseOperator
+from airflow_vectorize.operators._base import VectorizeBaseOperator, listed
 
 
 class VectorSearchOperator(VectorizeBaseOperator):
@@ -48,7 +48,7 @@ class VectorSearchOperator(VectorizeBaseOperator):
         rows = method(
             self.job_name,
             self.query,
-            return_columns=list(self.return_columns) if self.return_columns is not None else None,
+            return_columns=listed(self.return_columns),
             num_results=self.num_results,
             filters=self.filters,
         )
