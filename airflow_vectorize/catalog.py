@@ -103,6 +103,7 @@ class Project:
     hnsw_m: int | None = None  # the HNSW index's m (None: pgvector's 16)
     hnsw_ef_construction: int | None = None  # its ef_construction (None: 64, a chunked project's CHUNK_INDEX_…)
     halfvec_index: bool = False  # the index holds the vectors at half precision (a chunked project's always does)
+    max_attempts: int | None = None  # the last generation run's, when not the default (status judges as it did)
     dimensions: int = 0
     job_id: int | None = None
 
@@ -137,6 +138,8 @@ class Project:
             params["hnsw_ef_construction"] = self.hnsw_ef_construction
         if self.halfvec_index:
             params["halfvec_index"] = True
+        if self.max_attempts is not None:
+            params["max_attempts"] = self.max_attempts
         return params
 
     def config(self) -> dict[str, Any]:
@@ -218,6 +221,7 @@ class Project:
             hnsw_m=params.get("hnsw_m"),
             hnsw_ef_construction=params.get("hnsw_ef_construction"),
             halfvec_index=params.get("halfvec_index", False),
+            max_attempts=params.get("max_attempts"),
             dimensions=row["dimensions"] or row["removed_dimensions"] or 0,
         )
 

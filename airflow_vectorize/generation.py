@@ -122,9 +122,12 @@ class Scope:
         return sql.SQL(" AND ").join(parts), params
 
 
-def row_sql(project: Project, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> dict[str, sql.Composable]:
+def row_sql(project: Project, max_attempts: int | None = None) -> dict[str, sql.Composable]:
     """SQL pieces for 'source rows with their stored embedding's md5' and 'needs embedding': no current
-    embedding, and not a row that failed ``max_attempts`` times with the same text (``failed``)."""
+    embedding, and not a row that failed ``max_attempts`` times with the same text (``failed``; None: the
+    ``max_attempts`` of the project's last generation run, so status and freshness judge as it did)."""
+    if max_attempts is None:
+        max_attempts = project.max_attempts or DEFAULT_MAX_ATTEMPTS
     stored_md5 = sql.Identifier("e" if project.is_join else "r", project.names.text_md5_column)
     text_md5 = expressions.text_md5(project, "r")
     # IS NOT DISTINCT FROM, not '=': an '=' would be a hash key of the anti-join with the errors table, and every

@@ -62,6 +62,24 @@ def test_refused_rows_are_recorded_and_the_rest_is_written(products, hook, embed
     assert errors(products) == {} and hook.get_status("remote")["failed_rows"] == 0
 
 
+def test_freshness_judges_rows_given_up_on_as_the_last_run_did(products, hook, embedding_server):
+    """A run's max_attempts is kept with the project: before, freshness judged by the default 3, so
+    a row a max_attempts=1 run had given up on stayed stale for good (a freshness sensor never passed)."""
+    products.execute("UPDATE products SET description = %s WHERE product_id = 5", [LONG])
+    create(hook)
+    embedding_server.reset(max_input_bytes=150)
+
+    hook.generate_embeddings("remote", max_attempts=1, max_failed_share=1)
+    assert hook.generate_embeddings("remote", max_attempts=1)["failed"] == 0  # given up on: not tried again
+    assert hook.get_freshness("remote")["stale"] == 0
+    assert hook.get_project("remote")["params"]["max_attempts"] == 1
+
+    assert hook.generate_embeddings("remote", max_attempts=4, max_failed_share=1)["failed"] == 1  # 2 of 4
+    assert hook.get_freshness("remote")["stale"] == 1  # to be tried again
+    hook.generate_embeddings("remote", max_failed_share=1)  # the default again: 3 attempts, given up on
+    assert hook.get_freshness("remote")["stale"] == 0 and "max_attempts" not in hook.get_project("remote")["params"]
+
+
 def test_a_chunked_row_fails_whole_and_the_rows_beside_it_are_written(products, hook, embedding_server):
     """A row one of whose chunks the model refuses is recorded, none of its chunks written; the rows encoded
     in the same batch are written."""

@@ -796,6 +796,10 @@ class VectorizeHook(PostgresHook):
             self._follow_renames(cur, job_name)
             project = self._project(cur, job_name, attaching=True)
             scope.check(cur, project)
+            if max_attempts != (project.max_attempts or generation.DEFAULT_MAX_ATTEMPTS):  # status judges as it
+                recorded = None if max_attempts == generation.DEFAULT_MAX_ATTEMPTS else max_attempts
+                catalog.write_params(cur, project, replace(project, max_attempts=recorded), ("max_attempts",))
+                project = replace(project, max_attempts=recorded)
             storage.upgrade_layout(cur, project)  # a project created by an earlier version
             index_rebuild.discard_leftover(cur, project)
             if removal.attach(cur, project):  # another table was put in the source's place
