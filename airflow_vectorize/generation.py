@@ -228,6 +228,9 @@ class BatchWriter:
                 " ADD COLUMN text_md5 uuid{chunk_columns}"
             ).format(keys=key.names(), source=project.names.source, chunk_columns=chunk_columns,
                      vector=sql.SQL("vector({})").format(sql.Literal(project.dimensions))))
+            if project.is_chunked:  # the keys of a batch's rows still current (``storage.upsert_from_staging``)
+                conn.execute(sql.SQL("CREATE TEMP TABLE vectorize_current ON COMMIT DELETE ROWS AS SELECT {keys}"
+                                     " FROM {source} WITH NO DATA").format(keys=key.names(), source=project.names.source))
             self.documents = storage.has_documents(conn.cursor(), project)
             # How COPY writes each column: strings and enums (char(n), citext, an enum) as text, whose binary
             # form theirs is (psycopg has no binary dumper for most of them); a domain as its base type.
@@ -289,12 +292,8 @@ class BatchWriter:
                         for (key, md5, chunk), vector in zip(flat, vectors):
                             copy.write_row((*values(key), vector, md5, chunk.number, chunk.start, chunk.end, chunk.text))
                 written = storage.upsert_from_staging(cur, project, self.documents)
-                cur.execute(sql.SQL(
-                    "DELETE FROM {queue} q USING {from_} WHERE {same_key} AND {current} AND {written}"
-                ).format(queue=project.names.queue, from_=p["from"], same_key=self.key.equals("q", "r"),
-                         current=p["current"], written=self.key.in_values("q", project.names.source)),
-                    [self.key.bind(row[0] for row in rows)])
-                dequeued = cur.rowcount
+                dequeued = dequeue(cur, project, sql.SQL("{} AND {}").format(
+                    p["current"], self.key.in_values("q", project.names.source)), [self.key.bind(r[0] for r in rows)])
                 failures = self._record_errors(cur, [row[0] for row in rows], failures)
             self.commit()
             self.dequeued += dequeued
@@ -327,8 +326,10 @@ class BatchWriter:
             recorded.append(cur.fetchone())
             if not cur.nextset():
                 break
-        cur.execute(sql.SQL("DELETE FROM {} WHERE {}").format(project.names.queue, listed),
-                    [key.bind(f.key for f in failures)])
+        dequeue(cur, project, sql.SQL(  # not a row whose text changed since it failed: that one is due again
+            "{} AND EXISTS (SELECT FROM {} x WHERE {} AND x.text_md5 IS NOT DISTINCT FROM {})"
+        ).format(key.in_values("q", project.names.source), project.names.errors, key.equals("x", "r"),
+                 self.parts["md5"]), [key.bind(f.key for f in failures)])
         return [replace(f, attempts=n, first_seen=seen) for f, (n, seen) in zip(failures, recorded)]
 
     def commit(self) -> None:
@@ -437,10 +438,22 @@ def clear_current_pending(conn: psycopg.Connection, project: Project, scope: Sco
     p = row_sql(project)
     condition, params = scope.condition(project)
     with by_key(conn, scope.pending_only), conn.transaction():
-        return conn.execute(sql.SQL(
-            "DELETE FROM {queue} q USING {from_} WHERE {same_key} AND ({current} OR {text} = '') AND {scope}"
-        ).format(queue=project.names.queue, from_=p["from"], same_key=project.key.equals("q", "r"),
-                 current=p["current"], text=p["text"], scope=condition), params).rowcount
+        return dequeue(conn.cursor(), project, sql.SQL("({current} OR {text} = '') AND {scope}").format(
+            current=p["current"], text=p["text"], scope=condition), params)
+
+
+def dequeue(cur: psycopg.Cursor, project: Project, where: sql.Composable, params: Sequence[Any]) -> int:
+    """Delete the queue entries ``q`` whose source row ``r`` (``expressions.stored_rows``) meets ``where``, as
+    this statement's snapshot sees both; returns how many. An entry the application's trigger queued again
+    meanwhile (a new ``enqueued_at``) stays: a DELETE that waited for that transaction would otherwise check
+    ``where`` again on the new entry but with the source row of its snapshot (READ COMMITTED), and take off
+    the queue a row whose text has just changed, for good."""
+    cur.execute(sql.SQL(
+        "DELETE FROM {queue} q USING (SELECT {q_keys}, q.enqueued_at FROM {queue} q, {from_} WHERE {same} AND {where}) s"
+        " WHERE {same_entry} AND q.enqueued_at = s.enqueued_at"
+    ).format(queue=project.names.queue, q_keys=project.key.names("q"), from_=expressions.stored_rows(project),
+             same=project.key.equals("q", "r"), where=where, same_entry=project.key.equals("q", "s")), params)
+    return cur.rowcount
 
 
 def _key_text_session(connect: Callable[[], psycopg.Connection]) -> psycopg.Connection:

@@ -377,9 +377,12 @@ def clear_pending(cur: Cursor, project: Project, src: sql.Identifier, src_key: K
 
 def upsert_from_staging(cur: Cursor, project: Project, documents: bool) -> int:
     """Write the rows of the session's ``vectorize_staging`` (key, embeddings, text_md5, and for a chunked
-    project chunk_no, offsets and chunk); returns the source rows written.
+    project chunk_no, offsets and chunk; then also ``vectorize_current``, its keys); returns the source rows
+    written.
 
-    Rows whose source row was deleted meanwhile are ignored.
+    Only rows whose text is still the one embedded are written: a row deleted meanwhile is ignored, and so is
+    one whose text changed since the batch read it (its trigger queued it again; an import may have stored
+    the vector of its new text, which an older one must not overwrite).
     """
     parts = dict(
         target=project.names.target,
@@ -389,28 +392,30 @@ def upsert_from_staging(cur: Cursor, project: Project, documents: bool) -> int:
         emb=sql.Identifier(project.names.embeddings_column),
         updated_at=sql.Identifier(project.names.updated_at_column),
         text_md5=sql.Identifier(project.names.text_md5_column),
+        current=expressions.text_md5(project, "r"),
     )
     if project.is_chunked:  # a row's chunks are replaced as a whole
-        cur.execute(sql.SQL(
-            "DELETE FROM {target} t USING (SELECT DISTINCT {keys} FROM vectorize_staging) s WHERE {same_key};"
+        cur.execute(sql.SQL(  # vectorize_current: the batch's rows whose text is still the one embedded
+            "INSERT INTO vectorize_current SELECT DISTINCT {s_keys} FROM vectorize_staging s"
+            " JOIN {source} r USING ({keys}) WHERE s.text_md5 = {current};"
+            " DELETE FROM {target} t USING vectorize_current s WHERE {same_key};"
             " INSERT INTO {target} ({keys}, chunk_no, start_offset, end_offset, chunk, {emb}, {updated_at}, {text_md5})"
             " SELECT {s_keys}, s.chunk_no, s.start_offset, s.end_offset, s.chunk, s.embeddings, now(), s.text_md5"
-            " FROM vectorize_staging s JOIN {source} r USING ({keys})"
+            " FROM vectorize_staging s JOIN vectorize_current c USING ({keys})"
         ).format(same_key=project.key.equals("t", "s"), **parts))
-        cur.execute(sql.SQL("SELECT count(DISTINCT ({keys})) FROM vectorize_staging s JOIN {source} r USING ({keys})")
-                    .format(**parts))
-        return cur.fetchone()[0]
+        return cur.execute("SELECT count(*) FROM vectorize_current").fetchone()[0]
     if project.is_join:
         cur.execute(sql.SQL(
             "INSERT INTO {target} ({keys}, {emb}, {updated_at}, {text_md5})"
             " SELECT {s_keys}, s.embeddings, now(), s.text_md5 FROM vectorize_staging s JOIN {source} r USING ({keys})"
+            " WHERE s.text_md5 = {current}"
             " ON CONFLICT ({keys}) DO UPDATE SET {emb} = EXCLUDED.{emb}, {updated_at} = EXCLUDED.{updated_at},"
             " {text_md5} = EXCLUDED.{text_md5}"
         ).format(**parts))
-    else:
+    else:  # the source row itself: an UPDATE that waited for the application's re-checks its new text
         cur.execute(sql.SQL(
             "UPDATE {source} r SET {emb} = s.embeddings, {updated_at} = now(), {text_md5} = s.text_md5"
-            " FROM vectorize_staging s WHERE {same_key}"
+            " FROM vectorize_staging s WHERE {same_key} AND s.text_md5 = {current}"
         ).format(same_key=project.key.equals("r", "s"), **parts))
     written = cur.rowcount
     write_documents(cur, project, sql.Identifier("vectorize_staging"), documents=documents)

@@ -1,0 +1,115 @@
+"""Application writes that race a generation run's batch, on the real database and model: the application
+changes a row (or an import stores its vector) while the batch holding that row is encoding, and commits while
+the batch writes. The row must stay queued for the next realtime run, and no older vector may overwrite a
+newer one. Before, such a row was taken off the queue with a vector of its old text (PostgreSQL re-checked
+the dequeue's condition on the new queue entry with the source row of the statement's snapshot), and an
+import made during the run was overwritten by the run's older vector."""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+
+import psycopg
+import pytest
+
+COLUMNS = ["name", "description"]
+LAYOUTS = {"join": {}, "append": {"table_method": "append"}, "chunked": {"chunk_size": 64}}
+OLD, NEW = "a red bicycle with a basket", "a blue submarine for two"
+
+
+@contextmanager
+def during_first_encode(hook, monkeypatch, action):
+    """Run ``action()`` once, when the next run's model is first asked to embed (its batch claimed)."""
+    make_model, done = hook._model, []
+
+    class Wrapped:
+        def __init__(self, model):
+            self.model = model
+
+        def __getattr__(self, name):
+            return getattr(self.model, name)
+
+        def embed(self, texts, *args, **kwargs):
+            if not done:
+                done.append(True)
+                action()
+            return self.model.embed(texts, *args, **kwargs)
+
+    monkeypatch.setattr(hook, "_model", lambda project, *a, **k: Wrapped(make_model(project, *a, **k)))
+    yield
+    assert done, "the run embedded nothing"
+
+
+def commit_later(db, statement: str, params=(), seconds: float = 1.5) -> threading.Timer:
+    """The application's transaction: ``statement`` now (its trigger queues the row again, holding the queue
+    entry's lock), COMMIT after ``seconds``, while the batch is writing."""
+    app = psycopg.connect(db.uri, autocommit=True)
+    app.execute("BEGIN")
+    app.execute(statement, params)
+
+    def commit() -> None:
+        app.execute("COMMIT")
+        app.close()
+
+    timer = threading.Timer(seconds, commit)
+    timer.start()
+    return timer
+
+
+def queued(db, job: str) -> set[int]:
+    return {row[0] for row in db.execute(f"SELECT product_id FROM vectorize._pending_{job}")}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_a_row_changed_while_its_batch_writes_stays_queued(products, hook, monkeypatch, layout):
+    hook.create_project("shop", "products", "product_id", COLUMNS, embed_existing=True, **LAYOUTS[layout])
+    products.execute("UPDATE products SET description = %s WHERE product_id = 1", [OLD])
+    timers = []
+    with during_first_encode(hook, monkeypatch, lambda: timers.append(commit_later(
+            products, "UPDATE products SET description = %s WHERE product_id = 1", [NEW]))):
+        hook.generate_embeddings("shop", pending_only=True)
+    timers[0].join()
+
+    assert queued(products, "shop") == {1}  # before: {} (join, chunked), with the old text's vector
+    assert hook.get_freshness("shop")["pending"] == 1
+    assert hook.generate_embeddings("shop", pending_only=True)["embedded"] == 1
+    assert queued(products, "shop") == set()
+    assert hook.get_freshness("shop")["stale"] == 0
+
+
+def test_a_refused_row_fixed_while_its_batch_writes_stays_queued(products, hook, embedding_server, monkeypatch):
+    hook.create_project("remote", "products", "product_id", COLUMNS, transformer="openai/MiniLM",
+                        model_conn_id="flaky", embed_existing=True)
+    products.execute("UPDATE products SET description = %s WHERE product_id = 5", ["far too long " * 20])  # queued
+    embedding_server.reset(max_input_bytes=150)
+    timers = []
+    with during_first_encode(hook, monkeypatch, lambda: timers.append(commit_later(
+            products, "UPDATE products SET description = 'fixed' WHERE product_id = 5"))):
+        summary = hook.generate_embeddings("remote", pending_only=True, max_failed_share=1)
+    timers[0].join()
+
+    assert summary["failed"] == 1
+    assert queued(products, "remote") == {5}  # before: {}, and realtime runs never embedded the fixed text
+    assert hook.generate_embeddings("remote", pending_only=True)["embedded"] == 1
+    assert hook.get_status("remote")["failed_rows"] == 0 and hook.get_freshness("remote")["stale"] == 0
+
+
+def test_an_import_made_during_a_run_is_not_overwritten_by_its_older_vector(products, hook, model, monkeypatch):
+    hook.create_project("shop", "products", "product_id", COLUMNS, schedule="manual")
+    products.execute("UPDATE products SET description = %s WHERE product_id = 1", [OLD])
+    new_text = f"{products.scalar('SELECT name FROM products WHERE product_id = 1')}, {NEW}"
+    products.execute("CREATE TABLE fresh (product_id integer PRIMARY KEY, embedding real[])")
+    products.execute("INSERT INTO fresh VALUES (1, %s)", [[float(x) for x in model.encode([new_text])[0]]])
+
+    def change_and_import() -> None:  # the application changes the text, an upstream job imports its vector
+        products.execute("UPDATE products SET description = %s WHERE product_id = 1", [NEW])
+        assert hook.import_embeddings("shop", "fresh", "product_id", "embedding")["imported"] == 1
+
+    with during_first_encode(hook, monkeypatch, change_and_import):
+        summary = hook.generate_embeddings("shop")
+
+    assert summary["embedded"] == 23  # every row but the one whose text changed under the batch
+    status = hook.get_status("shop")
+    assert (status["embedded_rows"], status["stale_rows"]) == (24, 0)  # before: row 1 stale, the import lost
+    assert hook.search("shop", NEW, num_results=1, return_columns=["product_id"])[0]["product_id"] == 1
