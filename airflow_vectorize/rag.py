@@ -2,13 +2,16 @@
 search, render a prompt template from ``vectorize.prompts``, ask a chat model.
 
 Prompt templates are rows of ``vectorize.prompts(prompt_type, description, sys_prompt, user_prompt)``, as
-in pg_vectorize; ``{{ context_str }}`` and ``{{ query_str }}`` in ``user_prompt`` are replaced by the context
-documents (best first, separated by blank lines) and the query. ``question_answer`` is seeded; add your own
-rows for other tasks.
+in pg_vectorize; ``{{ context_str }}`` and ``{{ query_str }}`` in ``user_prompt`` (spaces inside the braces
+optional: ``{{context_str}}`` is pg_vectorize's Handlebars form) are replaced by the context documents (best
+first, separated by blank lines) and the query, in one pass: the documents and the query are sent as they are,
+never templated again. ``question_answer`` is seeded; add your own rows for other tasks.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +21,12 @@ from psycopg import Cursor
 from airflow_vectorize.exceptions import InvalidInputError
 from airflow_vectorize.models.base import ChatModel
 
+log = logging.getLogger(__name__)
+
 CONTEXT_SEPARATOR = "\n\n"
+# ``{{ context_str }}`` / ``{{ query_str }}``, with or without spaces inside the braces (pg_vectorize renders
+# its templates with Handlebars, whose own examples write ``{{context_str}}``).
+PLACEHOLDER = re.compile(r"\{\{\s*(context_str|query_str)\s*\}\}")
 
 QUESTION_ANSWER = (
     "question_answer",
@@ -49,8 +57,10 @@ class Prompt:
     user_prompt: str
 
     def messages(self, query: str, documents: Sequence[str]) -> list[dict[str, str]]:
-        user = (self.user_prompt.replace("{{ context_str }}", CONTEXT_SEPARATOR.join(documents))
-                .replace("{{ query_str }}", query))
+        """The system and user messages; the placeholders are filled in one pass, so a document or a query
+        that itself contains ``{{ query_str }}`` or ``{{ context_str }}`` is sent exactly as it is."""
+        values = {"context_str": CONTEXT_SEPARATOR.join(documents), "query_str": query}
+        user = PLACEHOLDER.sub(lambda found: values[found[1]], self.user_prompt)
         return [{"role": "system", "content": self.sys_prompt}, {"role": "user", "content": user}]
 
 
@@ -78,6 +88,9 @@ def load_prompt(cur: Cursor, task: str) -> Prompt:
             f"task {task!r} has no prompt template in vectorize.prompts; known tasks: {', '.join(known)}."
             " Add a row (prompt_type, description, sys_prompt, user_prompt) for a new one"
         )
+    if not any(found[1] == "context_str" for found in PLACEHOLDER.finditer(row[1])):
+        log.warning("the prompt template %r (vectorize.prompts) has no {{ context_str }} placeholder in its"
+                    " user_prompt: the retrieved context is not sent to the chat model", task)
     return Prompt(task, row[0], row[1])
 
 

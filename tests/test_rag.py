@@ -101,6 +101,49 @@ def test_prompt_templates_live_in_vectorize_prompts(shop, hook, chat):
     assert shop.scalar("SELECT count(*) FROM vectorize.prompts") == 2  # the seed row is kept, never rewritten
 
 
+def test_placeholders_without_spaces_are_filled_as_pg_vectorize_renders_them(shop, hook, chat, caplog):
+    """pg_vectorize renders its templates with Handlebars; its own tests write ``{{context_str}}``. Before, only
+    ``{{ context_str }}`` (with spaces) was replaced: such a row sent the model the literal placeholders, no
+    context and no question, while ``context`` listed the documents as if they had been sent."""
+    model, server = chat
+    hook.rag(JOB, QUERY, model, chat_conn_id="chat", num_context=1, max_tokens=2)  # seeds vectorize.prompts
+    shop.execute("INSERT INTO vectorize.prompts VALUES ('handlebars', 'pg_vectorize style', 'Be terse.',"
+                 " 'Here is context: {{context_str}} \nQuestion: {{query_str}} ({{ query_str}})')")
+    server.reset()
+
+    result = hook.rag(JOB, QUERY, model, chat_conn_id="chat", task="handlebars", num_context=2, max_tokens=2)
+
+    (sent,) = chat_requests(server)
+    documents = "\n\n".join(c["content"] for c in result["context"])
+    assert len(result["context"]) == 2
+    assert sent["messages"][1]["content"] == f"Here is context: {documents} \nQuestion: {QUERY} ({QUERY})"
+
+    shop.execute("INSERT INTO vectorize.prompts VALUES ('no_context', '', 'Be terse.', 'Answer: {{ query_str }}')")
+    with caplog.at_level(logging.WARNING, logger="airflow_vectorize.rag"):
+        hook.rag(JOB, QUERY, model, chat_conn_id="chat", task="no_context", num_context=1, max_tokens=2)
+    assert "the prompt template 'no_context' (vectorize.prompts) has no {{ context_str }} placeholder" in caplog.text
+
+
+def test_documents_quoting_the_placeholders_are_sent_as_stored(shop, hook, chat):
+    """Before, ``{{ query_str }}`` was replaced after the documents were put in: a document that quotes a
+    template (documentation, a support ticket) got the user's query pasted into it, and the ``context``
+    returned no longer matched what the model saw."""
+    model, server = chat
+    quote = " Write {{ query_str }} where the question goes and {{context_str}} for the context."
+    shop.execute("UPDATE products SET description = description || %s", [quote])
+    hook.generate_embeddings(JOB)
+
+    result = hook.rag(JOB, QUERY, model, chat_conn_id="chat", num_context=2, max_tokens=2)
+
+    (sent,) = chat_requests(server)
+    user = sent["messages"][1]["content"]
+    assert len(result["context"]) == 2 and all(c["content"].endswith(quote) for c in result["context"])
+    documents = "\n\n".join(c["content"] for c in result["context"])
+    assert user == QUESTION_ANSWER[3].replace("{{ context_str }}", documents, 1).replace(
+        "Query: {{ query_str }}", f"Query: {QUERY}")
+    assert user.count(QUERY) == 1 and user.count("{{ query_str }}") == 2
+
+
 def test_an_over_long_prompt_is_refused_before_sending_or_trimmed(shop, hook, chat, embedding_server):
     model, server = chat
     set_model_connection("small_chat", server.url, server.api_key, context_window=300)
