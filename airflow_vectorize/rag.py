@@ -24,6 +24,10 @@ from airflow_vectorize.models.base import ChatModel
 log = logging.getLogger(__name__)
 
 CONTEXT_SEPARATOR = "\n\n"
+# The room ``force_trim`` leaves for the answer when no ``max_tokens`` is given: min(ANSWER_TOKENS, the context
+# window / ANSWER_SHARE) — 1024 tokens of a window of 4096 or more, a quarter of a smaller one.
+ANSWER_TOKENS = 1024
+ANSWER_SHARE = 4
 # ``{{ context_str }}`` / ``{{ query_str }}``, with or without spaces inside the braces (pg_vectorize renders
 # its templates with Handlebars, whose own examples write ``{{context_str}}``).
 PLACEHOLDER = re.compile(r"\{\{\s*(context_str|query_str)\s*\}\}")
@@ -108,14 +112,24 @@ class ContextDocument:
                 "similarity_score": self.score}
 
 
+def answer_room(context_window: int, max_tokens: int | None) -> int:
+    """The tokens ``force_trim`` keeps free for the answer: ``max_tokens``, else min(ANSWER_TOKENS,
+    context_window // ANSWER_SHARE)."""
+    return max_tokens if max_tokens is not None else min(ANSWER_TOKENS, context_window // ANSWER_SHARE)
+
+
 def fit_context(model: ChatModel, prompt: Prompt, query: str, documents: list[ContextDocument],
                 max_tokens: int | None, force_trim: bool) -> tuple[list[dict[str, str]], list[ContextDocument]]:
     """The messages to send and the documents they carry, within the model's context window.
 
     With ``force_trim`` the least relevant documents are dropped first, and the last one kept is cut by
-    tokens, until prompt + ``max_tokens`` fits; without it an over-long prompt is an error naming the sizes.
+    tokens, until prompt + the answer's room fits: ``max_tokens``, or without it :func:`answer_room`'s default
+    (min(1024, a quarter of the window); the answer may still use whatever the window has left). Without
+    ``force_trim`` a prompt that does not fit with ``max_tokens`` (if given) is an error naming the sizes.
     """
-    budget = model.context_window - (max_tokens or 0)
+    # The answer's room: what the caller asked for, or (when trimming, which can make room) the default one.
+    answer_tokens = answer_room(model.context_window, max_tokens) if force_trim else (max_tokens or 0)
+    budget = model.context_window - answer_tokens
 
     def size(docs: list[ContextDocument]) -> int:
         return model.prompt_tokens(prompt.messages(query, [d.content for d in docs]))
@@ -142,8 +156,10 @@ def fit_context(model: ChatModel, prompt: Prompt, query: str, documents: list[Co
                 break
         kept.pop()
     if size(kept) > budget:
+        answer = (f"max_tokens {max_tokens}" if max_tokens is not None else
+                  f"{answer_tokens} tokens kept for the answer (max_tokens not given; pass a smaller one)")
         raise InvalidInputError(
-            f"even without context the prompt takes {size([])} tokens + max_tokens {max_tokens or 0} > the"
+            f"even without context the prompt takes {size([])} tokens + {answer} > the"
             f" context window of {model.describe()}, {model.context_window} tokens; nothing was sent"
         )
     return prompt.messages(query, [d.content for d in kept]), kept
