@@ -271,6 +271,22 @@ def test_chat_failures_are_retried_or_reported_like_embeddings(shop, hook, chat,
         hook.generate("hi", "sentence-transformers/all-MiniLM-L6-v2")
 
 
+def test_an_error_answered_with_http_200_names_the_servers_message(shop, hook, chat):
+    """Gateways (LiteLLM, some proxies) answer errors with HTTP 200 and ``{"error": {"message"}}``. Before, the
+    error said only "has no choices[0].message.content (KeyError: 'choices')": the cause was lost."""
+    model, server = chat
+    server.reset(faults=[("error_200", f"Quota exceeded for key {server.api_key}; see your plan")])
+    with pytest.raises(ModelResponseError) as raised:
+        hook.rag(JOB, QUERY, model, chat_conn_id="chat", num_context=1)
+    assert str(raised.value) == (f"connection 'chat', model '{model.split('/', 1)[1]}': the answer is an error, not a"
+                                 " chat completion: Quota exceeded for key ***; see your plan")
+    assert server.api_key not in str(raised.value) and len(chat_requests(server)) == 1
+
+    server.reset(faults=[("error_200", "model overloaded")])
+    with pytest.raises(ModelResponseError, match="the answer is an error, not a chat completion: model overloaded$"):
+        hook.generate("hi", model, chat_conn_id="chat")
+
+
 def test_operators_answer_a_list_of_queries_and_return_json(shop, hook, chat):
     model, server = chat
     rag = RAGOperator(task_id="rag", postgres_conn_id=shop.conn_id, job_name=JOB, chat_model=model,

@@ -119,6 +119,12 @@ class OpenAICompatibleChat(ChatModel):
             payload["temperature"] = temperature
         body = post_json(self.endpoint, "/chat/completions", payload, model=self.model, policy=self.retry)
         where = f"connection {self.endpoint.conn_id!r}, model {self.model!r}"
+        if "choices" not in body and "error" in body:  # an error answered with HTTP 200 (gateways, proxies)
+            error = body["error"]
+            message = (error.get("message") if isinstance(error, dict) else None) or error
+            raise ModelResponseError(
+                f"{where}: the answer is an error, not a chat completion: {self.endpoint.mask(str(message))[:500]}"
+            )
         try:
             choice = body["choices"][0]
             text = choice["message"]["content"]
