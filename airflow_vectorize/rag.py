@@ -2,13 +2,16 @@
 search, render a prompt template from ``vectorize.prompts``, ask a chat model.
 
 Prompt templates are rows of ``vectorize.prompts(prompt_type, description, sys_prompt, user_prompt)``, as
-in pg_vectorize; ``{{ context_str }}`` and ``{{ query_str }}`` in ``user_prompt`` are replaced by the context
-documents (best first, separated by blank lines) and the query. ``question_answer`` is seeded; add your own
-rows for other tasks.
+in pg_vectorize; ``{{ context_str }}`` and ``{{ query_str }}`` in ``user_prompt`` (spaces inside the braces
+optional: ``{{context_str}}`` is pg_vectorize's Handlebars form) are replaced by the context documents (best
+first, separated by blank lines) and the query, in one pass: the documents and the query are sent as they are,
+never templated again. ``question_answer`` is seeded; add your own rows for other tasks.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +21,16 @@ from psycopg import Cursor
 from airflow_vectorize.exceptions import InvalidInputError
 from airflow_vectorize.models.base import ChatModel
 
+log = logging.getLogger(__name__)
+
 CONTEXT_SEPARATOR = "\n\n"
+# The room ``force_trim`` leaves for the answer when no ``max_tokens`` is given: min(ANSWER_TOKENS, the context
+# window / ANSWER_SHARE) — 1024 tokens of a window of 4096 or more, a quarter of a smaller one.
+ANSWER_TOKENS = 1024
+ANSWER_SHARE = 4
+# ``{{ context_str }}`` / ``{{ query_str }}``, with or without spaces inside the braces (pg_vectorize renders
+# its templates with Handlebars, whose own examples write ``{{context_str}}``).
+PLACEHOLDER = re.compile(r"\{\{\s*(context_str|query_str)\s*\}\}")
 
 QUESTION_ANSWER = (
     "question_answer",
@@ -49,8 +61,10 @@ class Prompt:
     user_prompt: str
 
     def messages(self, query: str, documents: Sequence[str]) -> list[dict[str, str]]:
-        user = (self.user_prompt.replace("{{ context_str }}", CONTEXT_SEPARATOR.join(documents))
-                .replace("{{ query_str }}", query))
+        """The system and user messages; the placeholders are filled in one pass, so a document or a query
+        that itself contains ``{{ query_str }}`` or ``{{ context_str }}`` is sent exactly as it is."""
+        values = {"context_str": CONTEXT_SEPARATOR.join(documents), "query_str": query}
+        user = PLACEHOLDER.sub(lambda found: values[found[1]], self.user_prompt)
         return [{"role": "system", "content": self.sys_prompt}, {"role": "user", "content": user}]
 
 
@@ -78,6 +92,9 @@ def load_prompt(cur: Cursor, task: str) -> Prompt:
             f"task {task!r} has no prompt template in vectorize.prompts; known tasks: {', '.join(known)}."
             " Add a row (prompt_type, description, sys_prompt, user_prompt) for a new one"
         )
+    if not any(found[1] == "context_str" for found in PLACEHOLDER.finditer(row[1])):
+        log.warning("the prompt template %r (vectorize.prompts) has no {{ context_str }} placeholder in its"
+                    " user_prompt: the retrieved context is not sent to the chat model", task)
     return Prompt(task, row[0], row[1])
 
 
@@ -95,14 +112,24 @@ class ContextDocument:
                 "similarity_score": self.score}
 
 
+def answer_room(context_window: int, max_tokens: int | None) -> int:
+    """The tokens ``force_trim`` keeps free for the answer: ``max_tokens``, else min(ANSWER_TOKENS,
+    context_window // ANSWER_SHARE)."""
+    return max_tokens if max_tokens is not None else min(ANSWER_TOKENS, context_window // ANSWER_SHARE)
+
+
 def fit_context(model: ChatModel, prompt: Prompt, query: str, documents: list[ContextDocument],
                 max_tokens: int | None, force_trim: bool) -> tuple[list[dict[str, str]], list[ContextDocument]]:
     """The messages to send and the documents they carry, within the model's context window.
 
     With ``force_trim`` the least relevant documents are dropped first, and the last one kept is cut by
-    tokens, until prompt + ``max_tokens`` fits; without it an over-long prompt is an error naming the sizes.
+    tokens, until prompt + the answer's room fits: ``max_tokens``, or without it :func:`answer_room`'s default
+    (min(1024, a quarter of the window); the answer may still use whatever the window has left). Without
+    ``force_trim`` a prompt that does not fit with ``max_tokens`` (if given) is an error naming the sizes.
     """
-    budget = model.context_window - (max_tokens or 0)
+    # The answer's room: what the caller asked for, or (when trimming, which can make room) the default one.
+    answer_tokens = answer_room(model.context_window, max_tokens) if force_trim else (max_tokens or 0)
+    budget = model.context_window - answer_tokens
 
     def size(docs: list[ContextDocument]) -> int:
         return model.prompt_tokens(prompt.messages(query, [d.content for d in docs]))
@@ -129,8 +156,10 @@ def fit_context(model: ChatModel, prompt: Prompt, query: str, documents: list[Co
                 break
         kept.pop()
     if size(kept) > budget:
+        answer = (f"max_tokens {max_tokens}" if max_tokens is not None else
+                  f"{answer_tokens} tokens kept for the answer (max_tokens not given; pass a smaller one)")
         raise InvalidInputError(
-            f"even without context the prompt takes {size([])} tokens + max_tokens {max_tokens or 0} > the"
+            f"even without context the prompt takes {size([])} tokens + {answer} > the"
             f" context window of {model.describe()}, {model.context_window} tokens; nothing was sent"
         )
     return prompt.messages(query, [d.content for d in kept]), kept

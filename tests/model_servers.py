@@ -43,7 +43,8 @@ class EmbeddingServer:
     """``POST /v1/embeddings`` on 127.0.0.1 with the real model's vectors, and scripted faults.
 
     Faults: ("status", code, retry_after or None, message), ("slow", seconds), ("trickle", seconds: the answer
-    a piece at a time), ("drop",), ("bad_json",),
+    a piece at a time), ("drop",), ("bad_json",), ("error_200", message: an error body with HTTP 200),
+    ("chat_answer", content, finish_reason: a chat completion as scripted),
     ("wrong_dims", n), ("wrong_count",), ("scaled", factor). ``requests`` records every request;
     ``in_flight_peak`` the most requests answered at once.
     """
@@ -99,6 +100,12 @@ class EmbeddingServer:
             return self._send_raw(handler, 200, b'{"object": "list", "data": [{"embedd')
         if kind == "error_200":  # an error answered with HTTP 200 (some proxies)
             return self._send(handler, 200, {"error": {"message": action[1]}})
+        if kind == "chat_answer":  # a chat completion as given: ("chat_answer", content, finish_reason)
+            return self._send(handler, 200, {
+                "id": "chatcmpl-scripted", "object": "chat.completion", "model": received.body.get("model"),
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": action[1]},
+                             "finish_reason": action[2]}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
         if received.path.endswith("/chat/completions"):
             return self._forward_chat(handler, received)
         texts = received.body.get("input", [])

@@ -685,6 +685,10 @@ def test_rag_answers_with_context(api, chat_server, embedding_server_session):
     assert answer["context"][0]["record_id"] == 1
     assert answer["chat_response"] is not None and answer["usage"]["completion_tokens"] >= 1
     assert answer["context"][0]["similarity_score"] > 0 and answer["context"][0]["token_ct"] > 0
+    assert answer["finish_reason"] in ("stop", "length")  # why the model stopped: 'length' is a cut answer
+    embedding_server_session.reset(faults=[("chat_answer", "", "content_filter")])
+    assert_error(rag(api, chat_model=f"openai/{chat_server.model}", chat_conn_id="chat", num_context=1), 502,
+                 "ModelResponseError", "'chat'", "finish_reason 'content_filter'")
 
 
 def test_rag_model_failures_name_connection_and_model(api, chat_server, embedding_server_session):
@@ -839,6 +843,7 @@ def test_openapi_document_describes_every_route(api):
     assert document["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     assert {"get", "post"} <= set(document["paths"]["/api/v1/search"])
     assert "404" in document["paths"]["/api/v1/search"]["get"]["responses"]
+    assert "finish_reason" in document["components"]["schemas"]["RagAnswer"]["properties"]
 
 
 # -- hostile input -----------------------------------------------------------------------------------------

@@ -145,3 +145,4 @@ def test_rag_through_the_gateway_answers(products, hook, gateway, chat_server, c
 
     assert isinstance(result["chat_response"], str) and len(result["context"]) == 3
     assert 0 < result["usage"]["completion_tokens"] <= 8 and result["usage"]["prompt_tokens"] > 0
+    assert result["finish_reason"] in ("stop", "length")  # the gateway passes it through; the same chat client

@@ -207,6 +207,19 @@ def test_a_wrong_answer_to_a_query_says_nothing_of_writes(products, hook, embedd
                                 " expected 384")
 
 
+def test_an_error_answered_with_http_200_is_quoted_with_the_key_masked(products, hook, embedding_server):
+    """The server's message in an HTTP-200 error body is quoted; before, a key it echoed was quoted too (every
+    other answer's message is masked by the connection)."""
+    create(hook)
+    embedding_server.reset(faults=[("error_200", f"Quota exceeded for key {embedding_server.api_key}")])
+
+    with pytest.raises(ModelResponseError) as error:
+        hook.search(JOB, "phone")
+
+    assert str(error.value) == ("connection 'flaky', model 'MiniLM': the server's embeddings cannot be read"
+                                " (ValueError: the answer is an error, not embeddings: Quota exceeded for key ***)")
+
+
 def test_values_beyond_a_chunked_projects_index_fail_the_run_clearly(products, hook, embedding_server):
     """A chunked project's index holds its vectors at half precision: a model answering values beyond ±65504
     fails the run with a ModelResponseError, and writes nothing (the same answer fits an unchunked project)."""

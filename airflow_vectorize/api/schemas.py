@@ -137,7 +137,9 @@ class RagBody(Strict):
     chat_conn_id: str | None = Field(None, max_length=MAX_CONN_ID)
     task: str = Field("question_answer", max_length=255, description="a prompt of vectorize.prompts")
     num_context: int = Field(2, ge=1, le=MAX_CONTEXT)
-    force_trim: bool = False
+    force_trim: bool = Field(False, description="drop (and cut) the least relevant context until the prompt fits the"
+                             " model's context window with room for the answer: max_tokens, else min(1024, a"
+                             " quarter of the window)")
     filters: dict[str, Any] | None = Field(None, max_length=100, description=FILTERS_DESCRIPTION)
     hybrid: bool = False
     max_tokens: int | None = Field(None, ge=1, le=1_000_000)
@@ -171,6 +173,10 @@ class RagAnswer(BaseModel):
     query: str
     task: str
     chat_response: str
+    finish_reason: str | None = Field(
+        None, description="why the model stopped, as the chat server says: 'stop' (a complete answer), 'length'"
+        " (cut at max_tokens or the context window), ...; null when the server does not say. An answer its"
+        " content filter stopped, or cut before its first word, is an error (502, ModelResponseError)")
     context: list[ContextDocument]
     context_dropped: int
     model: str

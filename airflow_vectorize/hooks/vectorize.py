@@ -1318,10 +1318,14 @@ class VectorizeHook(PostgresHook):
         The ``num_context`` best rows of ``search`` (or ``hybrid_search``) with ``filters`` are the context,
         best first, each as the text the project embeds; the ``task`` template of ``vectorize.prompts`` makes
         the prompt; ``chat_model`` (``openai/<model>``, ``ollama/<model>``) at ``chat_conn_id`` answers.
-        See :func:`airflow_vectorize.rag.fit_context` for ``force_trim``.
+        See :func:`airflow_vectorize.rag.fit_context` for ``force_trim`` (without ``max_tokens`` it keeps
+        min(1024, a quarter of the context window) free for the answer).
 
-        :return: ``chat_response``, ``context`` ([{record_id, content, token_ct, similarity_score}]),
-            ``model``, ``usage``, ``query``, ``task``, ``context_dropped``.
+        :return: ``chat_response``, ``finish_reason`` (``stop``: complete; ``length``: cut at ``max_tokens`` or
+            the context window; None when the server does not say), ``context`` ([{record_id, content,
+            token_ct, similarity_score}]), ``model``, ``usage``, ``query``, ``task``, ``context_dropped``.
+        :raises ModelResponseError: the server's content filter stopped the answer, or it was cut before its
+            first word.
         """
         if not isinstance(query, str) or not query.strip():
             raise InvalidInputError(f"query must be a non-empty text, got {query!r}")
@@ -1355,6 +1359,7 @@ class VectorizeHook(PostgresHook):
             "query": query,
             "task": task,
             "chat_response": answer.text,
+            "finish_reason": answer.finish_reason,
             "context": [document.as_dict() for document in kept],
             "context_dropped": len(documents) - len(kept),
             "model": answer.model,
@@ -1371,7 +1376,8 @@ class VectorizeHook(PostgresHook):
         temperature: float | None = None,
     ) -> dict[str, Any]:
         """A plain completion of ``prompt`` (pg_vectorize's ``vectorize.generate``): ``chat_response``,
-        ``model``, ``usage``. A prompt longer than the model's context window is refused before sending."""
+        ``finish_reason`` (as :meth:`rag`'s), ``model``, ``usage``. A prompt longer than the model's context
+        window is refused before sending."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise InvalidInputError(f"prompt must be a non-empty text, got {prompt!r}")
         _check_generation_options(max_tokens, temperature)
@@ -1385,7 +1391,8 @@ class VectorizeHook(PostgresHook):
                 f" {model.describe()}, {model.context_window} tokens; nothing was sent"
             )
         answer = model.chat(messages, max_tokens=max_tokens, temperature=temperature)
-        return {"chat_response": answer.text, "model": answer.model, "usage": answer.usage}
+        return {"chat_response": answer.text, "finish_reason": answer.finish_reason, "model": answer.model,
+                "usage": answer.usage}
 
     def _chat_model(self, name: str, conn_id: str | None) -> models.ChatModel:
         """A client of the chat model, built once per hook (the HTTP client is the process's)."""

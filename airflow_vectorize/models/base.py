@@ -64,11 +64,14 @@ class EmbeddingModel(ABC):
 
 @dataclass(frozen=True)
 class ChatResult:
-    """A chat completion: the answer, the model that gave it, and the server's token ``usage``."""
+    """A chat completion: the answer, the model that gave it, the server's token ``usage``, and why the model
+    stopped (``finish_reason``: ``stop`` for a complete answer, ``length`` for one cut at ``max_tokens`` or the
+    context window, ...; None when the server does not say)."""
 
     text: str
     model: str
     usage: dict[str, Any] = field(default_factory=dict)
+    finish_reason: str | None = None
 
 
 class ChatModel(ABC):

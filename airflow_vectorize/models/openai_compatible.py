@@ -118,17 +118,37 @@ class OpenAICompatibleChat(ChatModel):
         if temperature is not None:
             payload["temperature"] = temperature
         body = post_json(self.endpoint, "/chat/completions", payload, model=self.model, policy=self.retry)
+        where = f"connection {self.endpoint.conn_id!r}, model {self.model!r}"
+        if "choices" not in body and "error" in body:  # an error answered with HTTP 200 (gateways, proxies)
+            error = body["error"]
+            message = (error.get("message") if isinstance(error, dict) else None) or error
+            raise ModelResponseError(
+                f"{where}: the answer is an error, not a chat completion: {self.endpoint.mask(str(message))[:500]}"
+            )
         try:
-            text = body["choices"][0]["message"]["content"]
+            choice = body["choices"][0]
+            text = choice["message"]["content"]
             if not isinstance(text, str):
                 raise TypeError(f"content is {type(text).__name__}")
         except (KeyError, IndexError, TypeError) as error:
             raise ModelResponseError(
-                f"connection {self.endpoint.conn_id!r}, model {self.model!r}: the server's answer has no"
-                f" choices[0].message.content ({type(error).__name__}: {error})"
+                f"{where}: the server's answer has no choices[0].message.content ({type(error).__name__}: {error})"
             ) from error
+        reason = choice.get("finish_reason")
+        reason = reason if isinstance(reason, str) else None
+        if reason == "content_filter":  # withheld or cut by the provider's filter: not an answer to pass on
+            raise ModelResponseError(
+                f"{where}: the server's content filter stopped the answer (finish_reason 'content_filter',"
+                f" {len(text)} character(s) given); nothing of it is returned"
+            )
+        if reason == "length" and not text.strip():
+            raise ModelResponseError(
+                f"{where}: the answer was cut before it began (finish_reason 'length', empty content;"
+                f" max_tokens {max_tokens if max_tokens is not None else 'not set'}): the prompt left no room for"
+                " an answer in the model's context window, or max_tokens is too small"
+            )
         usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
-        return ChatResult(text=text, model=str(body.get("model") or self.model), usage=usage)
+        return ChatResult(text=text, model=str(body.get("model") or self.model), usage=usage, finish_reason=reason)
 
 
 def _known_window(model: str) -> int:

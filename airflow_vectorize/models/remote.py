@@ -161,9 +161,10 @@ class RemoteEmbeddings(EmbeddingModel):
             found = self.vectors(body)
             if not isinstance(found, list):
                 raise TypeError(f"expected a list of embeddings, got {type(found).__name__}")
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
-            raise ModelResponseError(
-                f"{where}: the server's embeddings cannot be read ({type(error).__name__}: {error})"
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:  # may quote the server:
+            raise ModelResponseError(  # its key masked, as in every other answer's message
+                f"{where}: the server's embeddings cannot be read ({type(error).__name__}:"
+                f" {self.endpoint.mask(str(error))})"
             ) from error
         if len(found) != len(texts):
             raise ModelResponseError(

@@ -12,8 +12,9 @@ from airflow_vectorize.operators.search import to_json
 class RAGOperator(VectorizeBaseOperator):
     """Answer one query, or each of a list, from a project's rows (pg_vectorize's ``vectorize.rag``).
 
-    Returns the hook's result (``chat_response``, ``context``, ``model``, ``usage``, ...) for one query, a
-    list of them for a list.
+    Returns the hook's result (``chat_response``, ``finish_reason``, ``context``, ``model``, ``usage``, ...)
+    for one query, a list of them for a list. A ``finish_reason`` of ``length`` is an answer cut at
+    ``max_tokens`` or the context window; a filtered or empty cut answer fails the task (ModelResponseError).
 
     :param job_name: the project whose search retrieves the context.
     :param query: a question, or a list of questions (templated).
@@ -21,7 +22,8 @@ class RAGOperator(VectorizeBaseOperator):
     :param chat_conn_id: its Airflow connection (default ``openai_default`` / ``ollama_default``).
     :param task: the prompt template, a ``prompt_type`` of ``vectorize.prompts``.
     :param num_context: rows retrieved as context.
-    :param force_trim: drop the least relevant context until the prompt fits the model's window.
+    :param force_trim: drop the least relevant context until the prompt fits the model's window with room for
+        the answer (``max_tokens``, else min(1024, a quarter of the window)).
     :param filters: search filters, as for ``VectorSearchOperator``.
     :param hybrid: retrieve with hybrid (vector + full-text) search.
     :param max_tokens: the longest answer; :param temperature: sampling temperature.
@@ -70,7 +72,8 @@ class RAGOperator(VectorizeBaseOperator):
 
 
 class GenerateTextOperator(VectorizeBaseOperator):
-    """A plain completion (pg_vectorize's ``vectorize.generate``): ``chat_response``, ``model``, ``usage``.
+    """A plain completion (pg_vectorize's ``vectorize.generate``): ``chat_response``, ``finish_reason``,
+    ``model``, ``usage``.
 
     :param prompt: the user message (templated); :param system_prompt: an optional system message.
     :param chat_model: ``openai/<model>`` or ``ollama/<model>``; :param chat_conn_id: its connection.
