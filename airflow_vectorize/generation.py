@@ -36,7 +36,13 @@ from psycopg import sql
 from airflow_vectorize import catalog, expressions, index_build, storage
 from airflow_vectorize.catalog import Project
 from airflow_vectorize.chunking import Chunk, TextSplitter
-from airflow_vectorize.exceptions import EmbeddingFailuresError, InvalidInputError, ModelResponseError
+from airflow_vectorize.exceptions import (
+    EmbeddingFailuresError,
+    InvalidInputError,
+    ModelResponseError,
+    ProjectConflictError,
+    ProjectNotFoundError,
+)
 from airflow_vectorize.validation import HALFVEC_MAX
 
 log = logging.getLogger(__name__)
@@ -246,6 +252,7 @@ class BatchWriter:
         """Begin a transaction; lock the keys no other run holds; return (key, text, md5) of those still due."""
         self.transaction = self.conn.transaction()
         self.transaction.__enter__()
+        check_still_there(self.conn.cursor(), self.project)
         p, key, names = self.parts, self.key, self.key.aliases()
         # The lock is taken in the outer query, on the rows of the batch only: a condition beside the key's
         # (a semi-join for a composite key) could be evaluated first, on every row of the table.
@@ -440,6 +447,20 @@ def clear_current_pending(conn: psycopg.Connection, project: Project, scope: Sco
     with by_key(conn, scope.pending_only), conn.transaction():
         return dequeue(conn.cursor(), project, sql.SQL("({current} OR {text} = '') AND {scope}").format(
             current=p["current"], text=p["text"], scope=condition), params)
+
+
+def check_still_there(cur: psycopg.Cursor, project: Project) -> None:
+    """Raise when the project a run started with is no longer in the catalog: dropped
+    (``ProjectNotFoundError``), or dropped and created again (``ProjectConflictError``: a batch of the old
+    configuration must not write into the new project, whose model or prompts may differ)."""
+    found = cur.execute("SELECT job_id FROM vectorize.job WHERE name = %s", [project.name]).fetchone()
+    if found is None:
+        raise ProjectNotFoundError(f"project {project.name!r} was dropped during this run, which stops: the batches"
+                                   " it wrote went with the project")
+    if found[0] != project.job_id:
+        raise ProjectConflictError(f"project {project.name!r} was dropped and created again during this run, which"
+                                   " stops without writing into the new project (its configuration may differ);"
+                                   " run again to embed for it")
 
 
 def dequeue(cur: psycopg.Cursor, project: Project, where: sql.Composable, params: Sequence[Any]) -> int:

@@ -13,6 +13,9 @@ from contextlib import contextmanager
 import psycopg
 import pytest
 
+from airflow_vectorize.exceptions import ProjectConflictError, ProjectNotFoundError
+from airflow_vectorize.hooks.vectorize import VectorizeHook
+
 COLUMNS = ["name", "description"]
 LAYOUTS = {"join": {}, "append": {"table_method": "append"}, "chunked": {"chunk_size": 64}}
 OLD, NEW = "a red bicycle with a basket", "a blue submarine for two"
@@ -113,3 +116,38 @@ def test_an_import_made_during_a_run_is_not_overwritten_by_its_older_vector(prod
     status = hook.get_status("shop")
     assert (status["embedded_rows"], status["stale_rows"]) == (24, 0)  # before: row 1 stale, the import lost
     assert hook.search("shop", NEW, num_results=1, return_columns=["product_id"])[0]["product_id"] == 1
+
+
+def test_a_run_whose_project_is_dropped_during_a_batch_stops_with_a_typed_error(products, hook, monkeypatch):
+    """Before: a raw UndefinedTable error quoting the run's SQL."""
+    hook.create_project("shop", "products", "product_id", COLUMNS, schedule="manual")
+    other = VectorizeHook(products.conn_id)
+    worker = threading.Thread(target=other.drop_project, args=("shop",))  # it waits for the batch being written
+
+    with during_first_encode(hook, monkeypatch, worker.start), pytest.raises(
+            ProjectNotFoundError, match="project 'shop' was dropped during this run, which stops"):
+        hook.generate_embeddings("shop", batch_size=4)
+    worker.join()
+
+    assert other.list_projects() == []
+
+
+def test_a_run_whose_project_is_created_again_meanwhile_writes_nothing_into_the_new_one(products, hook, monkeypatch):
+    """Before, a run that outlived a drop and create of its project (another worker's, while its model loaded)
+    wrote vectors of the old configuration (here without the new document prompt) into the new project, which
+    counted them current."""
+    hook.create_project("shop", "products", "product_id", COLUMNS, schedule="manual")
+    other, load_model = VectorizeHook(products.conn_id), hook._model
+
+    def model_loaded_meanwhile(project, *args, **kwargs):
+        other.drop_project("shop")
+        other.create_project("shop", "products", "product_id", COLUMNS, schedule="manual", document_prompt="passage: ")
+        return load_model(project, *args, **kwargs)
+
+    monkeypatch.setattr(hook, "_model", model_loaded_meanwhile)
+    with pytest.raises(ProjectConflictError, match="'shop' was dropped and created again during this run, which"
+                                                   " stops without writing into the new project"):
+        hook.generate_embeddings("shop")
+
+    assert other.get_status("shop")["embedded_rows"] == 0
+    assert other.generate_embeddings("shop")["embedded"] == 24
