@@ -146,10 +146,6 @@ class VectorizeHook(PostgresHook):
                 yield cur
         except psycopg.errors.InsufficientPrivilege as error:
             raise self._permission_error(error) from error
-        except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn) as error:
-            with self.connect() as conn:  # the project dropped after a batch checked it was there
-                generation.check_still_there(conn.cursor(), project)
-            raise
         except psycopg.OperationalError as error:
             if not _session_ended(error):
                 raise
@@ -842,7 +838,7 @@ class VectorizeHook(PostgresHook):
                 rebuild_index=rebuild_index,
                 failures_since=failures_since,
             )
-        except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn) as error:
+        except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):
             with self.connect() as conn:  # the project dropped after a batch checked it was there
                 generation.check_still_there(conn.cursor(), project)
             raise
