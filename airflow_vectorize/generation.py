@@ -247,6 +247,7 @@ class BatchWriter:
                 " WHERE a.attrelid = 'pg_temp.vectorize_staging'::regclass AND a.attnum > 0 ORDER BY a.attnum")]
         self.transaction: psycopg.Transaction | None = None
         self.dequeued = 0
+        self.held_elsewhere = 0  # rows due that another run held (locked) when a batch was claimed
 
     def claim(self, keys: list[Any]) -> list[tuple[Any, str, Any]]:
         """Begin a transaction; lock the keys no other run holds; return (key, text, md5) of those still due."""
@@ -257,14 +258,15 @@ class BatchWriter:
         # The lock is taken in the outer query, on the rows of the batch only: a condition beside the key's
         # (a semi-join for a composite key) could be evaluated first, on every row of the table.
         rows = self.conn.execute(sql.SQL(
-            "SELECT {names}, t, m FROM (SELECT {keys}, {text} AS t, {md5} AS m FROM {from_}"
-            " WHERE {claimed} AND {needs} AND {text} <> '' OFFSET 0) c"
-            " WHERE pg_try_advisory_xact_lock(hashtextextended(%s || {key_text}, 0)) ORDER BY length(t)"
+            "SELECT {names}, t, m, pg_try_advisory_xact_lock(hashtextextended(%s || {key_text}, 0)) FROM"
+            " (SELECT {keys}, {text} AS t, {md5} AS m FROM {from_} WHERE {claimed} AND {needs} AND {text} <> ''"
+            " OFFSET 0) c ORDER BY length(t)"
         ).format(names=names.names("c"), keys=key.select_as("r", names), text=p["text"], md5=p["md5"],
                  from_=p["from"], needs=p["needs"], claimed=key.in_values("r", self.project.names.source),
                  key_text=names.as_text("c")),
-            [key.bind(keys), f"vectorize:{self.project.name}:"]).fetchall()
-        claimed = [(key.value(row), row[-2], row[-1]) for row in rows] if key.composite else rows
+            [f"vectorize:{self.project.name}:", key.bind(keys)]).fetchall()
+        self.held_elsewhere += sum(1 for row in rows if not row[-1])  # another run is embedding them
+        claimed = [(key.value(row), row[-3], row[-2]) if key.composite else row[:3] for row in rows if row[-1]]
         if not claimed:
             return claimed
         # A run that committed some of these rows after this statement's snapshot was taken released their
@@ -628,6 +630,7 @@ def generate(
         "vectors_emptied": emptied,
         "batches": batches,
         "pending_cleared": pending_cleared,
+        "held_by_other_runs": sum(w.held_elsewhere for w in writers),  # due, but another run was embedding them
         "index_rebuilt": rebuild,
         **({"index_build": build} if build else {}),
         "partition": f"{scope.partition_index}/{scope.partition_count}",

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 import psycopg
 import pytest
 
+from airflow_vectorize import catalog
 from airflow_vectorize.exceptions import ProjectConflictError, ProjectNotFoundError
 from airflow_vectorize.hooks.vectorize import VectorizeHook
 
@@ -151,3 +152,28 @@ def test_a_run_whose_project_is_created_again_meanwhile_writes_nothing_into_the_
 
     assert other.get_status("shop")["embedded_rows"] == 0
     assert other.generate_embeddings("shop")["embedded"] == 24
+
+
+def test_rows_another_run_holds_keep_a_bulk_insert_due_for_realtime_runs(products, hook, monkeypatch):
+    """A realtime run that finds rows of a bulk insert held by another run (its batch claimed, encoding) keeps
+    the bulk insert's marker: before, it deleted it, and when that run died the rows were never embedded by a
+    realtime run (only a full one)."""
+    monkeypatch.setattr(catalog, "BULK_ROWS", 5)  # an insert of 5 rows or more is recorded as one bulk row
+    hook.create_project("shop", "products", "product_id", COLUMNS, embed_existing=True)
+    products.execute("INSERT INTO products (product_id, name, description)"
+                     " SELECT i, 'gadget ' || i, 'a new gadget' FROM generate_series(101, 120) i")
+    assert products.scalar("SELECT count(*) FROM vectorize._bulk_shop") == 1
+    other_run = psycopg.connect(products.uri, autocommit=True)  # its batch of rows 101-105, then it dies
+    other_run.execute("BEGIN")
+    other_run.execute("SELECT pg_advisory_xact_lock(hashtextextended('vectorize:shop:' || i, 0))"
+                      " FROM generate_series(101, 105) i")
+
+    run = hook.generate_embeddings("shop", pending_only=True)
+    assert (run["embedded"], run["held_by_other_runs"]) == (15, 5)
+    assert products.scalar("SELECT count(*) FROM vectorize._bulk_shop") == 1  # before: 0
+    other_run.close()
+
+    run = hook.generate_embeddings("shop", pending_only=True)
+    assert (run["embedded"], run["held_by_other_runs"]) == (5, 0)
+    assert products.scalar("SELECT count(*) FROM vectorize._bulk_shop") == 0
+    assert hook.get_freshness("shop")["stale"] == 0

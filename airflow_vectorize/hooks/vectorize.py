@@ -849,7 +849,8 @@ class VectorizeHook(PostgresHook):
                 f"project {job_name!r}: the database session ended during generation ({error}). The batches"
                 " committed before are kept; run again to embed the rest."
             ) from error
-        if bulk and scope.whole:  # every row due was embedded: the bulk inserts seen are done
+        if bulk and scope.whole and not summary["held_by_other_runs"]:  # every row due was embedded: the bulk
+            # inserts seen are done (not while another run holds some of them: it may never commit)
             with self.transaction() as cur:
                 cur.execute(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(project.names.bulk), [bulk])
         return {**summary, **reconciled}
