@@ -254,6 +254,11 @@ class BatchWriter:
         self.transaction = self.conn.transaction()
         self.transaction.__enter__()
         check_still_there(self.conn.cursor(), self.project)
+        if self.project.is_join:  # the lock its write takes, now: an import that swaps the table in (SHARE,
+            # then ACCESS EXCLUSIVE) waits for this batch, instead of a deadlock with its write. The source
+            # first, as drop_project and searches take them.
+            self.conn.execute(sql.SQL("LOCK TABLE ONLY {} IN ACCESS SHARE MODE; LOCK TABLE {} IN ROW EXCLUSIVE MODE")
+                              .format(self.project.names.source, self.project.names.target))
         p, key, names = self.parts, self.key, self.key.aliases()
         # The lock is taken in the outer query, on the rows of the batch only: a condition beside the key's
         # (a semi-join for a composite key) could be evaluated first, on every row of the table.

@@ -177,3 +177,23 @@ def test_rows_another_run_holds_keep_a_bulk_insert_due_for_realtime_runs(product
     assert (run["embedded"], run["held_by_other_runs"]) == (5, 0)
     assert products.scalar("SELECT count(*) FROM vectorize._bulk_shop") == 0
     assert hook.get_freshness("shop")["stale"] == 0
+
+
+def test_an_import_that_swaps_the_table_in_waits_for_the_batch_being_written(products, hook, monkeypatch):
+    """Before, the import's swap (SHARE, then ACCESS EXCLUSIVE on the embeddings table) and a batch claimed
+    before it (waiting to write) deadlocked: the run failed with a raw DeadlockDetected."""
+    hook.create_project("shop", "products", "product_id", COLUMNS, schedule="manual", embed_existing=True)
+    products.execute("UPDATE products SET description = description || ' (revised)' WHERE product_id <= 12")
+    products.execute("CREATE TABLE kept AS SELECT product_id, embeddings FROM vectorize._embeddings_shop"
+                     " WHERE product_id > 12")
+    other, imported = VectorizeHook(products.conn_id), []
+    worker = threading.Thread(target=lambda: imported.append(other.import_embeddings(
+        "shop", "kept", "product_id", "embeddings", rebuild_index=True)))
+
+    with during_first_encode(hook, monkeypatch, worker.start):
+        run = hook.generate_embeddings("shop", batch_size=4)
+    worker.join()
+
+    assert run["embedded"] == 12 and imported[0]["imported"] == 12
+    status = hook.get_status("shop")
+    assert (status["embedded_rows"], status["stale_rows"]) == (24, 0)
