@@ -86,7 +86,12 @@ class SearchQuery:
     ``single_pass``: it scans the HNSW index without iterative scans (see ``vector_search_query``): fewer
     rows than its LIMIT mean that it must run again with them. ``exact``: a chunked project's search that
     compares every chunk (None: an unchunked project's); its statement's last column, which ``run`` keeps
-    out of the rows, tells whether the chunk table is small now (``small_table``; None when no row came).
+    out of the rows, tells whether the chunk table is small now (``small_table``; None when no row came), and
+    the one before it whether the nearest chunks it read covered fewer rows than it asked for (a search's
+    ``num_results``, hybrid search's vector ``candidates``): ``short``; and if so whether the index scan
+    filled its LIMIT (``more``: further chunks may hold further rows, read them) or ended before it (an
+    HNSW scan also ends at ``hnsw.max_scan_tuples`` or its memory bound, with chunks left unread: only
+    comparing every chunk tells whether there are more rows). See ``VectorizeHook._read_more_chunks``.
     """
 
     statement: str
@@ -95,6 +100,8 @@ class SearchQuery:
     single_pass: bool = False
     exact: bool | None = None
     small_table: bool | None = None
+    short: bool = False
+    more: bool = False
 
 
 @dataclass
@@ -371,6 +378,10 @@ CHUNKS_PER_ROW = 4
 # many chunks per asked row: usually enough (the nearest 40 of 37,812 README-section chunks covered ~15 rows).
 FIRST_PASS_CHUNKS_PER_ROW = 2
 MAX_CHUNKS_PER_ROW = 256
+# ... and at most this many chunks in all (hnsw.max_scan_tuples, 20,000 by default, bounds an iterative scan:
+# the LIMIT stays well within it). A search whose nearest chunks still cover too few rows at either bound
+# compares every chunk instead (``exact_path``): one row owning thousands of the nearest chunks.
+MAX_INDEX_CHUNKS = 10_000
 # A search of a project with a half-precision index (``halfvec_index``) reads this many candidates per asked
 # row in the index's order, and ranks them by the full vectors: the half-precision order alone misses near
 # ties (100k clustered vectors at ef_search 100: recall@10 0.975 vs 0.987 with the full index).
@@ -406,18 +417,31 @@ def _best_chunk(project: Project, row: str) -> sql.Composable:
 def _rows_by_best_chunk(project: Project, shape: tuple[Filter, ...], rows: int,
                         chunks: int | None = None, removed: bool = True) -> sql.Composable:
     """The ``rows`` rows nearest by their best chunk, nearest first: their keys (``k``, or ``k0``, ``k1``,
-    ...: ``Key.aliases``), best distance ``d`` and that chunk's ``chunk_no``; among the ``chunks`` nearest
-    chunks the HNSW index serves (``chunk_order``), or (``chunks`` None: the exact path) among every chunk."""
+    ...: ``Key.aliases``), best distance ``d``, that chunk's ``chunk_no`` and ``filled``; among the ``chunks``
+    nearest chunks the HNSW index serves (``chunk_order``), or (``chunks`` None: the exact path) among every
+    chunk. ``filled``: the index gave all ``chunks`` (the same on every row; false on the exact path), so
+    chunks beyond them may belong to rows not found (``shortfall``)."""
     key, names = project.key, project.key.aliases()
-    nearest = sql.SQL("") if chunks is None else sql.SQL(" ORDER BY {} LIMIT {}").format(
-        chunk_order(project), sql.Literal(chunks))
+    nearest, filled = sql.SQL(""), sql.SQL("false")
+    if chunks is not None:
+        nearest = sql.SQL(" ORDER BY {} LIMIT {}").format(chunk_order(project), sql.Literal(chunks))
+        filled = sql.SQL("count(*) OVER () >= {}").format(sql.Literal(chunks))
     return sql.SQL(
-        "SELECT {names}, d, chunk_no FROM (SELECT DISTINCT ON ({names}) {names}, d, chunk_no FROM ("
+        "SELECT {names}, d, chunk_no, filled FROM (SELECT DISTINCT ON ({names}) {names}, d, chunk_no,"
+        " {filled} AS filled FROM ("
         "SELECT {keys}, {distance} AS d, e.chunk_no FROM {target} e{source_join} WHERE {where}{nearest}) c"
         " ORDER BY {names}, d, chunk_no) b ORDER BY d, {names} LIMIT {rows}"
     ).format(names=names.names(), keys=key.select_as("e", names), distance=_parts(project)["distance"],
              target=project.names.target, source_join=_chunk_source_join(project, shape), where=_chunk_where(project, shape, removed),
-             nearest=nearest, rows=sql.Literal(rows))
+             nearest=nearest, filled=filled, rows=sql.Literal(rows))
+
+
+def shortfall(wanted: int, filled: str) -> sql.Composable:
+    """A chunked statement's second-to-last column (a window over its rows, ``filled`` from
+    ``_rows_by_best_chunk``): 0 when they are ``wanted`` rows, else 1 when the index scan filled its LIMIT,
+    2 when it did not (``SearchQuery.short`` and ``more``)."""
+    return sql.SQL("CASE WHEN count(*) OVER () >= {} THEN 0 WHEN {} THEN 1 ELSE 2 END AS shortfall").format(
+        sql.Literal(wanted), sql.SQL(filled))
 
 
 def _small_table(project: Project) -> sql.Composable:
@@ -470,7 +494,8 @@ def _chunk_source_join(project: Project, shape: tuple[Filter, ...]) -> sql.Compo
 def _chunked_vector_statement(project: Project, columns: tuple[str, ...], shape: tuple[Filter, ...],
                               limit: int, chunks: int | None, removed: bool = True) -> str:
     """The ``limit`` rows nearest by their best chunk (``_rows_by_best_chunk``: among the ``chunks`` nearest
-    the index serves, or every chunk), with that chunk's text; ``_small_table`` last.
+    the index serves, or every chunk), with that chunk's text; ``shortfall`` (of ``limit`` rows) and
+    ``_small_table`` last.
 
     The rows are chosen among the chunks whose source row exists (``_chunk_source_join``); the source is
     joined again for the returned columns only when they are more than the key."""
@@ -483,9 +508,9 @@ def _chunked_vector_statement(project: Project, columns: tuple[str, ...], shape:
         source = sql.SQL(" JOIN {source} s ON {joined}").format(source=project.names.source,
                                                                 joined=key.equals("s", "n", names))
     return sql.SQL(
-        "SELECT {select}, {similarity} AS similarity_score, t.chunk, {small} FROM ({nearest}) n"
+        "SELECT {select}, {similarity} AS similarity_score, t.chunk, {shortfall}, {small} FROM ({nearest}) n"
         " JOIN {target} t ON {same_row} AND t.chunk_no = n.chunk_no{source} ORDER BY n.d, {order}"
-    ).format(select=select, similarity=similarity, small=_small_table(project),
+    ).format(select=select, similarity=similarity, shortfall=shortfall(limit, "n.filled"), small=_small_table(project),
              nearest=_rows_by_best_chunk(project, shape, limit, chunks, removed), target=project.names.target,
              same_row=key.equals("t", "n", names), source=source, order=names.names("n")).as_string()
 
@@ -559,10 +584,11 @@ def _full_text_matches(project: Project, shape: tuple[Filter, ...], candidates: 
 @lru_cache(maxsize=256)
 def _hybrid_statement(
     project: Project, columns: tuple[str, ...], shape: tuple[Filter, ...], limit: int, candidates: int,
-    exact: bool = False, documents: bool = True, removed: bool = True,
+    exact: bool = False, documents: bool = True, removed: bool = True, chunks_per_row: int = CHUNKS_PER_ROW,
 ) -> str:
     """A chunked project's semantic candidates are the rows nearest by their best chunk among the index's
-    nearest chunks, or (``exact``) among every chunk; ``_small_table`` is its statement's last column."""
+    ``candidates × chunks_per_row`` nearest chunks, or (``exact``) among every chunk; its statement's last
+    columns are ``shortfall`` (of those ``candidates`` rows; 2 when there are none) and ``_small_table``."""
     parts = _parts(project)
     key, names = project.key, project.key.aliases()
     keys, where = key.select_as("s", names), _where(shape)
@@ -573,22 +599,25 @@ def _hybrid_statement(
         "SELECT {keys}, {distance} AS d FROM {vector_from}"
         " WHERE {emb} IS NOT NULL AND {where} ORDER BY {order} LIMIT {candidates}"
     ).format(keys=keys, where=where, candidates=sql.Literal(candidates), **parts)
-    best, chunk = parts["embeddings_join"], sql.SQL("")
+    best, chunk, semantic_shortfall, fused_shortfall = parts["embeddings_join"], sql.SQL(""), sql.SQL(""), sql.SQL("")
     if project.is_chunked:  # each row's nearest chunk, for every fused row (full-text-only ones too)
-        chunks = None if exact else candidates * CHUNKS_PER_ROW
+        chunks = None if exact else candidates * chunks_per_row
         semantic = _rows_by_best_chunk(project, shape, candidates, chunks, removed)
         best = sql.SQL("LEFT JOIN {} ON true").format(_best_chunk(project, "s"))
         parts["similarity"] = sql.SQL(SIMILARITY[project.index_dist_type]).format(sql.SQL("best.d"))
-        chunk = sql.SQL(", best.chunk, {}").format(_small_table(project))
+        # Each CTE read once (inlined, the plan as without them): the flag goes along the rows, any row's.
+        semantic_shortfall = sql.SQL(", {}").format(shortfall(candidates, "filled"))
+        fused_shortfall = sql.SQL(", coalesce(max(v.shortfall) OVER (), 2) AS shortfall")
+        chunk = sql.SQL(", best.chunk, f.shortfall, {}").format(_small_table(project))
     return sql.SQL(
         "WITH semantic AS ("
-        "  SELECT {names}, row_number() OVER (ORDER BY d, {names}) AS rank FROM ({semantic}) v),"
+        "  SELECT {names}, row_number() OVER (ORDER BY d, {names}) AS rank{semantic_shortfall} FROM ({semantic}) v),"
         " full_text AS ("
         "  SELECT {names}, row_number() OVER (ORDER BY r DESC, {names}) AS rank FROM ({matches}) t),"
         " fused AS ("
         "  SELECT {either}, v.rank AS semantic_rank, t.rank AS full_text_rank,"
         "   coalesce(%(semantic_weight)s / (%(rrf_k)s + v.rank), 0)"
-        "   + coalesce(%(full_text_weight)s / (%(rrf_k)s + t.rank), 0) AS rrf_score"
+        "   + coalesce(%(full_text_weight)s / (%(rrf_k)s + t.rank), 0) AS rrf_score{fused_shortfall}"
         "  FROM semantic v FULL JOIN full_text t ON {same})"
         " SELECT {columns}, f.rrf_score, f.semantic_rank, f.full_text_rank, {similarity} AS similarity_score{chunk}"
         " FROM fused f JOIN {source} s ON {fused} {best}"
@@ -602,6 +631,8 @@ def _hybrid_statement(
         limit=sql.Literal(limit),
         best=best,
         chunk=chunk,
+        semantic_shortfall=semantic_shortfall,
+        fused_shortfall=fused_shortfall,
         names=names.names(),
         either=sql.SQL(", ").join(sql.SQL("coalesce(v.{n}, t.{n}) AS {n}").format(n=sql.Identifier(n))
                                   for n in names.columns),
@@ -702,6 +733,13 @@ def exact_query(target: SearchTarget, vector: Any, return_columns: Sequence[str]
     return search
 
 
+def exact_path(target: SearchTarget) -> SearchTarget:
+    """A chunked project's ``target`` as its exact path sees it (every chunk compared, full precision), for
+    one search whose index path found too few rows (``VectorizeHook._read_more_chunks``); a copy, so nothing
+    it builds is kept in the entry's built searches."""
+    return replace(target, exact=True, queries={})
+
+
 # Two or more '-' in a row (spaced or not: a Markdown rule, "- - -") are NOT operators to websearch_to_tsquery,
 # and a long run of them overflows its parser's stack ("tsquery stack too small", a README's "-----" line).
 NEGATION_RUN = re.compile(r"(?:-\s*){2,}")
@@ -724,10 +762,13 @@ def hybrid_search_query(
     ef_search: int | None = None,
     embed: Callable[[str], Any] | None = None,
     rrf_k: float = RRF_K,
+    chunks_per_row: int = CHUNKS_PER_ROW,
 ) -> SearchQuery:
     """Check the input, embed the query, and build the hybrid statement.
 
     The top ``candidates`` rows by vector distance and by ts_rank are fused by reciprocal rank (``rrf_k``).
+    A chunked project's vector part reads the nearest ``candidates × chunks_per_row`` chunks on the index
+    path (``SearchQuery.short``: too few rows among them), or every chunk (``SearchTarget.exact``).
     """
     project = target.project
     if project.is_chunked and not target.documents:
@@ -769,7 +810,7 @@ def hybrid_search_query(
         semantic_weight=float(semantic_weight), full_text_weight=float(full_text_weight), rrf_k=float(rrf_k),
     )
     statement = _hybrid_statement(project, tuple(columns), shape, num_results, candidates, bool(exact),
-                                  target.documents, target.removed)
+                                  target.documents, target.removed, chunks_per_row)
     return SearchQuery(statement, params, settings, exact=exact)
 
 
@@ -824,9 +865,10 @@ class SearchSession:
 
 def _fetch(cur: Cursor, search: SearchQuery, names: dict[str, tuple[str, ...]] | None = None
            ) -> list[dict[str, Any]]:
-    """Execute ``search`` on ``cur`` (a tuple cursor); its rows as dicts, a chunked search's last column
-    (``_small_table``) kept out of them and set on ``search.small_table``. ``names``: the result columns'
-    names by statement, read once."""
+    """Execute ``search`` on ``cur`` (a tuple cursor); its rows as dicts, a chunked search's last two columns
+    kept out of them: ``shortfall`` (``search.short``, ``search.more``) and ``_small_table``
+    (``search.small_table``). ``names``: the
+    result columns' names by statement, read once."""
     try:
         rows = cur.execute(search.statement, search.params).fetchall()
     except (psycopg.errors.DataError, psycopg.errors.UndefinedFunction) as error:  # PostgreSQL's first line: not
@@ -834,13 +876,15 @@ def _fetch(cur: Cursor, search: SearchQuery, names: dict[str, tuple[str, ...]] |
         raise InvalidInputError(f"a filter value does not fit its column: {problem}".strip()) from error
     columns = None if names is None else names.get(search.statement)
     if columns is None:
-        columns = tuple(column.name for column in cur.description)[:None if search.exact is None else -1]
+        columns = tuple(column.name for column in cur.description)[:None if search.exact is None else -2]
         if names is not None:
             if len(names) >= MAX_BUILT_QUERIES:
                 names.clear()
             names[search.statement] = columns
     if search.exact is not None:
         search.small_table = rows[0][-1] if rows else None
+        search.short = bool(rows and rows[0][-2])
+        search.more = bool(rows and rows[0][-2] == 1)
     return [dict(zip(columns, row)) for row in rows]
 
 

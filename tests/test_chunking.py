@@ -282,6 +282,47 @@ def test_search_returns_enough_rows_when_one_row_owns_the_nearest_chunks(license
     assert len(rows) == 5 and rows[0]["id"] == 6 and len({row["id"] for row in rows}) == 5
 
 
+def test_the_index_path_finds_every_row_asked_for_when_one_row_owns_thousands_of_the_nearest_chunks(
+        licenses, hook, index_path, exact_scan_max_pages, monkeypatch):
+    """One row owning more of the nearest chunks than the index path reads at its widest (MAX_CHUNKS_PER_ROW,
+    16 here: 32 chunks for 2 rows, of its ~60): search, with and without a filter, and hybrid search's vector
+    candidates (10 × 4 chunks, then 10 × 16) still find as many rows as there are and match, the rows of the
+    exact path: the index scan kept filling its LIMIT, so the search compared every chunk."""
+    from airflow_vectorize import search
+    from airflow_vectorize.hooks.vectorize import VectorizeHook
+
+    monkeypatch.setattr(search, "MAX_CHUNKS_PER_ROW", 16)
+    sentence = "The lighthouse keeper fed the seagulls at dawn every single morning."
+    licenses.execute("INSERT INTO licenses VALUES (6, 'lighthouse', repeat(%s || ' ', 120))", [sentence])
+    hook.create_project(JOB, "licenses", "id", ["body"], chunk_size=32)
+    hook.generate_embeddings(JOB)
+    vector = hook.encode(JOB, [sentence])[0]
+    owned = licenses.execute(
+        f"SELECT count(*) FILTER (WHERE id = 6) FROM (SELECT id FROM vectorize._chunks_{JOB}"
+        " ORDER BY embeddings <=> %s::vector LIMIT 40) c", [vector])
+    everything = {"name": {"ne": "nothing"}}  # a filter every row passes
+
+    def found(searcher: VectorizeHook) -> list[list[int]]:
+        return [[row["id"] for row in rows] for rows in (
+            searcher.search(JOB, sentence, return_columns=["id"], num_results=2),
+            searcher.search(JOB, sentence, return_columns=["id"], num_results=3, filters=everything),
+            searcher.search(JOB, sentence, return_columns=["id"], num_results=2, filters={"id": {"gte": 5}}),
+            searcher.hybrid_search(JOB, sentence, return_columns=["id"], num_results=5, candidates=10),
+            searcher.hybrid_search(JOB, sentence, return_columns=["id"], num_results=4, candidates=10,
+                                   filters=everything),
+        )]
+
+    index = found(hook)
+    exact_scan_max_pages(10**6)
+    exact = found(VectorizeHook(postgres_conn_id=licenses.conn_id))  # looked up afresh: the exact path
+
+    assert owned == [(40,)]  # the nearest 4 × 10 chunks are all row 6's
+    assert not hook._search_target(JOB).exact  # still the index path for the next search
+    assert [len(set(rows)) for rows in index] == [2, 3, 2, 5, 4]
+    assert index == exact
+    assert index[0][0] == index[3][0] == 6
+
+
 def test_search_rows_do_not_depend_on_the_returned_columns(licenses, hook):
     """Key only (no join to the source), more columns (joined after the best rows are chosen) and a filter
     (joined in the chunk scan) return the same rows, best chunks and scores, in the same order."""
@@ -477,6 +518,32 @@ def test_a_short_exact_result_is_not_asked_again(licenses, hook, monkeypatch):
 
     assert sorted(row["id"] for row in rows) == [2, 4]
     assert len(calls) == 1, [call.statement for call in calls]
+
+
+def test_a_short_result_on_the_index_path_is_completed_by_comparing_every_chunk(licenses, hook, index_path,
+                                                                                monkeypatch):
+    """On the index path, a filter leaving fewer rows than asked for: an HNSW scan that ends before its LIMIT
+    may have left chunks unread (hnsw.max_scan_tuples, its memory bound), so the search compares every chunk
+    passing the filter, once, instead of asking the index again; a search whose nearest chunks cover its rows
+    runs once."""
+    from airflow_vectorize import search
+
+    hook.create_project(JOB, "licenses", "id", ["body"], chunk_size=128)
+    hook.generate_embeddings(JOB)
+    calls = []
+    run = search.run
+    monkeypatch.setattr(search, "run", lambda *args, **kwargs: calls.append(args[1]) or run(*args, **kwargs))
+
+    rows = hook.search(JOB, "a copy of this License", return_columns=["id"], num_results=5,
+                       filters={"id": {"in": [2, 4]}})
+    short = list(calls)
+    calls.clear()
+    enough = hook.search(JOB, "a copy of this License", return_columns=["id"], num_results=1)
+
+    assert sorted(row["id"] for row in rows) == [2, 4]
+    assert [call.exact for call in short][-1:] == [True] and not any(call.exact for call in short[:-1]), short
+    assert len(short) <= 3 and short[-2].short and not short[-2].more, short  # the scan ended: all 2 rows' chunks
+    assert len(enough) == 1 and len(calls) == 1 and not calls[0].short
 
 
 def test_hybrid_search_ranks_full_text_matches_by_their_best_chunk(licenses, hook):

@@ -1026,7 +1026,8 @@ class VectorizeHook(PostgresHook):
         The query orders by the distance operator, so the HNSW index serves it; ``ef_search`` sets
         ``hnsw.ef_search`` for this query. A chunked project returns each row once, with its nearest
         chunk (``chunk``); while its chunk table is small, every chunk is compared (exact at any ef_search),
-        and past that its HNSW index is read at any ef_search (a search with filters: as PostgreSQL plans it).
+        and past that its HNSW index is read at any ef_search (a search with filters: as PostgreSQL plans it),
+        every chunk compared when the nearest chunks it reads leave the result short (``_read_more_chunks``).
         """
         vector: list[Any] = []  # a text query is embedded once, also when a chunked search asks again
         last: list[searching.SearchQuery] = []
@@ -1046,13 +1047,32 @@ class VectorizeHook(PostgresHook):
         chunked = target is not None and target.project.is_chunked
         if last and last[0].single_pass and len(rows) < num_results and not chunked:
             rows = self._run_search(job_name, lambda t: build(t, single_pass=False))  # the first pass was not enough
+        if chunked:  # the nearest chunks may cover too few rows
+            rows = self._read_more_chunks(job_name, rows, num_results, last, build,
+                                          lambda found: len(found) < num_results)
+        return rows
+
+    def _read_more_chunks(
+        self, job_name: str, rows: list[dict[str, Any]], wanted: int, last: list[searching.SearchQuery],
+        build: Callable[..., searching.SearchQuery], short: Callable[[list[dict[str, Any]]], bool],
+    ) -> list[dict[str, Any]]:
+        """A chunked search on the index path (``build(target, chunks_per_row)``, ``last`` its latest
+        statement) whose nearest chunks covered too few rows (``short(rows)``): it asks again for 4× as many
+        chunks per row while its index scan fills its LIMIT (``SearchQuery.more``; a first pass without
+        iterative scans may end before it: asked again too), up to MAX_CHUNKS_PER_ROW and MAX_INDEX_CHUNKS
+        chunks (``wanted`` rows' worth). Otherwise it compares every chunk (``search.exact_path``): an HNSW scan
+        that ended before its LIMIT may have left chunks unread (``hnsw.max_scan_tuples``, its memory bound,
+        pgvector < 0.8's ef_search), one row may own thousands of the nearest chunks. So a search never
+        returns fewer rows than exist and match; one whose first chunks cover its rows runs once."""
         per_row = searching.CHUNKS_PER_ROW
-        while chunked and len(rows) < num_results and per_row < searching.MAX_CHUNKS_PER_ROW:
-            if last[0].exact:
-                break  # every chunk was compared: there are no more rows to find
-            # The nearest chunks (of the index's first pass, or beyond it) covered too few rows.
-            per_row *= 4
-            rows = self._run_search(job_name, lambda t, n=per_row: build(t, n))
+        while last and not last[0].exact and short(rows):
+            wider = per_row * 4
+            if ((last[0].more or last[0].single_pass) and self._iterative_scans()
+                    and wider <= searching.MAX_CHUNKS_PER_ROW and wanted * wider <= searching.MAX_INDEX_CHUNKS):
+                per_row = wider
+                rows = self._run_search(job_name, lambda t, n=per_row: build(t, n))
+            else:
+                rows = self._run_search(job_name, lambda t: build(searching.exact_path(t)))
         return rows
 
     def hybrid_search(
@@ -1079,10 +1099,33 @@ class VectorizeHook(PostgresHook):
         rows are ranked by their best chunk in both lists: full-text matches are chunks matching the query,
         ranked from their stored documents (``chunk_fts``, indexed by ``<job>_fts_idx`` in the chunk table).
         """
-        return self._run_search(job_name, lambda target: searching.hybrid_search_query(
-            target, query, return_columns, num_results, filters,
-            semantic_weight, full_text_weight, candidates, ef_search, embed=self._embed_query(target.project),
-            rrf_k=rrf_k))
+        last: list[searching.SearchQuery] = []
+        vector: list[Any] = []  # embedded once, also when a chunked search asks again
+
+        def build(target: searching.SearchTarget, chunks_per_row: int = searching.CHUNKS_PER_ROW
+                  ) -> searching.SearchQuery:
+            embed = self._embed_query(target.project)
+
+            def embed_once(text: str) -> Any:
+                if not vector:
+                    vector.append(embed(text))
+                return vector[0]
+
+            last[:] = [searching.hybrid_search_query(
+                target, query, return_columns, num_results, filters, semantic_weight, full_text_weight,
+                candidates, ef_search, embed=embed_once, rrf_k=rrf_k, chunks_per_row=chunks_per_row)]
+            return last[0]
+
+        rows = self._run_search(job_name, build)
+        target = self._search_cache.get(job_name)
+        if target is not None and target.project.is_chunked:
+            # Its vector candidates: more of them while the index gives more chunks (their ranks, as the exact
+            # candidates'), every chunk when the result would otherwise be short.
+            wanted = max(num_results, searching.DEFAULT_CANDIDATES) if candidates is None else candidates
+            rows = self._read_more_chunks(
+                job_name, rows, wanted, last, build,
+                lambda found: last[0].more or (len(found) < num_results and (last[0].short or not found)))
+        return rows
 
     # -- retrieval quality ------------------------------------------------------------------------------
     def evaluate_retrieval(
