@@ -17,6 +17,10 @@ from airflow_vectorize.exceptions import InvalidInputError
 from airflow_vectorize.models.tokens import count_all, plain_core
 
 CHUNKERS = ("recursive",)
+# A chunk is cut at chunk_size × this many characters whatever its tokens: a text the tokenizer reads as a few
+# tokens (words joined by control characters it deletes: one unknown token) would otherwise be one chunk, whose
+# full-text column (``chunk_fts``) PostgreSQL cannot hold past 1 MB. Real text is ~4 characters a token.
+MAX_CHARACTERS_PER_TOKEN = 64
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,7 @@ class TextSplitter:
         def counted(text: str) -> int:
             n = self._counts.get(text)
             if n is None:
-                n = self._counts[text] = count(text)
+                n = self._counts[text] = max(count(text), len(text) // MAX_CHARACTERS_PER_TOKEN)
             return n
 
         self._chunker = semchunk.chunkerify(counted, size, max_token_chars=max_token_chars, memoize=False)

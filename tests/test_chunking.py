@@ -170,6 +170,27 @@ def test_a_text_of_whitespace_is_one_chunk(licenses, hook):
     assert hook.generate_embeddings(JOB)["batches"] == 0
 
 
+def test_a_text_the_tokenizer_reads_as_one_token_is_cut_by_its_length(licenses, hook):
+    """Words joined by form feeds (pdftotext's page breaks), which the tokenizer deletes: one unknown token, so
+    before, the whole 1 MB text was one chunk, whose full-text column PostgreSQL could not hold ("string is too
+    long for tsvector"): every run failed with a raw error, and the rows beside it were never embedded."""
+    from airflow_vectorize.chunking import MAX_CHARACTERS_PER_TOKEN
+
+    text = "\x0c".join(f"lexeme{i:012d}" for i in range(70_000))
+    licenses.execute("UPDATE licenses SET body = %s WHERE id = 2", [text])
+    hook.create_project(JOB, "licenses", "id", ["body"], chunk_size=200)
+
+    run = hook.generate_embeddings(JOB)
+
+    assert (run["embedded"], run["failed"]) == (len(DOCUMENTS), 0)
+    chunks = licenses.execute(f"SELECT start_offset, end_offset, chunk FROM vectorize._chunks_{JOB} WHERE id = 2"
+                              " ORDER BY chunk_no")
+    assert len(chunks) > 1 and all(text[start:end] == chunk for start, end, chunk in chunks)
+    assert (chunks[0][0], chunks[-1][1]) == (0, len(text))
+    assert all(text[end:start].strip("\x0c") == "" for (_, end, _), (start, _, _) in zip(chunks, chunks[1:]))
+    assert max(len(chunk) for _, _, chunk in chunks) < (200 + 1) * MAX_CHARACTERS_PER_TOKEN
+
+
 def test_drop_removes_the_chunks(licenses, hook):
     hook.create_project(JOB, "licenses", "id", ["body"], chunk_size=200)
     hook.generate_embeddings(JOB)
