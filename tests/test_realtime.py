@@ -148,6 +148,24 @@ def test_freshness_trigger_fires_once_the_queue_is_embedded(products, hook):
     assert payload["status"] == "fresh" and payload["pending"] == 0 and payload["stale"] == 24
 
 
+def test_freshness_trigger_measures_the_project_as_it_is_at_each_poll(database, hook):
+    """The trigger read the project once: after alter_project(columns=...) and a run that embedded every row
+    with the new text, it measured with the old columns, found every row stale, and never fired."""
+    database.execute("CREATE TABLE docs (id integer PRIMARY KEY, body text, category text)")
+    database.execute("INSERT INTO docs VALUES (1, 'a red kettle', 'kitchen'), (2, 'a green lamp', 'light')")
+    hook.create_project("docs", "docs", "id", ["body"], schedule="manual")  # 2 rows due: not fresh
+    trigger = FreshnessTrigger("docs", database.conn_id, max_pending=0, max_stale=0, poll_interval=0.2)
+
+    def alter_and_embed() -> None:
+        hook.alter_project("docs", columns=["body", "category"])
+        hook.generate_embeddings("docs")
+
+    events = collect(trigger, 6.0, [(0.5, alter_and_embed)])
+
+    assert [payload for _, payload in events] == [
+        {"status": "fresh", "job_name": "docs", "pending": 0, "stale": 0, "lag_seconds": 0.0, "failed": 0}]
+
+
 def test_freshness_trigger_reports_a_missing_project(database):
     events = collect(FreshnessTrigger("nope", database.conn_id), 2.0)
     assert events[0][1] == {"status": "error", "message": "project 'nope' does not exist"}

@@ -14,7 +14,8 @@ from airflow_vectorize.hooks.vectorize import VectorizeHook
 
 
 class FreshnessTrigger(BaseTrigger):
-    """Poll ``airflow_vectorize.freshness`` every ``poll_interval`` seconds on one connection; fire
+    """Poll ``airflow_vectorize.freshness`` every ``poll_interval`` seconds on one connection, reading the
+    project from the catalog at each poll (its columns may have been altered meanwhile); fire
     ``{"status": "fresh", "pending", "stale", "lag_seconds"}`` once every condition holds, or
     ``{"status": "error", "message"}`` (project missing, database error).
 
@@ -41,12 +42,19 @@ class FreshnessTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         try:
             async with await VectorizeHook(self.postgres_conn_id).aconnect() as conn:
-                project = await catalog.afind_project(conn, self.job_name)
-                if project is None:
-                    yield TriggerEvent({"status": "error", "message": f"project {self.job_name!r} does not exist"})
-                    return
                 while True:
-                    state = await freshness.ameasure(conn, project)
+                    # Read at every poll (one catalog row): alter_project(columns=...) changes what is fresh.
+                    project = await catalog.afind_project(conn, self.job_name)
+                    if project is None:
+                        yield TriggerEvent({"status": "error",
+                                            "message": f"project {self.job_name!r} does not exist"})
+                        return
+                    try:
+                        state = await freshness.ameasure(conn, project)
+                    except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):
+                        if await catalog.afind_project(conn, self.job_name) != project:
+                            continue  # dropped or altered since it was read: read it again
+                        raise
                     if not state.unmet(self.max_pending, self.max_stale, self.max_lag_seconds):
                         yield TriggerEvent({"status": "fresh", "job_name": self.job_name, **state.as_dict()})
                         return
