@@ -166,6 +166,24 @@ def test_freshness_trigger_measures_the_project_as_it_is_at_each_poll(database, 
         {"status": "fresh", "job_name": "docs", "pending": 0, "stale": 0, "lag_seconds": 0.0, "failed": 0}]
 
 
+def test_freshness_trigger_reconnects_after_a_lost_connection(database, hook):
+    """A terminated session made the trigger fire an error event (the deferred sensor failed), although the
+    project was fresh a second later: it reconnects, as PendingRowsTrigger does."""
+    database.execute("CREATE TABLE docs (id integer PRIMARY KEY, body text)")
+    database.execute("INSERT INTO docs VALUES (1, 'a red kettle'), (2, 'a green lamp')")
+    hook.create_project("docs", "docs", "id", ["body"], schedule="manual")
+    trigger = FreshnessTrigger("docs", database.conn_id, max_pending=0, max_stale=0, poll_interval=0.2)
+
+    def kill_sessions() -> None:
+        database.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
+                         " AND pid <> pg_backend_pid() AND backend_type = 'client backend'")
+
+    events = collect(trigger, 6.0, [(0.5, kill_sessions), (1.0, lambda: hook.generate_embeddings("docs"))])
+
+    assert [payload["status"] for _, payload in events] == ["fresh"]
+    assert events[0][0] > 1.0
+
+
 def test_freshness_trigger_reports_a_missing_project(database):
     events = collect(FreshnessTrigger("nope", database.conn_id), 2.0)
     assert events[0][1] == {"status": "error", "message": "project 'nope' does not exist"}
