@@ -103,6 +103,24 @@ def test_pending_trigger_waits_for_the_project_and_survives_a_lost_connection(pr
     assert [payload["pending"] for _, payload in events] == [1, 2]
 
 
+def test_pending_trigger_waits_again_when_the_project_is_dropped(products, hook):
+    """A drop_project made the trigger's next poll raise UndefinedTable: the trigger died, and rows queued
+    for the project created again got no event. It waits for the project again, then LISTENs again."""
+    hook.create_project("shop", "products", "product_id", COLUMNS)
+    trigger = PendingRowsTrigger("shop", products.conn_id, poll_interval=0.3, debounce=0)
+
+    events = collect(trigger, 4.5, [
+        (0.3, lambda: insert_products(products, 100, 1)),
+        (0.8, lambda: hook.drop_project("shop")),
+        (1.4, lambda: hook.create_project("shop", "products", "product_id", COLUMNS)),
+        (3.2, lambda: insert_products(products, 101, 2)),
+    ])
+
+    assert [payload for _, payload in events] == [{"job_name": "shop", "pending": 1},
+                                                  {"job_name": "shop", "pending": 2}]  # the new project's queue
+    assert 3.2 < events[1][0] < 4.0  # the trigger watches the project created again
+
+
 def test_pending_only_generation_embeds_the_queue_not_the_table(products, hook):
     hook.create_project("shop", "products", "product_id", COLUMNS)  # 24 rows, none embedded, none queued
     insert_products(products, 100, 2)

@@ -34,7 +34,8 @@ class PendingRowsTrigger(BaseEventTrigger):
     rows queued, and on a poll (or a reconnect) that finds rows queued after the last event. Fires
     ``{"job_name", "pending", "partitions_changed": True}`` on a poll that finds a partitioned source's
     partitions changed since the last run (a partition attached brings rows no trigger queued). Survives a
-    lost connection (reconnects with backoff) and waits for a project that does not exist yet.
+    lost connection (reconnects with backoff) and waits for a project that does not exist yet, or no longer:
+after a ``drop_project`` it waits for the project to be created again, then listens to it.
 
     :param job_name: the project (created with ``schedule="realtime"``).
     :param postgres_conn_id: the Airflow connection to its database.
@@ -62,29 +63,40 @@ class PendingRowsTrigger(BaseEventTrigger):
         while True:
             try:
                 async with await VectorizeHook(self.postgres_conn_id).aconnect() as conn:
-                    project = await self._wait_for_project(conn)
-                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(project.names.channel)))
-                    # (Re)connected: rows queued before are announced if newer than the last event.
-                    backoff, notified = 1.0, False
+                    warned = False
                     while True:
-                        pending, newest = await _queue_state(conn, project)
-                        partitions = await _partitions_changed(conn, project)
-                        if partitions is not None and partitions != partitions_announced:
-                            partitions_announced, announced = partitions, newest
-                            yield TriggerEvent({"job_name": self.job_name, "pending": pending,
-                                                "partitions_changed": True})
-                        elif pending and (notified or announced is None or newest > announced):
-                            announced = newest
-                            yield TriggerEvent({"job_name": self.job_name, "pending": pending})
-                        notified = await self._wait(conn)
+                        project = await self._wait_for_project(conn, warned)
+                        await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(project.names.channel)))
+                        # (Re)connected: rows queued before are announced if newer than the last event.
+                        backoff, notified = 1.0, False
+                        try:
+                            while True:
+                                pending, newest = await _queue_state(conn, project)
+                                partitions = await _partitions_changed(conn, project)
+                                if partitions is not None and partitions != partitions_announced:
+                                    partitions_announced, announced = partitions, newest
+                                    yield TriggerEvent({"job_name": self.job_name, "pending": pending,
+                                                        "partitions_changed": True})
+                                elif pending and (notified or announced is None or newest > announced):
+                                    announced = newest
+                                    yield TriggerEvent({"job_name": self.job_name, "pending": pending})
+                                notified = await self._wait(conn)
+                        except psycopg.errors.UndefinedTable:
+                            now = await catalog.afind_project(conn, self.job_name)
+                            if now is not None and now.job_id == project.job_id:
+                                raise  # the project is there, a table of it is not: no drop_project
+                            # Dropped (and maybe created again): wait for it as at the start; a project
+                            # created again has a new queue, announced as at the start.
+                            log.warning("Project %r was dropped; waiting for it to exist again (checking every"
+                                        " %g s)", self.job_name, self.poll_interval)
+                            warned, announced, partitions_announced = True, None, None
             except psycopg.OperationalError as error:
                 log.warning("Project %r: connection lost (%s); reconnecting in %g s", self.job_name,
                             error, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.poll_interval)
 
-    async def _wait_for_project(self, conn: psycopg.AsyncConnection) -> Project:
-        warned = False
+    async def _wait_for_project(self, conn: psycopg.AsyncConnection, warned: bool = False) -> Project:
         while (project := await catalog.afind_project(conn, self.job_name)) is None:
             if not warned:
                 log.warning("Project %r does not exist (yet); checking every %g s", self.job_name,
