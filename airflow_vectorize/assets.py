@@ -29,12 +29,14 @@ def evaluation_asset(job_name: str, postgres_conn_id: str = VectorizeHook.defaul
 
 
 def pending_rows_asset(job_name: str, postgres_conn_id: str = VectorizeHook.default_conn_name,
-                       poll_interval: float = 30.0, debounce: float = 0.5) -> Asset:
+                       poll_interval: float = 30.0, debounce: float = 0.5,
+                       refire_after: float | None = 600.0) -> Asset:
     """The project's queue of rows to embed, watched by a ``PendingRowsTrigger``: schedule a DAG on it
     (``schedule=[pending_rows_asset(job)]``) to embed rows seconds after they are written."""
     from airflow_vectorize.triggers.pending import PendingRowsTrigger
 
     uri = f"{SCHEME}://{postgres_conn_id}/{job_name}/pending"
-    trigger = PendingRowsTrigger(job_name, postgres_conn_id, poll_interval=poll_interval, debounce=debounce)
+    trigger = PendingRowsTrigger(job_name, postgres_conn_id, poll_interval=poll_interval, debounce=debounce,
+                                 refire_after=refire_after)
     return Asset(name=uri, uri=uri, group=GROUP,
                  watchers=[AssetWatcher(name=f"vectorize_{job_name}_pending", trigger=trigger)])

@@ -65,7 +65,8 @@ def queued(project: Project, bulk: bool, unqueued: sql.Composable | None = None)
     ).format(keys=keys, unqueued=unqueued, bulk=project.names.bulk)
 
 
-def _oldest(project: Project, bulk: bool) -> sql.Composable:
+def oldest(project: Project, bulk: bool) -> sql.Composable:
+    """When the oldest row queued was (the queue's keys and the bulk writes not run for yet)."""
     oldest = sql.SQL("(SELECT min(enqueued_at) FROM {})").format(project.names.queue)
     if not bulk:
         return oldest
@@ -88,7 +89,7 @@ def statement(project: Project, bulk: bool) -> sql.Composed:
         " coalesce(extract(epoch FROM clock_timestamp() - {oldest}), 0)::float8,"
         " (SELECT count(*) FROM {errors})"
         " FROM (SELECT count(*) AS stale, {unqueued} AS unqueued FROM {rows} WHERE {needs} AND {text} <> '') d"
-    ).format(queued=queued(project, bulk, sql.SQL("d.unqueued")), oldest=_oldest(project, bulk), rows=rows,
+    ).format(queued=queued(project, bulk, sql.SQL("d.unqueued")), oldest=oldest(project, bulk), rows=rows,
              needs=p["needs"], text=p["text"], errors=project.names.errors, unqueued=unqueued)
 
 

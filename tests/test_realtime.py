@@ -4,6 +4,7 @@ pending-only generation and the project's Asset outlets — against the real Pos
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 from typing import Any
@@ -103,6 +104,41 @@ def test_pending_trigger_waits_for_the_project_and_survives_a_lost_connection(pr
     assert [payload["pending"] for _, payload in events] == [1, 2]
 
 
+def test_pending_trigger_waits_again_when_the_project_is_dropped(products, hook):
+    """A drop_project made the trigger's next poll raise UndefinedTable: the trigger died, and rows queued
+    for the project created again got no event. It waits for the project again, then LISTENs again."""
+    hook.create_project("shop", "products", "product_id", COLUMNS)
+    trigger = PendingRowsTrigger("shop", products.conn_id, poll_interval=0.3, debounce=0)
+
+    events = collect(trigger, 4.5, [
+        (0.3, lambda: insert_products(products, 100, 1)),
+        (0.8, lambda: hook.drop_project("shop")),
+        (1.4, lambda: hook.create_project("shop", "products", "product_id", COLUMNS)),
+        (3.2, lambda: insert_products(products, 101, 2)),
+    ])
+
+    assert [payload for _, payload in events] == [{"job_name": "shop", "pending": 1},
+                                                  {"job_name": "shop", "pending": 2}]  # the new project's queue
+    assert 3.2 < events[1][0] < 4.0  # the trigger watches the project created again
+
+
+def test_pending_trigger_fires_again_for_rows_left_queued(products, hook):
+    """The trigger fired on a poll only for rows queued after its last event: rows a failed run left in the
+    queue got no event until the next write. It fires again once the oldest queued row is ``refire_after``
+    seconds old and as long since its last event, so never on every poll."""
+    hook.create_project("shop", "products", "product_id", COLUMNS)
+    trigger = PendingRowsTrigger("shop", products.conn_id, poll_interval=0.2, debounce=0, refire_after=1.0)
+
+    events = collect(trigger, 3.2, [(0.3, lambda: insert_products(products, 100, 1))])  # no run takes it
+
+    assert 2 <= len(events) <= 3 and all(payload == {"job_name": "shop", "pending": 1} for _, payload in events)
+    times = [at for at, _ in events]
+    assert times[0] < 1.0 and all(b - a >= 0.95 for a, b in itertools.pairwise(times))  # not at every poll
+    assert PendingRowsTrigger("shop", refire_after=None).serialize()[1]["refire_after"] is None  # never again
+    with pytest.raises(InvalidInputError, match="refire_after must be a positive number of seconds or None"):
+        PendingRowsTrigger("shop", refire_after=0)
+
+
 def test_pending_only_generation_embeds_the_queue_not_the_table(products, hook):
     hook.create_project("shop", "products", "product_id", COLUMNS)  # 24 rows, none embedded, none queued
     insert_products(products, 100, 2)
@@ -146,6 +182,42 @@ def test_freshness_trigger_fires_once_the_queue_is_embedded(products, hook):
     assert len(events) == 1 and events[0][0] > 0.5
     at, payload = events[0]
     assert payload["status"] == "fresh" and payload["pending"] == 0 and payload["stale"] == 24
+
+
+def test_freshness_trigger_measures_the_project_as_it_is_at_each_poll(database, hook):
+    """The trigger read the project once: after alter_project(columns=...) and a run that embedded every row
+    with the new text, it measured with the old columns, found every row stale, and never fired."""
+    database.execute("CREATE TABLE docs (id integer PRIMARY KEY, body text, category text)")
+    database.execute("INSERT INTO docs VALUES (1, 'a red kettle', 'kitchen'), (2, 'a green lamp', 'light')")
+    hook.create_project("docs", "docs", "id", ["body"], schedule="manual")  # 2 rows due: not fresh
+    trigger = FreshnessTrigger("docs", database.conn_id, max_pending=0, max_stale=0, poll_interval=0.2)
+
+    def alter_and_embed() -> None:
+        hook.alter_project("docs", columns=["body", "category"])
+        hook.generate_embeddings("docs")
+
+    events = collect(trigger, 6.0, [(0.5, alter_and_embed)])
+
+    assert [payload for _, payload in events] == [
+        {"status": "fresh", "job_name": "docs", "pending": 0, "stale": 0, "lag_seconds": 0.0, "failed": 0}]
+
+
+def test_freshness_trigger_reconnects_after_a_lost_connection(database, hook):
+    """A terminated session made the trigger fire an error event (the deferred sensor failed), although the
+    project was fresh a second later: it reconnects, as PendingRowsTrigger does."""
+    database.execute("CREATE TABLE docs (id integer PRIMARY KEY, body text)")
+    database.execute("INSERT INTO docs VALUES (1, 'a red kettle'), (2, 'a green lamp')")
+    hook.create_project("docs", "docs", "id", ["body"], schedule="manual")
+    trigger = FreshnessTrigger("docs", database.conn_id, max_pending=0, max_stale=0, poll_interval=0.2)
+
+    def kill_sessions() -> None:
+        database.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
+                         " AND pid <> pg_backend_pid() AND backend_type = 'client backend'")
+
+    events = collect(trigger, 6.0, [(0.5, kill_sessions), (1.0, lambda: hook.generate_embeddings("docs"))])
+
+    assert [payload["status"] for _, payload in events] == ["fresh"]
+    assert events[0][0] > 1.0
 
 
 def test_freshness_trigger_reports_a_missing_project(database):
@@ -221,7 +293,7 @@ def test_writers_emit_the_project_asset_and_the_watcher_watches_its_queue():
     (watcher,) = pending.watchers
     assert watcher.trigger.serialize() == ("airflow_vectorize.triggers.pending.PendingRowsTrigger",
                                            {"job_name": "shop", "postgres_conn_id": "pg", "poll_interval": 5.0,
-                                            "debounce": 0.5})
+                                            "debounce": 0.5, "refire_after": 600.0})
 
 
 def test_a_large_update_queues_its_first_rows_and_records_the_rest_once(products, hook, monkeypatch):
@@ -328,8 +400,8 @@ def test_a_bulk_insert_is_recorded_once_and_the_realtime_run_scans_for_it(produc
 
         async with await psycopg.AsyncConnection.connect(products.uri, autocommit=True) as conn:
             return await _queue_state(conn, hook._search_target("shop").project)
-    pending, newest = asyncio.run(state())
-    assert pending == 11 and newest is not None
+    pending, newest, lag = asyncio.run(state())
+    assert pending == 11 and newest is not None and lag > 0  # the bulk write's rows are the oldest queued
 
     run = hook.generate_embeddings("shop", pending_only=True)
     assert run["embedded"] == 11 and run["pending_only"] is False  # the bulk row made it look at every row

@@ -22,7 +22,8 @@ class VectorizeFreshnessSensor(BaseSensorOperator):
 
     Deferrable by default: after one check in the worker, the wait runs in the triggerer (one connection
     polling every ``poke_interval`` seconds) and holds no worker slot. Returns the last measurement
-    (``pending``, ``stale``, ``lag_seconds``) to XCom.
+    (``pending``, ``stale``, ``lag_seconds``) to XCom. Deferred, a lost connection is opened again and the wait
+    goes on; the project dropped, a database error or no connection at all fails the task (``VectorizeError``).
 
     :param job_name: the project to watch.
     :param postgres_conn_id: the Airflow connection to its database.
