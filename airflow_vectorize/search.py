@@ -245,6 +245,8 @@ def parse_filters(
                         f"filter value {item!r} on column {column!r} is a mapping: nested filters are not"
                         " supported; write {column: value} or {column: {operator: value}}"
                     )
+                if isinstance(item, str):
+                    validation.check_text(item, f"filter value on column {column!r}")
             if not null_test:
                 values[f"f{len(shape)}"] = value
             shape.append((column, op, null_test))
@@ -275,6 +277,7 @@ def query_vector(project: Project, query: Any, embed: Callable[[str], Any] | Non
         if isinstance(query, str):
             if not query.strip():
                 raise InvalidInputError("query is empty: give a text or a vector")
+            validation.check_text(query, "query")
             if embed is None:
                 raise InvalidInputError("a text query needs the project's model to embed it: pass embed")
             return np.asarray(embed(query), dtype=np.float32)
@@ -783,6 +786,7 @@ def hybrid_search_query(
     if "\x00" in query:
         raise InvalidInputError("hybrid_search query contains a NUL character (\\x00), which PostgreSQL text"
                                 " cannot hold")
+    validation.check_text(query, "hybrid_search query")
     if len(query.encode()) > MAX_FULL_TEXT_QUERY_BYTES:
         raise InvalidInputError(
             f"hybrid_search query is {len(query.encode())} bytes; its full-text part takes at most"

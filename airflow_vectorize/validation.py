@@ -554,3 +554,13 @@ def check_rebuild_index(value: object) -> None:
     """``rebuild_index`` of a write: True, False, or None (the measured rule)."""
     if value is not None and not isinstance(value, bool):
         raise InvalidInputError(f"rebuild_index must be True, False or None (rebuild when it is faster), got {value!r}")
+
+
+def check_text(text: str, what: str) -> None:
+    """A text that UTF-8 can write: not one holding a lone surrogate (``"\\ud800"``, which JSON and Python
+    strings can carry, PostgreSQL and the model's tokenizer cannot)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise InvalidInputError(f"{what} is not valid Unicode: {error.reason} at position {error.start}"
+                                f" ({text[error.start]!r})") from None

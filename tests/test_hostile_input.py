@@ -477,6 +477,26 @@ def test_a_nul_in_a_hybrid_query_is_refused(shop):
     assert snapshot(db) == before
 
 
+@pytest.mark.parametrize("call, message", [
+    (lambda hook: hook.search("shop", "lap\ud800top"), "query is not valid Unicode: surrogates not allowed at position 3"),
+    (lambda hook: hook.hybrid_search("shop", "lap\ud800top"), "hybrid_search query is not valid Unicode"),
+    (lambda hook: hook.encode("shop", ["fine", "\udfff"]), "texts[1] is not valid Unicode"),
+    (lambda hook: hook.encode("shop", "laptop"), "texts must be a list of texts, got 'laptop'"),
+    (lambda hook: hook.search("shop", "laptop", filters={"category": {"in": ["phones", "\ud83d"]}}),
+     "filter value on column 'category' is not valid Unicode"),
+], ids=["search", "hybrid", "encode", "encode-str", "filter"])
+def test_a_lone_surrogate_is_refused_as_invalid_input(shop, call, message):
+    """A lone surrogate ("\\ud800" in JSON or Python) cannot be written as UTF-8: before, a raw TypeError from the
+    tokenizer or UnicodeEncodeError from psycopg (and a 500 from the API)."""
+    db, hook = shop
+    before = snapshot(db)
+
+    with pytest.raises(InvalidInputError, match=re.escape(message)):
+        call(hook)
+
+    assert snapshot(db) == before
+
+
 MEGABYTE_TEXT = "A light laptop with a bright screen, a quiet keyboard and a long battery life. " * 13_000
 
 

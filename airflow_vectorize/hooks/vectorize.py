@@ -872,6 +872,10 @@ class VectorizeHook(PostgresHook):
         use: a query vector to search with) or, with ``side="document"``, as the project's documents."""
         if side not in encoding.SIDES:
             raise InvalidInputError(f"side must be one of {', '.join(map(repr, encoding.SIDES))}, got {side!r}")
+        if isinstance(texts, str) or not all(isinstance(text, str) for text in texts):
+            raise InvalidInputError(f"texts must be a list of texts, got {texts!r:.200}")
+        for position, text in enumerate(texts):
+            validation.check_text(text, f"texts[{position}]")
         with self.transaction() as cur:
             project = self._project(cur, job_name, source=False)
         return self._model(project, side).embed(list(texts)).tolist()
