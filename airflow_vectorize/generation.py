@@ -541,6 +541,10 @@ def generate(
     requests then overlap); each has its own writer connection, plus one being claimed, and batches are
     written one at a time, each in its own transaction, as their vectors arrive.
     """
+    if scope.pending_only and project.schedule != "realtime":
+        log.warning("Project %r is %s: no trigger queues its rows, so a pending_only run embeds only what was"
+                    " queued while it was realtime (alter_project(%r, schedule='realtime') queues changes)",
+                    project.name, project.schedule, project.name)
     started = time.monotonic()
     embedded = batches = 0
     failures: list[RowFailure] = []

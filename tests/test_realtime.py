@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import threading
 import time
 from typing import Any
@@ -137,6 +138,14 @@ def test_pending_trigger_fires_again_for_rows_left_queued(products, hook):
     assert PendingRowsTrigger("shop", refire_after=None).serialize()[1]["refire_after"] is None  # never again
     with pytest.raises(InvalidInputError, match="refire_after must be a positive number of seconds or None"):
         PendingRowsTrigger("shop", refire_after=0)
+
+
+def test_a_pending_only_run_of_a_manual_project_says_nothing_queues_its_rows(products, hook, caplog):
+    """Before, it embedded nothing on every run, silently, while its rows stayed stale."""
+    hook.create_project("shop", "products", "product_id", COLUMNS, schedule="manual")
+    with caplog.at_level(logging.WARNING):
+        assert hook.generate_embeddings("shop", pending_only=True)["embedded"] == 0
+    assert "Project 'shop' is manual: no trigger queues its rows, so a pending_only run embeds only" in caplog.text
 
 
 def test_pending_only_generation_embeds_the_queue_not_the_table(products, hook):

@@ -199,8 +199,8 @@ class TokenAuth:
             raise forbidden(f"Forbidden: connection {conn_id!r} is not served here; allowed:"
                             f" {', '.join(sorted(self.conn_ids))} (VECTORIZE_API_CONN_IDS)")
         if access == "write" and not principal.write:
-            raise forbidden(f"Forbidden: {principal.name} is read-only (VECTORIZE_API_READ_TOKENS); creating"
-                            " and dropping projects needs a token of VECTORIZE_API_TOKENS")
+            raise forbidden(f"Forbidden: {principal.name} is read-only (VECTORIZE_API_READ_TOKENS); creating,"
+                            " altering and dropping projects needs a token of VECTORIZE_API_TOKENS")
 
     def login_hint(self, path: str) -> str | None:
         return None

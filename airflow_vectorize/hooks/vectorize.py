@@ -1369,7 +1369,8 @@ class VectorizeHook(PostgresHook):
 
         The ``num_context`` best rows of ``search`` (or ``hybrid_search``) with ``filters`` are the context,
         best first, each as the text the project embeds; the ``task`` template of ``vectorize.prompts`` makes
-        the prompt; ``chat_model`` (``openai/<model>``, ``ollama/<model>``) at ``chat_conn_id`` answers.
+        the prompt; ``chat_model`` (``openai/<model>``, ``ollama/<model>``, ``portkey/<provider>/<model>``) at
+        ``chat_conn_id`` answers.
         See :func:`airflow_vectorize.rag.fit_context` for ``force_trim`` (without ``max_tokens`` it keeps
         min(1024, a quarter of the context window) free for the answer).
 

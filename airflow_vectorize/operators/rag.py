@@ -18,7 +18,7 @@ class RAGOperator(VectorizeBaseOperator):
 
     :param job_name: the project whose search retrieves the context.
     :param query: a question, or a list of questions (templated).
-    :param chat_model: ``openai/<model>`` or ``ollama/<model>``.
+    :param chat_model: ``openai/<model>``, ``ollama/<model>`` or ``portkey/<provider>/<model>``.
     :param chat_conn_id: its Airflow connection (default ``openai_default`` / ``ollama_default``).
     :param task: the prompt template, a ``prompt_type`` of ``vectorize.prompts``.
     :param num_context: rows retrieved as context.
@@ -76,7 +76,8 @@ class GenerateTextOperator(VectorizeBaseOperator):
     ``model``, ``usage``.
 
     :param prompt: the user message (templated); :param system_prompt: an optional system message.
-    :param chat_model: ``openai/<model>`` or ``ollama/<model>``; :param chat_conn_id: its connection.
+    :param chat_model: ``openai/<model>``, ``ollama/<model>`` or ``portkey/<provider>/<model>``; :param chat_conn_id:
+        its connection.
     :param max_tokens: the longest answer; :param temperature: sampling temperature.
     """
 
