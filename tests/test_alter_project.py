@@ -306,3 +306,50 @@ def test_a_drop_is_refused_while_the_index_is_rebuilt(products, hook, database):
     assert outcome["alter"]["index"]["rebuilt"], outcome
     assert hook.drop_project("shop")["dropped"]
     assert products.scalar("SELECT count(*) FROM pg_class WHERE relname LIKE 'shop%%'") == 0
+
+
+def reader_for(db, seconds: float) -> threading.Timer:
+    """A long transaction that read the source (a report), ending after ``seconds``."""
+    reader = psycopg.connect(db.uri)
+    reader.execute("SELECT count(*) FROM products").fetchone()
+    timer = threading.Timer(seconds, reader.close)
+    timer.start()
+    return timer
+
+
+def test_pausing_a_busy_source_waits_in_short_tries_that_let_the_application_through(products, hook):
+    """Before, DROP TRIGGER waited for the report with every read and write of the table queued behind it."""
+    hook.create_project("shop", "products", "product_id", COLUMNS)
+    report = reader_for(products, 3.0)
+    altered = []
+    alter = threading.Thread(target=lambda: altered.append(hook.alter_project("shop", schedule="manual")))
+    alter.start()
+    time.sleep(0.5)
+
+    started = time.monotonic()
+    with psycopg.connect(products.uri, autocommit=True) as app:
+        app.execute("UPDATE products SET price = price + 1 WHERE product_id = 1")
+        app.execute("SELECT count(*) FROM products").fetchone()
+    waited = time.monotonic() - started
+    alter.join()
+    report.join()
+
+    assert waited < 1.5, waited  # before: until the report ended (~2.5 s)
+    assert altered[0]["changed"] == {"schedule": ["realtime", "manual"]} and triggers(products) == MANUAL
+
+
+def test_a_source_busy_for_every_try_refuses_the_alter_and_changes_nothing(products, hook, monkeypatch):
+    from airflow_vectorize.hooks import vectorize
+
+    hook.create_project("shop", "products", "product_id", COLUMNS)
+    monkeypatch.setattr(vectorize, "ALTER_LOCK_TRIES", (2, "200ms", 0.1))
+    before = snapshot(products)
+    report = reader_for(products, 2.0)
+
+    with pytest.raises(ProjectConflictError, match=re.escape(
+            "project 'shop': its source table \"public\".\"products\" stayed in use (a long transaction reads or"
+            " writes it) for 2 tries of 200ms; its triggers could not change, and nothing did")):
+        hook.alter_project("shop", columns=["name"])
+    report.join()
+
+    assert snapshot(products) == before and triggers(products) == REALTIME

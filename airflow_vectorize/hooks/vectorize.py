@@ -53,6 +53,9 @@ from airflow_vectorize.naming import quoted
 from airflow_vectorize.search_sessions import SessionPool
 
 DROP_ATTEMPTS = 3
+# alter_project's changes of the realtime triggers take the source table exclusively in tries this short, so
+# the application's reads and writes queued behind a try run between them: (tries, lock_timeout, pause s).
+ALTER_LOCK_TRIES = (60, "500ms", 0.2)
 
 
 class _Keep:
@@ -484,6 +487,14 @@ class VectorizeHook(PostgresHook):
         """``alter_project``'s changes but the index's, in its transaction."""
         validation.check_project_source(cur, altered, attaching=True)
         catalog.write_params(cur, project, altered, catalog.ALTERED_PARAMS)
+        triggers = ("schedule" in changed or "columns" in changed) and "realtime" in (project.schedule,
+                                                                                      altered.schedule)
+        if triggers and not catalog.take_exclusively(cur, project.names.source, *ALTER_LOCK_TRIES):
+            # DROP / CREATE TRIGGER would wait for it with every read and write of the table queued behind
+            raise ProjectConflictError(
+                f"project {project.name!r}: its source table {project.names.source.as_string(cur)} stayed in use"
+                f" (a long transaction reads or writes it) for {ALTER_LOCK_TRIES[0]} tries of {ALTER_LOCK_TRIES[1]};"
+                " its triggers could not change, and nothing did: alter it again when the table is free")
         if ("schedule" in changed or "columns" in changed) and project.schedule == "realtime":
             catalog.drop_realtime_triggers(cur, project)  # their WHEN names the columns
         if ("schedule" in changed or "columns" in changed) and altered.schedule == "realtime":
