@@ -429,9 +429,14 @@ def import_chunks(cur: Cursor, project: Project, source: ImportSource, splitter:
     Each row's current text is cut with the project's own splitter, which gives every chunk its offsets and
     text; the source must hold exactly the chunk numbers 0..n-1 for the n chunks that makes, else nothing
     is written (the embeddings were computed on other chunks). A row's chunks are replaced as a whole.
+
+    It first waits for the batches generation runs are writing (each holds the chunk table from its claim,
+    ``generation.BatchWriter.claim``), and batches wait for it: a batch's chunks of a row committed between
+    this import's delete and insert would otherwise make the insert fail on the chunks' key.
     """
     key, names = project.key, project.key.aliases()
     src_chunk = sql.Identifier("s", source.chunk)
+    cur.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(project.names.target))
     cur.execute(sql.SQL(
         "CREATE TEMP TABLE vectorize_import_chunks ON COMMIT DROP AS SELECT {keys} FROM {source} WITH NO DATA;"
         " ALTER TABLE vectorize_import_chunks ADD COLUMN chunk_no integer, ADD COLUMN start_offset integer,"

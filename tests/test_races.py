@@ -197,3 +197,28 @@ def test_an_import_that_swaps_the_table_in_waits_for_the_batch_being_written(pro
     assert run["embedded"] == 12 and imported[0]["imported"] == 12
     status = hook.get_status("shop")
     assert (status["embedded_rows"], status["stale_rows"]) == (24, 0)
+
+
+def test_an_import_of_a_rows_chunks_waits_for_the_batch_writing_them(products, hook, model, monkeypatch):
+    """Before, an import of chunks while a batch held chunks of the same row (written, its dequeue waiting
+    for the application) failed with a raw UniqueViolation on the chunks' key."""
+    hook.create_project("docs", "products", "product_id", COLUMNS, chunk_size=64, embed_existing=True)
+    products.execute("UPDATE products SET description = %s WHERE product_id = 1", [OLD])  # queued
+    products.execute("CREATE TABLE chunk_vectors (product_id integer, chunk integer, embedding real[])")
+    products.execute("INSERT INTO chunk_vectors VALUES (1, 0, %s)", [[float(x) for x in model.encode([NEW])[0]]])
+    other, imported, timers = VectorizeHook(products.conn_id), [], []
+    importer = threading.Thread(target=lambda: imported.append(other.import_embeddings(
+        "docs", "chunk_vectors", "product_id", "embedding", src_chunk_col="chunk")))
+
+    def meanwhile() -> None:  # the application holds row 1's queue entry past the batch's write; then an import
+        timers.append(commit_later(products, "UPDATE products SET description = %s WHERE product_id = 1", [NEW],
+                                   seconds=2.0))
+        threading.Timer(0.5, importer.start).start()
+
+    with during_first_encode(hook, monkeypatch, meanwhile):
+        hook.generate_embeddings("docs", pending_only=True)
+    timers[0].join()
+    importer.join()
+
+    assert imported and imported[0]["imported"] == 1
+    assert products.execute("SELECT chunk_no FROM vectorize._chunks_docs WHERE product_id = 1") == [(0,)]
