@@ -523,9 +523,8 @@ def test_a_small_chunk_table_is_searched_exactly_while_it_is_small(licenses, hoo
     assert shrunk == small
 
 
-def test_a_short_exact_result_is_not_asked_again(licenses, hook, monkeypatch):
-    """A filter leaving fewer rows than asked for: the exact path has compared every chunk, so the search
-    runs once (the index path would ask again with more chunks per row, in vain)."""
+def embedded_with_statements_counted(hook, monkeypatch) -> list:
+    """Project JOB over the licenses (chunk_size 128), embedded; the list that gets each search statement run."""
     from airflow_vectorize import search
 
     hook.create_project(JOB, "licenses", "id", ["body"], chunk_size=128)
@@ -533,6 +532,13 @@ def test_a_short_exact_result_is_not_asked_again(licenses, hook, monkeypatch):
     calls = []
     run = search.run
     monkeypatch.setattr(search, "run", lambda *args, **kwargs: calls.append(args[1]) or run(*args, **kwargs))
+    return calls
+
+
+def test_a_short_exact_result_is_not_asked_again(licenses, hook, monkeypatch):
+    """A filter leaving fewer rows than asked for: the exact path has compared every chunk, so the search
+    runs once (the index path would ask again with more chunks per row, in vain)."""
+    calls = embedded_with_statements_counted(hook, monkeypatch)
 
     rows = hook.search(JOB, "a copy of this License", return_columns=["id"], num_results=5,
                        filters={"id": {"in": [2, 4]}})
@@ -547,13 +553,7 @@ def test_a_short_result_on_the_index_path_is_completed_by_comparing_every_chunk(
     may have left chunks unread (hnsw.max_scan_tuples, its memory bound), so the search compares every chunk
     passing the filter, once, instead of asking the index again; a search whose nearest chunks cover its rows
     runs once."""
-    from airflow_vectorize import search
-
-    hook.create_project(JOB, "licenses", "id", ["body"], chunk_size=128)
-    hook.generate_embeddings(JOB)
-    calls = []
-    run = search.run
-    monkeypatch.setattr(search, "run", lambda *args, **kwargs: calls.append(args[1]) or run(*args, **kwargs))
+    calls = embedded_with_statements_counted(hook, monkeypatch)
 
     rows = hook.search(JOB, "a copy of this License", return_columns=["id"], num_results=5,
                        filters={"id": {"in": [2, 4]}})
