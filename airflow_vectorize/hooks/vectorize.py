@@ -53,8 +53,9 @@ from airflow_vectorize.naming import quoted
 from airflow_vectorize.search_sessions import SessionPool
 
 DROP_ATTEMPTS = 3
-# alter_project's changes of the realtime triggers take the source table exclusively in tries this short, so
-# the application's reads and writes queued behind a try run between them: (tries, lock_timeout, pause s).
+# alter_project's changes of the realtime triggers, and drop_project, take the source table exclusively in tries
+# this short, so the application's reads and writes queued behind a try run between them: (tries,
+# lock_timeout, pause s).
 ALTER_LOCK_TRIES = (60, "500ms", 0.2)
 
 
@@ -594,6 +595,11 @@ class VectorizeHook(PostgresHook):
             embeddings = catalog.embedded_rows(cur, home) if home is not None else 0
             cur.execute(sql.SQL("SELECT count(*) FROM {}").format(project.names.queue))
             pending = cur.fetchone()[0]
+            if source_exists and not catalog.take_exclusively(cur, project.names.source, *ALTER_LOCK_TRIES):
+                raise ProjectConflictError(  # its DROP TRIGGER would wait with the table's statements behind it
+                    f"project {job_name!r}: its source table {project.names.source.as_string(cur)} stayed in use (a"
+                    f" long transaction reads or writes it) for {ALTER_LOCK_TRIES[0]} tries of {ALTER_LOCK_TRIES[1]};"
+                    " nothing was dropped: drop it again when the table is free")
             catalog.drop_storage(cur, project, source_exists)
         self.log.info("Dropped vectorize project %r (%d embeddings)", job_name, embeddings)
         return {
