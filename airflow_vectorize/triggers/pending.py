@@ -39,7 +39,7 @@ class PendingRowsTrigger(BaseEventTrigger):
     ``{"job_name", "pending", "partitions_changed": True}`` on a poll that finds a partitioned source's
     partitions changed since the last run (a partition attached brings rows no trigger queued). Survives a
     lost connection (reconnects with backoff) and waits for a project that does not exist yet, or no longer:
-after a ``drop_project`` it waits for the project to be created again, then listens to it.
+    after a ``drop_project`` it waits for the project to be created again, then listens to it.
 
     :param job_name: the project (created with ``schedule="realtime"``).
     :param postgres_conn_id: the Airflow connection to its database.
