@@ -146,9 +146,10 @@ class Project:
         """The configuration ``create_project`` compares, the index's options as they take effect: pgvector's
         defaults stated (``hnsw_m=16``) are the same as left out."""
         config = {field: getattr(self, field) for field in CONFIG_FIELDS}
-        config["hnsw_m"] = 16 if self.hnsw_m is None else self.hnsw_m
+        config["hnsw_m"] = index_build.DEFAULT_M if self.hnsw_m is None else self.hnsw_m
         if self.hnsw_ef_construction is None:
-            config["hnsw_ef_construction"] = CHUNK_INDEX_EF_CONSTRUCTION if self.is_chunked else 64
+            config["hnsw_ef_construction"] = (CHUNK_INDEX_EF_CONSTRUCTION if self.is_chunked
+                                              else index_build.DEFAULT_EF_CONSTRUCTION)
         return config
 
     def entry(self) -> dict[str, Any]:

@@ -31,6 +31,7 @@ AUTO_CAP = 4 * 1024**3  # "auto": at most 4 GB, a quarter of a 16 GB server; set
 MARGIN = 1.15  # estimate × MARGIN + FIXED_MARGIN: the estimate is per element, allocations are not exact
 FIXED_MARGIN = 16 * 1024**2
 DEFAULT_M = 16  # pgvector's
+DEFAULT_EF_CONSTRUCTION = 64  # pgvector's
 UNITS = {"kb": 1024, "mb": 1024**2, "gb": 1024**3, "tb": 1024**4}
 SIZE = re.compile(r"^\s*(\d+)\s*(kB|MB|GB|TB)\s*$", re.IGNORECASE)
 NO_LONGER_FITS = re.compile(r"graph no longer fits into maintenance_work_mem after (\d+) tuples")

@@ -308,33 +308,45 @@ def test_a_drop_is_refused_while_the_index_is_rebuilt(products, hook, database):
     assert products.scalar("SELECT count(*) FROM pg_class WHERE relname LIKE 'shop%%'") == 0
 
 
-def reader_for(db, seconds: float) -> threading.Timer:
-    """A long transaction that read the source (a report), ending after ``seconds``."""
-    reader = psycopg.connect(db.uri)
-    reader.execute("SELECT count(*) FROM products").fetchone()
-    timer = threading.Timer(seconds, reader.close)
-    timer.start()
-    return timer
+def open_report(db) -> psycopg.Connection:
+    """A long transaction that read the source (a report); it holds the table until it is closed."""
+    report = psycopg.connect(db.uri)
+    report.execute("SELECT count(*) FROM products").fetchone()
+    return report
 
 
-def test_pausing_a_busy_source_waits_in_short_tries_that_let_the_application_through(products, hook):
-    """Before, DROP TRIGGER waited for the report with every read and write of the table queued behind it."""
+def waits_for_the_table(db) -> None:
+    """Return once a session waits for a lock on ``products`` (an alter or drop behind the report)."""
+    for _ in range(200):
+        if db.scalar("SELECT count(*) FROM pg_locks WHERE relation = 'products'::regclass AND NOT granted"):
+            return
+        time.sleep(0.05)
+    raise AssertionError("no session waited for products")
+
+
+def the_application_gets_through(db) -> None:
+    """A read and a write of the table while the report still holds it: with a lock wait bounded generously,
+    they fail (LockNotAvailable) if they stay queued behind a statement that waits for the report."""
+    with psycopg.connect(db.uri, autocommit=True) as app:
+        app.execute("SET lock_timeout = '5s'")
+        app.execute("UPDATE products SET price = price WHERE product_id = 1")
+        app.execute("SELECT count(*) FROM products").fetchone()
+
+
+def test_pausing_a_busy_source_lets_the_application_through_between_its_tries(products, hook):
+    """Before, DROP TRIGGER waited for the report with every read and write of the table queued behind it:
+    the application's statements failed on their lock timeout here."""
     hook.create_project("shop", "products", "product_id", COLUMNS)
-    report = reader_for(products, 3.0)
-    altered = []
+    report, altered = open_report(products), []
     alter = threading.Thread(target=lambda: altered.append(hook.alter_project("shop", schedule="manual")))
     alter.start()
-    time.sleep(0.5)
+    try:
+        waits_for_the_table(products)
+        the_application_gets_through(products)
+    finally:
+        report.close()
+        alter.join(60)
 
-    started = time.monotonic()
-    with psycopg.connect(products.uri, autocommit=True) as app:
-        app.execute("UPDATE products SET price = price + 1 WHERE product_id = 1")
-        app.execute("SELECT count(*) FROM products").fetchone()
-    waited = time.monotonic() - started
-    alter.join()
-    report.join()
-
-    assert waited < 1.5, waited  # before: until the report ended (~2.5 s)
     assert altered[0]["changed"] == {"schedule": ["realtime", "manual"]} and triggers(products) == MANUAL
 
 
@@ -344,12 +356,15 @@ def test_a_source_busy_for_every_try_refuses_the_alter_and_changes_nothing(produ
     hook.create_project("shop", "products", "product_id", COLUMNS)
     monkeypatch.setattr(vectorize, "ALTER_LOCK_TRIES", (2, "200ms", 0.1))
     before = snapshot(products)
-    report = reader_for(products, 2.0)
+    report = open_report(products)
+    threading.Timer(20, report.close).start()  # without the tries, the alter would wait for it: then no error
 
-    with pytest.raises(ProjectConflictError, match=re.escape(
-            "project 'shop': its source table \"public\".\"products\" stayed in use (a long transaction reads or"
-            " writes it) for 2 tries of 200ms; its triggers could not change, and nothing did")):
-        hook.alter_project("shop", columns=["name"])
-    report.join()
+    try:
+        with pytest.raises(ProjectConflictError, match=re.escape(
+                "project 'shop': its source table \"public\".\"products\" stayed in use (a long transaction reads"
+                " or writes it) for 2 tries of 200ms; its triggers could not change, and nothing did")):
+            hook.alter_project("shop", columns=["name"])
+    finally:
+        report.close()
 
     assert snapshot(products) == before and triggers(products) == REALTIME

@@ -212,7 +212,6 @@ def test_a_partition_attached_is_seen_by_the_watcher_and_embedded_by_the_next_re
         "ALTER TABLE docs ATTACH PARTITION docs_01 FOR VALUES FROM ('2027-01-01') TO ('2027-02-01')"))])
 
     assert [payload for _, payload in events] == [{"job_name": "docs", "pending": 0, "partitions_changed": True}]
-    assert 0.5 <= events[0][0] < 2.5  # at the next poll (0.3 s), on a busy machine too
     assert queued_ids(docs) == set()
     assert hook.generate_embeddings("docs", pending_only=True)["embedded"] == 10
     assert set(range(81, 91)) <= stored_ids(docs) and set(range(81, 91)) <= found(hook)
