@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import psycopg
+from psycopg import sql
+
 # (product_id, name, description, category, price)
 PRODUCTS: list[tuple[int, str, str, str, float]] = [
     (1, "Pixel 9 smartphone", "Android phone with a 6.3 inch OLED screen, 5G and a 50 MP camera", "phones", 799.0),
@@ -29,6 +32,22 @@ PRODUCTS: list[tuple[int, str, str, str, float]] = [
     (23, "Smartwatch", "Fitness watch with GPS, heart-rate monitor and phone notifications", "wearables", 299.0),
     (24, "Robot vacuum", "Self-emptying robot vacuum cleaner that maps your home", "home", 499.0),
 ]
+
+
+def create_products_table(cur: psycopg.Cursor, table: str, *, updated_at: bool = False) -> None:
+    """Create ``table`` with the sample catalogue's columns (and an ``updated_at`` stamp) if it is missing."""
+    stamp = sql.SQL(", updated_at timestamptz NOT NULL DEFAULT now()") if updated_at else sql.SQL("")
+    cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (product_id integer PRIMARY KEY, name text NOT NULL,"
+                        " description text, category text, price numeric(10, 2){})").format(sql.Identifier(table),
+                                                                                           stamp))
+
+
+def insert_products(cur: psycopg.Cursor, table: str) -> int:
+    """Insert the sample products that ``table`` does not hold yet; returns how many the sample has."""
+    cur.executemany(sql.SQL("INSERT INTO {} (product_id, name, description, category, price)"
+                            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (product_id) DO NOTHING")
+                    .format(sql.Identifier(table)), PRODUCTS)
+    return len(PRODUCTS)
 
 
 def package_descriptions(count: int, sizes: tuple[int, int] = (3_000, 20_000)) -> list[tuple[str, str]]:

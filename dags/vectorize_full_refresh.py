@@ -60,15 +60,18 @@ def vectorize_full_refresh():
     def reload_table(path: str) -> int:
         """TRUNCATE + COPY of the whole file, in one transaction (readers see the old or the new table)."""
         from airflow.providers.postgres.hooks.postgres import PostgresHook
+        from psycopg import sql
+
+        from airflow_vectorize.example_data import create_products_table
 
         with PostgresHook(postgres_conn_id=CONN_ID).get_conn() as conn, conn.cursor() as cur:
-            cur.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} (product_id integer PRIMARY KEY, name text NOT NULL,"
-                        " description text, category text, price numeric(10, 2))")
-            cur.execute(f"TRUNCATE {TABLE}")
-            with open(path, "rb") as file, cur.copy(f"COPY {TABLE} FROM STDIN (FORMAT csv)") as copy:
+            create_products_table(cur, TABLE)
+            table = sql.Identifier(TABLE)
+            cur.execute(sql.SQL("TRUNCATE {}").format(table))
+            with open(path, "rb") as file, cur.copy(sql.SQL("COPY {} FROM STDIN (FORMAT csv)").format(table)) as copy:
                 while data := file.read(1 << 16):
                     copy.write(data)
-            cur.execute(f"SELECT count(*) FROM {TABLE}")
+            cur.execute(sql.SQL("SELECT count(*) FROM {}").format(table))
             return cur.fetchone()[0]
 
     create_project = CreateVectorizeProjectOperator(

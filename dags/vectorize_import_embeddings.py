@@ -40,25 +40,17 @@ def vectorize_import_embeddings():
         from airflow.providers.postgres.hooks.postgres import PostgresHook
 
         from airflow_vectorize.catalog import DEFAULT_TRANSFORMER
-        from airflow_vectorize.example_data import PRODUCTS
+        from airflow_vectorize.example_data import PRODUCTS, create_products_table, insert_products
         from airflow_vectorize.models.local import load_model
 
         covered = PRODUCTS[:UPSTREAM_COVERS]
         texts = [f"{name}, {description}" for _, name, description, _, _ in covered]
         vectors = load_model(DEFAULT_TRANSFORMER).embed(texts)
         with PostgresHook(postgres_conn_id=CONN_ID).get_conn() as conn, conn.cursor() as cur:
-            cur.execute(
-                "CREATE TABLE IF NOT EXISTS products (product_id integer PRIMARY KEY, name text NOT NULL,"
-                " description text, category text, price numeric(10, 2),"
-                " updated_at timestamptz NOT NULL DEFAULT now());"
-                " CREATE TABLE IF NOT EXISTS product_embeddings (product_id integer PRIMARY KEY, embedding real[]);"
-                " TRUNCATE product_embeddings"
-            )
-            cur.executemany(
-                "INSERT INTO products (product_id, name, description, category, price)"
-                " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (product_id) DO NOTHING",
-                PRODUCTS,
-            )
+            create_products_table(cur, "products", updated_at=True)
+            insert_products(cur, "products")
+            cur.execute("CREATE TABLE IF NOT EXISTS product_embeddings (product_id integer PRIMARY KEY,"
+                        " embedding real[]); TRUNCATE product_embeddings")
             with cur.copy("COPY product_embeddings (product_id, embedding) FROM STDIN") as copy:
                 for (product_id, *_), vector in zip(covered, vectors):
                     copy.write_row((product_id, vector.tolist()))

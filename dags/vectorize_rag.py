@@ -49,18 +49,11 @@ def vectorize_rag():
         """The demo product catalogue."""
         from airflow.providers.postgres.hooks.postgres import PostgresHook
 
-        from airflow_vectorize.example_data import PRODUCTS
+        from airflow_vectorize.example_data import create_products_table, insert_products
 
         with PostgresHook(postgres_conn_id=CONN_ID).get_conn() as conn, conn.cursor() as cur:
-            cur.execute(
-                "CREATE TABLE IF NOT EXISTS rag_products (product_id integer PRIMARY KEY, name text NOT NULL,"
-                " description text, category text, price numeric(10, 2))"
-            )
-            cur.executemany(
-                "INSERT INTO rag_products VALUES (%s, %s, %s, %s, %s) ON CONFLICT (product_id) DO NOTHING",
-                PRODUCTS,
-            )
-        return {"products": len(PRODUCTS)}
+            create_products_table(cur, "rag_products")
+            return {"products": insert_products(cur, "rag_products")}
 
     create_project = CreateVectorizeProjectOperator(
         task_id="create_project",
