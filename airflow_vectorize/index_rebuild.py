@@ -30,8 +30,6 @@ log = logging.getLogger(__name__)
 
 # taking the table for the swap: as an import into a new table does (``swap``), then as long as it takes
 SWAP_LOCK_TIMEOUT, SWAP_LOCK_ATTEMPTS, SWAP_LOCK_PAUSE_SECONDS = "1s", 30, 0.2
-# pgvector's HNSW indexes take vectors of at most this many dimensions (halfvec: 4000)
-MAX_DIMENSIONS = {False: 2000, True: 4000}
 
 
 def settings(project: Project) -> dict[str, Any]:
@@ -89,10 +87,7 @@ def altered(project: Project, given: dict[str, Any]) -> Project:
         raise InvalidInputError(f"halfvec_index must be True or False, got {wanted.halfvec_index!r}")
     if project.is_chunked and given.get("halfvec_index") is False:
         raise InvalidInputError(f"project {project.name!r} is chunked: its index always holds half-precision vectors")
-    if wanted.dimensions > MAX_DIMENSIONS[wanted.half_index]:
-        raise InvalidInputError(
-            f"project {project.name!r} has {wanted.dimensions}-dimensional vectors; an HNSW index of"
-            f" {'halfvec' if wanted.half_index else 'vector'} holds at most {MAX_DIMENSIONS[wanted.half_index]}")
+    validation.check_index_dimensions(wanted, f"project {project.name!r}")
     return wanted
 
 

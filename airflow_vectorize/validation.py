@@ -30,6 +30,8 @@ VECTOR_TYPES = {"vector", "halfvec"}
 FLOAT_ELEMENT_TYPES = {"float4", "float8"}
 MAX_IDENTIFIER_BYTES = 63  # NAMEDATALEN - 1: PostgreSQL silently cuts longer names to this many bytes
 REAL_MAX = 3.4028234663852886e38  # the largest finite real (float4); pgvector stores vectors as real
+# pgvector's HNSW index takes vectors of at most this many dimensions, by the type the index holds
+INDEX_MAX_DIMENSIONS = {"vector": 2000, "halfvec": 4000}
 HALFVEC_MAX = 65504.0  # the largest finite halfvec value: a chunked project's index holds its vectors as halfvec
 
 # Columns that a project's tables put next to a copy of the source's key: the embeddings table (join),
@@ -186,6 +188,22 @@ def check_index_options(m: Any, ef_construction: Any, default_ef: int = 64) -> N
     if ef < 2 * (m or 16):
         given = f"{ef}" if ef_construction is not None else f"{ef}, the default"
         raise InvalidInputError(f"hnsw_ef_construction ({given}) must be at least 2 × hnsw_m ({2 * (m or 16)})")
+
+
+def check_index_dimensions(project: Project, whose: str) -> None:
+    """``project``'s vectors fit its HNSW index (``INDEX_MAX_DIMENSIONS``); ``whose``: what made them, for the
+    message."""
+    held = "halfvec" if project.half_index else "vector"
+    limit = INDEX_MAX_DIMENSIONS[held]
+    if project.dimensions <= limit:
+        return
+    if held == "vector" and project.dimensions <= INDEX_MAX_DIMENSIONS["halfvec"]:
+        remedy = ("pass halfvec_index=True (the index holds them at half precision, up to"
+                  f" {INDEX_MAX_DIMENSIONS['halfvec']}; the table keeps them whole)")
+    else:
+        remedy = "ask for shorter vectors (dimensions=, for a model that can shorten them) or use another model"
+    raise InvalidInputError(f"{whose} has {project.dimensions}-dimensional vectors, but pgvector's HNSW index of"
+                            f" {held} takes at most {limit} dimensions: {remedy}")
 
 
 def key_spelling(primary_key: Any, role: str = "primary_key") -> str | tuple[str, ...]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import numpy as np
 
 
 @dataclass
@@ -45,7 +46,7 @@ class EmbeddingServer:
     Faults: ("status", code, retry_after or None, message), ("slow", seconds), ("trickle", seconds: the answer
     a piece at a time), ("drop",), ("bad_json",), ("error_200", message: an error body with HTTP 200),
     ("chat_answer", content, finish_reason: a chat completion as scripted),
-    ("wrong_dims", n), ("wrong_count",), ("scaled", factor). ``requests`` records every request;
+    ("wrong_dims", n), ("tiled", n), ("wrong_count",), ("scaled", factor). ``requests`` records every request;
     ``in_flight_peak`` the most requests answered at once.
     """
 
@@ -117,6 +118,8 @@ class EmbeddingServer:
         vectors = self.model.encode(texts, convert_to_numpy=True, show_progress_bar=False)
         if kind == "wrong_dims":
             vectors = vectors[:, : action[1]]
+        if kind == "tiled":  # a wider model's vectors: the real ones repeated to action[1] dimensions
+            vectors = np.tile(vectors, (1, -(-action[1] // vectors.shape[1])))[:, : action[1]]
         if kind == "wrong_count":
             vectors = vectors[1:]
         if kind == "scaled":

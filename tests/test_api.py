@@ -945,6 +945,43 @@ def test_32_clients_for_30_seconds_without_errors(api):
     assert model["model_calls"] < model["texts"]
 
 
+def test_a_model_connection_named_as_the_database_is_refused_without_connecting(api, embedding_server_session):
+    """``chat`` is served (RAG uses it), but it is no database: 400 naming it, not an outage, and its host is
+    never asked to log in with the model's key."""
+    embedding_server_session.reset()
+    for response in (api.client.get(SEARCH, params={"conn_id": "chat", "job_name": "products", "query": "x"}),
+                     api.client.get("/api/v1/projects", params={"conn_id": "chat"})):
+        assert_error(response, 400, "InvalidInputError",
+                     "connection 'chat' is a 'openai' connection, not a PostgreSQL database")
+    assert embedding_server_session.requests == []
+
+
+def test_a_model_too_wide_for_an_hnsw_index_is_a_400_naming_the_way_out(api, embedding_server_session):
+    embedding_server_session.reset(default=("tiled", 3072))
+    table = new_table(api)
+    before = snapshot(api.db)
+    body = {"job_name": table, "src_table": table, "src_columns": ["name"], "primary_key": "product_id",
+            "model": "openai/MiniLM", "model_conn_id": "chat"}
+    response = api.client.post("/api/v1/table", params={"conn_id": "api_db"}, json=body)
+    embedding_server_session.reset()
+    assert_error(response, 400, "InvalidInputError", "3072-dimensional vectors", "pass halfvec_index=True")
+    assert snapshot(api.db) == before
+
+
+def test_only_a_database_that_cannot_serve_is_a_503(database):
+    """A statement past one of PostgreSQL's limits is no outage: the API answers it as the defect it is."""
+    import psycopg
+
+    from airflow_vectorize.api.errors import unavailable
+
+    with pytest.raises(psycopg.errors.ProgramLimitExceeded) as limit:
+        database.execute("SELECT repeat('x', 2000000)::tsvector")
+    assert not unavailable(limit.value)
+    with pytest.raises(psycopg.OperationalError) as down:
+        psycopg.connect(f"postgresql://postgres@127.0.0.1:{free_port()}/postgres", connect_timeout=2)
+    assert unavailable(down.value)
+
+
 def test_database_is_unreachable_503(api):
     assert_error(api.client.get(SEARCH, params={"conn_id": "down", "job_name": "products", "query": "x"}), 503,
                  "DatabaseConnectionError")
@@ -1024,6 +1061,10 @@ def test_the_page_pauses_and_resumes_realtime_and_shows_why_a_project_has_no_cou
     ({}, "refusing to start without authentication: set VECTORIZE_API_TOKENS"),
     ({"VECTORIZE_API_TOKENS": "short"}, "tokens must have at least 16 characters"),
     ({"VECTORIZE_API_TOKENS": "x" * 20, "VECTORIZE_API_CONN_IDS": " , "}, "no connections allowed"),
+    ({"VECTORIZE_API_TOKENS": "pässwörd-token-ÄÖÜ-12345"}, "tokens must be printable ASCII without spaces"),
+    ({"VECTORIZE_API_TOKENS": "x" * 20, "VECTORIZE_API_POOL_SIZE": "0"},
+     "VECTORIZE_API_POOL_SIZE must be a whole number of at least 1, not '0'"),
+    ({"VECTORIZE_API_TOKENS": "x" * 20, "VECTORIZE_API_POOL_SIZE": "abc"}, "not 'abc'"),
 ])
 def test_standalone_never_starts_open(variables, message):
     """Without (good) tokens the server does not start, and says why in one line."""
@@ -1036,3 +1077,12 @@ def test_standalone_never_starts_open(variables, message):
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
     assert result.stderr.startswith("airflow-vectorize API: ")
+
+
+def test_comment_lines_of_a_token_file_are_not_tokens(tmp_path):
+    from airflow_vectorize.api.auth import TokenAuth, _digest
+
+    comment = "# tokens for the vectorize api, rotated monthly"
+    (tmp_path / "tokens").write_text(f"{comment}\n\n  #  {WRITE_TOKEN}\n{READ_TOKEN}\n")
+    auth = TokenAuth.from_environment({"VECTORIZE_API_TOKENS_FILE": str(tmp_path / "tokens")})
+    assert list(auth.grants) == [_digest(READ_TOKEN)]

@@ -250,3 +250,30 @@ def test_leftover_objects_are_refused(products, hook):
         hook.create_project("product_search", "products", "product_id", COLUMNS)
 
     assert snapshot(products) == before
+
+
+@pytest.mark.parametrize(("dims", "halfvec_index", "remedy"), [
+    (3072, False, "pass halfvec_index=True"),  # OpenAI's text-embedding-3-large
+    (4096, True, "ask for shorter vectors"),
+])
+def test_vectors_wider_than_an_hnsw_index_takes_are_refused_at_create(products, hook, embedding_server, dims,
+                                                                       halfvec_index, remedy):
+    embedding_server.reset(default=("tiled", dims))
+    before = snapshot(products)
+    with pytest.raises(InvalidInputError, match=f"has {dims}-dimensional vectors, but pgvector's HNSW index of"
+                                                f" {'halfvec' if halfvec_index else 'vector'} takes at most"
+                                                f" {4000 if halfvec_index else 2000} dimensions: {remedy}"):
+        hook.create_project("wide", "products", "product_id", COLUMNS, transformer="openai/MiniLM",
+                            model_conn_id="flaky", halfvec_index=halfvec_index)
+    assert snapshot(products) == before
+
+
+def test_a_3072_dimension_model_is_served_by_a_halfvec_index(products, hook, embedding_server):
+    embedding_server.reset(default=("tiled", 3072))
+    summary = hook.create_project("wide", "products", "product_id", COLUMNS, transformer="openai/MiniLM",
+                                  model_conn_id="flaky", halfvec_index=True, embed_existing=True)
+    assert summary["dimensions"] == 3072
+    assert summary["initial_load"]["embedded"] == products.scalar("SELECT count(*) FROM products")
+    assert [row["product_id"] for row in hook.search("wide", "espresso machine", num_results=1)] == [
+        products.scalar("SELECT product_id FROM products WHERE name ILIKE '%espresso%'")]
+    hook.drop_project("wide")

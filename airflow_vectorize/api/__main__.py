@@ -23,10 +23,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
 
+    from airflow_vectorize.api.app import pool_size
     from airflow_vectorize.api.auth import TokenAuth
 
     try:
         TokenAuth.from_environment()
+        pool_size()
     except (ValueError, OSError) as error:
         print(f"airflow-vectorize API: {error}", file=sys.stderr)
         return 2

@@ -68,8 +68,12 @@ def standalone_app() -> FastAPI:
 
 
 def pool_size() -> int:
-    """Search sessions per connection and process: ``VECTORIZE_API_POOL_SIZE`` (default 8)."""
-    return int(os.environ.get("VECTORIZE_API_POOL_SIZE", DEFAULT_SIZE))
+    """Search sessions per connection and process: ``VECTORIZE_API_POOL_SIZE`` (default 8); ``ValueError``
+    unless a whole number of at least 1."""
+    value = os.environ.get("VECTORIZE_API_POOL_SIZE", str(DEFAULT_SIZE))
+    if not value.strip().isdigit() or int(value) < 1:
+        raise ValueError(f"VECTORIZE_API_POOL_SIZE must be a whole number of at least 1, not {value!r}")
+    return int(value)
 
 
 def _openapi_with_bearer(app: FastAPI) -> dict[str, Any]:

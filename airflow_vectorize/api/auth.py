@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -41,6 +42,7 @@ Access = Literal["read", "write"]
 PUBLIC_PATHS = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 TOKEN_COOKIE = "vectorize_token"  # the standalone page keeps its token here
 MIN_TOKEN_LENGTH = 16
+TOKEN_CHARACTERS = re.compile(r"[!-~]+")  # printable ASCII, no space: what a header carries as sent
 
 
 class Auth(Protocol):
@@ -179,6 +181,10 @@ class TokenAuth:
         short = [i for i, token in enumerate(tokens, 1) if len(token) < MIN_TOKEN_LENGTH]
         if short:
             raise ValueError(f"tokens must have at least {MIN_TOKEN_LENGTH} characters (token(s) #{short})")
+        unsendable = [i for i, token in enumerate(tokens, 1) if not TOKEN_CHARACTERS.fullmatch(token)]
+        if unsendable:
+            raise ValueError("tokens must be printable ASCII without spaces, as an HTTP header carries them"
+                             f" (token(s) #{unsendable})")
         if not conn_ids:
             raise ValueError("no connections allowed")
         self.grants = {_digest(token): TokenGrant(f"token #{i}", write)
@@ -224,9 +230,12 @@ class TokenAuth:
 
 
 def _tokens(env: dict[str, str], name: str) -> list[str]:
+    """The tokens of ``name`` (comma-separated) and of the file ``name_FILE`` (a token per line; blank lines
+    and lines starting with ``#`` are not tokens)."""
     values = env.get(name, "").split(",")
     if env.get(name + "_FILE"):
-        values += Path(env[name + "_FILE"]).read_text().splitlines()
+        values += [line for line in Path(env[name + "_FILE"]).read_text().splitlines()
+                   if not line.lstrip().startswith("#")]
     return [value.strip() for value in values if value.strip()]
 
 

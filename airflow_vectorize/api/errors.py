@@ -81,6 +81,17 @@ def lock_conflict(error: psycopg.Error) -> str | None:
     return LOCK_CONFLICTS.get(error.sqlstate or "")
 
 
+# SQLSTATE classes of a database that cannot serve now: connection exception, insufficient resources,
+# operator intervention (shutdown, cannot connect now), system error
+UNAVAILABLE_CLASSES = ("08", "53", "57", "58")
+
+
+def unavailable(error: psycopg.OperationalError) -> bool:
+    """``error`` says the database cannot serve now (no SQLSTATE: connecting failed), not that a statement
+    went past one of PostgreSQL's limits (``ProgramLimitExceeded``...)."""
+    return error.sqlstate is None or error.sqlstate[:2] in UNAVAILABLE_CLASSES
+
+
 def status_of(error: BaseException) -> int:
     for kind, status in STATUS:
         if isinstance(error, kind):
@@ -119,6 +130,8 @@ def install(app: FastAPI) -> None:
             return answer(409, f"the request conflicted with another one changing the same project ({conflict},"
                                " PostgreSQL rolled this request's statement back); send it again",
                           "LockConflictError", {"Retry-After": "1"})
+        if not unavailable(error):  # a limit or state of PostgreSQL's our checks should have met first
+            return await defect(request, error)
         # Connecting failed (refused, authentication, no such database): the hook raises it as is.
         log.warning("%s %s: database: %s", request.method, request.url.path, error)
         return answer(503, f"the database is unavailable: {str(error).strip()}", "DatabaseConnectionError")

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from airflow.providers.postgres.hooks.postgres import PostgresHook
@@ -52,7 +52,12 @@ from airflow_vectorize.models.remote import positive_int
 from airflow_vectorize.naming import quoted
 from airflow_vectorize.search_sessions import SessionPool
 
+if TYPE_CHECKING:
+    from airflow.models import Connection
+
 DROP_ATTEMPTS = 3
+# the connection types of a database (a URI's postgresql:// is read as postgres; a JSON connection may leave it out)
+DATABASE_CONN_TYPES = {"postgres", "postgresql", "", None}
 # alter_project's changes of the realtime triggers, and drop_project, take the source table exclusively in tries
 # this short, so the application's reads and writes queued behind a try run between them: (tries,
 # lock_timeout, pause s).
@@ -110,6 +115,7 @@ class VectorizeHook(PostgresHook):
     # -- connections -------------------------------------------------------------------------------
     def connect(self) -> psycopg.Connection:
         """A new autocommit psycopg 3 connection (PostgresHook's, with its connection options)."""
+        self._check_database_connection(self.connection)
         conn = self.get_conn()
         if not isinstance(conn, psycopg.Connection):
             conn.close()
@@ -124,6 +130,7 @@ class VectorizeHook(PostgresHook):
         """A new autocommit async connection, for triggers (same host, login, database and extras as
         ``connect``; the connection is fetched without blocking the triggerer's event loop)."""
         conn = await self.aget_connection(self.postgres_conn_id)
+        self._check_database_connection(conn)
         if conn.extra_dejson.get("iam"):
             raise VectorizeError(f"connection {self.postgres_conn_id!r}: IAM authentication is not supported"
                                  " by the Vectorize triggers; use a password")
@@ -132,6 +139,12 @@ class VectorizeHook(PostgresHook):
         args.update({k: v for k, v in conn.extra_dejson.items() if k not in self.ignored_extra_options})
         return await psycopg.AsyncConnection.connect(**{k: v for k, v in args.items() if v is not None},
                                                      autocommit=True)
+
+    def _check_database_connection(self, conn: Connection) -> None:
+        """``conn`` is a PostgreSQL connection (not, say, a model's: its host is no database to log in to)."""
+        if conn.conn_type not in DATABASE_CONN_TYPES:
+            raise InvalidInputError(f"connection {self.postgres_conn_id!r} is a {conn.conn_type!r} connection, not"
+                                    " a PostgreSQL database (conn_type 'postgres')")
 
     @contextmanager
     def transaction(self) -> Iterator[Cursor]:
@@ -303,6 +316,7 @@ class VectorizeHook(PostgresHook):
                 f"dimensions={wanted} was requested, but {model.describe()} produces {dims}-dimensional"
                 " vectors and cannot shorten them; omit dimensions"
             )
+        validation.check_index_dimensions(replace(project, dimensions=dims), model.describe())
         chosen = choice.for_model(model)
         if project.is_chunked:
             document_side = encoding.SideModel(model, chosen, "document")
