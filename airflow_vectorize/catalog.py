@@ -20,7 +20,13 @@ from airflow_vectorize import expressions, grants, index_build, removal
 from airflow_vectorize.exceptions import VectorizeError
 from airflow_vectorize.keys import Key
 from airflow_vectorize.models.encoding import Encoding
-from airflow_vectorize.naming import CHUNK_FTS_COLUMN, DOCUMENT_COLUMN, StorageNames, quoted
+from airflow_vectorize.naming import (
+    CHUNK_FTS_COLUMN,
+    DOCUMENT_COLUMN,
+    StorageNames,
+    quoted,
+    transaction_setting,
+)
 from airflow_vectorize.rag import ensure_prompts
 
 log = logging.getLogger(__name__)
@@ -710,7 +716,7 @@ BULK_ROWS = 10_000
 # one records the rest as one bulk row.
 UPDATED_ROWS = 1_000
 # The comment on a project's trigger function that says it is today's (``upgrade_triggers``).
-TRIGGER_LAYOUT = "airflow-vectorize realtime queue, layout 3"
+TRIGGER_LAYOUT = "airflow-vectorize realtime queue, layout 4"
 # The statement trigger that closed an UPDATE of a realtime project of layout 2.
 LEGACY_UPDATE_STATEMENT_TRIGGER = "vectorize_update_stmt_{job}"
 
@@ -732,7 +738,7 @@ def create_triggers(cur: Cursor, project: Project) -> None:
     per transaction however many rows it queued: it wakes ``PendingRowsTrigger``.
     """
     key = project.key
-    counter = sql.Literal(f"vectorize.changed_{project.name}")
+    counter = transaction_setting("changed", project.job_id)
     body = sql.SQL(
         """
         DECLARE

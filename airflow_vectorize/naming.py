@@ -34,6 +34,14 @@ def quoted(name: tuple[str, ...]) -> str:
     return ".".join('"' + part.replace('"', '""') + '"' for part in name)
 
 
+def transaction_setting(what: str, job_id: int | None) -> sql.Literal:
+    """The name of a transaction-local setting of a project's triggers (``what``: changed, removed): by job id,
+    not job name, as PostgreSQL folds setting names to lower case (``Notes`` and ``notes`` would share one)."""
+    if job_id is None:
+        raise ValueError("a project's settings are named after its job_id: insert it into the catalog first")
+    return sql.Literal(f"vectorize.{what}_{job_id}")
+
+
 @dataclass(frozen=True)
 class StorageNames:
     """Names (``*_name``: (schema, name) tuples or plain strings) and quoted identifiers of one project's

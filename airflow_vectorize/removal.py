@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from psycopg import Cursor, sql
 
-from airflow_vectorize.naming import quoted
+from airflow_vectorize.naming import quoted, transaction_setting
 
 if TYPE_CHECKING:
     from airflow_vectorize.catalog import Project
@@ -70,7 +70,14 @@ def refresh_function(cur: Cursor, project: Project) -> bool:
     row = cur.fetchone()
     if row is None or row[0] == body:
         return False
-    replace_function(cur, project)
+    from airflow_vectorize import catalog
+
+    if project.is_join and catalog.source_is_partitioned(cur, project):  # its DELETE trigger's WHEN reads _marked
+        for trigger in project.names.removal_triggers:
+            cur.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trigger), project.names.source))
+        create_triggers(cur, project)
+    else:
+        replace_function(cur, project)
     return True
 
 
@@ -112,7 +119,7 @@ def create_triggers(cur: Cursor, project: Project) -> None:
 
 def _marked(project: Project) -> sql.Literal:
     """The transaction-local setting that says a join project's marker is written (a partitioned source)."""
-    return sql.Literal(f"vectorize.removed_{project.name}")
+    return transaction_setting("removed", project.job_id)
 
 
 def _function_body(project: Project) -> sql.Composable:

@@ -251,3 +251,17 @@ def test_the_index_is_built_again_on_a_partitioned_source(docs, hook):
     assert all("m='8'" in definition for _, _, definition in indexes)
     assert indexes[0][1] == "docs_hnsw_cos_idx"
     assert (stored_ids(docs), found(hook)) == before
+
+
+def test_a_deletion_is_recorded_for_each_of_two_projects_whose_names_differ_only_in_case(database, hook):
+    """Each join project's DELETE trigger on a partitioned source is skipped once its own marker is written
+    (a transaction-local setting): PostgreSQL folds setting names to lower case, so they are named by job id."""
+    create_docs(database)
+    for job in ("Docs", "docs"):
+        hook.create_project(job, "docs", ["id", "day"], ["body"])
+        assert hook.generate_embeddings(job)["embedded"] == 80
+    database.execute("DELETE FROM docs_12 WHERE id > 77")
+    for job in ("Docs", "docs"):
+        assert database.scalar(f'SELECT count(*) FROM vectorize."_removed_{job}"') == 1, job
+        assert hook.generate_embeddings(job)["vectors_removed"] == 3, job
+        assert database.scalar(f'SELECT count(*) FROM vectorize."_embeddings_{job}"') == 77, job

@@ -416,3 +416,21 @@ def test_a_bulk_insert_is_recorded_once_and_the_realtime_run_scans_for_it(produc
     assert run["embedded"] == 11 and run["pending_only"] is False  # the bulk row made it look at every row
     assert products.scalar("SELECT count(*) FROM vectorize._bulk_shop") == 0
     assert hook.get_status("shop")["pending"] == 0 and hook.get_status("shop")["missing_rows"] == 0
+
+
+def test_two_projects_whose_names_differ_only_in_case_each_queue_every_updated_row(products, hook):
+    """Each project's update trigger counts a transaction's changed rows in a setting of its own (named by job
+    id: PostgreSQL folds setting names to lower case) and queues them key by key below UPDATED_ROWS."""
+    from airflow_vectorize.catalog import UPDATED_ROWS
+
+    insert_products(products, 1000, 600)
+    for job in ("Shop", "shop"):
+        hook.create_project(job, "products", "product_id", COLUMNS, schedule="realtime", embed_existing=True)
+    products.execute("UPDATE products SET description = description || ' (revised)'")
+    rows = products.scalar("SELECT count(*) FROM products")
+    assert UPDATED_ROWS / 2 < rows < UPDATED_ROWS
+    for job in ("Shop", "shop"):
+        assert products.scalar(f'SELECT count(*) FROM vectorize."_pending_{job}"') == rows, job
+        assert products.scalar(f'SELECT count(*) FROM vectorize."_bulk_{job}"') == 0, job
+        assert hook.generate_embeddings(job, pending_only=True)["embedded"] == rows, job
+        assert hook.get_freshness(job)["stale"] == 0, job
