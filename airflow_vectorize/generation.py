@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timezone
 from functools import partial
 from typing import Any, Callable
 
@@ -43,6 +43,7 @@ from airflow_vectorize.exceptions import (
     ProjectConflictError,
     ProjectNotFoundError,
 )
+from airflow_vectorize.naming import quoted
 from airflow_vectorize.validation import HALFVEC_MAX
 
 log = logging.getLogger(__name__)
@@ -71,36 +72,23 @@ class Scope:
     partition_index: int = 0
     partition_count: int = 1
     pending_only: bool = False
+    # The TimeZone a ``timestamp`` (without time zone) update_col is read in: the connection's, which its
+    # writers' now() used (a run's own sessions are on UTC, KEY_TEXT_SETTINGS); None for a timestamptz column.
+    update_col_zone: str | None = None
 
     @property
     def whole(self) -> bool:
         """Every row of the table: no update_col interval, no hash partition (pending_only aside)."""
         return self.since is None and self.until is None and self.partition_count == 1
 
-    def check(self, cur: psycopg.Cursor, project: Project) -> None:
+    def check(self, cur: psycopg.Cursor, project: Project) -> Scope:
         """Refuse a scope that cannot be run: since/until without an update_col, or that are not timestamps
-        (read by PostgreSQL, as the run reads them), or an empty interval; a partition out of range."""
+        (read by PostgreSQL in the connection's TimeZone, as an offset-less value means there), or an empty
+        interval; a partition out of range. Returns the scope to run: its bounds as UTC datetimes, and the zone
+        of a ``timestamp`` update_col."""
         if (self.since is not None or self.until is not None) and project.update_time_col is None:
             raise InvalidInputError(
                 f"since/until need an update_col, but project {project.name!r} was created without one"
-            )
-        for name, value in (("since", self.since), ("until", self.until)):
-            if value is None:
-                continue
-            try:
-                with cur.connection.transaction():  # a savepoint: the caller's transaction goes on
-                    cur.execute("SELECT %s::timestamptz::text", [value])
-            except psycopg.errors.DataError as error:
-                hint = (" (a rendered '{{ data_interval_start }}' is 'None' in a DAG run without a data interval)"
-                        if str(value) == "None" else "")
-                raise InvalidInputError(f"{name} must be a timestamp, got {value!r}: {error.diag.message_primary}"
-                                        f"{hint}") from error
-        if self.since is not None and self.until is not None and cur.execute(
-                "SELECT %s::timestamptz >= %s::timestamptz", [self.since, self.until]).fetchone()[0]:
-            raise InvalidInputError(
-                f"since must be before until: [{self.since}, {self.until}) holds no time, so the run would embed"
-                " nothing. A DAG run's data interval is empty with Airflow 3's cron schedules (\"@daily\"):"
-                " schedule with CronDataIntervalTimetable for intervals"
             )
         if not isinstance(self.partition_count, int) or self.partition_count < 1:
             raise InvalidInputError(f"partition_count must be a positive integer, got {self.partition_count!r}")
@@ -108,17 +96,31 @@ class Scope:
             raise InvalidInputError(
                 f"partition_index must be in [0, {self.partition_count}), got {self.partition_index!r}"
             )
+        if self.since is None and self.until is None:
+            return self
+        since, until = (_timestamp(cur, name, value) for name, value in (("since", self.since), ("until", self.until)))
+        if since is not None and until is not None and cur.execute(
+                "SELECT %s::timestamptz >= %s::timestamptz", [since, until]).fetchone()[0]:
+            raise InvalidInputError(
+                f"since must be before until: [{self.since}, {self.until}) holds no time, so the run would embed"
+                " nothing. A DAG run's data interval is empty with Airflow 3's cron schedules (\"@daily\"):"
+                " schedule with CronDataIntervalTimetable for intervals"
+            )
+        zone = cur.execute("SELECT current_setting('TimeZone') FROM pg_attribute WHERE attrelid = %s::regclass"
+                           " AND attname = %s AND atttypid = 'timestamp'::regtype",
+                           [quoted((project.schema, project.relation)), project.update_time_col]).fetchone()
+        return replace(self, since=since, until=until, update_col_zone=zone[0] if zone else None)
 
     def condition(self, project: Project) -> tuple[sql.Composable, list[Any]]:
         """SQL condition on the source alias ``r`` and its bound values."""
         parts: list[sql.Composable] = [sql.SQL("TRUE")]
         params: list[Any] = []
-        if self.since is not None:
-            parts.append(sql.SQL("r.{} >= %s::timestamptz").format(sql.Identifier(project.update_time_col)))
-            params.append(self.since)
-        if self.until is not None:
-            parts.append(sql.SQL("r.{} < %s::timestamptz").format(sql.Identifier(project.update_time_col)))
-            params.append(self.until)
+        column = sql.Identifier(project.update_time_col) if project.update_time_col else None
+        bound = sql.SQL("%s::timestamptz") if self.update_col_zone is None else sql.SQL("(%s::timestamptz AT TIME ZONE %s)")
+        for value, operator in ((self.since, ">="), (self.until, "<")):
+            if value is not None:
+                parts.append(sql.SQL("r.{} {} {}").format(column, sql.SQL(operator), bound))
+                params += [value] if self.update_col_zone is None else [value, self.update_col_zone]
         if self.partition_count > 1:
             parts.append(sql.SQL("abs(hashtextextended({}, 0) %% %s) = %s").format(project.key.as_text("r")))
             params += [self.partition_count, self.partition_index]
@@ -126,6 +128,23 @@ class Scope:
             parts.append(sql.SQL("({r_keys}) IN (SELECT {keys} FROM {queue})").format(
                 r_keys=project.key.names("r"), keys=project.key.names(), queue=project.names.queue))
         return sql.SQL(" AND ").join(parts), params
+
+
+def _timestamp(cur: psycopg.Cursor, name: str, value: datetime | str | None) -> datetime | str | None:
+    """``value`` (since / until) as PostgreSQL reads it in this session: an aware UTC datetime (infinity as
+    text); ``InvalidInputError`` when it is no timestamp."""
+    if value is None:
+        return None
+    try:
+        with cur.connection.transaction():  # a savepoint: the caller's transaction goes on
+            moment, text = cur.execute("SELECT CASE WHEN isfinite(t) THEN t END, t::text FROM (SELECT %s::timestamptz t) s",
+                                       [value]).fetchone()
+    except psycopg.errors.DataError as error:
+        hint = (" (a rendered '{{ data_interval_start }}' is 'None' in a DAG run without a data interval)"
+                if str(value) == "None" else "")
+        raise InvalidInputError(f"{name} must be a timestamp, got {value!r}: {error.diag.message_primary}"
+                                f"{hint}") from error
+    return text if moment is None else moment.astimezone(timezone.utc)
 
 
 def row_sql(project: Project, max_attempts: int | None = None) -> dict[str, sql.Composable]:

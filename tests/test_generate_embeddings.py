@@ -303,6 +303,36 @@ def test_operator_runs_a_templated_interval(database):
     assert (result["embedded"], result["since"]) == (10, "2026-11-02 00:00:00+00:00")
 
 
+@pytest.mark.parametrize("zone", ["America/New_York", "Asia/Tokyo"])
+def test_a_timestamp_update_col_and_offset_less_bounds_are_read_in_the_connection_s_time_zone(database, hook, zone):
+    """A ``timestamp`` (without time zone) column holds what its writers' now() wrote in the database's TimeZone:
+    an interval (aware, as Airflow renders it) finds a row by the moment it was written, although a run's own
+    sessions are on UTC; a bound without an offset means the same zone there as in the interval check."""
+    import psycopg
+    from psycopg import sql
+    from zoneinfo import ZoneInfo
+
+    database.execute(sql.SQL("ALTER DATABASE {} SET timezone = {}").format(sql.Identifier(database.name),
+                                                                           sql.Literal(zone)))
+    database.execute("CREATE TABLE notes (id integer PRIMARY KEY, body text, written timestamp NOT NULL)")
+    written = {1: datetime(2026, 12, 1, 12, 30, tzinfo=timezone.utc), 2: datetime(2026, 12, 1, 14, 30, tzinfo=timezone.utc)}
+    with psycopg.connect(database.uri, autocommit=True) as application:  # its now() at those moments
+        for key, moment in written.items():
+            application.execute("INSERT INTO notes VALUES (%s, 'a note about trains', %s::timestamptz::timestamp)",
+                                [key, moment])
+    hook.create_project("notes", "notes", "id", ["body"], update_col="written")
+    hour = timedelta(hours=1)
+    local = written[1].astimezone(ZoneInfo(zone)).replace(tzinfo=timezone.utc)  # its local time read as UTC
+    assert hook.generate_embeddings("notes", since=local.replace(minute=0), until=local.replace(minute=0) + hour
+                                    )["embedded"] == 0
+    assert hook.generate_embeddings("notes", since=written[1].replace(minute=0),
+                                    until=written[1].replace(minute=0) + hour)["embedded"] == 1
+    since = written[2].replace(minute=0).astimezone(ZoneInfo(zone)).replace(tzinfo=None)  # no offset: the zone's
+    result = hook.generate_embeddings("notes", since=since, until=since + hour)
+    assert result["embedded"] == 1 and result["since"] == str(written[2].replace(minute=0))
+    assert hook.get_status("notes")["embedded_rows"] == 2
+
+
 BAD_RUNS = [
     (dict(job_name="ghost"), ProjectNotFoundError, "project 'ghost' not yet initialized"),
     (dict(since=DAY), InvalidInputError, "since/until need an update_col, but project 'shop' was created without"),

@@ -826,7 +826,7 @@ class VectorizeHook(PostgresHook):
             catalog.lock_project(cur, job_name)
             self._follow_renames(cur, job_name)
             project = self._project(cur, job_name, attaching=True)
-            scope.check(cur, project)
+            scope = scope.check(cur, project)
             if max_attempts != (project.max_attempts or generation.DEFAULT_MAX_ATTEMPTS):  # status judges as it
                 recorded = None if max_attempts == generation.DEFAULT_MAX_ATTEMPTS else max_attempts
                 catalog.write_params(cur, project, replace(project, max_attempts=recorded), ("max_attempts",))
