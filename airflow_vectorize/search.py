@@ -59,7 +59,7 @@ INDEX_PATH_SETTINGS = {"enable_seqscan": "off"}
 MAX_FULL_TEXT_QUERY_BYTES = 16384  # websearch_to_tsquery runs out of stack at ~100 kB (~16k terms)
 # Keys every result row carries besides its columns: a source column of one of these names would be
 # overwritten by it.
-RESULT_KEYS = ("similarity_score", "rrf_score", "semantic_rank", "full_text_rank", "chunk")
+RESULT_KEYS = validation.RESULT_KEYS
 VECTOR_TYPES = {"vector", "halfvec", "sparsevec"}
 
 FILTER_OPERATORS: dict[str, str] = {

@@ -40,6 +40,9 @@ HALFVEC_MAX = 65504.0  # the largest finite halfvec value: a chunked project's i
 KEY_NEIGHBOUR_COLUMNS = ("embeddings", "text_md5", "enqueued_at", "error", "attempts", "first_seen", "last_seen")
 JOIN_KEY_NEIGHBOUR_COLUMNS = ("updated_at",)
 CHUNK_COLUMNS = ("chunk_no", "start_offset", "end_offset", "chunk")
+# The keys search results add to a row's columns (``search``): a key or embedded column of one of these names
+# could not be returned (and RAG returns both).
+RESULT_KEYS = ("similarity_score", "rrf_score", "semantic_rank", "full_text_rank", "chunk")
 # Columns that the view vectorize.<job>_view of a join project adds to the source's own (s.*).
 VIEW_COLUMNS = ("embeddings", "embeddings_updated_at")
 CHUNKED_VIEW_COLUMNS = ("chunk_no", "chunk", *VIEW_COLUMNS)
@@ -246,6 +249,12 @@ def check_project_source(cur: Cursor, project: Project, attaching: bool = False)
         check_identifier(name, "column")
     if project.update_time_col is not None:
         check_identifier(project.update_time_col, "update_col")
+    hidden = [c for c in (*project.key.columns, *project.columns) if c in RESULT_KEYS]
+    if hidden and not attaching:
+        raise InvalidInputError(
+            f"column(s) {hidden} have the names of keys that search results add ({', '.join(RESULT_KEYS)}): no"
+            " search or RAG call could return them; rename the column(s)"
+        )
     if project.schema == SCHEMA:
         raise InvalidInputError(
             f"source table {project.relation!r} is in schema {SCHEMA!r}, which holds the projects' catalog and"

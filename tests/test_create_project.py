@@ -211,6 +211,18 @@ def test_append_refuses_existing_columns(products, hook):
     assert snapshot(products) == before
 
 
+@pytest.mark.parametrize("column", ["chunk", "similarity_score"])
+def test_an_embedded_column_named_as_a_search_result_key_is_refused(products, hook, column):
+    """Search results add these keys to a row: RAG, which returns the embedded text, could never answer."""
+    products.execute(f"ALTER TABLE products ADD COLUMN {column} text")
+    before = snapshot(products)
+    with pytest.raises(InvalidInputError, match=rf"^column\(s\) \['{column}'\] have the names of keys that search"
+                                                r" results add \(similarity_score, .*\): no search or RAG call could"
+                                                r" return them; rename the column\(s\)$"):
+        hook.create_project("shop", "products", "product_id", ["name", column])
+    assert snapshot(products) == before
+
+
 def test_a_table_with_inheritance_children_is_refused(products, hook):
     """Rows of a table that INHERITS the source are read through it, but their writes fire none of the source's
     triggers; declarative partitions do (tests/test_partitioned_sources.py)."""
