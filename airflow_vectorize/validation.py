@@ -20,7 +20,7 @@ from airflow_vectorize.catalog import (
 )
 from airflow_vectorize.exceptions import DimensionMismatchError, InvalidInputError, SourceNotFoundError
 from airflow_vectorize.keys import Key
-from airflow_vectorize.naming import SCHEMA, quoted
+from airflow_vectorize.naming import CHUNK_FTS_COLUMN, DOCUMENT_COLUMN, SCHEMA, quoted
 
 JOB_NAME_PATTERN = re.compile(r"[A-Za-z0-9_]+")
 SAMPLE_SIZE = 5
@@ -34,12 +34,14 @@ REAL_MAX = 3.4028234663852886e38  # the largest finite real (float4); pgvector s
 INDEX_MAX_DIMENSIONS = {"vector": 2000, "halfvec": 4000}
 HALFVEC_MAX = 65504.0  # the largest finite halfvec value: a chunked project's index holds its vectors as halfvec
 
-# Columns that a project's tables put next to a copy of the source's key: the embeddings table (join),
-# the queue, the errors table and generation's staging table (catalog.create_storage, create_errors_table,
-# generation.BatchWriter). A key of one of these names would collide with them.
-KEY_NEIGHBOUR_COLUMNS = ("embeddings", "text_md5", "enqueued_at", "error", "attempts", "first_seen", "last_seen")
-JOIN_KEY_NEIGHBOUR_COLUMNS = ("updated_at",)
-CHUNK_COLUMNS = ("chunk_no", "start_offset", "end_offset", "chunk")
+# Columns that a project's tables put next to a copy of the source's key: the embeddings table (join), the
+# removed rows' table (append: removal.create_removed_table), the queue, the errors table and generation's
+# staging table (catalog.create_storage, create_errors_table, generation.BatchWriter). A key of one of these
+# names would collide with them.
+KEY_NEIGHBOUR_COLUMNS = ("embeddings", "text_md5", "enqueued_at", "error", "attempts", "first_seen", "last_seen",
+                         "updated_at")
+DOCUMENTS_COLUMNS = (DOCUMENT_COLUMN,)  # an unchunked project's documents table (catalog.create_documents_table)
+CHUNK_COLUMNS = ("chunk_no", "start_offset", "end_offset", "chunk", CHUNK_FTS_COLUMN)  # a chunked one's chunk table
 # The keys search results add to a row's columns (``search``): a key or embedded column of one of these names
 # could not be returned (and RAG returns both).
 RESULT_KEYS = ("similarity_score", "rrf_score", "semantic_rank", "full_text_rank", "chunk")
@@ -273,8 +275,7 @@ def check_project_source(cur: Cursor, project: Project, attaching: bool = False)
                 " (PARTITION BY), which projects support"
             )
     keys = [table.column(name, "primary_key") for name in project.key.columns]
-    neighbours = KEY_NEIGHBOUR_COLUMNS + (JOIN_KEY_NEIGHBOUR_COLUMNS if project.is_join else ()) + (
-        CHUNK_COLUMNS if project.is_chunked else ())
+    neighbours = KEY_NEIGHBOUR_COLUMNS + (CHUNK_COLUMNS if project.is_chunked else DOCUMENTS_COLUMNS)
     for key in keys:
         if key.name in neighbours:
             raise InvalidInputError(

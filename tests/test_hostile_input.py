@@ -199,19 +199,30 @@ def test_bad_job_names_are_refused(shop, job_name, message):
     assert snapshot(db) == before
 
 
-KEY_NEIGHBOURS = ("embeddings, text_md5, enqueued_at, error, attempts, first_seen, last_seen")
+KEY_NEIGHBOURS = "embeddings, text_md5, enqueued_at, error, attempts, first_seen, last_seen, updated_at"
 COLLISIONS = [
     # (key, other column, options, message)
     ("embeddings", "body", {}, (f"primary_key 'embeddings' of \"public\".\"clash\" has the name of a column that"
-                               f" the project's tables keep next to the key ({KEY_NEIGHBOURS}, updated_at)")),
+                               f" the project's tables keep next to the key ({KEY_NEIGHBOURS}, document)")),
     ("embeddings", "body", dict(table_method="append"), (f"primary_key 'embeddings' of \"public\".\"clash\" has the"
                                                         f" name of a column that the project's tables keep next"
-                                                        f" to the key ({KEY_NEIGHBOURS})")),
+                                                        f" to the key ({KEY_NEIGHBOURS}, document)")),
     ("updated_at", "body", {}, "primary_key 'updated_at' of \"public\".\"clash\" has the name of a column"),
+    # an append project's removed rows' table keeps updated_at (and text_md5, embeddings) next to the key
+    ("updated_at", "body", {"table_method": "append"}, (f"primary_key 'updated_at' of \"public\".\"clash\" has the"
+                                                       f" name of a column that the project's tables keep next"
+                                                       f" to the key ({KEY_NEIGHBOURS}, document); rename the key"
+                                                       " column")),
     ("enqueued_at", "body", dict(table_method="append"), "primary_key 'enqueued_at' of \"public\".\"clash\" has"),
     ("text_md5", "body", dict(table_method="append"), "primary_key 'text_md5' of \"public\".\"clash\" has"),
-    ("chunk_no", "body", dict(chunk_size=64), (f"next to the key ({KEY_NEIGHBOURS}, updated_at, chunk_no,"
-                                              " start_offset, end_offset, chunk)")),
+    # an unchunked project's documents table (key, document)
+    ("document", "body", {}, (f"primary_key 'document' of \"public\".\"clash\" has the name of a column that the"
+                              f" project's tables keep next to the key ({KEY_NEIGHBOURS}, document)")),
+    ("document", "body", {"table_method": "append"}, "primary_key 'document' of \"public\".\"clash\" has the name"),
+    ("chunk_no", "body", dict(chunk_size=64), (f"next to the key ({KEY_NEIGHBOURS}, chunk_no,"
+                                              " start_offset, end_offset, chunk, chunk_fts)")),
+    # a chunked project's chunk table keeps each chunk's full-text document
+    ("chunk_fts", "body", {"chunk_size": 64}, "primary_key 'chunk_fts' of \"public\".\"clash\" has the name of a"),
     ("id", "embeddings", {}, ("table_method 'join' makes the view vectorize.clashing_view of the columns of"
                              " \"public\".\"clash\" and embeddings, embeddings_updated_at, but \"public\".\"clash\""
                              " has column(s) ['embeddings']: rename them, or use table_method='append'")),
