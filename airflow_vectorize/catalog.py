@@ -17,7 +17,7 @@ from psycopg import Cursor, sql
 from psycopg.rows import dict_row
 
 from airflow_vectorize import expressions, grants, index_build, removal
-from airflow_vectorize.exceptions import VectorizeError
+from airflow_vectorize.exceptions import ProjectConflictError, VectorizeError
 from airflow_vectorize.keys import Key
 from airflow_vectorize.models.encoding import Encoding
 from airflow_vectorize.naming import (
@@ -573,13 +573,21 @@ def ensure_bulk_table(cur: Cursor, project: Project) -> None:
     """``vectorize._bulk_<job>`` (``StorageNames.bulk_name``): a row per bulk write a realtime run has not run
     for yet, with how many rows it wrote (NULL for an UPDATE's: ``freshness.queued`` counts them); a no-op
     when it exists (a project created before it gets it from its next generation run). Call with the project
-    locked."""
+    locked. Another relation of its name (another project's: ``_bulk_x``'s view ``_bulk_x_view`` is ``x_view``'s
+    bulk table) is a ProjectConflictError."""
     cur.execute(sql.SQL(
         "CREATE TABLE IF NOT EXISTS {} (id bigserial PRIMARY KEY, rows bigint,"
         " enqueued_at timestamptz NOT NULL DEFAULT clock_timestamp())").format(project.names.bulk))
-    cur.execute("SELECT attnotnull FROM pg_attribute WHERE attrelid = %s::regclass AND attname = 'rows'",
+    cur.execute("SELECT c.relkind, a.attnotnull FROM pg_class c LEFT JOIN pg_attribute a ON a.attrelid = c.oid"
+                " AND a.attname = 'rows' AND NOT a.attisdropped WHERE c.oid = %s::regclass",
                 [project.names.bulk.as_string(cur)])
-    if cur.fetchone()[0]:  # made before an UPDATE's bulk row left its count to the reader
+    kind, not_null = cur.fetchone()
+    if kind != "r" or not_null is None:
+        raise ProjectConflictError(
+            f"project {project.name!r} keeps its bulk writes in {'.'.join(project.names.bulk_name)}, but a"
+            f" relation of that name exists that is not its table (relkind {kind!r}; another project's, or"
+            " another tool's): drop or rename it")
+    if not_null:  # made before an UPDATE's bulk row left its count to the reader
         cur.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN rows DROP NOT NULL").format(project.names.bulk))
 
 

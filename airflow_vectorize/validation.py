@@ -361,19 +361,24 @@ def unique_together(cur: Cursor, table: Table, columns: tuple[str, ...]) -> bool
 
 
 def check_storage_free(cur: Cursor, project: Project) -> None:
-    """Refuse to create over objects left behind by another tool or an earlier version."""
-    relations = [project.names.queue_name, project.names.index_qualified_name, project.names.fts_index_qualified_name,
-                 project.names.source_fts_index_qualified_name, project.names.removed_name, project.names.errors_name]
+    """Refuse to create over objects left behind by another tool or an earlier version, or made by another
+    project whose names meet this one's (``_bulk_x``'s view is ``x_view``'s bulk table)."""
+    names = project.names
+    relations = [names.queue_name, names.bulk_name, names.index_qualified_name, names.fts_index_qualified_name,
+                 names.source_fts_index_qualified_name, names.removed_name, names.errors_name]
+    functions = [names.trigger_function_name, names.removal_function_name]
     if not project.is_chunked:
-        relations.append(project.names.documents_name)
+        relations.append(names.documents_name)
     if project.is_join:
-        relations += [project.names.target_name, project.names.view_name]
+        relations += [names.target_name, names.view_name]
+        functions.append(names.view_function_name)
     cur.execute(
         "SELECT s || '.' || n FROM unnest(%s::text[], %s::text[]) AS r(s, n)"
         " WHERE to_regclass(format('%%I.%%I', s, n)) IS NOT NULL"
-        " UNION ALL SELECT %s WHERE to_regprocedure(format('%%I.%%I()', %s::text, %s::text)) IS NOT NULL",
-        [[s for s, _ in relations], [n for _, n in relations],
-         ".".join(project.names.trigger_function_name) + "()", *project.names.trigger_function_name],
+        " UNION ALL SELECT s || '.' || n || '()' FROM unnest(%s::text[], %s::text[]) AS f(s, n)"
+        " WHERE EXISTS (SELECT FROM pg_proc p JOIN pg_namespace ns ON ns.oid = p.pronamespace"
+        "               WHERE ns.nspname = s AND p.proname = n)",
+        [[s for s, _ in relations], [n for _, n in relations], [s for s, _ in functions], [n for _, n in functions]],
     )
     leftovers = [row[0] for row in cur.fetchall()]
     if leftovers:

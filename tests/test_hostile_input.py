@@ -249,6 +249,49 @@ def test_names_colliding_with_project_storage_are_refused(shop, key, column, opt
     assert snapshot(db) == before
 
 
+# Projects whose derived names meet: the second's (job name, the first's object with its name).
+MEETING_NAMES = [
+    ("_bulk_x", "x_view", "vectorize._bulk_x_view"),  # _bulk_x's view is x_view's bulk table
+    ("x_view", "_bulk_x", "vectorize._bulk_x_view"),
+    ("x_view_rows", "handle_update_x", "vectorize.handle_update_x_view_rows()"),  # a view's function, a trigger's
+    ("x_view_rows", "handle_removal_x", "vectorize.handle_removal_x_view_rows()"),
+    ("handle_removal_z", "z_view_rows", "vectorize.handle_removal_z_view_rows()"),
+    ("handle_update_y", "y_view_rows", "vectorize.handle_update_y_view_rows()"),
+]
+
+
+@pytest.mark.parametrize("first, second, taken", MEETING_NAMES, ids=[f"{a}+{b}" for a, b, _ in MEETING_NAMES])
+def test_job_names_whose_derived_names_meet_another_projects_are_refused(database, hook, first, second, taken):
+    """Before, these failed with a TypeError (the bulk table assumed to be a table) or PostgreSQL's
+    DuplicateFunction / InvalidFunctionDefinition."""
+    database.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+    hook.create_project(first, "notes", "id", ["body"])
+    before = snapshot(database)
+
+    with pytest.raises(InvalidInputError, match=exact(
+            f"project {second!r} is not in the catalog, but objects with its names exist: {taken}.")):
+        hook.create_project(second, "notes", "id", ["body"])
+
+    assert snapshot(database) == before
+
+
+def test_a_relation_in_the_place_of_a_projects_bulk_table_is_a_conflict(database, hook):
+    """A project made before its bulk table (which its next run makes) whose name another relation took."""
+    from airflow_vectorize.exceptions import ProjectConflictError
+
+    database.execute("CREATE TABLE notes (id int PRIMARY KEY, body text); INSERT INTO notes VALUES (1, 'a note')")
+    hook.create_project("x_view", "notes", "id", ["body"])
+    database.execute("DROP TABLE vectorize._bulk_x_view; CREATE VIEW vectorize._bulk_x_view AS SELECT 1 AS one")
+    before = snapshot(database)
+
+    with pytest.raises(ProjectConflictError, match=exact(
+            "project 'x_view' keeps its bulk writes in vectorize._bulk_x_view, but a relation of that name exists"
+            " that is not its table (relkind 'v'; another project's, or another tool's): drop or rename it")):
+        hook.generate_embeddings("x_view")
+
+    assert snapshot(database) == before
+
+
 BAD_IMPORT_NAMES = [
     # The 63-byte table exists: a 64-byte name would silently import from it.
     (dict(src_table=E63 + "e"), cut(f"src_table {E63 + 'e'!r}", 64, E63)),
