@@ -149,9 +149,11 @@ class Project:
         return params
 
     def config(self) -> dict[str, Any]:
-        """The configuration ``create_project`` compares, the index's options as they take effect: pgvector's
-        defaults stated (``hnsw_m=16``) are the same as left out."""
+        """The configuration ``create_project`` compares (and ``alter_project``, for the index's), the index's
+        options as they take effect: pgvector's defaults stated (``hnsw_m=16``) are the same as left out, and a
+        chunked project's index is halfvec whatever ``halfvec_index`` says."""
         config = {field: getattr(self, field) for field in CONFIG_FIELDS}
+        config["halfvec_index"] = self.half_index
         config["hnsw_m"] = index_build.DEFAULT_M if self.hnsw_m is None else self.hnsw_m
         if self.hnsw_ef_construction is None:
             config["hnsw_ef_construction"] = (CHUNK_INDEX_EF_CONSTRUCTION if self.is_chunked

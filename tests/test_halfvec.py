@@ -87,3 +87,25 @@ def test_recall_stays_with_the_full_precision_index(database, hook):
     last = tuned["curves"][0]["points"][-1]
     found = [{r["id"] for r in hook.search("half_points", q, ["id"], 10, ef_search=last["ef_search"])} for q in queries]
     assert last["recall"] == pytest.approx(float(np.mean([len(f & e) / 10 for f, e in zip(found, exact)])), abs=1e-4)
+
+
+def index_oid(db, job: str) -> int:
+    return db.scalar("SELECT to_regclass(%s)::oid", [f"vectorize.{job}_hnsw_cos_idx"])
+
+
+def test_a_chunked_projects_index_is_half_precision_whatever_halfvec_index_says(products, hook):
+    """Stating a chunked project's halfvec index is its configuration (before: a conflict at create, and an alter
+    that reported a change and built the same index again)."""
+    options = {"chunk_size": 64, "schedule": "manual"}
+    hook.create_project("chunks", "products", "product_id", COLUMNS, embed_existing=True, **options)
+    oid = index_oid(products, "chunks")
+    before = snapshot(products)
+
+    assert hook.create_project("chunks", "products", "product_id", COLUMNS, halfvec_index=True, **options)[
+        "created"] is False
+    assert hook.alter_project("chunks", halfvec_index=True) == {"job_name": "chunks", "changed": {}}
+    assert hook.alter_project("chunks", hnsw_m=16) == {"job_name": "chunks", "changed": {}}  # pgvector's default
+    assert hook.create_project("chunks", "products", "product_id", COLUMNS, **options)["created"] is False
+
+    assert index_oid(products, "chunks") == oid  # not built again
+    assert snapshot(products) == before

@@ -488,8 +488,11 @@ class VectorizeHook(PostgresHook):
             changed = {field: [before, after] for field, before, after in (
                 ("schedule", project.schedule, altered.schedule),
                 ("columns", list(project.columns), list(altered.columns)),
-                ("update_col", project.update_time_col, altered.update_time_col),
-                *((name, getattr(project, name), getattr(reindexed, name)) for name in index)) if before != after}
+                ("update_col", project.update_time_col, altered.update_time_col)) if before != after}
+            # the index's settings as they take effect (``Project.config``): hnsw_m=16 is pgvector's default, a
+            # chunked project's index is halfvec already; a change of none of them builds nothing again
+            changed.update({name: [getattr(project, name), getattr(reindexed, name)] for name in index
+                            if project.config()[name] != reindexed.config()[name]})
             if changed.keys() - index.keys():
                 self._alter_in_place(cur, project, altered, changed)
         if changed.keys() - index.keys():
