@@ -91,6 +91,26 @@ def altered(project: Project, given: dict[str, Any]) -> Project:
     return wanted
 
 
+def check_half_range(cur: Cursor, project: Project, wanted: Project) -> None:
+    """Refuse ``wanted``'s half-precision index when ``project``'s stored vectors hold values beyond halfvec's range
+    (an import into a full-precision project takes any ``real``), as an import into a half-precision project
+    refuses them: the count and a few keys."""
+    if not wanted.half_index or project.half_index:
+        return
+    emb = sql.Identifier("e", project.names.embeddings_column)
+    cur.execute(sql.SQL(
+        "SELECT count(*), (array_agg({key}))[1:{sample}] FROM {target} e WHERE vector_norm({emb}) > {m}"
+        " AND EXISTS (SELECT FROM unnest({emb}::real[]) x WHERE abs(x) > {m})"
+    ).format(key=project.key.as_text("e"), sample=sql.Literal(validation.SAMPLE_SIZE), target=project.names.target,
+             emb=emb, m=sql.Literal(validation.HALFVEC_MAX)))
+    count, keys = cur.fetchone()
+    if count:
+        raise InvalidInputError(
+            f"project {project.name!r} cannot have halfvec_index=True: {count} row(s) hold vectors with values beyond"
+            f" the range of halfvec (|x| > {validation.HALFVEC_MAX:g}), which its index would hold; e.g. keys {keys}."
+            " Nothing was changed.")
+
+
 def rebuild(cur: Cursor, project: Project, wanted: Project, build_cap: int) -> dict[str, Any]:
     """Give ``project`` the index ``wanted`` describes, on ``cur``'s autocommit connection, which holds the
     project's rebuild lock (``rebuild_lock``). Returns ``rebuilt`` (False: the project had no index, a bulk

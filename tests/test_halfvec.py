@@ -93,6 +93,28 @@ def index_oid(db, job: str) -> int:
     return db.scalar("SELECT to_regclass(%s)::oid", [f"vectorize.{job}_hnsw_cos_idx"])
 
 
+@pytest.mark.parametrize("table_method", ["join", "append"])
+def test_a_half_index_is_refused_over_stored_values_beyond_half_precision(products, hook, model, table_method):
+    """An import into a full-precision project takes any real; alter_project(halfvec_index=True) then refuses
+    those values as an import into a half-precision project does (before: a raw NumericValueOutOfRange)."""
+    create_embeddings_table(products, model)
+    products.execute("UPDATE product_embeddings SET embedding[1] = 70000 WHERE product_id IN (3, 5)")
+    hook.create_project("full", "products", "product_id", COLUMNS, schedule="manual", table_method=table_method)
+    hook.import_embeddings("full", "product_embeddings", "product_id", "embedding")
+    before = snapshot(products)
+
+    with pytest.raises(InvalidInputError) as raised:
+        hook.alter_project("full", halfvec_index=True, schedule="realtime")
+
+    assert str(raised.value) == (
+        "project 'full' cannot have halfvec_index=True: 2 row(s) hold vectors with values beyond the range of"
+        " halfvec (|x| > 65504), which its index would hold; e.g. keys ['3', '5']. Nothing was changed.")
+    assert snapshot(products) == before
+    products.execute("UPDATE product_embeddings SET embedding[1] = 0.01 WHERE product_id IN (3, 5)")
+    hook.import_embeddings("full", "product_embeddings", "product_id", "embedding")
+    assert hook.alter_project("full", halfvec_index=True)["changed"] == {"halfvec_index": [False, True]}
+
+
 def test_a_chunked_projects_index_is_half_precision_whatever_halfvec_index_says(products, hook):
     """Stating a chunked project's halfvec index is its configuration (before: a conflict at create, and an alter
     that reported a change and built the same index again)."""

@@ -493,6 +493,7 @@ class VectorizeHook(PostgresHook):
             # chunked project's index is halfvec already; a change of none of them builds nothing again
             changed.update({name: [getattr(project, name), getattr(reindexed, name)] for name in index
                             if project.config()[name] != reindexed.config()[name]})
+            index_rebuild.check_half_range(cur, project, reindexed)
             if changed.keys() - index.keys():
                 self._alter_in_place(cur, project, altered, changed)
         if changed.keys() - index.keys():
