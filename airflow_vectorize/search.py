@@ -537,14 +537,18 @@ def _vector_statement(
         select, exists = _column_list(columns), []
     where = sql.SQL(" AND ").join([*_conditions(shape), *exists, _written_guard(storage, storage_oid)])
     if project.half_index:
-        # The index's half-precision order picks HALF_RERANK × limit candidates; the full vectors rank them.
+        # The index's half-precision order picks HALF_RERANK × limit candidates; the full vectors rank them. The
+        # subquery's columns are named by position (n(c0, c1, …, d)): none can meet a source column's name.
+        renamed = [sql.Identifier(f"c{i}") for i in range(len(columns))]
         return sql.SQL(
-            "SELECT {outer}, {similarity} AS similarity_score FROM (SELECT {select}, {distance} AS vectorize_d"
-            " FROM {vector_from} WHERE {emb} IS NOT NULL AND {where} ORDER BY {order} LIMIT {candidates}) n"
-            " ORDER BY n.vectorize_d LIMIT {limit}"
-        ).format(outer=sql.SQL(", ").join(sql.Identifier("n", c) for c in columns), select=select, where=where,
+            "SELECT {outer}, {similarity} AS similarity_score FROM (SELECT {select}, {distance}"
+            " FROM {vector_from} WHERE {emb} IS NOT NULL AND {where} ORDER BY {order} LIMIT {candidates})"
+            " n({renamed}, d) ORDER BY n.d LIMIT {limit}"
+        ).format(outer=sql.SQL(", ").join(sql.SQL("n.{} AS {}").format(r, sql.Identifier(c))
+                                           for r, c in zip(renamed, columns)),
+                 renamed=sql.SQL(", ").join(renamed), select=select, where=where,
                  candidates=sql.Literal(limit * HALF_RERANK), limit=sql.Literal(limit),
-                 similarity=sql.SQL(SIMILARITY[project.index_dist_type]).format(sql.SQL("n.vectorize_d")),
+                 similarity=sql.SQL(SIMILARITY[project.index_dist_type]).format(sql.SQL("n.d")),
                  **{k: v for k, v in parts.items() if k != "similarity"}).as_string()
     return sql.SQL(
         "SELECT {select}, {similarity} AS similarity_score FROM {vector_from}"

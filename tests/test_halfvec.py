@@ -131,3 +131,22 @@ def test_a_chunked_projects_index_is_half_precision_whatever_halfvec_index_says(
 
     assert index_oid(products, "chunks") == oid  # not built again
     assert snapshot(products) == before
+
+
+@pytest.mark.parametrize("table_method", ["join", "append"])
+def test_source_columns_named_like_the_searchs_own_names_are_returned(database, hook, table_method):
+    """The half-precision search reads its candidates in a subquery: source columns named like its distance
+    (``vectorize_d``, before: AmbiguousColumn) or its positional names come back as they are."""
+    database.execute("CREATE TABLE notes (id int PRIMARY KEY, body text, vectorize_d text, d int, c0 text);"
+                     " INSERT INTO notes VALUES (1, 'a phone with a camera', 'x', 10, 'y'),"
+                     " (2, 'a garden hose', 'z', 20, 'w')")
+    hook.create_project("half", "notes", "id", ["body"], halfvec_index=True, table_method=table_method,
+                        embed_existing=True)
+
+    rows = hook.search("half", "phone", num_results=2)
+    assert [{k: v for k, v in r.items() if k != "similarity_score"} for r in rows] == [
+        {"id": 1, "body": "a phone with a camera", "vectorize_d": "x", "d": 10, "c0": "y"},
+        {"id": 2, "body": "a garden hose", "vectorize_d": "z", "d": 20, "c0": "w"}]
+    assert rows[0]["similarity_score"] > rows[1]["similarity_score"]
+    assert [list(r) for r in hook.search("half", "phone", ["vectorize_d", "c0", "id"], 1)] == [
+        ["vectorize_d", "c0", "id", "similarity_score"]]
