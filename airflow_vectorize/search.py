@@ -297,9 +297,18 @@ def query_vector(project: Project, query: Any, embed: Callable[[str], Any] | Non
     values = memoryview(vector)
     if not math.isfinite(sum(values)):
         raise InvalidInputError("query vector contains NaN or infinite values")
-    if project.half_index and not -validation.HALFVEC_MAX <= min(values) <= max(values) <= validation.HALFVEC_MAX:
-        raise InvalidInputError(f"query vector has values beyond the range of halfvec (|x| >"
-                                f" {validation.HALFVEC_MAX:g}), in which project {project.name!r} is indexed")
+    cosine = project.index_dist_type == "pgv_hnsw_cosine"
+    if project.half_index or cosine:
+        low, high = min(values), max(values)
+        if project.half_index and not -validation.HALFVEC_MAX <= low <= high <= validation.HALFVEC_MAX:
+            raise InvalidInputError(f"query vector has values beyond the range of halfvec (|x| >"
+                                    f" {validation.HALFVEC_MAX:g}), in which project {project.name!r} is indexed")
+        tiny = validation.HALFVEC_ZERO_MAX if project.half_index else 0.0
+        if cosine and -tiny <= low and high <= tiny:
+            held = (f" as halfvec, in which project {project.name!r} is indexed (every |x| <= {tiny:.3g})"
+                    if project.half_index else "")
+            raise InvalidInputError(f"query vector is zero{held}: it has no cosine distance to any vector (project"
+                                    f" {project.name!r} searches by cosine); give a non-zero vector")
     return vector
 
 

@@ -33,6 +33,7 @@ REAL_MAX = 3.4028234663852886e38  # the largest finite real (float4); pgvector s
 # pgvector's HNSW index takes vectors of at most this many dimensions, by the type the index holds
 INDEX_MAX_DIMENSIONS = {"vector": 2000, "halfvec": 4000}
 HALFVEC_MAX = 65504.0  # the largest finite halfvec value: a chunked project's index holds its vectors as halfvec
+HALFVEC_ZERO_MAX = 2.0 ** -25  # values of at most this size are 0 as halfvec (half its smallest subnormal, 2^-24)
 
 # Columns that a project's tables put next to a copy of the source's key: the embeddings table (join), the
 # removed rows' table (append: removal.create_removed_table), the queue, the errors table and generation's
@@ -502,9 +503,7 @@ def check_import_rows(cur: Cursor, project: Project, table: Table, keys: list[Co
                 "EXISTS (SELECT FROM unnest({e}) x WHERE abs(x) > {m} AND abs(x) < 'Infinity')"
             ).format(e=e, m=sql.Literal(REAL_MAX))))
     if project.index_dist_type == "pgv_hnsw_cosine":  # no cosine distance: never found, yet counted as embedded
-        zero = "NOT EXISTS (SELECT FROM unnest({e}) x WHERE x <> 0)" if is_array else (
-            "l2_norm({e}) = 0" if emb.typname == "halfvec" else "vector_norm({e}) = 0")
-        checks.append(("zero vectors, which have no cosine distance", sql.SQL(zero).format(e=e)))
+        checks.append(_zero_vectors(project, emb, e))
     if project.half_index and emb.typname != "halfvec":  # a half-precision index: catalog.index_expression
         # (a vector is unnested only when its norm, pgvector's vector_norm, allows such a value)
         beyond = ("" if is_array else "vector_norm({e}) > {m} AND ") + \
@@ -577,6 +576,24 @@ def check_import_rows(cur: Cursor, project: Project, table: Table, keys: list[Co
         rows=result["total"],
         already_embedded=None if project.is_join else result["already_embedded"],
     )
+
+
+def _zero_vectors(project: Project, emb: Column, e: sql.Identifier) -> tuple[str, sql.Composable]:
+    """The import's check of vectors without a cosine distance: zero, or zero as the project's half-precision
+    index holds them (every value within HALFVEC_ZERO_MAX)."""
+    is_array = emb.category == "A"
+    if not project.half_index or emb.typname == "halfvec":
+        zero = "NOT EXISTS (SELECT FROM unnest({e}) x WHERE x <> 0)" if is_array else (
+            "l2_norm({e}) = 0" if emb.typname == "halfvec" else "vector_norm({e}) = 0")
+        return "zero vectors, which have no cosine distance", sql.SQL(zero).format(e=e)
+    # (a vector is unnested only when its norm allows every value to be that small)
+    small = ("" if is_array else "vector_norm({e}) <= {bound} AND ") + \
+        "NOT EXISTS (SELECT FROM unnest({e}{cast}) x WHERE abs(x) > {t} OR x IS NULL)"
+    label = (f"zero vectors as the project's half-precision index holds them (every |x| <= {HALFVEC_ZERO_MAX:.3g}),"
+             " which have no cosine distance")
+    return (label,
+            sql.SQL(small).format(e=e, cast=sql.SQL("" if is_array else "::real[]"), t=sql.Literal(HALFVEC_ZERO_MAX),
+                                  bound=sql.Literal(HALFVEC_ZERO_MAX * project.dimensions ** 0.5 * 1.001)))
 
 
 def _spelled(key: Key) -> str:

@@ -150,3 +150,50 @@ def test_source_columns_named_like_the_searchs_own_names_are_returned(database, 
     assert rows[0]["similarity_score"] > rows[1]["similarity_score"]
     assert [list(r) for r in hook.search("half", "phone", ["vectorize_d", "c0", "id"], 1)] == [
         ["vectorize_d", "c0", "id", "similarity_score"]]
+
+
+TINY = [1e-8] * 384  # non-zero, but 0 as halfvec (below half precision's smallest subnormal, 2^-24)
+
+
+@pytest.mark.parametrize("halfvec_index", [False, True])
+def test_cosine_queries_without_a_direction_are_refused(products, hook, halfvec_index):
+    """A zero query vector (or, for a half-precision index, one that is zero as halfvec) has no cosine distance:
+    before, such a search returned arbitrary rows with a NaN similarity."""
+    hook.create_project("shop", "products", "product_id", COLUMNS, halfvec_index=halfvec_index, embed_existing=True)
+    held = (" as halfvec, in which project 'shop' is indexed (every |x| <= 2.98e-08)" if halfvec_index else "")
+    before = snapshot(products)
+    for query in ([0.0] * 384, *([TINY] if halfvec_index else [])):
+        with pytest.raises(InvalidInputError) as raised:
+            hook.search("shop", query, num_results=3)
+        assert str(raised.value) == (f"query vector is zero{held}: it has no cosine distance to any vector"
+                                     " (project 'shop' searches by cosine); give a non-zero vector")
+    assert snapshot(products) == before
+    if not halfvec_index:  # non-zero at full precision: searched
+        assert len(hook.search("shop", TINY, num_results=3)) == 3
+    hook.create_project("shop_l2", "products", "product_id", COLUMNS, index_dist_type="pgv_hnsw_l2",
+                        halfvec_index=halfvec_index, embed_existing=True)
+    assert len(hook.search("shop_l2", [0.0] * 384, num_results=3)) == 3  # a distance for L2
+
+
+@pytest.mark.parametrize("column_type", ["vector(384)", "real[]"])
+def test_imported_vectors_that_are_zero_at_half_precision_are_refused(products, hook, model, column_type):
+    """As zero vectors are in a cosine project: with a half-precision index the index holds them as halfvec,
+    where such a vector is zero (before: imported, and never found)."""
+    from psycopg import sql
+
+    create_embeddings_table(products, model, column_type=sql.SQL(column_type))
+    products.execute("UPDATE product_embeddings SET embedding = %s WHERE product_id IN (4, 7)",
+                     [np.array(TINY, dtype=np.float32) if column_type.startswith("vector") else TINY])
+    hook.create_project("half", "products", "product_id", COLUMNS, halfvec_index=True, schedule="manual")
+    hook.create_project("full", "products", "product_id", COLUMNS, schedule="manual")
+    before = snapshot(products)
+
+    with pytest.raises(InvalidInputError) as raised:
+        hook.import_embeddings("half", "product_embeddings", "product_id", "embedding")
+
+    assert str(raised.value) == (
+        "cannot import embeddings into project 'half' from \"public\".\"product_embeddings\" (key 'product_id',"
+        " embeddings 'embedding'): 2 row(s) with zero vectors as the project's half-precision index holds them"
+        " (every |x| <= 2.98e-08), which have no cosine distance; e.g. keys ['4', '7']. Nothing was written.")
+    assert snapshot(products) == before
+    assert hook.import_embeddings("full", "product_embeddings", "product_id", "embedding")["imported"] == 24
