@@ -256,9 +256,21 @@ def lock_project(cur: Cursor, job_name: str) -> None:
 
 # -- catalog reads and writes ------------------------------------------------------------------------
 def ensure_vector_extension(cur: Cursor) -> None:
-    """Create pgvector when it is available but not yet installed in this database."""
-    cur.execute("SELECT 1 FROM pg_extension WHERE extname = 'vector'")
-    if cur.fetchone():
+    """Create pgvector when it is available but not yet installed in this database; a VectorizeError when it is
+    installed in a schema this session's ``search_path`` does not hold (its types would not be found)."""
+    cur.execute("SELECT n.nspname, to_regtype('vector') IS NOT NULL FROM pg_extension e"
+                " JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'vector'")
+    installed = cur.fetchone()
+    if installed and not installed[1]:
+        database = cur.connection.info.dbname
+        path = cur.execute("SHOW search_path").fetchone()[0]
+        raise VectorizeError(
+            f"pgvector is installed in schema {installed[0]!r} of database {database!r}, which is not on this"
+            f" connection's search_path ({path}), so its type vector cannot be found. Add the schema to the"
+            f" database's search_path (ALTER DATABASE {sql.Identifier(database).as_string(cur)} SET search_path ="
+            f" \"$user\", public, {sql.Identifier(installed[0]).as_string(cur)}; new sessions take it) or to the"
+            " connection's (options: -c search_path=...)")
+    if installed:
         return
     try:
         with cur.connection.transaction():

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 from conftest import create_products, snapshot
 
-from airflow_vectorize.exceptions import InvalidInputError, ModelConnectionError, ProjectConflictError
+from airflow_vectorize.exceptions import (
+    InvalidInputError,
+    ModelConnectionError,
+    ProjectConflictError,
+    VectorizeError,
+)
 
 COLUMNS = ["name", "description"]
 
@@ -289,3 +294,21 @@ def test_a_3072_dimension_model_is_served_by_a_halfvec_index(products, hook, emb
     assert [row["product_id"] for row in hook.search("wide", "espresso machine", num_results=1)] == [
         products.scalar("SELECT product_id FROM products WHERE name ILIKE '%espresso%'")]
     hook.drop_project("wide")
+
+
+def test_pgvector_in_a_schema_off_the_search_path_is_named(products, hook):
+    """Before: a raw UndefinedObject (type "vector" does not exist) from the embeddings table's CREATE."""
+    products.execute("CREATE SCHEMA ext; ALTER EXTENSION vector SET SCHEMA ext")
+    before = snapshot(products)
+
+    with pytest.raises(VectorizeError) as raised:
+        hook.create_project("shop", "products", "product_id", COLUMNS)
+
+    assert str(raised.value) == (
+        f"pgvector is installed in schema 'ext' of database {products.name!r}, which is not on this connection's"
+        f' search_path ("$user", public), so its type vector cannot be found. Add the schema to the database\'s'
+        f' search_path (ALTER DATABASE "{products.name}" SET search_path = "$user", public, "ext"; new sessions'
+        " take it) or to the connection's (options: -c search_path=...)")
+    assert snapshot(products) == before
+    products.execute(f'ALTER DATABASE "{products.name}" SET search_path = "$user", public, ext')
+    assert hook.create_project("shop", "products", "product_id", COLUMNS)["created"] is True
