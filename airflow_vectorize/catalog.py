@@ -16,7 +16,7 @@ import psycopg
 from psycopg import Cursor, sql
 from psycopg.rows import dict_row
 
-from airflow_vectorize import expressions, grants, index_build, removal
+from airflow_vectorize import expressions, grants, index_build, legacy_fts, removal
 from airflow_vectorize.exceptions import ProjectConflictError, VectorizeError
 from airflow_vectorize.keys import Key
 from airflow_vectorize.models.encoding import Encoding
@@ -916,10 +916,8 @@ def drop_storage(cur: Cursor, project: Project, source_exists: bool) -> None:
         home = append_home(cur, project)
         project, source_exists = (home, True) if home is not None else (project, False)
     drop_triggers(cur, project)  # also from a table the source was renamed to
-    if source_exists:
-        # On the source: a project's created before the documents table (or a chunked project's before chunk tables).
-        cur.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(
-            sql.Identifier(*project.names.source_fts_index_qualified_name)))
+    if source_exists:  # a project's created before the documents table (never the user's of that name)
+        legacy_fts.drop_source_fts_index(cur, project)
     if project.is_join:
         cur.execute(sql.SQL("DROP VIEW IF EXISTS {}; DROP FUNCTION IF EXISTS {}(); DROP TABLE IF EXISTS {}").format(
             project.names.view, project.names.view_function, project.names.target))

@@ -7,7 +7,7 @@ from typing import Any
 import psycopg
 from psycopg import Cursor, sql
 
-from airflow_vectorize import catalog, expressions, removal
+from airflow_vectorize import catalog, expressions, legacy_fts, removal
 from airflow_vectorize.catalog import Project, create_index, drop_index_unless_busy
 from airflow_vectorize.chunking import TextSplitter
 from airflow_vectorize.exceptions import InvalidInputError
@@ -244,7 +244,7 @@ def ensure_documents(cur: Cursor, project: Project) -> bool:
              r_keys=project.key.names("r"), text=expressions.fts_document(project, "r"),
              rows=expressions.stored_rows(project), stored=stored_md5, current=expressions.text_md5(project, "r")))
     cur.execute(catalog.fts_index_statement(project))
-    cur.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(*project.names.source_fts_index_qualified_name)))
+    legacy_fts.drop_source_fts_index(cur, project)
     return True
 
 

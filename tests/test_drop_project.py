@@ -104,3 +104,47 @@ def test_dropping_the_project_of_a_busy_source_lets_the_application_through_then
 
     assert refused and snapshot(products) == before
     assert hook.drop_project("shop")["dropped"]
+
+
+def index_tables(db, name: str) -> list[str]:
+    """The tables that have an index named ``name`` in schema public."""
+    return [r[0] for r in db.execute("SELECT tablename FROM pg_indexes WHERE schemaname = 'public' AND indexname = %s",
+                                     [name])]
+
+
+LEGACY_DOCUMENTS = {  # the full-text expressions earlier versions indexed on the source
+    "today": "to_tsvector('english', left(coalesce(name::text, '') || ' ' || coalesce(description::text, ''), 100000))",
+    "first": "to_tsvector('english', coalesce(name::text, '') || ' ' || coalesce(description::text, ''))",
+}
+
+
+@pytest.mark.parametrize("table_method", ["join", "append"])
+def test_an_index_of_the_users_named_like_the_projects_full_text_index_stays(products, hook, table_method):
+    """``<job>_fts_idx`` in the source's schema was the index of projects made before the documents table: drop
+    and the move to stored documents drop it only when it is that one (before: whatever index had the name)."""
+    hook.create_project("products", "products", "product_id", COLUMNS, table_method=table_method, embed_existing=True)
+    products.execute("CREATE TABLE articles (id int PRIMARY KEY, body text);"
+                     " CREATE INDEX products_fts_idx ON articles USING gin (to_tsvector('english', body))")
+    products.execute("DROP TABLE vectorize._documents_products")  # as a project made before the documents table
+    hook.generate_embeddings("products")  # ... moves to stored documents
+
+    assert products.scalar("SELECT to_regclass('vectorize._documents_products') IS NOT NULL")
+    assert index_tables(products, "products_fts_idx") == ["articles"]
+    hook.drop_project("products")
+    assert index_tables(products, "products_fts_idx") == ["articles"]
+    # on the source, but another expression than the project's: the user's too
+    products.execute("DROP INDEX products_fts_idx")
+    hook.create_project("products", "products", "product_id", COLUMNS, table_method=table_method)
+    products.execute("CREATE INDEX products_fts_idx ON products USING gin (to_tsvector('simple', name))")
+    hook.drop_project("products")
+    assert index_tables(products, "products_fts_idx") == ["products"]
+
+
+@pytest.mark.parametrize("version", LEGACY_DOCUMENTS)
+def test_a_projects_full_text_index_on_its_source_is_dropped(products, hook, version):
+    hook.create_project("shop", "products", "product_id", COLUMNS)
+    products.execute(f"CREATE INDEX shop_fts_idx ON products USING gin (({LEGACY_DOCUMENTS[version]}))")
+
+    hook.drop_project("shop")
+
+    assert index_tables(products, "shop_fts_idx") == []
