@@ -44,16 +44,45 @@ class Freshness:
         return asdict(self)
 
 
-def queued(project: Project, bulk: bool, unqueued: sql.Composable | None = None) -> sql.Composable:
+@dataclass(frozen=True)
+class Tables:
+    """Which of its tables a project created by an earlier version may lack has (until its next generation
+    run or writing call: ``storage.upgrade_layout``): ``bulk`` (``_bulk_<job>``), ``errors`` (``_errors_<job>``;
+    none: no row failed). Read-only calls read around a missing one instead of creating it."""
+
+    bulk: bool = True
+    errors: bool = True
+
+
+PRESENT = "SELECT to_regclass(%s) IS NOT NULL, to_regclass(%s) IS NOT NULL"
+
+
+def present_params(project: Project) -> list[str]:
+    """``PRESENT``'s parameters for ``project``."""
+    return [quoted(project.names.bulk_name), quoted(project.names.errors_name)]
+
+
+def tables(cur: psycopg.Cursor, project: Project) -> Tables:
+    """The project's ``Tables`` (one catalog read)."""
+    return Tables(*cur.execute(PRESENT, present_params(project)).fetchone())
+
+
+async def atables(conn: psycopg.AsyncConnection, project: Project) -> Tables:
+    """``tables`` on an async connection."""
+    cur = await conn.execute(PRESENT, present_params(project))
+    return Tables(*await cur.fetchone())
+
+
+def queued(project: Project, present: Tables, unqueued: sql.Composable | None = None) -> sql.Composable:
     """Rows queued for the next realtime run: the keys in the queue, plus the rows of the bulk writes it has
-    not run for yet (``bulk``: the project has a ``_bulk_<job>`` table; one created before has none until its
-    next generation run). A bulk row without a count (a large UPDATE's) makes that the rows due that are not
-    in the queue (they include those of the other bulk rows): ``unqueued``, or counted by a scan of its own."""
+    not run for yet (when the project has a ``_bulk_<job>`` table: ``present.bulk``). A bulk row without a
+    count (a large UPDATE's) makes that the rows due that are not in the queue (they include those of the
+    other bulk rows): ``unqueued``, or counted by a scan of its own."""
     keys = sql.SQL("(SELECT count(*) FROM {})").format(project.names.queue)
-    if not bulk:
+    if not present.bulk:
         return keys
     if unqueued is None:
-        p = row_sql(project)
+        p = row_sql(project, errors=present.errors)
         unqueued = sql.SQL(
             "(SELECT count(*) FROM {rows} WHERE {needs} AND {text} <> ''"
             " AND NOT EXISTS (SELECT FROM {queue} q WHERE {queued}))"
@@ -73,35 +102,29 @@ def oldest(project: Project, bulk: bool) -> sql.Composable:
     return sql.SQL("least({}, (SELECT min(enqueued_at) FROM {}))").format(oldest, project.names.bulk)
 
 
-BULK_EXISTS = "SELECT to_regclass(%s) IS NOT NULL"
-
-
-def statement(project: Project, bulk: bool) -> sql.Composed:
+def statement(project: Project, present: Tables) -> sql.Composed:
     """(pending, stale, lag, failed); one scan of the source counts the rows due, and those not queued (an
     outer join, not a correlated EXISTS, so that the scan may stay parallel)."""
-    p = row_sql(project)
+    p = row_sql(project, errors=present.errors)
     rows, unqueued = p["from"], sql.SQL("NULL::bigint")
-    if bulk:
+    if present.bulk:
         rows = sql.SQL("{} LEFT JOIN {} q ON {}").format(rows, project.names.queue, project.key.equals("q", "r"))
         unqueued = sql.SQL("count(*) FILTER (WHERE {} IS NULL)").format(sql.Identifier("q", project.key.columns[0]))
+    failed = sql.SQL("(SELECT count(*) FROM {})").format(project.names.errors) if present.errors else sql.SQL("0")
     return sql.SQL(
         "SELECT {queued}::bigint, d.stale,"
-        " coalesce(extract(epoch FROM clock_timestamp() - {oldest}), 0)::float8,"
-        " (SELECT count(*) FROM {errors})"
+        " coalesce(extract(epoch FROM clock_timestamp() - {oldest}), 0)::float8, {failed}::bigint"
         " FROM (SELECT count(*) AS stale, {unqueued} AS unqueued FROM {rows} WHERE {needs} AND {text} <> '') d"
-    ).format(queued=queued(project, bulk, sql.SQL("d.unqueued")), oldest=oldest(project, bulk), rows=rows,
-             needs=p["needs"], text=p["text"], errors=project.names.errors, unqueued=unqueued)
+    ).format(queued=queued(project, present, sql.SQL("d.unqueued")), oldest=oldest(project, present.bulk),
+             rows=rows, needs=p["needs"], text=p["text"], failed=failed, unqueued=unqueued)
 
 
 def measure(conn: psycopg.Connection, project: Project) -> Freshness:
-    bulk = conn.execute(BULK_EXISTS, [quoted(project.names.bulk_name)]).fetchone()[0]
-    pending, stale, lag, failed = conn.execute(statement(project, bulk)).fetchone()
+    pending, stale, lag, failed = conn.execute(statement(project, tables(conn.cursor(), project))).fetchone()
     return Freshness(pending, stale, round(lag, 3), failed)
 
 
 async def ameasure(conn: psycopg.AsyncConnection, project: Project) -> Freshness:
-    cur = await conn.execute(BULK_EXISTS, [quoted(project.names.bulk_name)])
-    (bulk,) = await cur.fetchone()
-    cur = await conn.execute(statement(project, bulk))
+    cur = await conn.execute(statement(project, await atables(conn, project)))
     pending, stale, lag, failed = await cur.fetchone()
     return Freshness(pending, stale, round(lag, 3), failed)

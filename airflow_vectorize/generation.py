@@ -147,10 +147,12 @@ def _timestamp(cur: psycopg.Cursor, name: str, value: datetime | str | None) -> 
     return text if moment is None else moment.astimezone(timezone.utc)
 
 
-def row_sql(project: Project, max_attempts: int | None = None) -> dict[str, sql.Composable]:
+def row_sql(project: Project, max_attempts: int | None = None, errors: bool = True) -> dict[str, sql.Composable]:
     """SQL pieces for 'source rows with their stored embedding's md5' and 'needs embedding': no current
     embedding, and not a row that failed ``max_attempts`` times with the same text (``failed``; None: the
-    ``max_attempts`` of the project's last generation run, so status and freshness judge as it did)."""
+    ``max_attempts`` of the project's last generation run, so status and freshness judge as it did).
+    ``errors``: the project has its errors table (one created before it has none, and no failed row, until
+    its next generation run or writing call: ``storage.upgrade_layout``)."""
     if max_attempts is None:
         max_attempts = project.max_attempts or DEFAULT_MAX_ATTEMPTS
     stored_md5 = sql.Identifier("e" if project.is_join else "r", project.names.text_md5_column)
@@ -162,7 +164,7 @@ def row_sql(project: Project, max_attempts: int | None = None) -> dict[str, sql.
         "EXISTS (SELECT 1 FROM {errors} x WHERE {same_key} AND x.attempts >= {attempts}"
         " AND x.text_md5 IS NOT DISTINCT FROM {current})"
     ).format(errors=project.names.errors, same_key=project.key.equals("x", "r"),
-             attempts=sql.Literal(max_attempts), current=text_md5)
+             attempts=sql.Literal(max_attempts), current=text_md5) if errors else sql.SQL("false")
     return {
         "from": expressions.stored_rows(project),
         "needs": sql.SQL("{stored} IS DISTINCT FROM {current} AND NOT {failed}").format(

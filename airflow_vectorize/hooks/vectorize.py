@@ -639,7 +639,7 @@ class VectorizeHook(PostgresHook):
             # scan reads the key index, which carries the md5 (``catalog.key_index``), not the vectors.
             stored = sql.Identifier("e", project.key.columns[0]) if project.is_join \
                 else sql.Identifier("r", project.names.embeddings_column)
-            bulk = cur.execute(freshness.BULK_EXISTS, [quoted(project.names.bulk_name)]).fetchone()[0]
+            present = freshness.tables(cur, project)  # a project created before may lack some (read around)
             cur.execute(
                 sql.SQL(
                     "SELECT count(*), count({stored}),"
@@ -652,7 +652,7 @@ class VectorizeHook(PostgresHook):
                     md5=expressions.text_md5(project, "r"),
                     text_md5=sql.Identifier(alias, project.names.text_md5_column),
                     text=expressions.text(project, "r"),
-                    queued=freshness.queued(project, bulk),
+                    queued=freshness.queued(project, present),
                     rows=expressions.stored_rows(project),
                 )
             )
@@ -660,10 +660,8 @@ class VectorizeHook(PostgresHook):
             chunks = (cur.execute(sql.SQL("SELECT count(*) FROM {} e WHERE EXISTS (SELECT FROM {} r WHERE {})").format(
                 project.names.target, project.names.source, project.key.equals("r", "e"))).fetchone()[0]
                 if project.is_chunked else None)
-            has_errors = cur.execute("SELECT to_regclass(%s) IS NOT NULL",
-                                     [project.names.errors.as_string(cur)]).fetchone()[0]
             failed = (cur.execute(sql.SQL("SELECT count(*) FROM {}").format(project.names.errors)).fetchone()[0]
-                      if has_errors else 0)  # a project created before the errors table: none yet
+                      if present.errors else 0)  # a project created before the errors table: none yet
         return {
             "job_name": job_name,
             "table_method": project.table_method,

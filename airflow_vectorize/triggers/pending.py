@@ -143,14 +143,13 @@ class PendingRowsTrigger(BaseEventTrigger):
 async def _queue_state(conn: psycopg.AsyncConnection, project: Project) -> tuple[int, datetime | None, float]:
     """(rows queued, when the newest was, age in seconds of the oldest or 0): the queue's keys and the rows of
     bulk inserts (``freshness.queued``)."""
-    cur = await conn.execute(freshness.BULK_EXISTS, [quoted(project.names.bulk_name)])
-    (bulk,) = await cur.fetchone()
+    present = await freshness.atables(conn, project)
     newest = sql.SQL("(SELECT max(enqueued_at) FROM {})").format(project.names.queue)
-    if bulk:
+    if present.bulk:
         newest = sql.SQL("greatest({}, (SELECT max(enqueued_at) FROM {}))").format(newest, project.names.bulk)
     cur = await conn.execute(sql.SQL(
         "SELECT {}::bigint, {}, coalesce(extract(epoch FROM clock_timestamp() - {}), 0)::float8"
-    ).format(freshness.queued(project, bulk), newest, freshness.oldest(project, bulk)))
+    ).format(freshness.queued(project, present), newest, freshness.oldest(project, present.bulk)))
     return await cur.fetchone()
 
 

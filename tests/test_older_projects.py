@@ -1,0 +1,85 @@
+"""Projects made by earlier versions, before their next generation run: read-only calls (status, freshness, the
+freshness sensor and triggers) read around the tables they lack without writing; writing calls (alter_project,
+attach_source, import_embeddings) bring them to today's layout first (``storage.upgrade_layout``); a chunked
+project of the 2026-12-02 layout gets its chunk documents from its next run. Each older layout is today's
+project turned back with SQL — against the real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+
+from airflow_vectorize import expressions
+from airflow_vectorize.sensors import VectorizeFreshnessSensor
+from airflow_vectorize.triggers import FreshnessTrigger
+from airflow_vectorize.triggers.pending import _queue_state
+from tests.conftest import snapshot
+
+COLUMNS = ["name", "description"]
+LAYOUT_TABLES = ("_errors_shop", "_bulk_shop", "_removed_shop", "_documents_shop")
+
+
+def as_made_on_2026_11_24(db, hook, job: str = "shop", source: str = "products", key: str = "product_id") -> None:
+    """Turn today's join project ``job`` into the layout the 2026-11-24 code made: no errors, bulk, removed or
+    documents table, pg_vectorize's foreign keys instead of the removal triggers, its full-text index on the
+    source."""
+    project = hook._search_target(job).project
+    document = expressions.fts_document(project).as_string(db.conn)
+    db.execute(
+        f"DROP TRIGGER vectorize_delete_trigger_{job} ON {source}; DROP TRIGGER vectorize_trunc_trigger_{job} ON {source};"
+        f" DROP TRIGGER vectorize_rekey_trigger_{job} ON {source}; DROP FUNCTION vectorize.handle_removal_{job}();"
+        f" DROP TABLE vectorize._removed_{job}, vectorize._errors_{job}, vectorize._bulk_{job}, vectorize._documents_{job};"
+        f" ALTER TABLE vectorize._embeddings_{job} ADD FOREIGN KEY ({key}) REFERENCES {source} ON DELETE CASCADE;"
+        f" ALTER TABLE vectorize._pending_{job} ADD FOREIGN KEY ({key}) REFERENCES {source} ON DELETE CASCADE;"
+        f" CREATE INDEX {job}_fts_idx ON {source} USING gin ({document})")
+    hook._search_cache.clear()
+
+
+def present(db, *tables: str) -> set[str]:
+    """Which of ``tables`` exist in the ``vectorize`` schema."""
+    return {t for t in tables if db.scalar("SELECT to_regclass(%s) IS NOT NULL", [f"vectorize.{t}"])}
+
+
+def first_event(trigger) -> dict:
+    async def run() -> dict:
+        async for event in trigger.run():
+            return event.payload
+        raise AssertionError("no event")
+    return asyncio.run(asyncio.wait_for(run(), 20))
+
+
+def test_an_older_project_reports_status_and_freshness_without_its_errors_table_and_writes_nothing(products, hook):
+    """A project made before the errors table (2026-11-24): get_freshness, the freshness sensor and trigger,
+    and the pending-rows trigger's count failed with a raw UndefinedTable on _errors_<job>; get_status did too
+    once a bulk table was there (after alter_project(schedule="realtime")). A missing errors table is no
+    failed row, and nothing is created by reading."""
+    hook.create_project("shop", "products", "product_id", COLUMNS, schedule="realtime")
+    hook.generate_embeddings("shop")
+    as_made_on_2026_11_24(products, hook)
+    products.execute("UPDATE products SET description = 'a garden hose' WHERE product_id = 1")
+
+    for bulk in (False, True):  # as made; with the bulk table an alter to realtime makes
+        if bulk:
+            products.execute("CREATE TABLE vectorize._bulk_shop (id bigserial PRIMARY KEY, rows bigint,"
+                             " enqueued_at timestamptz NOT NULL DEFAULT clock_timestamp())")
+        before = snapshot(products)
+        status, freshness = hook.get_status("shop"), hook.get_freshness("shop")
+        sensor = VectorizeFreshnessSensor(task_id="fresh", job_name="shop", postgres_conn_id=products.conn_id,
+                                          max_pending=0, max_stale=None)
+        poked = sensor.poke({})
+        event = first_event(FreshnessTrigger("shop", products.conn_id, max_pending=1, max_stale=None,
+                                             poll_interval=0.2))
+
+        async def queue_state():
+            async with await hook.aconnect() as conn:
+                return await _queue_state(conn, hook._search_target("shop").project)
+        pending, _, lag = asyncio.run(queue_state())
+
+        assert snapshot(products) == before, bulk  # read, not written
+        assert (status["pending"], status["stale_rows"], status["failed_rows"]) == (1, 1, 0), bulk
+        assert (freshness["pending"], freshness["stale"], freshness["failed"]) == (1, 1, 0), bulk
+        assert not poked and sensor.last["pending"] == 1
+        assert event["status"] == "fresh" and event["pending"] == 1, event
+        assert pending == 1 and lag > 0
+    assert present(products, *LAYOUT_TABLES) == {"_bulk_shop"}
+    hook.generate_embeddings("shop", pending_only=True)
+    assert hook.get_freshness("shop")["pending"] == 0
