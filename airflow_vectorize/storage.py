@@ -253,21 +253,24 @@ def ensure_documents(cur: Cursor, project: Project) -> bool:
 FULL_RECONCILE_SHARE = 0.2
 
 
-def upgrade_layout(cur: Cursor, project: Project) -> None:
+def upgrade_layout(cur: Cursor, project: Project) -> bool:
     """Bring a project created by an earlier version to today's layout (each step a no-op when done): errors
     table, pg_vectorize's foreign keys → removal triggers, view through its function, stored documents, bulk
     table, today's removal function, realtime triggers (and those dropped from the source), the md5 in a join
-    project's key index. Call with the project locked."""
+    project's key index. Run by generation and by every call that writes to the project (alter_project,
+    attach_source, import_embeddings). Returns whether searches read the project otherwise now (its removed
+    keys, its stored documents: ``search.SearchTarget``). Call with the project locked."""
     catalog.create_errors_table(cur, project)
-    removal.upgrade(cur, project)
+    searched = removal.upgrade(cur, project)
     removal.upgrade_partitioned(cur, project)
     removal.refresh_function(cur, project)
     catalog.ensure_view(cur, project)
-    ensure_documents(cur, project)
+    searched = ensure_documents(cur, project) or searched
     catalog.ensure_bulk_table(cur, project)
     catalog.upgrade_triggers(cur, project)
     removal.restore_realtime_triggers(cur, project)
     catalog.ensure_key_index(cur, project)
+    return searched
 
 
 def import_from_table(

@@ -12,7 +12,7 @@ from airflow_vectorize import expressions
 from airflow_vectorize.sensors import VectorizeFreshnessSensor
 from airflow_vectorize.triggers import FreshnessTrigger
 from airflow_vectorize.triggers.pending import _queue_state
-from tests.conftest import snapshot
+from tests.conftest import create_embeddings_table, snapshot
 
 COLUMNS = ["name", "description"]
 LAYOUT_TABLES = ("_errors_shop", "_bulk_shop", "_removed_shop", "_documents_shop")
@@ -83,3 +83,51 @@ def test_an_older_project_reports_status_and_freshness_without_its_errors_table_
     assert present(products, *LAYOUT_TABLES) == {"_bulk_shop"}
     hook.generate_embeddings("shop", pending_only=True)
     assert hook.get_freshness("shop")["pending"] == 0
+
+
+def test_pausing_an_older_project_moves_it_to_todays_layout_first(products, hook):
+    """alter_project(schedule="manual") (the page's Pause, PATCH /api/v1/table) raised a raw UndefinedTable on
+    _bulk_<job> on a project made before the bulk table, and changed nothing; it moves the project to today's
+    layout, then pauses it."""
+    hook.create_project("shop", "products", "product_id", COLUMNS, schedule="realtime")
+    hook.generate_embeddings("shop")
+    as_made_on_2026_11_24(products, hook)
+
+    assert hook.alter_project("shop", schedule="manual")["changed"] == {"schedule": ["realtime", "manual"]}
+    assert present(products, *LAYOUT_TABLES) == set(LAYOUT_TABLES)
+    assert products.scalar("SELECT count(*) FROM pg_constraint WHERE contype = 'f'"
+                           " AND confrelid = 'products'::regclass") == 0
+    assert products.scalar("SELECT to_regclass('public.shop_fts_idx')") is None
+    assert products.execute("SELECT tgname FROM pg_trigger WHERE tgrelid = 'products'::regclass AND NOT tgisinternal"
+                            " ORDER BY 1") == [("vectorize_delete_trigger_shop",), ("vectorize_rekey_trigger_shop",),
+                                               ("vectorize_trunc_trigger_shop",)]
+    products.execute("UPDATE products SET description = 'a garden hose' WHERE product_id = 1")
+    assert hook.get_status("shop")["pending"] == 0  # paused: nothing queued
+    assert hook.alter_project("shop", schedule="realtime")["changed"] == {"schedule": ["manual", "realtime"]}
+    assert hook.generate_embeddings("shop", pending_only=True)["embedded"] == 1
+    assert hook.hybrid_search("shop", "garden hose", return_columns=["product_id"], num_results=1)[0]["product_id"] == 1
+
+
+def test_attach_source_and_import_move_an_older_project_to_todays_layout_first(products, hook, model):
+    """attach_source raised a raw UndefinedTable on _removed_<job> for a project made before the removal
+    triggers; it and import_embeddings move the project to today's layout first (the foreign keys dropped:
+    a TRUNCATE of the source works)."""
+    hook.create_project("shop", "products", "product_id", COLUMNS)
+    hook.generate_embeddings("shop")
+    as_made_on_2026_11_24(products, hook)
+    before = hook.hybrid_search("shop", "garden", return_columns=["product_id"])
+
+    assert hook.attach_source("shop") == {"job_name": "shop", "attached": False}  # the triggers were added
+    assert present(products, *LAYOUT_TABLES) == set(LAYOUT_TABLES)
+    assert products.scalar("SELECT count(*) FROM pg_constraint WHERE contype = 'f'"
+                           " AND confrelid = 'products'::regclass") == 0
+    assert hook.hybrid_search("shop", "garden", return_columns=["product_id"]) == before
+    assert hook.generate_embeddings("shop")["embedded"] == 0
+
+    as_made_on_2026_11_24(products, hook)
+    create_embeddings_table(products, model)
+    assert hook.import_embeddings("shop", "product_embeddings", "product_id", "embedding")["imported"] == 24
+    assert present(products, *LAYOUT_TABLES) == set(LAYOUT_TABLES)
+    assert products.scalar("SELECT count(*) FROM vectorize._documents_shop") == 24
+    products.execute("TRUNCATE products")  # the old layout's foreign keys refused it
+    assert hook.generate_embeddings("shop")["vectors_removed"] == 24

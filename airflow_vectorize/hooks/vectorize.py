@@ -437,6 +437,7 @@ class VectorizeHook(PostgresHook):
             catalog.lock_project(cur, job_name)
             self._follow_renames(cur, job_name)
             project = self._project(cur, job_name, attaching=True)
+            storage.upgrade_layout(cur, project)  # a project created by an earlier version
             attached = removal.attach(cur, project) or removal.restore_realtime_triggers(cur, project)
             catalog.ensure_view(cur, project)
             index_rebuild.discard_leftover(cur, project)
@@ -514,10 +515,12 @@ class VectorizeHook(PostgresHook):
                 f"project {project.name!r}: its source table {project.names.source.as_string(cur)} stayed in use"
                 f" (a long transaction reads or writes it) for {ALTER_LOCK_TRIES[0]} tries of {ALTER_LOCK_TRIES[1]};"
                 " its triggers could not change, and nothing did: alter it again when the table is free")
+        # A project created by an earlier version, as it is configured until this change but with the columns
+        # it reads now (those it read may have been renamed): the steps below change today's layout.
+        storage.upgrade_layout(cur, replace(altered, schedule=project.schedule))
         if ("schedule" in changed or "columns" in changed) and project.schedule == "realtime":
             catalog.drop_realtime_triggers(cur, project)  # their WHEN names the columns
         if ("schedule" in changed or "columns" in changed) and altered.schedule == "realtime":
-            catalog.ensure_bulk_table(cur, altered)
             catalog.create_triggers(cur, altered)
             # the next realtime run looks at every row: those changed while paused, those of new text
             cur.execute(sql.SQL("INSERT INTO {} (rows) VALUES (NULL)").format(altered.names.bulk))
@@ -733,6 +736,8 @@ class VectorizeHook(PostgresHook):
         with self.transaction() as cur:
             catalog.lock_project(cur, job_name)
             project = self._project(cur, job_name)
+            if storage.upgrade_layout(cur, project):  # a project created by an earlier version
+                self._search_cache.pop(job_name, None)
             table, keys, emb, chunk = validation.check_import_source(
                 cur, project, src_schema, src_table, src_primary_key, src_embeddings_col, src_chunk_col
             )
@@ -833,7 +838,8 @@ class VectorizeHook(PostgresHook):
                 recorded = None if max_attempts == generation.DEFAULT_MAX_ATTEMPTS else max_attempts
                 catalog.write_params(cur, project, replace(project, max_attempts=recorded), ("max_attempts",))
                 project = replace(project, max_attempts=recorded)
-            storage.upgrade_layout(cur, project)  # a project created by an earlier version
+            if storage.upgrade_layout(cur, project):  # a project created by an earlier version
+                self._search_cache.pop(job_name, None)
             index_rebuild.discard_leftover(cur, project)
             if removal.attach(cur, project):  # another table was put in the source's place
                 self._search_cache.pop(job_name, None)
