@@ -573,6 +573,68 @@ def test_a_project_whose_source_columns_changed_is_listed_with_the_reason_and_an
     assert api.client.delete(f"/api/v1/table/{table}", params={"conn_id": "api_db"}).status_code == 200
 
 
+def test_a_project_of_an_earlier_version_is_listed_with_its_status_and_can_be_paused(api):
+    """A project made before the errors and bulk tables (2026-11-24) made the whole list answer 500 (a raw
+    UndefinedTable), hiding every project of the connection, and PATCH's pause a 500 too: it is listed with
+    its counts, its own entry answers, and PATCH moves it to today's layout and pauses it."""
+    from airflow_vectorize.hooks.vectorize import VectorizeHook
+
+    table = embedded_project_of_new_table(api)
+    VectorizeHook(postgres_conn_id=api.db.conn_id).alter_project(table, schedule="realtime")
+    api.db.execute(f"DROP TABLE vectorize._errors_{table}, vectorize._bulk_{table};"
+                   f" UPDATE {table} SET description = 'a garden hose' WHERE product_id = 1")
+
+    answer = api.reader.get("/api/v1/projects", params={"conn_id": "api_db"})
+    one = api.reader.get(f"/api/v1/projects/{table}", params={"conn_id": "api_db"})
+    paused = api.client.patch(f"/api/v1/table/{table}", params={"conn_id": "api_db"}, json={"schedule": "manual"})
+
+    assert answer.status_code == 200, answer.text
+    projects = {p["name"]: p for p in answer.json()}
+    assert projects[table]["status"]["pending"] == 1 and projects[table]["freshness"]["failed"] == 0
+    assert projects["products"]["status"]["embedded_rows"] == 24
+    assert one.status_code == 200 and one.json()["freshness"]["stale"] == 1, one.text
+    assert paused.status_code == 200 and paused.json()["changed"] == {"schedule": ["realtime", "manual"]}, paused.text
+    assert api.db.scalar(f"SELECT to_regclass('vectorize._errors_{table}') IS NOT NULL")
+    assert api.client.delete(f"/api/v1/table/{table}", params={"conn_id": "api_db"}).status_code == 200
+
+
+def test_a_defect_of_one_project_is_listed_with_it_not_a_500_of_the_list(api):
+    """Any error of one project's status (here its queue table renamed by hand: a raw UndefinedTable) is listed
+    with that project, its details only in the server's log; the list answered 500, hiding every project."""
+    table = project_of_new_table(api)
+    api.db.execute(f"ALTER TABLE vectorize._pending_{table} RENAME TO _aside_{table}")
+
+    answer = api.reader.get("/api/v1/projects", params={"conn_id": "api_db"})
+
+    assert answer.status_code == 200, answer.text
+    projects = {p["name"]: p for p in answer.json()}
+    assert projects[table]["status"] is None
+    assert projects[table]["error"] == "internal error (UndefinedTable); the server's log has the details"
+    assert projects["products"]["status"]["embedded_rows"] == 24  # the others as ever
+    assert api.reader.get(f"/api/v1/projects/{table}", params={"conn_id": "api_db"}).status_code == 500
+    api.db.execute(f"ALTER TABLE vectorize._aside_{table} RENAME TO _pending_{table}")
+    assert api.client.delete(f"/api/v1/table/{table}", params={"conn_id": "api_db"}).status_code == 200
+
+
+def test_a_database_that_cannot_serve_still_fails_the_list():
+    """Only a database that cannot serve fails the whole list (503), not one project's error."""
+    import psycopg
+
+    from airflow_vectorize.api.routes import _with_status
+    from airflow_vectorize.exceptions import DatabaseConnectionError
+
+    class Failing:
+        def __init__(self, error: Exception) -> None:
+            self.error = error
+
+        def get_status(self, name: str) -> dict:
+            raise self.error
+
+    for down in (DatabaseConnectionError("down"), psycopg.OperationalError("connection refused")):
+        with pytest.raises(type(down)):
+            _with_status(Failing(down), {"name": "shop"}, listing=True)
+
+
 def test_health(api):
     health = api.reader.get("/health", params={"conn_id": "api_db"})
     assert health.status_code == 200, health.text

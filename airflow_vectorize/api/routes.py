@@ -13,6 +13,7 @@ import base64
 import datetime
 import decimal
 import json
+import logging
 import math
 import time
 import uuid
@@ -28,6 +29,7 @@ from fastapi.responses import Response
 from airflow_vectorize import models, validation
 from airflow_vectorize.api import filters as filter_grammar
 from airflow_vectorize.api.auth import Access, Auth
+from airflow_vectorize.api.errors import unavailable
 from airflow_vectorize.api.pool import Hooks
 from airflow_vectorize.api.schemas import (
     CONN_ID_DESCRIPTION,
@@ -44,9 +46,17 @@ from airflow_vectorize.api.schemas import (
     TableBody,
 )
 from airflow_vectorize.api.warm_up import WarmUp
-from airflow_vectorize.exceptions import DatabasePermissionError, InvalidInputError, ProjectConflictError
+from airflow_vectorize.exceptions import (
+    DatabaseConnectionError,
+    DatabasePermissionError,
+    InvalidInputError,
+    ProjectConflictError,
+    VectorizeError,
+)
 from airflow_vectorize.hooks.vectorize import KEEP, VectorizeHook
 from airflow_vectorize.models import batching
+
+log = logging.getLogger(__name__)
 
 CONN_ID = Query(DEFAULT_CONN_ID, max_length=MAX_CONN_ID, description=CONN_ID_DESCRIPTION)
 # Query parameters of GET /api/v1/search that are not filters (a column of one of these names can be
@@ -278,7 +288,7 @@ def list_projects(request: Request, status: bool = Query(True, description="add 
     hook = hook_for(request, conn_id, "read")
     entries = hook.list_projects()
     if status:
-        entries = [_with_status(hook, entry) for entry in entries]
+        entries = [_with_status(hook, entry, listing=True) for entry in entries]
     return json_response(entries)
 
 
@@ -289,14 +299,27 @@ def get_project(request: Request, job_name: str = Path(max_length=255), conn_id:
     return json_response(_with_status(hook, hook.get_project(job_name)))
 
 
-def _with_status(hook: Any, entry: dict[str, Any]) -> dict[str, Any]:
+def _with_status(hook: Any, entry: dict[str, Any], listing: bool = False) -> dict[str, Any]:
     """The entry with status and freshness; a project that cannot give them (its source table or columns gone,
-    child tables attached, a role not granted it) has none, and says why: the others are still listed."""
+    child tables attached, a role not granted it) has none, and says why: the others are still listed.
+    ``listing`` (the project list): any other error of one project is listed with it too (a defect's details
+    go to the server's log), so that one project never hides the others; only a database that cannot serve
+    fails the list."""
     name = entry["name"]
     try:
         status, freshness = hook.get_status(name), hook.get_freshness(name)
     except (ProjectConflictError, DatabasePermissionError) as error:
         return {**entry, "status": None, "freshness": None, "error": str(error)}
+    except Exception as error:
+        if not listing or isinstance(error, DatabaseConnectionError) or (
+                isinstance(error, psycopg.OperationalError) and unavailable(error)):
+            raise
+        if isinstance(error, VectorizeError):
+            message = str(error)
+        else:
+            log.error("project %r: status and freshness failed", name, exc_info=error)
+            message = f"internal error ({type(error).__name__}); the server's log has the details"
+        return {**entry, "status": None, "freshness": None, "error": message}
     status.pop("job_name", None)
     freshness.pop("job_name", None)
     return {**entry, "status": status, "freshness": freshness}
