@@ -1,7 +1,8 @@
-"""The full-text index an unchunked project kept on its source before the documents table
-(``StorageNames.source_fts_index_qualified_name``: ``<job>_fts_idx`` in the source's schema), dropped when the
-project moves to stored documents or is dropped — but only when it is that index: the user's own index of that
-name (made later, on the source or another table, on another expression) is never touched."""
+"""The full-text index a project kept on its source before stored documents (the documents table; a chunked
+project's, its chunk table's ``chunk_fts``) (``StorageNames.source_fts_index_qualified_name``: ``<job>_fts_idx``
+in the source's schema), dropped when the project moves to stored documents or is dropped — but only when it is
+that index: the user's own index of that name (made later, on the source or another table, on another
+expression) is never touched."""
 
 from __future__ import annotations
 

@@ -37,7 +37,7 @@ from psycopg.types.numeric import Oid
 
 from airflow_vectorize import catalog, expressions, validation
 from airflow_vectorize.catalog import Project
-from airflow_vectorize.exceptions import DimensionMismatchError, InvalidInputError, VectorizeError
+from airflow_vectorize.exceptions import DimensionMismatchError, InvalidInputError
 from airflow_vectorize.naming import CHUNK_FTS_COLUMN, DOCUMENT_COLUMN, quoted
 
 if TYPE_CHECKING:
@@ -113,8 +113,8 @@ class SearchTarget:
     statement is guarded by them. ``exact``: a chunked project's searches compare every chunk, its chunk
     table being small (``EXACT_SCAN_MAX_PAGES``) when last seen, at the lookup or by the last search
     (``follow``). ``documents``: the project stores its full-text documents — a documents table, or a
-    chunked project's chunk table column (a project created before they were stored does not: an unchunked
-    one then parses its rows' texts, until its next generation run stores them). ``queries``: the searches without filters already
+    chunked project's chunk table column (a project created before they were stored does not: hybrid search
+    then parses its rows' texts, as it did then, until its next generation run stores them). ``queries``: the searches without filters already
     built from this entry, by their arguments (statement, settings and every parameter but the query
     vector), so that a repeated search only checks and binds its vector; it goes with the entry when the
     hook looks the project up again. ``removed``: the project has ``vectorize._removed_<job>``
@@ -571,7 +571,8 @@ def _full_text_matches(project: Project, shape: tuple[Filter, ...], candidates: 
     (``Key.aliases``) and rank ``r``. A row is ranked by its document (``expressions.fts_document``, found
     through the source's ``<job>_fts_idx``), a chunked project's row by its best chunk's stored document
     (``chunk_fts``, indexed in the chunk table): ranking a match then reads its document instead of parsing
-    its text again."""
+    its text again. A project created before they were stored ranks a row by its text's document until its
+    next generation run (or writing call) stores them."""
     key, names = project.key, project.key.aliases()
     if not project.is_chunked and documents:
         return sql.SQL(
@@ -581,7 +582,7 @@ def _full_text_matches(project: Project, shape: tuple[Filter, ...], candidates: 
         ).format(keys=key.select_as("e", names), doc=sql.Identifier(DOCUMENT_COLUMN),
                  documents=project.names.documents, source_join=_chunk_source_join(project, shape),
                  where=_chunk_where(project, shape, removed), names=names.names(), candidates=sql.Literal(candidates))
-    if not project.is_chunked:  # created before the documents table: parse each match's text
+    if not documents:  # created before documents were stored: parse each match's text, as it was then
         return sql.SQL(
             "SELECT {keys}, ts_rank({doc}, q) AS r FROM {source} s, websearch_to_tsquery('english', %(text)s) q"
             " WHERE {doc} @@ q AND {where} ORDER BY r DESC, {names} LIMIT {candidates}"
@@ -787,13 +788,6 @@ def hybrid_search_query(
     path (``SearchQuery.short``: too few rows among them), or every chunk (``SearchTarget.exact``).
     """
     project = target.project
-    if project.is_chunked and not target.documents:
-        fix = sql.SQL("ALTER TABLE {} ADD COLUMN {}; {}").format(
-            project.names.target, catalog.chunk_documents_column(), catalog.fts_index_statement(project))
-        raise VectorizeError(
-            f"chunked project {project.name!r} was created before chunk tables stored their full-text documents:"
-            f" {project.names.target.as_string()} has no {CHUNK_FTS_COLUMN} column, which hybrid_search ranks"
-            f" by. Re-create the project, or add it: {fix.as_string()}")
     if not isinstance(query, str) or not query.strip():
         raise InvalidInputError(f"hybrid_search needs a non-empty text query, got {query!r}")
     if "\x00" in query:

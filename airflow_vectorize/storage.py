@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import psycopg
@@ -12,8 +13,10 @@ from airflow_vectorize.catalog import Project, create_index, drop_index_unless_b
 from airflow_vectorize.chunking import TextSplitter
 from airflow_vectorize.exceptions import InvalidInputError
 from airflow_vectorize.keys import Key
-from airflow_vectorize.naming import DOCUMENT_COLUMN, quoted
+from airflow_vectorize.naming import CHUNK_FTS_COLUMN, DOCUMENT_COLUMN, quoted
 from airflow_vectorize.validation import ImportSource
+
+log = logging.getLogger(__name__)
 
 # A write that brings at least this share of the project's final rows, and at least MIN rows, drops the
 # HNSW index and builds it again afterwards: a bulk build is several times faster than inserting every
@@ -248,6 +251,24 @@ def ensure_documents(cur: Cursor, project: Project) -> bool:
     return True
 
 
+def ensure_chunk_documents(cur: Cursor, project: Project) -> bool:
+    """Give a chunked project created before chunk tables stored their full-text documents its chunk table's
+    ``chunk_fts`` column (``catalog.chunk_documents_column``: computed for every chunk at once, a rewrite of the
+    chunk table with its indexes, the table locked meanwhile) and its GIN index, and drop the project's own
+    full-text index from the source; returns whether it did. Call with the project locked."""
+    if not project.is_chunked:
+        return False
+    cur.execute("SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attname = %s"
+                " AND NOT attisdropped)", [project.names.target.as_string(cur), CHUNK_FTS_COLUMN])
+    if cur.fetchone()[0]:
+        return False
+    legacy_fts.drop_source_fts_index(cur, project)  # first: it may have the name of the one made below
+    cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {}").format(project.names.target, catalog.chunk_documents_column()))
+    cur.execute(catalog.fts_index_statement(project))
+    log.info("Project %r: its chunk table stores the chunks' full-text documents now", project.name)
+    return True
+
+
 # Removed keys at least this share of the stored vectors: one anti-join of every stored key with the source
 # is cheaper than looking up each removed key.
 FULL_RECONCILE_SHARE = 0.2
@@ -255,17 +276,19 @@ FULL_RECONCILE_SHARE = 0.2
 
 def upgrade_layout(cur: Cursor, project: Project) -> bool:
     """Bring a project created by an earlier version to today's layout (each step a no-op when done): errors
-    table, pg_vectorize's foreign keys → removal triggers, view through its function, stored documents, bulk
-    table, today's removal function, realtime triggers (and those dropped from the source), the md5 in a join
-    project's key index. Run by generation and by every call that writes to the project (alter_project,
-    attach_source, import_embeddings). Returns whether searches read the project otherwise now (its removed
-    keys, its stored documents: ``search.SearchTarget``). Call with the project locked."""
+    table, pg_vectorize's foreign keys → removal triggers, view through its function, stored documents (a
+    chunked project's in its chunk table), bulk table, today's removal function, realtime triggers (and those
+    dropped from the source), the md5 in a join project's key index. Run by generation and by every call that
+    writes to the project (alter_project, attach_source, import_embeddings). Returns whether searches read the
+    project otherwise now (its removed keys, its stored documents: ``search.SearchTarget``). Call with the
+    project locked."""
     catalog.create_errors_table(cur, project)
     searched = removal.upgrade(cur, project)
     removal.upgrade_partitioned(cur, project)
     removal.refresh_function(cur, project)
     catalog.ensure_view(cur, project)
     searched = ensure_documents(cur, project) or searched
+    searched = ensure_chunk_documents(cur, project) or searched
     catalog.ensure_bulk_table(cur, project)
     catalog.upgrade_triggers(cur, project)
     removal.restore_realtime_triggers(cur, project)

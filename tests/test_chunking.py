@@ -612,27 +612,33 @@ def test_hybrid_search_ranks_full_text_matches_by_their_best_chunk(licenses, hoo
                            " WHERE chunk_fts IS DISTINCT FROM to_tsvector('english', chunk)") == 0
 
 
-def test_hybrid_search_on_a_chunk_table_without_documents_says_how_to_add_them(licenses, hook):
-    """A chunked project made before chunk tables stored their documents (emulated by dropping the column):
-    hybrid search fails with the statements that add them (vector search is unaffected), and works after."""
-    from airflow_vectorize.exceptions import VectorizeError
+def test_a_chunked_project_made_before_chunk_documents_gets_them_from_its_next_run(licenses, hook):
+    """A chunked project made by the 2026-12-02 code (no chunk_fts column in its chunk table, its full-text
+    index on the source's rows: emulated): hybrid search raised a VectorizeError with hand-run DDL, before and
+    after generation runs, and the source kept its index. Before its next run, hybrid search ranks the rows'
+    texts as it did then, writing nothing; the run adds the chunk documents and their index, drops the
+    source's index, and hybrid search ranks by chunk again."""
+    from airflow_vectorize import expressions
 
     hook.create_project(JOB, "licenses", "id", ["body"], chunk_size=128)
     hook.generate_embeddings(JOB)
     expected = hook.hybrid_search(JOB, "copyright notice", return_columns=["id"])
-    licenses.execute(f"ALTER TABLE vectorize._chunks_{JOB} DROP COLUMN chunk_fts")  # its index goes with it
+    project = hook._search_target(JOB).project
+    licenses.execute(f"ALTER TABLE vectorize._chunks_{JOB} DROP COLUMN chunk_fts;"  # its index goes with it
+                     f" CREATE INDEX {JOB}_fts_idx ON licenses USING gin"
+                     f" ({expressions.fts_document(project).as_string(licenses.conn)})")
     hook._search_target(JOB, refresh=True)
     before = snapshot(licenses)
 
-    with pytest.raises(VectorizeError) as error:
-        hook.hybrid_search(JOB, "copyright notice", return_columns=["id"])
-    message = str(error.value)
+    old = hook.hybrid_search(JOB, "copyright notice", return_columns=["id"])
     found = hook.search(JOB, "copyright notice", return_columns=["id"])
     assert snapshot(licenses) == before
-    licenses.execute(message[message.index("ALTER TABLE"):])
-    hook._search_target(JOB, refresh=True)
+    assert hook.generate_embeddings(JOB)["embedded"] == 0
 
-    assert message.startswith(f"chunked project '{JOB}' was created before chunk tables stored their full-text"
-                              f' documents: "vectorize"."_chunks_{JOB}" has no chunk_fts column'), message
-    assert len(found) == 5
-    assert hook.hybrid_search(JOB, "copyright notice", return_columns=["id"]) == expected
+    assert len(old) == len(found) == 5 and all(row["full_text_rank"] for row in old)
+    assert licenses.execute("SELECT c.relname, i.indrelid::regclass::text FROM pg_index i"
+                            " JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = %s", [f"{JOB}_fts_idx"]) == [
+        (f"{JOB}_fts_idx", f"vectorize._chunks_{JOB}")]
+    assert licenses.scalar(f"SELECT count(*) FROM vectorize._chunks_{JOB}"
+                           " WHERE chunk_fts IS DISTINCT FROM to_tsvector('english', chunk)") == 0
+    assert hook.hybrid_search(JOB, "copyright notice", return_columns=["id"]) == expected  # this hook's too
