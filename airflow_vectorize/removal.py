@@ -206,18 +206,25 @@ def _function_body(project: Project) -> sql.Composable:
 
 def upgrade(cur: Cursor, project: Project) -> bool:
     """Move a project created with pg_vectorize's foreign keys to the removal triggers; returns whether it
-    did. Call with the project locked (``catalog.lock_project``)."""
+    did. Every foreign key of the project's tables goes (today's have none). When they referenced another
+    table than the one now under the source's name (a table swapped in since), the triggers are left to
+    ``attach``, which settles what the project stores as after a swap. Call with the project locked
+    (``catalog.lock_project``)."""
     cur.execute("SELECT to_regclass(%s) IS NULL", [quoted(project.names.removed_name)])
     if not cur.fetchone()[0]:
         return False
     tables = [project.names.queue, project.names.errors] + ([project.names.target] if project.is_join else [])
     cur.execute(
-        "SELECT c.conrelid::regclass::text, c.conname FROM pg_constraint c WHERE c.contype = 'f'"
-        " AND c.confrelid = to_regclass(%s) AND c.conrelid = ANY(%s::regclass[])",
+        "SELECT c.conrelid::regclass::text, c.conname, c.confrelid = to_regclass(%s) FROM pg_constraint c"
+        " WHERE c.contype = 'f' AND c.conrelid = ANY(ARRAY(SELECT to_regclass(t) FROM unnest(%s::text[]) t))",
         [project.names.source.as_string(cur), [t.as_string(cur) for t in tables]])
-    for table, constraint in cur.fetchall():
+    keys = cur.fetchall()
+    for table, constraint, _ in keys:
         cur.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(sql.SQL(table), sql.Identifier(constraint)))
     create_removed_table(cur, project)
+    if keys and not any(on_source for _, _, on_source in keys):
+        log.info("Project %r: moved from foreign keys; another table is under its source's name now", project.name)
+        return True
     create_triggers(cur, project)
     log.info("Project %r: moved from foreign keys to removal triggers (TRUNCATE of its source now works)", project.name)
     return True

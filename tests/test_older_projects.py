@@ -131,3 +131,27 @@ def test_attach_source_and_import_move_an_older_project_to_todays_layout_first(p
     assert products.scalar("SELECT count(*) FROM vectorize._documents_shop") == 24
     products.execute("TRUNCATE products")  # the old layout's foreign keys refused it
     assert hook.generate_embeddings("shop")["vectors_removed"] == 24
+
+
+def test_an_older_project_whose_source_was_swapped_is_attached_to_the_new_table(products, hook):
+    """A project of the foreign-key layout whose source was swapped (its foreign keys go with the table swapped
+    out): the move drops them all, and attach_source attaches the new table (its triggers, the vectors of keys
+    it no longer has deleted by the next run) instead of finding the triggers the move put on it."""
+    hook.create_project("shop", "products", "product_id", COLUMNS)
+    hook.generate_embeddings("shop")
+    as_made_on_2026_11_24(products, hook)
+    products.execute("CREATE TABLE products_new (LIKE products INCLUDING ALL); INSERT INTO products_new"
+                     " SELECT * FROM products WHERE product_id <> 2;"
+                     " INSERT INTO products_new (product_id, name, description) VALUES (100, 'Hose', 'a garden hose')")
+    with products.conn.transaction():
+        products.execute("ALTER TABLE products RENAME TO products_old; ALTER TABLE products_new RENAME TO products")
+
+    assert hook.attach_source("shop") == {"job_name": "shop", "attached": True}
+    summary = hook.generate_embeddings("shop")
+    products.execute("DROP TABLE products_old")  # no foreign key refuses it any more
+
+    assert (summary["embedded"], summary["vectors_removed"]) == (1, 1)
+    assert products.scalar("SELECT count(*) FROM vectorize._embeddings_shop") == 24
+    assert products.execute("SELECT tgrelid::regclass::text, count(*) FROM pg_trigger WHERE tgname LIKE '%shop'"
+                            " GROUP BY 1") == [("products", 5)]  # realtime and removal triggers
+    assert hook.search("shop", "garden hose", return_columns=["product_id"], num_results=1)[0]["product_id"] == 100
