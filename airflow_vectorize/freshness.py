@@ -46,7 +46,7 @@ class Freshness:
 
 @dataclass(frozen=True)
 class Tables:
-    """Which of its tables a project created by an earlier version may lack has (until its next generation
+    """Which of the tables a project created by an earlier version may lack it has (until its next generation
     run or writing call: ``storage.upgrade_layout``): ``bulk`` (``_bulk_<job>``), ``errors`` (``_errors_<job>``;
     none: no row failed). Read-only calls read around a missing one instead of creating it."""
 
