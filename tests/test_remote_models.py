@@ -338,6 +338,7 @@ def test_a_key_the_server_echoes_is_masked_before_its_message_is_cut(products, h
     was no longer found, and up to 31 of its characters were shown; a key in the vector values was not masked
     at all."""
     create(hook)
+    before = snapshot(products)
     key = embedding_server.api_key
     embedding_server.reset(default=tuple(part.format(key=key) if isinstance(part, str) else part for part in fault))
 
@@ -347,6 +348,7 @@ def test_a_key_the_server_echoes_is_masked_before_its_message_is_cut(products, h
     assert "connection 'flaky'" in str(error.value) and "model 'MiniLM'" in str(error.value)
     assert "***" in str(error.value) or "…" in str(error.value)
     assert key_parts(str(error.value), key) == [] and key_parts(caplog.text, key) == []
+    assert snapshot(products) == before
 
 
 def test_a_refused_rows_error_keeps_no_part_of_the_key(products, hook, embedding_server):
@@ -419,11 +421,14 @@ def test_a_retry_after_beyond_the_limit_fails_at_once(products, hook, embedding_
 def test_the_connection_sets_the_longest_retry_after_waited(products, hook, embedding_server):
     set_model_connection("impatient", embedding_server.url, embedding_server.api_key, max_retry_after=0.5)
     create(hook, model_conn_id="impatient")
+    before = snapshot(products)
     embedding_server.reset(faults=[("status", 429, 1, "slow down")])
 
     with pytest.raises(ModelRequestError) as error:
-        hook.search(JOB, "phone")
+        hook.generate_embeddings(JOB)
 
     assert type(error.value).__name__ == "ModelRateLimitError"
-    assert "the server asks to wait 1 s (Retry-After) before the next request, longer than the 0.5 s" in str(error.value)
-    assert len(embedding_server.requests) == 1
+    assert "HTTP 429: slow down; the server asks to wait 1 s (Retry-After) before the next request, longer than" \
+           " the 0.5 s this connection waits: not retried. The extra 'max_retry_after' of connection 'impatient'" \
+           " raises the limit" in str(error.value)
+    assert len(embedding_server.requests) == 1 and snapshot(products) == before
