@@ -69,6 +69,11 @@ class ModelRequestError(ModelError):
     """The server kept failing (429, 5xx, timeouts) past the retries, or rejected the request."""
 
 
+class ModelRateLimitError(ModelRequestError):
+    """The server kept answering 429 past the retries, or asked (``Retry-After``) to wait longer than the
+    connection waits (its extra ``max_retry_after``)."""
+
+
 class ModelTimeoutError(ModelRequestError):
     """The server did not answer in time, past the retries."""
 

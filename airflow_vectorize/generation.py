@@ -39,6 +39,7 @@ from airflow_vectorize.chunking import Chunk, TextSplitter
 from airflow_vectorize.exceptions import (
     EmbeddingFailuresError,
     InvalidInputError,
+    ModelRequestError,
     ModelResponseError,
     ProjectConflictError,
     ProjectNotFoundError,
@@ -215,24 +216,47 @@ class Encoded:
                        self.failures + other.failures)
 
 
+CONTROL_TEXT = "control"  # what a refused batch is checked against: a text any model embeds
+
+
 def encode_rows(rows: list[tuple[Any, str, Any]], encode: Callable[[list[str]], Any],
-                splitter: TextSplitter | None, input_errors: tuple[type[Exception], ...]) -> Encoded:
+                splitter: TextSplitter | None, input_errors: tuple[type[Exception], ...],
+                control: bool = True) -> Encoded:
     """Encode the rows' texts (their chunks' texts for a chunked project). When the model raises one of
     its ``input_errors``, halve the batch until the offending rows are alone; they become failures and
-    the others are still embedded."""
+    the others are still embedded.
+
+    A refused batch is first checked with one request of ``CONTROL_TEXT`` (``control``; the halves are not
+    checked again): refused too, the model refuses every request (a proxy's exhausted budget, a key without
+    access), not these rows' texts: ModelRequestError, no row recorded, and the batch stays due."""
     try:
         texts = [text for _, text, _ in rows]
         chunks = splitter.split_all(texts) if splitter else None
         vectors = encode([c.text for row in chunks for c in row] if chunks else texts)
         return Encoded(rows, list(vectors), chunks, [])
     except input_errors as error:
+        if control:
+            _check_control(encode, input_errors, error, len(rows))
         if len(rows) == 1:
             (key, _, md5), = rows
             message = f"{type(error).__name__}: {error}"[:2000]
             return Encoded([], [], None if splitter is None else [], [RowFailure(key, message, md5)])
         half = len(rows) // 2
-        return (encode_rows(rows[:half], encode, splitter, input_errors)
-                + encode_rows(rows[half:], encode, splitter, input_errors))
+        return (encode_rows(rows[:half], encode, splitter, input_errors, control=False)
+                + encode_rows(rows[half:], encode, splitter, input_errors, control=False))
+
+
+def _check_control(encode: Callable[[list[str]], Any], input_errors: tuple[type[Exception], ...],
+                   error: Exception, rows: int) -> None:
+    """ModelRequestError when the model refuses ``CONTROL_TEXT`` as it refused a batch of ``rows`` rows."""
+    try:
+        encode([CONTROL_TEXT])
+    except input_errors as refused:
+        raise ModelRequestError(
+            f"{error}; a control request of one short text was refused too ({type(refused).__name__}): the model"
+            f" refuses every request, not these rows' texts. None of the batch's {rows} row(s) was recorded as"
+            " failed; they stay due for the next run"
+        ) from error
 
 
 class BatchWriter:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import threading
 import time
 import urllib.error
@@ -37,6 +38,7 @@ class Behaviour:
     faults: deque = field(default_factory=deque)
     default: tuple = ("ok",)
     max_input_bytes: int | None = None  # reject (HTTP 400) any input longer than this, as OpenAI does
+    reject_message: str = "This model's maximum context length is exceeded"  # the message of that 400
     delay: float = 0.0  # every answer waits this long
 
 
@@ -46,7 +48,9 @@ class EmbeddingServer:
     Faults: ("status", code, retry_after or None, message), ("slow", seconds), ("trickle", seconds: the answer
     a piece at a time), ("drop",), ("bad_json",), ("error_200", message: an error body with HTTP 200),
     ("chat_answer", content, finish_reason: a chat completion as scripted),
-    ("wrong_dims", n), ("tiled", n), ("wrong_count",), ("scaled", factor). ``requests`` records every request;
+    ("wrong_dims", n), ("tiled", n), ("wrong_count",), ("scaled", factor), ("mixed_dims",: the first vector
+    cut to 100), ("empty_base64",), ("echo_key",: the key as the first value of every vector), ("raw_200",
+    text: HTTP 200 with a body that is not JSON). ``requests`` records every request;
     ``in_flight_peak`` the most requests answered at once.
     """
 
@@ -58,6 +62,7 @@ class EmbeddingServer:
         self.requests: list[Received] = []
         self.in_flight = self.in_flight_peak = 0
         self._lock = threading.Lock()
+        self._sockets: set = set()  # the open connections, shut when the server closes
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
@@ -71,8 +76,15 @@ class EmbeddingServer:
         self.in_flight_peak = 0
 
     def close(self) -> None:
+        """Stop listening and shut every open connection, as a host that went away."""
         self._server.shutdown()
         self._server.server_close()
+        with self._lock:
+            for sock in self._sockets:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def inputs(self) -> list[str]:
         """Every input text of every successfully answered request, in arrival order."""
@@ -97,6 +109,8 @@ class EmbeddingServer:
         if kind == "drop":  # the connection is closed before any answer
             handler.close_connection = True
             return
+        if kind == "raw_200":
+            return self._send_raw(handler, 200, action[1].encode())
         if kind == "bad_json":
             return self._send_raw(handler, 200, b'{"object": "list", "data": [{"embedd')
         if kind == "error_200":  # an error answered with HTTP 200 (some proxies)
@@ -114,7 +128,7 @@ class EmbeddingServer:
             return self._send(handler, 404, {"error": {"message": f"model {received.body.get('model')!r} not found"}})
         too_long = [t for t in texts if behaviour.max_input_bytes and len(t.encode()) > behaviour.max_input_bytes]
         if too_long:
-            return self._send(handler, 400, {"error": {"message": "This model's maximum context length is exceeded"}})
+            return self._send(handler, 400, {"error": {"message": behaviour.reject_message}})
         vectors = self.model.encode(texts, convert_to_numpy=True, show_progress_bar=False)
         if kind == "wrong_dims":
             vectors = vectors[:, : action[1]]
@@ -124,10 +138,19 @@ class EmbeddingServer:
             vectors = vectors[1:]
         if kind == "scaled":
             vectors = vectors * action[1]
+        rows = list(vectors)
+        if kind == "mixed_dims":
+            rows[0] = rows[0][:100]
         as_base64 = received.body.get("encoding_format") == "base64"
         data = [{"object": "embedding", "index": i,
                  "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode() if as_base64 else v.tolist()}
-                for i, v in enumerate(vectors)]
+                for i, v in enumerate(rows)]
+        for item in data:
+            if kind == "empty_base64":
+                item["embedding"] = ""
+            if kind == "echo_key":  # a proxy that echoes the request's header into its answer
+                item["embedding"] = [self.api_key, *item["embedding"][1:]] if isinstance(item["embedding"], list) \
+                    else [self.api_key, 0.5]
         data.reverse()  # servers may answer out of order: the index says where each belongs
         if kind == "indexes":  # indexes that do not say it: each half of the batch numbered from 0, one index
             half = (len(data) + 1) // 2  # twice, or numbers as text (which sort "10" before "2")
@@ -180,6 +203,16 @@ class EmbeddingServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, as real servers
+
+            def setup(self) -> None:
+                super().setup()
+                with server._lock:
+                    server._sockets.add(self.connection)
+
+            def finish(self) -> None:
+                with server._lock:
+                    server._sockets.discard(self.connection)
+                super().finish()
 
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 length = int(self.headers.get("Content-Length", 0))

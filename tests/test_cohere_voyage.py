@@ -194,3 +194,23 @@ def test_explicit_input_types_are_kept_and_sent_and_unknown_ones_refused(product
             " of 'search_document', 'search_query', 'classification', 'clustering'") in str(error.value)
     assert snapshot(products) == before
     assert products.scalar("SELECT count(*) FROM vectorize.job") == 1
+
+
+def test_cohere_quotes_an_error_answered_with_http_200_with_the_key_masked(products, hook, servers):
+    """Before: "the server's embeddings cannot be read (KeyError: 'embeddings')", the server's message lost."""
+    from airflow_vectorize.exceptions import ModelResponseError
+
+    server = servers["cohere"]
+    create(hook, "cohere")
+    before = snapshot(products)
+    trial = f"You are using a Trial key ({server.api_key}), which is limited to 40 API calls / minute"
+    server.reset(faults=[(200, None, trial)])
+
+    with pytest.raises(ModelResponseError) as error:
+        hook.generate_embeddings("cohere")
+
+    assert str(error.value) == (
+        "connection 'cohere_test', model 'embed-english-v3.0': the server's embeddings cannot be read (ValueError:"
+        " the answer is an error, not embeddings: You are using a Trial key (***), which is limited to 40 API"
+        " calls / minute); nothing of this batch was written")
+    assert snapshot(products) == before

@@ -103,13 +103,23 @@ def test_unknown_model_wrong_key_and_unreachable_host(products, hook, embedding_
         hook.create_project(JOB, "products", "product_id", COLUMNS, transformer="openai/nope", model_conn_id="flaky")
 
     set_model_connection("wrong_key", embedding_server.url, "sk-wrong-key-9876", max_retries=0)
+    embedding_server.reset()
     with pytest.raises(ModelAuthenticationError, match="password of connection 'wrong_key'") as wrong:
         create(hook, model_conn_id="wrong_key")
     assert "sk-wrong-key-9876" not in str(wrong.value)  # the server echoed it; the message masks it
+    assert len(embedding_server.requests) == 1  # the connection read again is unchanged: not sent again
 
-    set_model_connection("nowhere", f"http://127.0.0.1:{free_port()}/v1", "k", retry_initial_delay=0.01)
-    with pytest.raises(ModelConnectionError, match="connection 'nowhere' .* failed after 2 attempt.*ConnectError"):
+    # Refused at once (before, retried with backoff: 7 attempts, up to ~31 s, with the default extras).
+    port = free_port()
+    set_model_connection("nowhere", f"http://127.0.0.1:{port}/v1", "k")
+    started = time.monotonic()
+    with pytest.raises(ModelConnectionError) as unreachable:
         create(hook, model_conn_id="nowhere")
+    assert str(unreachable.value) == (
+        f"connection 'nowhere' (http://127.0.0.1:{port}/v1), model 'MiniLM': the host cannot be reached"
+        " (ConnectError: [Errno 111] Connection refused). Check the host of connection 'nowhere' and that the"
+        " server is up and reachable from here")
+    assert time.monotonic() - started < 2
     assert snapshot(products) == before
 
 
@@ -284,7 +294,7 @@ def test_only_model_connections_are_model_endpoints(monkeypatch):
     read as a key; only a connection of the provider's own type without a host means the provider's default
     URL: a Unix-socket PostgreSQL connection (no host) never becomes an api.openai.com endpoint."""
     from airflow_vectorize.models import chat_model, embedding_model
-    from airflow_vectorize.models.http import endpoint
+    from airflow_vectorize.models.connection import endpoint
 
     monkeypatch.setenv("AIRFLOW_CONN_SOCKET_DB", "postgresql://app:db-password@/appdb?host=/var/run/postgresql")
     monkeypatch.setenv("AIRFLOW_CONN_SSH_BOX", '{"conn_type": "ssh", "host": "box", "password": "ssh-password"}')
@@ -311,3 +321,114 @@ def test_only_model_connections_are_model_endpoints(monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_OPENAI_KEY_ONLY", '{"conn_type": "openai", "password": "sk-1234"}')
     assert endpoint("openai_key_only", "https://api.openai.com/v1", provider="openai").base_url \
         == "https://api.openai.com/v1"
+
+
+def key_parts(text: str, key: str) -> list[str]:
+    """The prefixes of ``key`` of 8 characters or more that ``text`` holds."""
+    return [key[:n] for n in range(8, len(key) + 1) if key[:n] in text]
+
+
+@pytest.mark.parametrize("fault", [
+    ("status", 401, None, "x" * 450 + " Incorrect API key provided: {key}"),  # the key from character 479
+    ("raw_200", "<html>" + "y" * 280 + " key {key} </html>"),
+    ("echo_key",),
+], ids=["401-near-500th-character", "200-not-json-near-300th", "key-in-vector-values"])
+def test_a_key_the_server_echoes_is_masked_before_its_message_is_cut(products, hook, embedding_server, caplog, fault):
+    """Before, a server's message was cut (500 or 300 characters) before the key was masked: a key cut short
+    was no longer found, and up to 31 of its characters were shown; a key in the vector values was not masked
+    at all."""
+    create(hook)
+    before = snapshot(products)
+    key = embedding_server.api_key
+    embedding_server.reset(default=tuple(part.format(key=key) if isinstance(part, str) else part for part in fault))
+
+    with caplog.at_level(logging.DEBUG), pytest.raises((ModelAuthenticationError, ModelResponseError)) as error:
+        hook.search(JOB, "phone")
+
+    assert "connection 'flaky'" in str(error.value) and "model 'MiniLM'" in str(error.value)
+    assert "***" in str(error.value) or "…" in str(error.value)
+    assert key_parts(str(error.value), key) == [] and key_parts(caplog.text, key) == []
+    assert snapshot(products) == before
+
+
+def test_a_refused_rows_error_keeps_no_part_of_the_key(products, hook, embedding_server):
+    """A 400 quoting the key near its 500th character: the row's error in the errors table held 26 of its 35
+    characters."""
+    key = embedding_server.api_key
+    products.execute("UPDATE products SET description = repeat('long text ', 40) WHERE product_id = 5")
+    create(hook)
+    embedding_server.reset(max_input_bytes=200, reject_message="z" * 460 + f" input rejected for key {key}")
+
+    summary = hook.generate_embeddings(JOB, batch_size=24, concurrency=1)
+
+    assert (summary["embedded"], summary["failed"]) == (23, 1)
+    (error,) = [row[0] for row in products.execute("SELECT error FROM vectorize._errors_remote")]
+    assert "ModelInputRejectedError" in error and "HTTP 400" in error and key_parts(error, key) == []
+
+
+@pytest.mark.parametrize("fault, message", [
+    (("empty_base64",), "the server answered vectors of 0 dimensions; pgvector stores 1 to 16000"),
+    (("tiled", 16001), "the server answered vectors of 16001 dimensions; pgvector stores 1 to 16000"),
+], ids=["empty", "over-16000"])
+def test_vector_sizes_pgvector_cannot_store_are_refused(products, hook, embedding_server, fault, message):
+    """Before, an empty base64 vector passed the probe as 0 dimensions and 16001 as 16001, and create_project
+    failed in PostgreSQL (raw InvalidParameterValue)."""
+    before = snapshot(products)
+    embedding_server.reset(default=fault)
+
+    with pytest.raises(ModelResponseError) as error:
+        create(hook)
+
+    assert str(error.value) == f"connection 'flaky', model 'MiniLM': {message}"
+    assert snapshot(products) == before
+
+
+def test_vectors_of_different_sizes_in_one_answer_write_nothing(products, hook, embedding_server):
+    """Before: "cannot be read (ValueError: all input arrays must have the same shape)"."""
+    create(hook)
+    embedding_server.reset(faults=[("mixed_dims",)])
+
+    with pytest.raises(ModelResponseError) as error:
+        hook.generate_embeddings(JOB, batch_size=100)
+
+    assert str(error.value) == ("connection 'flaky', model 'MiniLM': the server answered vectors of different"
+                                " sizes in one answer (100, 384 dimensions); nothing of this batch was written")
+    assert embedded_count(products) == 0
+
+
+@pytest.mark.parametrize("retry_after", ["3600", "Wed, 01 Jan 2099 00:00:00 GMT"], ids=["seconds", "http-date"])
+def test_a_retry_after_beyond_the_limit_fails_at_once(products, hook, embedding_server, retry_after):
+    """Before, a Retry-After of an hour (or a date decades ahead) was waited for 120 s, then retried."""
+    create(hook)
+    embedding_server.reset(faults=[("status", 429, retry_after, "Rate limit reached for requests")])
+    started = time.monotonic()
+
+    with pytest.raises(ModelRequestError) as error:
+        hook.generate_embeddings(JOB, batch_size=100, concurrency=1)
+
+    assert type(error.value).__name__ == "ModelRateLimitError"  # a ModelRequestError
+    assert time.monotonic() - started < 10 and len(embedding_server.requests) == 1
+    waited = "3600" if retry_after == "3600" else ""
+    assert (f"connection 'flaky' (http://127.0.0.1:{embedding_server.port}/v1), model 'MiniLM': HTTP 429: Rate"
+            f" limit reached for requests; the server asks to wait {waited}") in str(error.value)
+    assert str(error.value).endswith(" s (Retry-After) before the next request, longer than the 120 s this"
+                                     " connection waits: not retried. The extra 'max_retry_after' of connection"
+                                     " 'flaky' raises the limit")
+    assert embedded_count(products) == 0
+    assert products.scalar("SELECT count(*) FROM vectorize._errors_remote") == 0
+
+
+def test_the_connection_sets_the_longest_retry_after_waited(products, hook, embedding_server):
+    set_model_connection("impatient", embedding_server.url, embedding_server.api_key, max_retry_after=0.5)
+    create(hook, model_conn_id="impatient")
+    before = snapshot(products)
+    embedding_server.reset(faults=[("status", 429, 1, "slow down")])
+
+    with pytest.raises(ModelRequestError) as error:
+        hook.generate_embeddings(JOB)
+
+    assert type(error.value).__name__ == "ModelRateLimitError"
+    assert "HTTP 429: slow down; the server asks to wait 1 s (Retry-After) before the next request, longer than" \
+           " the 0.5 s this connection waits: not retried. The extra 'max_retry_after' of connection 'impatient'" \
+           " raises the limit" in str(error.value)
+    assert len(embedding_server.requests) == 1 and snapshot(products) == before

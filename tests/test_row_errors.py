@@ -11,7 +11,12 @@ from types import SimpleNamespace
 import pytest
 from conftest import snapshot
 
-from airflow_vectorize.exceptions import EmbeddingFailuresError, InvalidInputError
+from airflow_vectorize.exceptions import (
+    EmbeddingFailuresError,
+    InvalidInputError,
+    ModelInputRejectedError,
+    ModelRequestError,
+)
 from airflow_vectorize.operators import GenerateEmbeddingsOperator
 
 MODEL = "openai/MiniLM"
@@ -60,6 +65,49 @@ def test_refused_rows_are_recorded_and_the_rest_is_written(products, hook, embed
     products.execute("DELETE FROM products WHERE product_id = 17")
     assert hook.generate_embeddings("remote")["embedded"] == 1
     assert errors(products) == {} and hook.get_status("remote")["failed_rows"] == 0
+
+
+def test_a_400_for_every_request_fails_the_run_and_records_no_row(products, hook, embedding_server):
+    """A server that refuses every request with HTTP 400 (a LiteLLM proxy whose budget is spent): before, each
+    batch was halved down to single rows (39 requests for 20 rows), every row was recorded as failed, the next
+    runs passed with all rows failing, and after 3 runs the whole table was given up on for good. Now one
+    control request of a short text, refused too, makes it the request's failure: the run fails, nothing is
+    recorded, and the rows stay due."""
+    create(hook)
+    before = snapshot(products)
+    embedding_server.reset(default=("status", 400, None, "Budget has been exceeded! Current cost: 10.1"))
+
+    with pytest.raises(ModelRequestError) as error:
+        hook.generate_embeddings("remote", batch_size=24, concurrency=1)
+
+    assert not isinstance(error.value, ModelInputRejectedError)
+    assert str(error.value) == (
+        f"connection 'flaky' (http://127.0.0.1:{embedding_server.port}/v1), model 'MiniLM': HTTP 400, the server"
+        " rejected the request: Budget has been exceeded! Current cost: 10.1; a control request of one short text"
+        " was refused too (ModelInputRejectedError): the model refuses every request, not these rows' texts. None"
+        " of the batch's 24 row(s) was recorded as failed; they stay due for the next run")
+    assert [len(r.body["input"]) for r in embedding_server.requests] == [24, 1]  # the batch, the control
+    assert snapshot(products) == before and errors(products) == {}
+    assert hook.get_freshness("remote")["failed"] == 0
+
+    embedding_server.reset()  # the budget is topped up: the next run embeds every row
+    assert hook.generate_embeddings("remote")["embedded"] == 24
+    assert hook.get_status("remote")["failed_rows"] == 0
+
+
+def test_rows_all_too_long_are_still_recorded(products, hook, embedding_server):
+    """The control request is accepted: a batch whose every row the server refuses is the rows' fault."""
+    products.execute("UPDATE products SET description = %s WHERE product_id IN (5, 17)", [LONG])
+    create(hook)
+    products.execute("UPDATE products SET name = name || ' ' WHERE product_id IN (5, 17)")
+    hook.generate_embeddings("remote", batch_size=24)  # every row, the server has no limit yet
+    products.execute("UPDATE products SET name = name || '!' WHERE product_id IN (5, 17)")  # due: these two
+    embedding_server.reset(max_input_bytes=150)
+
+    summary = hook.generate_embeddings("remote", batch_size=24, concurrency=1, max_failed_share=1)
+
+    assert (summary["embedded"], summary["failed"]) == (0, 2) and list(errors(products)) == [5, 17]
+    assert [len(r.body["input"]) for r in embedding_server.requests] == [2, 1, 1, 1]  # batch, control, each row
 
 
 def test_freshness_judges_rows_given_up_on_as_the_last_run_did(products, hook, embedding_server):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow_vectorize.models.http import endpoint
+from airflow_vectorize.models.connection import endpoint
 from airflow_vectorize.models.remote import Limits, Provider, RemoteEmbeddings
 
 PROVIDER = Provider("cohere", "cohere_default", "https://api.cohere.com",
@@ -46,6 +46,8 @@ class CohereEmbeddings(RemoteEmbeddings):
         return payload
 
     def vectors(self, body: dict[str, Any]) -> list[Any]:
+        if "embeddings" not in body and body.get("message"):  # an error answered with HTTP 200
+            raise ValueError(f"the answer is an error, not embeddings: {body['message']}")  # masked by the caller
         found = body["embeddings"]["float"]
         if not isinstance(found, list):
             raise TypeError(f"'embeddings.float' is {type(found).__name__}, not a list")

@@ -1,17 +1,21 @@
-"""What remote embedding and chat models share: an Airflow connection as an endpoint, one pooled HTTP
-client per process, and retries with exponential backoff and jitter that honour ``Retry-After``.
+"""What remote embedding and chat models share: an endpoint (an Airflow connection, read by
+:mod:`.connection`), one pooled HTTP client per process, and retries with exponential backoff and jitter
+that honour ``Retry-After``.
 
-The API key is read from the connection when a request is made and sent as a bearer header; it is never
-stored, logged, or put in an error message (a server that echoes it gets it masked).
+The API key is read from the connection when a model is built (and again when the server refuses it or
+cannot be reached: :mod:`.connection`) and sent as a bearer header; it is never stored, logged, or put in an
+error message: every text of a server or an error is masked before it is cut (``Endpoint.quote``).
 """
 
 from __future__ import annotations
 
 import email.utils
 import logging
+import math
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -22,6 +26,7 @@ from airflow_vectorize.exceptions import (
     ModelConnectionError,
     ModelInputRejectedError,
     ModelNotFoundError,
+    ModelRateLimitError,
     ModelRequestError,
     ModelResponseError,
     ModelTimeoutError,
@@ -30,60 +35,67 @@ from airflow_vectorize.exceptions import (
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
-MAX_RETRY_AFTER_SECONDS = 120.0
+DEFAULT_MAX_RETRY_AFTER = 120.0  # seconds; the extra max_retry_after
 _client_lock = threading.Lock()
 _client = None
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How often and how patiently a request is retried (429, 5xx, timeouts, dropped connections)."""
+    """How often and how patiently a request is retried (429, 5xx, timeouts, dropped connections), and the
+    longest ``Retry-After`` waited for (a server asking for longer fails the request at once)."""
 
     max_retries: int = 6
     initial_delay: float = 0.5
     max_delay: float = 30.0
     timeout: float = 60.0
+    max_retry_after: float = DEFAULT_MAX_RETRY_AFTER
 
     @classmethod
-    def from_options(cls, options: dict[str, Any]) -> RetryPolicy:
-        """The policy a connection's extras ask for (``max_retries``, ``timeout``, ``retry_*_delay``)."""
+    def from_options(cls, options: dict[str, Any], conn_id: str) -> RetryPolicy:
+        """The policy the extras of connection ``conn_id`` ask for (``max_retries``, ``timeout``,
+        ``retry_*_delay``, ``max_retry_after``); InvalidInputError naming the connection and the extra."""
         values = {}
         for field_name, extra in (("max_retries", "max_retries"), ("timeout", "timeout"),
-                                  ("initial_delay", "retry_initial_delay"), ("max_delay", "retry_max_delay")):
+                                  ("initial_delay", "retry_initial_delay"), ("max_delay", "retry_max_delay"),
+                                  ("max_retry_after", "max_retry_after")):
             value = options.get(extra, getattr(cls, field_name))
             try:
                 number = float(value)
             except (TypeError, ValueError):
                 number = -1.0
-            if isinstance(value, bool) or number < 0 or (field_name == "timeout" and number == 0):
-                raise InvalidInputError(f"the connection extra {extra!r} must be a number >= 0"
-                                        f"{' (> 0)' if field_name == 'timeout' else ''}, got {value!r}")
+            if (isinstance(value, bool) or not math.isfinite(number) or number < 0
+                    or (field_name == "timeout" and number == 0)):
+                raise InvalidInputError(
+                    f"the extra {extra!r} of connection {conn_id!r} must be a finite number >= 0"
+                    f"{' (> 0)' if field_name == 'timeout' else ''}, got {value!r}")
             values[field_name] = int(number) if field_name == "max_retries" else number
         return cls(**values)
 
     def delay(self, attempt: int, retry_after: float | None) -> float:
-        """Full-jitter exponential backoff; a server's ``Retry-After`` is waited for at least."""
-        backoff = random.uniform(0, min(self.max_delay, self.initial_delay * 2 ** attempt))
+        """Full-jitter exponential backoff; a server's ``Retry-After`` (within ``max_retry_after``: the caller
+        checks) is waited for at least."""
         if retry_after is None:
-            return backoff
-        return min(retry_after, MAX_RETRY_AFTER_SECONDS) + random.uniform(0, self.initial_delay)
+            return random.uniform(0, min(self.max_delay, self.initial_delay * 2 ** attempt))
+        return retry_after + random.uniform(0, self.initial_delay)
 
 
 @dataclass(frozen=True)
 class Endpoint:
-    """An OpenAI-compatible API as an Airflow connection describes it."""
+    """An OpenAI-compatible API as an Airflow connection describes it; ``reload`` reads the connection again
+    (into an equal endpoint unless it changed)."""
 
     conn_id: str
     base_url: str
     api_key: str | None = field(default=None, repr=False)
     headers: dict[str, str] = field(default_factory=dict, repr=False)
     options: dict[str, Any] = field(default_factory=dict)
+    reload: Callable[[], Endpoint] | None = field(default=None, repr=False, compare=False)
 
     @property
     def display_url(self) -> str:
-        """The base URL without credentials, for messages."""
-        parts = urlsplit(self.base_url)
-        return urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
+        """The base URL without credentials, for messages (an IPv6 host in brackets)."""
+        return display_url(self.base_url)
 
     def mask(self, text: str) -> str:
         """``text`` with every secret of the connection replaced by ``***``."""
@@ -92,66 +104,19 @@ class Endpoint:
                 text = text.replace(secret, "***")
         return text
 
-
-# The connection types a model connection may have: the types of the providers' connections (openai: OpenAI,
-# Ollama and any OpenAI-compatible server; cohere, voyage, portkey), and Airflow's HTTP connection (a server
-# written as http://host:port; its host is then required). Any other (a database's, an SSH host's...) is
-# refused: its password is no model's key, and must never be sent as one.
-MODEL_CONN_TYPES = ("openai", "cohere", "voyage", "portkey", "http")
-
-
-def endpoint(conn_id: str, default_url: str, *, provider: str, conn_type: str = "openai") -> Endpoint:
-    """The Airflow connection ``conn_id`` as an endpoint: host (or extra ``base_url``) is the base URL,
-    password the API key; extra ``headers`` are sent with every request, other extras are options.
-
-    The connection must be of a model connection type (``MODEL_CONN_TYPES``), else InvalidInputError (naming
-    the connection and its type, never a secret); only a connection of the provider's own type (``conn_type``)
-    without a host means the provider's ``default_url``: any other needs its host.
-    """
-    from airflow.sdk import BaseHook
-
-    try:
-        conn = BaseHook.get_connection(conn_id)
-    except Exception as error:  # AirflowNotFoundException, or the task runtime's own error type
-        raise ModelConnectionError(
-            f"the Airflow connection {conn_id!r} for the {provider} provider is not defined ({type(error).__name__})."
-            f" Add it in the UI or set AIRFLOW_CONN_{conn_id.upper()}='{{\"conn_type\": \"{conn_type}\","
-            f" \"host\": \"<base URL>\", \"password\": \"<API key>\"}}', or pass model_conn_id"
-        ) from error
-    if conn.conn_type not in MODEL_CONN_TYPES:
-        raise InvalidInputError(
-            f"the Airflow connection {conn_id!r} is of type {conn.conn_type!r}, not a model connection: the"
-            f" {provider} provider takes a connection of type {conn_type!r} (model connection types:"
-            f" {', '.join(MODEL_CONN_TYPES)}), whose password is the model's API key and host its base URL"
-        )
-    extra = dict(conn.extra_dejson or {})
-    client_kwargs = extra.pop("openai_client_kwargs", None) or {}  # apache-airflow-providers-openai's spelling
-    headers = {str(k): str(v) for k, v in (extra.pop("headers", None) or client_kwargs.get("default_headers")
-                                           or {}).items()}
-    url = extra.pop("base_url", None) or client_kwargs.get("base_url") or conn.host
-    if url and conn.conn_type == "http" and "://" not in url:  # as Airflow's HttpHook: its schema is the scheme
-        url = f"{conn.schema if conn.schema in ('http', 'https') else 'http'}://{url}{f':{conn.port}' if conn.port else ''}"
-    if not url and default_url and conn.conn_type != conn_type:
-        raise InvalidInputError(
-            f"the Airflow connection {conn_id!r} (type {conn.conn_type!r}) has no host: only a {conn_type!r}"
-            f" connection without one reaches the {provider} provider's {default_url}; set the host to the base"
-            f" URL of the server it is meant for"
-        )
-    return Endpoint(
-        conn_id=conn_id,
-        base_url=_base_url(url, conn.port, conn.schema) if url else default_url,
-        api_key=conn.password or client_kwargs.get("api_key") or extra.pop("api_key", None),
-        headers=headers,
-        options=extra,
-    )
+    def quote(self, text: Any, limit: int = 500) -> str:
+        """``text`` (a server's message, an error) for a message: masked whole, then cut to ``limit``
+        characters; cut first, a secret the cut split would no longer be found."""
+        masked = self.mask(str(text)).strip()
+        return masked if len(masked) <= limit else masked[:limit] + "…"
 
 
-def _base_url(host: str, port: int | None, path: str | None) -> str:
-    """A connection's host as a base URL: kept as given when it has a scheme, else built from its parts."""
-    if "://" in host:
-        return host.rstrip("/")
-    scheme = "http" if host in ("localhost", "127.0.0.1", "::1") else "https"
-    return f"{scheme}://{host}{f':{port}' if port else ''}{'/' + path.strip('/') if path else ''}"
+def display_url(url: str) -> str:
+    """``url`` without its userinfo (a key may be written there)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    return urlunsplit(parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")))
 
 
 def client():
@@ -171,9 +136,11 @@ def post_json(
 ) -> dict[str, Any]:
     """POST ``payload`` to ``base_url + path``; the decoded JSON object of a 2xx answer.
 
-    Retried: 429, 408/409/425, 5xx, timeouts, dropped or refused connections, and a 2xx whose body is not
-    JSON. Not retried: 401/403 (ModelAuthenticationError), 404 (ModelNotFoundError), other 4xx
-    (ModelRequestError). Every error names the connection, the model and the server's message.
+    Retried: 429, 408/409/425, 5xx, timeouts, dropped connections, and a 2xx whose body is not JSON. Not
+    retried: a host that cannot be reached (refused, unknown name: ModelConnectionError), 401/403
+    (ModelAuthenticationError), 404 (ModelNotFoundError), other 4xx (ModelRequestError), and a
+    ``Retry-After`` longer than ``policy.max_retry_after`` (ModelRateLimitError for a 429). Every error names
+    the connection, the model and the server's message.
     """
     import httpx
 
@@ -189,14 +156,25 @@ def post_json(
         except httpx.TimeoutException as error:
             failure = f"no answer within {policy.timeout:g} s ({type(error).__name__})"
             final = ModelTimeoutError
+        except httpx.ConnectError as error:  # refused, unknown host name: no retry makes it reachable
+            raise ModelConnectionError(
+                f"{where}: the host cannot be reached ({type(error).__name__}: {target.quote(error)}). Check the"
+                f" host of connection {target.conn_id!r} and that the server is up and reachable from here"
+            ) from error
         except httpx.TransportError as error:
-            failure = f"{type(error).__name__}: {target.mask(str(error))}"
+            failure = f"{type(error).__name__}: {target.quote(error)}"
             final = ModelConnectionError
         else:
             body = _json_object(response) if 200 <= response.status_code < 300 else None
             if body is not None:
                 return body
             failure, final, retry_after = _retryable_failure(target, where, path, response)
+            if retry_after is not None and retry_after > policy.max_retry_after:
+                raise final(
+                    f"{where}: {failure}; the server asks to wait {retry_after:.0f} s (Retry-After) before the"
+                    f" next request, longer than the {policy.max_retry_after:g} s this connection waits: not"
+                    f" retried. The extra 'max_retry_after' of connection {target.conn_id!r} raises the limit"
+                )
         if attempt == policy.max_retries:
             attempts = policy.max_retries + 1
             hint = (" Check that the host is reachable from the worker." if final is ModelConnectionError
@@ -237,9 +215,9 @@ def _retryable_failure(target: Endpoint, where: str, path: str, response) -> tup
     no retry can mend (401/403, 404, other 4xx) is raised at once."""
     status = response.status_code
     if 200 <= status < 300:
-        return (f"HTTP {status} with a body that is not a JSON object: {target.mask(response.text[:300])}",
+        return (f"HTTP {status} with a body that is not a JSON object: {target.quote(response.text, 300)}",
                 ModelResponseError, None)
-    message = target.mask(_server_message(response))
+    message = target.quote(_server_message(response))
     if status in (401, 403):
         raise ModelAuthenticationError(
             f"{where}: HTTP {status}, the server refused the credentials: {message}. Check the API key"
@@ -251,25 +229,27 @@ def _retryable_failure(target: Endpoint, where: str, path: str, response) -> tup
             " the connection's host (the base URL, e.g. ending in /v1 for OpenAI's API)"
         )
     if status in RETRY_STATUSES or status >= 500:
-        return f"HTTP {status}: {message}", ModelRequestError, _retry_after(response.headers.get("Retry-After"))
+        final = ModelRateLimitError if status == 429 else ModelRequestError
+        return f"HTTP {status}: {message}", final, _retry_after(response.headers.get("Retry-After"))
     rejected = ModelInputRejectedError if status in (400, 413, 422) else ModelRequestError
     raise rejected(f"{where}: HTTP {status}, the server rejected the request: {message}")
 
 
 def _server_message(response) -> str:
-    """The error message of an OpenAI-style body ({"error": {"message"}}, {"detail"}), else the text."""
+    """The whole error message of an OpenAI-style body ({"error": {"message"}}, {"detail"}), else the text;
+    not cut (``Endpoint.quote`` masks it first)."""
     try:
         body = response.json()
     except ValueError:
-        return response.text[:300].strip() or "(empty body)"
+        return response.text.strip() or "(empty body)"
     if isinstance(body, dict):
         error = body.get("error")
         if isinstance(error, dict) and error.get("message"):
-            return str(error["message"])[:500]
+            return str(error["message"])
         for key in ("error", "detail", "message"):
             if body.get(key):
-                return str(body[key])[:500]
-    return str(body)[:300]
+                return str(body[key])
+    return str(body)
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from airflow_vectorize.exceptions import ModelResponseError
 from airflow_vectorize.models.base import ChatModel, ChatResult
-from airflow_vectorize.models.http import Endpoint, RetryPolicy, endpoint, post_json
+from airflow_vectorize.models.connection import ConnectionClient, endpoint
+from airflow_vectorize.models.http import Endpoint
 from airflow_vectorize.models.remote import Limits, Provider, RemoteEmbeddings, positive_int
 from airflow_vectorize.models.tokens import token_counter
 
@@ -42,7 +44,8 @@ def openai_endpoint(provider: str, conn_id: str) -> Endpoint:
     """The endpoint of an OpenAI-protocol ``provider`` at ``conn_id``; Ollama's OpenAI API is under /v1."""
     target = endpoint(conn_id, PROVIDERS[provider].default_url, provider=provider)
     if provider == "ollama" and not target.base_url.rstrip("/").endswith("/v1"):
-        target = replace(target, base_url=target.base_url.rstrip("/") + "/v1")
+        target = replace(target, base_url=target.base_url.rstrip("/") + "/v1",
+                         reload=partial(openai_endpoint, provider, conn_id))
     return target
 
 
@@ -53,7 +56,10 @@ class OpenAICompatibleEmbeddings(RemoteEmbeddings):
     def __init__(self, transformer: str, provider: Provider, target: Endpoint,
                  dimensions: int | None = None, shorten: bool = False, model: str | None = None) -> None:
         super().__init__(transformer, model or transformer.split("/", 1)[1], provider, target, dimensions, shorten)
-        self.encoding_format = target.options.get("encoding_format", provider.encoding_format)
+
+    def use(self, target: Endpoint) -> None:
+        super().use(target)
+        self.encoding_format = target.options.get("encoding_format", self.provider.encoding_format)
 
     def payload(self, texts: list[str], input_type: str | None) -> dict[str, Any]:
         payload: dict[str, Any] = {"model": self.model, "input": texts, "encoding_format": self.encoding_format}
@@ -70,7 +76,8 @@ def data_vectors(body: dict[str, Any]) -> list[Any]:
     item's ``index`` says which input it is (0..n-1, each once); without any, the order given."""
     if "data" not in body and "error" in body:  # an error answered with HTTP 200
         error = body["error"]
-        raise ValueError(f"the answer is an error, not embeddings: {(error.get('message') if isinstance(error, dict) else None) or error!s:.500}")
+        message = (error.get("message") if isinstance(error, dict) else None) or error
+        raise ValueError(f"the answer is an error, not embeddings: {message}")  # masked, then cut, by the caller
     data = body["data"]
     if not isinstance(data, list):
         raise TypeError(f"'data' is {type(data).__name__}, not a list")
@@ -94,15 +101,17 @@ CONTEXT_WINDOWS = {
 DEFAULT_CONTEXT_WINDOW = 8_192
 
 
-class OpenAICompatibleChat(ChatModel):
+class OpenAICompatibleChat(ConnectionClient, ChatModel):
     """``<provider>/<model>`` chat completions at an Airflow connection's host."""
 
     def __init__(self, chat_model: str, target: Endpoint, model: str | None = None) -> None:
         self.chat_model = chat_model
         self.model = model or chat_model.split("/", 1)[1]
-        self.endpoint = target
-        self.retry = RetryPolicy.from_options(target.options)
         self.tokens = token_counter(self.model)
+        self.use(target)
+
+    def use(self, target: Endpoint) -> None:
+        super().use(target)
         window = target.options.get("context_window")
         self.context_window = (positive_int(window, f"extra 'context_window' of connection {target.conn_id!r}")
                                if window is not None else _known_window(self.model))
@@ -117,13 +126,13 @@ class OpenAICompatibleChat(ChatModel):
             payload["max_tokens"] = max_tokens
         if temperature is not None:
             payload["temperature"] = temperature
-        body = post_json(self.endpoint, "/chat/completions", payload, model=self.model, policy=self.retry)
+        body = self.post("/chat/completions", payload)
         where = f"connection {self.endpoint.conn_id!r}, model {self.model!r}"
         if "choices" not in body and "error" in body:  # an error answered with HTTP 200 (gateways, proxies)
             error = body["error"]
             message = (error.get("message") if isinstance(error, dict) else None) or error
             raise ModelResponseError(
-                f"{where}: the answer is an error, not a chat completion: {self.endpoint.mask(str(message))[:500]}"
+                f"{where}: the answer is an error, not a chat completion: {self.endpoint.quote(message)}"
             )
         try:
             choice = body["choices"][0]
@@ -132,7 +141,8 @@ class OpenAICompatibleChat(ChatModel):
                 raise TypeError(f"content is {type(text).__name__}")
         except (KeyError, IndexError, TypeError) as error:
             raise ModelResponseError(
-                f"{where}: the server's answer has no choices[0].message.content ({type(error).__name__}: {error})"
+                f"{where}: the server's answer has no choices[0].message.content ({type(error).__name__}:"
+                f" {self.endpoint.quote(error)})"
             ) from error
         reason = choice.get("finish_reason")
         reason = reason if isinstance(reason, str) else None

@@ -15,16 +15,19 @@ The Airflow connection (``portkey_default`` unless ``model_conn_id`` / ``chat_co
 - extra ``headers`` (more ``x-portkey-*`` headers, e.g. ``x-portkey-config``), and the options of
   :mod:`.openai_compatible` (``max_retries``, ``timeout``, ``max_batch_inputs``, ``context_window``, ...).
 
-Keys are read when a model is built, sent only as headers, and masked in every message.
+Keys are read when a model is built (and again when refused: :mod:`.connection`), sent only as headers, and
+masked in every message.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from urllib.parse import urlsplit
 
 from airflow_vectorize.exceptions import InvalidInputError
-from airflow_vectorize.models.http import Endpoint, endpoint
+from airflow_vectorize.models.connection import endpoint
+from airflow_vectorize.models.http import Endpoint
 from airflow_vectorize.models.openai_compatible import PROVIDERS as OPENAI_PROVIDERS
 from airflow_vectorize.models.openai_compatible import OpenAICompatibleChat, OpenAICompatibleEmbeddings
 from airflow_vectorize.models.remote import Limits, Provider
@@ -74,7 +77,8 @@ def portkey_endpoint(conn_id: str, upstream: str) -> PortkeyEndpoint:
             headers[header] = str(value).rstrip("/") if extra == "custom_host" else str(value)
     provider_key = options.pop("provider_api_key", None)
     return PortkeyEndpoint(conn_id=target.conn_id, base_url=target.base_url, headers=headers, options=options,
-                           api_key=str(provider_key) if provider_key else None)
+                           api_key=str(provider_key) if provider_key else None,
+                           reload=partial(portkey_endpoint, conn_id, upstream))
 
 
 @dataclass(frozen=True)

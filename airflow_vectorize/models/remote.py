@@ -13,11 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_vectorize.exceptions import InvalidInputError, ModelInputRejectedError, ModelResponseError
 from airflow_vectorize.models.base import EmbeddingModel
-from airflow_vectorize.models.http import Endpoint, RetryPolicy, post_json
+from airflow_vectorize.models.connection import ConnectionClient
+from airflow_vectorize.models.http import Endpoint, RetryPolicy
 from airflow_vectorize.models.tokens import token_counter
 
 if TYPE_CHECKING:
     import numpy as np
+
+MAX_DIMENSIONS = 16_000  # pgvector's largest vector
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,7 @@ def positive_int(value: Any, what: str) -> int:
     return int(text)
 
 
-class RemoteEmbeddings(EmbeddingModel):
+class RemoteEmbeddings(ConnectionClient, EmbeddingModel):
     """``<provider>/<model>`` computed by a server at an Airflow connection's host.
 
     An input the server refuses (HTTP 400/413/422) is an input error; 429, 5xx and timeouts are retried
@@ -75,14 +78,16 @@ class RemoteEmbeddings(EmbeddingModel):
         self.transformer = transformer
         self.provider = provider
         self.model = model
-        self.endpoint = target
-        self.limits = provider.limits.override(target.options, target.conn_id)
-        self.concurrency = self.limits.concurrency
-        self.max_input_tokens = self.limits.max_input_tokens
-        self.retry = RetryPolicy.from_options(target.options)
+        self.use(target)
+        self.concurrency = self.limits.concurrency  # threads a batching wrapper starts: kept as first read
         self.tokens = token_counter(model)
         self._dimensions = dimensions
         self.shorten = shorten
+
+    def use(self, target: Endpoint) -> None:
+        super().use(target)
+        self.limits = self.provider.limits.override(target.options, target.conn_id)
+        self.max_input_tokens = self.limits.max_input_tokens
 
     @abstractmethod
     def payload(self, texts: list[str], input_type: str | None) -> dict[str, Any]:
@@ -149,11 +154,8 @@ class RemoteEmbeddings(EmbeddingModel):
 
     def _request(self, texts: list[str], retry: RetryPolicy, expected: int | None,
                  input_type: str | None) -> np.ndarray:
-        import numpy as np
-
         try:
-            body = post_json(self.endpoint, self.path, self.payload(texts, input_type), model=self.model,
-                             policy=retry)
+            body = self.post(self.path, self.payload(texts, input_type), retry)
         except ModelInputRejectedError as error:
             raise self.request_error(error) from error
         where = f"connection {self.endpoint.conn_id!r}, model {self.model!r}"
@@ -164,26 +166,41 @@ class RemoteEmbeddings(EmbeddingModel):
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:  # may quote the server:
             raise ModelResponseError(  # its key masked, as in every other answer's message
                 f"{where}: the server's embeddings cannot be read ({type(error).__name__}:"
-                f" {self.endpoint.mask(str(error))})"
+                f" {self.endpoint.quote(error)})"
             ) from error
         if len(found) != len(texts):
             raise ModelResponseError(
                 f"{where}: the server answered {len(found)} embedding(s) for {len(texts)} input(s)"
             )
         try:
-            vectors = np.stack([as_vector(value) for value in found])
-        except (TypeError, ValueError) as error:
+            vectors = [as_vector(value) for value in found]
+        except (TypeError, ValueError) as error:  # numpy quotes the value: it may be an echoed key
             raise ModelResponseError(
-                f"{where}: the server's embeddings cannot be read ({type(error).__name__}: {error})"
+                f"{where}: the server's embeddings cannot be read ({type(error).__name__}:"
+                f" {self.endpoint.quote(error)})"
             ) from error
-        if expected is not None and vectors.shape[1] != expected:
-            raise ModelResponseError(
-                f"{where}: the server answered vectors of {vectors.shape[1]} dimensions, expected"
-                f" {expected}"
-            )
-        if not np.isfinite(vectors).all():
-            raise ModelResponseError(f"{where}: the server answered NaN or infinite values")
-        return vectors
+        return checked(vectors, expected, where)
+
+
+def checked(vectors: list[np.ndarray], expected: int | None, where: str) -> np.ndarray:
+    """The vectors of one answer as one array, when they are all of one size that pgvector stores (1 to
+    MAX_DIMENSIONS, ``expected`` when given) and finite; else ModelResponseError."""
+    import numpy as np
+
+    sizes = sorted({vector.size for vector in vectors})
+    if len(sizes) > 1:
+        raise ModelResponseError(f"{where}: the server answered vectors of different sizes in one answer"
+                                 f" ({', '.join(map(str, sizes[:5]))} dimensions)")
+    size = sizes[0]
+    if not 0 < size <= MAX_DIMENSIONS:
+        raise ModelResponseError(f"{where}: the server answered vectors of {size} dimensions; pgvector stores"
+                                 f" 1 to {MAX_DIMENSIONS}")
+    if expected is not None and size != expected:
+        raise ModelResponseError(f"{where}: the server answered vectors of {size} dimensions, expected {expected}")
+    stacked = np.stack(vectors)
+    if not np.isfinite(stacked).all():
+        raise ModelResponseError(f"{where}: the server answered NaN or infinite values")
+    return stacked
 
 
 def as_vector(value: Any) -> np.ndarray:
@@ -195,6 +212,6 @@ def as_vector(value: Any) -> np.ndarray:
     if isinstance(value, str):
         return np.frombuffer(base64.b64decode(value), dtype="<f4").astype(np.float32)
     vector = np.asarray(value, dtype=np.float32)
-    if vector.ndim != 1 or not vector.size:
+    if vector.ndim != 1:
         raise ValueError(f"an embedding must be a list of numbers, got shape {list(vector.shape)}")
     return vector

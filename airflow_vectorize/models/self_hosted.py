@@ -14,7 +14,7 @@ from functools import lru_cache
 from typing import Any
 
 from airflow_vectorize.exceptions import InvalidInputError
-from airflow_vectorize.models.http import endpoint
+from airflow_vectorize.models.connection import endpoint
 from airflow_vectorize.models.openai_compatible import OpenAICompatibleEmbeddings
 from airflow_vectorize.models.remote import Limits, Provider
 

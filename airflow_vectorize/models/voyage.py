@@ -16,7 +16,7 @@ from dataclasses import replace
 from typing import Any
 
 from airflow_vectorize.exceptions import ModelInputRejectedError, ModelNotFoundError
-from airflow_vectorize.models.http import endpoint
+from airflow_vectorize.models.connection import endpoint
 from airflow_vectorize.models.openai_compatible import data_vectors
 from airflow_vectorize.models.remote import Limits, Provider, RemoteEmbeddings
 
