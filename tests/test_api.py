@@ -760,6 +760,9 @@ def test_rag_model_failures_name_connection_and_model(api, chat_server, embeddin
                  "'chat'", "upstream exploded")
     embedding_server_session.reset(default=("slow", 5))
     assert_error(rag(api, chat_model=model, chat_conn_id="chat"), 504, "ModelTimeoutError", "'chat'")
+    embedding_server_session.reset(default=("status", 429, 3600, "Rate limit reached for requests"))
+    assert_error(rag(api, chat_model=model, chat_conn_id="chat"), 503, "ModelRateLimitError", "'chat'",
+                 "Rate limit reached", "3600 s")
     embedding_server_session.reset()
     assert_error(rag(api, chat_model="openai/gpt-x", chat_conn_id="nowhere"), 503, "ModelConnectionError",
                  "'nowhere'", "gpt-x")

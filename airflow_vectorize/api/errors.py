@@ -6,6 +6,8 @@ SourceNotFoundError (a missing table, update col)
 InvalidInputError (and DimensionMismatchError)   400
 ProjectConflictError                             409
 ModelConnectionError (unreachable, missing)      503
+ModelRateLimitError (429 past the retries, or   503
+a Retry-After beyond the connection's wait)
 ModelTimeoutError                                504
 every other ModelError (refused key, unknown     502
 model, server errors past retries, bad answers)
@@ -38,6 +40,7 @@ from airflow_vectorize.exceptions import (
     InvalidInputError,
     ModelConnectionError,
     ModelError,
+    ModelRateLimitError,
     ModelTimeoutError,
     ProjectConflictError,
     ProjectNotFoundError,
@@ -53,6 +56,7 @@ STATUS: list[tuple[type[BaseException], int]] = [  # the first match wins: subcl
     (InvalidInputError, 400),
     (ProjectConflictError, 409),
     (ModelConnectionError, 503),
+    (ModelRateLimitError, 503),  # the model server's limit, not the caller's: come back later
     (ModelTimeoutError, 504),
     (ModelError, 502),
     (DatabaseConnectionError, 503),
