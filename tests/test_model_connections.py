@@ -30,17 +30,26 @@ def keys_sent(server) -> list[str]:
     return [r.headers["Authorization"].removeprefix("Bearer ") for r in server.requests]
 
 
+def searched_by_a_long_lived_hook(products, hook, model_conn_id: str):
+    """Project JOB over ``model_conn_id``'s model, embedded, and a hook like the API's (``batch_queries``: its
+    query model kept for the process) that has searched it once."""
+    from airflow_vectorize.hooks.vectorize import VectorizeHook
+
+    hook.create_project(JOB, "products", "product_id", ["name", "description"], transformer=MODEL,
+                        model_conn_id=model_conn_id)
+    hook.generate_embeddings(JOB)
+    api_hook = VectorizeHook(postgres_conn_id=products.conn_id, batch_queries=True)
+    assert api_hook.search(JOB, "phone", num_results=1)
+    return api_hook
+
+
 def test_a_rotated_key_is_picked_up_by_long_lived_models(products, hook, embedding_server):
     """Before, a hook with batch_queries=True (the API's) kept its model, and its key, for the life of the
     process: after a rotation every search failed with ModelAuthenticationError until a restart."""
     from airflow_vectorize.hooks.vectorize import VectorizeHook
 
     set_model_connection("rotating", embedding_server.url, embedding_server.api_key)
-    hook.create_project(JOB, "products", "product_id", ["name", "description"], transformer=MODEL,
-                        model_conn_id="rotating")
-    hook.generate_embeddings(JOB)
-    api_hook = VectorizeHook(postgres_conn_id=products.conn_id, batch_queries=True)
-    assert api_hook.search(JOB, "phone", num_results=1)
+    api_hook = searched_by_a_long_lived_hook(products, hook, "rotating")
     old_key, new_key = embedding_server.api_key, "sk-rotated-5555555555555555"
     try:
         embedding_server.api_key = new_key  # rotated on the server, then in the connection
@@ -74,15 +83,10 @@ def test_a_key_that_is_still_wrong_fails_as_before(products, hook, embedding_ser
 def test_a_moved_host_is_picked_up(products, hook, embedding_server, other_server):
     """The model's host goes away and the connection now names another: the request that found the old one
     unreachable is sent to the new one, and later ones go there."""
-    from airflow_vectorize.hooks.vectorize import VectorizeHook
 
     other_server.api_key = embedding_server.api_key
     set_model_connection("moving", other_server.url, embedding_server.api_key)
-    hook.create_project(JOB, "products", "product_id", ["name", "description"], transformer=MODEL,
-                        model_conn_id="moving")
-    hook.generate_embeddings(JOB)
-    api_hook = VectorizeHook(postgres_conn_id=products.conn_id, batch_queries=True)
-    assert api_hook.search(JOB, "phone", num_results=1)
+    api_hook = searched_by_a_long_lived_hook(products, hook, "moving")
     other_server.close()  # the old host is gone (connections refused)
     set_model_connection("moving", embedding_server.url, embedding_server.api_key)
 
