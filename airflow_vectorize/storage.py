@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -274,14 +275,20 @@ def ensure_chunk_documents(cur: Cursor, project: Project) -> bool:
 FULL_RECONCILE_SHARE = 0.2
 
 
-def upgrade_layout(cur: Cursor, project: Project) -> bool:
+@dataclass(frozen=True)
+class Upgraded:
+    """What ``upgrade_layout`` changed that its caller acts on."""
+
+    searched: bool  # searches read the project otherwise now (its removed keys, stored documents)
+    triggers_restored: bool  # realtime triggers dropped from the source were put back (rows due queued)
+
+
+def upgrade_layout(cur: Cursor, project: Project) -> Upgraded:
     """Bring a project created by an earlier version to today's layout (each step a no-op when done): errors
     table, pg_vectorize's foreign keys → removal triggers, view through its function, stored documents (a
     chunked project's in its chunk table), bulk table, today's removal function, realtime triggers (and those
     dropped from the source), the md5 in a join project's key index. Run by generation and by every call that
-    writes to the project (alter_project, attach_source, import_embeddings). Returns whether searches read the
-    project otherwise now (its removed keys, its stored documents: ``search.SearchTarget``). Call with the
-    project locked."""
+    writes to the project (alter_project, attach_source, import_embeddings). Call with the project locked."""
     catalog.create_errors_table(cur, project)
     searched = removal.upgrade(cur, project)
     removal.upgrade_partitioned(cur, project)
@@ -291,9 +298,9 @@ def upgrade_layout(cur: Cursor, project: Project) -> bool:
     searched = ensure_chunk_documents(cur, project) or searched
     catalog.ensure_bulk_table(cur, project)
     catalog.upgrade_triggers(cur, project)
-    removal.restore_realtime_triggers(cur, project)
+    restored = removal.restore_realtime_triggers(cur, project)
     catalog.ensure_key_index(cur, project)
-    return searched
+    return Upgraded(searched, restored)
 
 
 def import_from_table(

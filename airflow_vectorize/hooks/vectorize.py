@@ -437,8 +437,8 @@ class VectorizeHook(PostgresHook):
             catalog.lock_project(cur, job_name)
             self._follow_renames(cur, job_name)
             project = self._project(cur, job_name, attaching=True)
-            storage.upgrade_layout(cur, project)  # a project created by an earlier version
-            attached = removal.attach(cur, project) or removal.restore_realtime_triggers(cur, project)
+            upgraded = storage.upgrade_layout(cur, project)  # a project created by an earlier version
+            attached = removal.attach(cur, project) or upgraded.triggers_restored
             catalog.ensure_view(cur, project)
             index_rebuild.discard_leftover(cur, project)
         self._search_cache.pop(job_name, None)
@@ -736,7 +736,7 @@ class VectorizeHook(PostgresHook):
         with self.transaction() as cur:
             catalog.lock_project(cur, job_name)
             project = self._project(cur, job_name)
-            if storage.upgrade_layout(cur, project):  # a project created by an earlier version
+            if storage.upgrade_layout(cur, project).searched:  # a project created by an earlier version
                 self._search_cache.pop(job_name, None)
             table, keys, emb, chunk = validation.check_import_source(
                 cur, project, src_schema, src_table, src_primary_key, src_embeddings_col, src_chunk_col
@@ -838,7 +838,7 @@ class VectorizeHook(PostgresHook):
                 recorded = None if max_attempts == generation.DEFAULT_MAX_ATTEMPTS else max_attempts
                 catalog.write_params(cur, project, replace(project, max_attempts=recorded), ("max_attempts",))
                 project = replace(project, max_attempts=recorded)
-            if storage.upgrade_layout(cur, project):  # a project created by an earlier version
+            if storage.upgrade_layout(cur, project).searched:  # a project created by an earlier version
                 self._search_cache.pop(job_name, None)
             index_rebuild.discard_leftover(cur, project)
             if removal.attach(cur, project):  # another table was put in the source's place
