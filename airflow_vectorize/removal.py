@@ -73,9 +73,7 @@ def refresh_function(cur: Cursor, project: Project) -> bool:
     from airflow_vectorize import catalog
 
     if project.is_join and catalog.source_is_partitioned(cur, project):  # its DELETE trigger's WHEN reads _marked
-        for trigger in project.names.removal_triggers:
-            cur.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trigger), project.names.source))
-        create_triggers(cur, project)
+        recreate_triggers(cur, project)
     else:
         replace_function(cur, project)
     return True
@@ -115,6 +113,13 @@ def create_triggers(cur: Cursor, project: Project) -> None:
              delete=sql.Identifier(names.delete_trigger), truncate=sql.Identifier(names.truncate_trigger),
              rekey=sql.Identifier(names.rekey_trigger), source=names.source, keys=key.names(), deletes=deletes,
              changed=sql.SQL("({}) IS DISTINCT FROM ({})").format(key.names("old"), key.names("new"))))
+
+
+def recreate_triggers(cur: Cursor, project: Project) -> None:
+    """Drop the source's removal triggers (those there) and make today's (``create_triggers``)."""
+    for trigger in project.names.removal_triggers:
+        cur.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trigger), project.names.source))
+    create_triggers(cur, project)
 
 
 def _marked(project: Project) -> sql.Literal:
@@ -261,9 +266,7 @@ def upgrade_partitioned(cur: Cursor, project: Project) -> bool:
                 [project.names.source.as_string(cur), project.names.delete_trigger])
     if not cur.fetchone()[0]:
         return False
-    for trigger in project.names.removal_triggers:
-        cur.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trigger), project.names.source))
-    create_triggers(cur, project)
+    recreate_triggers(cur, project)
     return True
 
 
