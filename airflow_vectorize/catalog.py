@@ -738,7 +738,7 @@ BULK_ROWS = 10_000
 # one records the rest as one bulk row.
 UPDATED_ROWS = 1_000
 # The comment on a project's trigger function that says it is today's (``upgrade_triggers``).
-TRIGGER_LAYOUT = "airflow-vectorize realtime queue, layout 4"
+TRIGGER_LAYOUT = "airflow-vectorize realtime queue, layout 5"
 # The statement trigger that closed an UPDATE of a realtime project of layout 2.
 LEGACY_UPDATE_STATEMENT_TRIGGER = "vectorize_update_stmt_{job}"
 
@@ -806,16 +806,15 @@ def create_triggers(cur: Cursor, project: Project) -> None:
     # into one of its partitions; its row triggers are on every partition, those to come included.
     inserts = sql.SQL("FOR EACH ROW" if source_is_partitioned(cur, project)
                       else "REFERENCING NEW TABLE AS vectorize_new_rows FOR EACH STATEMENT")
+    removal.define_trigger_function(cur, project.names.trigger_function, body.as_string(cur))
     cur.execute(
         sql.SQL(
-            "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS {body};"
-            " COMMENT ON FUNCTION {function}() IS {layout};"
+            "COMMENT ON FUNCTION {function}() IS {layout};"
             " CREATE TRIGGER {insert_trigger} AFTER INSERT ON {source} {inserts} EXECUTE FUNCTION {function}();"
             " CREATE TRIGGER {update_trigger} AFTER UPDATE OF {columns} ON {source}"
             " FOR EACH ROW WHEN ({changed}) EXECUTE FUNCTION {function}()"
         ).format(
             function=project.names.trigger_function,
-            body=sql.Literal(body.as_string(cur)),
             layout=sql.Literal(TRIGGER_LAYOUT),
             insert_trigger=sql.Identifier(project.names.insert_trigger),
             update_trigger=sql.Identifier(project.names.update_trigger),

@@ -54,21 +54,32 @@ def tracks_keys(project: Project) -> bool:
     return not project.is_join
 
 
+def define_trigger_function(cur: Cursor, function: sql.Composable, body: str) -> None:
+    """Create (or replace) a project's trigger function. It runs as its owner, the role that made the project
+    (``SECURITY DEFINER``): a role that writes the source needs no privilege on the project's tables, as with
+    pg_vectorize's foreign keys, whose cascades run as the referencing table's owner. Its search_path is
+    pinned (every name in it is schema-qualified), and no other role may put it on a table."""
+    cur.execute(sql.SQL(
+        "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER"
+        " SET search_path = pg_catalog, pg_temp AS {body}; REVOKE ALL ON FUNCTION {function}() FROM PUBLIC"
+    ).format(function=function, body=sql.Literal(body)))
+
+
 def replace_function(cur: Cursor, project: Project) -> None:
     """Write ``vectorize.handle_removal_<job>()`` again for the project as it is configured now (a realtime
     project's queues the new key of a row whose key changed)."""
-    cur.execute(sql.SQL("CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS {}").format(
-        project.names.removal_function, sql.Literal(_function_body(project).as_string(cur))))
+    define_trigger_function(cur, project.names.removal_function, _function_body(project).as_string(cur))
 
 
 def refresh_function(cur: Cursor, project: Project) -> bool:
     """Write ``vectorize.handle_removal_<job>()`` again when it is not today's (a project made by an earlier
-    version); returns whether it did. One catalog read when it is."""
+    version: another body, or running as the writer's role); returns whether it did. One catalog read when
+    it is."""
     body = _function_body(project).as_string(cur)
-    cur.execute("SELECT prosrc FROM pg_proc WHERE oid = to_regprocedure(%s)",
-                [quoted(project.names.removal_function_name) + "()"])
+    cur.execute("SELECT prosrc = %s AND prosecdef FROM pg_proc WHERE oid = to_regprocedure(%s)",
+                [body, quoted(project.names.removal_function_name) + "()"])
     row = cur.fetchone()
-    if row is None or row[0] == body:
+    if row is None or row[0]:
         return False
     from airflow_vectorize import catalog
 
@@ -103,13 +114,13 @@ def create_triggers(cur: Cursor, project: Project) -> None:
     else:
         deletes = sql.SQL("BEFORE DELETE ON {} FOR EACH ROW WHEN (OLD.{} IS NOT NULL)").format(
             names.source, sql.Identifier(names.embeddings_column))
+    define_trigger_function(cur, names.removal_function, _function_body(project).as_string(cur))
     cur.execute(sql.SQL(
-        "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS {body};"
-        " CREATE TRIGGER {delete} {deletes} EXECUTE FUNCTION {function}();"
+        "CREATE TRIGGER {delete} {deletes} EXECUTE FUNCTION {function}();"
         " CREATE TRIGGER {truncate} BEFORE TRUNCATE ON {source} FOR EACH STATEMENT EXECUTE FUNCTION {function}();"
         " CREATE TRIGGER {rekey} AFTER UPDATE OF {keys} ON {source} FOR EACH ROW WHEN ({changed})"
         " EXECUTE FUNCTION {function}()"
-    ).format(function=names.removal_function, body=sql.Literal(_function_body(project).as_string(cur)),
+    ).format(function=names.removal_function,
              delete=sql.Identifier(names.delete_trigger), truncate=sql.Identifier(names.truncate_trigger),
              rekey=sql.Identifier(names.rekey_trigger), source=names.source, keys=key.names(), deletes=deletes,
              changed=sql.SQL("({}) IS DISTINCT FROM ({})").format(key.names("old"), key.names("new"))))
@@ -133,7 +144,8 @@ def _function_body(project: Project) -> sql.Composable:
                  o_keys=key.names("o"), old_keys=key.names("old"), new_keys=key.names("new"),
                  in_old=key.equals("x", "o"), source=names.source, target=names.target,
                  emb=sql.Identifier(names.embeddings_column), md5=sql.Identifier(names.text_md5_column),
-                 updated_at=sql.Identifier(names.updated_at_column), channel=sql.Literal(names.channel))
+                 updated_at=sql.Identifier(names.updated_at_column), channel=sql.Literal(names.channel),
+                 documents=names.documents)
     marker = sql.SQL(  # a row of NULLs: "any key may be gone"
         "IF NOT EXISTS (SELECT FROM {removed} WHERE {no_key}) THEN INSERT INTO {removed} DEFAULT VALUES; END IF;"
     ).format(no_key=key.any_null(None), **parts)
@@ -156,7 +168,11 @@ def _function_body(project: Project) -> sql.Composable:
         on_delete = sql.SQL(
             "INSERT INTO {removed} ({keys}, text_md5, embeddings, updated_at) SELECT {o_keys}, o.{md5}, o.{emb}, o.{updated_at}"
             " FROM vectorize_old_rows o WHERE o.{emb} IS NOT NULL;").format(**parts)
-        on_rekey = sql.SQL("")  # the row keeps its vector under its new key
+        # The row keeps its vector under its new key, and its stored full-text document follows it
+        on_rekey = sql.SQL(
+            "DELETE FROM {documents} WHERE {new_key}; UPDATE {documents} x SET {assign} WHERE {old_key};").format(
+            assign=sql.SQL(", ").join(sql.SQL("{c} = NEW.{c}").format(c=sql.Identifier(c)) for c in key.columns),
+            new_key=key.equals(None, "new"), old_key=key.equals("x", "old"), **parts)
     if tracks_keys(project):
         on_delete = sql.SQL(
             "{recorded} IF EXISTS (SELECT FROM {queue}) THEN"

@@ -82,3 +82,63 @@ def test_bad_grants_change_nothing(products, hook):
     with pytest.raises(InvalidInputError, match="role '' must be a non-empty name|role must be a non-empty name"):
         hook.revoke_search("joined", "")
     assert snapshot(products) == before
+
+
+@pytest.fixture
+def writer(products):
+    """A login role that may read and write the products table, and nothing of the vectorize schema: an
+    application's own role; yields a function that runs a statement as it."""
+    role = f"writer_{products.name}"
+    products.execute(f'CREATE ROLE "{role}" LOGIN; GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON products TO "{role}"')
+    with psycopg.connect(products.uri.replace("postgres:@", f"{role}:@"), autocommit=True) as conn:
+        yield conn.execute
+    products.execute(f'DROP OWNED BY "{role}"; DROP ROLE "{role}"')
+
+
+@pytest.mark.parametrize("arguments", [{"schedule": "realtime"}, {"table_method": "append", "schedule": "manual"},
+                                       {"chunk_size": 12, "schedule": "realtime"}], ids=["join", "append", "chunked"])
+def test_an_application_role_writes_the_source_with_no_privilege_on_the_project(products, hook, writer, arguments):
+    """The project's triggers run as its owner: an application role that writes the source (INSERT, UPDATE of
+    a text and of a key, DELETE, TRUNCATE) needs nothing on the vectorize schema, and every write is recorded
+    for the project as the owner's own would be."""
+    hook.create_project("shop", "products", "product_id", ["name", "description"], **arguments)
+    hook.generate_embeddings("shop")
+    writer("INSERT INTO products (product_id, name, description) VALUES (100, 'Kettle', 'boils water')")
+    writer("UPDATE products SET description = 'a phone' WHERE product_id = 1")
+    writer("UPDATE products SET product_id = 101 WHERE product_id = 2")
+    writer("DELETE FROM products WHERE product_id = 3")
+    if arguments.get("schedule") == "realtime":
+        assert products.execute("SELECT product_id FROM vectorize._pending_shop ORDER BY 1") == [(1,), (100,), (101,)]
+    # 1, 100 and 101 (an append project's row keeps its vector under its new key)
+    assert hook.generate_embeddings("shop")["embedded"] == (2 if arguments.get("table_method") else 3)
+    assert hook.get_status("shop")["embedded_rows"] == 24  # 24 + 100 - 3
+    writer("TRUNCATE products")
+    assert hook.get_status("shop")["embedded_rows"] == 0 and hook.search("shop", QUERY) == []
+
+    functions = products.execute(
+        "SELECT proname, prosecdef, proconfig, has_function_privilege('public', oid, 'EXECUTE') FROM pg_proc"
+        " WHERE pronamespace = 'vectorize'::regnamespace AND prorettype = 'trigger'::regtype ORDER BY 1")
+    expected = [("handle_removal_shop", True, ["search_path=pg_catalog, pg_temp"], False)]
+    if arguments.get("schedule") == "realtime":
+        expected.append(("handle_update_shop", True, ["search_path=pg_catalog, pg_temp"], False))
+    assert functions == expected
+
+
+def test_trigger_functions_of_an_earlier_version_run_as_the_owner_after_the_next_run(products, hook, writer):
+    """A project whose trigger functions run as the writer's role (made by an earlier version) gets them
+    as today's from its next generation run: the application's writes then work."""
+    hook.create_project("shop", "products", "product_id", ["name"], schedule="realtime")
+    for function in ("handle_removal_shop", "handle_update_shop"):
+        products.execute(f"ALTER FUNCTION vectorize.{function}() SECURITY INVOKER RESET ALL;"
+                         f" GRANT EXECUTE ON FUNCTION vectorize.{function}() TO PUBLIC")
+    products.execute("COMMENT ON FUNCTION vectorize.handle_update_shop() IS 'airflow-vectorize realtime queue, layout 4'")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied for schema vectorize"):
+        writer("DELETE FROM products WHERE product_id = 3")
+
+    hook.generate_embeddings("shop")
+
+    writer("DELETE FROM products WHERE product_id = 3")
+    writer("UPDATE products SET name = 'Phone' WHERE product_id = 1")
+    assert products.execute("SELECT product_id FROM vectorize._pending_shop") == [(1,)]
+    assert products.execute("SELECT proname FROM pg_proc WHERE pronamespace = 'vectorize'::regnamespace"
+                            " AND prorettype = 'trigger'::regtype AND NOT prosecdef") == []
