@@ -161,6 +161,16 @@ def test_a_changed_key_moves_the_row(layout, hook):
     assert 1 not in stored(db) and 300 in stored(db)
     assert 300 in {row["id"] for row in hook.search("docs", ROWS[0][2], return_columns=db.key, num_results=3)}
     assert counts(hook) == (24, 24, 0, 0)
+    assert full_text_ranks(hook, db)[300] == 1  # its stored full-text document moved with it
+
+    db.execute("INSERT INTO docs (tenant, id, body, category) VALUES (1, 1, 'a garden hose', 'garden')")
+    assert full_text_ranks(hook, db).get(1) is None  # the old key's new row is not found by the old row's words
+
+
+def full_text_ranks(hook, db) -> dict[int, int | None]:
+    """id -> full_text_rank of a hybrid search for a word only the first product's text holds."""
+    rows = hook.hybrid_search("docs", "Pixel", return_columns=db.key, num_results=30)
+    return {row["id"]: row["full_text_rank"] for row in rows}
 
 
 def test_an_append_reload_restores_without_the_index_and_builds_it_once(database, hook):
