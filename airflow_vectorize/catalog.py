@@ -824,6 +824,7 @@ def create_triggers(cur: Cursor, project: Project) -> None:
             inserts=inserts,
         )
     )
+    removal.fire_always(cur, project, (project.names.insert_trigger, project.names.update_trigger))
 
 
 def drop_realtime_triggers(cur: Cursor, project: Project) -> None:

@@ -19,6 +19,7 @@ A table put in the source's place (a rename-swap, or DROP and CREATE) is attache
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from psycopg import Cursor, sql
@@ -63,6 +64,30 @@ def define_trigger_function(cur: Cursor, function: sql.Composable, body: str) ->
         "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER"
         " SET search_path = pg_catalog, pg_temp AS {body}; REVOKE ALL ON FUNCTION {function}() FROM PUBLIC"
     ).format(function=function, body=sql.Literal(body)))
+
+
+def fire_always(cur: Cursor, project: Project, triggers: Iterable[str]) -> None:
+    """Make the project's ``triggers`` on its source fire in every session (``ENABLE ALWAYS``), also under
+    ``session_replication_role = replica``: a logical replication subscriber's apply and ETL loads that skip
+    foreign-key checks run so, and would otherwise leave the queue and the removed keys behind the source.
+    A partitioned source's partitions, those to come too, take the setting."""
+    for trigger in triggers:
+        cur.execute(sql.SQL("ALTER TABLE {} ENABLE ALWAYS TRIGGER {}").format(
+            project.names.source, sql.Identifier(trigger)))
+
+
+def ensure_fired_always(cur: Cursor, project: Project) -> bool:
+    """Give a project made by an earlier version triggers that fire in every session (``fire_always``);
+    returns whether it did. One catalog read when they do; a trigger a user disabled stays disabled."""
+    names = project.names
+    cur.execute("SELECT array_agg(tgname) FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND tgname = ANY(%s)"
+                " AND tgenabled = 'O'", [names.source.as_string(cur),
+                                         [*names.removal_triggers, names.insert_trigger, names.update_trigger]])
+    triggers = cur.fetchone()[0]
+    if not triggers:
+        return False
+    fire_always(cur, project, triggers)
+    return True
 
 
 def replace_function(cur: Cursor, project: Project) -> None:
@@ -124,6 +149,7 @@ def create_triggers(cur: Cursor, project: Project) -> None:
              delete=sql.Identifier(names.delete_trigger), truncate=sql.Identifier(names.truncate_trigger),
              rekey=sql.Identifier(names.rekey_trigger), source=names.source, keys=key.names(), deletes=deletes,
              changed=sql.SQL("({}) IS DISTINCT FROM ({})").format(key.names("old"), key.names("new"))))
+    fire_always(cur, project, names.removal_triggers)
 
 
 def recreate_triggers(cur: Cursor, project: Project) -> None:

@@ -287,7 +287,7 @@ def upgrade_layout(cur: Cursor, project: Project) -> Upgraded:
     """Bring a project created by an earlier version to today's layout (each step a no-op when done): errors
     table, pg_vectorize's foreign keys → removal triggers, view through its function, stored documents (a
     chunked project's in its chunk table), bulk table, today's removal function, realtime triggers (and those
-    dropped from the source), the md5 in a join project's key index. Run by generation and by every call that
+    dropped from the source) firing in every session, the md5 in a join project's key index. Run by generation and by every call that
     writes to the project (alter_project, attach_source, import_embeddings). Call with the project locked."""
     catalog.create_errors_table(cur, project)
     searched = removal.upgrade(cur, project)
@@ -299,6 +299,7 @@ def upgrade_layout(cur: Cursor, project: Project) -> Upgraded:
     catalog.ensure_bulk_table(cur, project)
     catalog.upgrade_triggers(cur, project)
     restored = removal.restore_realtime_triggers(cur, project)
+    removal.ensure_fired_always(cur, project)
     catalog.ensure_key_index(cur, project)
     return Upgraded(searched, restored)
 

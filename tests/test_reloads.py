@@ -120,6 +120,22 @@ def test_truncate_works_and_a_reload_embeds_only_what_changed(layout, hook):
     assert {1, 2} <= found(hook, db) and not found(hook, db) & {3, 4}
 
 
+def test_a_reload_under_the_replica_role_is_recorded_as_any_other(layout, hook):
+    """session_replication_role = replica (a logical replication subscriber's apply, ETL loads that skip
+    foreign-key checks) fires the project's triggers too: the reload is queued, its removed keys go, and
+    only what changed is embedded."""
+    db = layout
+    with db.conn.transaction():
+        db.execute("SET LOCAL session_replication_role = replica")
+        db.execute("TRUNCATE docs")
+        load(db, changed(ROWS))
+    realtime = db.name != "manual"  # the realtime run reads the queue
+    summary = hook.generate_embeddings("docs", pending_only=realtime)
+    assert summary["embedded"] == 2  # 5 (text changed) and 200 (new)
+    assert set(stored(db)) == {i for _, i, _, _ in changed(ROWS)}  # 3 and 4 gone from the project's storage
+    assert counts(hook) == (23, 23, 0, 0) and queue_and_errors(db) == (0, 0)
+
+
 def test_delete_and_insert_in_one_transaction_embeds_only_what_changed(layout, hook):
     db = layout
     before = stored(db)
@@ -518,3 +534,19 @@ def test_a_removal_function_of_an_earlier_version_is_written_again_by_the_next_r
     hook.generate_embeddings("shop")
 
     assert products.scalar(source) == today and "TG_RELID" in today
+
+
+def test_triggers_of_an_earlier_version_fire_always_from_the_next_run(products, hook):
+    """A project whose triggers fire only in origin sessions (made by an earlier version) gets them firing in
+    every session from its next generation run; a trigger the user disabled stays disabled."""
+    hook.create_project("shop", "products", "product_id", ["name"], schedule="realtime")
+    enabled = "SELECT tgname, tgenabled FROM pg_trigger WHERE tgrelid = 'products'::regclass AND NOT tgisinternal"
+    assert {state for _, state in products.execute(enabled)} == {"A"}
+    products.execute("ALTER TABLE products ENABLE TRIGGER USER;"
+                     " ALTER TABLE products DISABLE TRIGGER vectorize_update_trigger_shop")
+
+    hook.generate_embeddings("shop")
+
+    assert dict(products.execute(enabled)) == {
+        "vectorize_insert_trigger_shop": "A", "vectorize_update_trigger_shop": "D", "vectorize_delete_trigger_shop": "A",
+        "vectorize_trunc_trigger_shop": "A", "vectorize_rekey_trigger_shop": "A"}
