@@ -91,5 +91,6 @@ def _column(alias: str | None, column: str) -> sql.Identifier:
 
 def base_row(source: sql.Composable) -> sql.Composable:
     """A row of ``source`` (NULL of its type when it has none) for ``jsonb_populate_record(set)`` to take the
-    columns a key leaves out from: NULL::<source> would give them NULL, which a NOT NULL domain refuses."""
-    return sql.SQL("coalesce((SELECT b FROM {} b LIMIT 1), NULL::{})").format(source, source)
+    columns a key leaves out from: NULL::<source> would give them NULL, which a NOT NULL domain refuses.
+    ``ROW(b.*)``: the source may have a column named as the alias."""
+    return sql.SQL("coalesce((SELECT ROW(b.*)::{} FROM {} b LIMIT 1), NULL::{})").format(source, source, source)

@@ -184,6 +184,19 @@ def test_concurrent_runs_embed_every_composite_key_once(database, hook):
     assert database.scalar('SELECT count(*) FROM vectorize."_embeddings_parts"') == 400
 
 
+def test_a_source_column_named_b_is_no_row(database, hook):
+    """A composite key's lists are read into a row of the source (keys.base_row): a column of the source named
+    as that row's alias (b) is still a column, and generation and evaluation work."""
+    database.execute("CREATE TABLE t (tenant int NOT NULL, id int NOT NULL, b text, body text, PRIMARY KEY (tenant, id))")
+    database.execute("INSERT INTO t SELECT g % 3, g, 'x', 'document about topic ' || g FROM generate_series(1, 30) g")
+    hook.create_project("jb", "t", ["tenant", "id"], ["body"], schedule="manual")
+
+    assert hook.generate_embeddings("jb", batch_size=8)["embedded"] == 30
+    assert hook.search("jb", "document about topic 3", num_results=1, return_columns=["tenant", "id"])[0]["id"] == 3
+    assert hook.evaluate_retrieval("jb", [{"query": "document about topic 3", "relevant": [[0, 3]]}],
+                                   k=[5])["metrics"]["recall@5"] == 1.0
+
+
 def test_two_column_key_and_refused_rows(database, hook, embedding_server):
     """A 2-column (integer, varchar) key through a remote model: a refused row is recorded by its whole key,
     the rest embedded; once fixed, its error clears."""
