@@ -356,6 +356,7 @@ def attach(cur: Cursor, project: Project) -> bool:
             " timestamptz, ADD COLUMN IF NOT EXISTS {md5} uuid"
         ).format(source=names.source, emb=sql.Identifier(names.embeddings_column), n=sql.Literal(project.dimensions),
                  updated_at=sql.Identifier(names.updated_at_column), md5=sql.Identifier(names.text_md5_column)))
+        _drop_copied_indexes(cur, project)
         catalog.create_index(cur, project)
         cur.execute(sql.SQL("DELETE FROM {}").format(names.removed))  # vectors of the old table's rows: gone
     gone = [names.queue, names.errors] + ([] if project.is_join else [names.documents])
@@ -366,6 +367,23 @@ def attach(cur: Cursor, project: Project) -> bool:
         generation.queue_due_rows(cur, project)
     log.info("Project %r: attached to the table now named %s", project.name, names.source.as_string(cur))
     return True
+
+
+def _drop_copied_indexes(cur: Cursor, project: Project) -> None:
+    """Drop the vector indexes (hnsw, ivfflat) of an append project's vector column that are not the project's:
+    a table made ``LIKE <source> INCLUDING ALL`` copies the project's index under another name, and every
+    write would pay for both."""
+    cur.execute("SELECT n.nspname, c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_am a ON a.oid = c.relam"
+                " JOIN pg_attribute t ON t.attrelid = i.indrelid AND t.attnum = ANY(i.indkey)"
+                " WHERE i.indrelid = to_regclass(%s) AND a.amname IN ('hnsw', 'ivfflat') AND t.attname = %s"
+                " AND (n.nspname, c.relname) IS DISTINCT FROM (%s, %s)",
+                [project.names.source.as_string(cur), project.names.embeddings_column,
+                 *project.names.index_qualified_name])
+    for schema, index in cur.fetchall():
+        cur.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(schema, index)))
+        log.info("Project %r: dropped %s.%s, a copy of its index on the table now its source", project.name,
+                 schema, index)
 
 
 def restore_realtime_triggers(cur: Cursor, project: Project) -> bool:

@@ -290,6 +290,25 @@ def test_a_rename_swap_keeps_working_and_keeps_unchanged_vectors(layout, hook):
         assert db.scalar("SELECT count(DISTINCT id) FROM vectorize.docs_view") == 23
 
 
+def test_an_append_swap_with_a_copy_of_the_table_keeps_one_index(database, hook):
+    """A table made LIKE the source INCLUDING ALL copies the append project's columns (with their vectors) and
+    its index under another name: attached, it keeps the copied vectors and has only the project's index."""
+    db = database
+    db.execute("CREATE TABLE t (id int PRIMARY KEY, body text);"
+               " INSERT INTO t SELECT g, 'document about topic ' || g FROM generate_series(1, 50) g")
+    hook.create_project("ja", "t", "id", ["body"], table_method="append", schedule="manual")
+    hook.generate_embeddings("ja")
+    db.execute("CREATE TABLE t_new (LIKE t INCLUDING ALL); INSERT INTO t_new SELECT * FROM t;"
+               " UPDATE t_new SET body = 'changed ' || id WHERE id <= 5")
+    with db.conn.transaction():
+        db.execute("ALTER TABLE t RENAME TO t_old; ALTER TABLE t_new RENAME TO t; DROP TABLE t_old")
+
+    assert hook.attach_source("ja")["attached"] is True
+    assert hook.generate_embeddings("ja")["embedded"] == 5
+    assert db.execute("SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a"
+                      " ON a.oid = c.relam WHERE i.indrelid = 't'::regclass AND a.amname = 'hnsw'") == [("ja_hnsw_cos_idx",)]
+
+
 @pytest.mark.parametrize("cascade", ["", " CASCADE"])
 def test_a_dropped_source_gives_a_typed_error_and_the_project_drops_cleanly(layout, hook, cascade):
     from airflow_vectorize.exceptions import ProjectConflictError, SourceTableMissingError
