@@ -221,8 +221,9 @@ def _function_body(project: Project) -> sql.Composable:
         """
         BEGIN
           IF TG_LEVEL = 'STATEMENT' AND to_regclass({source_name}) IS DISTINCT FROM TG_RELID THEN
-            RETURN NULL;  -- a table that was the source (renamed away, swapped out): none of the project's
-          END IF;  -- business, and its statements must not fail on the source's name
+            {away}  -- a table that was the source (renamed away, swapped out): its statements must not fail
+            RETURN NULL;  -- on the source's name; a join project's marker, as it may come back (renamed back)
+          END IF;
           IF TG_OP = 'DELETE' AND TG_LEVEL = 'ROW' THEN
             {on_row_delete}
             RETURN OLD;
@@ -245,6 +246,7 @@ def _function_body(project: Project) -> sql.Composable:
         END
         """
     ).format(on_truncate=on_truncate, on_delete=on_delete, on_rekey=on_rekey, requeue=requeue,
+             away=marker if project.is_join else sql.SQL(""),
              on_row_delete=on_row_delete, old_in_source=key.equals("r", "old"), dequeue_old=sql.SQL(
                  "DELETE FROM {queue} WHERE ({keys}) = ({old_keys}); DELETE FROM {errors} WHERE ({keys}) = ({old_keys});"
              ).format(**parts),

@@ -290,6 +290,22 @@ def test_a_rename_swap_keeps_working_and_keeps_unchanged_vectors(layout, hook):
         assert db.scalar("SELECT count(DISTINCT id) FROM vectorize.docs_view") == 23
 
 
+def test_rows_deleted_while_the_source_is_renamed_away_go_when_it_comes_back(layout, hook):
+    """A maintenance window: the source renamed away, rows deleted there, the table renamed back. The next run
+    deletes their vectors (an append project's went with the rows)."""
+    db = layout
+    with db.conn.transaction():
+        db.execute("ALTER TABLE docs RENAME TO docs_maintenance")
+        db.execute("DELETE FROM docs_maintenance WHERE id IN (7, 8)")
+    db.execute("ALTER TABLE docs_maintenance RENAME TO docs")
+
+    hook.generate_embeddings("docs")
+    assert not {7, 8} & set(stored(db))
+    assert counts(hook) == (22, 22, 0, 0)
+    if db.name not in ("append", "chunked"):  # a chunked project's documents are in its chunk table
+        assert db.scalar("SELECT count(*) FROM vectorize._documents_docs WHERE id IN (7, 8)") == 0
+
+
 def test_an_append_swap_with_a_copy_of_the_table_keeps_one_index(database, hook):
     """A table made LIKE the source INCLUDING ALL copies the append project's columns (with their vectors) and
     its index under another name: attached, it keeps the copied vectors and has only the project's index."""
