@@ -199,6 +199,32 @@ def test_a_retry_of_the_task_fails_as_its_first_try_did(products, hook, embeddin
     assert {attempts for attempts, _ in errors(products).values()} == {3}
 
 
+def test_a_realtime_run_tries_the_rows_refused_before_until_max_attempts(products, hook, embedding_server):
+    """A refused row leaves the queue for the errors table; a pending_only run read the queue only, so
+    Airflow's retry of the realtime task passed with nothing to do and no later realtime run tried the rows
+    again. Now it reads the errors table too: the retry fails, later runs try them up to max_attempts."""
+    create(hook)
+    embedding_server.reset(max_input_bytes=150)
+    products.execute("UPDATE products SET description = %s WHERE product_id IN (7, 8)", [LONG])  # queued
+    task = GenerateEmbeddingsOperator(task_id="embed_pending", postgres_conn_id=products.conn_id, job_name="remote",
+                                      pending_only=True)
+    run = SimpleNamespace(start_date=products.scalar("SELECT clock_timestamp()"))
+
+    with pytest.raises(EmbeddingFailuresError, match=r"2 row\(s\) could not be embedded \(2 for the first time: 100%"):
+        task.execute({"dag_run": run})
+    assert hook.get_freshness("remote")["pending"] == 0  # off the queue, in the errors table
+    with pytest.raises(EmbeddingFailuresError, match=r"\(2 for the first time: 100% of the rows tried\)"):
+        task.execute({"dag_run": run})  # the retry
+
+    next_run = SimpleNamespace(start_date=products.scalar("SELECT clock_timestamp()"))
+    summary = task.execute({"dag_run": next_run})  # known failures: a warning only
+    assert (summary["embedded"], summary["failed"]) == (0, 2)
+    assert errors(products).keys() == {7, 8} and {attempts for attempts, _ in errors(products).values()} == {3}
+    requests = len(embedding_server.requests)
+    assert task.execute({"dag_run": next_run})["failed"] == 0  # given up on
+    assert len(embedding_server.requests) == requests
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"max_attempts": 0}, "max_attempts must be a positive integer"),
     ({"failures_since": datetime(2026, 12, 1)}, "failures_since must be a datetime with a time zone, got"),
