@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 import pytest
-from airflow.sdk import DAG, task
+from airflow.sdk import DAG, TaskGroup, task
 from airflow.sdk.exceptions import TaskDeferred
 
 from airflow_vectorize.assets import embeddings_asset, pending_rows_asset
@@ -303,6 +303,28 @@ def test_writers_emit_the_project_asset_and_the_watcher_watches_its_queue():
     assert watcher.trigger.serialize() == ("airflow_vectorize.triggers.pending.PendingRowsTrigger",
                                            {"job_name": "shop", "postgres_conn_id": "pg", "poll_interval": 5.0,
                                             "debounce": 0.5, "refire_after": 600.0})
+
+
+def test_mapped_writers_in_a_task_group_declare_the_connection_of_its_default_args():
+    """A mapped writer took its connection from its own and its DAG's default_args only: in a TaskGroup whose
+    default_args name the connection it embedded through that one but declared (and emitted, with an empty
+    extra) the asset of postgres_default. Now the defaults merge as Airflow's partial() merges them."""
+    with (DAG("grouped", schedule=None, default_args={"postgres_conn_id": "warehouse"}),
+          TaskGroup("tg", default_args={"postgres_conn_id": "lake"})):
+            plain = GenerateEmbeddingsOperator(task_id="plain", job_name="shop")
+            mapped = GenerateEmbeddingsOperator.partial(task_id="mapped", job_name="shop", partition_count=2).expand(
+                partition_index=[0, 1])
+            with TaskGroup("inner"):
+                nested = ImportEmbeddingsOperator.partial(task_id="load", job_name="shop", src_primary_key="k",
+                                                          src_embeddings_col="e").expand(src_table=["a", "b"])
+                own = GenerateEmbeddingsOperator.partial(task_id="own", job_name="shop", partition_count=2,
+                                                         default_args={"postgres_conn_id": "pg"}).expand(
+                    partition_index=[0, 1])
+
+    assert [a.uri for a in plain.outlets] == ["vectorize://lake/shop"]
+    assert [a.uri for a in mapped.partial_kwargs["outlets"]] == ["vectorize://lake/shop"]  # before: postgres_default
+    assert [a.uri for a in nested.partial_kwargs["outlets"]] == ["vectorize://lake/shop"]
+    assert [a.uri for a in own.partial_kwargs["outlets"]] == ["vectorize://pg/shop"]
 
 
 def test_a_large_update_queues_its_first_rows_and_records_the_rest_once(products, hook, monkeypatch):
