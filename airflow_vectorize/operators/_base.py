@@ -95,6 +95,12 @@ def _dag_default_conn_id(kwargs: dict[str, Any]) -> str:
     return merged.get("postgres_conn_id", VectorizeHook.default_conn_name)
 
 
+def run_start(context: Any) -> Any:
+    """The DAG run's start: rows first failing since count as new failures, in this try and in its retries."""
+    dag_run = context.get("dag_run") if hasattr(context, "get") else None
+    return getattr(dag_run, "start_date", None)
+
+
 def listed(columns: Any) -> Any:
     """A rendered tuple of columns as a list; anything else as it is, for the hook to judge (a string is not
     split into its letters)."""
