@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from airflow.sdk import DAG, TaskGroup, task
 from airflow.sdk.exceptions import TaskDeferred
+from conftest import create_products
 
 from airflow_vectorize.assets import embeddings_asset, pending_rows_asset
 from airflow_vectorize.exceptions import InvalidInputError, VectorizeError
@@ -121,6 +122,33 @@ def test_pending_trigger_waits_again_when_the_project_is_dropped(products, hook)
     assert [payload for _, payload in events] == [{"job_name": "shop", "pending": 1},
                                                   {"job_name": "shop", "pending": 2}]  # the new project's queue
     assert 3.2 <= events[1][0] < 4.0  # the trigger watches the project created again (times rounded to 0.01 s)
+
+
+def test_pending_trigger_waits_for_a_source_table_dropped_under_its_project(products, hook, caplog):
+    """The source table dropped (or renamed away) under a project still in the catalog: the trigger raised
+    UndefinedTable, and the triggerer started the watcher again, to fail again, at every loop. It says once
+    what is missing and the way out, waits, and watches the table put back."""
+    hook.create_project("shop", "products", "product_id", COLUMNS)
+    trigger = PendingRowsTrigger("shop", products.conn_id, poll_interval=0.2, debounce=0)
+
+    def put_back() -> None:
+        create_products(products)
+        hook.attach_source("shop")  # its triggers queue the new table's writes again
+
+    with caplog.at_level(logging.WARNING, logger="airflow_vectorize.triggers.pending"):
+        events = collect(trigger, 4.5, [
+            (0.3, lambda: insert_products(products, 100, 1)),
+            (0.8, lambda: products.execute("DROP TABLE products CASCADE")),
+            (1.6, put_back),
+            (3.0, lambda: insert_products(products, 101, 2)),
+        ])
+
+    # put back: its 24 rows, never embedded, queued by attach_source; then the 2 inserted
+    assert [payload["pending"] for _, payload in events] == [1, 24, 26]
+    warnings = [r.getMessage() for r in caplog.records if "dropped or renamed away" in r.getMessage()]
+    assert warnings == [('Project \'shop\': relation "public.products" does not exist — its source table was dropped'
+                         " or renamed away. Put a table with its key and columns under that name and run generation"
+                         " (or VectorizeHook.attach_source('shop')), or drop the project; checking every 0.2 s")]
 
 
 def test_pending_trigger_fires_again_for_rows_left_queued(products, hook):
@@ -232,6 +260,16 @@ def test_freshness_trigger_reconnects_after_a_lost_connection(database, hook):
 def test_freshness_trigger_reports_a_missing_project(database):
     events = collect(FreshnessTrigger("nope", database.conn_id), 2.0)
     assert events[0][1] == {"status": "error", "message": "project 'nope' does not exist"}
+
+
+def test_freshness_trigger_says_what_to_do_about_a_dropped_source_table(products, hook):
+    hook.create_project("shop", "products", "product_id", COLUMNS)
+    products.execute("DROP TABLE products CASCADE")  # before: PostgreSQL's raw "UndefinedTable: ..." text
+    events = collect(FreshnessTrigger("shop", products.conn_id), 2.0)
+    assert [payload for _, payload in events] == [{"status": "error", "message": (
+        'project \'shop\': relation "public.products" does not exist — its source table, or a column of it, was'
+        " dropped or renamed away. Put it back and run generation (or VectorizeHook.attach_source('shop')), or"
+        " drop the project")}]
 
 
 def test_freshness_sensor_defers_then_completes(products, hook):

@@ -74,10 +74,13 @@ class FreshnessTrigger(BaseTrigger):
                 return {"status": "error", "message": f"project {self.job_name!r} does not exist"}
             try:
                 state = await freshness.ameasure(conn, project)
-            except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):
+            except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn) as error:
                 if await catalog.afind_project(conn, self.job_name) != project:
                     continue  # dropped or altered since it was read: read it again
-                raise
+                return {"status": "error", "message": (
+                    f"project {self.job_name!r}: {error.diag.message_primary} — its source table, or a column of"
+                    f" it, was dropped or renamed away. Put it back and run generation (or"
+                    f" VectorizeHook.attach_source({self.job_name!r})), or drop the project")}
             if not state.unmet(self.max_pending, self.max_stale, self.max_lag_seconds):
                 return {"status": "fresh", "job_name": self.job_name, **state.as_dict()}
             await asyncio.sleep(self.poll_interval)
