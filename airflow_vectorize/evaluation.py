@@ -274,13 +274,14 @@ def store(cur: Cursor, job_name: str, label: str | None, config: dict[str, Any],
 
 
 def last(cur: Cursor, job_name: str, label: str | None = None) -> dict[str, Any] | None:
-    """The project's latest kept evaluation (of ``label`` when given) that no gate failed, or None."""
+    """The project's latest kept evaluation of ``label`` (None: of the runs without one, not of any label)
+    that no gate failed, or None."""
     cur.execute("SELECT to_regclass('vectorize.evaluations') IS NOT NULL")
     if not cur.fetchone()[0]:
         return None
     cur.execute("SELECT id, evaluated_at, label, config, metrics FROM vectorize.evaluations WHERE job_name = %s"
-                " AND (%s::text IS NULL OR label = %s) AND passed IS NOT FALSE ORDER BY id DESC LIMIT 1",
-                [job_name, label, label])
+                " AND label IS NOT DISTINCT FROM %s AND passed IS NOT FALSE ORDER BY id DESC LIMIT 1",
+                [job_name, label])
     row = cur.fetchone()
     if row is None:
         return None

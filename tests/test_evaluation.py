@@ -340,3 +340,19 @@ def test_runs_of_other_queries_are_not_compared(products, shop):
         shop.compare(evaluation_ids=[a["evaluation_id"], b["evaluation_id"]])
     with pytest.raises(InvalidInputError, match="there is no evaluation 999"):
         shop.compare(evaluation_ids=[a["evaluation_id"], 999])
+
+
+def test_a_run_without_a_label_is_compared_with_runs_without_one_only(products, shop):
+    """A label=None run was compared with the last passing run of any label (another query set's numbers)."""
+    first = shop.search("shop", "ride to work", num_results=24)
+    easy = [{"query": "ride to work", "relevant": [first[0]["product_id"]]}]
+    hard = [{"query": "ride to work", "relevant": [first[5]["product_id"]]}]  # mrr 1/6
+    labelled = shop.evaluate_retrieval("shop", easy, k=10, label="easy_set", max_drop={"mrr": 0.05})
+
+    unlabelled = shop.evaluate_retrieval("shop", hard, k=10, max_drop={"mrr": 0.05})  # before: 0.83 worse
+
+    assert unlabelled["gate"] == {"passed": True, "failures": [], "previous": None}
+    again = shop.evaluate_retrieval("shop", hard, k=10, max_drop={"mrr": 0.05})
+    assert again["gate"]["previous"]["evaluation_id"] == unlabelled["evaluation_id"]
+    same_label = shop.evaluate_retrieval("shop", easy, k=10, label="easy_set", max_drop={"mrr": 0.05})
+    assert same_label["gate"]["previous"]["evaluation_id"] == labelled["evaluation_id"]

@@ -1202,7 +1202,7 @@ class VectorizeHook(PostgresHook):
 
         A gate: ``min_metrics`` ({metric: bound}; a maximum for ``no_relevant`` and the latencies) and
         ``max_drop`` ({metric: how much worse than the last kept run of the same ``label`` that passed its
-        gate}). Failing it raises RetrievalRegressionError naming each failure; the run is kept, marked failed,
+        gate}; a run without a label is compared with the last one without a label). Failing it raises RetrievalRegressionError naming each failure; the run is kept, marked failed,
         so the next run is compared with the last good one.
         """
         ks = evaluation.check_ks(k)

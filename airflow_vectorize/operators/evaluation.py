@@ -32,7 +32,7 @@ class EvaluateRetrievalOperator(ProjectWriterOperator):
     :param min_metrics: ``{metric: bound}``, e.g. ``{"recall@10": 0.8}``.
     :param max_drop: ``{metric: allowed drop against the last good run}``, e.g. ``{"mrr": 0.02}``.
     :param query_set: the name runs are kept and compared under (the evaluation's ``label``; runs of other
-        query sets are not compared with this one).
+        query sets are not compared with this one; None: runs without a query set are compared with each other).
     :param chart: draw recall@k of this run (and of the last good run it was compared with) as a PNG, also
         when the gate fails, at ``chart_path`` or by default next to the task's log
         (``<base_log_folder>/dag_id=…/run_id=…/task_id=…/retrieval-<evaluation_id>.png``, the directory of
