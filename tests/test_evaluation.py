@@ -82,6 +82,23 @@ def test_evaluate_retrieval_scores_the_project_s_answers_and_keeps_them(products
     assert set(hybrid["metrics"]) >= {"recall@5", "precision@5", "mrr", "ndcg@10", "hit_rate"}
 
 
+def test_ndcg_at_10_is_the_same_whatever_k_is(products, shop):
+    """nDCG@10 was computed on the max(k) results searched: with k=(1, 3) it was nDCG@3 under the name nDCG@10,
+    and a gate compared it with runs of k=10. Every evaluation now reads 10 results at least; the reciprocal
+    rank and the hit still look at the first max(k)."""
+    ranked = [r["product_id"] for r in shop.search("shop", "mobile phone", num_results=24)]
+    queries = [{"query": "mobile phone", "relevant": {ranked[1]: 3, ranked[4]: 1}}]  # ranks 2 and 5
+    expected = (3 / math.log2(3) + 1 / math.log2(6)) / (3 + 1 / math.log2(3))
+
+    short = shop.evaluate_retrieval("shop", queries, k=(1, 3), store=False)["metrics"]
+    long = shop.evaluate_retrieval("shop", queries, k=(1, 10), store=False)["metrics"]
+
+    assert short["ndcg@10"] == long["ndcg@10"] == pytest.approx(expected, abs=1e-6)  # before: 0.521296 for k=(1, 3)
+    assert (short["mrr"], short["recall@3"], short["hit_rate"]) == (0.5, 0.5, 1.0)
+    beyond = [{"query": "mobile phone", "relevant": [ranked[6]]}]  # rank 7: beyond k=3
+    assert shop.evaluate_retrieval("shop", beyond, k=3, store=False)["metrics"]["mrr"] == 0.0
+
+
 def keyed_project(products, hook, name: str, key_select: str, key: list[str]) -> dict:
     """A copy of the products keyed by ``key`` (``key_select`` makes its columns), embedded; the key of its
     best row for "ride to work"."""
