@@ -307,10 +307,32 @@ def test_freshness_sensor_pokes_when_not_deferrable(products, hook):
     ({"max_stale": "0"}, "max_stale must be a non-negative number or None, got '0'"),
     ({"max_lag_seconds": True}, "max_lag_seconds must be a non-negative number or None, got True"),
     ({"max_pending": None, "max_stale": None}, "needs at least one of max_pending, max_stale, max_lag_seconds"),
+    ({"poke_interval": 0}, ("poke_interval must be a positive number of seconds, got 0.0: 0 or less would poll the"
+                            " database in a loop without pause")),
 ])
 def test_freshness_sensor_rejects_bad_thresholds(kwargs, message):
     with pytest.raises(InvalidInputError, match=message):
         VectorizeFreshnessSensor(task_id="fresh", job_name="shop", **kwargs)
+
+
+@pytest.mark.parametrize("make", [PendingRowsTrigger, pending_rows_asset, FreshnessTrigger])
+@pytest.mark.parametrize("poll_interval, message", [
+    (0, ("poll_interval must be a positive number of seconds, got 0: 0 or less would poll the database in a loop"
+         " without pause")),
+    (-5.0, "poll_interval must be a positive number of seconds, got -5.0"),
+    ("10", "poll_interval must be a positive number of seconds, got '10'"),
+])
+def test_triggers_refuse_a_poll_interval_that_would_poll_without_pause(make, poll_interval, message):
+    """poll_interval=0 was taken: each deferred sensor or asset watcher queried the database thousands of
+    times a second in the triggerer's event loop. Refused when the DAG file is parsed."""
+    with pytest.raises(InvalidInputError, match=message):
+        make("shop", poll_interval=poll_interval)
+
+
+@pytest.mark.parametrize("make", [PendingRowsTrigger, pending_rows_asset])
+def test_the_pending_trigger_refuses_a_negative_debounce(make):
+    with pytest.raises(InvalidInputError, match=r"debounce must be a number of seconds >= 0, got -0.5$"):
+        make("shop", debounce=-0.5)
 
 
 def test_writers_emit_the_project_asset_and_the_watcher_watches_its_queue():

@@ -12,6 +12,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_vectorize import catalog, freshness
 from airflow_vectorize.hooks.vectorize import VectorizeHook
+from airflow_vectorize.validation import check_seconds
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ class FreshnessTrigger(BaseTrigger):
         self.max_pending = max_pending
         self.max_stale = max_stale
         self.max_lag_seconds = max_lag_seconds
-        self.poll_interval = float(poll_interval)
+        self.poll_interval = check_seconds("poll_interval", poll_interval)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (f"{type(self).__module__}.{type(self).__qualname__}",

@@ -25,6 +25,7 @@ from airflow_vectorize.catalog import Project
 from airflow_vectorize.exceptions import InvalidInputError
 from airflow_vectorize.hooks.vectorize import VectorizeHook
 from airflow_vectorize.naming import quoted
+from airflow_vectorize.validation import check_seconds
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,8 @@ class PendingRowsTrigger(BaseEventTrigger):
             raise InvalidInputError(f"refire_after must be a positive number of seconds or None, got {refire_after!r}")
         self.job_name = job_name
         self.postgres_conn_id = postgres_conn_id
-        self.poll_interval = float(poll_interval)
-        self.debounce = float(debounce)
+        self.poll_interval = check_seconds("poll_interval", poll_interval)
+        self.debounce = check_seconds("debounce", debounce, zero_ok=True)
         self.refire_after = None if refire_after is None else float(refire_after)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
