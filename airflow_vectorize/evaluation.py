@@ -41,6 +41,7 @@ from airflow_vectorize.keys import base_row
 
 MODES = ("vector", "hybrid")
 WORST = 10  # queries listed in ``worst``
+NDCG_AT = 10  # nDCG@10: every evaluation reads this many results at least, whatever its k
 MIN_WORDS, MAX_WORDS = 12, 60  # a sampled query's words: a sentence, not a run-on block without full stops
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 POSITIONS = ("any", "first", "last")
@@ -185,16 +186,18 @@ def resolve_keys(cur: Cursor, project: Project, queries: list[LabelledQuery]) ->
 
 # -- metrics ---------------------------------------------------------------------------------------------
 def query_metrics(got: Sequence[tuple], relevant: Mapping[tuple, float], ks: Sequence[int]) -> dict[str, float]:
-    """One query's metrics; ``got``: the returned keys, best first."""
+    """One query's metrics; ``got``: the returned keys, best first (max(ks), or more for nDCG@10: the
+    reciprocal rank and hit look at the first max(ks) only)."""
     hits = [key in relevant for key in got]
-    first = next((rank for rank, hit in enumerate(hits, 1) if hit), None)
+    first = next((rank for rank, hit in enumerate(hits[:max(ks)], 1) if hit), None)
     found: dict[str, float] = {"reciprocal_rank": 1.0 / first if first else 0.0}
     for k in ks:
         in_top = sum(hits[:k])
         found[f"recall@{k}"] = in_top / len(relevant)
         found[f"precision@{k}"] = in_top / k
-    dcg = sum(relevant.get(key, 0.0) / math.log2(rank + 1) for rank, key in enumerate(got[:10], 1))
-    ideal = sum(grade / math.log2(rank + 1) for rank, grade in enumerate(sorted(relevant.values(), reverse=True)[:10], 1))
+    dcg = sum(relevant.get(key, 0.0) / math.log2(rank + 1) for rank, key in enumerate(got[:NDCG_AT], 1))
+    ideal = sum(grade / math.log2(rank + 1)
+                for rank, grade in enumerate(sorted(relevant.values(), reverse=True)[:NDCG_AT], 1))
     found["ndcg@10"] = dcg / ideal
     found["hit"] = 1.0 if any(hits[:max(ks)]) else 0.0
     return found
@@ -229,14 +232,15 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 def evaluate(queries: list[LabelledQuery], ks: Sequence[int], search: Callable[[str, int], list[tuple]],
              clock: Callable[[], float]) -> dict[str, Any]:
-    """Run every query through ``search(query, limit) -> keys`` and score it."""
+    """Run every query through ``search(query, limit) -> keys`` and score it: max(k) results, and at least
+    NDCG_AT so that nDCG@10 is the same measure whatever ``ks`` is (``worst`` shows the first max(k))."""
     per_query, seconds, answers = [], [], []
     for q in queries:
         started = clock()
-        got = search(q.query, max(ks))
+        got = search(q.query, max(*ks, NDCG_AT))
         seconds.append(clock() - started)
         per_query.append(query_metrics(got, q.relevant, ks))
-        answers.append(got)
+        answers.append(got[:max(ks)])
     order = sorted(range(len(queries)), key=lambda i: (per_query[i]["reciprocal_rank"], per_query[i]["ndcg@10"]))
     worst = [{"query": queries[i].query, "expected": [_shown(k) for k in queries[i].relevant],
               "got": [_shown(k) for k in answers[i]], "reciprocal_rank": round(per_query[i]["reciprocal_rank"], 4)}
@@ -274,13 +278,14 @@ def store(cur: Cursor, job_name: str, label: str | None, config: dict[str, Any],
 
 
 def last(cur: Cursor, job_name: str, label: str | None = None) -> dict[str, Any] | None:
-    """The project's latest kept evaluation (of ``label`` when given) that no gate failed, or None."""
+    """The project's latest kept evaluation of ``label`` (None: of the runs without one, not of any label)
+    that no gate failed, or None."""
     cur.execute("SELECT to_regclass('vectorize.evaluations') IS NOT NULL")
     if not cur.fetchone()[0]:
         return None
     cur.execute("SELECT id, evaluated_at, label, config, metrics FROM vectorize.evaluations WHERE job_name = %s"
-                " AND (%s::text IS NULL OR label = %s) AND passed IS NOT FALSE ORDER BY id DESC LIMIT 1",
-                [job_name, label, label])
+                " AND label IS NOT DISTINCT FROM %s AND passed IS NOT FALSE ORDER BY id DESC LIMIT 1",
+                [job_name, label])
     row = cur.fetchone()
     if row is None:
         return None

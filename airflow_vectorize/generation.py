@@ -66,7 +66,7 @@ KEY_TEXT_SETTINGS = {"TimeZone": "UTC", "DateStyle": "ISO, MDY", "IntervalStyle"
 @dataclass(frozen=True)
 class Scope:
     """Which rows a run looks at: an update_col interval, a hash partition of the keys, and (for realtime
-    runs) only the rows the project's triggers queued."""
+    runs) only the rows the project's triggers queued, or that the model refused before."""
 
     since: datetime | str | None = None
     until: datetime | str | None = None
@@ -125,9 +125,12 @@ class Scope:
         if self.partition_count > 1:
             parts.append(sql.SQL("abs(hashtextextended({}, 0) %% %s) = %s").format(project.key.as_text("r")))
             params += [self.partition_count, self.partition_index]
-        if self.pending_only:  # a realtime run reads the (small) queue, not the whole source
-            parts.append(sql.SQL("({r_keys}) IN (SELECT {keys} FROM {queue})").format(
-                r_keys=project.key.names("r"), keys=project.key.names(), queue=project.names.queue))
+        if self.pending_only:  # a realtime run reads the (small) queue, not the whole source, and the rows
+            # refused before, which left the queue for the errors table: tried again up to max_attempts
+            # (``needs`` leaves out those given up on), by Airflow's retry of the failed task too
+            parts.append(sql.SQL("({r_keys}) IN (SELECT {keys} FROM {queue} UNION SELECT {keys} FROM {errors})").format(
+                r_keys=project.key.names("r"), keys=project.key.names(), queue=project.names.queue,
+                errors=project.names.errors))
         return sql.SQL(" AND ").join(parts), params
 
 

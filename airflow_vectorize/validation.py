@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -614,3 +615,14 @@ def check_text(text: str, what: str) -> None:
     except UnicodeEncodeError as error:
         raise InvalidInputError(f"{what} is not valid Unicode: {error.reason} at position {error.start}"
                                 f" ({text[error.start]!r})") from None
+
+
+def check_seconds(name: str, value: Any, zero_ok: bool = False) -> float:
+    """A wait in seconds of a trigger or sensor: a finite number > 0 (>= 0 when ``zero_ok``), as a float.
+    A poll interval of 0 would query the database in a loop without pause."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value < 0 or (value == 0 and not zero_ok):
+        bound = "a number of seconds >= 0" if zero_ok else "a positive number of seconds"
+        raise InvalidInputError(f"{name} must be {bound}, got {value!r}"
+                                + ("" if zero_ok else ": 0 or less would poll the database in a loop without pause"))
+    return float(value)

@@ -82,6 +82,23 @@ def test_evaluate_retrieval_scores_the_project_s_answers_and_keeps_them(products
     assert set(hybrid["metrics"]) >= {"recall@5", "precision@5", "mrr", "ndcg@10", "hit_rate"}
 
 
+def test_ndcg_at_10_is_the_same_whatever_k_is(products, shop):
+    """nDCG@10 was computed on the max(k) results searched: with k=(1, 3) it was nDCG@3 under the name nDCG@10,
+    and a gate compared it with runs of k=10. Every evaluation now reads 10 results at least; the reciprocal
+    rank and the hit still look at the first max(k)."""
+    ranked = [r["product_id"] for r in shop.search("shop", "mobile phone", num_results=24)]
+    queries = [{"query": "mobile phone", "relevant": {ranked[1]: 3, ranked[4]: 1}}]  # ranks 2 and 5
+    expected = (3 / math.log2(3) + 1 / math.log2(6)) / (3 + 1 / math.log2(3))
+
+    short = shop.evaluate_retrieval("shop", queries, k=(1, 3), store=False)["metrics"]
+    long = shop.evaluate_retrieval("shop", queries, k=(1, 10), store=False)["metrics"]
+
+    assert short["ndcg@10"] == long["ndcg@10"] == pytest.approx(expected, abs=1e-6)  # before: 0.521296 for k=(1, 3)
+    assert (short["mrr"], short["recall@3"], short["hit_rate"]) == (0.5, 0.5, 1.0)
+    beyond = [{"query": "mobile phone", "relevant": [ranked[6]]}]  # rank 7: beyond k=3
+    assert shop.evaluate_retrieval("shop", beyond, k=3, store=False)["metrics"]["mrr"] == 0.0
+
+
 def keyed_project(products, hook, name: str, key_select: str, key: list[str]) -> dict:
     """A copy of the products keyed by ``key`` (``key_select`` makes its columns), embedded; the key of its
     best row for "ride to work"."""
@@ -340,3 +357,19 @@ def test_runs_of_other_queries_are_not_compared(products, shop):
         shop.compare(evaluation_ids=[a["evaluation_id"], b["evaluation_id"]])
     with pytest.raises(InvalidInputError, match="there is no evaluation 999"):
         shop.compare(evaluation_ids=[a["evaluation_id"], 999])
+
+
+def test_a_run_without_a_label_is_compared_with_runs_without_one_only(products, shop):
+    """A label=None run was compared with the last passing run of any label (another query set's numbers)."""
+    first = shop.search("shop", "ride to work", num_results=24)
+    easy = [{"query": "ride to work", "relevant": [first[0]["product_id"]]}]
+    hard = [{"query": "ride to work", "relevant": [first[5]["product_id"]]}]  # mrr 1/6
+    labelled = shop.evaluate_retrieval("shop", easy, k=10, label="easy_set", max_drop={"mrr": 0.05})
+
+    unlabelled = shop.evaluate_retrieval("shop", hard, k=10, max_drop={"mrr": 0.05})  # before: 0.83 worse
+
+    assert unlabelled["gate"] == {"passed": True, "failures": [], "previous": None}
+    again = shop.evaluate_retrieval("shop", hard, k=10, max_drop={"mrr": 0.05})
+    assert again["gate"]["previous"]["evaluation_id"] == unlabelled["evaluation_id"]
+    same_label = shop.evaluate_retrieval("shop", easy, k=10, label="easy_set", max_drop={"mrr": 0.05})
+    assert same_label["gate"]["previous"]["evaluation_id"] == labelled["evaluation_id"]

@@ -14,6 +14,7 @@ from airflow_vectorize.operators import (
     AlterVectorizeProjectOperator,
     CreateVectorizeProjectOperator,
     DropVectorizeProjectOperator,
+    EvaluateRetrievalOperator,
     ImportEmbeddingsOperator,
     VectorSearchOperator,
 )
@@ -53,6 +54,24 @@ def test_columns_given_as_one_string_are_refused_as_the_hook_refuses_them(produc
     search = VectorSearchOperator(task_id="s", job_name="shop", query="phone", return_columns="name", **conn)
     with pytest.raises(InvalidInputError, match=re.escape("return_columns must be a list of column names, got 'name'")):
         search.execute(context={})  # before: "unknown: n, a, m, e"
+    assert snapshot(products) == before
+
+
+def test_an_evaluation_with_nothing_to_sample_says_so(products, hook):
+    """sample= on rows without a sentence of 12-60 words: sample_queries found none, and the error was about
+    queries= 'must be a non-empty list', an argument the task was not given."""
+    hook.create_project("names", "products", "product_id", ["name"], schedule="manual")
+    before = snapshot(products)
+    task = EvaluateRetrievalOperator(task_id="evaluate", job_name="names", sample=5, chart=False,
+                                     postgres_conn_id=products.conn_id)
+
+    with pytest.raises(InvalidInputError) as error:
+        task.execute({})
+
+    assert str(error.value) == (
+        "no query could be sampled from project 'names' (sample=5): none of its rows holds a sentence of 12-60"
+        " words (short texts such as names or titles have none). Pass queries= (labelled queries, or a table of"
+        " them)")
     assert snapshot(products) == before
 
 

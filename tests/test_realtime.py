@@ -11,8 +11,9 @@ import time
 from typing import Any
 
 import pytest
-from airflow.sdk import DAG, task
+from airflow.sdk import DAG, TaskGroup, task
 from airflow.sdk.exceptions import TaskDeferred
+from conftest import create_products
 
 from airflow_vectorize.assets import embeddings_asset, pending_rows_asset
 from airflow_vectorize.exceptions import InvalidInputError, VectorizeError
@@ -121,6 +122,33 @@ def test_pending_trigger_waits_again_when_the_project_is_dropped(products, hook)
     assert [payload for _, payload in events] == [{"job_name": "shop", "pending": 1},
                                                   {"job_name": "shop", "pending": 2}]  # the new project's queue
     assert 3.2 <= events[1][0] < 4.0  # the trigger watches the project created again (times rounded to 0.01 s)
+
+
+def test_pending_trigger_waits_for_a_source_table_dropped_under_its_project(products, hook, caplog):
+    """The source table dropped (or renamed away) under a project still in the catalog: the trigger raised
+    UndefinedTable, and the triggerer started the watcher again, to fail again, at every loop. It says once
+    what is missing and the way out, waits, and watches the table put back."""
+    hook.create_project("shop", "products", "product_id", COLUMNS)
+    trigger = PendingRowsTrigger("shop", products.conn_id, poll_interval=0.2, debounce=0)
+
+    def put_back() -> None:
+        create_products(products)
+        hook.attach_source("shop")  # its triggers queue the new table's writes again
+
+    with caplog.at_level(logging.WARNING, logger="airflow_vectorize.triggers.pending"):
+        events = collect(trigger, 4.5, [
+            (0.3, lambda: insert_products(products, 100, 1)),
+            (0.8, lambda: products.execute("DROP TABLE products CASCADE")),
+            (1.6, put_back),
+            (3.0, lambda: insert_products(products, 101, 2)),
+        ])
+
+    # put back: its 24 rows, never embedded, queued by attach_source; then the 2 inserted
+    assert [payload["pending"] for _, payload in events] == [1, 24, 26]
+    warnings = [r.getMessage() for r in caplog.records if "dropped or renamed away" in r.getMessage()]
+    assert warnings == [('Project \'shop\': relation "public.products" does not exist — its source table was dropped'
+                         " or renamed away. Put a table with its key and columns under that name and run generation"
+                         " (or VectorizeHook.attach_source('shop')), or drop the project; checking every 0.2 s")]
 
 
 def test_pending_trigger_fires_again_for_rows_left_queued(products, hook):
@@ -234,6 +262,16 @@ def test_freshness_trigger_reports_a_missing_project(database):
     assert events[0][1] == {"status": "error", "message": "project 'nope' does not exist"}
 
 
+def test_freshness_trigger_says_what_to_do_about_a_dropped_source_table(products, hook):
+    hook.create_project("shop", "products", "product_id", COLUMNS)
+    products.execute("DROP TABLE products CASCADE")  # before: PostgreSQL's raw "UndefinedTable: ..." text
+    events = collect(FreshnessTrigger("shop", products.conn_id), 2.0)
+    assert [payload for _, payload in events] == [{"status": "error", "message": (
+        'project \'shop\': relation "public.products" does not exist — its source table, or a column of it, was'
+        " dropped or renamed away. Put it back and run generation (or VectorizeHook.attach_source('shop')), or"
+        " drop the project")}]
+
+
 def test_freshness_sensor_defers_then_completes(products, hook):
     hook.create_project("shop", "products", "product_id", COLUMNS)
     sensor = VectorizeFreshnessSensor(task_id="fresh", job_name="shop", postgres_conn_id=products.conn_id,
@@ -269,10 +307,32 @@ def test_freshness_sensor_pokes_when_not_deferrable(products, hook):
     ({"max_stale": "0"}, "max_stale must be a non-negative number or None, got '0'"),
     ({"max_lag_seconds": True}, "max_lag_seconds must be a non-negative number or None, got True"),
     ({"max_pending": None, "max_stale": None}, "needs at least one of max_pending, max_stale, max_lag_seconds"),
+    ({"poke_interval": 0}, ("poke_interval must be a positive number of seconds, got 0.0: 0 or less would poll the"
+                            " database in a loop without pause")),
 ])
 def test_freshness_sensor_rejects_bad_thresholds(kwargs, message):
     with pytest.raises(InvalidInputError, match=message):
         VectorizeFreshnessSensor(task_id="fresh", job_name="shop", **kwargs)
+
+
+@pytest.mark.parametrize("make", [PendingRowsTrigger, pending_rows_asset, FreshnessTrigger])
+@pytest.mark.parametrize("poll_interval, message", [
+    (0, ("poll_interval must be a positive number of seconds, got 0: 0 or less would poll the database in a loop"
+         " without pause")),
+    (-5.0, "poll_interval must be a positive number of seconds, got -5.0"),
+    ("10", "poll_interval must be a positive number of seconds, got '10'"),
+])
+def test_triggers_refuse_a_poll_interval_that_would_poll_without_pause(make, poll_interval, message):
+    """poll_interval=0 was taken: each deferred sensor or asset watcher queried the database thousands of
+    times a second in the triggerer's event loop. Refused when the DAG file is parsed."""
+    with pytest.raises(InvalidInputError, match=message):
+        make("shop", poll_interval=poll_interval)
+
+
+@pytest.mark.parametrize("make", [PendingRowsTrigger, pending_rows_asset])
+def test_the_pending_trigger_refuses_a_negative_debounce(make):
+    with pytest.raises(InvalidInputError, match=r"debounce must be a number of seconds >= 0, got -0.5$"):
+        make("shop", debounce=-0.5)
 
 
 def test_writers_emit_the_project_asset_and_the_watcher_watches_its_queue():
@@ -303,6 +363,28 @@ def test_writers_emit_the_project_asset_and_the_watcher_watches_its_queue():
     assert watcher.trigger.serialize() == ("airflow_vectorize.triggers.pending.PendingRowsTrigger",
                                            {"job_name": "shop", "postgres_conn_id": "pg", "poll_interval": 5.0,
                                             "debounce": 0.5, "refire_after": 600.0})
+
+
+def test_mapped_writers_in_a_task_group_declare_the_connection_of_its_default_args():
+    """A mapped writer took its connection from its own and its DAG's default_args only: in a TaskGroup whose
+    default_args name the connection it embedded through that one but declared (and emitted, with an empty
+    extra) the asset of postgres_default. Now the defaults merge as Airflow's partial() merges them."""
+    with (DAG("grouped", schedule=None, default_args={"postgres_conn_id": "warehouse"}),
+          TaskGroup("tg", default_args={"postgres_conn_id": "lake"})):
+            plain = GenerateEmbeddingsOperator(task_id="plain", job_name="shop")
+            mapped = GenerateEmbeddingsOperator.partial(task_id="mapped", job_name="shop", partition_count=2).expand(
+                partition_index=[0, 1])
+            with TaskGroup("inner"):
+                nested = ImportEmbeddingsOperator.partial(task_id="load", job_name="shop", src_primary_key="k",
+                                                          src_embeddings_col="e").expand(src_table=["a", "b"])
+                own = GenerateEmbeddingsOperator.partial(task_id="own", job_name="shop", partition_count=2,
+                                                         default_args={"postgres_conn_id": "pg"}).expand(
+                    partition_index=[0, 1])
+
+    assert [a.uri for a in plain.outlets] == ["vectorize://lake/shop"]
+    assert [a.uri for a in mapped.partial_kwargs["outlets"]] == ["vectorize://lake/shop"]  # before: postgres_default
+    assert [a.uri for a in nested.partial_kwargs["outlets"]] == ["vectorize://lake/shop"]
+    assert [a.uri for a in own.partial_kwargs["outlets"]] == ["vectorize://pg/shop"]
 
 
 def test_a_large_update_queues_its_first_rows_and_records_the_rest_once(products, hook, monkeypatch):

@@ -17,7 +17,7 @@ from airflow_vectorize.exceptions import (
     ModelInputRejectedError,
     ModelRequestError,
 )
-from airflow_vectorize.operators import GenerateEmbeddingsOperator
+from airflow_vectorize.operators import CreateVectorizeProjectOperator, GenerateEmbeddingsOperator
 
 MODEL = "openai/MiniLM"
 COLUMNS = ["name", "description"]
@@ -197,6 +197,65 @@ def test_a_retry_of_the_task_fails_as_its_first_try_did(products, hook, embeddin
     next_run = SimpleNamespace(start_date=products.scalar("SELECT clock_timestamp()"))
     assert task.execute({"dag_run": next_run})["failed"] == 5  # known failures: a warning only
     assert {attempts for attempts, _ in errors(products).values()} == {3}
+
+
+def test_a_retry_of_a_create_task_whose_initial_load_failed_fails_too(products, hook, embedding_server):
+    """CreateVectorizeProjectOperator(embed_existing=True): the initial load ran without the DAG run's start,
+    so Airflow's retry found the rows its first try failed 'known from before' and passed."""
+    products.execute("UPDATE products SET description = %s WHERE product_id <= 5", [LONG])  # 5 of 24: 21 %
+    embedding_server.reset(max_input_bytes=150)
+    task = CreateVectorizeProjectOperator(task_id="create", postgres_conn_id=products.conn_id, job_name="remote",
+                                          table="products", primary_key="product_id", columns=COLUMNS,
+                                          transformer=MODEL, model_conn_id="flaky", embed_existing=True)
+    run = SimpleNamespace(start_date=products.scalar("SELECT clock_timestamp()"))
+
+    with pytest.raises(EmbeddingFailuresError, match=r"5 row\(s\) could not be embedded \(5 for the first time: 21%"):
+        task.execute({"dag_run": run})
+    with pytest.raises(EmbeddingFailuresError, match=r"\(5 for the first time: 100% of the rows tried\)"):
+        task.execute({"dag_run": run})  # the retry
+
+    next_run = SimpleNamespace(start_date=products.scalar("SELECT clock_timestamp()"))
+    summary = task.execute({"dag_run": next_run})  # known failures: a warning only
+    assert (summary["created"], summary["initial_load"]["failed"]) == (False, 5)
+    tolerant = CreateVectorizeProjectOperator(task_id="create", postgres_conn_id=products.conn_id, job_name="remote",
+                                              table="products", primary_key="product_id", columns=COLUMNS,
+                                              transformer=MODEL, model_conn_id="flaky", embed_existing=True,
+                                              max_attempts=4, max_failed_share=1)
+    assert tolerant.execute({"dag_run": next_run})["initial_load"]["failed"] == 5  # the 4th attempt, allowed
+    assert {attempts for attempts, _ in errors(products).values()} == {4}
+
+
+def test_bad_failure_options_of_a_create_change_nothing(products, hook):
+    before = snapshot(products)
+    with pytest.raises(InvalidInputError, match=r"max_failed_share must be a number in \[0, 1\], got 2"):
+        create(hook, embed_existing=True, max_failed_share=2)
+    assert snapshot(products) == before
+
+
+def test_a_realtime_run_tries_the_rows_refused_before_until_max_attempts(products, hook, embedding_server):
+    """A refused row leaves the queue for the errors table; a pending_only run read the queue only, so
+    Airflow's retry of the realtime task passed with nothing to do and no later realtime run tried the rows
+    again. Now it reads the errors table too: the retry fails, later runs try them up to max_attempts."""
+    create(hook)
+    embedding_server.reset(max_input_bytes=150)
+    products.execute("UPDATE products SET description = %s WHERE product_id IN (7, 8)", [LONG])  # queued
+    task = GenerateEmbeddingsOperator(task_id="embed_pending", postgres_conn_id=products.conn_id, job_name="remote",
+                                      pending_only=True)
+    run = SimpleNamespace(start_date=products.scalar("SELECT clock_timestamp()"))
+
+    with pytest.raises(EmbeddingFailuresError, match=r"2 row\(s\) could not be embedded \(2 for the first time: 100%"):
+        task.execute({"dag_run": run})
+    assert hook.get_freshness("remote")["pending"] == 0  # off the queue, in the errors table
+    with pytest.raises(EmbeddingFailuresError, match=r"\(2 for the first time: 100% of the rows tried\)"):
+        task.execute({"dag_run": run})  # the retry
+
+    next_run = SimpleNamespace(start_date=products.scalar("SELECT clock_timestamp()"))
+    summary = task.execute({"dag_run": next_run})  # known failures: a warning only
+    assert (summary["embedded"], summary["failed"]) == (0, 2)
+    assert errors(products).keys() == {7, 8} and {attempts for attempts, _ in errors(products).values()} == {3}
+    requests = len(embedding_server.requests)
+    assert task.execute({"dag_run": next_run})["failed"] == 0  # given up on
+    assert len(embedding_server.requests) == requests
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -204,6 +204,9 @@ class VectorizeHook(PostgresHook):
         hnsw_m: int | None = None,
         hnsw_ef_construction: int | None = None,
         halfvec_index: bool = False,
+        max_attempts: int = generation.DEFAULT_MAX_ATTEMPTS,
+        max_failed_share: float = generation.DEFAULT_MAX_FAILED_SHARE,
+        failures_since: datetime | None = None,
     ) -> dict[str, Any]:
         """Make ``schema.table`` searchable: embeddings storage, HNSW index, queue and realtime triggers.
 
@@ -234,8 +237,11 @@ class VectorizeHook(PostgresHook):
         The same call again returns the existing project unchanged; another configuration under an
         existing name raises ProjectConflictError naming the fields that differ. With ``embed_existing``
         the rows already in the table are embedded right away (pg_vectorize's initial load); the summary
-        then carries that run's summary under ``initial_load``.
+        then carries that run's summary under ``initial_load``. ``max_attempts``, ``max_failed_share`` and
+        ``failures_since`` are that run's (``generate_embeddings``): with a DAG run's start as
+        ``failures_since``, Airflow's retry of a create task whose initial load failed fails too.
         """
+        check_failure_options(max_attempts, max_failed_share, failures_since)
         validation.check_job_name(job_name)
         validation.check_options(table_method, index_dist_type, schedule)
         if isinstance(columns, str) or not all(isinstance(c, str) for c in columns):
@@ -280,7 +286,9 @@ class VectorizeHook(PostgresHook):
         else:
             summary = self._existing_project(existing, replace(wanted, encoding=choice.over(existing.encoding)))
         if embed_existing:
-            summary["initial_load"] = self.generate_embeddings(job_name)
+            summary["initial_load"] = self.generate_embeddings(job_name, max_attempts=max_attempts,
+                                                               max_failed_share=max_failed_share,
+                                                               failures_since=failures_since)
         return summary
 
     def _create_project(self, wanted: Project, choice: encoding.Choice) -> dict[str, Any]:
@@ -821,13 +829,8 @@ class VectorizeHook(PostgresHook):
             raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
         if concurrency is not None:
             concurrency = positive_int(concurrency, "concurrency")
-        max_attempts = positive_int(max_attempts, "max_attempts")
-        if isinstance(max_failed_share, bool) or not isinstance(max_failed_share, (int, float)) \
-                or not 0 <= max_failed_share <= 1:
-            raise InvalidInputError(f"max_failed_share must be a number in [0, 1], got {max_failed_share!r}")
+        max_attempts = check_failure_options(max_attempts, max_failed_share, failures_since)
         validation.check_rebuild_index(rebuild_index)
-        if failures_since is not None and (not isinstance(failures_since, datetime) or failures_since.tzinfo is None):
-            raise InvalidInputError(f"failures_since must be a datetime with a time zone, got {failures_since!r}")
         scope = generation.Scope(since, until, partition_index, partition_count, bool(pending_only))
         with self.transaction() as cur:
             catalog.lock_project(cur, job_name)
@@ -1199,7 +1202,7 @@ class VectorizeHook(PostgresHook):
 
         A gate: ``min_metrics`` ({metric: bound}; a maximum for ``no_relevant`` and the latencies) and
         ``max_drop`` ({metric: how much worse than the last kept run of the same ``label`` that passed its
-        gate}). Failing it raises RetrievalRegressionError naming each failure; the run is kept, marked failed,
+        gate}; a run without a label is compared with the last one without a label). Failing it raises RetrievalRegressionError naming each failure; the run is kept, marked failed,
         so the next run is compared with the last good one.
         """
         ks = evaluation.check_ks(k)
@@ -1506,3 +1509,15 @@ def _check_generation_options(max_tokens: int | None, temperature: float | None)
     if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
                                     or not 0 <= temperature <= 2):
         raise InvalidInputError(f"temperature must be a number from 0 to 2, got {temperature!r}")
+
+
+def check_failure_options(max_attempts: int, max_failed_share: float, failures_since: datetime | None) -> int:
+    """Refuse a generation run's failure options that cannot be used (``InvalidInputError``); returns
+    ``max_attempts``."""
+    max_attempts = positive_int(max_attempts, "max_attempts")
+    if isinstance(max_failed_share, bool) or not isinstance(max_failed_share, (int, float)) \
+            or not 0 <= max_failed_share <= 1:
+        raise InvalidInputError(f"max_failed_share must be a number in [0, 1], got {max_failed_share!r}")
+    if failures_since is not None and (not isinstance(failures_since, datetime) or failures_since.tzinfo is None):
+        raise InvalidInputError(f"failures_since must be a datetime with a time zone, got {failures_since!r}")
+    return max_attempts

@@ -83,17 +83,22 @@ def _known(job_name: Any) -> bool:
 
 
 def _dag_default_conn_id(kwargs: dict[str, Any]) -> str:
-    """The ``postgres_conn_id`` a mapped task gets from ``default_args``: its own, its DAG's (the DAG given or
-    the one being defined), or the hook's default."""
-    own = kwargs.get("default_args") or {}
-    if "postgres_conn_id" in own:
-        return own["postgres_conn_id"]
-    dag = kwargs.get("dag")
-    if dag is None:
-        from airflow.sdk.definitions._internal.contextmanager import DagContext
+    """The ``postgres_conn_id`` a mapped task gets from ``default_args``, merged as ``BaseOperator.partial``
+    merges them: its DAG's (the DAG given or the one being defined), its TaskGroup's (the one given or the one
+    being defined, with those of the groups around it), its own; else the hook's default."""
+    from airflow.sdk.bases.operator import get_merged_defaults
+    from airflow.sdk.definitions._internal.contextmanager import DagContext, TaskGroupContext
 
-        dag = DagContext.get_current()
-    return (getattr(dag, "default_args", None) or {}).get("postgres_conn_id", VectorizeHook.default_conn_name)
+    dag = kwargs.get("dag") or DagContext.get_current()
+    group = kwargs.get("task_group") or (TaskGroupContext.get_current(dag) if dag else None)
+    merged, _ = get_merged_defaults(dag, group, None, kwargs.get("default_args"))
+    return merged.get("postgres_conn_id", VectorizeHook.default_conn_name)
+
+
+def run_start(context: Any) -> Any:
+    """The DAG run's start: rows first failing since count as new failures, in this try and in its retries."""
+    dag_run = context.get("dag_run") if hasattr(context, "get") else None
+    return getattr(dag_run, "start_date", None)
 
 
 def listed(columns: Any) -> Any:

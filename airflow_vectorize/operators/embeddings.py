@@ -7,7 +7,7 @@ from typing import Any
 
 from airflow_vectorize.generation import DEFAULT_BATCH_SIZE, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_FAILED_SHARE
 from airflow_vectorize.lineage import openlineage_installed
-from airflow_vectorize.operators._base import ProjectWriterOperator
+from airflow_vectorize.operators._base import ProjectWriterOperator, run_start
 
 
 class ImportEmbeddingsOperator(ProjectWriterOperator):
@@ -134,15 +134,10 @@ class GenerateEmbeddingsOperator(ProjectWriterOperator):
             max_attempts=self.max_attempts,
             max_failed_share=self.max_failed_share,
             rebuild_index=self.rebuild_index,
-            failures_since=_run_start(context),
+            failures_since=run_start(context),
         )
         if openlineage_installed():
             tables = self.hook.project_tables(self.job_name)
             self.capture_tables(inputs=[tables["source"]], outputs=[tables["storage"]])
         return self.emit(context, summary, ("embedded", "failed", "skipped", "partition"))
 
-
-def _run_start(context: Any) -> Any:
-    """The DAG run's start: rows first failing since count as new failures, in this try and in its retries."""
-    dag_run = context.get("dag_run") if hasattr(context, "get") else None
-    return getattr(dag_run, "start_date", None)

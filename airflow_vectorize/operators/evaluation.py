@@ -9,7 +9,7 @@ from typing import Any
 
 from airflow_vectorize import evaluation
 from airflow_vectorize.assets import evaluation_asset
-from airflow_vectorize.exceptions import RetrievalRegressionError
+from airflow_vectorize.exceptions import InvalidInputError, RetrievalRegressionError
 from airflow_vectorize.operators._base import ProjectWriterOperator
 
 
@@ -32,7 +32,7 @@ class EvaluateRetrievalOperator(ProjectWriterOperator):
     :param min_metrics: ``{metric: bound}``, e.g. ``{"recall@10": 0.8}``.
     :param max_drop: ``{metric: allowed drop against the last good run}``, e.g. ``{"mrr": 0.02}``.
     :param query_set: the name runs are kept and compared under (the evaluation's ``label``; runs of other
-        query sets are not compared with this one).
+        query sets are not compared with this one; None: runs without a query set are compared with each other).
     :param chart: draw recall@k of this run (and of the last good run it was compared with) as a PNG, also
         when the gate fails, at ``chart_path`` or by default next to the task's log
         (``<base_log_folder>/dag_id=…/run_id=…/task_id=…/retrieval-<evaluation_id>.png``, the directory of
@@ -79,9 +79,7 @@ class EvaluateRetrievalOperator(ProjectWriterOperator):
         self.chart_path = chart_path
 
     def execute(self, context: Any) -> dict[str, Any]:
-        queries = self.queries
-        if queries is None:
-            queries = self.hook.sample_queries(self.job_name, self.sample, self.seed, self.position)
+        queries = self.queries if self.queries is not None else self.sampled()
         tables = self.hook.project_tables(self.job_name)
         try:
             summary = self.hook.evaluate_retrieval(
@@ -96,6 +94,17 @@ class EvaluateRetrievalOperator(ProjectWriterOperator):
         self.log.info("Retrieval of %r: %s", self.job_name, summary["metrics"])
         self.draw(context, summary)
         return self.emit(context, summary, ("evaluation_id",), extra=summary["metrics"])
+
+    def sampled(self) -> list[dict[str, Any]]:
+        """``sample`` labelled queries from the project's rows; InvalidInputError when none could be made."""
+        queries = self.hook.sample_queries(self.job_name, self.sample, self.seed, self.position)
+        if not queries:
+            raise InvalidInputError(
+                f"no query could be sampled from project {self.job_name!r} (sample={self.sample!r}): none of its"
+                f" rows holds a sentence of {evaluation.MIN_WORDS}-{evaluation.MAX_WORDS} words (short texts such as"
+                " names or titles have none). Pass queries= (labelled queries, or a table of them)"
+            )
+        return queries
 
     def draw(self, context: Any, summary: dict[str, Any]) -> None:
         """The recall@k chart of ``summary`` (and of the run it was compared with), when ``chart``."""

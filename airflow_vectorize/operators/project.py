@@ -7,9 +7,10 @@ from typing import Any
 
 from airflow_vectorize.catalog import DEFAULT_TRANSFORMER
 from airflow_vectorize.exceptions import ProjectNotFoundError
+from airflow_vectorize.generation import DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_FAILED_SHARE
 from airflow_vectorize.hooks.vectorize import KEEP
 from airflow_vectorize.lineage import openlineage_installed
-from airflow_vectorize.operators._base import VectorizeBaseOperator, listed
+from airflow_vectorize.operators._base import VectorizeBaseOperator, listed, run_start
 
 
 class CreateVectorizeProjectOperator(VectorizeBaseOperator):
@@ -32,7 +33,10 @@ class CreateVectorizeProjectOperator(VectorizeBaseOperator):
     :param index_dist_type: ``pgv_hnsw_cosine``, ``pgv_hnsw_l2`` or ``pgv_hnsw_ip``.
     :param schedule: ``realtime`` (triggers queue changed rows) or ``manual``.
     :param update_col: a timestamp column that tells when a row changed (for interval runs).
-    :param embed_existing: embed the rows already in the table right away (the initial load).
+    :param embed_existing: embed the rows already in the table right away (the initial load). It fails the
+        task when more than ``max_failed_share`` of its rows could not be embedded for the first time in this
+        DAG run — in any try, so Airflow's retry fails as the first try did; ``max_attempts``: as
+        ``GenerateEmbeddingsOperator``'s.
     :param document_prompt: text put before every document ("" for none; default: the model's own);
         :param query_prompt: the same for every search query.
     :param input_types: ``{"document": ..., "query": ...}``, the ``input_type`` of a provider that takes one
@@ -71,6 +75,8 @@ class CreateVectorizeProjectOperator(VectorizeBaseOperator):
         hnsw_m: int | None = None,
         hnsw_ef_construction: int | None = None,
         halfvec_index: bool = False,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        max_failed_share: float = DEFAULT_MAX_FAILED_SHARE,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -96,6 +102,8 @@ class CreateVectorizeProjectOperator(VectorizeBaseOperator):
         self.hnsw_m = hnsw_m
         self.hnsw_ef_construction = hnsw_ef_construction
         self.halfvec_index = halfvec_index
+        self.max_attempts = max_attempts
+        self.max_failed_share = max_failed_share
 
     def execute(self, context: Any) -> dict[str, Any]:
         summary = self.hook.create_project(
@@ -121,6 +129,9 @@ class CreateVectorizeProjectOperator(VectorizeBaseOperator):
             hnsw_m=self.hnsw_m,
             hnsw_ef_construction=self.hnsw_ef_construction,
             halfvec_index=self.halfvec_index,
+            max_attempts=self.max_attempts,
+            max_failed_share=self.max_failed_share,
+            failures_since=run_start(context),
         )
         if openlineage_installed():
             tables = self.hook.project_tables(self.job_name)

@@ -13,6 +13,7 @@ from airflow_vectorize.exceptions import InvalidInputError, VectorizeError
 from airflow_vectorize.freshness import Freshness
 from airflow_vectorize.hooks.vectorize import VectorizeHook
 from airflow_vectorize.triggers.freshness import FreshnessTrigger
+from airflow_vectorize.validation import check_seconds
 
 
 class VectorizeFreshnessSensor(BaseSensorOperator):
@@ -36,6 +37,7 @@ class VectorizeFreshnessSensor(BaseSensorOperator):
                  max_pending: int | None = 0, max_stale: int | None = 0, max_lag_seconds: float | None = None,
                  deferrable: bool = True, poke_interval: float = 10.0, **kwargs: Any) -> None:
         super().__init__(poke_interval=poke_interval, **kwargs)
+        check_seconds("poke_interval", self.poke_interval)  # as seconds (a timedelta is taken too)
         for name, value in (("max_pending", max_pending), ("max_stale", max_stale),
                             ("max_lag_seconds", max_lag_seconds)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):

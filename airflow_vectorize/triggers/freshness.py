@@ -12,6 +12,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_vectorize import catalog, freshness
 from airflow_vectorize.hooks.vectorize import VectorizeHook
+from airflow_vectorize.validation import check_seconds
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ class FreshnessTrigger(BaseTrigger):
         self.max_pending = max_pending
         self.max_stale = max_stale
         self.max_lag_seconds = max_lag_seconds
-        self.poll_interval = float(poll_interval)
+        self.poll_interval = check_seconds("poll_interval", poll_interval)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (f"{type(self).__module__}.{type(self).__qualname__}",
@@ -74,10 +75,13 @@ class FreshnessTrigger(BaseTrigger):
                 return {"status": "error", "message": f"project {self.job_name!r} does not exist"}
             try:
                 state = await freshness.ameasure(conn, project)
-            except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):
+            except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn) as error:
                 if await catalog.afind_project(conn, self.job_name) != project:
                     continue  # dropped or altered since it was read: read it again
-                raise
+                return {"status": "error", "message": (
+                    f"project {self.job_name!r}: {error.diag.message_primary} — its source table, or a column of"
+                    f" it, was dropped or renamed away. Put it back and run generation (or"
+                    f" VectorizeHook.attach_source({self.job_name!r})), or drop the project")}
             if not state.unmet(self.max_pending, self.max_stale, self.max_lag_seconds):
                 return {"status": "fresh", "job_name": self.job_name, **state.as_dict()}
             await asyncio.sleep(self.poll_interval)

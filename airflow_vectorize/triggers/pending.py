@@ -25,6 +25,7 @@ from airflow_vectorize.catalog import Project
 from airflow_vectorize.exceptions import InvalidInputError
 from airflow_vectorize.hooks.vectorize import VectorizeHook
 from airflow_vectorize.naming import quoted
+from airflow_vectorize.validation import check_seconds
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,8 @@ class PendingRowsTrigger(BaseEventTrigger):
             raise InvalidInputError(f"refire_after must be a positive number of seconds or None, got {refire_after!r}")
         self.job_name = job_name
         self.postgres_conn_id = postgres_conn_id
-        self.poll_interval = float(poll_interval)
-        self.debounce = float(debounce)
+        self.poll_interval = check_seconds("poll_interval", poll_interval)
+        self.debounce = check_seconds("debounce", debounce, zero_ok=True)
         self.refire_after = None if refire_after is None else float(refire_after)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -76,7 +77,7 @@ class PendingRowsTrigger(BaseEventTrigger):
         while True:
             try:
                 async with await VectorizeHook(self.postgres_conn_id).aconnect() as conn:
-                    warned = False
+                    warned = False  # about a project, or a table of it, that is missing
                     while True:
                         project = await self._wait_for_project(conn, warned)
                         await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(project.names.channel)))
@@ -94,11 +95,17 @@ class PendingRowsTrigger(BaseEventTrigger):
                                                   or self._left_queued(lag, fired)):
                                     announced, fired = newest, time.monotonic()
                                     yield TriggerEvent({"job_name": self.job_name, "pending": pending})
+                                warned = False
                                 notified = await self._wait(conn)
-                        except psycopg.errors.UndefinedTable:
+                        except psycopg.errors.UndefinedTable as error:
                             now = await catalog.afind_project(conn, self.job_name)
                             if now is not None and now.job_id == project.job_id:
-                                raise  # the project is there, a table of it is not: no drop_project
+                                # the project is there, a table of it is not (its source dropped or renamed
+                                # away): wait for it, as for a dropped project; dying would only make the
+                                # triggerer start the watcher again, to fail again, at every loop
+                                await self._wait_for_table(error, warned)
+                                warned = True
+                                continue
                             # Dropped (and maybe created again): wait for it as at the start; a project
                             # created again has a new queue, announced as at the start.
                             log.warning("Project %r was dropped; waiting for it to exist again (checking every"
@@ -128,6 +135,16 @@ class PendingRowsTrigger(BaseEventTrigger):
                 warned = True
             await asyncio.sleep(self.poll_interval)
         return project
+
+    async def _wait_for_table(self, error: psycopg.errors.UndefinedTable, warned: bool) -> None:
+        """Sleep ``poll_interval`` while a table of the project is missing, saying once what is wrong and the
+        way out."""
+        if not warned:
+            log.warning("Project %r: %s — its source table was dropped or renamed away. Put a table with its key"
+                        " and columns under that name and run generation (or VectorizeHook.attach_source(%r)), or"
+                        " drop the project; checking every %g s", self.job_name, error.diag.message_primary,
+                        self.job_name, self.poll_interval)
+        await asyncio.sleep(self.poll_interval)
 
     async def _wait(self, conn: psycopg.AsyncConnection) -> bool:
         """Wait for a notification (True) or the poll interval (False); a burst counts as one."""
