@@ -71,3 +71,24 @@ def test_operators_report_their_tables_with_schemas(default_connection, lineage_
     assert dropped["facets"]["lifecycleStateChange"]["lifecycleStateChange"] == "DROP"
     namespaces = {d["namespace"] for e in events.values() for d in e["inputs"] + e["outputs"]}
     assert len(namespaces) == 1 and namespaces.pop().startswith("postgres://")
+
+
+def test_a_generation_that_fails_after_writing_reports_its_tables(products, embedding_server):
+    """A run that fails on refused rows (EmbeddingFailuresError) has written the others: the failed task's
+    lineage names the source it read and the table it wrote."""
+    from airflow_vectorize.exceptions import EmbeddingFailuresError
+    from airflow_vectorize.hooks.vectorize import VectorizeHook
+    from airflow_vectorize.operators import GenerateEmbeddingsOperator
+
+    embedding_server.reset(max_input_bytes=150)
+    products.execute("UPDATE products SET description = repeat('far too long ', 20) WHERE product_id <= 5")
+    VectorizeHook(products.conn_id).create_project("r", "products", "product_id", ["name", "description"],
+                                                   transformer="openai/MiniLM", model_conn_id="flaky")
+    task = GenerateEmbeddingsOperator(task_id="g", postgres_conn_id=products.conn_id, job_name="r")
+    with pytest.raises(EmbeddingFailuresError):
+        task.execute({})
+    assert products.scalar("SELECT count(*) FROM vectorize._embeddings_r") == 19
+
+    lineage = task.get_openlineage_facets_on_failure(None)
+    assert ([d.name for d in lineage.inputs], [d.name for d in lineage.outputs]) == (
+        [f"{products.name}.public.products"], [f"{products.name}.vectorize._embeddings_r"])

@@ -43,6 +43,10 @@ class VectorizeBaseOperator(BaseOperator):
         """Input and output datasets (with schema facets) of the tables noted by ``capture_tables``."""
         return operator_lineage(self.hook, self.tables)
 
+    def get_openlineage_facets_on_failure(self, task_instance: Any) -> Any:
+        """The same for a failed task: those it noted before it failed (a run that wrote some rows)."""
+        return operator_lineage(self.hook, self.tables)
+
 
 class ProjectWriterOperator(VectorizeBaseOperator):
     """An operator that writes something of a project: it emits the project's ``asset`` (by default its

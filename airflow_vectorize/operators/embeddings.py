@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -122,7 +123,17 @@ class GenerateEmbeddingsOperator(ProjectWriterOperator):
         self.concurrency = concurrency
 
     def execute(self, context: Any) -> dict[str, Any]:
-        summary = self.hook.generate_embeddings(
+        try:
+            summary = self._run(context)
+        except Exception:  # a run that fails may have written what it could: its lineage says so
+            with contextlib.suppress(Exception):  # never in place of the run's own error
+                self._capture_run_tables()
+            raise
+        self._capture_run_tables()
+        return self.emit(context, summary, ("embedded", "failed", "skipped", "partition"))
+
+    def _run(self, context: Any) -> dict[str, Any]:
+        return self.hook.generate_embeddings(
             job_name=self.job_name,
             since=self.since or None,
             until=self.until or None,
@@ -136,8 +147,9 @@ class GenerateEmbeddingsOperator(ProjectWriterOperator):
             rebuild_index=self.rebuild_index,
             failures_since=run_start(context),
         )
+
+    def _capture_run_tables(self) -> None:
         if openlineage_installed():
             tables = self.hook.project_tables(self.job_name)
             self.capture_tables(inputs=[tables["source"]], outputs=[tables["storage"]])
-        return self.emit(context, summary, ("embedded", "failed", "skipped", "partition"))
 
