@@ -18,7 +18,12 @@ from airflow_vectorize.catalog import (
     Project,
     key_columns,
 )
-from airflow_vectorize.exceptions import DimensionMismatchError, InvalidInputError, SourceNotFoundError
+from airflow_vectorize.exceptions import (
+    DimensionMismatchError,
+    InvalidInputError,
+    ProjectConflictError,
+    SourceNotFoundError,
+)
 from airflow_vectorize.keys import Key
 from airflow_vectorize.naming import CHUNK_FTS_COLUMN, DOCUMENT_COLUMN, SCHEMA, quoted
 
@@ -347,18 +352,72 @@ def check_project_source(cur: Cursor, project: Project, attaching: bool = False)
     return keys
 
 
+# Whether a primary key or a non-partial unique index of the relation ``{rel}`` has exactly the columns bound as
+# ``%(key)s`` (text[]) as its key columns, in any order: rows are then told apart by them.
+UNIQUE_KEY = (
+    "EXISTS (SELECT FROM pg_index i WHERE i.indrelid = {rel}"
+    " AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL AND i.indnkeyatts = cardinality(%(key)s::text[])"
+    " AND (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a"
+    "      WHERE a.attrelid = i.indrelid AND a.attnum = ANY((i.indkey::int2[])[0:i.indnkeyatts - 1]))"
+    "     = (SELECT array_agg(c ORDER BY c) FROM unnest(%(key)s::text[]) c))"
+)
+
+
 def unique_together(cur: Cursor, table: Table, columns: tuple[str, ...]) -> bool:
     """Whether a primary key or a non-partial unique index of ``table`` has exactly ``columns`` as its key
-    columns (in any order): rows are then told apart by them."""
-    cur.execute(
-        "SELECT EXISTS (SELECT FROM pg_index i WHERE i.indrelid = to_regclass(format('%%I.%%I', %s::text, %s::text))"
-        " AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL AND i.indnkeyatts = %s"
-        " AND (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a"
-        "      WHERE a.attrelid = i.indrelid AND a.attnum = ANY((i.indkey::int2[])[0:i.indnkeyatts - 1]))"
-        "     = (SELECT array_agg(c ORDER BY c) FROM unnest(%s::text[]) c))",
-        [table.schema, table.name, len(columns), list(columns)],
-    )
+    columns (in any order): rows are then told apart by them (``UNIQUE_KEY``)."""
+    cur.execute("SELECT " + UNIQUE_KEY.format(rel="to_regclass(format('%%I.%%I', %(schema)s::text, %(name)s::text))"),
+                {"schema": table.schema, "name": table.name, "key": list(columns)})
     return bool(cur.fetchone()[0])
+
+
+# -- a project's source, as each call finds it ---------------------------------------------------------------
+@dataclass(frozen=True)
+class SourceState:
+    """What ``source_state`` found of a project's source table (each check of ``check_project_source`` that can
+    stop holding after create_project, and the presence of its columns)."""
+
+    gone: bool  # no table under the source's name
+    missing: list[str]  # columns the call reads, absent
+    replaced: list[str]  # an append project's own columns, absent (another table under its name)
+    children: list[str]  # child tables through INHERITS
+    unique: bool  # a primary key or unique index on exactly the key's columns
+
+
+_ABSENT = ("ARRAY(SELECT c FROM unnest({}::text[]) c WHERE NOT EXISTS (SELECT FROM pg_attribute"
+           " WHERE attrelid = rel AND attname = c AND attnum > 0 AND NOT attisdropped))")
+# One round trip: every call that reads a project's source makes it, searches too (on each fresh lookup).
+SOURCE_STATE = (
+    "SELECT rel IS NULL, " + _ABSENT.format("%(needed)s") + ", " + _ABSENT.format("%(own)s") + ","
+    " ARRAY(SELECT inhrelid::regclass::text FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent"
+    "  WHERE i.inhparent = rel AND p.relkind = 'r' AND NOT %(searching)s ORDER BY 1),"
+    " " + UNIQUE_KEY.format(rel="rel") +
+    " FROM to_regclass(%(source)s) rel"
+)
+
+
+def source_state(cur: Cursor, project: Project, needed: list[str], own: list[str], searching: bool) -> SourceState:
+    """The project's source as it is now (``SOURCE_STATE``); ``needed``: the columns the call reads, ``own``:
+    an append project's columns it needs there; ``searching``: the key alone matters."""
+    cur.execute(SOURCE_STATE, {
+        "needed": needed, "own": own, "searching": searching, "key": list(project.key.columns),
+        "source": project.names.source.as_string(cur)})
+    return SourceState(*cur.fetchone())
+
+
+def check_source_state(project: Project, state: SourceState, searching: bool) -> None:
+    """Refuse a source that no longer passes ``check_project_source``'s checks of its key (unique)."""
+    label = f"{project.schema}.{project.relation}"  # as the other errors of a project's source name it
+    key = ", ".join(project.key.columns)
+    if not state.unique:
+        raise ProjectConflictError(
+            f"the key ({key}) of project {project.name!r} is no longer unique in {label}: no primary key or unique"
+            " index is on exactly these columns now (dropped, or replaced by a wider one). Rows sharing a key would"
+            " share a vector, and runs would overwrite one's with the other's. A project's key cannot change: put"
+            f" a primary key or unique index on ({key}) back (ALTER TABLE {label} ADD PRIMARY KEY ({key}); it fails"
+            " while two rows share a key), or make another project of the table with its new key and drop this"
+            f" one (drop_project({project.name!r}))."
+        )
 
 
 def check_storage_free(cur: Cursor, project: Project) -> None:

@@ -508,3 +508,32 @@ def test_a_removal_function_of_an_earlier_version_is_written_again_by_the_next_r
     hook.generate_embeddings("shop")
 
     assert products.scalar(source) == today and "TG_RELID" in today
+
+
+def test_a_key_no_longer_unique_gives_a_typed_error_and_changes_nothing(layout, hook):
+    """The source's primary key replaced by a wider one (create_project's uniqueness no longer holds): searches,
+    status and runs raise ProjectConflictError naming the key, instead of answering one row with another's vector
+    or failing with PostgreSQL's errors; putting a unique key back resumes."""
+    from airflow_vectorize.exceptions import ProjectConflictError
+
+    db = layout
+    key = ", ".join(db.key)
+    db.execute("ALTER TABLE docs DROP CONSTRAINT docs_pkey; ALTER TABLE docs ADD PRIMARY KEY (tenant, id, category)")
+    db.execute("INSERT INTO docs SELECT tenant, id, body || ' En français.', 'fr' FROM docs WHERE id = 1")
+    before = snapshot(db)
+    message = (f"the key ({key}) of project 'docs' is no longer unique in public.docs: no primary key or unique"
+               " index is on exactly these columns now (dropped, or replaced by a wider one).")
+    fresh = type(hook)(postgres_conn_id=hook.postgres_conn_id)  # no project looked up yet
+    for call in (lambda: hook.get_status("docs"), lambda: hook.get_freshness("docs"),
+                 lambda: hook.generate_embeddings("docs"), lambda: hook.attach_source("docs"),
+                 lambda: fresh.search("docs", QUERY), lambda: fresh.hybrid_search("docs", QUERY)):
+        with pytest.raises(ProjectConflictError, match=f"^{re.escape(message)} .*put a primary key or unique index"
+                           rf" on \({re.escape(key)}\) back .*\(drop_project\('docs'\)\)\.$"):
+            call()
+    assert snapshot(db) == before
+
+    db.execute("DELETE FROM docs WHERE category = 'fr'")
+    db.execute(sql.SQL("CREATE UNIQUE INDEX docs_key ON docs ({})").format(
+        sql.SQL(", ").join(map(sql.Identifier, db.key))))
+    assert hook.generate_embeddings("docs")["embedded"] == 0 and counts(hook)[:2] == (24, 24)
+    assert 1 in {row["id"] for row in fresh.search("docs", QUERY, return_columns=db.key)}

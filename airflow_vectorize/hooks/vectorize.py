@@ -373,13 +373,8 @@ class VectorizeHook(PostgresHook):
             needed = catalog.source_columns(project, searching)
             # An append project's own column, in the source (a search of a swapped-in table finds nothing instead)
             own = [] if project.is_join or searching or attaching else [project.names.embeddings_column]
-            absent = ("ARRAY(SELECT c FROM unnest(%s::text[]) c WHERE NOT EXISTS (SELECT FROM pg_attribute"
-                      " WHERE attrelid = rel AND attname = c AND attnum > 0 AND NOT attisdropped))")
-            cur.execute(f"SELECT rel IS NULL, {absent}, {absent},"
-                        " ARRAY(SELECT inhrelid::regclass::text FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent"
-                        "  WHERE i.inhparent = rel AND p.relkind = 'r' AND NOT %s ORDER BY 1)"
-                        " FROM to_regclass(%s) rel", [needed, own, searching, project.names.source.as_string(cur)])
-            gone, missing, replaced, children = cur.fetchone()
+            state = validation.source_state(cur, project, needed, own, searching)
+            gone, missing, replaced, children = state.gone, state.missing, state.replaced, state.children
             if replaced and not gone:  # another table under the source's name: a rename-swap, DROP and CREATE
                 raise SourceTableMissingError(
                     f"the table now named {project.schema}.{project.relation} is not the source of append project"
@@ -415,6 +410,7 @@ class VectorizeHook(PostgresHook):
                     f" (alter_project({job_name!r}, columns=[...], update_col=...)), or drop the project"
                     f" (drop_project({job_name!r}))."
                 )
+            validation.check_source_state(project, state, searching)
         return project
 
     def _follow_renames(self, cur: Cursor, job_name: str) -> None:
