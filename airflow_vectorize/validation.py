@@ -382,6 +382,7 @@ class SourceState:
     replaced: list[str]  # an append project's own columns, absent (another table under its name)
     children: list[str]  # child tables through INHERITS
     unique: bool  # a primary key or unique index on exactly the key's columns
+    key_types: list[str]  # the key columns' types (format_type without modifier), in the key's order
 
 
 _ABSENT = ("ARRAY(SELECT c FROM unnest({}::text[]) c WHERE NOT EXISTS (SELECT FROM pg_attribute"
@@ -391,7 +392,10 @@ SOURCE_STATE = (
     "SELECT rel IS NULL, " + _ABSENT.format("%(needed)s") + ", " + _ABSENT.format("%(own)s") + ","
     " ARRAY(SELECT inhrelid::regclass::text FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent"
     "  WHERE i.inhparent = rel AND p.relkind = 'r' AND NOT %(searching)s ORDER BY 1),"
-    " " + UNIQUE_KEY.format(rel="rel") +
+    " " + UNIQUE_KEY.format(rel="rel") + ","
+    " ARRAY(SELECT format_type(a.atttypid, NULL) FROM unnest(%(key)s::text[]) WITH ORDINALITY k(c, o)"
+    "  JOIN pg_attribute a ON a.attrelid = rel AND a.attname = k.c AND a.attnum > 0 AND NOT a.attisdropped"
+    "  ORDER BY k.o)"
     " FROM to_regclass(%(source)s) rel"
 )
 
@@ -406,7 +410,8 @@ def source_state(cur: Cursor, project: Project, needed: list[str], own: list[str
 
 
 def check_source_state(project: Project, state: SourceState, searching: bool) -> None:
-    """Refuse a source that no longer passes ``check_project_source``'s checks of its key (unique)."""
+    """Refuse a source that no longer passes ``check_project_source``'s checks of its key (unique; a call that
+    is not a search: the types the project keeps)."""
     label = f"{project.schema}.{project.relation}"  # as the other errors of a project's source name it
     key = ", ".join(project.key.columns)
     if not state.unique:
@@ -417,6 +422,19 @@ def check_source_state(project: Project, state: SourceState, searching: bool) ->
             f" a primary key or unique index on ({key}) back (ALTER TABLE {label} ADD PRIMARY KEY ({key}); it fails"
             " while two rows share a key), or make another project of the table with its new key and drop this"
             f" one (drop_project({project.name!r}))."
+        )
+    if searching:  # a search compares the stored keys with the source's, whatever their types
+        return
+    kept = project.key.flat(project.pkey_type) if project.pkey_type else ()
+    changed = [(c, k, f) for c, k, f in zip(project.key.columns, kept, state.key_types) if k != f]
+    if changed:
+        column, before, now = changed[0]
+        raise ProjectConflictError(
+            f"key column {column!r} of {label} is {now} now, but project {project.name!r} keeps its keys as"
+            f" {before}: its tables and triggers cannot hold the new keys. Change the column back (ALTER TABLE"
+            f" {label} ALTER COLUMN {column} TYPE {before}), or make another project of the table, import this"
+            f" one's vectors into it (import_embeddings, no model call) and drop this one (drop_project({project.name!r}))."
+            " README: \"A key's type\"."
         )
 
 
