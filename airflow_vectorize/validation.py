@@ -383,10 +383,14 @@ class SourceState:
     children: list[str]  # child tables through INHERITS
     unique: bool  # a primary key or unique index on exactly the key's columns
     key_types: list[str]  # the key columns' types (format_type without modifier), in the key's order
+    not_text: list[list[str]]  # [column, type] of embedded columns no longer text-like (not for a search)
+    update_type: str | None  # the update column's type, when no longer a timestamp (not for a search)
 
 
 _ABSENT = ("ARRAY(SELECT c FROM unnest({}::text[]) c WHERE NOT EXISTS (SELECT FROM pg_attribute"
            " WHERE attrelid = rel AND attname = c AND attnum > 0 AND NOT attisdropped))")
+_COLUMN = ("pg_attribute a JOIN pg_type t ON t.oid = a.atttypid"
+           " WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped")
 # One round trip: every call that reads a project's source makes it, searches too (on each fresh lookup).
 SOURCE_STATE = (
     "SELECT rel IS NULL, " + _ABSENT.format("%(needed)s") + ", " + _ABSENT.format("%(own)s") + ","
@@ -395,7 +399,11 @@ SOURCE_STATE = (
     " " + UNIQUE_KEY.format(rel="rel") + ","
     " ARRAY(SELECT format_type(a.atttypid, NULL) FROM unnest(%(key)s::text[]) WITH ORDINALITY k(c, o)"
     "  JOIN pg_attribute a ON a.attrelid = rel AND a.attname = k.c AND a.attnum > 0 AND NOT a.attisdropped"
-    "  ORDER BY k.o)"
+    "  ORDER BY k.o),"
+    " ARRAY(SELECT ARRAY[a.attname::text, format_type(a.atttypid, a.atttypmod)] FROM " + _COLUMN +
+    "  AND a.attname = ANY(%(texts)s::text[]) AND t.typcategory <> 'S' ORDER BY a.attnum),"
+    " (SELECT format_type(a.atttypid, a.atttypmod) FROM " + _COLUMN +
+    "  AND a.attname = %(update)s AND t.typname <> ALL(%(timestamps)s::text[]))"
     " FROM to_regclass(%(source)s) rel"
 )
 
@@ -405,13 +413,15 @@ def source_state(cur: Cursor, project: Project, needed: list[str], own: list[str
     an append project's columns it needs there; ``searching``: the key alone matters."""
     cur.execute(SOURCE_STATE, {
         "needed": needed, "own": own, "searching": searching, "key": list(project.key.columns),
+        "texts": [] if searching else list(project.columns),
+        "update": None if searching else project.update_time_col, "timestamps": sorted(TIMESTAMP_TYPES),
         "source": project.names.source.as_string(cur)})
     return SourceState(*cur.fetchone())
 
 
 def check_source_state(project: Project, state: SourceState, searching: bool) -> None:
     """Refuse a source that no longer passes ``check_project_source``'s checks of its key (unique; a call that
-    is not a search: the types the project keeps)."""
+    is not a search: the types the project keeps) and of its embedded and update columns' types."""
     label = f"{project.schema}.{project.relation}"  # as the other errors of a project's source name it
     key = ", ".join(project.key.columns)
     if not state.unique:
@@ -435,6 +445,21 @@ def check_source_state(project: Project, state: SourceState, searching: bool) ->
             f" {label} ALTER COLUMN {column} TYPE {before}), or make another project of the table, import this"
             f" one's vectors into it (import_embeddings, no model call) and drop this one (drop_project({project.name!r}))."
             " README: \"A key's type\"."
+        )
+    if state.not_text:  # create_project's rule: text-like columns only
+        column, now = state.not_text[0]
+        raise ProjectConflictError(
+            f"column {column!r} of {label}, embedded by project {project.name!r}, is {now} now: columns to embed"
+            f" must be text-like (text, varchar, char). Change it back (ALTER TABLE {label} ALTER COLUMN {column}"
+            f" TYPE text), or embed other columns (alter_project({project.name!r}, columns=[...]))."
+        )
+    if state.update_type is not None:
+        column = project.update_time_col
+        raise ProjectConflictError(
+            f"update_col {column!r} of {label} (project {project.name!r}) is {state.update_type} now: it must be"
+            f" timestamp or timestamptz. Change it back (ALTER TABLE {label} ALTER COLUMN {column} TYPE timestamptz"
+            f" USING ...), or give the project another update column, or none (alter_project({project.name!r},"
+            " update_col=...))."
         )
 
 

@@ -537,3 +537,40 @@ def test_a_key_no_longer_unique_gives_a_typed_error_and_changes_nothing(layout, 
         sql.SQL(", ").join(map(sql.Identifier, db.key))))
     assert hook.generate_embeddings("docs")["embedded"] == 0 and counts(hook)[:2] == (24, 24)
     assert 1 in {row["id"] for row in fresh.search("docs", QUERY, return_columns=db.key)}
+
+
+@pytest.mark.parametrize("alter, back, message", [
+    ("ALTER COLUMN body TYPE jsonb USING body::jsonb", "ALTER COLUMN body TYPE text",
+     "column 'body' of public.notes, embedded by project 'notes', is jsonb now: columns to embed must be text-like"
+     " (text, varchar, char). Change it back (ALTER TABLE public.notes ALTER COLUMN body TYPE text), or embed other"
+     " columns (alter_project('notes', columns=[...]))."),
+    ("ALTER COLUMN updated_at TYPE text", "ALTER COLUMN updated_at TYPE timestamptz USING updated_at::timestamptz",
+     "update_col 'updated_at' of public.notes (project 'notes') is text now: it must be timestamp or timestamptz."
+     " Change it back (ALTER TABLE public.notes ALTER COLUMN updated_at TYPE timestamptz USING ...), or give the"
+     " project another update column, or none (alter_project('notes', update_col=...))."),
+], ids=["embedded column", "update column"])
+def test_a_column_retyped_to_a_type_the_project_refuses_gives_a_typed_error(database, hook, alter, back, message):
+    """An embedded column or the update column changed in place to a type create_project refuses (a manual
+    project has no trigger that stops the ALTER): status, freshness and runs raise ProjectConflictError naming
+    the column, its type and what the project needs, and write nothing; changed back, the project resumes."""
+    from airflow_vectorize.exceptions import ProjectConflictError
+
+    database.execute("CREATE TABLE notes (id integer PRIMARY KEY, body text, updated_at timestamptz NOT NULL"
+                     " DEFAULT now())")
+    database.execute("""INSERT INTO notes (id, body) SELECT g, '{"title": "note ' || g || '"}'"""
+                     " FROM generate_series(1, 5) g")
+    hook.create_project("notes", "notes", "id", ["body"], update_col="updated_at", schedule="manual")
+    assert hook.generate_embeddings("notes")["embedded"] == 5
+    database.execute("ALTER TABLE notes " + alter)
+    before = snapshot(database)
+    for call in (lambda: hook.get_status("notes"), lambda: hook.get_freshness("notes"),
+                 lambda: hook.generate_embeddings("notes"), lambda: hook.attach_source("notes"),
+                 lambda: hook.generate_embeddings("notes", since="2020-01-01T00:00:00Z",
+                                                  until="2100-01-01T00:00:00Z")):
+        with pytest.raises(ProjectConflictError, match=f"^{re.escape(message)}$"):
+            call()
+    assert snapshot(database) == before
+    assert len(hook.search("notes", "note 3", num_results=2)) == 2  # searches read the key and vectors only
+
+    database.execute("ALTER TABLE notes " + back)
+    assert hook.generate_embeddings("notes")["embedded"] == 0 and hook.get_status("notes")["embedded_rows"] == 5
