@@ -19,6 +19,7 @@ from airflow_vectorize.catalog import (
     key_columns,
 )
 from airflow_vectorize.exceptions import (
+    DatabasePermissionError,
     DimensionMismatchError,
     InvalidInputError,
     ProjectConflictError,
@@ -385,6 +386,7 @@ class SourceState:
     key_types: list[str]  # the key columns' types (format_type without modifier), in the key's order
     not_text: list[list[str]]  # [column, type] of embedded columns no longer text-like (not for a search)
     update_type: str | None  # the update column's type, when no longer a timestamp (not for a search)
+    row_security: bool  # row-level security hides some of the table's rows from the role (``whole`` calls only)
 
 
 _ABSENT = ("ARRAY(SELECT c FROM unnest({}::text[]) c WHERE NOT EXISTS (SELECT FROM pg_attribute"
@@ -392,6 +394,8 @@ _ABSENT = ("ARRAY(SELECT c FROM unnest({}::text[]) c WHERE NOT EXISTS (SELECT FR
 _COLUMN = ("pg_attribute a JOIN pg_type t ON t.oid = a.atttypid"
            " WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped")
 # One round trip: every call that reads a project's source makes it, searches too (on each fresh lookup).
+# ``whole`` also turns row security off for the rest of the transaction: a policy forced meanwhile then makes
+# PostgreSQL refuse the transaction's statements on the table instead of filtering them.
 SOURCE_STATE = (
     "SELECT rel IS NULL, " + _ABSENT.format("%(needed)s") + ", " + _ABSENT.format("%(own)s") + ","
     " ARRAY(SELECT inhrelid::regclass::text FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent"
@@ -403,25 +407,30 @@ SOURCE_STATE = (
     " ARRAY(SELECT ARRAY[a.attname::text, format_type(a.atttypid, a.atttypmod)] FROM " + _COLUMN +
     "  AND a.attname = ANY(%(texts)s::text[]) AND t.typcategory <> 'S' ORDER BY a.attnum),"
     " (SELECT format_type(a.atttypid, a.atttypmod) FROM " + _COLUMN +
-    "  AND a.attname = %(update)s AND t.typname <> ALL(%(timestamps)s::text[]))"
+    "  AND a.attname = %(update)s AND t.typname <> ALL(%(timestamps)s::text[])),"
+    " %(whole)s AND row_security_active(rel),"
+    " CASE WHEN %(whole)s THEN set_config('row_security', 'off', true) END"
     " FROM to_regclass(%(source)s) rel"
 )
 
 
-def source_state(cur: Cursor, project: Project, needed: list[str], own: list[str], searching: bool) -> SourceState:
+def source_state(cur: Cursor, project: Project, needed: list[str], own: list[str], searching: bool,
+                 whole: bool) -> SourceState:
     """The project's source as it is now (``SOURCE_STATE``); ``needed``: the columns the call reads, ``own``:
-    an append project's columns it needs there; ``searching``: the key alone matters."""
+    an append project's columns it needs there; ``searching``: the key alone matters; ``whole``: the call must
+    see every row (runs, import, status), not what row-level security lets the role see (searches, RAG)."""
     cur.execute(SOURCE_STATE, {
         "needed": needed, "own": own, "searching": searching, "key": list(project.key.columns),
         "texts": [] if searching else list(project.columns),
         "update": None if searching else project.update_time_col, "timestamps": sorted(TIMESTAMP_TYPES),
-        "source": project.names.source.as_string(cur)})
-    return SourceState(*cur.fetchone())
+        "whole": whole, "source": project.names.source.as_string(cur)})
+    return SourceState(*cur.fetchone()[:-1])
 
 
 def check_source_state(project: Project, state: SourceState, searching: bool) -> None:
     """Refuse a source that no longer passes ``check_project_source``'s checks of its key (unique; a call that
-    is not a search: the types the project keeps) and of its embedded and update columns' types."""
+    is not a search: the types the project keeps) and of its embedded and update columns' types; and a source
+    that row-level security shows in part to a call that needs every row."""
     label = f"{project.schema}.{project.relation}"  # as the other errors of a project's source name it
     key = ", ".join(project.key.columns)
     if not state.unique:
@@ -460,6 +469,14 @@ def check_source_state(project: Project, state: SourceState, searching: bool) ->
             f" timestamp or timestamptz. Change it back (ALTER TABLE {label} ALTER COLUMN {column} TYPE timestamptz"
             f" USING ...), or give the project another update column, or none (alter_project({project.name!r},"
             " update_col=...))."
+        )
+    if state.row_security:
+        raise DatabasePermissionError(
+            f"row-level security on {label} hides some of its rows from this role: project {project.name!r} would"
+            " count and embed only the rows it sees, and a run would delete the stored vectors of the others;"
+            " nothing was written. Runs, import and status need a role that sees every row: one with BYPASSRLS"
+            f" (ALTER ROLE <role> BYPASSRLS), or the table's owner without FORCE (ALTER TABLE {label} NO FORCE ROW"
+            " LEVEL SECURITY). Searches and RAG answer as the role sees the table."
         )
 
 
