@@ -383,7 +383,7 @@ class SourceState:
     replaced: list[str]  # an append project's own columns, absent (another table under its name)
     children: list[str]  # child tables through INHERITS
     unique: bool  # a primary key or unique index on exactly the key's columns
-    key_types: list[str]  # the key columns' types (format_type without modifier), in the key's order
+    key_types: list[list[str]]  # the key columns' [type, a domain's base type] (format_type without modifier)
     not_text: list[list[str]]  # [column, type] of embedded columns no longer text-like (not for a search)
     update_type: str | None  # the update column's type, when no longer a timestamp (not for a search)
     row_security: bool  # row-level security hides some of the table's rows from the role (``whole`` calls only)
@@ -401,9 +401,9 @@ SOURCE_STATE = (
     " ARRAY(SELECT inhrelid::regclass::text FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent"
     "  WHERE i.inhparent = rel AND p.relkind = 'r' AND NOT %(searching)s ORDER BY 1),"
     " " + UNIQUE_KEY.format(rel="rel") + ","
-    " ARRAY(SELECT format_type(a.atttypid, NULL) FROM unnest(%(key)s::text[]) WITH ORDINALITY k(c, o)"
-    "  JOIN pg_attribute a ON a.attrelid = rel AND a.attname = k.c AND a.attnum > 0 AND NOT a.attisdropped"
-    "  ORDER BY k.o),"
+    " ARRAY(SELECT ARRAY[format_type(a.atttypid, NULL), format_type(coalesce(nullif(t.typbasetype, 0), t.oid), NULL)]"
+    "  FROM unnest(%(key)s::text[]) WITH ORDINALITY k(c, o) JOIN pg_attribute a ON a.attrelid = rel AND a.attname = k.c"
+    "  AND a.attnum > 0 AND NOT a.attisdropped JOIN pg_type t ON t.oid = a.atttypid ORDER BY k.o),"
     " ARRAY(SELECT ARRAY[a.attname::text, format_type(a.atttypid, a.atttypmod)] FROM " + _COLUMN +
     "  AND a.attname = ANY(%(texts)s::text[]) AND t.typcategory <> 'S' ORDER BY a.attnum),"
     " (SELECT format_type(a.atttypid, a.atttypmod) FROM " + _COLUMN +
@@ -427,6 +427,13 @@ def source_state(cur: Cursor, project: Project, needed: list[str], own: list[str
     return SourceState(*cur.fetchone()[:-1])
 
 
+def _same_type(kept: str, found: list[str]) -> bool:
+    """Whether a key column of type ``found`` ([type, a domain's base type]) is of the type ``kept`` in the
+    catalog: as create_project writes it (format_type), or as pg_vectorize did (information_schema's data_type:
+    a domain's base type, an enum's USER-DEFINED)."""
+    return kept in found or kept == "USER-DEFINED"
+
+
 def check_source_state(project: Project, state: SourceState, searching: bool) -> None:
     """Refuse a source that no longer passes ``check_project_source``'s checks of its key (unique; a call that
     is not a search: the types the project keeps) and of its embedded and update columns' types; and a source
@@ -445,7 +452,7 @@ def check_source_state(project: Project, state: SourceState, searching: bool) ->
     if searching:  # a search compares the stored keys with the source's, whatever their types
         return
     kept = project.key.flat(project.pkey_type) if project.pkey_type else ()
-    changed = [(c, k, f) for c, k, f in zip(project.key.columns, kept, state.key_types) if k != f]
+    changed = [(c, k, f[0]) for c, k, f in zip(project.key.columns, kept, state.key_types) if not _same_type(k, f)]
     if changed:
         column, before, now = changed[0]
         raise ProjectConflictError(
