@@ -357,7 +357,8 @@ def check_project_source(cur: Cursor, project: Project, attaching: bool = False)
 # ``%(key)s`` (text[]) as its key columns, in any order: rows are then told apart by them.
 UNIQUE_KEY = (
     "EXISTS (SELECT FROM pg_index i WHERE i.indrelid = {rel}"
-    " AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL AND i.indnkeyatts = cardinality(%(key)s::text[])"
+    " AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL"
+    " AND i.indnkeyatts = cardinality(%(key)s::text[])"
     " AND (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a"
     "      WHERE a.attrelid = i.indrelid AND a.attnum = ANY((i.indkey::int2[])[0:i.indnkeyatts - 1]))"
     "     = (SELECT array_agg(c ORDER BY c) FROM unnest(%(key)s::text[]) c))"
@@ -367,8 +368,9 @@ UNIQUE_KEY = (
 def unique_together(cur: Cursor, table: Table, columns: tuple[str, ...]) -> bool:
     """Whether a primary key or a non-partial unique index of ``table`` has exactly ``columns`` as its key
     columns (in any order): rows are then told apart by them (``UNIQUE_KEY``)."""
-    cur.execute("SELECT " + UNIQUE_KEY.format(rel="to_regclass(format('%%I.%%I', %(schema)s::text, %(name)s::text))"),
-                {"schema": table.schema, "name": table.name, "key": list(columns)})
+    relation = "to_regclass(format('%%I.%%I', %(schema)s::text, %(name)s::text))"
+    cur.execute("SELECT " + UNIQUE_KEY.format(rel=relation), {"schema": table.schema, "name": table.name,
+                                                              "key": list(columns)})
     return bool(cur.fetchone()[0])
 
 
@@ -386,7 +388,7 @@ class SourceState:
     key_types: list[list[str]]  # the key columns' [type, a domain's base type] (format_type without modifier)
     not_text: list[list[str]]  # [column, type] of embedded columns no longer text-like (not for a search)
     update_type: str | None  # the update column's type, when no longer a timestamp (not for a search)
-    row_security: bool  # row-level security hides some of the table's rows from the role (``whole`` calls only)
+    row_security: bool  # row-level security hides some of the table's rows from the role (``whole`` only)
 
 
 _ABSENT = ("ARRAY(SELECT c FROM unnest({}::text[]) c WHERE NOT EXISTS (SELECT FROM pg_attribute"
@@ -401,9 +403,11 @@ SOURCE_STATE = (
     " ARRAY(SELECT inhrelid::regclass::text FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent"
     "  WHERE i.inhparent = rel AND p.relkind = 'r' AND NOT %(searching)s ORDER BY 1),"
     " " + UNIQUE_KEY.format(rel="rel") + ","
-    " ARRAY(SELECT ARRAY[format_type(a.atttypid, NULL), format_type(coalesce(nullif(t.typbasetype, 0), t.oid), NULL)]"
-    "  FROM unnest(%(key)s::text[]) WITH ORDINALITY k(c, o) JOIN pg_attribute a ON a.attrelid = rel AND a.attname = k.c"
-    "  AND a.attnum > 0 AND NOT a.attisdropped JOIN pg_type t ON t.oid = a.atttypid ORDER BY k.o),"
+    " ARRAY(SELECT ARRAY[format_type(a.atttypid, NULL),"
+    "                    format_type(coalesce(nullif(t.typbasetype, 0), t.oid), NULL)]"
+    "  FROM unnest(%(key)s::text[]) WITH ORDINALITY k(c, o) JOIN pg_attribute a ON a.attrelid = rel"
+    "  AND a.attname = k.c AND a.attnum > 0 AND NOT a.attisdropped JOIN pg_type t ON t.oid = a.atttypid"
+    "  ORDER BY k.o),"
     " ARRAY(SELECT ARRAY[a.attname::text, format_type(a.atttypid, a.atttypmod)] FROM " + _COLUMN +
     "  AND a.attname = ANY(%(texts)s::text[]) AND t.typcategory <> 'S' ORDER BY a.attnum),"
     " (SELECT format_type(a.atttypid, a.atttypmod) FROM " + _COLUMN +
@@ -451,16 +455,31 @@ def check_source_state(project: Project, state: SourceState, searching: bool) ->
         )
     if searching:  # a search compares the stored keys with the source's, whatever their types
         return
+    _check_types(project, state, label)
+    if state.row_security:
+        raise DatabasePermissionError(
+            f"row-level security on {label} hides some of its rows from this role: project {project.name!r} would"
+            " count and embed only the rows it sees, and a run would delete the stored vectors of the others;"
+            " nothing was written. Runs, import and status need a role that sees every row: one with BYPASSRLS"
+            f" (ALTER ROLE <role> BYPASSRLS), or the table's owner without FORCE (ALTER TABLE {label} NO FORCE ROW"
+            " LEVEL SECURITY). Searches and RAG answer as the role sees the table."
+        )
+
+
+def _check_types(project: Project, state: SourceState, label: str) -> None:
+    """The key's types are those the project keeps; its embedded columns text-like, its update column a
+    timestamp (``check_project_source``'s rules)."""
     kept = project.key.flat(project.pkey_type) if project.pkey_type else ()
-    changed = [(c, k, f[0]) for c, k, f in zip(project.key.columns, kept, state.key_types) if not _same_type(k, f)]
+    changed = [(column, k, found[0]) for column, k, found in zip(project.key.columns, kept, state.key_types)
+               if not _same_type(k, found)]
     if changed:
         column, before, now = changed[0]
         raise ProjectConflictError(
             f"key column {column!r} of {label} is {now} now, but project {project.name!r} keeps its keys as"
             f" {before}: its tables and triggers cannot hold the new keys. Change the column back (ALTER TABLE"
             f" {label} ALTER COLUMN {column} TYPE {before}), or make another project of the table, import this"
-            f" one's vectors into it (import_embeddings, no model call) and drop this one (drop_project({project.name!r}))."
-            " README: \"A key's type\"."
+            " one's vectors into it (import_embeddings, no model call) and drop this one"
+            f" (drop_project({project.name!r})). README: \"A key's type\"."
         )
     if state.not_text:  # create_project's rule: text-like columns only
         column, now = state.not_text[0]
@@ -476,14 +495,6 @@ def check_source_state(project: Project, state: SourceState, searching: bool) ->
             f" timestamp or timestamptz. Change it back (ALTER TABLE {label} ALTER COLUMN {column} TYPE timestamptz"
             f" USING ...), or give the project another update column, or none (alter_project({project.name!r},"
             " update_col=...))."
-        )
-    if state.row_security:
-        raise DatabasePermissionError(
-            f"row-level security on {label} hides some of its rows from this role: project {project.name!r} would"
-            " count and embed only the rows it sees, and a run would delete the stored vectors of the others;"
-            " nothing was written. Runs, import and status need a role that sees every row: one with BYPASSRLS"
-            f" (ALTER ROLE <role> BYPASSRLS), or the table's owner without FORCE (ALTER TABLE {label} NO FORCE ROW"
-            " LEVEL SECURITY). Searches and RAG answer as the role sees the table."
         )
 
 
