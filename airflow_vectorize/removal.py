@@ -389,23 +389,32 @@ def _drop_copied_indexes(cur: Cursor, project: Project) -> None:
 
 
 def restore_realtime_triggers(cur: Cursor, project: Project) -> bool:
-    """Put back a realtime project's insert or update trigger that is missing from its source (dropped to
-    change the type of an embedded column, which PostgreSQL refuses while the update trigger depends on it),
-    and queue every row that needs embedding: changes made meanwhile were not queued. Returns whether it did.
-    A table put in the source's place is ``attach``'s. Call with the project locked."""
+    """Put back the removal triggers (truncate, key change; a missing DELETE trigger is ``attach``'s) and a
+    realtime project's insert or update trigger that are missing from its source (dropped to change the type
+    of a column, which PostgreSQL refuses while a trigger depends on it). What happened meanwhile was not
+    recorded: a join project's next run compares every stored key with the source, and a realtime project
+    queues every row that needs embedding. Returns whether it did. A table put in the source's place is
+    ``attach``'s. Call with the project locked."""
     from airflow_vectorize import catalog, generation
 
-    if project.schedule != "realtime" or not attached(cur, project):
+    if not attached(cur, project):
         return False
     names = project.names
-    triggers = [names.insert_trigger, names.update_trigger]
-    cur.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND tgname = ANY(%s)",
-                [names.source.as_string(cur), triggers])
-    if cur.fetchone()[0] == len(triggers):
+    realtime = [names.insert_trigger, names.update_trigger] if project.schedule == "realtime" else []
+    cur.execute("SELECT array_agg(tgname::text) FROM pg_trigger WHERE tgrelid = to_regclass(%s)"
+                " AND tgname = ANY(%s)", [names.source.as_string(cur), [*names.removal_triggers, *realtime]])
+    there = cur.fetchone()[0] or []
+    missing = [t for t in (*names.removal_triggers, *realtime) if t not in there]
+    if not missing:
         return False
-    catalog.drop_realtime_triggers(cur, project)  # the one left, if any
-    catalog.create_triggers(cur, project)
-    queued = generation.queue_due_rows(cur, project)
-    log.warning("Project %r: its realtime triggers were missing from %s; put back, and %d rows that need"
-                " embedding queued", project.name, names.source.as_string(cur), queued)
+    if set(missing) & set(names.removal_triggers):
+        recreate_triggers(cur, project)
+        if project.is_join:  # keys changed meanwhile left their vectors: "any key may be gone"
+            cur.execute(sql.SQL("INSERT INTO {} DEFAULT VALUES").format(names.removed))
+    if set(missing) & set(realtime):
+        catalog.drop_realtime_triggers(cur, project)  # the one left, if any
+        catalog.create_triggers(cur, project)
+    queued = generation.queue_due_rows(cur, project) if realtime else 0
+    log.warning("Project %r: triggers %s were missing from %s; put back (%d rows that need embedding queued)",
+                project.name, ", ".join(missing), names.source.as_string(cur), queued)
     return True

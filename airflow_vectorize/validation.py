@@ -19,7 +19,13 @@ from airflow_vectorize.catalog import (
     Project,
     key_columns,
 )
-from airflow_vectorize.exceptions import DimensionMismatchError, InvalidInputError, SourceNotFoundError
+from airflow_vectorize.exceptions import (
+    DatabasePermissionError,
+    DimensionMismatchError,
+    InvalidInputError,
+    ProjectConflictError,
+    SourceNotFoundError,
+)
 from airflow_vectorize.keys import Key
 from airflow_vectorize.naming import CHUNK_FTS_COLUMN, DOCUMENT_COLUMN, SCHEMA, quoted
 
@@ -348,18 +354,149 @@ def check_project_source(cur: Cursor, project: Project, attaching: bool = False)
     return keys
 
 
+# Whether a primary key or a non-partial unique index of the relation ``{rel}`` has exactly the columns bound as
+# ``%(key)s`` (text[]) as its key columns, in any order: rows are then told apart by them.
+UNIQUE_KEY = (
+    "EXISTS (SELECT FROM pg_index i WHERE i.indrelid = {rel}"
+    " AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL"
+    " AND i.indnkeyatts = cardinality(%(key)s::text[])"
+    " AND (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a"
+    "      WHERE a.attrelid = i.indrelid AND a.attnum = ANY((i.indkey::int2[])[0:i.indnkeyatts - 1]))"
+    "     = (SELECT array_agg(c ORDER BY c) FROM unnest(%(key)s::text[]) c))"
+)
+
+
 def unique_together(cur: Cursor, table: Table, columns: tuple[str, ...]) -> bool:
     """Whether a primary key or a non-partial unique index of ``table`` has exactly ``columns`` as its key
-    columns (in any order): rows are then told apart by them."""
-    cur.execute(
-        "SELECT EXISTS (SELECT FROM pg_index i WHERE i.indrelid = to_regclass(format('%%I.%%I', %s::text, %s::text))"
-        " AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL AND i.indnkeyatts = %s"
-        " AND (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a"
-        "      WHERE a.attrelid = i.indrelid AND a.attnum = ANY((i.indkey::int2[])[0:i.indnkeyatts - 1]))"
-        "     = (SELECT array_agg(c ORDER BY c) FROM unnest(%s::text[]) c))",
-        [table.schema, table.name, len(columns), list(columns)],
-    )
+    columns (in any order): rows are then told apart by them (``UNIQUE_KEY``)."""
+    relation = "to_regclass(format('%%I.%%I', %(schema)s::text, %(name)s::text))"
+    cur.execute("SELECT " + UNIQUE_KEY.format(rel=relation), {"schema": table.schema, "name": table.name,
+                                                              "key": list(columns)})
     return bool(cur.fetchone()[0])
+
+
+# -- a project's source, as each call finds it ---------------------------------------------------------------
+@dataclass(frozen=True)
+class SourceState:
+    """What ``source_state`` found of a project's source table (each check of ``check_project_source`` that can
+    stop holding after create_project, and the presence of its columns)."""
+
+    gone: bool  # no table under the source's name
+    missing: list[str]  # columns the call reads, absent
+    replaced: list[str]  # an append project's own columns, absent (another table under its name)
+    children: list[str]  # child tables through INHERITS
+    unique: bool  # a primary key or unique index on exactly the key's columns
+    key_types: list[list[str]]  # the key columns' [type, a domain's base type] (format_type without modifier)
+    not_text: list[list[str]]  # [column, type] of embedded columns no longer text-like (not for a search)
+    update_type: str | None  # the update column's type, when no longer a timestamp (not for a search)
+    row_security: bool  # row-level security hides some of the table's rows from the role (``whole`` only)
+
+
+_ABSENT = ("ARRAY(SELECT c FROM unnest({}::text[]) c WHERE NOT EXISTS (SELECT FROM pg_attribute"
+           " WHERE attrelid = rel AND attname = c AND attnum > 0 AND NOT attisdropped))")
+_COLUMN = ("pg_attribute a JOIN pg_type t ON t.oid = a.atttypid"
+           " WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped")
+# One round trip: every call that reads a project's source makes it, searches too (on each fresh lookup).
+# ``whole`` also turns row security off for the rest of the transaction: a policy forced meanwhile then makes
+# PostgreSQL refuse the transaction's statements on the table instead of filtering them.
+SOURCE_STATE = (
+    "SELECT rel IS NULL, " + _ABSENT.format("%(needed)s") + ", " + _ABSENT.format("%(own)s") + ","
+    " ARRAY(SELECT inhrelid::regclass::text FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent"
+    "  WHERE i.inhparent = rel AND p.relkind = 'r' AND NOT %(searching)s ORDER BY 1),"
+    " " + UNIQUE_KEY.format(rel="rel") + ","
+    " ARRAY(SELECT ARRAY[format_type(a.atttypid, NULL),"
+    "                    format_type(coalesce(nullif(t.typbasetype, 0), t.oid), NULL)]"
+    "  FROM unnest(%(key)s::text[]) WITH ORDINALITY k(c, o) JOIN pg_attribute a ON a.attrelid = rel"
+    "  AND a.attname = k.c AND a.attnum > 0 AND NOT a.attisdropped JOIN pg_type t ON t.oid = a.atttypid"
+    "  ORDER BY k.o),"
+    " ARRAY(SELECT ARRAY[a.attname::text, format_type(a.atttypid, a.atttypmod)] FROM " + _COLUMN +
+    "  AND a.attname = ANY(%(texts)s::text[]) AND t.typcategory <> 'S' ORDER BY a.attnum),"
+    " (SELECT format_type(a.atttypid, a.atttypmod) FROM " + _COLUMN +
+    "  AND a.attname = %(update)s AND t.typname <> ALL(%(timestamps)s::text[])),"
+    " %(whole)s AND row_security_active(rel),"
+    " CASE WHEN %(whole)s THEN set_config('row_security', 'off', true) END"
+    " FROM to_regclass(%(source)s) rel"
+)
+
+
+def source_state(cur: Cursor, project: Project, needed: list[str], own: list[str], searching: bool,
+                 whole: bool) -> SourceState:
+    """The project's source as it is now (``SOURCE_STATE``); ``needed``: the columns the call reads, ``own``:
+    an append project's columns it needs there; ``searching``: the key alone matters; ``whole``: the call must
+    see every row (runs, import, status), not what row-level security lets the role see (searches, RAG)."""
+    cur.execute(SOURCE_STATE, {
+        "needed": needed, "own": own, "searching": searching, "key": list(project.key.columns),
+        "texts": [] if searching else list(project.columns),
+        "update": None if searching else project.update_time_col, "timestamps": sorted(TIMESTAMP_TYPES),
+        "whole": whole, "source": project.names.source.as_string(cur)})
+    return SourceState(*cur.fetchone()[:-1])
+
+
+def _same_type(kept: str, found: list[str]) -> bool:
+    """Whether a key column of type ``found`` ([type, a domain's base type]) is of the type ``kept`` in the
+    catalog: as create_project writes it (format_type), or as pg_vectorize did (information_schema's data_type:
+    a domain's base type, an enum's USER-DEFINED)."""
+    return kept in found or kept == "USER-DEFINED"
+
+
+def check_source_state(project: Project, state: SourceState, searching: bool) -> None:
+    """Refuse a source that no longer passes ``check_project_source``'s checks of its key (unique; a call that
+    is not a search: the types the project keeps) and of its embedded and update columns' types; and a source
+    that row-level security shows in part to a call that needs every row."""
+    label = f"{project.schema}.{project.relation}"  # as the other errors of a project's source name it
+    key = ", ".join(project.key.columns)
+    if not state.unique:
+        raise ProjectConflictError(
+            f"the key ({key}) of project {project.name!r} is no longer unique in {label}: no primary key or unique"
+            " index is on exactly these columns now (dropped, or replaced by a wider one). Rows sharing a key would"
+            " share a vector, and runs would overwrite one's with the other's. A project's key cannot change: put"
+            f" a primary key or unique index on ({key}) back (ALTER TABLE {label} ADD PRIMARY KEY ({key}); it fails"
+            " while two rows share a key), or make another project of the table with its new key and drop this"
+            f" one (drop_project({project.name!r}))."
+        )
+    if searching:  # a search compares the stored keys with the source's, whatever their types
+        return
+    _check_types(project, state, label)
+    if state.row_security:
+        raise DatabasePermissionError(
+            f"row-level security on {label} hides some of its rows from this role: project {project.name!r} would"
+            " count and embed only the rows it sees, and a run would delete the stored vectors of the others;"
+            " nothing was written. Runs, import and status need a role that sees every row: one with BYPASSRLS"
+            f" (ALTER ROLE <role> BYPASSRLS), or the table's owner without FORCE (ALTER TABLE {label} NO FORCE ROW"
+            " LEVEL SECURITY). Searches and RAG answer as the role sees the table."
+        )
+
+
+def _check_types(project: Project, state: SourceState, label: str) -> None:
+    """The key's types are those the project keeps; its embedded columns text-like, its update column a
+    timestamp (``check_project_source``'s rules)."""
+    kept = project.key.flat(project.pkey_type) if project.pkey_type else ()
+    changed = [(column, k, found[0]) for column, k, found in zip(project.key.columns, kept, state.key_types)
+               if not _same_type(k, found)]
+    if changed:
+        column, before, now = changed[0]
+        raise ProjectConflictError(
+            f"key column {column!r} of {label} is {now} now, but project {project.name!r} keeps its keys as"
+            f" {before}: its tables and triggers cannot hold the new keys. Change the column back (ALTER TABLE"
+            f" {label} ALTER COLUMN {column} TYPE {before}), or make another project of the table, import this"
+            " one's vectors into it (import_embeddings, no model call) and drop this one"
+            f" (drop_project({project.name!r})). README: \"A key's type\"."
+        )
+    if state.not_text:  # create_project's rule: text-like columns only
+        column, now = state.not_text[0]
+        raise ProjectConflictError(
+            f"column {column!r} of {label}, embedded by project {project.name!r}, is {now} now: columns to embed"
+            f" must be text-like (text, varchar, char). Change it back (ALTER TABLE {label} ALTER COLUMN {column}"
+            f" TYPE text), or embed other columns (alter_project({project.name!r}, columns=[...]))."
+        )
+    if state.update_type is not None:
+        column = project.update_time_col
+        raise ProjectConflictError(
+            f"update_col {column!r} of {label} (project {project.name!r}) is {state.update_type} now: it must be"
+            f" timestamp or timestamptz. Change it back (ALTER TABLE {label} ALTER COLUMN {column} TYPE timestamptz"
+            f" USING ...), or give the project another update column, or none (alter_project({project.name!r},"
+            " update_col=...))."
+        )
 
 
 def check_storage_free(cur: Cursor, project: Project) -> None:

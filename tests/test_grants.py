@@ -4,6 +4,7 @@ it was not given, and keeps it when the project makes its view again; on the rea
 from __future__ import annotations
 
 import os
+import re
 
 import psycopg
 import pytest
@@ -142,3 +143,56 @@ def test_trigger_functions_of_an_earlier_version_run_as_the_owner_after_the_next
     assert products.execute("SELECT product_id FROM vectorize._pending_shop") == [(1,)]
     assert products.execute("SELECT proname FROM pg_proc WHERE pronamespace = 'vectorize'::regnamespace"
                             " AND prorettype = 'trigger'::regtype AND NOT prosecdef") == []
+
+
+def table_owner(database):
+    """A login role, not a superuser, that may create tables and projects, and a hook that connects as it."""
+    role = f"owner_{database.name}"
+    database.execute(f'CREATE ROLE "{role}" LOGIN; GRANT CREATE ON DATABASE "{database.name}" TO "{role}";'
+                     f' GRANT CREATE ON SCHEMA public TO "{role}"')
+    conn_id = f"{database.name}_owner"
+    os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = database.uri.replace("postgres:@", f"{role}:@")
+    try:
+        with psycopg.connect(database.uri.replace("postgres:@", f"{role}:@"), autocommit=True) as conn:
+            yield conn, VectorizeHook(conn_id)
+    finally:
+        os.environ.pop(f"AIRFLOW_CONN_{conn_id.upper()}", None)
+        database.execute(f'DROP OWNED BY "{role}"; DROP ROLE "{role}"')
+
+
+@pytest.mark.parametrize("method", ["join", "append"])
+def test_row_level_security_that_hides_rows_from_the_projects_role_stops_runs_and_status(database, table_owner,
+                                                                                         method):
+    """The source's owner runs the project; FORCE ROW LEVEL SECURITY then hides the rows of tenant 'b' from it:
+    runs, import and status raise DatabasePermissionError saying what the role needs, and change nothing (a run
+    would have deleted the vectors of every row it could not see); searches answer as the role sees the table.
+    NO FORCE: the next run deletes only the deleted row's vector."""
+    conn, owner = table_owner
+    conn.execute("CREATE TABLE r (id integer PRIMARY KEY, tenant text NOT NULL, body text);"
+                 " INSERT INTO r SELECT g, CASE WHEN g % 2 = 0 THEN 'a' ELSE 'b' END, 'secret plan number ' || g"
+                 " FROM generate_series(1, 10) g;"
+                 " ALTER TABLE r ENABLE ROW LEVEL SECURITY; CREATE POLICY tenant_a ON r USING (tenant = 'a')")
+    owner.create_project("plans", "r", "id", ["body"], table_method=method)
+    assert owner.generate_embeddings("plans")["embedded"] == 10  # the owner: no policy applies without FORCE
+    conn.execute("ALTER TABLE r FORCE ROW LEVEL SECURITY; DELETE FROM r WHERE id = 2")
+    conn.execute("CREATE TABLE imported AS SELECT id, NULL::vector(384) AS embedding FROM r WHERE false")
+    before = snapshot(database)
+    message = ("row-level security on public.r hides some of its rows from this role: project 'plans' would count"
+               " and embed only the rows it sees, and a run would delete the stored vectors of the others; nothing"
+               " was written. Runs, import and status need a role that sees every row: one with BYPASSRLS (ALTER"
+               " ROLE <role> BYPASSRLS), or the table's owner without FORCE (ALTER TABLE public.r NO FORCE ROW LEVEL"
+               " SECURITY). Searches and RAG answer as the role sees the table.")
+    for call in (lambda: owner.generate_embeddings("plans"), lambda: owner.get_status("plans"),
+                 lambda: owner.get_freshness("plans"), lambda: owner.attach_source("plans"),
+                 lambda: owner.import_embeddings("plans", "imported", "id", "embedding")):
+        with pytest.raises(DatabasePermissionError, match=f"^{re.escape(message)}$"):
+            call()
+    assert snapshot(database) == before
+    assert {row["tenant"] for row in owner.search("plans", "secret plan number 7", ["tenant"])} == {"a"}
+
+    conn.execute("ALTER TABLE r NO FORCE ROW LEVEL SECURITY")
+    assert owner.generate_embeddings("plans")["embedded"] == 0
+    status = owner.get_status("plans")
+    assert (status["total_rows"], status["embedded_rows"]) == (9, 9)
+    if method == "join":
+        assert database.scalar("SELECT count(*) FROM vectorize._embeddings_plans") == 9

@@ -90,3 +90,38 @@ def test_keys_a_project_cannot_keep_are_refused(database, hook, column, value, m
     with pytest.raises(InvalidInputError, match=re.escape(message)):
         hook.create_project("odd", "odd", "id", ["body"])
     assert snapshot(database) == before
+
+
+@pytest.mark.parametrize("method", ["join", "append"])
+def test_a_key_whose_type_changed_is_refused_until_changed_back_and_its_triggers_come_back(database, hook, method):
+    """``ALTER COLUMN id TYPE bigint`` (its key-change trigger dropped in the ALTER's transaction, as PostgreSQL
+    wants): every call that reads the source raises ProjectConflictError naming the column and both types,
+    and writes nothing; changed back, attach_source puts the key-change trigger back and a key change is then
+    followed again."""
+    from airflow_vectorize.exceptions import ProjectConflictError
+
+    database.execute("CREATE TABLE items (id integer PRIMARY KEY, body text)")
+    database.execute("INSERT INTO items SELECT g, (%s::text[])[g] FROM generate_series(1, 6) g", [TEXTS])
+    hook.create_project("items", "items", "id", ["body"], table_method=method)
+    assert hook.generate_embeddings("items")["embedded"] == 6
+    with database.conn.transaction():
+        database.execute("DROP TRIGGER vectorize_rekey_trigger_items ON items")
+        database.execute("ALTER TABLE items ALTER COLUMN id TYPE bigint")
+    before = snapshot(database)
+    message = ("key column 'id' of public.items is bigint now, but project 'items' keeps its keys as integer: its"
+               " tables and triggers cannot hold the new keys. Change the column back (ALTER TABLE public.items"
+               " ALTER COLUMN id TYPE integer), or make another project of the table, import this one's vectors"
+               " into it (import_embeddings, no model call) and drop this one (drop_project('items')).")
+    for call in (lambda: hook.get_status("items"), lambda: hook.get_freshness("items"),
+                 lambda: hook.generate_embeddings("items"), lambda: hook.attach_source("items")):
+        with pytest.raises(ProjectConflictError, match=f"^{re.escape(message)}"):
+            call()
+    assert snapshot(database) == before
+
+    database.execute("ALTER TABLE items ALTER COLUMN id TYPE integer")
+    assert hook.attach_source("items")["attached"] is True
+    assert ("vectorize_rekey_trigger_items",) in database.execute("SELECT tgname FROM pg_trigger")
+    database.execute("UPDATE items SET id = 60 WHERE id = 6")  # recorded and queued again
+    assert hook.generate_embeddings("items")["embedded"] == (1 if method == "join" else 0)
+    assert hook.get_status("items")["embedded_rows"] == 6
+    assert [r["id"] for r in hook.search("items", TEXTS[5], num_results=1)] == [60]

@@ -585,3 +585,69 @@ def test_triggers_of_an_earlier_version_fire_always_from_the_next_run(products, 
     assert dict(products.execute(enabled)) == {
         "vectorize_insert_trigger_shop": "A", "vectorize_update_trigger_shop": "D", "vectorize_delete_trigger_shop": "A",
         "vectorize_trunc_trigger_shop": "A", "vectorize_rekey_trigger_shop": "A"}
+
+
+def test_a_key_no_longer_unique_gives_a_typed_error_and_changes_nothing(layout, hook):
+    """The source's primary key replaced by a wider one (create_project's uniqueness no longer holds): searches,
+    status and runs raise ProjectConflictError naming the key, instead of answering one row with another's vector
+    or failing with PostgreSQL's errors; putting a unique key back resumes."""
+    from airflow_vectorize.exceptions import ProjectConflictError
+
+    db = layout
+    key = ", ".join(db.key)
+    db.execute("ALTER TABLE docs DROP CONSTRAINT docs_pkey; ALTER TABLE docs ADD PRIMARY KEY (tenant, id, category)")
+    db.execute("INSERT INTO docs SELECT tenant, id, body || ' En français.', 'fr' FROM docs WHERE id = 1")
+    before = snapshot(db)
+    message = (f"the key ({key}) of project 'docs' is no longer unique in public.docs: no primary key or unique"
+               " index is on exactly these columns now (dropped, or replaced by a wider one).")
+    fresh = type(hook)(postgres_conn_id=hook.postgres_conn_id)  # no project looked up yet
+    for call in (lambda: hook.get_status("docs"), lambda: hook.get_freshness("docs"),
+                 lambda: hook.generate_embeddings("docs"), lambda: hook.attach_source("docs"),
+                 lambda: fresh.search("docs", QUERY), lambda: fresh.hybrid_search("docs", QUERY)):
+        with pytest.raises(ProjectConflictError, match=f"^{re.escape(message)} .*put a primary key or unique index"
+                           rf" on \({re.escape(key)}\) back .*\(drop_project\('docs'\)\)\.$"):
+            call()
+    assert snapshot(db) == before
+
+    db.execute("DELETE FROM docs WHERE category = 'fr'")
+    db.execute(sql.SQL("CREATE UNIQUE INDEX docs_key ON docs ({})").format(
+        sql.SQL(", ").join(map(sql.Identifier, db.key))))
+    assert hook.generate_embeddings("docs")["embedded"] == 0 and counts(hook)[:2] == (24, 24)
+    assert 1 in {row["id"] for row in fresh.search("docs", QUERY, return_columns=db.key)}
+
+
+@pytest.mark.parametrize("alter, back, message", [
+    ("ALTER COLUMN body TYPE jsonb USING body::jsonb", "ALTER COLUMN body TYPE text",
+     "column 'body' of public.notes, embedded by project 'notes', is jsonb now: columns to embed must be text-like"
+     " (text, varchar, char). Change it back (ALTER TABLE public.notes ALTER COLUMN body TYPE text), or embed other"
+     " columns (alter_project('notes', columns=[...]))."),
+    ("ALTER COLUMN updated_at TYPE text", "ALTER COLUMN updated_at TYPE timestamptz USING updated_at::timestamptz",
+     "update_col 'updated_at' of public.notes (project 'notes') is text now: it must be timestamp or timestamptz."
+     " Change it back (ALTER TABLE public.notes ALTER COLUMN updated_at TYPE timestamptz USING ...), or give the"
+     " project another update column, or none (alter_project('notes', update_col=...))."),
+], ids=["embedded column", "update column"])
+def test_a_column_retyped_to_a_type_the_project_refuses_gives_a_typed_error(database, hook, alter, back, message):
+    """An embedded column or the update column changed in place to a type create_project refuses (a manual
+    project has no trigger that stops the ALTER): status, freshness and runs raise ProjectConflictError naming
+    the column, its type and what the project needs, and write nothing; changed back, the project resumes."""
+    from airflow_vectorize.exceptions import ProjectConflictError
+
+    database.execute("CREATE TABLE notes (id integer PRIMARY KEY, body text, updated_at timestamptz NOT NULL"
+                     " DEFAULT now())")
+    database.execute("""INSERT INTO notes (id, body) SELECT g, '{"title": "note ' || g || '"}'"""
+                     " FROM generate_series(1, 5) g")
+    hook.create_project("notes", "notes", "id", ["body"], update_col="updated_at", schedule="manual")
+    assert hook.generate_embeddings("notes")["embedded"] == 5
+    database.execute("ALTER TABLE notes " + alter)
+    before = snapshot(database)
+    for call in (lambda: hook.get_status("notes"), lambda: hook.get_freshness("notes"),
+                 lambda: hook.generate_embeddings("notes"), lambda: hook.attach_source("notes"),
+                 lambda: hook.generate_embeddings("notes", since="2020-01-01T00:00:00Z",
+                                                  until="2100-01-01T00:00:00Z")):
+        with pytest.raises(ProjectConflictError, match=f"^{re.escape(message)}$"):
+            call()
+    assert snapshot(database) == before
+    assert len(hook.search("notes", "note 3", num_results=2)) == 2  # searches read the key and vectors only
+
+    database.execute("ALTER TABLE notes " + back)
+    assert hook.generate_embeddings("notes")["embedded"] == 0 and hook.get_status("notes")["embedded_rows"] == 5

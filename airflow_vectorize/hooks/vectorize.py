@@ -126,6 +126,14 @@ class VectorizeHook(PostgresHook):
         conn.autocommit = True
         return conn
 
+    def _whole_source_connect(self) -> psycopg.Connection:
+        """``connect`` for a generation run's sessions, with row security off: a statement that a row-level
+        security policy would filter (forced on the source during the run) fails instead of acting on part of
+        the rows (``_project`` refuses a source it filters before the run)."""
+        conn = self.connect()
+        conn.execute("SET row_security = off")
+        return conn
+
     async def aconnect(self) -> psycopg.AsyncConnection:
         """A new autocommit async connection, for triggers (same host, login, database and extras as
         ``connect``; the connection is fetched without blocking the triggerer's event loop)."""
@@ -172,6 +180,13 @@ class VectorizeHook(PostgresHook):
             ) from error
 
     def _permission_error(self, error: psycopg.errors.InsufficientPrivilege) -> DatabasePermissionError:
+        if "row-level security" in (error.diag.message_primary or ""):  # row_security = off (``_project``)
+            return DatabasePermissionError(
+                f"row-level security hides rows of a project's source from the role of connection"
+                f" {self.postgres_conn_id!r} ({error.diag.message_primary}); nothing of the transaction was written."
+                " Runs, import and status need a role that sees every row: one with BYPASSRLS, or the table's"
+                " owner without FORCE ROW LEVEL SECURITY."
+            )
         return DatabasePermissionError(
             f"the database role of connection {self.postgres_conn_id!r} lacks a privilege this call needs"
             f" ({error.diag.message_primary}); nothing was written. A role that searches and reads status gets"
@@ -367,10 +382,13 @@ class VectorizeHook(PostgresHook):
             return [project.entry() for project in catalog.list_projects(cur)]
 
     def _project(self, cur: Cursor, job_name: str, source: bool = True, searching: bool = False,
-                 attaching: bool = False) -> Project:
+                 attaching: bool = False, whole: bool = True) -> Project:
         """The project's catalog entry; with ``source``, only while its source table exists with the columns
-        the project reads (a search: its key), and for an append project, unless ``searching`` or ``attaching``
-        (generation, attach_source), while that table is the one holding its columns."""
+        the project reads (a search: its key) and passes ``create_project``'s checks of their types and of the
+        key's uniqueness (``validation.check_source_state``), and for an append project, unless ``searching``
+        or ``attaching`` (generation, attach_source), while that table is the one holding its columns.
+        ``whole`` (not for a search): the call reads every row, so row-level security must hide none from the
+        role, and is off for the rest of the transaction (a statement it would filter fails instead)."""
         project = catalog.find_project(cur, job_name)
         if project is None:
             raise ProjectNotFoundError(
@@ -381,13 +399,8 @@ class VectorizeHook(PostgresHook):
             needed = catalog.source_columns(project, searching)
             # An append project's own column, in the source (a search of a swapped-in table finds nothing instead)
             own = [] if project.is_join or searching or attaching else [project.names.embeddings_column]
-            absent = ("ARRAY(SELECT c FROM unnest(%s::text[]) c WHERE NOT EXISTS (SELECT FROM pg_attribute"
-                      " WHERE attrelid = rel AND attname = c AND attnum > 0 AND NOT attisdropped))")
-            cur.execute(f"SELECT rel IS NULL, {absent}, {absent},"
-                        " ARRAY(SELECT inhrelid::regclass::text FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent"
-                        "  WHERE i.inhparent = rel AND p.relkind = 'r' AND NOT %s ORDER BY 1)"
-                        " FROM to_regclass(%s) rel", [needed, own, searching, project.names.source.as_string(cur)])
-            gone, missing, replaced, children = cur.fetchone()
+            state = validation.source_state(cur, project, needed, own, searching, whole and not searching)
+            gone, missing, replaced, children = state.gone, state.missing, state.replaced, state.children
             if replaced and not gone:  # another table under the source's name: a rename-swap, DROP and CREATE
                 raise SourceTableMissingError(
                     f"the table now named {project.schema}.{project.relation} is not the source of append project"
@@ -423,6 +436,7 @@ class VectorizeHook(PostgresHook):
                     f" (alter_project({job_name!r}, columns=[...], update_col=...)), or drop the project"
                     f" (drop_project({job_name!r}))."
                 )
+            validation.check_source_state(project, state, searching)
         return project
 
     def _follow_renames(self, cur: Cursor, job_name: str) -> None:
@@ -866,7 +880,7 @@ class VectorizeHook(PostgresHook):
         model = self._model(project)
         try:
             summary = generation.generate(
-                self.connect,
+                self._whole_source_connect,
                 project,
                 scope,
                 encode=model.embed,
@@ -880,6 +894,8 @@ class VectorizeHook(PostgresHook):
                 rebuild_index=rebuild_index,
                 failures_since=failures_since,
             )
+        except psycopg.errors.InsufficientPrivilege as error:  # row security forced on the source meanwhile
+            raise self._permission_error(error) from error
         except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):
             with self.connect() as conn:  # the project dropped after a batch checked it was there
                 generation.check_still_there(conn.cursor(), project)
@@ -1211,7 +1227,7 @@ class VectorizeHook(PostgresHook):
         minimum = evaluation.check_thresholds("min_metrics", min_metrics, evaluation.metric_names(ks))
         drops = evaluation.check_thresholds("max_drop", max_drop, evaluation.metric_names(ks))
         with self.transaction() as cur:
-            project = self._project(cur, job_name)
+            project = self._project(cur, job_name, whole=False)
             if isinstance(queries, str):
                 queries = evaluation.load_queries(cur, project, queries)
             labelled = evaluation.parse_queries(queries, project.key.columns)
@@ -1336,7 +1352,7 @@ class VectorizeHook(PostgresHook):
         searching.check_count("k", k)
         cases = tuning.check_filters(filters)
         with self.transaction() as cur:
-            project = self._project(cur, job_name)
+            project = self._project(cur, job_name, whole=False)
             rows = cur.execute(sql.SQL("SELECT count(*) FROM {}").format(project.names.source)).fetchone()[0]
         summary: dict[str, Any] = {"job_name": job_name, "target_recall": target, "k": k, "rows": rows,
                                    "previous": project.ef_search, "stored": False}
@@ -1389,7 +1405,7 @@ class VectorizeHook(PostgresHook):
         words of a row's text (``position``: any, the ``first`` or the ``last`` one) as the query, that row as
         the relevant one. A proxy for a baseline on day one, not a substitute for real labelled queries."""
         with self.transaction() as cur:
-            project = self._project(cur, job_name)
+            project = self._project(cur, job_name, whole=False)
             return evaluation.sample(cur, project, n, seed, position)
 
     # -- RAG ------------------------------------------------------------------------------------------
@@ -1433,7 +1449,7 @@ class VectorizeHook(PostgresHook):
         with self.transaction() as cur:  # its own transaction: kept when the task is unknown
             rag.ensure_prompts(cur)
         with self.transaction() as cur:
-            project = self._project(cur, job_name)
+            project = self._project(cur, job_name, whole=False)
             prompt = rag.load_prompt(cur, task)
         columns = list(dict.fromkeys([*project.key.columns, *project.columns]))
         retrieve = self.hybrid_search if hybrid else self.search
