@@ -461,9 +461,9 @@ def check_source_state(project: Project, state: SourceState, searching: bool) ->
         raise DatabasePermissionError(
             f"row-level security on {label} hides some of its rows from this role: project {project.name!r} would"
             " count and embed only the rows it sees, and a run would delete the stored vectors of the others;"
-            " nothing was written. Runs, import and status need a role that sees every row: one with BYPASSRLS"
+            " nothing was written. Runs and import need a role that sees every row: one with BYPASSRLS"
             f" (ALTER ROLE <role> BYPASSRLS), or the table's owner without FORCE (ALTER TABLE {label} NO FORCE ROW"
-            " LEVEL SECURITY). Searches and RAG answer as the role sees the table."
+            " LEVEL SECURITY). Searches, RAG and status answer as the role sees the table."
         )
 
 

@@ -145,6 +145,7 @@ def test_trigger_functions_of_an_earlier_version_run_as_the_owner_after_the_next
                             " AND prorettype = 'trigger'::regtype AND NOT prosecdef") == []
 
 
+@pytest.fixture
 def table_owner(database):
     """A login role, not a superuser, that may create tables and projects, and a hook that connects as it."""
     role = f"owner_{database.name}"
@@ -161,11 +162,12 @@ def table_owner(database):
 
 
 @pytest.mark.parametrize("method", ["join", "append"])
-def test_row_level_security_that_hides_rows_from_the_projects_role_stops_runs_and_status(database, table_owner,
+def test_row_level_security_that_hides_rows_from_the_projects_role_stops_runs_and_imports(database, table_owner,
                                                                                          method):
     """The source's owner runs the project; FORCE ROW LEVEL SECURITY then hides the rows of tenant 'b' from it:
-    runs, import and status raise DatabasePermissionError saying what the role needs, and change nothing (a run
-    would have deleted the vectors of every row it could not see); searches answer as the role sees the table.
+    runs and import raise DatabasePermissionError saying what the role needs, and change nothing (a run would
+    have deleted the vectors of every row it could not see); searches and status answer as the role sees the
+    table.
     NO FORCE: the next run deletes only the deleted row's vector."""
     conn, owner = table_owner
     conn.execute("CREATE TABLE r (id integer PRIMARY KEY, tenant text NOT NULL, body text);"
@@ -179,16 +181,18 @@ def test_row_level_security_that_hides_rows_from_the_projects_role_stops_runs_an
     before = snapshot(database)
     message = ("row-level security on public.r hides some of its rows from this role: project 'plans' would count"
                " and embed only the rows it sees, and a run would delete the stored vectors of the others; nothing"
-               " was written. Runs, import and status need a role that sees every row: one with BYPASSRLS (ALTER"
+               " was written. Runs and import need a role that sees every row: one with BYPASSRLS (ALTER"
                " ROLE <role> BYPASSRLS), or the table's owner without FORCE (ALTER TABLE public.r NO FORCE ROW LEVEL"
-               " SECURITY). Searches and RAG answer as the role sees the table.")
-    for call in (lambda: owner.generate_embeddings("plans"), lambda: owner.get_status("plans"),
-                 lambda: owner.get_freshness("plans"), lambda: owner.attach_source("plans"),
+               " SECURITY). Searches, RAG and status answer as the role sees the table.")
+    for call in (lambda: owner.generate_embeddings("plans"), lambda: owner.attach_source("plans"),
                  lambda: owner.import_embeddings("plans", "imported", "id", "embedding")):
         with pytest.raises(DatabasePermissionError, match=f"^{re.escape(message)}$"):
             call()
     assert snapshot(database) == before
     assert {row["tenant"] for row in owner.search("plans", "secret plan number 7", ["tenant"])} == {"a"}
+    status = owner.get_status("plans")  # the 4 rows of tenant 'a' it sees (2 deleted)
+    assert (status["total_rows"], status["embedded_rows"]) == (4, 4)
+    assert owner.get_freshness("plans")["stale"] == 0
 
     conn.execute("ALTER TABLE r NO FORCE ROW LEVEL SECURITY")
     assert owner.generate_embeddings("plans")["embedded"] == 0

@@ -618,13 +618,13 @@ def test_a_key_no_longer_unique_gives_a_typed_error_and_changes_nothing(layout, 
 
 @pytest.mark.parametrize("alter, back, message", [
     ("ALTER COLUMN body TYPE jsonb USING body::jsonb", "ALTER COLUMN body TYPE text",
-     "column 'body' of public.notes, embedded by project 'notes', is jsonb now: columns to embed must be text-like"
-     " (text, varchar, char). Change it back (ALTER TABLE public.notes ALTER COLUMN body TYPE text), or embed other"
-     " columns (alter_project('notes', columns=[...]))."),
+     ("column 'body' of public.notes, embedded by project 'notes', is jsonb now: columns to embed must be text-like"
+      " (text, varchar, char). Change it back (ALTER TABLE public.notes ALTER COLUMN body TYPE text), or embed other"
+      " columns (alter_project('notes', columns=[...])).")),
     ("ALTER COLUMN updated_at TYPE text", "ALTER COLUMN updated_at TYPE timestamptz USING updated_at::timestamptz",
-     "update_col 'updated_at' of public.notes (project 'notes') is text now: it must be timestamp or timestamptz."
-     " Change it back (ALTER TABLE public.notes ALTER COLUMN updated_at TYPE timestamptz USING ...), or give the"
-     " project another update column, or none (alter_project('notes', update_col=...))."),
+     ("update_col 'updated_at' of public.notes (project 'notes') is text now: it must be timestamp or timestamptz."
+      " Change it back (ALTER TABLE public.notes ALTER COLUMN updated_at TYPE timestamptz USING ...), or give the"
+      " project another update column, or none (alter_project('notes', update_col=...)).")),
 ], ids=["embedded column", "update column"])
 def test_a_column_retyped_to_a_type_the_project_refuses_gives_a_typed_error(database, hook, alter, back, message):
     """An embedded column or the update column changed in place to a type create_project refuses (a manual

@@ -656,9 +656,9 @@ class VectorizeHook(PostgresHook):
 
     def get_status(self, job_name: str) -> dict[str, Any]:
         """Exact counts: rows in the source, with a current or stale embedding, without one, queued (and
-        for a chunked project, its ``chunks``)."""
+        for a chunked project, its ``chunks``), of the rows the role sees (row-level security)."""
         with self.transaction() as cur:
-            project = self._project(cur, job_name)
+            project = self._project(cur, job_name, whole=False)
             alias = "e" if project.is_join else "r"
             # A join project's stored row always holds its vector (NOT NULL): its key says it is there, and the
             # scan reads the key index, which carries the md5 (``catalog.key_index``), not the vectors.
@@ -718,9 +718,10 @@ class VectorizeHook(PostgresHook):
 
     def get_freshness(self, job_name: str) -> dict[str, Any]:
         """``pending`` (queued rows), ``stale`` (rows with text whose embedding is missing or out of date)
-        and ``lag_seconds`` (age of the oldest queued row); see ``airflow_vectorize.freshness``."""
+        and ``lag_seconds`` (age of the oldest queued row), of the rows the role sees; see
+        ``airflow_vectorize.freshness``."""
         with self.connect() as conn, conn.transaction():
-            project = self._project(conn.cursor(), job_name)
+            project = self._project(conn.cursor(), job_name, whole=False)
             return {"job_name": job_name, **freshness.measure(conn, project).as_dict()}
 
     # -- embeddings ----------------------------------------------------------------------------------
