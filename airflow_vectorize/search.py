@@ -309,7 +309,27 @@ def query_vector(project: Project, query: Any, embed: Callable[[str], Any] | Non
                     if project.half_index else "")
             raise InvalidInputError(f"query vector is zero{held}: it has no cosine distance to any vector (project"
                                     f" {project.name!r} searches by cosine); give a non-zero vector")
+        if cosine and not project.half_index:  # (halfvec's range keeps its sums finite and non-zero)
+            _check_single_precision_norm(project, values, max(-low, high))
     return vector
+
+
+SQUARE_UNDERFLOW_MAX = 2.0 ** -75  # a real of at most this size squares to 0 in single precision
+
+
+def _check_single_precision_norm(project: Project, values: memoryview, largest: float) -> None:
+    """Refuse a query vector whose sum of squares pgvector's single-precision arithmetic makes 0 (every value
+    underflowing) or infinite: its cosine distance to any vector is NaN, 0 or 1, whatever the rows."""
+    if largest <= SQUARE_UNDERFLOW_MAX:
+        found = f"every |x| <= {SQUARE_UNDERFLOW_MAX:.2g}: its sum of squares is 0"
+    elif largest * largest * len(values) > validation.REAL_MAX and sum(x * x for x in values) > validation.REAL_MAX:
+        found = f"its sum of squares is beyond {validation.REAL_MAX:.3g}"
+    else:
+        return
+    raise InvalidInputError(
+        f"query vector has no cosine distance as pgvector computes it in single precision ({found}); project"
+        f" {project.name!r} searches by cosine: give a vector of ordinary magnitude (e.g. normalised to length 1)"
+    )
 
 
 def scan_settings(ef_search: int | None, index_path: bool = False) -> dict[str, str]:

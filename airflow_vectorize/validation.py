@@ -498,10 +498,8 @@ def check_import_rows(cur: Cursor, project: Project, table: Table, keys: list[Co
             "CASE WHEN array_ndims({e}) = 1 THEN array_position({e}, NULL) IS NOT NULL END").format(e=e)))
         checks.append(("NaN or infinite values", sql.SQL(
             "{}::float8[] && '{{NaN,Infinity,-Infinity}}'::float8[]").format(e)))
-        if emb.element == "float8":  # finite, but infinite once stored as real
-            checks.append((f"values beyond the range of real (|x| > {REAL_MAX:.8g})", sql.SQL(
-                "EXISTS (SELECT FROM unnest({e}) x WHERE abs(x) > {m} AND abs(x) < 'Infinity')"
-            ).format(e=e, m=sql.Literal(REAL_MAX))))
+        if emb.element == "float8":  # finite, but infinite once stored as real (f: one unnest, read twice)
+            checks.append((f"values beyond the range of real (|x| > {REAL_MAX:.8g})", sql.SQL("f.beyond_real")))
     if project.index_dist_type == "pgv_hnsw_cosine":  # no cosine distance: never found, yet counted as embedded
         checks.append(_zero_vectors(project, emb, e))
     if project.half_index and emb.typname != "halfvec":  # a half-precision index: catalog.index_expression
@@ -535,8 +533,11 @@ def check_import_rows(cur: Cursor, project: Project, table: Table, keys: list[Co
             "(SELECT count(*) FROM dup) AS ndup, (SELECT (array_agg(key))[1:{s}] FROM dup) AS kdup"
         ).format(s=sql.Literal(SAMPLE_SIZE)))
     query = sql.SQL(
-        "{with_dup} SELECT {items} FROM {src} s LEFT JOIN {source} r ON {matched}"
+        "{with_dup} SELECT {items} FROM {src} s LEFT JOIN {source} r ON {matched}{beyond}"
     ).format(
+        beyond=sql.SQL(
+            " CROSS JOIN LATERAL (SELECT bool_or(abs(x) > {m} AND abs(x) < 'Infinity') AS beyond_real"
+            " FROM unnest({e}) x) f").format(e=e, m=sql.Literal(REAL_MAX)) if is_array and emb.element == "float8" else sql.SQL(""),
         with_dup=sql.SQL(
             "WITH dup AS (SELECT {key} AS key FROM {src} s WHERE NOT ({null}) GROUP BY {columns}"
             " HAVING count(*) > 1)"
@@ -579,13 +580,22 @@ def check_import_rows(cur: Cursor, project: Project, table: Table, keys: list[Co
 
 
 def _zero_vectors(project: Project, emb: Column, e: sql.Identifier) -> tuple[str, sql.Composable]:
-    """The import's check of vectors without a cosine distance: zero, or zero as the project's half-precision
-    index holds them (every value within HALFVEC_ZERO_MAX)."""
+    """The import's check of vectors without a cosine distance: zero as the project's half-precision index
+    holds them (every value within HALFVEC_ZERO_MAX), or else what pgvector computes of the vector as stored
+    (real): its distance to itself, NaN when its single-precision sum of squares is 0 (zero, or every value
+    underflowing) or infinite, 0 otherwise."""
     is_array = emb.category == "A"
     if not project.half_index or emb.typname == "halfvec":
-        zero = "NOT EXISTS (SELECT FROM unnest({e}) x WHERE x <> 0)" if is_array else (
-            "l2_norm({e}) = 0" if emb.typname == "halfvec" else "vector_norm({e}) = 0")
-        return "zero vectors, which have no cosine distance", sql.SQL(zero).format(e=e)
+        distance = sql.SQL("NOT (({e}::vector <=> {e}::vector) < 0.5)").format(e=e)
+        if is_array:  # cast only what pgvector takes: the other checks count the rest
+            beyond = " AND NOT f.beyond_real" if emb.element == "float8" else ""  # (check_import_rows' f)
+            distance = sql.SQL(
+                "CASE WHEN array_ndims({e}) = 1 AND cardinality({e}) = {n} AND array_position({e}, NULL) IS NULL"
+                " AND NOT ({e}::float8[] && '{{NaN,Infinity,-Infinity}}'::float8[])" + beyond + " THEN {d} END"
+            ).format(e=e, n=sql.Literal(project.dimensions), d=distance)
+        label = ("zero vectors, or vectors whose sum of squares pgvector's single-precision arithmetic makes 0"
+                 f" (every |x| <= 2.6e-23) or infinite (above {REAL_MAX:.3g}), which have no cosine distance")
+        return label, distance
     # (a vector is unnested only when its norm allows every value to be that small)
     small = ("" if is_array else "vector_norm({e}) <= {bound} AND ") + \
         "NOT EXISTS (SELECT FROM unnest({e}{cast}) x WHERE abs(x) > {t} OR x IS NULL)"
