@@ -64,6 +64,7 @@ class Column:
     not_null: bool
     element: str | None  # element typname for arrays
     unique: bool  # a primary key or non-partial unique index on this column alone
+    collation: str | None = None  # a collation other than the database default (quoted, as regcollation)
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ _DESCRIBE = """
 SELECT c.relkind, a.attname, format_type(a.atttypid, a.atttypmod) AS type_sql,
        format_type(a.atttypid, NULL) AS data_type, t.typname, t.typcategory, a.atttypmod, a.attnotnull,
        et.typname AS element,
+       CASE WHEN a.attcollation NOT IN (0, 100) THEN a.attcollation::regcollation::text END AS collation,
        EXISTS (SELECT 1 FROM pg_index i
                 WHERE i.indrelid = c.oid AND i.indisunique AND i.indnkeyatts = 1 AND i.indkey[0] = a.attnum
                   AND i.indpred IS NULL AND i.indexprs IS NULL) AS is_unique
@@ -120,6 +122,7 @@ def describe_table(cur: Cursor, schema: str, name: str) -> Table | None:
             not_null=r["attnotnull"],
             element=r["element"],
             unique=r["is_unique"],
+            collation=r["collation"],
         )
         for r in rows
         if r["attname"] is not None
@@ -446,6 +449,7 @@ def check_import_source(
                 f"src_primary_key {key.name!r} of {table.label} is {key.type_sql}, but the key"
                 f" {name!r} of project {project.name!r} is {pkey_type}"
             )
+    _check_key_collations(cur, project, table, keys)
     is_vector = emb.typname in VECTOR_TYPES
     is_float_array = emb.category == "A" and emb.element in FLOAT_ELEMENT_TYPES
     if not (is_vector or is_float_array):
@@ -467,6 +471,23 @@ def check_import_source(
             f" of {table.label} is {emb.type_sql} (found {emb.typmod}); e.g. keys {keys}"
         )
     return table, keys, emb, chunk
+
+
+def _check_key_collations(cur: Cursor, project: Project, table: Table, keys: list[Column]) -> None:
+    """Refuse an import key of a collation other than the project's key: keys are matched under the project's
+    (a column of the default collation takes it), and two different ones have none to compare by."""
+    if all(key.collation is None for key in keys):
+        return
+    source = require_table(cur, project.schema, project.relation, kinds="rpvmf", role="source table")
+    for key, name in zip(keys, project.key.columns):
+        wanted = source.column(name, "key").collation
+        if key.collation is not None and key.collation != wanted:
+            raise InvalidInputError(
+                f"src_primary_key {key.name!r} of {table.label} has collation {key.collation}, but the key {name!r}"
+                f" of project {project.name!r} has {wanted or 'the database default'}: keys are matched by the"
+                f" project's collation; import from a view selecting {quoted((key.name,))} COLLATE"
+                f" {wanted or quoted(('default',))}"
+            )
 
 
 def check_import_rows(cur: Cursor, project: Project, table: Table, keys: list[Column], emb: Column,

@@ -370,3 +370,24 @@ def test_bulk_reimport_rewrites_and_keeps_untouched_rows(database, hook):
                                    ' FROM vectorize."_embeddings_items" GROUP BY 1'))
     assert values == {True: [0.75], False: [0.25]}
     assert hook.get_status("items")["embedded_rows"] == 2000
+
+
+def test_an_import_key_of_another_collation_is_refused_naming_both(database, hook):
+    """Keys are matched by the project's key's collation: an import key of another one was a raw
+    IndeterminateCollation; a view giving it the project's collation imports."""
+    database.execute('CREATE TABLE t (k text COLLATE "C" PRIMARY KEY, body text);'
+                     " INSERT INTO t VALUES ('a', 'alpha'), ('B', 'beta');"
+                     ' CREATE TABLE s (k text COLLATE "C.utf8", e real[]);'
+                     " INSERT INTO s SELECT k, array_fill(0.5::real, ARRAY[384]) FROM t")
+    hook.create_project("t", "t", "k", ["body"], schedule="manual")
+    before = snapshot(database)
+
+    with pytest.raises(InvalidInputError) as error:
+        hook.import_embeddings("t", "s", "k", "e")
+
+    assert str(error.value) == (
+        "src_primary_key 'k' of \"public\".\"s\" has collation \"C.utf8\", but the key 'k' of project 't' has \"C\":"
+        " keys are matched by the project's collation; import from a view selecting \"k\" COLLATE \"C\"")
+    assert snapshot(database) == before
+    database.execute('CREATE VIEW s_c AS SELECT k COLLATE "C" AS k, e FROM s')
+    assert hook.import_embeddings("t", "s_c", "k", "e")["imported"] == 2
