@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from pgvector.psycopg import register_vector
 from psycopg import Cursor, sql
-from psycopg.adapt import Loader
+from psycopg.adapt import Loader, PyFormat
 from psycopg.types.datetime import DateLoader, TimestampLoader, TimestamptzLoader
 from psycopg.types.numeric import Oid
 
@@ -247,10 +247,27 @@ def parse_filters(
                     )
                 if isinstance(item, str):
                     validation.check_text(item, f"filter value on column {column!r}")
+                _check_adaptable(item, column)
             if not null_test:
                 values[f"f{len(shape)}"] = value
             shape.append((column, op, null_test))
     return tuple(shape), values
+
+
+def _check_adaptable(value: Any, column: str) -> None:
+    """Refuse a filter value psycopg cannot send (an ``object()``, a class of the caller's), naming the column:
+    it failed at execute with a raw ProgrammingError; a list's items are checked too."""
+    for item in value if isinstance(value, (list, tuple)) else [value]:
+        if isinstance(item, (list, tuple)):
+            _check_adaptable(item, column)
+            continue
+        try:
+            psycopg.adapters.get_dumper(type(item), PyFormat.AUTO)
+        except psycopg.ProgrammingError:
+            raise InvalidInputError(
+                f"filter value {item!r} on column {column!r} is a {type(item).__name__}, which cannot be sent to"
+                " PostgreSQL; give a str, int, float, bool, Decimal, date, time, datetime, UUID, a list of them or None"
+            ) from None
 
 
 def _conditions(shape: tuple[Filter, ...]) -> list[sql.Composable]:

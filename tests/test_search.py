@@ -162,6 +162,10 @@ def test_search_rejects_bad_input(products, hook, model):
         (dict(num_results=0), "num_results must be an integer >= 1"),
         (dict(ef_search=5000), "ef_search must be an integer from 1 to 1000"),
         (dict(filters={"price": {"gt": "cheap"}}), "a filter value does not fit its column"),
+        (dict(filters={"price": object()}), "^filter value <object object at 0x[0-9a-f]+> on column 'price' is a"
+         " object, which cannot be sent to PostgreSQL; give a str, int, float, bool, Decimal, date, time,"
+         " datetime, UUID, a list of them or None$"),  # was a raw ProgrammingError
+        (dict(filters={"category": {"in": ["phones", object()]}}), "on column 'category' is a object, which cannot"),
     ]
     for kwargs, message in cases:
         with pytest.raises(InvalidInputError, match=message):
