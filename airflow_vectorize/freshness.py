@@ -74,10 +74,11 @@ async def atables(conn: psycopg.AsyncConnection, project: Project) -> Tables:
 
 
 def queued(project: Project, present: Tables, unqueued: sql.Composable | None = None) -> sql.Composable:
-    """Rows queued for the next realtime run: the keys in the queue, plus the rows of the bulk writes it has
-    not run for yet (when the project has a ``_bulk_<job>`` table: ``present.bulk``). A bulk row without a
-    count (a large UPDATE's) makes that the rows due that are not in the queue (they include those of the
-    other bulk rows): ``unqueued``, or counted by a scan of its own."""
+    """Rows queued for the next realtime run: the keys in the queue, plus, while a bulk write waits for its
+    run (when the project has a ``_bulk_<job>`` table: ``present.bulk``), the rows due that are not in the
+    queue: ``unqueued``, or counted by a scan of its own. Not a bulk insert's recorded count: its rows may
+    have been imported, deleted, queued again by an update or have no text since (``statement``'s scan
+    counts them for nothing more)."""
     keys = sql.SQL("(SELECT count(*) FROM {})").format(project.names.queue)
     if not present.bulk:
         return keys
@@ -88,18 +89,20 @@ def queued(project: Project, present: Tables, unqueued: sql.Composable | None = 
             " AND NOT EXISTS (SELECT FROM {queue} q WHERE {queued}))"
         ).format(rows=p["from"], needs=p["needs"], text=p["text"], queue=project.names.queue,
                  queued=project.key.equals("q", "r"))
-    return sql.SQL(
-        "({keys} + (SELECT CASE WHEN bool_or(b.rows IS NULL) THEN {unqueued} ELSE coalesce(sum(b.rows), 0) END"
-        " FROM {bulk} b))"
-    ).format(keys=keys, unqueued=unqueued, bulk=project.names.bulk)
+    return sql.SQL("({keys} + CASE WHEN EXISTS (SELECT FROM {bulk}) THEN {unqueued} ELSE 0 END)").format(
+        keys=keys, unqueued=unqueued, bulk=project.names.bulk)
 
 
-def oldest(project: Project, bulk: bool) -> sql.Composable:
-    """When the oldest row queued was (the queue's keys and the bulk writes not run for yet)."""
+def oldest(project: Project, bulk: bool, unqueued: sql.Composable | None = None) -> sql.Composable:
+    """When the oldest row queued was (the queue's keys and the bulk writes not run for yet; with ``unqueued``,
+    the bulk writes only while rows due are not in the queue)."""
     oldest = sql.SQL("(SELECT min(enqueued_at) FROM {})").format(project.names.queue)
     if not bulk:
         return oldest
-    return sql.SQL("least({}, (SELECT min(enqueued_at) FROM {}))").format(oldest, project.names.bulk)
+    bulk_oldest = sql.SQL("(SELECT min(enqueued_at) FROM {})").format(project.names.bulk)
+    if unqueued is not None:
+        bulk_oldest = sql.SQL("CASE WHEN {} > 0 THEN {} END").format(unqueued, bulk_oldest)
+    return sql.SQL("least({}, {})").format(oldest, bulk_oldest)
 
 
 def statement(project: Project, present: Tables) -> sql.Composed:
@@ -115,7 +118,8 @@ def statement(project: Project, present: Tables) -> sql.Composed:
         "SELECT {queued}::bigint, d.stale,"
         " coalesce(extract(epoch FROM clock_timestamp() - {oldest}), 0)::float8, {failed}::bigint"
         " FROM (SELECT count(*) AS stale, {unqueued} AS unqueued FROM {rows} WHERE {needs} AND {text} <> '') d"
-    ).format(queued=queued(project, present, sql.SQL("d.unqueued")), oldest=oldest(project, present.bulk),
+    ).format(queued=queued(project, present, sql.SQL("d.unqueued")),
+             oldest=oldest(project, present.bulk, sql.SQL("d.unqueued")),
              rows=rows, needs=p["needs"], text=p["text"], failed=failed, unqueued=unqueued)
 
 

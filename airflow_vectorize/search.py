@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from pgvector.psycopg import register_vector
 from psycopg import Cursor, sql
-from psycopg.adapt import Loader
+from psycopg.adapt import Loader, PyFormat
 from psycopg.types.datetime import DateLoader, TimestampLoader, TimestamptzLoader
 from psycopg.types.numeric import Oid
 
@@ -247,10 +247,27 @@ def parse_filters(
                     )
                 if isinstance(item, str):
                     validation.check_text(item, f"filter value on column {column!r}")
+                _check_adaptable(item, column)
             if not null_test:
                 values[f"f{len(shape)}"] = value
             shape.append((column, op, null_test))
     return tuple(shape), values
+
+
+def _check_adaptable(value: Any, column: str) -> None:
+    """Refuse a filter value psycopg cannot send (an ``object()``, a class of the caller's), naming the column:
+    it failed at execute with a raw ProgrammingError; a list's items are checked too."""
+    for item in value if isinstance(value, (list, tuple)) else [value]:
+        if isinstance(item, (list, tuple)):
+            _check_adaptable(item, column)
+            continue
+        try:
+            psycopg.adapters.get_dumper(type(item), PyFormat.AUTO)
+        except psycopg.ProgrammingError:
+            raise InvalidInputError(
+                f"filter value {item!r} on column {column!r} is a {type(item).__name__}, which cannot be sent to"
+                " PostgreSQL; give a str, int, float, bool, Decimal, date, time, datetime, UUID, a list of them or None"
+            ) from None
 
 
 def _conditions(shape: tuple[Filter, ...]) -> list[sql.Composable]:
@@ -309,7 +326,27 @@ def query_vector(project: Project, query: Any, embed: Callable[[str], Any] | Non
                     if project.half_index else "")
             raise InvalidInputError(f"query vector is zero{held}: it has no cosine distance to any vector (project"
                                     f" {project.name!r} searches by cosine); give a non-zero vector")
+        if cosine and not project.half_index:  # (halfvec's range keeps its sums finite and non-zero)
+            _check_single_precision_norm(project, values, max(-low, high))
     return vector
+
+
+SQUARE_UNDERFLOW_MAX = 2.0 ** -75  # a real of at most this size squares to 0 in single precision
+
+
+def _check_single_precision_norm(project: Project, values: memoryview, largest: float) -> None:
+    """Refuse a query vector whose sum of squares pgvector's single-precision arithmetic makes 0 (every value
+    underflowing) or infinite: its cosine distance to any vector is NaN, 0 or 1, whatever the rows."""
+    if largest <= SQUARE_UNDERFLOW_MAX:
+        found = f"every |x| <= {SQUARE_UNDERFLOW_MAX:.2g}: its sum of squares is 0"
+    elif largest * largest * len(values) > validation.REAL_MAX and sum(x * x for x in values) > validation.REAL_MAX:
+        found = f"its sum of squares is beyond {validation.REAL_MAX:.3g}"
+    else:
+        return
+    raise InvalidInputError(
+        f"query vector has no cosine distance as pgvector computes it in single precision ({found}); project"
+        f" {project.name!r} searches by cosine: give a vector of ordinary magnitude (e.g. normalised to length 1)"
+    )
 
 
 def scan_settings(ef_search: int | None, index_path: bool = False) -> dict[str, str]:

@@ -401,7 +401,12 @@ def _keep_only_rows_not_in(cur: Cursor, project: Project, src: sql.Identifier, s
 
 
 def clear_pending(cur: Cursor, project: Project, src: sql.Identifier, src_key: Key) -> int:
-    """Remove queued realtime work for the keys in ``src``; returns how many entries were removed."""
+    """Remove queued realtime work and recorded errors (an embedded row clears its error) for the keys in
+    ``src``; returns how many queue entries were removed."""
+    cur.execute(
+        sql.SQL("DELETE FROM {errors} x USING {src} s WHERE {matched}").format(
+            errors=project.names.errors, src=src, matched=project.key.equals("x", "s", src_key))
+    )
     cur.execute(
         sql.SQL("DELETE FROM {queue} q USING {src} s WHERE {matched}").format(
             queue=project.names.queue, src=src, matched=project.key.equals("q", "s", src_key))

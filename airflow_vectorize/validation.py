@@ -71,6 +71,7 @@ class Column:
     not_null: bool
     element: str | None  # element typname for arrays
     unique: bool  # a primary key or non-partial unique index on this column alone
+    collation: str | None = None  # a collation other than the database default (quoted, as regcollation)
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ _DESCRIBE = """
 SELECT c.relkind, a.attname, format_type(a.atttypid, a.atttypmod) AS type_sql,
        format_type(a.atttypid, NULL) AS data_type, t.typname, t.typcategory, a.atttypmod, a.attnotnull,
        et.typname AS element,
+       CASE WHEN a.attcollation NOT IN (0, 100) THEN a.attcollation::regcollation::text END AS collation,
        EXISTS (SELECT 1 FROM pg_index i
                 WHERE i.indrelid = c.oid AND i.indisunique AND i.indnkeyatts = 1 AND i.indkey[0] = a.attnum
                   AND i.indpred IS NULL AND i.indexprs IS NULL) AS is_unique
@@ -127,6 +129,7 @@ def describe_table(cur: Cursor, schema: str, name: str) -> Table | None:
             not_null=r["attnotnull"],
             element=r["element"],
             unique=r["is_unique"],
+            collation=r["collation"],
         )
         for r in rows
         if r["attname"] is not None
@@ -584,6 +587,7 @@ def check_import_source(
                 f"src_primary_key {key.name!r} of {table.label} is {key.type_sql}, but the key"
                 f" {name!r} of project {project.name!r} is {pkey_type}"
             )
+    _check_key_collations(cur, project, table, keys)
     is_vector = emb.typname in VECTOR_TYPES
     is_float_array = emb.category == "A" and emb.element in FLOAT_ELEMENT_TYPES
     if not (is_vector or is_float_array):
@@ -605,6 +609,23 @@ def check_import_source(
             f" of {table.label} is {emb.type_sql} (found {emb.typmod}); e.g. keys {keys}"
         )
     return table, keys, emb, chunk
+
+
+def _check_key_collations(cur: Cursor, project: Project, table: Table, keys: list[Column]) -> None:
+    """Refuse an import key of a collation other than the project's key: keys are matched under the project's
+    (a column of the default collation takes it), and two different ones have none to compare by."""
+    if all(key.collation is None for key in keys):
+        return
+    source = require_table(cur, project.schema, project.relation, kinds="rpvmf", role="source table")
+    for key, name in zip(keys, project.key.columns):
+        wanted = source.column(name, "key").collation
+        if key.collation is not None and key.collation != wanted:
+            raise InvalidInputError(
+                f"src_primary_key {key.name!r} of {table.label} has collation {key.collation}, but the key {name!r}"
+                f" of project {project.name!r} has {wanted or 'the database default'}: keys are matched by the"
+                f" project's collation; import from a view selecting {quoted((key.name,))} COLLATE"
+                f" {wanted or quoted(('default',))}"
+            )
 
 
 def check_import_rows(cur: Cursor, project: Project, table: Table, keys: list[Column], emb: Column,
@@ -636,10 +657,8 @@ def check_import_rows(cur: Cursor, project: Project, table: Table, keys: list[Co
             "CASE WHEN array_ndims({e}) = 1 THEN array_position({e}, NULL) IS NOT NULL END").format(e=e)))
         checks.append(("NaN or infinite values", sql.SQL(
             "{}::float8[] && '{{NaN,Infinity,-Infinity}}'::float8[]").format(e)))
-        if emb.element == "float8":  # finite, but infinite once stored as real
-            checks.append((f"values beyond the range of real (|x| > {REAL_MAX:.8g})", sql.SQL(
-                "EXISTS (SELECT FROM unnest({e}) x WHERE abs(x) > {m} AND abs(x) < 'Infinity')"
-            ).format(e=e, m=sql.Literal(REAL_MAX))))
+        if emb.element == "float8":  # finite, but infinite once stored as real (f: one unnest, read twice)
+            checks.append((f"values beyond the range of real (|x| > {REAL_MAX:.8g})", sql.SQL("f.beyond_real")))
     if project.index_dist_type == "pgv_hnsw_cosine":  # no cosine distance: never found, yet counted as embedded
         checks.append(_zero_vectors(project, emb, e))
     if project.half_index and emb.typname != "halfvec":  # a half-precision index: catalog.index_expression
@@ -673,8 +692,11 @@ def check_import_rows(cur: Cursor, project: Project, table: Table, keys: list[Co
             "(SELECT count(*) FROM dup) AS ndup, (SELECT (array_agg(key))[1:{s}] FROM dup) AS kdup"
         ).format(s=sql.Literal(SAMPLE_SIZE)))
     query = sql.SQL(
-        "{with_dup} SELECT {items} FROM {src} s LEFT JOIN {source} r ON {matched}"
+        "{with_dup} SELECT {items} FROM {src} s LEFT JOIN {source} r ON {matched}{beyond}"
     ).format(
+        beyond=sql.SQL(
+            " CROSS JOIN LATERAL (SELECT bool_or(abs(x) > {m} AND abs(x) < 'Infinity') AS beyond_real"
+            " FROM unnest({e}) x) f").format(e=e, m=sql.Literal(REAL_MAX)) if is_array and emb.element == "float8" else sql.SQL(""),
         with_dup=sql.SQL(
             "WITH dup AS (SELECT {key} AS key FROM {src} s WHERE NOT ({null}) GROUP BY {columns}"
             " HAVING count(*) > 1)"
@@ -717,13 +739,22 @@ def check_import_rows(cur: Cursor, project: Project, table: Table, keys: list[Co
 
 
 def _zero_vectors(project: Project, emb: Column, e: sql.Identifier) -> tuple[str, sql.Composable]:
-    """The import's check of vectors without a cosine distance: zero, or zero as the project's half-precision
-    index holds them (every value within HALFVEC_ZERO_MAX)."""
+    """The import's check of vectors without a cosine distance: zero as the project's half-precision index
+    holds them (every value within HALFVEC_ZERO_MAX), or else what pgvector computes of the vector as stored
+    (real): its distance to itself, NaN when its single-precision sum of squares is 0 (zero, or every value
+    underflowing) or infinite, 0 otherwise."""
     is_array = emb.category == "A"
     if not project.half_index or emb.typname == "halfvec":
-        zero = "NOT EXISTS (SELECT FROM unnest({e}) x WHERE x <> 0)" if is_array else (
-            "l2_norm({e}) = 0" if emb.typname == "halfvec" else "vector_norm({e}) = 0")
-        return "zero vectors, which have no cosine distance", sql.SQL(zero).format(e=e)
+        distance = sql.SQL("NOT (({e}::vector <=> {e}::vector) < 0.5)").format(e=e)
+        if is_array:  # cast only what pgvector takes: the other checks count the rest
+            beyond = " AND NOT f.beyond_real" if emb.element == "float8" else ""  # (check_import_rows' f)
+            distance = sql.SQL(
+                "CASE WHEN array_ndims({e}) = 1 AND cardinality({e}) = {n} AND array_position({e}, NULL) IS NULL"
+                " AND NOT ({e}::float8[] && '{{NaN,Infinity,-Infinity}}'::float8[])" + beyond + " THEN {d} END"
+            ).format(e=e, n=sql.Literal(project.dimensions), d=distance)
+        label = ("zero vectors, or vectors whose sum of squares pgvector's single-precision arithmetic makes 0"
+                 f" (every |x| <= 2.6e-23) or infinite (above {REAL_MAX:.3g}), which have no cosine distance")
+        return label, distance
     # (a vector is unnested only when its norm allows every value to be that small)
     small = ("" if is_array else "vector_norm({e}) <= {bound} AND ") + \
         "NOT EXISTS (SELECT FROM unnest({e}{cast}) x WHERE abs(x) > {t} OR x IS NULL)"

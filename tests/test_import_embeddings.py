@@ -267,6 +267,8 @@ def bad_source(db, ddl: str) -> None:
     db.execute("CREATE TABLE bad AS SELECT product_id, embedding FROM product_embeddings; " + ddl)
 
 
+NO_COSINE = ("zero vectors, or vectors whose sum of squares pgvector's single-precision arithmetic makes 0"
+             " (every |x| <= 2.6e-23) or infinite (above 3.4e+38), which have no cosine distance")
 BAD_IMPORTS = [
     (dict(job_name="nope"), "", ProjectNotFoundError, "project 'nope' not yet initialized"),
     (dict(src_table="missing"), "", InvalidInputError, 'src_table table "public"."missing" does not exist'),
@@ -297,10 +299,20 @@ BAD_IMPORTS = [
     ({}, "UPDATE bad SET embedding = ARRAY[embedding] WHERE product_id = 10", InvalidInputError,  # was untyped
      "1 row(s) with arrays of more than one dimension; e.g. keys ['10']"),
     ({}, "UPDATE bad SET embedding = array_fill(0::real, ARRAY[384]) WHERE product_id = 11", InvalidInputError,
-     "1 row(s) with zero vectors, which have no cosine distance; e.g. keys ['11']"),  # were never found
+     f"1 row(s) with {NO_COSINE}; e.g. keys ['11']"),  # were never found
     ({}, "ALTER TABLE bad ALTER embedding TYPE vector(384) USING embedding::vector;"
          " UPDATE bad SET embedding = array_fill(0::real, ARRAY[384])::vector WHERE product_id = 12", InvalidInputError,
-     "1 row(s) with zero vectors, which have no cosine distance; e.g. keys ['12']"),
+     f"1 row(s) with {NO_COSINE}; e.g. keys ['12']"),
+    # Not zero as given, but as pgvector stores (real) and computes (single-precision sums): each was imported,
+    # then never found, or found first for any query with a score of 1, -1 or NaN.
+    ({}, "ALTER TABLE bad ALTER embedding TYPE double precision[];"
+         " UPDATE bad SET embedding = array_fill(1e-50::float8, ARRAY[384]) WHERE product_id = 13", InvalidInputError,
+     f"1 row(s) with {NO_COSINE}; e.g. keys ['13']"),  # 0 as real
+    ({}, "ALTER TABLE bad ALTER embedding TYPE vector(384) USING embedding::vector;"
+         " UPDATE bad SET embedding = array_fill(1e-25::real, ARRAY[384])::vector WHERE product_id = 14",
+     InvalidInputError, f"1 row(s) with {NO_COSINE}; e.g. keys ['14']"),  # squares 0 as real
+    ({}, "UPDATE bad SET embedding = array_fill(1e19::real, ARRAY[384]) WHERE product_id IN (15, 16)", InvalidInputError,
+     f"2 row(s) with {NO_COSINE}; e.g. keys ['15', '16']"),  # sum of squares infinite as real
 ]
 
 
@@ -358,3 +370,24 @@ def test_bulk_reimport_rewrites_and_keeps_untouched_rows(database, hook):
                                    ' FROM vectorize."_embeddings_items" GROUP BY 1'))
     assert values == {True: [0.75], False: [0.25]}
     assert hook.get_status("items")["embedded_rows"] == 2000
+
+
+def test_an_import_key_of_another_collation_is_refused_naming_both(database, hook):
+    """Keys are matched by the project's key's collation: an import key of another one was a raw
+    IndeterminateCollation; a view giving it the project's collation imports."""
+    database.execute('CREATE TABLE t (k text COLLATE "C" PRIMARY KEY, body text);'
+                     " INSERT INTO t VALUES ('a', 'alpha'), ('B', 'beta');"
+                     ' CREATE TABLE s (k text COLLATE "C.utf8", e real[]);'
+                     " INSERT INTO s SELECT k, array_fill(0.5::real, ARRAY[384]) FROM t")
+    hook.create_project("t", "t", "k", ["body"], schedule="manual")
+    before = snapshot(database)
+
+    with pytest.raises(InvalidInputError) as error:
+        hook.import_embeddings("t", "s", "k", "e")
+
+    assert str(error.value) == (
+        "src_primary_key 'k' of \"public\".\"s\" has collation \"C.utf8\", but the key 'k' of project 't' has \"C\":"
+        " keys are matched by the project's collation; import from a view selecting \"k\" COLLATE \"C\"")
+    assert snapshot(database) == before
+    database.execute('CREATE VIEW s_c AS SELECT k COLLATE "C" AS k, e FROM s')
+    assert hook.import_embeddings("t", "s_c", "k", "e")["imported"] == 2

@@ -437,6 +437,46 @@ def test_a_large_update_queues_its_first_rows_and_records_the_rest_once(products
     assert products.scalar("SELECT count(*) FROM vectorize._bulk_shop") == 0
 
 
+def test_pending_after_a_bulk_insert_is_the_rows_due_whatever_happened_to_them_since(database, hook, monkeypatch):
+    """A bulk insert's recorded count is not what pending says: its rows updated (queued again), deleted,
+    imported or without text are counted as they are (before: the recorded count stayed until the next run,
+    an update's rows counted twice, and max_pending=0 waited for rows long embedded)."""
+    import psycopg
+
+    from airflow_vectorize import catalog
+    from airflow_vectorize.triggers.pending import _queue_state
+
+    monkeypatch.setattr(catalog, "BULK_ROWS", 20)  # written into the trigger when the project is created
+    database.execute("CREATE TABLE docs (id int PRIMARY KEY, body text);"
+                     " INSERT INTO docs SELECT g, 'doc ' || g FROM generate_series(1, 5) g")
+    hook.create_project("docs", "docs", "id", ["body"])
+    hook.generate_embeddings("docs")
+
+    def pending() -> list[int]:
+        async def state():
+            async with await psycopg.AsyncConnection.connect(database.uri, autocommit=True) as conn:
+                return (await _queue_state(conn, hook._search_target("docs").project))[0]
+        freshness = hook.get_freshness("docs")
+        assert freshness["pending"] == freshness["stale"]  # every row due is queued, one way or the other
+        return [hook.get_status("docs")["pending"], freshness["pending"], asyncio.run(state())]
+
+    database.execute("INSERT INTO docs SELECT g, CASE WHEN g <= 55 THEN 'bulk ' || g END"
+                     " FROM generate_series(6, 65) g")  # 10 of the 60 without text
+    assert database.execute("SELECT rows FROM vectorize._bulk_docs") == [(60,)]
+    assert pending() == [50] * 3
+    database.execute("UPDATE docs SET body = body || ' v2' WHERE id BETWEEN 6 AND 10")  # queued: counted once
+    assert pending() == [50] * 3
+    database.execute("DELETE FROM docs WHERE id > 30")
+    assert pending() == [25] * 3
+    database.execute("CREATE TABLE v AS SELECT id, array_fill(0.5::real, ARRAY[384]) AS e FROM docs WHERE id > 5")
+
+    assert hook.import_embeddings("docs", "v", "id", "e")["imported"] == 25
+
+    assert pending() == [0] * 3
+    assert hook.get_freshness("docs") == {"job_name": "docs", "pending": 0, "stale": 0, "lag_seconds": 0.0,
+                                          "failed": 0}
+
+
 def test_a_realtime_project_of_an_earlier_version_gets_todays_triggers_from_its_next_run(products, hook):
     """A realtime project made by an earlier version (a trigger function that queued every updated row, a
     statement trigger beside it, a bulk table whose rows had a count) gets today's triggers from its next

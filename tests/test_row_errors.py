@@ -67,6 +67,25 @@ def test_refused_rows_are_recorded_and_the_rest_is_written(products, hook, embed
     assert errors(products) == {} and hook.get_status("remote")["failed_rows"] == 0
 
 
+@pytest.mark.parametrize("rebuild_index", [False, True], ids=["in-place", "swap"])
+def test_an_imported_row_clears_its_error(products, hook, embedding_server, rebuild_index):
+    """An import gives the row its vector: its error goes with it, as its queue entry does (before: failed_rows
+    and freshness failed counted it until its text changed)."""
+    products.execute("UPDATE products SET description = %s WHERE product_id IN (5, 17)", [LONG])
+    create(hook, schedule="manual")
+    embedding_server.reset(max_input_bytes=150)
+    assert hook.generate_embeddings("remote")["failed"] == 2
+    products.execute("CREATE TABLE fixed AS SELECT 5 AS product_id, array_fill(0.5::real, ARRAY[384]) AS embedding")
+
+    result = hook.import_embeddings("remote", "fixed", "product_id", "embedding", rebuild_index=rebuild_index)
+
+    assert (result["imported"], result["table_swapped"]) == (1, rebuild_index)
+    assert list(errors(products)) == [17]
+    status = hook.get_status("remote")
+    assert (status["embedded_rows"], status["stale_rows"], status["failed_rows"]) == (23, 0, 1)
+    assert hook.get_freshness("remote")["failed"] == 1
+
+
 def test_a_400_for_every_request_fails_the_run_and_records_no_row(products, hook, embedding_server):
     """A server that refuses every request with HTTP 400 (a LiteLLM proxy whose budget is spent): before, each
     batch was halved down to single rows (39 requests for 20 rows), every row was recorded as failed, the next

@@ -162,6 +162,10 @@ def test_search_rejects_bad_input(products, hook, model):
         (dict(num_results=0), "num_results must be an integer >= 1"),
         (dict(ef_search=5000), "ef_search must be an integer from 1 to 1000"),
         (dict(filters={"price": {"gt": "cheap"}}), "a filter value does not fit its column"),
+        (dict(filters={"price": object()}), "^filter value <object object at 0x[0-9a-f]+> on column 'price' is a"
+         " object, which cannot be sent to PostgreSQL; give a str, int, float, bool, Decimal, date, time,"
+         " datetime, UUID, a list of them or None$"),  # was a raw ProgrammingError
+        (dict(filters={"category": {"in": ["phones", object()]}}), "on column 'category' is a object, which cannot"),
     ]
     for kwargs, message in cases:
         with pytest.raises(InvalidInputError, match=message):
@@ -294,3 +298,25 @@ def test_search_survives_a_change_of_a_source_column_type(products, hook, model)
     products.execute("ALTER TABLE products ALTER COLUMN price TYPE float8")
 
     assert hook.search(JOB, "mobile phone", num_results=1)[0]["price"] == 449.0
+
+
+def test_cosine_queries_that_single_precision_sums_make_zero_or_infinite_are_refused(products, hook, model):
+    """pgvector sums a vector's squares in single precision: a query of values that all square to 0
+    (|x| <= 2^-75) or whose sum is beyond real's range has a NaN cosine distance to every row, and was
+    answered with arbitrary rows all scored 1, -1, 0 or NaN."""
+    make_project(products, hook, model)
+    before = snapshot(products)
+    cases = [([1e-25] * 384, "every |x| <= 2.6e-23: its sum of squares is 0"),
+             ([1e20] * 384, "its sum of squares is beyond 3.4e+38"),
+             ([0.1] * 383 + [-2e19], "its sum of squares is beyond 3.4e+38")]
+    for query, found in cases:
+        with pytest.raises(InvalidInputError) as raised:
+            hook.search(JOB, query, num_results=3)
+        assert str(raised.value) == (
+            f"query vector has no cosine distance as pgvector computes it in single precision ({found}); project"
+            f" {JOB!r} searches by cosine: give a vector of ordinary magnitude (e.g. normalised to length 1)")
+    assert snapshot(products) == before
+    query = np.asarray(model.encode(["phone"])[0], dtype=np.float32)
+    expected = [r["product_id"] for r in hook.search(JOB, query.tolist(), num_results=5)]
+    for scale in (2.0 ** -50, 2.0 ** 55):  # small or large (exact scalings), with a sum of squares: the same answer
+        assert [r["product_id"] for r in hook.search(JOB, (query * scale).tolist(), num_results=5)] == expected
