@@ -73,12 +73,15 @@ async def atables(conn: psycopg.AsyncConnection, project: Project) -> Tables:
     return Tables(*await cur.fetchone())
 
 
-def queued(project: Project, present: Tables, unqueued: sql.Composable | None = None) -> sql.Composable:
+def queued(project: Project, present: Tables, unqueued: sql.Composable | None = None,
+           exact: bool = True) -> sql.Composable:
     """Rows queued for the next realtime run: the keys in the queue, plus, while a bulk write waits for its
     run (when the project has a ``_bulk_<job>`` table: ``present.bulk``), the rows due that are not in the
     queue: ``unqueued``, or counted by a scan of its own. Not a bulk insert's recorded count: its rows may
     have been imported, deleted, queued again by an update or have no text since (``statement``'s scan
-    counts them for nothing more)."""
+    counts them for nothing more). Not ``exact`` (the pending trigger's poll, which only announces work and
+    must not scan the source while a long run embeds a bulk write): the bulk inserts' recorded counts, a scan
+    only for a bulk row without one."""
     keys = sql.SQL("(SELECT count(*) FROM {})").format(project.names.queue)
     if not present.bulk:
         return keys
@@ -89,6 +92,10 @@ def queued(project: Project, present: Tables, unqueued: sql.Composable | None = 
             " AND NOT EXISTS (SELECT FROM {queue} q WHERE {queued}))"
         ).format(rows=p["from"], needs=p["needs"], text=p["text"], queue=project.names.queue,
                  queued=project.key.equals("q", "r"))
+    if not exact:
+        return sql.SQL(
+            "({keys} + (SELECT CASE WHEN bool_or(b.rows IS NULL) THEN {unqueued} ELSE coalesce(sum(b.rows), 0) END"
+            " FROM {bulk} b))").format(keys=keys, unqueued=unqueued, bulk=project.names.bulk)
     return sql.SQL("({keys} + CASE WHEN EXISTS (SELECT FROM {bulk}) THEN {unqueued} ELSE 0 END)").format(
         keys=keys, unqueued=unqueued, bulk=project.names.bulk)
 

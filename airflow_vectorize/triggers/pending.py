@@ -158,15 +158,16 @@ class PendingRowsTrigger(BaseEventTrigger):
 
 
 async def _queue_state(conn: psycopg.AsyncConnection, project: Project) -> tuple[int, datetime | None, float]:
-    """(rows queued, when the newest was, age in seconds of the oldest or 0): the queue's keys and the rows of
-    bulk inserts (``freshness.queued``)."""
+    """(rows queued, when the newest was, age in seconds of the oldest or 0): the queue's keys and the rows
+    bulk inserts recorded (``freshness.queued``, not exact: no scan of the source at every poll while a long
+    run embeds a bulk write; the run finds what is due)."""
     present = await freshness.atables(conn, project)
     newest = sql.SQL("(SELECT max(enqueued_at) FROM {})").format(project.names.queue)
     if present.bulk:
         newest = sql.SQL("greatest({}, (SELECT max(enqueued_at) FROM {}))").format(newest, project.names.bulk)
     cur = await conn.execute(sql.SQL(
         "SELECT {}::bigint, {}, coalesce(extract(epoch FROM clock_timestamp() - {}), 0)::float8"
-    ).format(freshness.queued(project, present), newest, freshness.oldest(project, present.bulk)))
+    ).format(freshness.queued(project, present, exact=False), newest, freshness.oldest(project, present.bulk)))
     return await cur.fetchone()
 
 
