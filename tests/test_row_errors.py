@@ -206,16 +206,19 @@ def test_a_retry_of_the_task_fails_as_its_first_try_did(products, hook, embeddin
     create(hook)
     embedding_server.reset(max_input_bytes=150)
     task = GenerateEmbeddingsOperator(task_id="embed", postgres_conn_id=products.conn_id, job_name="remote")
-    run = SimpleNamespace(start_date=products.scalar("SELECT clock_timestamp()"))
+    assert fails_then_its_retry_too(task, products)["failed"] == 5  # the next DAG run: known failures, a warning
+    assert {attempts for attempts, _ in errors(products).values()} == {3}
 
+
+def fails_then_its_retry_too(task, products) -> dict:
+    """Run ``task`` as Airflow does: a try that fails on 5 of 24 rows, its retry in the same DAG run, which
+    fails too, then the next DAG run's, whose summary is returned."""
+    run = SimpleNamespace(start_date=products.scalar("SELECT clock_timestamp()"))
     with pytest.raises(EmbeddingFailuresError, match=r"5 row\(s\) could not be embedded \(5 for the first time: 21%"):
         task.execute({"dag_run": run})
     with pytest.raises(EmbeddingFailuresError, match=r"\(5 for the first time: 100% of the rows tried\)"):
         task.execute({"dag_run": run})  # the retry
-
-    next_run = SimpleNamespace(start_date=products.scalar("SELECT clock_timestamp()"))
-    assert task.execute({"dag_run": next_run})["failed"] == 5  # known failures: a warning only
-    assert {attempts for attempts, _ in errors(products).values()} == {3}
+    return task.execute({"dag_run": SimpleNamespace(start_date=products.scalar("SELECT clock_timestamp()"))})
 
 
 def test_a_retry_of_a_create_task_whose_initial_load_failed_fails_too(products, hook, embedding_server):
@@ -226,21 +229,14 @@ def test_a_retry_of_a_create_task_whose_initial_load_failed_fails_too(products, 
     task = CreateVectorizeProjectOperator(task_id="create", postgres_conn_id=products.conn_id, job_name="remote",
                                           table="products", primary_key="product_id", columns=COLUMNS,
                                           transformer=MODEL, model_conn_id="flaky", embed_existing=True)
-    run = SimpleNamespace(start_date=products.scalar("SELECT clock_timestamp()"))
-
-    with pytest.raises(EmbeddingFailuresError, match=r"5 row\(s\) could not be embedded \(5 for the first time: 21%"):
-        task.execute({"dag_run": run})
-    with pytest.raises(EmbeddingFailuresError, match=r"\(5 for the first time: 100% of the rows tried\)"):
-        task.execute({"dag_run": run})  # the retry
-
-    next_run = SimpleNamespace(start_date=products.scalar("SELECT clock_timestamp()"))
-    summary = task.execute({"dag_run": next_run})  # known failures: a warning only
+    summary = fails_then_its_retry_too(task, products)  # the next DAG run: known failures, a warning only
     assert (summary["created"], summary["initial_load"]["failed"]) == (False, 5)
     tolerant = CreateVectorizeProjectOperator(task_id="create", postgres_conn_id=products.conn_id, job_name="remote",
                                               table="products", primary_key="product_id", columns=COLUMNS,
                                               transformer=MODEL, model_conn_id="flaky", embed_existing=True,
                                               max_attempts=4, max_failed_share=1)
-    assert tolerant.execute({"dag_run": next_run})["initial_load"]["failed"] == 5  # the 4th attempt, allowed
+    later_run = SimpleNamespace(start_date=products.scalar("SELECT clock_timestamp()"))
+    assert tolerant.execute({"dag_run": later_run})["initial_load"]["failed"] == 5  # the 4th attempt, allowed
     assert {attempts for attempts, _ in errors(products).values()} == {4}
 
 
