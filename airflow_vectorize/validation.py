@@ -426,7 +426,8 @@ def source_state(cur: Cursor, project: Project, needed: list[str], own: list[str
                  whole: bool) -> SourceState:
     """The project's source as it is now (``SOURCE_STATE``); ``needed``: the columns the call reads, ``own``:
     an append project's columns it needs there; ``searching``: the key alone matters; ``whole``: the call must
-    see every row (runs, import, status), not what row-level security lets the role see (searches, RAG)."""
+    see every row (runs, import, attach_source), not what row-level security lets the role see (searches,
+    RAG, status)."""
     cur.execute(SOURCE_STATE, {
         "needed": needed, "own": own, "searching": searching, "key": list(project.key.columns),
         "texts": [] if searching else list(project.columns),
