@@ -146,9 +146,34 @@ def test_pending_trigger_waits_for_a_source_table_dropped_under_its_project(prod
     # put back: its 24 rows, never embedded, queued by attach_source; then the 2 inserted
     assert [payload["pending"] for _, payload in events] == [1, 24, 26]
     warnings = [r.getMessage() for r in caplog.records if "dropped or renamed away" in r.getMessage()]
-    assert warnings == [('Project \'shop\': relation "public.products" does not exist — its source table was dropped'
-                         " or renamed away. Put a table with its key and columns under that name and run generation"
-                         " (or VectorizeHook.attach_source('shop')), or drop the project; checking every 0.2 s")]
+    assert warnings == [('Project \'shop\': relation "public.products" does not exist — its source table, or a'
+                         " column of it, was dropped or renamed away. Put a table with its key and columns under"
+                         " that name and run generation (or VectorizeHook.attach_source('shop')), or drop the"
+                         " project; checking every 0.2 s")]
+
+
+def test_pending_trigger_waits_for_a_source_column_renamed_while_a_bulk_update_waits(products, hook, caplog,
+                                                                                      monkeypatch):
+    """A large UPDATE's bulk row makes the trigger count the rows due, which reads the embedded columns: one of
+    them renamed away made it raise UndefinedColumn. It waits for the column as for a missing table."""
+    from airflow_vectorize import catalog
+
+    monkeypatch.setattr(catalog, "UPDATED_ROWS", 3)  # written into the trigger when the project is created
+    hook.create_project("shop", "products", "product_id", COLUMNS)
+    hook.generate_embeddings("shop")
+    trigger = PendingRowsTrigger("shop", products.conn_id, poll_interval=0.2, debounce=0)
+
+    with caplog.at_level(logging.WARNING, logger="airflow_vectorize.triggers.pending"):
+        events = collect(trigger, 3.0, [
+            (0.3, lambda: products.execute("ALTER TABLE products RENAME COLUMN description TO details")),
+            (0.6, lambda: products.execute("UPDATE products SET name = name || '!' WHERE product_id <= 5")),
+            (1.5, lambda: products.execute("ALTER TABLE products RENAME COLUMN details TO description")),
+        ])
+
+    # once the column is back: the 5 rows due (the UPDATE's notification, read after the wait, may repeat it)
+    assert events and all(at >= 1.5 and payload["pending"] == 5 for at, payload in events)
+    assert any('column r.description does not exist — its source table, or a column of it, was dropped' in
+               r.getMessage() for r in caplog.records)
 
 
 def test_pending_trigger_fires_again_for_rows_left_queued(products, hook):

@@ -97,7 +97,7 @@ class PendingRowsTrigger(BaseEventTrigger):
                                     yield TriggerEvent({"job_name": self.job_name, "pending": pending})
                                 warned = False
                                 notified = await self._wait(conn)
-                        except psycopg.errors.UndefinedTable as error:
+                        except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn) as error:
                             now = await catalog.afind_project(conn, self.job_name)
                             if now is not None and now.job_id == project.job_id:
                                 # the project is there, a table of it is not (its source dropped or renamed
@@ -136,13 +136,14 @@ class PendingRowsTrigger(BaseEventTrigger):
             await asyncio.sleep(self.poll_interval)
         return project
 
-    async def _wait_for_table(self, error: psycopg.errors.UndefinedTable, warned: bool) -> None:
-        """Sleep ``poll_interval`` while a table of the project is missing, saying once what is wrong and the
-        way out."""
+    async def _wait_for_table(self, error: psycopg.Error, warned: bool) -> None:
+        """Sleep ``poll_interval`` while a table of the project, or a column of its source, is missing, saying
+        once what is wrong and the way out."""
         if not warned:
-            log.warning("Project %r: %s — its source table was dropped or renamed away. Put a table with its key"
-                        " and columns under that name and run generation (or VectorizeHook.attach_source(%r)), or"
-                        " drop the project; checking every %g s", self.job_name, error.diag.message_primary,
+            log.warning("Project %r: %s — its source table, or a column of it, was dropped or renamed away. Put a"
+                        " table with its key and columns under that name and run generation (or"
+                        " VectorizeHook.attach_source(%r)), or drop the project; checking every %g s",
+                        self.job_name, error.diag.message_primary,
                         self.job_name, self.poll_interval)
         await asyncio.sleep(self.poll_interval)
 
