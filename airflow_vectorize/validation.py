@@ -100,7 +100,7 @@ SELECT c.relkind, a.attname, format_type(a.atttypid, a.atttypmod) AS type_sql,
        et.typname AS element,
        CASE WHEN a.attcollation NOT IN (0, 100) THEN a.attcollation::regcollation::text END AS collation,
        EXISTS (SELECT 1 FROM pg_index i
-                WHERE i.indrelid = c.oid AND i.indisunique AND i.indnkeyatts = 1 AND i.indkey[0] = a.attnum
+                WHERE i.indrelid = c.oid AND i.indisunique AND i.indisvalid AND i.indnkeyatts = 1 AND i.indkey[0] = a.attnum
                   AND i.indpred IS NULL AND i.indexprs IS NULL) AS is_unique
   FROM pg_class c
   JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -361,7 +361,7 @@ def check_project_source(cur: Cursor, project: Project, attaching: bool = False)
 # ``%(key)s`` (text[]) as its key columns, in any order: rows are then told apart by them.
 UNIQUE_KEY = (
     "EXISTS (SELECT FROM pg_index i WHERE i.indrelid = {rel}"
-    " AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL"
+    " AND i.indisunique AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL"
     " AND i.indnkeyatts = cardinality(%(key)s::text[])"
     " AND (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a"
     "      WHERE a.attrelid = i.indrelid AND a.attnum = ANY((i.indkey::int2[])[0:i.indnkeyatts - 1]))"
@@ -370,8 +370,9 @@ UNIQUE_KEY = (
 
 
 def unique_together(cur: Cursor, table: Table, columns: tuple[str, ...]) -> bool:
-    """Whether a primary key or a non-partial unique index of ``table`` has exactly ``columns`` as its key
-    columns (in any order): rows are then told apart by them (``UNIQUE_KEY``)."""
+    """Whether a primary key or a valid non-partial unique index of ``table`` has exactly ``columns`` as its
+    key columns (in any order): rows are then told apart by them (``UNIQUE_KEY``; an index a failed
+    ``CREATE UNIQUE INDEX CONCURRENTLY`` left invalid does not say so)."""
     relation = "to_regclass(format('%%I.%%I', %(schema)s::text, %(name)s::text))"
     cur.execute("SELECT " + UNIQUE_KEY.format(rel=relation), {"schema": table.schema, "name": table.name,
                                                               "key": list(columns)})

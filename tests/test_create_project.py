@@ -191,6 +191,23 @@ BAD_CREATE_ARGS = [
 ]
 
 
+def test_a_unique_index_left_invalid_makes_no_key_unique(products, hook):
+    """An index that a failed CREATE UNIQUE INDEX CONCURRENTLY left invalid says nothing of the rows already
+    there: create_project refuses a key with only that index, and a project's calls refuse its key once its
+    only unique index is invalid."""
+    from airflow_vectorize.exceptions import ProjectConflictError
+
+    products.execute("CREATE UNIQUE INDEX products_name ON products (name)")
+    hook.create_project("by_name", "products", "name", ["description"], schedule="manual")
+    products.execute("UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'products_name'::regclass")
+    before = snapshot(products)
+    with pytest.raises(InvalidInputError, match="primary_key 'name' of \"public\".\"products\" is not unique"):
+        hook.create_project("by_name_too", "products", "name", ["description"])
+    with pytest.raises(ProjectConflictError, match="the key \\(name\\) of project 'by_name' is no longer unique"):
+        hook.generate_embeddings("by_name")
+    assert snapshot(products) == before
+
+
 @pytest.mark.parametrize("override, error_type, message", BAD_CREATE_ARGS,
                          ids=[next(iter(a[0])) + ":" + str(next(iter(a[0].values())))[:20] for a in BAD_CREATE_ARGS])
 def test_bad_input_is_rejected_and_changes_nothing(products, hook, override, error_type, message):
