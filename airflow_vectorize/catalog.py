@@ -755,7 +755,7 @@ def create_triggers(cur: Cursor, project: Project) -> None:
     a row. It queues a transaction's first UPDATED_ROWS - 1 changed rows (counted in a transaction-local
     setting); the next one writes a bulk row without a count (``freshness.queued`` counts the rows it stands
     for when read) and sets the setting to ``bulk``, and the calls for the rest return at once (an UPDATE of
-    100k texts of 1M rows: 1.3-1.5× its time without a project in ``make bench-writes``; 2.2× when each row
+    100k texts of 1M rows: 1.4-1.6× its time without a project in ``make bench-writes``; 2.2× when each row
     was counted). The notification (channel ``vectorize_<job>``, empty payload) is delivered at commit, once
     per transaction however many rows it queued: it wakes ``PendingRowsTrigger``.
     """

@@ -287,8 +287,9 @@ def upgrade_layout(cur: Cursor, project: Project) -> Upgraded:
     """Bring a project created by an earlier version to today's layout (each step a no-op when done): errors
     table, pg_vectorize's foreign keys → removal triggers, view through its function, stored documents (a
     chunked project's in its chunk table), bulk table, today's removal function, realtime triggers (and those
-    dropped from the source) firing in every session, the md5 in a join project's key index. Run by generation and by every call that
-    writes to the project (alter_project, attach_source, import_embeddings). Call with the project locked."""
+    dropped from the source), triggers firing in every session, the md5 in a join project's key index. Run by
+    generation and by every call that writes to the project (alter_project, attach_source, import_embeddings).
+    Call with the project locked."""
     catalog.create_errors_table(cur, project)
     searched = removal.upgrade(cur, project)
     removal.upgrade_partitioned(cur, project)
