@@ -70,7 +70,17 @@ def fire_always(cur: Cursor, project: Project, triggers: Iterable[str]) -> None:
     """Make the project's ``triggers`` on its source fire in every session (``ENABLE ALWAYS``), also under
     ``session_replication_role = replica``: a logical replication subscriber's apply and ETL loads that skip
     foreign-key checks run so, and would otherwise leave the queue and the removed keys behind the source.
-    A partitioned source's partitions, those to come too, take the setting."""
+    A partitioned source's partitions, those to come too, take the setting. It needs the table's ownership: a
+    role that may only put triggers on it (``GRANT TRIGGER``) leaves them firing in origin sessions, and is
+    told so."""
+    cur.execute("SELECT pg_has_role(relowner, 'USAGE') FROM pg_class WHERE oid = to_regclass(%s)",
+                [project.names.source.as_string(cur)])
+    owned = cur.fetchone()
+    if not (owned and owned[0]):
+        log.warning("Project %r: its triggers on %s fire in origin sessions only (not under session_replication_role"
+                    " = replica): setting them ENABLE ALWAYS needs the table's owner, which this role is not",
+                    project.name, project.names.source.as_string(cur))
+        return
     for trigger in triggers:
         cur.execute(sql.SQL("ALTER TABLE {} ENABLE ALWAYS TRIGGER {}").format(
             project.names.source, sql.Identifier(trigger)))
@@ -80,9 +90,10 @@ def ensure_fired_always(cur: Cursor, project: Project) -> bool:
     """Give a project made by an earlier version triggers that fire in every session (``fire_always``);
     returns whether it did. One catalog read when they do; a trigger a user disabled stays disabled."""
     names = project.names
-    cur.execute("SELECT array_agg(tgname) FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND tgname = ANY(%s)"
-                " AND tgenabled = 'O'", [names.source.as_string(cur),
-                                         [*names.removal_triggers, names.insert_trigger, names.update_trigger]])
+    cur.execute("SELECT array_agg(t.tgname) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
+                " WHERE t.tgrelid = to_regclass(%s) AND t.tgname = ANY(%s) AND t.tgenabled = 'O'"
+                " AND pg_has_role(c.relowner, 'USAGE')",  # the owner's to change (a project of a non-owner)
+                [names.source.as_string(cur), [*names.removal_triggers, names.insert_trigger, names.update_trigger]])
     triggers = cur.fetchone()[0]
     if not triggers:
         return False

@@ -3,6 +3,7 @@ it was not given, and keeps it when the project makes its view again; on the rea
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 
@@ -200,3 +201,20 @@ def test_row_level_security_that_hides_rows_from_the_projects_role_stops_runs_an
     assert (status["total_rows"], status["embedded_rows"]) == (9, 9)
     if method == "join":
         assert database.scalar("SELECT count(*) FROM vectorize._embeddings_plans") == 9
+
+
+def test_a_role_that_may_only_put_triggers_on_the_source_makes_a_join_project(products, hook, table_owner, caplog):
+    """A role that does not own the source but may read it and put triggers on it (GRANT SELECT, TRIGGER)
+    makes and runs a join project; its triggers fire in origin sessions only (ENABLE ALWAYS needs the table's
+    owner), which it is told, and its runs do not fail trying to change them."""
+    _, role_hook = table_owner
+    products.execute(f'GRANT SELECT, TRIGGER ON products TO "owner_{products.name}"')
+    with caplog.at_level(logging.WARNING, logger="airflow_vectorize.removal"):
+        role_hook.create_project("shop", "products", "product_id", ["name"], schedule="realtime")
+    assert "fire in origin sessions only" in caplog.text
+    assert role_hook.generate_embeddings("shop")["embedded"] == 24
+    products.execute("INSERT INTO products (product_id, name) VALUES (100, 'Kettle')")
+    assert role_hook.generate_embeddings("shop", pending_only=True)["embedded"] == 1
+    assert {state for (state,) in products.execute(
+        "SELECT tgenabled FROM pg_trigger WHERE tgrelid = 'products'::regclass AND NOT tgisinternal")} == {"O"}
+    assert hook.drop_project("shop")["dropped"] is True  # by the table's owner: DROP TRIGGER needs it
