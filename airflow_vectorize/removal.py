@@ -81,9 +81,8 @@ def fire_always(cur: Cursor, project: Project, triggers: Iterable[str]) -> None:
                     " = replica): setting them ENABLE ALWAYS needs the table's owner, which this role is not",
                     project.name, project.names.source.as_string(cur))
         return
-    for trigger in triggers:
-        cur.execute(sql.SQL("ALTER TABLE {} ENABLE ALWAYS TRIGGER {}").format(
-            project.names.source, sql.Identifier(trigger)))
+    cur.execute(sql.SQL("ALTER TABLE {} {}").format(project.names.source, sql.SQL(", ").join(
+        sql.SQL("ENABLE ALWAYS TRIGGER {}").format(sql.Identifier(trigger)) for trigger in triggers)))
 
 
 def ensure_fired_always(cur: Cursor, project: Project) -> bool:
